@@ -1,0 +1,806 @@
+//! The CPU backend: columnar pane state over dense key ids, tight scatter-update loops,
+//! rayon across key partitions.
+//!
+//! A pane holds one state array per *state column* (row count, non-null count, sum, min,
+//! max, moments, first, last), shared by the aggregates that need it (`sum` and `avg` of a
+//! column share its sum). Keys are split into `2^k` partitions by their low bits; a
+//! partition owns local keys `key >> k` of every array, so threads never share state.
+//! Combining a window merges its panes array by array, then evaluates keys that had rows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::agg::{self, AggFn, AggSpec, Domain, Moments, OutType, Value};
+use crate::events::{Column, Events, OutColumn, Values, WindowRows};
+use crate::{Backend, Keys};
+
+/// Segments smaller than this are updated on the calling thread.
+const PARALLEL_MIN_ROWS: usize = 1 << 15;
+
+/// What one state array accumulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StateCol {
+    Rows,
+    NonNull(usize),
+    Typed(Op, usize, Domain),
+    Moments(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Sum,
+    Min,
+    Max,
+    First,
+    Last,
+}
+
+impl Op {
+    fn identity<T: Value>(self) -> T {
+        match self {
+            Op::Sum | Op::First | Op::Last => T::ZERO,
+            Op::Min => T::MIN_IDENTITY,
+            Op::Max => T::MAX_IDENTITY,
+        }
+    }
+
+    /// Initial event time: `First` keeps the smallest, `Last` the largest.
+    fn ts_identity(self) -> i64 {
+        if self == Op::First {
+            i64::MAX
+        } else {
+            i64::MIN
+        }
+    }
+}
+
+/// Values of one typed state column, plus event times for first/last.
+#[derive(Clone, Debug)]
+struct Typed<T> {
+    op: Op,
+    v: Vec<T>,
+    ts: Vec<i64>,
+}
+
+#[derive(Clone, Debug)]
+enum Acc {
+    Count(Vec<u64>),
+    Int(Typed<i64>),
+    Float(Typed<f64>),
+    Moments(Vec<Moments>),
+}
+
+/// How an aggregate reads its state: indices into the state columns.
+#[derive(Clone, Copy, Debug)]
+struct Eval {
+    func: AggFn,
+    out: OutType,
+    /// The non-null (or row) count.
+    count: usize,
+    /// The typed or moments state, if any.
+    state: Option<usize>,
+}
+
+/// Which rows of a segment a kernel visits.
+#[derive(Clone, Copy)]
+enum Sel<'a> {
+    All(usize),
+    Rows(&'a [u32]),
+}
+
+/// Calls `f(row, local_key)` for every selected row, in order.
+#[inline(always)]
+fn each(sel: Sel<'_>, keys: &[u32], shift: u32, mut f: impl FnMut(usize, usize)) {
+    match sel {
+        Sel::All(n) => {
+            for (r, &k) in keys[..n].iter().enumerate() {
+                f(r, (k >> shift) as usize)
+            }
+        }
+        Sel::Rows(rows) => {
+            for &r in rows {
+                let r = r as usize;
+                f(r, (keys[r] >> shift) as usize)
+            }
+        }
+    }
+}
+
+impl<T: Value> Typed<T> {
+    fn new(op: Op) -> Self {
+        Typed {
+            op,
+            v: Vec::new(),
+            ts: Vec::new(),
+        }
+    }
+
+    fn resize(&mut self, n: usize) {
+        self.v.resize(n, self.op.identity());
+        if matches!(self.op, Op::First | Op::Last) {
+            self.ts.resize(n, self.op.ts_identity());
+        }
+    }
+
+    fn update(
+        &mut self,
+        sel: Sel<'_>,
+        keys: &[u32],
+        shift: u32,
+        ts: &[i64],
+        x: &[T],
+        valid: Option<&[bool]>,
+    ) {
+        let v = &mut self.v[..];
+        macro_rules! run {
+            (|$r:ident, $k:ident| $body:expr) => {
+                match valid {
+                    None => each(sel, keys, shift, |$r, $k| $body),
+                    Some(ok) => each(sel, keys, shift, |$r, $k| {
+                        if ok[$r] {
+                            $body
+                        }
+                    }),
+                }
+            };
+        }
+        match self.op {
+            Op::Sum => run!(|r, k| v[k] = v[k].add(x[r])),
+            Op::Min => run!(|r, k| v[k] = agg::min(v[k], x[r])),
+            Op::Max => run!(|r, k| v[k] = agg::max(v[k], x[r])),
+            Op::First => {
+                let t = &mut self.ts[..];
+                run!(|r, k| if ts[r] < t[k] {
+                    t[k] = ts[r];
+                    v[k] = x[r];
+                })
+            }
+            Op::Last => {
+                let t = &mut self.ts[..];
+                run!(|r, k| if ts[r] >= t[k] {
+                    t[k] = ts[r];
+                    v[k] = x[r];
+                })
+            }
+        }
+    }
+
+    /// Merges element `si` of a later pane's state into element `di` of this one.
+    #[inline(always)]
+    fn merge_at(&mut self, di: usize, src: &Typed<T>, si: usize) {
+        let d = &mut self.v[di];
+        let s = src.v[si];
+        match self.op {
+            Op::Sum => *d = d.add(s),
+            Op::Min => *d = agg::min(*d, s),
+            Op::Max => *d = agg::max(*d, s),
+            Op::First => {
+                if src.ts[si] < self.ts[di] {
+                    self.ts[di] = src.ts[si];
+                    *d = s;
+                }
+            }
+            Op::Last => {
+                if src.ts[si] != i64::MIN && src.ts[si] >= self.ts[di] {
+                    self.ts[di] = src.ts[si];
+                    *d = s;
+                }
+            }
+        }
+    }
+
+    /// Merges a whole later pane, element by element (vectorizes for sum/min/max).
+    fn merge_all(&mut self, src: &Typed<T>) {
+        let n = src.v.len();
+        match self.op {
+            Op::Sum => self.v[..n]
+                .iter_mut()
+                .zip(&src.v)
+                .for_each(|(d, &s)| *d = d.add(s)),
+            Op::Min => self.v[..n]
+                .iter_mut()
+                .zip(&src.v)
+                .for_each(|(d, &s)| *d = agg::min(*d, s)),
+            Op::Max => self.v[..n]
+                .iter_mut()
+                .zip(&src.v)
+                .for_each(|(d, &s)| *d = agg::max(*d, s)),
+            Op::First | Op::Last => (0..n).for_each(|i| self.merge_at(i, src, i)),
+        }
+    }
+}
+
+impl Acc {
+    fn new(col: StateCol) -> Acc {
+        match col {
+            StateCol::Rows | StateCol::NonNull(_) => Acc::Count(Vec::new()),
+            StateCol::Typed(op, _, Domain::I64) => Acc::Int(Typed::new(op)),
+            StateCol::Typed(op, _, Domain::F64) => Acc::Float(Typed::new(op)),
+            StateCol::Moments(_) => Acc::Moments(Vec::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Acc::Count(c) => c.len(),
+            Acc::Int(t) => t.v.len(),
+            Acc::Float(t) => t.v.len(),
+            Acc::Moments(m) => m.len(),
+        }
+    }
+
+    fn resize(&mut self, n: usize) {
+        match self {
+            Acc::Count(c) => c.resize(n, 0),
+            Acc::Int(t) => t.resize(n),
+            Acc::Float(t) => t.resize(n),
+            Acc::Moments(m) => m.resize(n, Moments::default()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Acc::Count(c) => c.capacity() * 8,
+            Acc::Int(t) => t.v.capacity() * 8 + t.ts.capacity() * 8,
+            Acc::Float(t) => t.v.capacity() * 8 + t.ts.capacity() * 8,
+            Acc::Moments(m) => m.capacity() * std::mem::size_of::<Moments>(),
+        }
+    }
+
+    fn update(&mut self, col: StateCol, ev: &Events<'_>, sel: Sel<'_>, shift: u32) {
+        let keys = ev.keys;
+        match (self, col) {
+            (Acc::Count(c), StateCol::Rows) => each(sel, keys, shift, |_, k| c[k] += 1),
+            (Acc::Count(c), StateCol::NonNull(i)) => match ev.columns[i].valid {
+                None => each(sel, keys, shift, |_, k| c[k] += 1),
+                Some(ok) => each(sel, keys, shift, |r, k| c[k] += ok[r] as u64),
+            },
+            (Acc::Int(t), StateCol::Typed(_, i, _)) => {
+                let Column {
+                    values: Values::I64(x),
+                    valid,
+                } = ev.columns[i]
+                else {
+                    unreachable!("bug in panes: column {i} is not in the integer domain")
+                };
+                t.update(sel, keys, shift, ev.ts, x, valid)
+            }
+            (Acc::Float(t), StateCol::Typed(_, i, _)) => {
+                let Column {
+                    values: Values::F64(x),
+                    valid,
+                } = ev.columns[i]
+                else {
+                    unreachable!("bug in panes: column {i} is not in the float domain")
+                };
+                t.update(sel, keys, shift, ev.ts, x, valid)
+            }
+            (Acc::Moments(m), StateCol::Moments(i)) => {
+                let col = ev.columns[i];
+                match col.values {
+                    Values::I64(x) => each(sel, keys, shift, |r, k| {
+                        if col.is_valid(r) {
+                            m[k].push(x[r] as f64)
+                        }
+                    }),
+                    Values::F64(x) => each(sel, keys, shift, |r, k| {
+                        if col.is_valid(r) {
+                            m[k].push(x[r])
+                        }
+                    }),
+                }
+            }
+            (acc, col) => unreachable!("bug in panes: state {col:?} has the wrong layout {acc:?}"),
+        }
+    }
+
+    fn merge_all(&mut self, src: &Acc) {
+        match (self, src) {
+            (Acc::Count(d), Acc::Count(s)) => {
+                d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| *d += s)
+            }
+            (Acc::Int(d), Acc::Int(s)) => d.merge_all(s),
+            (Acc::Float(d), Acc::Float(s)) => d.merge_all(s),
+            (Acc::Moments(d), Acc::Moments(s)) => {
+                d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| d.merge(s))
+            }
+            _ => unreachable!("bug in panes: merging states of different layouts"),
+        }
+    }
+
+    fn merge_at(&mut self, di: usize, src: &Acc, si: usize) {
+        match (self, src) {
+            (Acc::Count(d), Acc::Count(s)) => d[di] += s[si],
+            (Acc::Int(d), Acc::Int(s)) => d.merge_at(di, s, si),
+            (Acc::Float(d), Acc::Float(s)) => d.merge_at(di, s, si),
+            (Acc::Moments(d), Acc::Moments(s)) => d[di].merge(&s[si]),
+            _ => unreachable!("bug in panes: merging states of different layouts"),
+        }
+    }
+}
+
+/// The state of one key partition of one pane (or of a window being combined).
+#[derive(Clone, Debug)]
+struct Part {
+    accs: Vec<Acc>,
+}
+
+impl Part {
+    fn new(layout: &[StateCol]) -> Part {
+        Part {
+            accs: layout.iter().map(|&c| Acc::new(c)).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.accs[0].len()
+    }
+
+    fn grow(&mut self, n: usize) {
+        if n > self.len() {
+            self.accs.iter_mut().for_each(|a| a.resize(n));
+        }
+    }
+
+    fn rows(&self) -> &[u64] {
+        match &self.accs[0] {
+            Acc::Count(c) => c,
+            _ => unreachable!("bug in panes: state column 0 is not the row count"),
+        }
+    }
+}
+
+/// Evaluates every aggregate at local key `i` of a combined window state.
+fn evaluate(evals: &[Eval], part: &Part, i: usize, out: &mut [OutColumn]) {
+    for (e, col) in evals.iter().zip(out.iter_mut()) {
+        let n = match &part.accs[e.count] {
+            Acc::Count(c) => c[i],
+            _ => unreachable!("bug in panes: count state expected"),
+        };
+        let state = e.state.map(|s| &part.accs[s]);
+        match (e.func, state) {
+            (AggFn::CountRows | AggFn::Count, _) => col.push_i64(Some(n as i64)),
+            (AggFn::Avg, Some(Acc::Int(t))) => {
+                col.push_f64((n > 0).then(|| t.v[i] as f64 / n as f64))
+            }
+            (AggFn::Avg, Some(Acc::Float(t))) => col.push_f64((n > 0).then(|| t.v[i] / n as f64)),
+            (_, Some(Acc::Int(t))) => col.push_i64(typed_valid(t, i, n).then(|| t.v[i])),
+            (_, Some(Acc::Float(t))) => col.push_f64(typed_valid(t, i, n).then(|| t.v[i])),
+            (f, Some(Acc::Moments(m))) => col.push_f64(m[i].finish(f)),
+            (f, s) => unreachable!("bug in panes: no evaluation of {f} over {s:?}"),
+        }
+    }
+}
+
+fn typed_valid<T>(t: &Typed<T>, i: usize, n: u64) -> bool {
+    match t.op {
+        Op::First | Op::Last => t.ts[i] != t.op.ts_identity(),
+        _ => n > 0,
+    }
+}
+
+/// The CPU backend. See the module docs.
+pub struct CpuBackend {
+    layout: Vec<StateCol>,
+    evals: Vec<Eval>,
+    shift: u32,
+    panes: BTreeMap<i64, Vec<Part>>,
+    /// Per-partition row lists, reused between updates.
+    scratch: Vec<Vec<u32>>,
+}
+
+impl CpuBackend {
+    /// A backend for these aggregates with `threads` worker threads (rayon's pool);
+    /// keys are split into the next power of two of partitions.
+    pub fn new(aggs: &[AggSpec], threads: usize) -> Self {
+        let mut layout = vec![StateCol::Rows];
+        let mut slot = |c: StateCol| match layout.iter().position(|&l| l == c) {
+            Some(i) => i,
+            None => {
+                layout.push(c);
+                layout.len() - 1
+            }
+        };
+        let evals = aggs
+            .iter()
+            .map(|a| {
+                let (c, d) = (a.column, a.domain);
+                let (count, state) = match a.func {
+                    AggFn::CountRows => (0, None),
+                    AggFn::Count => (slot(StateCol::NonNull(c)), None),
+                    AggFn::Sum | AggFn::Avg => (
+                        slot(StateCol::NonNull(c)),
+                        Some(slot(StateCol::Typed(Op::Sum, c, d))),
+                    ),
+                    AggFn::Min => (
+                        slot(StateCol::NonNull(c)),
+                        Some(slot(StateCol::Typed(Op::Min, c, d))),
+                    ),
+                    AggFn::Max => (
+                        slot(StateCol::NonNull(c)),
+                        Some(slot(StateCol::Typed(Op::Max, c, d))),
+                    ),
+                    AggFn::First => (0, Some(slot(StateCol::Typed(Op::First, c, d)))),
+                    AggFn::Last => (0, Some(slot(StateCol::Typed(Op::Last, c, d)))),
+                    AggFn::VarSamp | AggFn::VarPop | AggFn::StddevSamp | AggFn::StddevPop => {
+                        (0, Some(slot(StateCol::Moments(c))))
+                    }
+                };
+                Eval {
+                    func: a.func,
+                    out: a.output(),
+                    count,
+                    state,
+                }
+            })
+            .collect();
+        let parts = threads.max(1).next_power_of_two();
+        CpuBackend {
+            layout,
+            evals,
+            shift: parts.trailing_zeros(),
+            panes: BTreeMap::new(),
+            scratch: vec![Vec::new(); parts],
+        }
+    }
+
+    fn parts(&self) -> usize {
+        1 << self.shift
+    }
+
+    /// Updates one pane with the selected rows.
+    fn update_pane(&mut self, pane: i64, ev: &Events<'_>, sel: Sel<'_>, max_key: u32) {
+        let (shift, parts) = (self.shift, self.parts());
+        let layout = &self.layout;
+        let state = self
+            .panes
+            .entry(pane)
+            .or_insert_with(|| vec![Part::new(layout); parts]);
+        for (p, part) in state.iter_mut().enumerate() {
+            // Partition p holds the keys k with k & (parts-1) == p at local index k >> shift.
+            let needed = if (max_key as usize & (parts - 1)) >= p {
+                1
+            } else {
+                0
+            } + (max_key >> shift) as usize;
+            part.grow(needed);
+        }
+        let update = |part: &mut Part, sel: Sel<'_>| {
+            for (acc, &col) in part.accs.iter_mut().zip(layout) {
+                acc.update(col, ev, sel, shift);
+            }
+        };
+        if parts == 1 {
+            return update(&mut state[0], sel);
+        }
+        for rows in self.scratch.iter_mut() {
+            rows.clear();
+        }
+        let mask = (parts - 1) as u32;
+        match sel {
+            Sel::All(n) => (0..n as u32)
+                .for_each(|r| self.scratch[(ev.keys[r as usize] & mask) as usize].push(r)),
+            Sel::Rows(rows) => rows
+                .iter()
+                .for_each(|&r| self.scratch[(ev.keys[r as usize] & mask) as usize].push(r)),
+        }
+        let len = match sel {
+            Sel::All(n) => n,
+            Sel::Rows(r) => r.len(),
+        };
+        if len >= PARALLEL_MIN_ROWS {
+            state
+                .par_iter_mut()
+                .zip(&self.scratch)
+                .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
+        } else {
+            state
+                .iter_mut()
+                .zip(&self.scratch)
+                .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
+        }
+    }
+}
+
+/// Groups rows by pane. The common case, one pane, needs no row lists at all.
+fn group_by_pane(panes: &[i64]) -> Vec<(i64, Vec<u32>)> {
+    let mut groups: Vec<(i64, Vec<u32>)> = Vec::new();
+    let mut index: HashMap<i64, usize> = HashMap::new();
+    let mut last = usize::MAX;
+    for (r, &p) in panes.iter().enumerate() {
+        if last == usize::MAX || groups[last].0 != p {
+            last = *index.entry(p).or_insert_with(|| {
+                groups.push((p, Vec::new()));
+                groups.len() - 1
+            });
+        }
+        groups[last].1.push(r as u32);
+    }
+    groups.sort_unstable_by_key(|g| g.0);
+    groups
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn update(&mut self, ev: &Events<'_>) {
+        let Some(&first) = ev.panes.first() else {
+            return;
+        };
+        let max_key = ev.keys.iter().copied().max().unwrap_or(0);
+        if ev.panes.iter().all(|&p| p == first) {
+            return self.update_pane(first, ev, Sel::All(ev.len()), max_key);
+        }
+        for (pane, rows) in group_by_pane(ev.panes) {
+            self.update_pane(pane, ev, Sel::Rows(&rows), max_key);
+        }
+    }
+
+    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> WindowRows {
+        let parts = self.parts();
+        let shift = self.shift;
+        let window: Vec<&Vec<Part>> = self.panes.range(panes).map(|(_, p)| p).collect();
+        let mut rows = WindowRows {
+            keys: Vec::new(),
+            columns: self
+                .evals
+                .iter()
+                .map(|e| OutColumn::with_capacity(e.out, 0))
+                .collect(),
+        };
+        if window.is_empty() {
+            return rows;
+        }
+        match keys {
+            Keys::All => {
+                let combined: Vec<(Part, usize)> = (0..parts)
+                    .into_par_iter()
+                    .map(|p| {
+                        let len = window.iter().map(|w| w[p].len()).max().unwrap_or(0);
+                        let mut acc = Part::new(&self.layout);
+                        acc.grow(len);
+                        for pane in &window {
+                            for (d, s) in acc.accs.iter_mut().zip(&pane[p].accs) {
+                                d.merge_all(s);
+                            }
+                        }
+                        (acc, p)
+                    })
+                    .collect();
+                let mut order: Vec<(u32, usize, usize)> = Vec::new();
+                for (acc, p) in &combined {
+                    for (i, &n) in acc.rows().iter().enumerate() {
+                        if n > 0 {
+                            order.push((((i as u32) << shift) | *p as u32, *p, i));
+                        }
+                    }
+                }
+                if parts > 1 {
+                    order.sort_unstable_by_key(|o| o.0);
+                }
+                for (key, p, i) in order {
+                    rows.keys.push(key);
+                    evaluate(&self.evals, &combined[p].0, i, &mut rows.columns);
+                }
+            }
+            Keys::Only(only) => {
+                let mask = (parts - 1) as u32;
+                for &key in only {
+                    let (p, i) = ((key & mask) as usize, (key >> shift) as usize);
+                    let mut acc = Part::new(&self.layout);
+                    acc.grow(1);
+                    for pane in window.iter().filter(|w| i < w[p].len()) {
+                        for (d, s) in acc.accs.iter_mut().zip(&pane[p].accs) {
+                            d.merge_at(0, s, i);
+                        }
+                    }
+                    if acc.rows()[0] > 0 {
+                        rows.keys.push(key);
+                        evaluate(&self.evals, &acc, 0, &mut rows.columns);
+                    }
+                }
+            }
+        }
+        rows
+    }
+
+    fn evict_before(&mut self, pane: i64) {
+        self.panes = self.panes.split_off(&pane);
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.panes
+            .values()
+            .flatten()
+            .flat_map(|p| &p.accs)
+            .map(Acc::bytes)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ReferenceBackend;
+
+    /// A tiny seeded generator for test data.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+    }
+
+    fn all_aggs() -> Vec<AggSpec> {
+        let mut aggs = vec![AggSpec {
+            func: AggFn::CountRows,
+            column: 0,
+            domain: Domain::I64,
+        }];
+        for (column, domain) in [(0, Domain::I64), (1, Domain::F64)] {
+            for (_, func) in AggFn::ALL.iter().skip(1) {
+                aggs.push(AggSpec {
+                    func: *func,
+                    column,
+                    domain,
+                });
+            }
+        }
+        aggs
+    }
+
+    /// Random segments over a few panes, with nulls, NaN and extremes: every backend
+    /// configuration must give the reference's rows exactly.
+    #[test]
+    fn cpu_equals_reference_on_random_segments() {
+        for seed in 0..40u64 {
+            let mut rng = Lcg(seed);
+            let n = 1 + (rng.next() % 3000) as usize;
+            let n_keys = 1 + rng.next() % 300;
+            let keys: Vec<u32> = (0..n).map(|_| (rng.next() % n_keys) as u32).collect();
+            let panes: Vec<i64> = (0..n)
+                .map(|i| (i / 500) as i64 + (rng.next() % 3) as i64)
+                .collect();
+            let ts: Vec<i64> = (0..n).map(|_| (rng.next() % 50) as i64).collect();
+            let ints: Vec<i64> = (0..n)
+                .map(|_| match rng.next() % 20 {
+                    0 => i64::MAX,
+                    1 => i64::MIN,
+                    _ => rng.next() as i64 - (1 << 30),
+                })
+                .collect();
+            let floats: Vec<f64> = (0..n)
+                .map(|_| match rng.next() % 30 {
+                    0 => f64::NAN,
+                    1 => 1e300,
+                    2 => -f64::INFINITY,
+                    _ => (rng.next() as f64) / 7.0 - 1e8,
+                })
+                .collect();
+            let iv: Vec<bool> = (0..n).map(|_| rng.next() % 5 != 0).collect();
+            let fv: Vec<bool> = (0..n).map(|_| rng.next() % 7 != 0).collect();
+            let columns = [
+                Column {
+                    values: Values::I64(&ints),
+                    valid: Some(&iv),
+                },
+                Column {
+                    values: Values::F64(&floats),
+                    valid: if seed % 2 == 0 { Some(&fv) } else { None },
+                },
+            ];
+            let aggs = all_aggs();
+            let mut reference = ReferenceBackend::new(aggs.clone());
+            let mut cpus = [CpuBackend::new(&aggs, 1), CpuBackend::new(&aggs, 4)];
+            let mut start = 0;
+            while start < n {
+                let end = (start + 1 + (rng.next() % 700) as usize).min(n);
+                let ev = Events {
+                    keys: &keys[start..end],
+                    panes: &panes[start..end],
+                    ts: &ts[start..end],
+                    columns: &[
+                        Column {
+                            values: Values::I64(&ints[start..end]),
+                            valid: Some(&iv[start..end]),
+                        },
+                        Column {
+                            values: Values::F64(&floats[start..end]),
+                            valid: columns[1].valid.map(|v| &v[start..end]),
+                        },
+                    ],
+                };
+                reference.update(&ev);
+                cpus.iter_mut().for_each(|c| c.update(&ev));
+                start = end;
+            }
+            let max_pane = panes.iter().max().copied().unwrap_or(0);
+            for window in [0..1, 0..3, 1..max_pane + 1, max_pane..max_pane + 1] {
+                let want = reference.combine(window.clone(), Keys::All);
+                let only: Vec<u32> = want.keys.iter().copied().step_by(3).collect();
+                let want_only = reference.combine(window.clone(), Keys::Only(&only));
+                for cpu in cpus.iter_mut() {
+                    assert_same(&want, &cpu.combine(window.clone(), Keys::All), seed);
+                    assert_same(
+                        &want_only,
+                        &cpu.combine(window.clone(), Keys::Only(&only)),
+                        seed,
+                    );
+                }
+            }
+            reference.evict_before(2);
+            cpus.iter_mut().for_each(|c| c.evict_before(2));
+            assert_same(
+                &reference.combine(0..4, Keys::All),
+                &cpus[1].combine(0..4, Keys::All),
+                seed,
+            );
+        }
+    }
+
+    fn assert_same(want: &WindowRows, got: &WindowRows, seed: u64) {
+        assert_eq!(want.keys, got.keys, "seed {seed}: keys differ");
+        for (i, (w, g)) in want.columns.iter().zip(&got.columns).enumerate() {
+            match (w, g) {
+                (OutColumn::I64 { .. }, OutColumn::I64 { .. }) => {
+                    assert_eq!(w, g, "seed {seed}: column {i}")
+                }
+                (
+                    OutColumn::F64 {
+                        values: wv,
+                        valid: wok,
+                    },
+                    OutColumn::F64 {
+                        values: gv,
+                        valid: gok,
+                    },
+                ) => {
+                    assert_eq!(wok, gok, "seed {seed}: validity of column {i}");
+                    for (r, (a, b)) in wv.iter().zip(gv).enumerate() {
+                        let same = a == b || (a.is_nan() && b.is_nan()) || !wok[r];
+                        assert!(same, "seed {seed}: column {i} row {r}: {a} vs {b}");
+                    }
+                }
+                _ => panic!("seed {seed}: column {i} has different types"),
+            }
+        }
+    }
+
+    #[test]
+    fn empty_window_and_sums_wrap() {
+        let aggs = vec![AggSpec {
+            func: AggFn::Sum,
+            column: 0,
+            domain: Domain::I64,
+        }];
+        let mut cpu = CpuBackend::new(&aggs, 1);
+        assert!(cpu.combine(0..10, Keys::All).keys.is_empty());
+        let x = [i64::MAX, 2];
+        cpu.update(&Events {
+            keys: &[0, 0],
+            panes: &[0, 0],
+            ts: &[0, 0],
+            columns: &[Column {
+                values: Values::I64(&x),
+                valid: None,
+            }],
+        });
+        let rows = cpu.combine(0..1, Keys::All);
+        assert_eq!(
+            rows.columns[0],
+            OutColumn::I64 {
+                values: vec![i64::MIN + 1],
+                valid: vec![true]
+            }
+        );
+        assert!(cpu.state_bytes() > 0);
+    }
+}

@@ -1,0 +1,136 @@
+//! What kernels take in (a segment of events, columnar) and give back (a window's rows).
+
+use crate::agg::OutType;
+
+/// Values of one input column, in the domain the aggregates read it in.
+#[derive(Clone, Copy, Debug)]
+pub enum Values<'a> {
+    /// Integers.
+    I64(&'a [i64]),
+    /// Floats.
+    F64(&'a [f64]),
+}
+
+/// One input column: values plus validity (`None` when the column has no nulls).
+#[derive(Clone, Copy, Debug)]
+pub struct Column<'a> {
+    /// The values; slots that are null hold an arbitrary value.
+    pub values: Values<'a>,
+    /// `valid[i]` is false where row `i` is null.
+    pub valid: Option<&'a [bool]>,
+}
+
+impl Column<'_> {
+    /// Whether row `i` holds a value.
+    #[inline(always)]
+    pub fn is_valid(&self, i: usize) -> bool {
+        self.valid.is_none_or(|v| v[i])
+    }
+}
+
+/// A segment of events, columnar, in stream order. All slices have the same length.
+#[derive(Clone, Copy, Debug)]
+pub struct Events<'a> {
+    /// Dense key id of each event.
+    pub keys: &'a [u32],
+    /// Pane index of each event.
+    pub panes: &'a [i64],
+    /// Event time in ms (first/last order by it).
+    pub ts: &'a [i64],
+    /// Input columns that the aggregates refer to by index.
+    pub columns: &'a [Column<'a>],
+}
+
+impl Events<'_> {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// One result column of a window.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutColumn {
+    /// Integers (counts, integer sums, min, max, first, last).
+    I64 {
+        /// Values; arbitrary where not valid.
+        values: Vec<i64>,
+        /// Validity.
+        valid: Vec<bool>,
+    },
+    /// Floats.
+    F64 {
+        /// Values; arbitrary where not valid.
+        values: Vec<f64>,
+        /// Validity.
+        valid: Vec<bool>,
+    },
+}
+
+impl OutColumn {
+    /// An empty column for a result type, with room for `n` rows.
+    pub fn with_capacity(ty: OutType, n: usize) -> OutColumn {
+        match ty {
+            OutType::Count | OutType::I64 => OutColumn::I64 {
+                values: Vec::with_capacity(n),
+                valid: Vec::with_capacity(n),
+            },
+            OutType::F64 => OutColumn::F64 {
+                values: Vec::with_capacity(n),
+                valid: Vec::with_capacity(n),
+            },
+        }
+    }
+
+    /// Appends an integer (`None` = null). Panics on a float column: a bug in panes.
+    #[inline]
+    pub fn push_i64(&mut self, v: Option<i64>) {
+        match self {
+            OutColumn::I64 { values, valid } => {
+                values.push(v.unwrap_or(0));
+                valid.push(v.is_some());
+            }
+            OutColumn::F64 { .. } => unreachable!("bug in panes: integer pushed to a float column"),
+        }
+    }
+
+    /// Appends a float (`None` = null). Panics on an integer column: a bug in panes.
+    #[inline]
+    pub fn push_f64(&mut self, v: Option<f64>) {
+        match self {
+            OutColumn::F64 { values, valid } => {
+                values.push(v.unwrap_or(0.0));
+                valid.push(v.is_some());
+            }
+            OutColumn::I64 { .. } => {
+                unreachable!("bug in panes: float pushed to an integer column")
+            }
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        match self {
+            OutColumn::I64 { valid, .. } | OutColumn::F64 { valid, .. } => valid.len(),
+        }
+    }
+
+    /// Whether the column has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The rows of one fired window: a key id per row and one column per aggregate.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WindowRows {
+    /// Key id of each row, ascending.
+    pub keys: Vec<u32>,
+    /// One column per aggregate of the job, in job order.
+    pub columns: Vec<OutColumn>,
+}

@@ -1,0 +1,46 @@
+//! panes-kernels: the data plane of panes.
+//!
+//! Kernels aggregate events that the engine has already assigned to a dense key id and a
+//! pane, into per-pane columnar state, and combine a window's panes per key into result
+//! columns. They know arrays and pane state only: no watermarks, files or Kafka.
+//!
+//! Two backends implement [`Backend`]: [`ReferenceBackend`], scalar and obviously correct
+//! (the oracle), and [`CpuBackend`], dense columnar state and rayon across key partitions.
+
+pub mod agg;
+pub mod cpu;
+pub mod events;
+pub mod reference;
+
+pub use agg::{AggFn, AggSpec, Domain, OutType};
+pub use cpu::CpuBackend;
+pub use events::{Column, Events, OutColumn, Values, WindowRows};
+pub use reference::ReferenceBackend;
+
+use std::ops::Range;
+
+/// Which keys a window combine reports.
+#[derive(Clone, Copy, Debug)]
+pub enum Keys<'a> {
+    /// Every key with at least one event in the window's panes.
+    All,
+    /// Only these keys (ascending), for re-fired windows; keys without events are skipped.
+    Only(&'a [u32]),
+}
+
+/// A data-plane backend: pane state plus the kernels that update and combine it.
+///
+/// The engine guarantees that events reach `update` in stream order and that a pane is
+/// never updated after `evict_before` passed it.
+pub trait Backend: Send {
+    /// The backend's name as `--backend` spells it.
+    fn name(&self) -> &'static str;
+    /// Aggregates a segment of events into the state of their panes.
+    fn update(&mut self, events: &Events<'_>);
+    /// Combines panes `panes` per key into one row per key with data, keys ascending.
+    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> WindowRows;
+    /// Frees the state of every pane before `pane`.
+    fn evict_before(&mut self, pane: i64);
+    /// Bytes of state currently held.
+    fn state_bytes(&self) -> usize;
+}

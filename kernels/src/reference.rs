@@ -1,0 +1,234 @@
+//! The reference backend: keeps every event of a (pane, key) as it came and folds them with
+//! plain scalar code when a window is combined. Slow and obviously correct: the oracle.
+//!
+//! Per pane it folds events in arrival order, then merges pane partials in pane order, the
+//! same association the fast backends use, so float results agree to the last bit.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use crate::agg::{self, AggFn, AggSpec, Domain, Moments, Value};
+use crate::events::{Column, Events, OutColumn, Values, WindowRows};
+use crate::{Backend, Keys};
+
+/// One input value as stored: `None` is SQL null.
+#[derive(Clone, Copy, Debug)]
+enum Scalar {
+    I(i64),
+    F(f64),
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    ts: i64,
+    values: Vec<Option<Scalar>>,
+}
+
+/// The scalar oracle. See the module docs.
+pub struct ReferenceBackend {
+    aggs: Vec<AggSpec>,
+    events: BTreeMap<(i64, u32), Vec<Event>>,
+}
+
+impl ReferenceBackend {
+    /// A backend for these aggregates.
+    pub fn new(aggs: Vec<AggSpec>) -> Self {
+        ReferenceBackend {
+            aggs,
+            events: BTreeMap::new(),
+        }
+    }
+}
+
+fn scalar_at(col: &Column<'_>, i: usize) -> Option<Scalar> {
+    if !col.is_valid(i) {
+        return None;
+    }
+    Some(match col.values {
+        Values::I64(v) => Scalar::I(v[i]),
+        Values::F64(v) => Scalar::F(v[i]),
+    })
+}
+
+/// Folds a sequence of values (in pane order, arrival order within a pane) for one
+/// aggregate, merging per-pane partials the way the fast backends do.
+fn fold<T: Value>(panes: &[Vec<(i64, T)>]) -> Option<Partial<T>> {
+    let mut acc: Option<Partial<T>> = None;
+    for pane in panes.iter().filter(|p| !p.is_empty()) {
+        let mut p = Partial::<T>::new();
+        for &(ts, x) in pane {
+            p.n += 1;
+            p.sum = p.sum.add(x);
+            p.min = agg::min(p.min, x);
+            p.max = agg::max(p.max, x);
+            p.moments.push(x.to_f64());
+            if p.first.is_none_or(|(t, _)| ts < t) {
+                p.first = Some((ts, x));
+            }
+            if p.last.is_none_or(|(t, _)| ts >= t) {
+                p.last = Some((ts, x));
+            }
+        }
+        acc = Some(match acc {
+            None => p,
+            Some(mut a) => {
+                a.n += p.n;
+                a.sum = a.sum.add(p.sum);
+                a.min = agg::min(a.min, p.min);
+                a.max = agg::max(a.max, p.max);
+                a.moments.merge(&p.moments);
+                if p.first
+                    .is_some_and(|(t, _)| a.first.is_none_or(|(u, _)| t < u))
+                {
+                    a.first = p.first;
+                }
+                if p.last
+                    .is_some_and(|(t, _)| a.last.is_none_or(|(u, _)| t >= u))
+                {
+                    a.last = p.last;
+                }
+                a
+            }
+        });
+    }
+    acc
+}
+
+struct Partial<T> {
+    n: u64,
+    sum: T,
+    min: T,
+    max: T,
+    moments: Moments,
+    first: Option<(i64, T)>,
+    last: Option<(i64, T)>,
+}
+
+impl<T: Value> Partial<T> {
+    fn new() -> Self {
+        Partial {
+            n: 0,
+            sum: T::ZERO,
+            min: T::MIN_IDENTITY,
+            max: T::MAX_IDENTITY,
+            moments: Moments::default(),
+            first: None,
+            last: None,
+        }
+    }
+}
+
+/// The non-null values of column `col`, with their event times, per pane.
+fn values_per_pane<T>(
+    per_pane: &[&Vec<Event>],
+    col: usize,
+    get: fn(Scalar) -> Option<T>,
+) -> Vec<Vec<(i64, T)>> {
+    per_pane
+        .iter()
+        .map(|evs| {
+            evs.iter()
+                .filter_map(|e| e.values[col].and_then(get).map(|x| (e.ts, x)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Evaluates one aggregate over the non-null values of a window and appends it to `out`.
+fn evaluate<T: Value>(
+    func: AggFn,
+    panes: &[Vec<(i64, T)>],
+    out: &mut OutColumn,
+    push: fn(&mut OutColumn, Option<T>),
+) {
+    let p = fold(panes);
+    match func {
+        AggFn::Count => out.push_i64(Some(p.map_or(0, |p| p.n as i64))),
+        AggFn::Sum => push(out, p.map(|p| p.sum)),
+        AggFn::Min => push(out, p.map(|p| p.min)),
+        AggFn::Max => push(out, p.map(|p| p.max)),
+        AggFn::First => push(out, p.and_then(|p| p.first).map(|(_, x)| x)),
+        AggFn::Last => push(out, p.and_then(|p| p.last).map(|(_, x)| x)),
+        AggFn::Avg => out.push_f64(p.map(|p| p.sum.to_f64() / p.n as f64)),
+        AggFn::VarSamp | AggFn::VarPop | AggFn::StddevSamp | AggFn::StddevPop => {
+            out.push_f64(p.and_then(|p| p.moments.finish(func)))
+        }
+        AggFn::CountRows => unreachable!("count(*) is evaluated by the caller"),
+    }
+}
+
+impl Backend for ReferenceBackend {
+    fn name(&self) -> &'static str {
+        "reference"
+    }
+
+    fn update(&mut self, ev: &Events<'_>) {
+        for i in 0..ev.len() {
+            let values = ev.columns.iter().map(|c| scalar_at(c, i)).collect();
+            let event = Event {
+                ts: ev.ts[i],
+                values,
+            };
+            self.events
+                .entry((ev.panes[i], ev.keys[i]))
+                .or_default()
+                .push(event);
+        }
+    }
+
+    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> WindowRows {
+        // Gather each key's events per pane, in pane order.
+        let mut by_key: BTreeMap<u32, Vec<&Vec<Event>>> = BTreeMap::new();
+        for ((_, key), evs) in self.events.range((panes.start, 0)..(panes.end, 0)) {
+            by_key.entry(*key).or_default().push(evs);
+        }
+        if let Keys::Only(only) = keys {
+            by_key.retain(|k, _| only.binary_search(k).is_ok());
+        }
+        let mut rows = WindowRows {
+            keys: by_key.keys().copied().collect(),
+            columns: self
+                .aggs
+                .iter()
+                .map(|a| OutColumn::with_capacity(a.output(), by_key.len()))
+                .collect(),
+        };
+        for per_pane in by_key.values() {
+            for (spec, out) in self.aggs.iter().zip(rows.columns.iter_mut()) {
+                if spec.func == AggFn::CountRows {
+                    out.push_i64(Some(per_pane.iter().map(|e| e.len() as i64).sum()));
+                    continue;
+                }
+                let col = spec.column;
+                match spec.domain {
+                    Domain::I64 => {
+                        let panes = values_per_pane(per_pane, col, |s| match s {
+                            Scalar::I(x) => Some(x),
+                            Scalar::F(_) => None,
+                        });
+                        evaluate(spec.func, &panes, out, |o, v| o.push_i64(v));
+                    }
+                    Domain::F64 => {
+                        let panes = values_per_pane(per_pane, col, |s| match s {
+                            Scalar::F(x) => Some(x),
+                            Scalar::I(_) => None,
+                        });
+                        evaluate(spec.func, &panes, out, |o, v| o.push_f64(v));
+                    }
+                }
+            }
+        }
+        rows
+    }
+
+    fn evict_before(&mut self, pane: i64) {
+        self.events = self.events.split_off(&(pane, 0));
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.events
+            .values()
+            .map(|v| v.len() * (std::mem::size_of::<Event>() + 16 * self.aggs.len()))
+            .sum()
+    }
+}
