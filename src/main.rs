@@ -1,1 +1,227 @@
-fn main() {}
+//! The `panes` command line: run a job, generate a dataset, run the benchmark suite.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use panes::bench;
+use panes::datasets::{Dataset, GenConfig};
+use panes::engine::Job;
+use panes::engine::run::{BackendKind, RunOptions, run_job};
+use parquet::arrow::ArrowWriter;
+
+/// Event-time windowing over streams: tumbling and hop windows, columnar CPU kernels.
+#[derive(Parser)]
+#[command(name = "panes", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job file to the end of its input and print a summary.
+    Run {
+        /// The job file (TOML).
+        job: PathBuf,
+        /// Data plane: `reference` (scalar oracle) or `cpu`.
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+        /// Rows per source micro-batch.
+        #[arg(long, default_value_t = 64 * 1024)]
+        batch_rows: usize,
+        /// Worker threads for the cpu backend (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Write a generated dataset to a Parquet file.
+    Gen {
+        /// `clickstream` or `iot`.
+        dataset: Dataset,
+        /// Number of events.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Number of distinct keys (articles or sensors).
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Seed: the same seed gives the same file.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Share of events delayed far beyond the usual jitter (late for a 5s bound).
+        #[arg(long, default_value_t = 0.001)]
+        late_share: f64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the built-in benchmark suite (tumble and hop over generated clickstream data).
+    Bench {
+        /// Events per case (cpu).
+        #[arg(long, default_value_t = 4_000_000)]
+        events: u64,
+        /// Events per case for the reference backend, which is slow and keeps every event.
+        #[arg(long, default_value_t = 200_000)]
+        reference_events: u64,
+        /// Key counts to run, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+        keys: Vec<u64>,
+        /// Backends to run, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "reference,cpu")]
+        backend: Vec<BackendKind>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command.execute() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress_bar(total: Option<u64>) -> ProgressBar {
+    let bar = ProgressBar::new(total.unwrap_or(0));
+    let template = "{spinner} {elapsed_precise} [{bar:30}] {human_pos}/{human_len} events ({per_sec}, eta {eta})";
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+impl Command {
+    fn execute(self) -> Result<()> {
+        match self {
+            Command::Run {
+                job,
+                backend,
+                batch_rows,
+                threads,
+            } => {
+                if batch_rows == 0 {
+                    bail!("--batch-rows must be at least 1");
+                }
+                let job = Job::from_file(&job)?;
+                let bar = progress_bar(None);
+                let progress_bar = bar.clone();
+                let opts = RunOptions {
+                    backend,
+                    batch_rows,
+                    threads: threads.unwrap_or_else(rayon::current_num_threads).max(1),
+                    progress: Some(Box::new(move |done, total| {
+                        if let Some(t) = total {
+                            progress_bar.set_length(t);
+                        }
+                        progress_bar.set_position(done);
+                    })),
+                };
+                let summary = run_job(&job, opts);
+                bar.finish_and_clear();
+                eprintln!("{}", summary?);
+                Ok(())
+            }
+            Command::Gen {
+                dataset,
+                events,
+                keys,
+                seed,
+                late_share,
+                out,
+            } => {
+                let config = GenConfig {
+                    events,
+                    keys,
+                    seed,
+                    late_share,
+                    ..GenConfig::default()
+                };
+                let batches =
+                    panes::datasets::generate(dataset, &config).map_err(anyhow::Error::msg)?;
+                write_parquet(&out, dataset, batches, events)?;
+                eprintln!(
+                    "wrote {events} {dataset} events over {keys} keys to {}",
+                    out.display()
+                );
+                Ok(())
+            }
+            Command::Bench {
+                events,
+                reference_events,
+                keys,
+                backend,
+                threads,
+                json,
+            } => {
+                let threads = threads.unwrap_or_else(rayon::current_num_threads).max(1);
+                if !json {
+                    println!(
+                        "{:<12} {:>9} {:<10} {:>10} {:>8} {:>14}",
+                        "window", "keys", "backend", "events", "threads", "events/s"
+                    );
+                }
+                let cases =
+                    bench::suite(events, reference_events, &keys, &backend, threads, |c| {
+                        if !json {
+                            println!(
+                                "{:<12} {:>9} {:<10} {:>10} {:>8} {:>14.0}",
+                                c.window, c.keys, c.backend, c.events, c.threads, c.events_per_sec
+                            );
+                        }
+                    })?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&cases)?);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes generated batches to a Parquet file under a temporary name, renamed when done.
+fn write_parquet(
+    out: &PathBuf,
+    dataset: Dataset,
+    batches: Box<dyn Iterator<Item = arrow::record_batch::RecordBatch> + Send>,
+    events: u64,
+) -> Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = out.with_extension("parquet.tmp");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let bar = progress_bar(Some(events));
+    let written = (|| -> Result<()> {
+        let mut writer = ArrowWriter::try_new(file, panes::datasets::schema(dataset), None)?;
+        for batch in batches {
+            writer.write(&batch)?;
+            bar.inc(batch.num_rows() as u64);
+        }
+        writer.close()?;
+        Ok(())
+    })();
+    bar.finish_and_clear();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!("writing {}", out.display())));
+    }
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} into place", out.display()))?;
+    Ok(())
+}

@@ -1,1 +1,20 @@
-//! placeholder
+//! panes-engine: the control plane of panes.
+//!
+//! It reads a [`job::Job`], pulls Arrow batches from a source, assigns event time and
+//! watermarks, interns keys, splits off late events and drives a kernels
+//! [`panes_kernels::Backend`] through the [`operator::WindowOperator`]; results and late
+//! events go to sinks. [`run::run_job`] ties it together for the CLI.
+
+pub mod connect;
+pub mod error;
+pub mod job;
+pub mod key;
+pub mod operator;
+pub mod run;
+pub mod time;
+pub mod watermark;
+pub mod window;
+
+pub use error::{Error, Result};
+pub use job::Job;
+pub use operator::{Stats, WindowOperator};

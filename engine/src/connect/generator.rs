@@ -1,0 +1,69 @@
+//! Generator source: a built-in dataset of `panes-datasets`, its batches dealt round-robin
+//! to the configured number of partitions.
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use super::{Source, SourceBatch};
+use crate::error::{Error, Result};
+use crate::job::GeneratorSpec;
+
+pub(super) struct GeneratorSource {
+    name: String,
+    schema: SchemaRef,
+    partitions: usize,
+    total: u64,
+    batches: Box<dyn Iterator<Item = RecordBatch> + Send>,
+    index: u64,
+    row: u64,
+}
+
+impl GeneratorSource {
+    pub(super) fn new(spec: &GeneratorSpec, batch_rows: usize) -> Result<Self> {
+        let config = panes_datasets::GenConfig {
+            batch_rows,
+            ..spec.config.clone()
+        };
+        let batches = panes_datasets::generate(spec.dataset, &config)
+            .map_err(|e| Error::input("generator", e))?;
+        Ok(GeneratorSource {
+            name: format!("generator {:?}", spec.dataset),
+            schema: panes_datasets::schema(spec.dataset),
+            partitions: spec.partitions as usize,
+            total: config.events,
+            batches,
+            index: 0,
+            row: 0,
+        })
+    }
+}
+
+impl Source for GeneratorSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    fn total_rows(&self) -> Option<u64> {
+        Some(self.total)
+    }
+
+    fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        let Some(batch) = self.batches.next() else {
+            return Ok(None);
+        };
+        let partition = (self.index % self.partitions as u64) as usize;
+        let first_row = self.row;
+        self.index += 1;
+        self.row += batch.num_rows() as u64;
+        Ok(Some(SourceBatch {
+            partition,
+            batch,
+            origin: self.name.clone(),
+            first_row,
+        }))
+    }
+}

@@ -1,0 +1,160 @@
+//! Parquet source: files read in name order as one partition, row group by row group in
+//! micro-batches (never a whole file at once), projected to the columns the job reads.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+
+use super::{Source, SourceBatch};
+use crate::error::{Error, Result};
+
+pub(super) struct ParquetSource {
+    files: Vec<PathBuf>,
+    columns: Option<Vec<String>>,
+    batch_rows: usize,
+    schema: SchemaRef,
+    total: u64,
+    next_file: usize,
+    reader: Option<(ParquetRecordBatchReader, String, u64)>,
+}
+
+fn builder(path: &PathBuf) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| Error::Parquet {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn projection(
+    b: &ParquetRecordBatchReaderBuilder<File>,
+    path: &PathBuf,
+    columns: Option<&[String]>,
+) -> Result<ProjectionMask> {
+    let Some(columns) = columns else {
+        return Ok(ProjectionMask::all());
+    };
+    let schema = b.schema();
+    let mut roots = Vec::new();
+    for name in columns {
+        let i = schema.index_of(name).map_err(|_| {
+            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            Error::input(
+                path.display().to_string(),
+                format!(
+                    "column {name:?} does not exist; the file has {}",
+                    have.join(", ")
+                ),
+            )
+        })?;
+        roots.push(i);
+    }
+    Ok(ProjectionMask::roots(b.parquet_schema(), roots))
+}
+
+impl ParquetSource {
+    pub(super) fn open(
+        files: &[PathBuf],
+        columns: Option<&[String]>,
+        batch_rows: usize,
+    ) -> Result<Self> {
+        let mut schema = None;
+        let mut total = 0;
+        for path in files {
+            // Reads only the footer: checks every file before the first event is processed.
+            let b = builder(path)?;
+            let mask = projection(&b, path, columns)?;
+            total += b.metadata().file_metadata().num_rows() as u64;
+            let projected = b
+                .with_projection(mask)
+                .build()
+                .map_err(|source| Error::Parquet {
+                    path: path.clone(),
+                    source,
+                })?;
+            let projected = arrow::record_batch::RecordBatchReader::schema(&projected);
+            match &schema {
+                None => schema = Some(projected),
+                Some(first) if first.fields() != projected.fields() => {
+                    return Err(Error::input(
+                        path.display().to_string(),
+                        format!(
+                            "schema differs from the first file {}: {projected} vs {first}",
+                            files[0].display()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        let schema =
+            schema.ok_or_else(|| Error::Internal("a Parquet source with no files".into()))?;
+        Ok(ParquetSource {
+            files: files.to_vec(),
+            columns: columns.map(<[String]>::to_vec),
+            batch_rows,
+            schema,
+            total,
+            next_file: 0,
+            reader: None,
+        })
+    }
+}
+
+impl Source for ParquetSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    fn total_rows(&self) -> Option<u64> {
+        Some(self.total)
+    }
+
+    fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        loop {
+            if let Some((reader, origin, row)) = &mut self.reader {
+                match reader.next() {
+                    Some(Ok(batch)) => {
+                        let first_row = *row;
+                        *row += batch.num_rows() as u64;
+                        return Ok(Some(SourceBatch {
+                            partition: 0,
+                            batch,
+                            origin: origin.clone(),
+                            first_row,
+                        }));
+                    }
+                    Some(Err(e)) => {
+                        return Err(Error::arrow(
+                            format!("reading Parquet file {origin} near row {row}"),
+                            e,
+                        ));
+                    }
+                    None => self.reader = None,
+                }
+            }
+            let Some(path) = self.files.get(self.next_file) else {
+                return Ok(None);
+            };
+            self.next_file += 1;
+            let b = builder(path)?;
+            let mask = projection(&b, path, self.columns.as_deref())?;
+            let reader = b
+                .with_projection(mask)
+                .with_batch_size(self.batch_rows)
+                .build()
+                .map_err(|source| Error::Parquet {
+                    path: path.clone(),
+                    source,
+                })?;
+            self.reader = Some((reader, path.display().to_string(), 0));
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The engine's error type: one enum, split by cause, each message saying what was wrong,
+//! where, and what to do.
+
+use std::path::PathBuf;
+
+/// Result with the engine's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in a job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job file is wrong: an unknown key, a bad value, a missing section.
+    #[error("job file {file}: {message}")]
+    Job {
+        /// The job file (or `<job>` for an in-memory job).
+        file: String,
+        /// What is wrong and where in the file.
+        message: String,
+    },
+    /// The input data does not fit the job: a missing column, a wrong type, a bad value.
+    #[error("input {origin}: {message}")]
+    Input {
+        /// Where: file, row group, row or partition.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done ("reading", "creating", ...).
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A Parquet file could not be read or written (corrupt, truncated, not Parquet).
+    #[error("Parquet file {path}: {source}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: parquet::errors::ParquetError,
+    },
+    /// An Arrow operation failed on input data (a CSV that does not parse, a cast).
+    #[error("{context}: {source}")]
+    Arrow {
+        /// What was being done, and where.
+        context: String,
+        /// The cause.
+        source: arrow::error::ArrowError,
+    },
+    /// A broken invariant: a bug in panes, never the user's fault.
+    #[error("internal error (this is a bug in panes, please report it): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An input error at `origin`.
+    pub fn input(origin: impl Into<String>, message: impl Into<String>) -> Error {
+        Error::Input {
+            origin: origin.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An I/O error while doing `action` on `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An Arrow error while doing `context`.
+    pub fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Error {
+        Error::Arrow {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The job file (TOML): its sections, their defaults, and validation into a [`Job`].
+//!
+//! The doc comments on these structs are the reference for users; the README copies them.
+//! Unknown keys are an error, so a typo never becomes a silent default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::window::WindowSpec;
+use panes_kernels::AggFn;
+
+/// A whole job file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// Event time and watermarks.
+    pub time: TimeConfig,
+    /// The windows.
+    pub window: WindowConfig,
+    /// The grouping key; no section (or `columns = []`) means one global group.
+    #[serde(default)]
+    pub key: KeyConfig,
+    /// The aggregates, at least one.
+    #[serde(default)]
+    pub aggregate: Vec<AggregateConfig>,
+    /// Where window results go.
+    pub sink: SinkConfig,
+    /// Where late events go. Without it late events are counted and reported, not kept.
+    pub late: Option<SinkConfig>,
+}
+
+/// `[source]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `parquet`, `csv` or `generator`.
+    pub kind: String,
+    /// parquet/csv: a file, a directory (its `*.parquet`/`*.csv` files, sorted by name) or a
+    /// glob. The files are read in name order as one partition.
+    pub path: Option<String>,
+    /// generator: `clickstream` or `iot`.
+    pub dataset: Option<String>,
+    /// generator: number of events (default 1 000 000).
+    pub events: Option<u64>,
+    /// generator: number of distinct keys (articles, sensors; default 10 000).
+    pub keys: Option<u64>,
+    /// generator: seed (default 42).
+    pub seed: Option<u64>,
+    /// generator: share of events delayed far beyond the jitter (default 0.001).
+    pub late_share: Option<f64>,
+    /// generator: number of source partitions, batches dealt round-robin (default 1).
+    pub partitions: Option<u32>,
+}
+
+/// `[time]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeConfig {
+    /// The event-time column: an Arrow timestamp of any unit, or integer milliseconds.
+    pub column: String,
+    /// Bounded out-of-orderness: the watermark trails the largest event time seen by this
+    /// much (plus 1 ms). Default `0s`.
+    #[serde(default = "zero")]
+    pub max_out_of_orderness: String,
+    /// How long a window keeps its state after it fired; events within it re-fire the
+    /// window with a higher `revision`. Default `0s`.
+    #[serde(default = "zero")]
+    pub allowed_lateness: String,
+    /// A partition that produced nothing for this long (processing time) stops holding
+    /// the watermark back, until it produces again. Default `30s`.
+    #[serde(default = "thirty_seconds")]
+    pub idle_timeout: String,
+}
+
+fn zero() -> String {
+    "0s".into()
+}
+
+fn thirty_seconds() -> String {
+    "30s".into()
+}
+
+/// `[window]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// `tumble` or `hop`.
+    pub kind: String,
+    /// Window length, e.g. `15m`.
+    pub size: String,
+    /// hop: distance between window starts, e.g. `1m`; at most `size`.
+    pub slide: Option<String>,
+    /// Shift of window starts from the epoch (default `0s`).
+    pub offset: Option<String>,
+}
+
+/// `[key]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Key columns: integer or string types. A null key is a group of its own.
+    #[serde(default)]
+    pub columns: Vec<String>,
+}
+
+/// One `[[aggregate]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Output column name.
+    pub name: String,
+    /// `count`, `sum`, `min`, `max`, `avg`, `var_samp`, `var_pop`, `stddev_samp`,
+    /// `stddev_pop`, `first`, `last`. `count` without `column` counts rows.
+    #[serde(rename = "fn")]
+    pub func: String,
+    /// Input column (numeric; any type for `count`).
+    pub column: Option<String>,
+}
+
+/// `[sink]` and `[late]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `parquet`, `csv` or `jsonl` (JSON lines; to stdout when `path` is absent or `-`).
+    #[serde(default = "parquet")]
+    pub kind: String,
+    /// Output file. Written under a temporary name and renamed when complete.
+    pub path: Option<String>,
+}
+
+fn parquet() -> String {
+    "parquet".into()
+}
+
+/// A validated source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// Parquet files.
+    Parquet(String),
+    /// CSV files with a header row.
+    Csv(String),
+    /// A built-in generator.
+    Generator(GeneratorSpec),
+}
+
+/// A validated generator source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GeneratorSpec {
+    /// Which dataset.
+    pub dataset: panes_datasets::Dataset,
+    /// Events, keys, seed, shares.
+    pub config: panes_datasets::GenConfig,
+    /// Number of partitions.
+    pub partitions: u32,
+}
+
+/// A validated sink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sink {
+    /// A Parquet file.
+    Parquet(PathBuf),
+    /// A CSV file with a header.
+    Csv(PathBuf),
+    /// JSON lines to a file, or to stdout when `None`.
+    JsonLines(Option<PathBuf>),
+}
+
+/// A validated aggregate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Aggregate {
+    /// Output column name.
+    pub name: String,
+    /// Function.
+    pub func: AggFn,
+    /// Input column, if the function reads one.
+    pub column: Option<String>,
+}
+
+/// A validated job: everything checked that can be checked without the data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    /// Events from.
+    pub source: Source,
+    /// Event-time column.
+    pub time_column: String,
+    /// Bounded out-of-orderness in ms.
+    pub max_out_of_orderness: i64,
+    /// Allowed lateness in ms.
+    pub allowed_lateness: i64,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Window geometry.
+    pub window: WindowSpec,
+    /// Key columns.
+    pub keys: Vec<String>,
+    /// Aggregates.
+    pub aggregates: Vec<Aggregate>,
+    /// Results to.
+    pub sink: Sink,
+    /// Late events to.
+    pub late: Option<Sink>,
+}
+
+impl Job {
+    /// Reads and validates a job file.
+    pub fn from_file(path: &Path) -> Result<Job> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("reading job file", path, e))?;
+        Job::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates job-file text; `file` names it in errors.
+    pub fn from_toml(text: &str, file: &str) -> Result<Job> {
+        let err = |message: String| Error::Job {
+            file: file.to_string(),
+            message,
+        };
+        let parsed: JobFile =
+            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
+        parsed.validate().map_err(err)
+    }
+}
+
+/// Parses a duration such as `5s`, `15m`, `100ms`, `1h 30m` into milliseconds.
+pub fn parse_millis(field: &str, text: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("{field} = {text:?} is not a duration ({e}); write e.g. \"5s\", \"15m\", \"100ms\"")
+    })?;
+    // A thousand years keeps every watermark and window computation far from overflow.
+    const MAX_MS: u128 = 1000 * 366 * 24 * 3600 * 1000;
+    match d.as_millis() {
+        ms if ms <= MAX_MS => Ok(ms as i64),
+        _ => Err(format!(
+            "{field} = {text:?} is too long (at most 1000 years)"
+        )),
+    }
+}
+
+impl JobFile {
+    fn validate(self) -> Result<Job, String> {
+        let source = self.source.validate()?;
+        let t = &self.time;
+        let max_out_of_orderness =
+            parse_millis("time.max_out_of_orderness", &t.max_out_of_orderness)?;
+        let allowed_lateness = parse_millis("time.allowed_lateness", &t.allowed_lateness)?;
+        let idle_ms = parse_millis("time.idle_timeout", &t.idle_timeout)?;
+        let w = &self.window;
+        let size = parse_millis("window.size", &w.size)?;
+        let offset = w
+            .offset
+            .as_deref()
+            .map(|o| parse_millis("window.offset", o))
+            .transpose()?
+            .unwrap_or(0);
+        let window = match (w.kind.as_str(), &w.slide) {
+            ("tumble", None) => WindowSpec::new(size, size, offset),
+            ("tumble", Some(_)) => return Err("window.slide is only for kind = \"hop\"".into()),
+            ("hop", Some(slide)) => {
+                WindowSpec::new(size, parse_millis("window.slide", slide)?, offset)
+            }
+            ("hop", None) => {
+                return Err("window kind \"hop\" needs a slide, e.g. slide = \"1m\"".into());
+            }
+            ("session" | "cumulate", _) => {
+                return Err(format!(
+                    "window.kind = {:?} is not supported yet; use \"tumble\" or \"hop\"",
+                    w.kind
+                ));
+            }
+            (other, _) => {
+                return Err(format!(
+                    "window.kind = {other:?} is unknown; use \"tumble\" or \"hop\""
+                ));
+            }
+        }
+        .map_err(|e| format!("window: {e}"))?;
+        if self.aggregate.is_empty() {
+            return Err(
+                "the job has no [[aggregate]]; add one, e.g. name = \"events\", fn = \"count\""
+                    .into(),
+            );
+        }
+        let mut names: Vec<&str> = self.key.columns.iter().map(String::as_str).collect();
+        names.extend(["window_start", "window_end", "revision"]);
+        let mut aggregates = Vec::new();
+        for (i, a) in self.aggregate.iter().enumerate() {
+            let at = format!("aggregate #{} ({:?})", i + 1, a.name);
+            let func = AggFn::parse(&a.func, a.column.is_some()).ok_or_else(|| {
+                let known: Vec<&str> = AggFn::ALL
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .filter(|n| *n != "count_col")
+                    .collect();
+                format!(
+                    "{at}: fn = {:?} is unknown; known: {}",
+                    a.func,
+                    known.join(", ")
+                )
+            })?;
+            if func.needs_column() && a.column.is_none() {
+                return Err(format!("{at}: fn = {:?} needs a column", a.func));
+            }
+            if a.name.is_empty() || names.contains(&a.name.as_str()) {
+                return Err(format!(
+                    "{at}: the name is empty or already used by a key, window or aggregate column"
+                ));
+            }
+            names.push(&a.name);
+            aggregates.push(Aggregate {
+                name: a.name.clone(),
+                func,
+                column: a.column.clone(),
+            });
+        }
+        let late = self.late.map(|l| l.validate("late")).transpose()?;
+        Ok(Job {
+            source,
+            time_column: t.column.clone(),
+            max_out_of_orderness,
+            allowed_lateness,
+            idle_timeout: Duration::from_millis(idle_ms as u64),
+            window,
+            keys: self.key.columns.clone(),
+            aggregates,
+            sink: self.sink.validate("sink")?,
+            late,
+        })
+    }
+}
+
+impl SourceConfig {
+    fn validate(&self) -> Result<Source, String> {
+        let generator_keys = [
+            ("dataset", self.dataset.is_some()),
+            ("events", self.events.is_some()),
+            ("keys", self.keys.is_some()),
+            ("seed", self.seed.is_some()),
+            ("late_share", self.late_share.is_some()),
+            ("partitions", self.partitions.is_some()),
+        ];
+        let file_source = |make: fn(String) -> Source| {
+            if let Some((k, _)) = generator_keys.iter().find(|(_, set)| *set) {
+                return Err(format!("source.{k} is only for kind = \"generator\""));
+            }
+            match &self.path {
+                Some(p) if !p.is_empty() => Ok(make(p.clone())),
+                _ => Err(format!("source kind {:?} needs a path", self.kind)),
+            }
+        };
+        match self.kind.as_str() {
+            "parquet" => file_source(Source::Parquet),
+            "csv" => file_source(Source::Csv),
+            "generator" => {
+                if self.path.is_some() {
+                    return Err("source.path is not used by kind = \"generator\"".into());
+                }
+                let dataset = self
+                    .dataset
+                    .as_deref()
+                    .unwrap_or("clickstream")
+                    .parse()
+                    .map_err(|e| format!("source.dataset: {e}"))?;
+                let defaults = panes_datasets::GenConfig::default();
+                let config = panes_datasets::GenConfig {
+                    events: self.events.unwrap_or(1_000_000),
+                    keys: self.keys.unwrap_or(10_000),
+                    seed: self.seed.unwrap_or(42),
+                    late_share: self.late_share.unwrap_or(defaults.late_share),
+                    ..defaults
+                };
+                config.validate().map_err(|e| format!("source: {e}"))?;
+                let partitions = self.partitions.unwrap_or(1);
+                if partitions == 0 {
+                    return Err("source.partitions must be at least 1".into());
+                }
+                Ok(Source::Generator(GeneratorSpec {
+                    dataset,
+                    config,
+                    partitions,
+                }))
+            }
+            other => Err(format!(
+                "source.kind = {other:?} is unknown; use \"parquet\", \"csv\" or \"generator\""
+            )),
+        }
+    }
+}
+
+impl SinkConfig {
+    fn validate(&self, section: &str) -> Result<Sink, String> {
+        let path = self
+            .path
+            .as_ref()
+            .filter(|p| !p.is_empty() && *p != "-")
+            .map(PathBuf::from);
+        match (self.kind.as_str(), path) {
+            ("parquet", Some(p)) => Ok(Sink::Parquet(p)),
+            ("csv", Some(p)) => Ok(Sink::Csv(p)),
+            ("jsonl", p) => Ok(Sink::JsonLines(p)),
+            ("parquet" | "csv", None) => {
+                Err(format!("{section}.kind = {:?} needs a path", self.kind))
+            }
+            (other, _) => Err(format!(
+                "{section}.kind = {other:?} is unknown; use \"parquet\", \"csv\" or \"jsonl\""
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JOB: &str = r#"
+        [source]
+        kind = "parquet"
+        path = "data/clicks.parquet"
+        [time]
+        column = "ts"
+        max_out_of_orderness = "5s"
+        allowed_lateness = "0s"
+        idle_timeout = "30s"
+        [window]
+        kind = "hop"
+        size = "15m"
+        slide = "1m"
+        [key]
+        columns = ["article_id"]
+        [[aggregate]]
+        name = "views"
+        fn = "count"
+        [[aggregate]]
+        name = "avg_scroll"
+        fn = "avg"
+        column = "scroll_depth"
+        [sink]
+        kind = "parquet"
+        path = "out/trending.parquet"
+        [late]
+        path = "out/late.parquet"
+    "#;
+
+    fn error_of(text: &str) -> String {
+        Job::from_toml(text, "job.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_documented_job_parses() {
+        let job = Job::from_toml(JOB, "job.toml").unwrap();
+        assert_eq!(job.max_out_of_orderness, 5_000);
+        assert_eq!(job.window, WindowSpec::new(900_000, 60_000, 0).unwrap());
+        assert_eq!(job.aggregates[1].func, AggFn::Avg);
+        assert_eq!(job.late, Some(Sink::Parquet("out/late.parquet".into())));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = error_of(&JOB.replace("idle_timeout", "idle_timout"));
+        assert!(e.contains("idle_timout") && e.contains("job.toml"), "{e}");
+        let e = error_of(&JOB.replace("\"5s\"", "\"5 parsecs\""));
+        assert!(
+            e.contains("time.max_out_of_orderness") && e.contains("5 parsecs"),
+            "{e}"
+        );
+        let e = error_of(&JOB.replace("\"avg\"", "\"median\""));
+        assert!(e.contains("median") && e.contains("aggregate #2"), "{e}");
+        let e = error_of(&JOB.replace("slide = \"1m\"", "slide = \"20m\""));
+        assert!(e.contains("slide"), "{e}");
+        let e = error_of(&JOB.replace("name = \"avg_scroll\"", "name = \"views\""));
+        assert!(e.contains("already used"), "{e}");
+        let e = error_of(&JOB.replace("kind = \"hop\"", "kind = \"sliding\""));
+        assert!(e.contains("sliding"), "{e}");
+    }
+}

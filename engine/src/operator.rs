@@ -1,0 +1,616 @@
+//! The window operator: Arrow batches in, window results and late events out.
+//!
+//! For each batch it reads event times, computes the watermark each event meets, interns
+//! keys, finds each event's pane and splits off late events. It then cuts the batch where
+//! the watermark crosses a window's firing or expiry point, so that a window fires with
+//! exactly the events that met a watermark before its end, whatever the batch boundaries.
+//! Between cuts the kernels aggregate; at each cut windows fire (revision 0) or expire.
+//!
+//! With allowed lateness, an event that arrives after its window fired but before it
+//! expired is added and the window re-fires for that key at the end of the batch. The
+//! `revision` of a (key, window) row is the number of such events so far: it never depends
+//! on batching, and the highest revision holds every event.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray,
+    TimestampMillisecondArray,
+};
+use arrow::compute::{CastOptions, cast_with_options, filter, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use panes_kernels::{AggSpec, Backend, Column, Domain, Events, Keys, OutColumn, OutType, Values};
+
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::key::KeyInterner;
+use crate::time::event_times;
+use crate::watermark::WatermarkTracker;
+use crate::window::WindowSpec;
+
+/// What the operator has counted so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events read.
+    pub events_in: u64,
+    /// Events that were late for every window (sent to the late output).
+    pub late_events: u64,
+    /// Window result rows emitted (revisions included).
+    pub rows_out: u64,
+    /// Largest state (panes plus key dictionary) held, in bytes.
+    pub peak_state_bytes: u64,
+}
+
+/// An input column that aggregates read: where it is and how it is read.
+#[derive(Clone, Copy, Debug)]
+struct Input {
+    index: usize,
+    /// `None`: only its validity is read (`count(col)` of a non-numeric column).
+    domain: Option<Domain>,
+}
+
+/// Buffers reused from batch to batch, so the hot path does not allocate per event.
+#[derive(Default)]
+struct Scratch {
+    ts: Vec<i64>,
+    met: Vec<i64>,
+    keys: Vec<u32>,
+    panes: Vec<i64>,
+    late: Vec<bool>,
+    zeros: Vec<i64>,
+}
+
+/// The window operator. See the module docs.
+pub struct WindowOperator {
+    spec: WindowSpec,
+    lateness: i64,
+    time_index: usize,
+    time_name: String,
+    key_indices: Vec<usize>,
+    inputs: Vec<Input>,
+    interner: KeyInterner,
+    backend: Box<dyn Backend>,
+    tracker: WatermarkTracker,
+    /// Windows before this index have been considered for firing.
+    next_fire: Option<i64>,
+    /// Panes holding data that no window has expired yet.
+    live_panes: BTreeSet<i64>,
+    /// Revision of each (key, window) that received events after it fired.
+    revisions: HashMap<(u32, i64), i64>,
+    /// Windows to re-fire at the end of the batch, with the keys that changed.
+    dirty: BTreeMap<i64, BTreeSet<u32>>,
+    out_schema: SchemaRef,
+    late_schema: SchemaRef,
+    output: Vec<RecordBatch>,
+    late_output: Vec<RecordBatch>,
+    stats: Stats,
+    scratch: Scratch,
+}
+
+fn timestamp_ms() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+impl WindowOperator {
+    /// An operator for `job` over inputs with `schema`, from `partitions` source partitions;
+    /// `backend` builds the data plane for the aggregates the job resolves to.
+    pub fn new(
+        job: &Job,
+        schema: &SchemaRef,
+        partitions: usize,
+        backend: impl FnOnce(&[AggSpec]) -> Result<Box<dyn Backend>>,
+    ) -> Result<Self> {
+        let missing = |what: &str, name: &str| {
+            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            Error::input(
+                "source schema",
+                format!(
+                    "{what} column {name:?} does not exist; the input has {}",
+                    have.join(", ")
+                ),
+            )
+        };
+        let find = |what: &str, name: &str| schema.index_of(name).map_err(|_| missing(what, name));
+        let time_index = find("time", &job.time_column)?;
+        let key_indices = job
+            .keys
+            .iter()
+            .map(|k| find("key", k))
+            .collect::<Result<Vec<_>>>()?;
+        let key_fields: Vec<(String, DataType)> = key_indices
+            .iter()
+            .map(|&i| {
+                (
+                    schema.field(i).name().clone(),
+                    schema.field(i).data_type().clone(),
+                )
+            })
+            .collect();
+        let interner =
+            KeyInterner::new(&key_fields).map_err(|e| Error::input("source schema", e))?;
+
+        let mut inputs: Vec<Input> = Vec::new();
+        let mut specs = Vec::new();
+        for a in &job.aggregates {
+            let Some(name) = &a.column else {
+                specs.push(AggSpec {
+                    func: a.func,
+                    column: 0,
+                    domain: Domain::I64,
+                });
+                continue;
+            };
+            let index = find(&format!("aggregate {:?}: input", a.name), name)?;
+            let ty = schema.field(index).data_type();
+            let domain = match ty {
+                t if t.is_integer() => Some(Domain::I64),
+                t if t.is_floating()
+                    || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
+                {
+                    Some(Domain::F64)
+                }
+                _ if a.func == panes_kernels::AggFn::Count => None,
+                t => {
+                    return Err(Error::input(
+                        "source schema",
+                        format!(
+                            "aggregate {:?}: {} needs a numeric column, but {name:?} has type {t}",
+                            a.name, a.func
+                        ),
+                    ));
+                }
+            };
+            let column = match inputs.iter().position(|i| i.index == index) {
+                Some(c) => c,
+                None => {
+                    inputs.push(Input { index, domain });
+                    inputs.len() - 1
+                }
+            };
+            specs.push(AggSpec {
+                func: a.func,
+                column,
+                domain: domain.unwrap_or(Domain::I64),
+            });
+        }
+        let agg_types: Vec<OutType> = specs.iter().map(AggSpec::output).collect();
+        let backend = backend(&specs)?;
+
+        let mut fields: Vec<Field> = key_fields
+            .iter()
+            .map(|(n, t)| Field::new(n, t.clone(), true))
+            .collect();
+        fields.push(Field::new("window_start", timestamp_ms(), false));
+        fields.push(Field::new("window_end", timestamp_ms(), false));
+        for (a, t) in job.aggregates.iter().zip(&agg_types) {
+            let (ty, nullable) = match t {
+                OutType::Count => (DataType::Int64, false),
+                OutType::I64 => (DataType::Int64, true),
+                OutType::F64 => (DataType::Float64, true),
+            };
+            fields.push(Field::new(&a.name, ty, nullable));
+        }
+        if job.allowed_lateness > 0 {
+            fields.push(Field::new("revision", DataType::Int64, false));
+        }
+        let mut late_fields: Vec<Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        late_fields.push(Field::new("watermark", timestamp_ms(), true));
+        late_fields.push(Field::new("reason", DataType::Utf8, false));
+
+        Ok(WindowOperator {
+            spec: job.window,
+            lateness: job.allowed_lateness,
+            time_index,
+            time_name: job.time_column.clone(),
+            key_indices,
+            inputs,
+            interner,
+            backend,
+            tracker: WatermarkTracker::new(
+                partitions,
+                job.max_out_of_orderness,
+                job.idle_timeout,
+                Instant::now(),
+            ),
+            next_fire: None,
+            live_panes: BTreeSet::new(),
+            revisions: HashMap::new(),
+            dirty: BTreeMap::new(),
+            out_schema: Arc::new(Schema::new(fields)),
+            late_schema: Arc::new(Schema::new(late_fields)),
+            output: Vec::new(),
+            late_output: Vec::new(),
+            stats: Stats::default(),
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// Schema of the window results.
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.out_schema
+    }
+
+    /// Schema of the late-event output: the input columns plus `watermark` and `reason`.
+    pub fn late_schema(&self) -> &SchemaRef {
+        &self.late_schema
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The current job watermark (`i64::MIN` before any).
+    pub fn watermark(&self) -> i64 {
+        self.tracker.current()
+    }
+
+    /// Takes the window results produced so far.
+    pub fn take_output(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Takes the late events produced so far.
+    pub fn take_late(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.late_output)
+    }
+
+    /// Processes one batch from source partition `partition`; `origin` and `first_row` say
+    /// where it came from, for errors.
+    pub fn process_batch(
+        &mut self,
+        partition: usize,
+        batch: &RecordBatch,
+        origin: &str,
+        first_row: u64,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut s = std::mem::take(&mut self.scratch);
+        let result = self.process(partition, batch, origin, first_row, &mut s);
+        self.scratch = s;
+        result
+    }
+
+    fn process(
+        &mut self,
+        partition: usize,
+        batch: &RecordBatch,
+        origin: &str,
+        first_row: u64,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        event_times(
+            batch.column(self.time_index),
+            &self.time_name,
+            origin,
+            first_row,
+            &mut s.ts,
+        )?;
+        let key_cols: Vec<ArrayRef> = self
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        self.interner.intern(&key_cols, n, &mut s.keys)?;
+        self.tracker
+            .observe(partition, &s.ts, Instant::now(), &mut s.met);
+        self.stats.events_in += n as u64;
+
+        let spec = self.spec;
+        let panes_per_slide = spec.slide() / spec.pane_len();
+        s.panes.clear();
+        s.panes.extend(s.ts.iter().map(|&t| spec.pane_of(t)));
+        // Late: even the last window of the event's pane has expired.
+        s.late.clear();
+        s.late.extend(s.panes.iter().zip(&s.met).map(|(&j, &w)| {
+            let last = j.div_euclid(panes_per_slide);
+            (spec.end(last) - 1).saturating_add(self.lateness) <= w
+        }));
+        let late_count = s.late.iter().filter(|&&l| l).count();
+
+        // Value columns in their kernel domains; an overflowing cast is an error, not a null.
+        let strict = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.inputs.len());
+        for input in &self.inputs {
+            let col = batch.column(input.index);
+            let cast_to = |to: &DataType| {
+                let name = batch.schema().field(input.index).name().clone();
+                cast_with_options(col, to, &strict)
+                    .map_err(|e| Error::arrow(format!("{origin}: column {name:?}"), e))
+            };
+            arrays.push(match input.domain {
+                Some(Domain::I64) => cast_to(&DataType::Int64)?,
+                Some(Domain::F64) => cast_to(&DataType::Float64)?,
+                None => col.clone(),
+            });
+        }
+
+        let (keys, panes, ts, met) = if late_count > 0 {
+            self.stats.late_events += late_count as u64;
+            let late_mask = BooleanArray::from(std::mem::take(&mut s.late));
+            self.late_output
+                .push(self.late_rows(batch, &late_mask, &s.met)?);
+            let keep_mask =
+                arrow::compute::not(&late_mask).map_err(|e| Error::arrow("late split", e))?;
+            for a in arrays.iter_mut() {
+                *a = filter(a, &keep_mask).map_err(|e| Error::arrow("late split", e))?;
+            }
+            let keep = keep_mask.values();
+            let kept = |xs: &[i64]| {
+                xs.iter()
+                    .zip(keep.iter())
+                    .filter(|(_, k)| *k)
+                    .map(|(x, _)| *x)
+                    .collect::<Vec<i64>>()
+            };
+            let keys = s
+                .keys
+                .iter()
+                .zip(keep.iter())
+                .filter(|(_, k)| *k)
+                .map(|(x, _)| *x)
+                .collect();
+            (keys, kept(&s.panes), kept(&s.ts), kept(&s.met))
+        } else {
+            (
+                std::mem::take(&mut s.keys),
+                std::mem::take(&mut s.panes),
+                std::mem::take(&mut s.ts),
+                std::mem::take(&mut s.met),
+            )
+        };
+
+        let m = keys.len();
+        if s.zeros.len() < m {
+            s.zeros.resize(m, 0);
+        }
+        let valid: Vec<Option<Vec<bool>>> = arrays
+            .iter()
+            .map(|a| a.logical_nulls().map(|nulls| nulls.iter().collect()))
+            .collect();
+        let columns: Vec<Column<'_>> = arrays
+            .iter()
+            .zip(&valid)
+            .map(|(a, v)| Column {
+                values: match a.data_type() {
+                    DataType::Float64 => Values::F64(a.as_primitive::<Float64Type>().values()),
+                    DataType::Int64 => Values::I64(a.as_primitive::<Int64Type>().values()),
+                    _ => Values::I64(&s.zeros[..m]),
+                },
+                valid: v.as_deref(),
+            })
+            .collect();
+
+        // Cut where the watermark crosses the next firing or expiry point.
+        let mut start = 0;
+        while start < m {
+            let w = met[start];
+            self.advance(w)?;
+            let next = self.next_threshold(w);
+            let end = start
+                + met[start..]
+                    .iter()
+                    .position(|&x| x >= next)
+                    .unwrap_or(m - start);
+            let end = end.max(start + 1);
+            if self.lateness > 0 {
+                self.count_revisions(&keys[start..end], &panes[start..end], &met[start..end]);
+            }
+            let events = Events {
+                keys: &keys[start..end],
+                panes: &panes[start..end],
+                ts: &ts[start..end],
+                columns: &columns
+                    .iter()
+                    .map(|c| Column {
+                        values: match c.values {
+                            Values::I64(v) => Values::I64(&v[start..end]),
+                            Values::F64(v) => Values::F64(&v[start..end]),
+                        },
+                        valid: c.valid.map(|v| &v[start..end]),
+                    })
+                    .collect::<Vec<_>>(),
+            };
+            self.backend.update(&events);
+            let mut last = None;
+            for &j in &panes[start..end] {
+                if last != Some(j) {
+                    self.live_panes.insert(j);
+                    last = Some(j);
+                }
+            }
+            start = end;
+        }
+        drop(columns);
+        if late_count == 0 {
+            (s.keys, s.panes, s.ts, s.met) = (keys, panes, ts, met);
+        }
+        let w = self.tracker.current();
+        self.advance(w)?;
+        self.refire_dirty(i64::MAX)?;
+        self.note_state();
+        Ok(())
+    }
+
+    /// The smallest watermark at which some window fires or expires, after `w`.
+    fn next_threshold(&self, w: i64) -> i64 {
+        let spec = &self.spec;
+        let at = |delay: i64| {
+            let k = spec.windows_closed_by(w, delay);
+            let end = k * i128::from(spec.slide()) + i128::from(spec.end(0));
+            i64::try_from(end - 1 + i128::from(delay)).unwrap_or(i64::MAX)
+        };
+        at(0).min(at(self.lateness))
+    }
+
+    /// Marks windows that already fired and receive these (allowed) late events.
+    fn count_revisions(&mut self, keys: &[u32], panes: &[i64], met: &[i64]) {
+        for ((&key, &j), &w) in keys.iter().zip(panes).zip(met) {
+            for k in self.spec.windows_of_pane(j) {
+                if self.spec.end(k) - 1 > w {
+                    break;
+                }
+                *self.revisions.entry((key, k)).or_insert(0) += 1;
+                self.dirty.entry(k).or_default().insert(key);
+            }
+        }
+    }
+
+    /// Fires windows whose end the watermark `w` has reached, and expires those past their
+    /// allowed lateness (re-firing their pending revisions first).
+    fn advance(&mut self, w: i64) -> Result<()> {
+        let fire = self.spec.windows_closed_by(w, 0);
+        loop {
+            let from = self
+                .next_fire
+                .map_or(i64::MIN, |k| self.spec.panes_of_window(k).start);
+            let Some(&j) = self.live_panes.range(from..).next() else {
+                break;
+            };
+            let first = *self.spec.windows_of_pane(j).start();
+            let k = self.next_fire.map_or(first, |n| n.max(first));
+            if i128::from(k) >= fire {
+                break;
+            }
+            self.emit(k, Keys::All)?;
+            self.next_fire = Some(k + 1);
+        }
+        let expire = self.spec.windows_closed_by(w, self.lateness);
+        let clamp = |x: i128| {
+            i64::try_from(x.clamp(i128::from(i64::MIN), i128::from(i64::MAX))).unwrap_or(0)
+        };
+        self.refire_dirty(clamp(expire))?;
+        let panes_per_slide = i128::from(self.spec.slide() / self.spec.pane_len());
+        let first_kept = clamp(expire * panes_per_slide);
+        let expire = clamp(expire);
+        if self.live_panes.first().is_some_and(|&j| j < first_kept) {
+            self.live_panes = self.live_panes.split_off(&first_kept);
+            self.backend.evict_before(first_kept);
+            self.revisions.retain(|&(_, k), _| k >= expire);
+        }
+        Ok(())
+    }
+
+    /// Re-fires dirty windows before window index `before`.
+    fn refire_dirty(&mut self, before: i64) -> Result<()> {
+        while let Some(entry) = self.dirty.first_entry() {
+            if *entry.key() >= before {
+                break;
+            }
+            let (k, keys) = entry.remove_entry();
+            let keys: Vec<u32> = keys.into_iter().collect();
+            self.emit(k, Keys::Only(&keys))?;
+        }
+        Ok(())
+    }
+
+    /// Combines window `k` for `keys` and appends the rows to the output.
+    fn emit(&mut self, k: i64, keys: Keys<'_>) -> Result<()> {
+        let rows = self.backend.combine(self.spec.panes_of_window(k), keys);
+        if rows.keys.is_empty() {
+            return Ok(());
+        }
+        let n = rows.keys.len();
+        let mut columns: Vec<ArrayRef> = self
+            .interner
+            .columns(&rows.keys)?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        columns.push(Arc::new(TimestampMillisecondArray::from(vec![
+            self.spec
+                .start(k);
+            n
+        ])));
+        columns.push(Arc::new(TimestampMillisecondArray::from(vec![
+            self.spec
+                .end(k);
+            n
+        ])));
+        for col in rows.columns {
+            columns.push(match col {
+                OutColumn::I64 { values, valid } => {
+                    Arc::new(Int64Array::new(values.into(), Some(valid.into()))) as ArrayRef
+                }
+                OutColumn::F64 { values, valid } => {
+                    Arc::new(Float64Array::new(values.into(), Some(valid.into())))
+                }
+            });
+        }
+        if self.lateness > 0 {
+            let revs: Vec<i64> = rows
+                .keys
+                .iter()
+                .map(|&key| self.revisions.get(&(key, k)).copied().unwrap_or(0))
+                .collect();
+            columns.push(Arc::new(Int64Array::from(revs)));
+        }
+        let batch = RecordBatch::try_new(self.out_schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("building a result batch: {e}")))?;
+        self.stats.rows_out += n as u64;
+        self.output.push(batch);
+        Ok(())
+    }
+
+    fn late_rows(
+        &self,
+        batch: &RecordBatch,
+        mask: &BooleanArray,
+        met: &[i64],
+    ) -> Result<RecordBatch> {
+        let late = filter_record_batch(batch, mask)
+            .map_err(|e| Error::arrow("selecting late events", e))?;
+        let wm: TimestampMillisecondArray = met
+            .iter()
+            .zip(mask.values().iter())
+            .filter(|(_, l)| *l)
+            .map(|(&w, _)| (w != i64::MIN).then_some(w))
+            .collect();
+        let n = late.num_rows();
+        let reason = StringArray::from(vec![
+            "all windows of the event had expired (end - 1 + allowed_lateness <= watermark)";
+            n
+        ]);
+        let mut columns = late.columns().to_vec();
+        columns.push(Arc::new(wm));
+        columns.push(Arc::new(reason));
+        RecordBatch::try_new(self.late_schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("building a late-event batch: {e}")))
+    }
+
+    fn note_state(&mut self) {
+        let bytes = (self.backend.state_bytes() + self.interner.bytes()) as u64;
+        self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
+    }
+
+    /// Partition `p` is exhausted: it no longer holds the watermark back.
+    pub fn finish_partition(&mut self, p: usize) -> Result<()> {
+        let w = self.tracker.finish(p, Instant::now());
+        self.advance(w)
+    }
+
+    /// End of a bounded input: the watermark jumps to +∞ and every window fires.
+    pub fn finish(&mut self) -> Result<()> {
+        self.advance(i64::MAX)?;
+        self.refire_dirty(i64::MAX)?;
+        self.note_state();
+        Ok(())
+    }
+
+    /// Re-evaluates the watermark at processing time `now` (idle partitions) and fires.
+    pub fn on_idle_check(&mut self) -> Result<()> {
+        let w = self.tracker.advance(Instant::now());
+        self.advance(w)
+    }
+}

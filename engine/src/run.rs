@@ -1,0 +1,201 @@
+//! Running a job end to end: source → window operator → sinks, with a summary.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use panes_kernels::{AggSpec, Backend, CpuBackend, ReferenceBackend};
+
+use crate::connect::{Sink, open_sink, open_source};
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::operator::{Stats, WindowOperator};
+
+/// Which data plane aggregates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The scalar oracle.
+    Reference,
+    /// Columnar CPU kernels with rayon.
+    Cpu,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reference" => Ok(BackendKind::Reference),
+            "cpu" => Ok(BackendKind::Cpu),
+            other => Err(format!(
+                "unknown backend {other:?}; use \"reference\" or \"cpu\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Reference => "reference",
+            BackendKind::Cpu => "cpu",
+        })
+    }
+}
+
+impl BackendKind {
+    /// Builds the backend for these aggregates with `threads` worker threads.
+    pub fn build(self, aggs: &[AggSpec], threads: usize) -> Box<dyn Backend> {
+        match self {
+            BackendKind::Reference => Box::new(ReferenceBackend::new(aggs.to_vec())),
+            BackendKind::Cpu => Box::new(CpuBackend::new(aggs, threads)),
+        }
+    }
+}
+
+/// How to run a job.
+pub struct RunOptions {
+    /// The data plane.
+    pub backend: BackendKind,
+    /// Rows per source micro-batch.
+    pub batch_rows: usize,
+    /// Worker threads for the cpu backend.
+    pub threads: usize,
+    /// Called after each batch with (events read, total events if known).
+    pub progress: Option<Box<dyn FnMut(u64, Option<u64>)>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            backend: BackendKind::Cpu,
+            batch_rows: 64 * 1024,
+            threads: rayon::current_num_threads(),
+            progress: None,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// The backend that ran.
+    pub backend: BackendKind,
+    /// Counters.
+    pub stats: Stats,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Late events that no `[late]` sink kept.
+    pub late_not_kept: u64,
+}
+
+impl Summary {
+    /// Events per second of wall time.
+    pub fn events_per_sec(&self) -> f64 {
+        self.stats.events_in as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        writeln!(f, "backend          {}", self.backend)?;
+        writeln!(f, "events in        {}", s.events_in)?;
+        writeln!(f, "window rows out  {}", s.rows_out)?;
+        writeln!(f, "late events      {}", s.late_events)?;
+        writeln!(f, "elapsed          {:.3} s", self.elapsed.as_secs_f64())?;
+        writeln!(f, "events/s         {:.0}", self.events_per_sec())?;
+        write!(
+            f,
+            "peak state       {:.1} MiB",
+            s.peak_state_bytes as f64 / (1 << 20) as f64
+        )
+    }
+}
+
+/// The columns a job reads: time, keys and aggregate inputs, each once.
+fn needed_columns(job: &Job) -> Vec<String> {
+    let mut cols = vec![job.time_column.clone()];
+    cols.extend(job.keys.iter().cloned());
+    cols.extend(job.aggregates.iter().filter_map(|a| a.column.clone()));
+    let mut seen = std::collections::HashSet::new();
+    cols.retain(|c| seen.insert(c.clone()));
+    cols
+}
+
+/// Runs a job to the end of its (bounded) input.
+///
+/// Results and late events are written to the job's sinks; the files appear only when the
+/// run succeeds. The late-event output keeps every source column, so with a `[late]` sink
+/// the source reads all columns, without one only those the job needs.
+pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
+    let start = Instant::now();
+    let columns = needed_columns(job);
+    let mut source = open_source(
+        &job.source,
+        job.late.is_none().then_some(&columns[..]),
+        opts.batch_rows,
+    )?;
+    let schema = source.schema();
+    let threads = opts.threads;
+    let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
+        Ok(opts.backend.build(aggs, threads))
+    })?;
+    let mut sink = open_sink(&job.sink, op.output_schema())?;
+    let mut late_sink = job
+        .late
+        .as_ref()
+        .map(|l| open_sink(l, op.late_schema()))
+        .transpose()?;
+    let total = source.total_rows();
+    let drain = |op: &mut WindowOperator, sink: &mut Sink, late: &mut Option<Sink>| -> Result<()> {
+        for batch in op.take_output() {
+            sink.write(&batch)?;
+        }
+        for batch in op.take_late() {
+            if let Some(late) = late.as_mut() {
+                late.write(&batch)?;
+            }
+        }
+        Ok(())
+    };
+    while let Some(b) = source.next_batch()? {
+        op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?;
+        drain(&mut op, &mut sink, &mut late_sink)?;
+        if let Some(progress) = opts.progress.as_mut() {
+            progress(op.stats().events_in, total);
+        }
+    }
+    if op.stats().events_in == 0 {
+        return Err(Error::input(source_name(job), "the source holds no events"));
+    }
+    op.finish()?;
+    drain(&mut op, &mut sink, &mut late_sink)?;
+    sink.finish()?;
+    if let Some(late) = late_sink {
+        late.finish()?;
+    }
+    let stats = op.stats();
+    let late_not_kept = if job.late.is_none() {
+        stats.late_events
+    } else {
+        0
+    };
+    if late_not_kept > 0 {
+        tracing::warn!(
+            "{late_not_kept} late events were counted but not kept: add a [late] section to keep them"
+        );
+    }
+    Ok(Summary {
+        backend: opts.backend,
+        stats,
+        elapsed: start.elapsed(),
+        late_not_kept,
+    })
+}
+
+fn source_name(job: &Job) -> String {
+    match &job.source {
+        crate::job::Source::Parquet(p) | crate::job::Source::Csv(p) => p.clone(),
+        crate::job::Source::Generator(g) => format!("generator {:?}", g.dataset),
+    }
+}

@@ -1,0 +1,121 @@
+//! Event time: reading the time column of a batch as milliseconds since the epoch.
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{
+    DataType, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType,
+};
+
+use crate::error::{Error, Result};
+
+/// Earliest event time accepted: 0001-01-01T00:00:00Z.
+pub const MIN_EVENT_TIME: i64 = -62_135_596_800_000;
+/// Latest event time accepted: 9999-12-31T23:59:59.999Z.
+pub const MAX_EVENT_TIME: i64 = 253_402_300_799_999;
+
+/// Converts a time column (a timestamp of any unit, or Int64 milliseconds) to ms.
+/// `origin` names where the batch came from, for errors; `first_row` its first row.
+pub fn event_times(
+    col: &ArrayRef,
+    name: &str,
+    origin: &str,
+    first_row: u64,
+    out: &mut Vec<i64>,
+) -> Result<()> {
+    out.clear();
+    let bad = |row: usize, message: String| {
+        Error::input(format!("{origin}, row {}", first_row + row as u64), message)
+    };
+    if col.null_count() > 0 {
+        let row = (0..col.len()).find(|&i| col.is_null(i)).unwrap_or(0);
+        return Err(bad(
+            row,
+            format!("time column {name:?} is null; every event needs an event time"),
+        ));
+    }
+    let scaled = |values: &[i64], mul: i64, div: i64, out: &mut Vec<i64>| {
+        out.extend(
+            values
+                .iter()
+                .map(|&v| v.checked_mul(mul).map_or(i64::MAX, |v| v.div_euclid(div))),
+        );
+    };
+    match col.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => scaled(
+            col.as_primitive::<TimestampSecondType>().values(),
+            1000,
+            1,
+            out,
+        ),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            out.extend_from_slice(col.as_primitive::<TimestampMillisecondType>().values())
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => scaled(
+            col.as_primitive::<TimestampMicrosecondType>().values(),
+            1,
+            1000,
+            out,
+        ),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => scaled(
+            col.as_primitive::<TimestampNanosecondType>().values(),
+            1,
+            1_000_000,
+            out,
+        ),
+        DataType::Int64 => out.extend_from_slice(col.as_primitive::<Int64Type>().values()),
+        other => {
+            return Err(Error::input(
+                origin,
+                format!(
+                    "time column {name:?} has type {other}; expected a timestamp or Int64 milliseconds"
+                ),
+            ));
+        }
+    }
+    if let Some(row) = out
+        .iter()
+        .position(|t| !(MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(t))
+    {
+        let raw = arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
+        return Err(bad(
+            row,
+            format!(
+                "event time {raw} in column {name:?} is out of range (years 0001 to 9999 are accepted)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, TimestampNanosecondArray, TimestampSecondArray};
+    use std::sync::Arc;
+
+    #[test]
+    fn converts_units_and_refuses_bad_columns() {
+        let mut out = Vec::new();
+        let ns: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![1_500_000, -1]));
+        event_times(&ns, "ts", "f", 0, &mut out).unwrap();
+        assert_eq!(out, vec![1, -1]);
+        let s: ArrayRef = Arc::new(TimestampSecondArray::from(vec![1, i64::MAX / 10]));
+        let e = event_times(&s, "ts", "f.parquet", 100, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 101") && e.contains("out of range") && e.contains("f.parquet"),
+            "{e}"
+        );
+        let f: ArrayRef = Arc::new(Float64Array::from(vec![1.0]));
+        let e = event_times(&f, "ts", "f", 0, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Float64"), "{e}");
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None]));
+        let e = event_times(&n, "ts", "f", 0, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 1") && e.contains("null"), "{e}");
+    }
+}
