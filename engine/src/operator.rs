@@ -454,12 +454,16 @@ impl WindowOperator {
         at(0).min(at(self.lateness))
     }
 
-    /// Marks windows that already fired and receive these (allowed) late events.
+    /// Marks windows that already fired, and have not expired, and receive these events.
     fn count_revisions(&mut self, keys: &[u32], panes: &[i64], met: &[i64]) {
         for ((&key, &j), &w) in keys.iter().zip(panes).zip(met) {
             for k in self.spec.windows_of_pane(j) {
-                if self.spec.end(k) - 1 > w {
+                let end = self.spec.end(k);
+                if end - 1 > w {
                     break;
+                }
+                if (end - 1).saturating_add(self.lateness) <= w {
+                    continue; // expired: the event is late for this window
                 }
                 *self.revisions.entry((key, k)).or_insert(0) += 1;
                 self.dirty.entry(k).or_default().insert(key);
@@ -494,6 +498,9 @@ impl WindowOperator {
         let panes_per_slide = i128::from(self.spec.slide() / self.spec.pane_len());
         let first_kept = clamp(expire * panes_per_slide);
         let expire = clamp(expire);
+        // An expired window never fires again, even if a pane it shares with a later window
+        // receives events: those events were late for it.
+        self.next_fire = Some(self.next_fire.map_or(expire, |n| n.max(expire)));
         if self.live_panes.first().is_some_and(|&j| j < first_kept) {
             self.live_panes = self.live_panes.split_off(&first_kept);
             self.backend.evict_before(first_kept);

@@ -78,7 +78,8 @@ impl WindowSpec {
     /// The panes window `k` is made of.
     pub fn panes_of_window(&self, k: i64) -> Range<i64> {
         let (s, z) = (self.slide / self.pane, self.size / self.pane);
-        k * s..k * s + z
+        let first = k.saturating_mul(s);
+        first..first.saturating_add(z)
     }
 
     /// Start of window `k` in ms.

@@ -1,0 +1,475 @@
+//! Differential tests: seeded random streams (null keys, NaN and extreme values, events
+//! shuffled within the out-of-orderness bound and some far beyond it) cut into random
+//! batches. Every backend must give the reference backend's rows, and the engine must agree
+//! with a brute-force model of the semantics in DESIGN.md: which events are late, how many
+//! events each (key, window) holds when it first fires and in the end, and its revisions.
+//!
+//! The body is written once and instantiated per backend by `differential_tests!`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMillisecondArray,
+};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::util::display::array_value_to_string;
+use panes::engine::run::BackendKind;
+use panes::engine::{Job, WindowOperator};
+
+/// xorshift64*: test data only.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// One random case: a job and its input stream.
+struct Case {
+    job: Job,
+    schema: SchemaRef,
+    /// Per event: id, ts, key label (for the model).
+    events: Vec<(i64, i64, String)>,
+    batch: RecordBatch,
+    size: i64,
+    slide: i64,
+    offset: i64,
+    bound: i64,
+    lateness: i64,
+}
+
+fn case(seed: u64) -> Case {
+    let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let slide = [1000, 2000, 5000, 3000][rng.below(4) as usize];
+    let size = slide
+        * (1 + rng.below(4) as i64)
+        * if rng.chance(30) {
+            1
+        } else {
+            [1, 2][rng.below(2) as usize]
+        };
+    let (size, slide) = if rng.chance(40) {
+        (size, size)
+    } else {
+        (size, slide)
+    };
+    let offset = if rng.chance(30) {
+        rng.below(1000) as i64
+    } else {
+        0
+    };
+    let bound = [0, 500, 2000][rng.below(3) as usize];
+    let lateness = if rng.chance(50) {
+        0
+    } else {
+        [700, 3000][rng.below(2) as usize]
+    };
+    let n = 1 + rng.below(2500) as usize;
+    let n_keys = 1 + rng.below(40);
+    let string_keys = seed % 3 == 0;
+
+    // Nominal times increase; events move back by up to the bound, some much further.
+    let start = 1_700_000_000_000 + rng.below(100_000) as i64;
+    let mut ts = Vec::with_capacity(n);
+    let mut nominal = start;
+    for _ in 0..n {
+        nominal += rng.below(40) as i64;
+        let t = if rng.chance(3) {
+            nominal - bound - 1 - rng.below(20_000) as i64
+        } else {
+            nominal - rng.below(bound as u64 + 1) as i64
+        };
+        ts.push(t);
+    }
+    let key_of = |rng: &mut Rng| (!rng.chance(5)).then(|| rng.below(n_keys) as i64);
+    let keys: Vec<Option<i64>> = (0..n).map(|_| key_of(&mut rng)).collect();
+    let second: Vec<i32> = (0..n).map(|_| rng.below(2) as i32).collect();
+    let floats: Vec<Option<f64>> = (0..n)
+        .map(|_| match rng.below(40) {
+            0 => None,
+            1 => Some(f64::NAN),
+            2 => Some(1e300),
+            3 => Some(-1e300),
+            4 => Some(f64::INFINITY),
+            _ => Some((rng.below(2_000_000) as f64 - 1e6) / 1000.0),
+        })
+        .collect();
+    let ints: Vec<Option<i64>> = (0..n)
+        .map(|_| match rng.below(30) {
+            0 => None,
+            1 => Some(i64::MAX),
+            2 => Some(i64::MIN),
+            _ => Some(rng.below(1000) as i64 - 500),
+        })
+        .collect();
+
+    let mut fields = vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from_iter_values(0..n as i64)),
+        Arc::new(TimestampMillisecondArray::from(ts.clone())),
+    ];
+    let key_columns = if string_keys {
+        fields.push(Field::new("k", DataType::Utf8, true));
+        fields.push(Field::new("k2", DataType::Int32, false));
+        columns.push(Arc::new(
+            keys.iter()
+                .map(|k| k.map(|k| format!("key-{k}")))
+                .collect::<StringArray>(),
+        ));
+        columns.push(Arc::new(Int32Array::from(second.clone())));
+        r#"["k", "k2"]"#
+    } else {
+        fields.push(Field::new("k", DataType::Int64, true));
+        columns.push(Arc::new(Int64Array::from(keys.clone())));
+        r#"["k"]"#
+    };
+    fields.push(Field::new("x", DataType::Float64, true));
+    fields.push(Field::new("v", DataType::Int64, true));
+    columns.push(Arc::new(Float64Array::from(floats)));
+    columns.push(Arc::new(Int64Array::from(ints)));
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns).expect("valid test batch");
+
+    let mut aggs = String::from("[[aggregate]]\nname = \"n\"\nfn = \"count\"\n");
+    for (col, fns) in [
+        (
+            "x",
+            &[
+                "count",
+                "sum",
+                "min",
+                "max",
+                "avg",
+                "var_samp",
+                "var_pop",
+                "stddev_samp",
+                "stddev_pop",
+                "first",
+                "last",
+            ][..],
+        ),
+        (
+            "v",
+            &[
+                "count",
+                "sum",
+                "min",
+                "max",
+                "avg",
+                "stddev_pop",
+                "first",
+                "last",
+            ][..],
+        ),
+    ] {
+        for f in fns {
+            aggs +=
+                &format!("[[aggregate]]\nname = \"{f}_{col}\"\nfn = \"{f}\"\ncolumn = \"{col}\"\n");
+        }
+    }
+    let window = if size == slide {
+        format!("kind = \"tumble\"\nsize = \"{size}ms\"\noffset = \"{offset}ms\"")
+    } else {
+        format!(
+            "kind = \"hop\"\nsize = \"{size}ms\"\nslide = \"{slide}ms\"\noffset = \"{offset}ms\""
+        )
+    };
+    let toml = format!(
+        "[source]\nkind = \"parquet\"\npath = \"unused\"\n[time]\ncolumn = \"ts\"\nmax_out_of_orderness = \"{bound}ms\"\n\
+         allowed_lateness = \"{lateness}ms\"\n[window]\n{window}\n[key]\ncolumns = {key_columns}\n{aggs}\
+         [sink]\nkind = \"jsonl\"\n"
+    );
+    let job = Job::from_toml(&toml, &format!("seed {seed}")).expect("valid test job");
+    let label = |i: usize| {
+        let k = keys[i].map_or("null".to_string(), |k| {
+            if string_keys {
+                format!("key-{k}")
+            } else {
+                k.to_string()
+            }
+        });
+        if string_keys {
+            format!("{k},{}", second[i])
+        } else {
+            k
+        }
+    };
+    let events = (0..n).map(|i| (i as i64, ts[i], label(i))).collect();
+    Case {
+        job,
+        schema,
+        events,
+        batch,
+        size,
+        slide,
+        offset,
+        bound,
+        lateness,
+    }
+}
+
+/// A result row: key label, window start, revision, then every aggregate as text or float.
+type Row = (String, i64, i64, Vec<Value>);
+
+#[derive(Clone, Debug)]
+enum Value {
+    Int(Option<i64>),
+    Float(Option<f64>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::Float(Some(a)), Value::Float(Some(b))) => {
+                a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+            }
+            (Value::Float(a), Value::Float(b)) => a.is_none() && b.is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// Runs the operator over the case's batch cut into random pieces.
+fn run(
+    c: &Case,
+    backend: BackendKind,
+    threads: usize,
+    max_batch: u64,
+    rng: &mut Rng,
+) -> (Vec<Row>, Vec<i64>) {
+    let mut op = WindowOperator::new(
+        &c.job,
+        &c.schema,
+        1,
+        |aggs| Ok(backend.build(aggs, threads)),
+    )
+    .expect("operator");
+    let n = c.batch.num_rows();
+    let mut start = 0;
+    while start < n {
+        let len = (1 + rng.below(max_batch) as usize).min(n - start);
+        op.process_batch(0, &c.batch.slice(start, len), "test", start as u64)
+            .expect("process");
+        start += len;
+    }
+    op.finish().expect("finish");
+    let key_cols = if c.job.keys.len() == 2 { 2 } else { 1 };
+    let mut rows = Vec::new();
+    for b in op.take_output() {
+        let revision = b
+            .column_by_name("revision")
+            .map(|r| r.as_primitive::<Int64Type>().clone());
+        for r in 0..b.num_rows() {
+            let key: Vec<String> = (0..key_cols)
+                .map(|k| {
+                    let col = b.column(k);
+                    if col.is_null(r) {
+                        "null".into()
+                    } else {
+                        array_value_to_string(col, r).unwrap_or_default()
+                    }
+                })
+                .collect();
+            let ws = b
+                .column_by_name("window_start")
+                .expect("window_start")
+                .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
+                .value(r);
+            let values =
+                (key_cols + 2..b.num_columns() - usize::from(revision.is_some()))
+                    .map(|i| {
+                        let col = b.column(i);
+                        match col.data_type() {
+                            DataType::Float64 => Value::Float(col.is_valid(r).then(|| {
+                                col.as_primitive::<arrow::datatypes::Float64Type>().value(r)
+                            })),
+                            _ => Value::Int(
+                                col.is_valid(r)
+                                    .then(|| col.as_primitive::<Int64Type>().value(r)),
+                            ),
+                        }
+                    })
+                    .collect();
+            rows.push((
+                key.join(","),
+                ws,
+                revision.as_ref().map_or(0, |v| v.value(r)),
+                values,
+            ));
+        }
+    }
+    let late: Vec<i64> = op
+        .take_late()
+        .iter()
+        .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+        .collect();
+    (rows, late)
+}
+
+/// The brute-force model: per event the watermark it met and whether it is late; per
+/// (key, window start) the events present when the window first fired, in the end, and the
+/// number added after it fired (its highest revision).
+struct Model {
+    late: Vec<i64>,
+    windows: BTreeMap<(String, i64), (i64, i64, i64)>,
+}
+
+fn model(c: &Case) -> Model {
+    let mut max_ts: Option<i64> = None;
+    let mut late = Vec::new();
+    let mut windows: BTreeMap<(String, i64), (i64, i64, i64)> = BTreeMap::new();
+    for (id, t, key) in &c.events {
+        let w = max_ts.map_or(i64::MIN, |m| m - c.bound - 1);
+        max_ts = Some(max_ts.map_or(*t, |m| m.max(*t)));
+        // Every window [s, s + size) with s = k·slide + offset that contains t.
+        let last = (t - c.offset).div_euclid(c.slide) * c.slide + c.offset;
+        let mut added = false;
+        let mut s = last;
+        while s + c.size > *t {
+            let end = s + c.size;
+            if end - 1 + c.lateness > w {
+                added = true;
+                let e = windows.entry((key.clone(), s)).or_default();
+                if end - 1 > w {
+                    e.0 += 1;
+                } else {
+                    e.2 += 1;
+                }
+                e.1 += 1;
+            }
+            s -= c.slide;
+        }
+        if !added {
+            late.push(*id);
+        }
+    }
+    Model { late, windows }
+}
+
+/// The last row of each (key, window): the one with the highest revision.
+fn finals(rows: &[Row]) -> BTreeMap<(String, i64), &Row> {
+    let mut m: BTreeMap<(String, i64), &Row> = BTreeMap::new();
+    for r in rows {
+        let e = m.entry((r.0.clone(), r.1)).or_insert(r);
+        if r.2 >= e.2 {
+            *e = r;
+        }
+    }
+    m
+}
+
+fn check(seed: u64, backend: BackendKind) {
+    let c = case(seed);
+    let mut rng = Rng(seed ^ 0xDEAD_BEEF);
+    let model = model(&c);
+    // The reference, one event per batch for some seeds: the purest per-event run.
+    let ref_batch = if seed % 4 == 0 { 1 } else { 64 };
+    let (want, want_late) = run(&c, BackendKind::Reference, 1, ref_batch, &mut rng);
+    let threads = [1, 2, 4][rng.below(3) as usize];
+    let (got, got_late) = run(&c, backend, threads, 700, &mut rng);
+    let ctx = format!(
+        "seed {seed} (size {} slide {} offset {} bound {} lateness {})",
+        c.size, c.slide, c.offset, c.bound, c.lateness
+    );
+
+    assert_eq!(
+        want_late, model.late,
+        "{ctx}: reference late events differ from the model"
+    );
+    assert_eq!(
+        got_late, model.late,
+        "{ctx}: {backend} late events differ from the model"
+    );
+
+    // Model: counts at first firing, in the end, and revisions.
+    let want_final = finals(&want);
+    let keys: BTreeSet<&(String, i64)> = model.windows.keys().collect();
+    let have: BTreeSet<&(String, i64)> = want_final.keys().collect();
+    let missing: Vec<_> = keys
+        .difference(&have)
+        .take(5)
+        .map(|k| (k, model.windows[*k]))
+        .collect();
+    let extra: Vec<_> = have.difference(&keys).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{ctx}: results differ from the model: missing {missing:?}, extra {extra:?}"
+    );
+    for (k, (at_fire, total, revisions)) in &model.windows {
+        let row = want_final[k];
+        assert_eq!(
+            row.3[0],
+            Value::Int(Some(*total)),
+            "{ctx}: final count of {k:?}"
+        );
+        assert_eq!(row.2, *revisions, "{ctx}: highest revision of {k:?}");
+        let first = want
+            .iter()
+            .find(|r| (&r.0, r.1) == (&k.0, k.1))
+            .expect("a row");
+        if *at_fire > 0 {
+            assert_eq!(
+                (first.2, &first.3[0]),
+                (0, &Value::Int(Some(*at_fire))),
+                "{ctx}: first firing of {k:?}"
+            );
+        }
+    }
+
+    // The backend against the reference: revision-0 rows and final rows, row for row.
+    let rev0 = |rows: &[Row]| {
+        rows.iter()
+            .filter(|r| r.2 == 0)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (w0, g0) = (rev0(&want), rev0(&got));
+    assert_eq!(w0.len(), g0.len(), "{ctx}: number of first firings");
+    for (w, g) in w0.iter().zip(&g0) {
+        assert_eq!(w, g, "{ctx}: first differing row");
+    }
+    let got_final = finals(&got);
+    assert_eq!(
+        want_final.len(),
+        got_final.len(),
+        "{ctx}: number of (key, window) results"
+    );
+    for ((k, w), g) in want_final.iter().zip(got_final.values()) {
+        assert_eq!(*w, *g, "{ctx}: final row of {k:?}");
+    }
+}
+
+macro_rules! differential_tests {
+    ($($name:ident: $backend:expr, $seeds:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            for seed in $seeds {
+                check(seed, $backend);
+            }
+        }
+    )*};
+}
+
+differential_tests! {
+    cpu_matches_reference_and_model: BackendKind::Cpu, 0..300u64;
+    reference_is_batching_invariant: BackendKind::Reference, 1000..1100u64;
+}
