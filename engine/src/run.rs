@@ -139,6 +139,11 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let threads = opts.threads;
     let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
         Ok(opts.backend.build(aggs, threads))
+    })
+    .map_err(|e| match e {
+        // Schema problems are found before the first batch: name the source.
+        Error::Input { message, .. } => Error::input(source_name(job), message),
+        other => other,
     })?;
     let mut sink = open_sink(&job.sink, op.output_schema())?;
     let mut late_sink = job

@@ -23,8 +23,12 @@ pub fn event_times(
     out: &mut Vec<i64>,
 ) -> Result<()> {
     out.clear();
+    // Rows are counted from 1, as a person reading the file counts data rows.
     let bad = |row: usize, message: String| {
-        Error::input(format!("{origin}, row {}", first_row + row as u64), message)
+        Error::input(
+            format!("{origin}, row {}", first_row + row as u64 + 1),
+            message,
+        )
     };
     if col.null_count() > 0 {
         let row = (0..col.len()).find(|&i| col.is_null(i)).unwrap_or(0);
@@ -104,7 +108,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("row 101") && e.contains("out of range") && e.contains("f.parquet"),
+            e.contains("row 102") && e.contains("out of range") && e.contains("f.parquet"),
             "{e}"
         );
         let f: ArrayRef = Arc::new(Float64Array::from(vec![1.0]));
@@ -116,6 +120,6 @@ mod tests {
         let e = event_times(&n, "ts", "f", 0, &mut out)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("row 1") && e.contains("null"), "{e}");
+        assert!(e.contains("row 2") && e.contains("null"), "{e}");
     }
 }

@@ -53,6 +53,7 @@ impl AggFn {
     pub fn parse(name: &str, has_column: bool) -> Option<AggFn> {
         match (name, has_column) {
             ("count", true) => Some(AggFn::Count),
+            ("count_col", _) => None,
             _ => Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f),
         }
     }

@@ -1,0 +1,429 @@
+//! The `panes` binary end to end: bad inputs fail with a message naming the problem and
+//! leave no output behind; good inputs give the same rows on every backend.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::record_batch::{RecordBatch, RecordBatchReader};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tempfile::TempDir;
+
+/// A job over clickstream data: tumbling minutes per article, a Parquet sink and a
+/// Parquet late sink. Tests edit it with `str::replace`; `INPUT` and `DIR` are filled in
+/// by [`Case::job`]. Paths are TOML literal strings, so backslashes need no escaping.
+const JOB: &str = r#"
+[source]
+kind = "parquet"
+path = 'INPUT'
+
+[time]
+column = "ts"
+max_out_of_orderness = "5s"
+idle_timeout = "30s"
+
+[window]
+kind = "tumble"
+size = "1m"
+
+[key]
+columns = ["article_id"]
+
+[[aggregate]]
+name = "views"
+fn = "count"
+
+[[aggregate]]
+name = "scroll_sum"
+fn = "sum"
+column = "scroll_depth"
+
+[[aggregate]]
+name = "scroll_avg"
+fn = "avg"
+column = "scroll_depth"
+
+[[aggregate]]
+name = "first_user"
+fn = "min"
+column = "user_id"
+
+[[aggregate]]
+name = "last_user"
+fn = "max"
+column = "user_id"
+
+[sink]
+kind = "parquet"
+path = 'DIR/out.parquet'
+
+[late]
+kind = "parquet"
+path = 'DIR/late.parquet'
+"#;
+
+/// Runs the binary.
+fn run<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_panes"))
+        .args(args)
+        .output()
+        .expect("the panes binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A temporary directory holding one test's inputs, job file and outputs.
+struct Case {
+    dir: TempDir,
+}
+
+impl Case {
+    fn new() -> Case {
+        Case {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes `text` to `name` and returns its path.
+    fn file(&self, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("writing a test file");
+        path
+    }
+
+    /// Generates `events` clickstream events into `name`.
+    fn generate(&self, name: &str, events: u64) -> PathBuf {
+        let path = self.path(name);
+        let events = events.to_string();
+        let out = run(&[
+            "gen".as_ref(),
+            "clickstream".as_ref(),
+            "--events".as_ref(),
+            OsStr::new(&events),
+            "--keys".as_ref(),
+            "50".as_ref(),
+            "--seed".as_ref(),
+            "7".as_ref(),
+            "--out".as_ref(),
+            path.as_os_str(),
+        ]);
+        assert!(out.status.success(), "gen failed: {}", stderr(&out));
+        path
+    }
+
+    /// Writes [`JOB`] over `input`, with each `(from, to)` edit applied, to `job.toml`.
+    fn job(&self, input: &Path, edits: &[(&str, &str)]) -> PathBuf {
+        let mut text = JOB.to_string();
+        for (from, to) in edits {
+            assert!(text.contains(from), "the job template has no {from:?}");
+            text = text.replace(from, to);
+        }
+        let text = text
+            .replace("INPUT", &input.display().to_string())
+            .replace("DIR", &self.dir.path().display().to_string());
+        self.file("job.toml", text)
+    }
+
+    /// Runs `panes run job` with extra flags.
+    fn run_job(&self, job: &Path, flags: &[&str]) -> Output {
+        let mut args = vec![OsStr::new("run"), job.as_os_str()];
+        args.extend(flags.iter().map(OsStr::new));
+        run(&args)
+    }
+
+    /// Asserts that `out` failed cleanly with a message containing every one of `needles`,
+    /// and that no sink file, finished or temporary, was left behind.
+    fn assert_fails(&self, out: &Output, needles: &[&str]) -> String {
+        let err = stderr(out);
+        assert!(!out.status.success(), "expected a failure; stderr:\n{err}");
+        assert_eq!(out.status.code(), Some(1), "stderr:\n{err}");
+        assert!(err.contains("error: "), "stderr:\n{err}");
+        assert!(!err.contains("panicked"), "stderr:\n{err}");
+        for needle in needles {
+            assert!(err.contains(needle), "stderr lacks {needle:?}:\n{err}");
+        }
+        for sink in ["out.parquet", "late.parquet", "out.csv", "out.jsonl"] {
+            assert!(!self.path(sink).exists(), "{sink} was left behind");
+        }
+        let tmp: Vec<_> = std::fs::read_dir(self.dir.path())
+            .expect("listing the test directory")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+            .collect();
+        assert!(tmp.is_empty(), "temporary files were left behind: {tmp:?}");
+        err
+    }
+}
+
+/// Reads a Parquet file into one batch.
+fn read_parquet(path: &Path) -> RecordBatch {
+    let file = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("a Parquet file")
+        .build()
+        .expect("a Parquet reader");
+    let schema = reader.schema();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.expect("a readable batch")).collect();
+    concat_batches(&schema, &batches).expect("batches of one schema")
+}
+
+/// Sorts window rows by (article_id, window_start).
+fn sorted(batch: &RecordBatch) -> RecordBatch {
+    let by = |name: &str| SortColumn {
+        values: batch.column_by_name(name).expect("the column").clone(),
+        options: None,
+    };
+    let indices = lexsort_to_indices(&[by("article_id"), by("window_start")], None)
+        .expect("sortable columns");
+    take_record_batch(batch, &indices).expect("taking rows")
+}
+
+#[test]
+fn a_missing_column_is_named_with_the_available_ones() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 1000);
+    // With a [late] sink every column is read and the operator checks the schema.
+    let job = case.job(&input, &[("column = \"ts\"", "column = \"event_time\"")]);
+    let err = case.assert_fails(
+        &case.run_job(&job, &[]),
+        &["\"event_time\"", "does not exist"],
+    );
+    assert!(
+        err.contains("article_id") && err.contains("referrer"),
+        "{err}"
+    );
+    // Without one only the needed columns are read, and the Parquet reader checks them.
+    let job = case.job(
+        &input,
+        &[
+            ("column = \"scroll_depth\"", "column = \"scroll\""),
+            (
+                "[late]\nkind = \"parquet\"\npath = 'DIR/late.parquet'\n",
+                "",
+            ),
+        ],
+    );
+    let err = case.assert_fails(&case.run_job(&job, &[]), &["\"scroll\"", "does not exist"]);
+    assert!(err.contains("in.parquet"), "{err}");
+    assert!(
+        err.contains("scroll_depth") && err.contains("session_id"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_column_of_the_wrong_type_is_named_with_its_type() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 1000);
+    let job = case.job(
+        &input,
+        &[("column = \"scroll_depth\"", "column = \"referrer\"")],
+    );
+    case.assert_fails(
+        &case.run_job(&job, &[]),
+        &["\"referrer\"", "Utf8", "numeric", "scroll_sum"],
+    );
+
+    let csv = case.file(
+        "in.csv",
+        "ts,article_id,scroll_depth,user_id\n1.5,1,0.5,10\n2.5,2,0.25,11\n",
+    );
+    let job = case.job(
+        &csv,
+        &[("kind = \"parquet\"\npath = '", "kind = \"csv\"\npath = '")],
+    );
+    case.assert_fails(&case.run_job(&job, &[]), &["\"ts\"", "Float64", "in.csv"]);
+}
+
+#[test]
+fn an_unparsable_duration_is_named() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 100);
+    let job = case.job(&input, &[("\"5s\"", "\"5 parsecs\"")]);
+    case.assert_fails(
+        &case.run_job(&job, &[]),
+        &["job.toml", "max_out_of_orderness", "5 parsecs"],
+    );
+}
+
+#[test]
+fn an_unknown_job_key_is_named_with_the_file() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 100);
+    let job = case.job(&input, &[("idle_timeout", "idle_timout")]);
+    case.assert_fails(&case.run_job(&job, &[]), &["idle_timout", "job.toml"]);
+}
+
+#[test]
+fn corrupt_and_truncated_parquet_files_are_named() {
+    let case = Case::new();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let corrupt = case.file("noise.parquet", noise);
+    let job = case.job(&corrupt, &[]);
+    let err = case.assert_fails(&case.run_job(&job, &[]), &["noise.parquet"]);
+    assert_eq!(
+        err.matches("Corrupt footer").count(),
+        1,
+        "the cause is repeated:\n{err}"
+    );
+
+    let whole = std::fs::read(case.generate("whole.parquet", 5000)).expect("reading the input");
+    let truncated = case.file("half.parquet", &whole[..whole.len() / 2]);
+    let job = case.job(&truncated, &[]);
+    case.assert_fails(&case.run_job(&job, &[]), &["half.parquet"]);
+}
+
+#[test]
+fn an_empty_input_is_an_error_naming_the_path() {
+    let case = Case::new();
+    let empty = case.path("empty.parquet");
+    let schema = panes::datasets::schema(panes::datasets::Dataset::Clickstream);
+    let file = File::create(&empty).expect("creating the empty file");
+    ArrowWriter::try_new(file, schema, None)
+        .expect("a Parquet writer")
+        .close()
+        .expect("writing the footer");
+    let job = case.job(&empty, &[]);
+    case.assert_fails(&case.run_job(&job, &[]), &["empty.parquet", "no events"]);
+
+    let dir = case.path("nothing_here");
+    std::fs::create_dir(&dir).expect("creating a directory");
+    std::fs::write(dir.join("notes.txt"), "not Parquet").expect("writing a stray file");
+    let job = case.job(&dir, &[]);
+    case.assert_fails(
+        &case.run_job(&job, &[]),
+        &["nothing_here", "no .parquet files"],
+    );
+}
+
+#[test]
+fn an_event_time_out_of_range_is_named_with_its_row() {
+    let case = Case::new();
+    let csv = case.file(
+        "in.csv",
+        "ts,article_id,scroll_depth,user_id\n\
+         1700000000000,1,0.5,10\n\
+         1700000001000,2,0.25,11\n\
+         9999999999999999,3,0.75,12\n",
+    );
+    let job = case.job(
+        &csv,
+        &[("kind = \"parquet\"\npath = '", "kind = \"csv\"\npath = '")],
+    );
+    // Data rows are counted from 1: the bad value is in the third data row.
+    case.assert_fails(
+        &case.run_job(&job, &[]),
+        &["in.csv", "row 3", "out of range", "9999999999999999"],
+    );
+}
+
+#[test]
+fn backends_agree_and_late_events_keep_their_columns() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 20_000);
+    let job = case.job(&input, &[]);
+    let out = case.run_job(&job, &["--backend", "cpu"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let summary = |label: &str| -> u64 {
+        let line = err.lines().find(|l| l.starts_with(label));
+        let value = line.and_then(|l| l[label.len()..].trim().parse().ok());
+        value.unwrap_or_else(|| panic!("no {label:?} count in the summary:\n{err}"))
+    };
+    assert_eq!(summary("events in"), 20_000);
+    let cpu = read_parquet(&case.path("out.parquet"));
+    assert_eq!(summary("window rows out"), cpu.num_rows() as u64);
+
+    let late = read_parquet(&case.path("late.parquet"));
+    assert_eq!(summary("late events"), late.num_rows() as u64);
+    let input_schema = panes::datasets::schema(panes::datasets::Dataset::Clickstream);
+    let mut want: Vec<&str> = input_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    want.extend(["watermark", "reason"]);
+    let got: Vec<&str> = late
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(got, want);
+
+    let job = case.job(&input, &[("DIR/out.parquet", "DIR/reference.parquet")]);
+    let out = case.run_job(&job, &["--backend", "reference"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reference = read_parquet(&case.path("reference.parquet"));
+
+    assert!(cpu.num_rows() > 0);
+    assert_eq!(sorted(&cpu), sorted(&reference));
+}
+
+#[test]
+fn csv_and_json_lines_sinks_write_headers_and_objects() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 5000);
+    let job = case.job(
+        &input,
+        &[(
+            "kind = \"parquet\"\npath = 'DIR/out.parquet'",
+            "kind = \"csv\"\npath = 'DIR/out.csv'",
+        )],
+    );
+    let out = case.run_job(&job, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(case.path("out.csv")).expect("reading out.csv");
+    let mut lines = text.lines();
+    let header = lines.next().expect("a header");
+    assert!(
+        header.contains("article_id") && header.contains("window_start"),
+        "{header}"
+    );
+    assert!(lines.count() > 0, "no rows in\n{text}");
+
+    let job = case.job(
+        &input,
+        &[(
+            "kind = \"parquet\"\npath = 'DIR/out.parquet'",
+            "kind = \"jsonl\"",
+        )],
+    );
+    let out = case.run_job(&job, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 JSON");
+    assert!(!stdout.is_empty(), "nothing on stdout");
+    for line in stdout.lines() {
+        let row: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e} in line {line:?}"));
+        assert!(row.get("window_start").is_some(), "{line}");
+        assert!(
+            row.get("views").is_some_and(|v| v.as_i64().is_some()),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_job_file_is_named() {
+    let case = Case::new();
+    let out = case.run_job(&case.path("no_such_job.toml"), &[]);
+    let err = case.assert_fails(&out, &["no_such_job.toml", "reading job file"]);
+    assert_eq!(
+        err.matches("(os error").count(),
+        1,
+        "the cause is repeated:\n{err}"
+    );
+}
