@@ -1,1 +1,77 @@
-fn main() {}
+//! Criterion benchmarks of the CPU aggregation kernel and the window operator, on one
+//! thread, with batches already decoded in memory (`Throughput::Elements` = events).
+//!
+//! - `kernel/*`: `CpuBackend::update` alone, count/sum/min/max of one f64 column into one
+//!   pane, over 10k / 100k / 1M uniformly drawn keys: the scatter-update floor.
+//! - `operator/*`: the whole window operator (event time, watermarks, key interning, panes,
+//!   firing, result batches) on generated clickstream data, tumbling 1m versus hop 15m/1m.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use panes::bench::{input, job, run};
+use panes::engine::run::BackendKind;
+use panes::kernels::{AggFn, AggSpec, Backend, Column, CpuBackend, Domain, Events, Values};
+
+const BATCH: usize = 64 * 1024;
+
+fn kernel(c: &mut Criterion) {
+    let aggs: Vec<AggSpec> = [AggFn::CountRows, AggFn::Sum, AggFn::Min, AggFn::Max]
+        .into_iter()
+        .map(|func| AggSpec {
+            func,
+            column: 0,
+            domain: Domain::F64,
+        })
+        .collect();
+    let mut g = c.benchmark_group("kernel");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for n_keys in [10_000u32, 100_000, 1_000_000] {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let keys: Vec<u32> = (0..BATCH)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % u64::from(n_keys)) as u32
+            })
+            .collect();
+        let values: Vec<f64> = (0..BATCH).map(|i| (i % 1000) as f64 * 0.001).collect();
+        let panes = vec![0i64; BATCH];
+        let ts = vec![0i64; BATCH];
+        let columns = [Column {
+            values: Values::F64(&values),
+            valid: None,
+        }];
+        let events = Events {
+            keys: &keys,
+            panes: &panes,
+            ts: &ts,
+            columns: &columns,
+        };
+        let mut backend = CpuBackend::new(&aggs, 1);
+        backend.update(&events); // size the state once
+        g.bench_with_input(
+            BenchmarkId::new("count_sum_min_max", n_keys),
+            &events,
+            |b, ev| b.iter(|| backend.update(ev)),
+        );
+    }
+    g.finish();
+}
+
+fn operator(c: &mut Criterion) {
+    let events = 2_000_000;
+    let mut g = c.benchmark_group("operator");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(events));
+    let batches = input(&job(60_000, 60_000, events, 100_000), BATCH).expect("generated input");
+    for (name, size, slide) in panes::bench::WINDOWS {
+        let j = job(size, slide, events, 100_000);
+        g.bench_function(BenchmarkId::new(name, "100k keys"), |b| {
+            b.iter(|| run(&j, &batches, BackendKind::Cpu, 1).expect("bench run"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernel, operator);
+criterion_main!(benches);

@@ -17,8 +17,10 @@ enum Interner {
     /// No key columns: every event is in the one global group.
     Global,
     /// One integer column, read as i64.
+    /// Values in `0..DENSE_LIMIT` are looked up in a direct table (`u32::MAX`: not seen yet).
     Int {
         ty: DataType,
+        dense: Vec<u32>,
         ids: HashMap<i64, u32>,
         null: Option<u32>,
         values: Vec<Option<i64>>,
@@ -38,6 +40,9 @@ fn slice<'a>(arena: &'a [u8], ends: &[usize], id: u32) -> &'a [u8] {
     let start = if id == 0 { 0 } else { ends[id as usize - 1] };
     &arena[start..ends[id as usize]]
 }
+
+/// Integer keys below this are interned through a direct table (at most 16 MiB).
+const DENSE_LIMIT: i64 = 1 << 22;
 
 /// Maps key columns to dense ids. See the module docs.
 pub struct KeyInterner {
@@ -81,6 +86,7 @@ impl KeyInterner {
             [] => Interner::Global,
             [(_, ty)] if is_int(ty) => Interner::Int {
                 ty: ty.clone(),
+                dense: Vec::new(),
                 ids: HashMap::new(),
                 null: None,
                 values: Vec::new(),
@@ -120,7 +126,9 @@ impl KeyInterner {
     pub fn bytes(&self) -> usize {
         match &self.inner {
             Interner::Global => 0,
-            Interner::Int { ids, values, .. } => ids.capacity() * 16 + values.capacity() * 16,
+            Interner::Int {
+                dense, ids, values, ..
+            } => dense.capacity() * 4 + ids.capacity() * 16 + values.capacity() * 16,
             Interner::Rows {
                 table, arena, ends, ..
             } => table.capacity() * 4 + arena.capacity() + ends.capacity() * 8,
@@ -137,7 +145,11 @@ impl KeyInterner {
                 *len = (*len).max(u32::from(rows > 0));
             }
             Interner::Int {
-                ids, null, values, ..
+                dense,
+                ids,
+                null,
+                values,
+                ..
             } => {
                 let col =
                     cast(&cols[0], &DataType::Int64).map_err(|e| Error::arrow("key column", e))?;
@@ -147,20 +159,23 @@ impl KeyInterner {
                     *len += 1;
                     *len - 1
                 };
-                if col.null_count() == 0 {
-                    out.extend(
-                        col.values()
-                            .iter()
-                            .map(|&v| *ids.entry(v).or_insert_with(|| new_id(Some(v)))),
-                    );
-                } else {
-                    for v in col.iter() {
-                        let id = match v {
-                            Some(v) => *ids.entry(v).or_insert_with(|| new_id(Some(v))),
-                            None => *null.get_or_insert_with(|| new_id(None)),
-                        };
-                        out.push(id);
-                    }
+                let max = col.values().iter().copied().max().unwrap_or(0);
+                if (0..DENSE_LIMIT).contains(&max) && dense.len() <= max as usize {
+                    dense.resize(max as usize + 1, u32::MAX);
+                }
+                for (i, &v) in col.values().iter().enumerate() {
+                    let id = if col.is_null(i) {
+                        *null.get_or_insert_with(|| new_id(None))
+                    } else if v >= 0 && (v as usize) < dense.len() {
+                        let slot = &mut dense[v as usize];
+                        if *slot == u32::MAX {
+                            *slot = new_id(Some(v));
+                        }
+                        *slot
+                    } else {
+                        *ids.entry(v).or_insert_with(|| new_id(Some(v)))
+                    };
+                    out.push(id);
                 }
             }
             Interner::Rows {
@@ -240,6 +255,10 @@ mod tests {
         ]));
         k.intern(&[col.clone()], 5, &mut ids).unwrap();
         assert_eq!(ids, vec![0, 1, 0, 2, 1]);
+        // Dense (direct table) and sparse (hash map) values share one id space.
+        let big: ArrayRef = Arc::new(Int32Array::from(vec![i32::MAX, 7, -3, i32::MAX, 100]));
+        k.intern(&[big], 5, &mut ids).unwrap();
+        assert_eq!(ids, vec![3, 0, 2, 3, 4]);
         let back = k.columns(&[2, 1, 0]).unwrap();
         assert_eq!(
             back[0].1.as_ref(),
