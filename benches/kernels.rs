@@ -54,6 +54,26 @@ fn kernel(c: &mut Criterion) {
             &events,
             |b, ev| b.iter(|| backend.update(ev)),
         );
+        if n_keys == 100_000 {
+            // Each state column alone, to see which pass costs what.
+            for func in [
+                AggFn::CountRows,
+                AggFn::Count,
+                AggFn::Sum,
+                AggFn::Min,
+                AggFn::Max,
+            ] {
+                let one = [AggSpec {
+                    func,
+                    column: 0,
+                    domain: Domain::F64,
+                }];
+                let mut backend = CpuBackend::new(&one, 1);
+                backend.update(&events);
+                let id = BenchmarkId::new(format!("{func:?}"), n_keys);
+                g.bench_with_input(id, &events, |b, ev| b.iter(|| backend.update(ev)));
+            }
+        }
     }
     g.finish();
 }

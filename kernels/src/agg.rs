@@ -142,6 +142,16 @@ pub trait Value: Copy + Send + Sync + PartialEq + fmt::Debug + 'static {
     fn less(self, other: Self) -> bool;
     /// The value as a float (for averages and moments).
     fn to_f64(self) -> f64;
+    /// The smaller of two values under [`Value::less`].
+    #[inline(always)]
+    fn min_of(self, other: Self) -> Self {
+        if other.less(self) { other } else { self }
+    }
+    /// The larger of two values under [`Value::less`].
+    #[inline(always)]
+    fn max_of(self, other: Self) -> Self {
+        if self.less(other) { other } else { self }
+    }
 }
 
 impl Value for i64 {
@@ -180,18 +190,33 @@ impl Value for f64 {
     fn to_f64(self) -> f64 {
         self
     }
+    /// Branch-free: `f64::min` already returns the number when one side is NaN.
+    #[inline(always)]
+    fn min_of(self, other: Self) -> Self {
+        self.min(other)
+    }
+    /// Branch-free: NaN wins, otherwise `f64::max`.
+    #[inline(always)]
+    fn max_of(self, other: Self) -> Self {
+        let m = self.max(other);
+        if self.is_nan() | other.is_nan() {
+            f64::NAN
+        } else {
+            m
+        }
+    }
 }
 
 /// `min` under [`Value::less`].
 #[inline(always)]
 pub fn min<T: Value>(a: T, b: T) -> T {
-    if b.less(a) { b } else { a }
+    a.min_of(b)
 }
 
 /// `max` under [`Value::less`].
 #[inline(always)]
 pub fn max<T: Value>(a: T, b: T) -> T {
-    if a.less(b) { b } else { a }
+    a.max_of(b)
 }
 
 /// Running count, mean and sum of squared deviations (Welford), merged with Chan's formula.
