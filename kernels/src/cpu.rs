@@ -67,6 +67,8 @@ struct Typed<T> {
 #[derive(Clone, Debug)]
 enum Acc {
     Count(Vec<u64>),
+    /// A non-null count while the pane has seen no null in its column: the row count.
+    SameAsRows,
     Int(Typed<i64>),
     Float(Typed<f64>),
     Moments(Vec<Moments>),
@@ -215,7 +217,8 @@ impl<T: Value> Typed<T> {
 impl Acc {
     fn new(col: StateCol) -> Acc {
         match col {
-            StateCol::Rows | StateCol::NonNull(_) => Acc::Count(Vec::new()),
+            StateCol::Rows => Acc::Count(Vec::new()),
+            StateCol::NonNull(_) => Acc::SameAsRows,
             StateCol::Typed(op, _, Domain::I64) => Acc::Int(Typed::new(op)),
             StateCol::Typed(op, _, Domain::F64) => Acc::Float(Typed::new(op)),
             StateCol::Moments(_) => Acc::Moments(Vec::new()),
@@ -225,6 +228,7 @@ impl Acc {
     fn len(&self) -> usize {
         match self {
             Acc::Count(c) => c.len(),
+            Acc::SameAsRows => 0,
             Acc::Int(t) => t.v.len(),
             Acc::Float(t) => t.v.len(),
             Acc::Moments(m) => m.len(),
@@ -234,6 +238,7 @@ impl Acc {
     fn resize(&mut self, n: usize) {
         match self {
             Acc::Count(c) => c.resize(n, 0),
+            Acc::SameAsRows => {}
             Acc::Int(t) => t.resize(n),
             Acc::Float(t) => t.resize(n),
             Acc::Moments(m) => m.resize(n, Moments::default()),
@@ -243,6 +248,7 @@ impl Acc {
     fn bytes(&self) -> usize {
         match self {
             Acc::Count(c) => c.capacity() * 8,
+            Acc::SameAsRows => 0,
             Acc::Int(t) => t.v.capacity() * 8 + t.ts.capacity() * 8,
             Acc::Float(t) => t.v.capacity() * 8 + t.ts.capacity() * 8,
             Acc::Moments(m) => m.capacity() * std::mem::size_of::<Moments>(),
@@ -253,6 +259,7 @@ impl Acc {
         let keys = ev.keys;
         match (self, col) {
             (Acc::Count(c), StateCol::Rows) => each(sel, keys, shift, |_, k| c[k] += 1),
+            (Acc::SameAsRows, StateCol::NonNull(_)) => {}
             (Acc::Count(c), StateCol::NonNull(i)) => match ev.columns[i].valid {
                 None => each(sel, keys, shift, |_, k| c[k] += 1),
                 Some(ok) => each(sel, keys, shift, |r, k| c[k] += ok[r] as u64),
@@ -306,6 +313,7 @@ impl Acc {
             (Acc::Moments(d), Acc::Moments(s)) => {
                 d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| d.merge(s))
             }
+            (Acc::SameAsRows, Acc::SameAsRows) => {}
             _ => unreachable!("bug in panes: merging states of different layouts"),
         }
     }
@@ -316,6 +324,7 @@ impl Acc {
             (Acc::Int(d), Acc::Int(s)) => d.merge_at(di, s, si),
             (Acc::Float(d), Acc::Float(s)) => d.merge_at(di, s, si),
             (Acc::Moments(d), Acc::Moments(s)) => d[di].merge(&s[si]),
+            (Acc::SameAsRows, Acc::SameAsRows) => {}
             _ => unreachable!("bug in panes: merging states of different layouts"),
         }
     }
@@ -344,6 +353,62 @@ impl Part {
         }
     }
 
+    /// Empties the state and sizes it for `n` keys, keeping the memory it has.
+    fn reset(&mut self, layout: &[StateCol], n: usize) {
+        for (a, &col) in self.accs.iter_mut().zip(layout) {
+            if let StateCol::NonNull(_) = col {
+                *a = Acc::SameAsRows;
+            }
+            a.resize(0);
+            a.resize(n);
+        }
+    }
+
+    /// Gives non-null counts that were the row count (`SameAsRows`) arrays of their own,
+    /// where `needed(i)` says state column `i` is about to diverge from the row count.
+    fn materialize(&mut self, needed: impl Fn(usize) -> bool) {
+        let (rows, rest) = self.accs.split_at_mut(1);
+        let Acc::Count(rows) = &rows[0] else {
+            unreachable!("bug in panes: state column 0 is not the row count")
+        };
+        for (i, a) in rest.iter_mut().enumerate() {
+            if matches!(a, Acc::SameAsRows) && needed(i + 1) {
+                *a = Acc::Count(rows.clone());
+            }
+        }
+    }
+
+    /// Merges a later pane's whole state into this one.
+    fn merge_all(&mut self, src: &Part) {
+        self.materialize(|i| matches!(src.accs[i], Acc::Count(_)));
+        for (d, s) in self.accs.iter_mut().zip(&src.accs) {
+            match (&mut *d, s) {
+                (Acc::Count(_), Acc::SameAsRows) => d.merge_all(&src.accs[0]),
+                _ => d.merge_all(s),
+            }
+        }
+    }
+
+    /// Merges local key `si` of a later pane into local key `di` of this state.
+    fn merge_key(&mut self, di: usize, src: &Part, si: usize) {
+        self.materialize(|i| matches!(src.accs[i], Acc::Count(_)));
+        for (d, s) in self.accs.iter_mut().zip(&src.accs) {
+            match (&mut *d, s) {
+                (Acc::Count(_), Acc::SameAsRows) => d.merge_at(di, &src.accs[0], si),
+                _ => d.merge_at(di, s, si),
+            }
+        }
+    }
+
+    /// The count at `i` of state column `c` (a row or non-null count).
+    fn count(&self, c: usize, i: usize) -> u64 {
+        match &self.accs[c] {
+            Acc::Count(v) => v[i],
+            Acc::SameAsRows => self.rows()[i],
+            _ => unreachable!("bug in panes: count state expected"),
+        }
+    }
+
     fn rows(&self) -> &[u64] {
         match &self.accs[0] {
             Acc::Count(c) => c,
@@ -355,10 +420,7 @@ impl Part {
 /// Evaluates every aggregate at local key `i` of a combined window state.
 fn evaluate(evals: &[Eval], part: &Part, i: usize, out: &mut [OutColumn]) {
     for (e, col) in evals.iter().zip(out.iter_mut()) {
-        let n = match &part.accs[e.count] {
-            Acc::Count(c) => c[i],
-            _ => unreachable!("bug in panes: count state expected"),
-        };
+        let n = part.count(e.count, i);
         let state = e.state.map(|s| &part.accs[s]);
         match (e.func, state) {
             (AggFn::CountRows | AggFn::Count, _) => col.push_i64(Some(n as i64)),
@@ -387,6 +449,10 @@ pub struct CpuBackend {
     evals: Vec<Eval>,
     shift: u32,
     panes: BTreeMap<i64, Vec<Part>>,
+    /// Evicted panes, reused for new ones (no fresh pages to fault in).
+    pool: Vec<Vec<Part>>,
+    /// The window being combined, one state per partition, reused between windows.
+    window: Vec<Part>,
     /// Per-partition row lists, reused between updates.
     scratch: Vec<Vec<u32>>,
 }
@@ -438,10 +504,12 @@ impl CpuBackend {
             .collect();
         let parts = threads.max(1).next_power_of_two();
         CpuBackend {
+            window: vec![Part::new(&layout); parts],
             layout,
             evals,
             shift: parts.trailing_zeros(),
             panes: BTreeMap::new(),
+            pool: Vec::new(),
             scratch: vec![Vec::new(); parts],
         }
     }
@@ -454,10 +522,20 @@ impl CpuBackend {
     fn update_pane(&mut self, pane: i64, ev: &Events<'_>, sel: Sel<'_>, max_key: u32) {
         let (shift, parts) = (self.shift, self.parts());
         let layout = &self.layout;
-        let state = self
+        // A new pane is sized for the keys the newest pane has: they will mostly come again,
+        // and growing arrays step by step costs copies and page faults.
+        let known: Vec<usize> = self
             .panes
-            .entry(pane)
-            .or_insert_with(|| vec![Part::new(layout); parts]);
+            .last_key_value()
+            .map_or(vec![0; parts], |(_, p)| p.iter().map(Part::len).collect());
+        let pool = &mut self.pool;
+        let state = self.panes.entry(pane).or_insert_with(|| {
+            let mut new = pool.pop().unwrap_or_else(|| vec![Part::new(layout); parts]);
+            new.iter_mut()
+                .zip(known)
+                .for_each(|(p, n)| p.reset(layout, n));
+            new
+        });
         for (p, part) in state.iter_mut().enumerate() {
             // Partition p holds the keys k with k & (parts-1) == p at local index k >> shift.
             let needed = if (max_key as usize & (parts - 1)) >= p {
@@ -468,6 +546,13 @@ impl CpuBackend {
             part.grow(needed);
         }
         let update = |part: &mut Part, sel: Sel<'_>| {
+            // A null in a column makes its non-null count diverge from the row count.
+            part.materialize(
+                |i| matches!(layout[i], StateCol::NonNull(c) if ev.columns[c].valid.is_some()),
+            );
+            if fused(part, layout, ev, sel, shift) {
+                return;
+            }
             for (acc, &col) in part.accs.iter_mut().zip(layout) {
                 acc.update(col, ev, sel, shift);
             }
@@ -502,6 +587,88 @@ impl CpuBackend {
                 .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
         }
     }
+}
+
+/// The common case in one loop: row count plus sum/min/max of one float column without
+/// nulls (non-null counts are the row count). Returns false, doing nothing, otherwise.
+fn fused(part: &mut Part, layout: &[StateCol], ev: &Events<'_>, sel: Sel<'_>, shift: u32) -> bool {
+    let (mut rows, mut sum, mut min, mut max, mut column) = (None, None, None, None, None);
+    for (acc, &col) in part.accs.iter_mut().zip(layout) {
+        match (acc, col) {
+            (Acc::Count(c), StateCol::Rows) => rows = Some(&mut c[..]),
+            (Acc::SameAsRows, StateCol::NonNull(_)) => {}
+            (Acc::Float(t), StateCol::Typed(op, i, _))
+                if ev.columns[i].valid.is_none() && column.is_none_or(|c| c == i) =>
+            {
+                column = Some(i);
+                let slot = match op {
+                    Op::Sum => &mut sum,
+                    Op::Min => &mut min,
+                    Op::Max => &mut max,
+                    Op::First | Op::Last => return false,
+                };
+                *slot = Some(&mut t.v[..]);
+            }
+            _ => return false,
+        }
+    }
+    let Some(rows) = rows else { return false };
+    let x: &[f64] = match column.map(|i| ev.columns[i].values) {
+        Some(Values::F64(x)) => x,
+        None => &[],
+        Some(Values::I64(_)) => return false,
+    };
+    /// One loop per combination, so each is a straight run of scatter-updates.
+    #[inline(always)]
+    fn run<const S: bool, const MN: bool, const MX: bool>(
+        sel: Sel<'_>,
+        keys: &[u32],
+        shift: u32,
+        x: &[f64],
+        rows: &mut [u64],
+        sum: &mut [f64],
+        min: &mut [f64],
+        max: &mut [f64],
+    ) {
+        each(sel, keys, shift, |r, k| {
+            rows[k] += 1;
+            if S {
+                sum[k] += x[r]
+            }
+            if MN {
+                min[k] = min[k].min_of(x[r])
+            }
+            if MX {
+                max[k] = max[k].max_of(x[r])
+            }
+        })
+    }
+    let (keys, e) = (ev.keys, &mut [][..]);
+    match (sum, min, max) {
+        (Some(s), Some(mn), Some(mx)) => {
+            run::<true, true, true>(sel, keys, shift, x, rows, s, mn, mx)
+        }
+        (Some(s), Some(mn), None) => run::<true, true, false>(sel, keys, shift, x, rows, s, mn, e),
+        (Some(s), None, Some(mx)) => {
+            run::<true, false, true>(sel, keys, shift, x, rows, s, &mut [], mx)
+        }
+        (Some(s), None, None) => {
+            run::<true, false, false>(sel, keys, shift, x, rows, s, e, &mut [])
+        }
+        (None, Some(mn), Some(mx)) => {
+            run::<false, true, true>(sel, keys, shift, x, rows, e, mn, mx)
+        }
+        (None, Some(mn), None) => {
+            run::<false, true, false>(sel, keys, shift, x, rows, e, mn, &mut [])
+        }
+        (None, None, Some(mx)) => {
+            run::<false, false, true>(sel, keys, shift, x, rows, e, &mut [], mx)
+        }
+        (None, None, None) => {
+            run::<false, false, false>(sel, keys, shift, x, rows, e, &mut [], &mut [])
+        }
+    }
+    true
 }
 
 /// Groups rows by pane. The common case, one pane, needs no row lists at all.
@@ -557,34 +724,32 @@ impl Backend for CpuBackend {
         }
         match keys {
             Keys::All => {
-                let combined: Vec<(Part, usize)> = (0..parts)
-                    .into_par_iter()
-                    .map(|p| {
-                        let len = window.iter().map(|w| w[p].len()).max().unwrap_or(0);
-                        let mut acc = Part::new(&self.layout);
-                        acc.grow(len);
-                        for pane in &window {
-                            for (d, s) in acc.accs.iter_mut().zip(&pane[p].accs) {
-                                d.merge_all(s);
-                            }
-                        }
-                        (acc, p)
-                    })
-                    .collect();
+                let layout = &self.layout;
+                let combined = &mut self.window;
+                combined.par_iter_mut().enumerate().for_each(|(p, acc)| {
+                    acc.reset(layout, window.iter().map(|w| w[p].len()).max().unwrap_or(0));
+                    for pane in &window {
+                        acc.merge_all(&pane[p]);
+                    }
+                });
                 let mut order: Vec<(u32, usize, usize)> = Vec::new();
-                for (acc, p) in &combined {
+                for (p, acc) in combined.iter().enumerate() {
                     for (i, &n) in acc.rows().iter().enumerate() {
                         if n > 0 {
-                            order.push((((i as u32) << shift) | *p as u32, *p, i));
+                            order.push((((i as u32) << shift) | p as u32, p, i));
                         }
                     }
                 }
+                for col in rows.columns.iter_mut() {
+                    col.reserve(order.len());
+                }
+                rows.keys.reserve(order.len());
                 if parts > 1 {
                     order.sort_unstable_by_key(|o| o.0);
                 }
                 for (key, p, i) in order {
                     rows.keys.push(key);
-                    evaluate(&self.evals, &combined[p].0, i, &mut rows.columns);
+                    evaluate(&self.evals, &combined[p], i, &mut rows.columns);
                 }
             }
             Keys::Only(only) => {
@@ -594,9 +759,7 @@ impl Backend for CpuBackend {
                     let mut acc = Part::new(&self.layout);
                     acc.grow(1);
                     for pane in window.iter().filter(|w| i < w[p].len()) {
-                        for (d, s) in acc.accs.iter_mut().zip(&pane[p].accs) {
-                            d.merge_at(0, s, i);
-                        }
+                        acc.merge_key(0, &pane[p], i);
                     }
                     if acc.rows()[0] > 0 {
                         rows.keys.push(key);
@@ -609,7 +772,14 @@ impl Backend for CpuBackend {
     }
 
     fn evict_before(&mut self, pane: i64) {
-        self.panes = self.panes.split_off(&pane);
+        let kept = self.panes.split_off(&pane);
+        let evicted = std::mem::replace(&mut self.panes, kept);
+        // Keep a few for reuse; a pane is a few arrays of the key count.
+        self.pool.extend(
+            evicted
+                .into_values()
+                .take(4usize.saturating_sub(self.pool.len())),
+        );
     }
 
     fn state_bytes(&self) -> usize {
@@ -659,9 +829,25 @@ mod tests {
 
     /// Random segments over a few panes, with nulls, NaN and extremes: every backend
     /// configuration must give the reference's rows exactly.
+    /// Count plus sum/min/max/avg of one float column: the fused kernel's shape.
+    fn fused_aggs() -> Vec<AggSpec> {
+        let f = |func| AggSpec {
+            func,
+            column: 1,
+            domain: Domain::F64,
+        };
+        let mut aggs = vec![AggSpec {
+            func: AggFn::CountRows,
+            column: 0,
+            domain: Domain::I64,
+        }];
+        aggs.extend([AggFn::Sum, AggFn::Min, AggFn::Max, AggFn::Avg, AggFn::Count].map(f));
+        aggs
+    }
+
     #[test]
     fn cpu_equals_reference_on_random_segments() {
-        for seed in 0..40u64 {
+        for seed in 0..120u64 {
             let mut rng = Lcg(seed);
             let n = 1 + (rng.next() % 3000) as usize;
             let n_keys = 1 + rng.next() % 300;
@@ -694,10 +880,18 @@ mod tests {
                 },
                 Column {
                     values: Values::F64(&floats),
-                    valid: if seed % 2 == 0 { Some(&fv) } else { None },
+                    valid: if seed % 2 == 0 || seed % 8 == 7 {
+                        Some(&fv)
+                    } else {
+                        None
+                    },
                 },
             ];
-            let aggs = all_aggs();
+            let aggs = if seed % 4 == 3 {
+                fused_aggs()
+            } else {
+                all_aggs()
+            };
             let mut reference = ReferenceBackend::new(aggs.clone());
             let mut cpus = [CpuBackend::new(&aggs, 1), CpuBackend::new(&aggs, 4)];
             let mut start = 0;
@@ -714,7 +908,12 @@ mod tests {
                         },
                         Column {
                             values: Values::F64(&floats[start..end]),
-                            valid: columns[1].valid.map(|v| &v[start..end]),
+                            // Some seeds meet their first null mid-stream: the non-null
+                            // count stops being the row count within a pane.
+                            valid: columns[1]
+                                .valid
+                                .filter(|_| seed % 8 != 7 || start > n / 2)
+                                .map(|v| &v[start..end]),
                         },
                     ],
                 };

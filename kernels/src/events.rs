@@ -113,6 +113,20 @@ impl OutColumn {
         }
     }
 
+    /// Makes room for `n` more rows.
+    pub fn reserve(&mut self, n: usize) {
+        match self {
+            OutColumn::I64 { values, valid } => {
+                values.reserve(n);
+                valid.reserve(n);
+            }
+            OutColumn::F64 { values, valid } => {
+                values.reserve(n);
+                valid.reserve(n);
+            }
+        }
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         match self {
