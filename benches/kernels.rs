@@ -2,7 +2,8 @@
 //! thread, with batches already decoded in memory (`Throughput::Elements` = events).
 //!
 //! - `kernel/*`: `CpuBackend::update` alone, count/sum/min/max of one f64 column into one
-//!   pane, over 10k / 100k / 1M uniformly drawn keys: the scatter-update floor.
+//!   pane, over 10k / 100k / 1M uniformly drawn keys, beside `hand_loop_baseline`, a plain
+//!   loop over four dense arrays: the scatter-update floor of this machine.
 //! - `operator/*`: the whole window operator (event time, watermarks, key interning, panes,
 //!   firing, result batches) on generated clickstream data, tumbling 1m versus hop 15m/1m.
 
@@ -54,6 +55,25 @@ fn kernel(c: &mut Criterion) {
             &events,
             |b, ev| b.iter(|| backend.update(ev)),
         );
+        // The yardstick: a plain loop updating four dense per-key arrays (no null or NaN
+        // rules, no panes): what this machine does at best for this access pattern.
+        let (mut cnt, mut sum) = (vec![0u64; n_keys as usize], vec![0f64; n_keys as usize]);
+        let (mut min, mut max) = (
+            vec![f64::INFINITY; n_keys as usize],
+            vec![f64::NEG_INFINITY; n_keys as usize],
+        );
+        g.bench_function(BenchmarkId::new("hand_loop_baseline", n_keys), |b| {
+            b.iter(|| {
+                for (&k, &x) in keys.iter().zip(&values) {
+                    let k = k as usize;
+                    cnt[k] += 1;
+                    sum[k] += x;
+                    min[k] = min[k].min(x);
+                    max[k] = max[k].max(x);
+                }
+            })
+        });
+        std::hint::black_box((&cnt, &sum, &min, &max));
         if n_keys == 100_000 {
             // Each state column alone, to see which pass costs what.
             for func in [

@@ -58,8 +58,9 @@ enum Command {
     },
     /// Run the built-in benchmark suite (tumble and hop over generated clickstream data).
     Bench {
-        /// Events per case (cpu).
-        #[arg(long, default_value_t = 4_000_000)]
+        /// Events per case (cpu). The default, 20M at 10 000 events per second of event time,
+        /// is 33 minutes: longer than two hop windows, as a real stream is.
+        #[arg(long, default_value_t = 20_000_000)]
         events: u64,
         /// Events per case for the reference backend, which is slow and keeps every event.
         #[arg(long, default_value_t = 200_000)]

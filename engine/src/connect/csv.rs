@@ -9,15 +9,13 @@ use std::sync::Arc;
 use arrow::csv::reader::{Format, Reader, ReaderBuilder};
 use arrow::datatypes::SchemaRef;
 
-use super::{Source, SourceBatch};
+use super::{FileSequence, Source, SourceBatch};
 use crate::error::{Error, Result};
 
 pub(super) struct CsvSource {
-    files: Vec<PathBuf>,
     batch_rows: usize,
     schema: SchemaRef,
-    next_file: usize,
-    reader: Option<(Reader<File>, String, u64)>,
+    files: FileSequence<Reader<File>>,
 }
 
 impl CsvSource {
@@ -36,11 +34,9 @@ impl CsvSource {
         file.seek(SeekFrom::Start(0))
             .map_err(|e| Error::io("reading", path, e))?;
         Ok(CsvSource {
-            files,
             batch_rows,
             schema: Arc::new(schema),
-            next_file: 0,
-            reader: None,
+            files: FileSequence::new("CSV", files),
         })
     }
 }
@@ -59,39 +55,14 @@ impl Source for CsvSource {
     }
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        loop {
-            if let Some((reader, origin, row)) = &mut self.reader {
-                match reader.next() {
-                    Some(Ok(batch)) => {
-                        let first_row = *row;
-                        *row += batch.num_rows() as u64;
-                        return Ok(Some(SourceBatch {
-                            partition: 0,
-                            batch,
-                            origin: origin.clone(),
-                            first_row,
-                        }));
-                    }
-                    Some(Err(e)) => {
-                        return Err(Error::arrow(
-                            format!("reading CSV file {origin} after data row {row}"),
-                            e,
-                        ));
-                    }
-                    None => self.reader = None,
-                }
-            }
-            let Some(path) = self.files.get(self.next_file) else {
-                return Ok(None);
-            };
-            self.next_file += 1;
+        let (schema, batch_rows) = (self.schema.clone(), self.batch_rows);
+        self.files.next(|path| {
             let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-            let reader = ReaderBuilder::new(self.schema.clone())
+            ReaderBuilder::new(schema.clone())
                 .with_header(true)
-                .with_batch_size(self.batch_rows)
+                .with_batch_size(batch_rows)
                 .build(file)
-                .map_err(|e| Error::arrow(format!("opening CSV file {}", path.display()), e))?;
-            self.reader = Some((reader, path.display().to_string(), 0));
-        }
+                .map_err(|e| Error::arrow(format!("opening CSV file {}", path.display()), e))
+        })
     }
 }

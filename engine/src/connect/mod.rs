@@ -8,6 +8,7 @@ pub mod sink;
 use std::path::PathBuf;
 
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
@@ -81,4 +82,60 @@ fn files(path: &str, ext: &str) -> Result<Vec<PathBuf>> {
         return Err(Error::input(path, format!("no .{ext} files found")));
     }
     Ok(found)
+}
+
+/// Files read one after another as one partition, each through its own batch reader.
+pub(crate) struct FileSequence<R> {
+    kind: &'static str,
+    files: Vec<PathBuf>,
+    next_file: usize,
+    /// The open reader, its file name and the number of rows it has given.
+    reader: Option<(R, String, u64)>,
+}
+
+impl<R: Iterator<Item = Result<RecordBatch, ArrowError>>> FileSequence<R> {
+    /// A sequence over `files` of a `kind` ("CSV", "Parquet") named in errors.
+    pub(crate) fn new(kind: &'static str, files: Vec<PathBuf>) -> Self {
+        FileSequence {
+            kind,
+            files,
+            next_file: 0,
+            reader: None,
+        }
+    }
+
+    /// The next batch, opening the next file with `open` when one is exhausted.
+    pub(crate) fn next(
+        &mut self,
+        mut open: impl FnMut(&PathBuf) -> Result<R>,
+    ) -> Result<Option<SourceBatch>> {
+        loop {
+            if let Some((reader, origin, row)) = &mut self.reader {
+                match reader.next() {
+                    Some(Ok(batch)) => {
+                        let first_row = *row;
+                        *row += batch.num_rows() as u64;
+                        let origin = origin.clone();
+                        return Ok(Some(SourceBatch {
+                            partition: 0,
+                            batch,
+                            origin,
+                            first_row,
+                        }));
+                    }
+                    Some(Err(e)) => {
+                        let context =
+                            format!("reading {} file {origin} after data row {row}", self.kind);
+                        return Err(Error::arrow(context, e));
+                    }
+                    None => self.reader = None,
+                }
+            }
+            let Some(path) = self.files.get(self.next_file) else {
+                return Ok(None);
+            };
+            self.next_file += 1;
+            self.reader = Some((open(path)?, path.display().to_string(), 0));
+        }
+    }
 }

@@ -8,17 +8,15 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::{Source, SourceBatch};
+use super::{FileSequence, Source, SourceBatch};
 use crate::error::{Error, Result};
 
 pub(super) struct ParquetSource {
-    files: Vec<PathBuf>,
     columns: Option<Vec<String>>,
     batch_rows: usize,
     schema: SchemaRef,
     total: u64,
-    next_file: usize,
-    reader: Option<(ParquetRecordBatchReader, String, u64)>,
+    files: FileSequence<ParquetRecordBatchReader>,
 }
 
 fn builder(path: &PathBuf) -> Result<ParquetRecordBatchReaderBuilder<File>> {
@@ -93,13 +91,11 @@ impl ParquetSource {
         let schema =
             schema.ok_or_else(|| Error::Internal("a Parquet source with no files".into()))?;
         Ok(ParquetSource {
-            files: files.to_vec(),
             columns: columns.map(<[String]>::to_vec),
             batch_rows,
             schema,
             total,
-            next_file: 0,
-            reader: None,
+            files: FileSequence::new("Parquet", files.to_vec()),
         })
     }
 }
@@ -118,43 +114,17 @@ impl Source for ParquetSource {
     }
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        loop {
-            if let Some((reader, origin, row)) = &mut self.reader {
-                match reader.next() {
-                    Some(Ok(batch)) => {
-                        let first_row = *row;
-                        *row += batch.num_rows() as u64;
-                        return Ok(Some(SourceBatch {
-                            partition: 0,
-                            batch,
-                            origin: origin.clone(),
-                            first_row,
-                        }));
-                    }
-                    Some(Err(e)) => {
-                        return Err(Error::arrow(
-                            format!("reading Parquet file {origin} near row {row}"),
-                            e,
-                        ));
-                    }
-                    None => self.reader = None,
-                }
-            }
-            let Some(path) = self.files.get(self.next_file) else {
-                return Ok(None);
-            };
-            self.next_file += 1;
+        let (columns, batch_rows) = (self.columns.as_deref(), self.batch_rows);
+        self.files.next(|path| {
             let b = builder(path)?;
-            let mask = projection(&b, path, self.columns.as_deref())?;
-            let reader = b
-                .with_projection(mask)
-                .with_batch_size(self.batch_rows)
+            let mask = projection(&b, path, columns)?;
+            b.with_projection(mask)
+                .with_batch_size(batch_rows)
                 .build()
                 .map_err(|source| Error::Parquet {
                     path: path.clone(),
                     source,
-                })?;
-            self.reader = Some((reader, path.display().to_string(), 0));
-        }
+                })
+        })
     }
 }
