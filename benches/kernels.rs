@@ -99,7 +99,7 @@ fn kernel(c: &mut Criterion) {
 }
 
 fn operator(c: &mut Criterion) {
-    let events = 2_000_000;
+    let events = 20_000_000;
     let mut g = c.benchmark_group("operator");
     g.sample_size(10);
     g.throughput(Throughput::Elements(events));

@@ -32,7 +32,8 @@ enum Command {
         /// Rows per source micro-batch.
         #[arg(long, default_value_t = 64 * 1024)]
         batch_rows: usize,
-        /// Worker threads for the cpu backend (default: all cores).
+        /// Worker threads for the cpu backend's key partitions (default: all cores but the
+        /// one that reads the source).
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -137,7 +138,7 @@ impl Command {
                 let opts = RunOptions {
                     backend,
                     batch_rows,
-                    threads: threads.unwrap_or_else(rayon::current_num_threads).max(1),
+                    threads: threads.unwrap_or(RunOptions::default().threads).max(1),
                     progress: Some(Box::new(move |done, total| {
                         if let Some(t) = total {
                             progress_bar.set_length(t);

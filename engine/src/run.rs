@@ -6,10 +6,13 @@ use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, ReferenceBackend};
 
-use crate::connect::{Sink, open_sink, open_source};
+use crate::connect::{Sink, SourceBatch, open_sink, open_source};
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::operator::{Stats, WindowOperator};
+
+/// Batches the source may read ahead of the operator.
+const READ_AHEAD: usize = 2;
 
 /// Which data plane aggregates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +72,8 @@ impl Default for RunOptions {
         RunOptions {
             backend: BackendKind::Cpu,
             batch_rows: 64 * 1024,
-            threads: rayon::current_num_threads(),
+            // One core reads the source; the others share the key partitions.
+            threads: rayon::current_num_threads().saturating_sub(1).max(1),
             progress: None,
         }
     }
@@ -163,13 +167,31 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         }
         Ok(())
     };
-    while let Some(b) = source.next_batch()? {
-        op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?;
-        drain(&mut op, &mut sink, &mut late_sink)?;
-        if let Some(progress) = opts.progress.as_mut() {
-            progress(op.stats().events_in, total);
+    // The source reads and decodes the next batches on a thread of its own while this
+    // one aggregates: a pipeline, which is what a second core is best used for.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<SourceBatch>>>(READ_AHEAD);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            loop {
+                let next = source.next_batch();
+                let more = matches!(next, Ok(Some(_)));
+                // A closed channel means the job stopped early: stop reading.
+                if tx.send(next).is_err() || !more {
+                    break;
+                }
+            }
+        });
+        // `rx` is consumed here, so an early error return closes the channel.
+        for next in rx {
+            let Some(b) = next? else { break };
+            op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?;
+            drain(&mut op, &mut sink, &mut late_sink)?;
+            if let Some(progress) = opts.progress.as_mut() {
+                progress(op.stats().events_in, total);
+            }
         }
-    }
+        Ok(())
+    })?;
     if op.stats().events_in == 0 {
         return Err(Error::input(source_name(job), "the source holds no events"));
     }
