@@ -91,22 +91,10 @@ fn main() -> ExitCode {
     match Cli::parse().command.execute() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", report(&e));
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, each once: engine errors already show their cause in their
-/// message, so a cause whose text is there already is not repeated.
-fn report(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1).map(ToString::to_string) {
-        if !text.contains(&cause) {
-            text = format!("{text}: {cause}");
-        }
-    }
-    text
 }
 
 fn progress_bar(total: Option<u64>) -> ProgressBar {

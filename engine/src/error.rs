@@ -26,30 +26,30 @@ pub enum Error {
         message: String,
     },
     /// A file could not be read or written.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         /// What was being done ("reading", "creating", ...).
         action: &'static str,
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not repeated as `source()`).
+        cause: std::io::Error,
     },
     /// A Parquet file could not be read or written (corrupt, truncated, not Parquet).
-    #[error("Parquet file {path}: {source}")]
+    #[error("Parquet file {path}: {cause}")]
     Parquet {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: parquet::errors::ParquetError,
+        /// The cause (in the message, not repeated as `source()`).
+        cause: parquet::errors::ParquetError,
     },
     /// An Arrow operation failed on input data (a CSV that does not parse, a cast).
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Arrow {
         /// What was being done, and where.
         context: String,
-        /// The cause.
-        source: arrow::error::ArrowError,
+        /// The cause (in the message, not repeated as `source()`).
+        cause: arrow::error::ArrowError,
     },
     /// A broken invariant: a bug in panes, never the user's fault.
     #[error("internal error (this is a bug in panes, please report it): {0}")]
@@ -66,19 +66,27 @@ impl Error {
     }
 
     /// An I/O error while doing `action` on `path`.
-    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, cause: std::io::Error) -> Error {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            cause,
+        }
+    }
+
+    /// A Parquet error on file `path`.
+    pub fn parquet(path: impl Into<PathBuf>, cause: parquet::errors::ParquetError) -> Error {
+        Error::Parquet {
+            path: path.into(),
+            cause,
         }
     }
 
     /// An Arrow error while doing `context`.
-    pub fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> Error {
+    pub fn arrow(context: impl Into<String>, cause: arrow::error::ArrowError) -> Error {
         Error::Arrow {
             context: context.into(),
-            source,
+            cause,
         }
     }
 }

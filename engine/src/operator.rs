@@ -90,6 +90,15 @@ pub struct WindowOperator {
     scratch: Scratch,
 }
 
+/// The values whose `keep` bit is set.
+fn kept<T: Copy>(xs: &[T], keep: &arrow::buffer::BooleanBuffer) -> Vec<T> {
+    xs.iter()
+        .zip(keep.iter())
+        .filter(|(_, k)| *k)
+        .map(|(x, _)| *x)
+        .collect()
+}
+
 fn timestamp_ms() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, None)
 }
@@ -347,21 +356,13 @@ impl WindowOperator {
                 *a = filter(a, &keep_mask).map_err(|e| Error::arrow("late split", e))?;
             }
             let keep = keep_mask.values();
-            let kept = |xs: &[i64]| {
-                xs.iter()
-                    .zip(keep.iter())
-                    .filter(|(_, k)| *k)
-                    .map(|(x, _)| *x)
-                    .collect::<Vec<i64>>()
-            };
-            let keys = s
-                .keys
-                .iter()
-                .zip(keep.iter())
-                .filter(|(_, k)| *k)
-                .map(|(x, _)| *x)
-                .collect();
-            (keys, kept(&s.panes), kept(&s.ts), kept(&s.met))
+            let keys = kept(&s.keys, keep);
+            (
+                keys,
+                kept(&s.panes, keep),
+                kept(&s.ts, keep),
+                kept(&s.met, keep),
+            )
         } else {
             (
                 std::mem::take(&mut s.keys),
@@ -619,5 +620,74 @@ impl WindowOperator {
     pub fn on_idle_check(&mut self) -> Result<()> {
         let w = self.tracker.advance(Instant::now());
         self.advance(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use panes_kernels::CpuBackend;
+
+    fn operator(partitions: usize) -> (WindowOperator, SchemaRef) {
+        let job = Job::from_toml(
+            r#"
+            [source]
+            kind = "parquet"
+            path = "unused"
+            [time]
+            column = "ts"
+            [window]
+            kind = "tumble"
+            size = "10s"
+            [[aggregate]]
+            name = "n"
+            fn = "count"
+            [sink]
+            kind = "jsonl"
+            "#,
+            "test job",
+        )
+        .expect("valid job");
+        let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, false)]));
+        let op = WindowOperator::new(&job, &schema, partitions, |aggs| {
+            Ok(Box::new(CpuBackend::new(aggs, 1)))
+        })
+        .expect("operator");
+        (op, schema)
+    }
+
+    fn batch(schema: &SchemaRef, ts: Vec<i64>) -> RecordBatch {
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ts))]).expect("batch")
+    }
+
+    fn fired_windows(op: &mut WindowOperator) -> usize {
+        op.take_output().iter().map(RecordBatch::num_rows).sum()
+    }
+
+    #[test]
+    fn the_slowest_partition_holds_windows_back_until_it_finishes() {
+        let (mut op, schema) = operator(2);
+        op.process_batch(0, &batch(&schema, vec![1_000, 25_000, 47_000]), "p0", 0)
+            .unwrap();
+        assert_eq!(
+            fired_windows(&mut op),
+            0,
+            "partition 1 has produced nothing yet"
+        );
+        op.process_batch(1, &batch(&schema, vec![2_000, 12_000]), "p1", 0)
+            .unwrap();
+        // Watermark = min(46 999, 11 999): only [0 s, 10 s) has closed.
+        assert_eq!(op.watermark(), 11_999);
+        assert_eq!(fired_windows(&mut op), 1);
+        op.finish_partition(1).unwrap();
+        // Partition 1 is done: partition 0 alone sets the pace, [10 s, 20 s) and
+        // [20 s, 30 s) fire; [40 s, 50 s) waits for the end of the input.
+        assert_eq!(op.watermark(), 46_999);
+        assert_eq!(fired_windows(&mut op), 2);
+        op.finish().unwrap();
+        assert_eq!(fired_windows(&mut op), 1);
+        assert_eq!(op.stats().events_in, 5);
+        assert_eq!(op.stats().late_events, 0);
     }
 }

@@ -21,10 +21,7 @@ pub(super) struct ParquetSource {
 
 fn builder(path: &PathBuf) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| Error::Parquet {
-        path: path.clone(),
-        source,
-    })
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path.clone(), e))
 }
 
 fn projection(
@@ -69,10 +66,7 @@ impl ParquetSource {
             let projected = b
                 .with_projection(mask)
                 .build()
-                .map_err(|source| Error::Parquet {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(|e| Error::parquet(path.clone(), e))?;
             let projected = arrow::record_batch::RecordBatchReader::schema(&projected);
             match &schema {
                 None => schema = Some(projected),
@@ -121,10 +115,7 @@ impl Source for ParquetSource {
             b.with_projection(mask)
                 .with_batch_size(batch_rows)
                 .build()
-                .map_err(|source| Error::Parquet {
-                    path: path.clone(),
-                    source,
-                })
+                .map_err(|e| Error::parquet(path.clone(), e))
         })
     }
 }

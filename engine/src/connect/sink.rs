@@ -48,10 +48,7 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .build();
             let w = ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props))
-                .map_err(|source| Error::Parquet {
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(|e| Error::parquet(path.clone(), e))?;
             (Writer::Parquet(w), Some((tmp, path.clone())))
         }
         SinkSpec::Csv(path) => {
@@ -94,10 +91,7 @@ impl Sink {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let target = self.target();
         match self.writer.as_mut() {
-            Some(Writer::Parquet(w)) => w.write(batch).map_err(|source| Error::Parquet {
-                path: target.into(),
-                source,
-            }),
+            Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| Error::parquet(&target, e)),
             Some(Writer::Csv(w)) => w
                 .write(batch)
                 .map_err(|e| Error::arrow(format!("writing {target}"), e)),
@@ -113,10 +107,7 @@ impl Sink {
         let target = self.target();
         let file = match self.writer.take() {
             Some(Writer::Parquet(w)) => {
-                let inner = w.into_inner().map_err(|source| Error::Parquet {
-                    path: target.clone().into(),
-                    source,
-                })?;
+                let inner = w.into_inner().map_err(|e| Error::parquet(&target, e))?;
                 Some(inner)
             }
             Some(Writer::Csv(w)) => Some(w.into_inner()),
