@@ -19,7 +19,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray,
     TimestampMillisecondArray,
 };
-use arrow::compute::{CastOptions, cast_with_options, filter, filter_record_batch};
+use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use panes_kernels::{AggSpec, Backend, Column, Domain, Events, Keys, OutColumn, OutType, Values};
@@ -88,15 +88,6 @@ pub struct WindowOperator {
     late_output: Vec<RecordBatch>,
     stats: Stats,
     scratch: Scratch,
-}
-
-/// The values whose `keep` bit is set.
-fn kept<T: Copy>(xs: &[T], keep: &arrow::buffer::BooleanBuffer) -> Vec<T> {
-    xs.iter()
-        .zip(keep.iter())
-        .filter(|(_, k)| *k)
-        .map(|(x, _)| *x)
-        .collect()
 }
 
 fn timestamp_ms() -> DataType {
@@ -345,37 +336,19 @@ impl WindowOperator {
             });
         }
 
-        let (keys, panes, ts, met) = if late_count > 0 {
+        if late_count > 0 {
             self.stats.late_events += late_count as u64;
-            let late_mask = BooleanArray::from(std::mem::take(&mut s.late));
+            let late_mask = BooleanArray::from(s.late.clone());
             self.late_output
                 .push(self.late_rows(batch, &late_mask, &s.met)?);
-            let keep_mask =
-                arrow::compute::not(&late_mask).map_err(|e| Error::arrow("late split", e))?;
-            for a in arrays.iter_mut() {
-                *a = filter(a, &keep_mask).map_err(|e| Error::arrow("late split", e))?;
-            }
-            let keep = keep_mask.values();
-            let keys = kept(&s.keys, keep);
-            (
-                keys,
-                kept(&s.panes, keep),
-                kept(&s.ts, keep),
-                kept(&s.met, keep),
-            )
-        } else {
-            (
-                std::mem::take(&mut s.keys),
-                std::mem::take(&mut s.panes),
-                std::mem::take(&mut s.ts),
-                std::mem::take(&mut s.met),
-            )
-        };
+        }
+        let (keys, panes, ts, met, late) = (&s.keys, &s.panes, &s.ts, &s.met, &s.late);
 
         let m = keys.len();
         if s.zeros.len() < m {
             s.zeros.resize(m, 0);
         }
+        let zeros = &s.zeros;
         let valid: Vec<Option<Vec<bool>>> = arrays
             .iter()
             .map(|a| a.logical_nulls().map(|nulls| nulls.iter().collect()))
@@ -387,24 +360,26 @@ impl WindowOperator {
                 values: match a.data_type() {
                     DataType::Float64 => Values::F64(a.as_primitive::<Float64Type>().values()),
                     DataType::Int64 => Values::I64(a.as_primitive::<Int64Type>().values()),
-                    _ => Values::I64(&s.zeros[..m]),
+                    _ => Values::I64(&zeros[..m]),
                 },
                 valid: v.as_deref(),
             })
             .collect();
 
-        // Cut where the watermark crosses the next firing or expiry point.
+        // Cut where the watermark crosses the next firing or expiry point, and around late
+        // events (already sent to the late output; rare, so the batch is not compacted).
         let mut start = 0;
         while start < m {
+            if late[start] {
+                start += 1;
+                continue;
+            }
             let w = met[start];
             self.advance(w)?;
             let next = self.next_threshold(w);
-            let end = start
-                + met[start..]
-                    .iter()
-                    .position(|&x| x >= next)
-                    .unwrap_or(m - start);
-            let end = end.max(start + 1);
+            let end = (start + 1..m)
+                .find(|&i| met[i] >= next || late[i])
+                .unwrap_or(m);
             if self.lateness > 0 {
                 self.count_revisions(&keys[start..end], &panes[start..end], &met[start..end]);
             }
@@ -432,10 +407,6 @@ impl WindowOperator {
                 }
             }
             start = end;
-        }
-        drop(columns);
-        if late_count == 0 {
-            (s.keys, s.panes, s.ts, s.met) = (keys, panes, ts, met);
         }
         let w = self.tracker.current();
         self.advance(w)?;
