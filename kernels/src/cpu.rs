@@ -861,8 +861,18 @@ impl Backend for CpuBackend {
                     rows.keys.push(key);
                     evaluate(&self.evals, &combined[p], i, &mut rows.columns);
                 }
-                for &(_, p, i) in &order {
-                    combined[p].clear_key(i);
+                // Leave the window state empty for the next window: key by key when few
+                // keys were emitted, otherwise in one sweep.
+                let len: usize = combined.iter().map(Part::len).sum();
+                if order.len() * SPARSE_RATIO < len {
+                    for &(_, p, i) in &order {
+                        combined[p].clear_key(i);
+                    }
+                } else {
+                    let layout = &self.layout;
+                    combined
+                        .iter_mut()
+                        .for_each(|acc| acc.reset(layout, acc.len()));
                 }
             }
             Keys::Only(only) => {
