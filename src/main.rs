@@ -1,16 +1,17 @@
 //! The `panes` command line: run a job, generate a dataset, run the benchmark suite.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use panes::bench;
 use panes::datasets::{Dataset, GenConfig};
 use panes::engine::Job;
+use panes::engine::connect::open_sink;
+use panes::engine::job::Sink;
 use panes::engine::run::{BackendKind, RunOptions, run_job};
-use parquet::arrow::ArrowWriter;
 
 /// Event-time windowing over streams: tumbling and hop windows, columnar CPU kernels.
 #[derive(Parser)]
@@ -196,34 +197,24 @@ impl Command {
     }
 }
 
-/// Writes generated batches to a Parquet file under a temporary name, renamed when done.
+/// Writes generated batches to a Parquet file through the engine's sink (temporary name,
+/// renamed into place when complete).
 fn write_parquet(
-    out: &PathBuf,
+    out: &Path,
     dataset: Dataset,
     batches: Box<dyn Iterator<Item = arrow::record_batch::RecordBatch> + Send>,
     events: u64,
 ) -> Result<()> {
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = out.with_extension("parquet.tmp");
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut sink = open_sink(
+        &Sink::Parquet(out.to_path_buf()),
+        &panes::datasets::schema(dataset),
+    )?;
     let bar = progress_bar(Some(events));
-    let written = (|| -> Result<()> {
-        let mut writer = ArrowWriter::try_new(file, panes::datasets::schema(dataset), None)?;
-        for batch in batches {
-            writer.write(&batch)?;
-            bar.inc(batch.num_rows() as u64);
-        }
-        writer.close()?;
-        Ok(())
-    })();
-    bar.finish_and_clear();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.context(format!("writing {}", out.display())));
+    for batch in batches {
+        sink.write(&batch)?;
+        bar.inc(batch.num_rows() as u64);
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming {} into place", out.display()))?;
+    bar.finish_and_clear();
+    sink.finish()?;
     Ok(())
 }
