@@ -13,7 +13,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::agg::{self, AggFn, AggSpec, Domain, Moments, OutType, Value};
-use crate::events::{Column, Events, OutColumn, Values, WindowRows};
+use crate::events::{Events, OutColumn, Values, WindowRows};
 use crate::{Backend, Keys};
 
 /// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
@@ -115,6 +115,22 @@ struct Eval {
 enum Sel<'a> {
     All(usize),
     Rows(&'a [u32]),
+}
+
+/// Values and validity of input column `i`, which the layout says is in the float domain.
+fn floats<'a>(ev: &Events<'a>, i: usize) -> (&'a [f64], Option<&'a [bool]>) {
+    match ev.columns[i].values {
+        Values::F64(x) => (x, ev.columns[i].valid),
+        Values::I64(_) => unreachable!("bug in panes: column {i} is not in the float domain"),
+    }
+}
+
+/// Values and validity of input column `i`, which the layout says is in the integer domain.
+fn ints<'a>(ev: &Events<'a>, i: usize) -> (&'a [i64], Option<&'a [bool]>) {
+    match ev.columns[i].values {
+        Values::I64(x) => (x, ev.columns[i].valid),
+        Values::F64(_) => unreachable!("bug in panes: column {i} is not in the integer domain"),
+    }
 }
 
 /// Calls `f(row, local_key)` for every selected row, in order.
@@ -317,13 +333,7 @@ impl Acc {
             (Acc::Count(c), StateCol::Rows) => each(sel, keys, shift, |_, k| c[k] += 1),
             (Acc::SameAsRows, StateCol::NonNull(_)) => {}
             (Acc::Stats(v), StateCol::FloatStats(i)) => {
-                let Column {
-                    values: Values::F64(x),
-                    valid,
-                } = ev.columns[i]
-                else {
-                    unreachable!("bug in panes: column {i} is not in the float domain")
-                };
+                let (x, valid) = floats(ev, i);
                 match valid {
                     None => each(sel, keys, shift, |r, k| stats_push(&mut v[k], x[r])),
                     Some(ok) => each(sel, keys, shift, |r, k| {
@@ -338,23 +348,11 @@ impl Acc {
                 Some(ok) => each(sel, keys, shift, |r, k| c[k] += ok[r] as u64),
             },
             (Acc::Int(t), StateCol::Typed(_, i, _)) => {
-                let Column {
-                    values: Values::I64(x),
-                    valid,
-                } = ev.columns[i]
-                else {
-                    unreachable!("bug in panes: column {i} is not in the integer domain")
-                };
+                let (x, valid) = ints(ev, i);
                 t.update(sel, keys, shift, ev.ts, x, valid)
             }
             (Acc::Float(t), StateCol::Typed(_, i, _)) => {
-                let Column {
-                    values: Values::F64(x),
-                    valid,
-                } = ev.columns[i]
-                else {
-                    unreachable!("bug in panes: column {i} is not in the float domain")
-                };
+                let (x, valid) = floats(ev, i);
                 t.update(sel, keys, shift, ev.ts, x, valid)
             }
             (Acc::Moments(m), StateCol::Moments(i)) => {
