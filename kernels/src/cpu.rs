@@ -938,6 +938,7 @@ impl Backend for CpuBackend {
 mod tests {
     use super::*;
     use crate::ReferenceBackend;
+    use crate::events::Column;
 
     /// A tiny seeded generator for test data.
     struct Lcg(u64);
