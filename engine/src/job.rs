@@ -148,6 +148,16 @@ pub enum Source {
     Generator(GeneratorSpec),
 }
 
+impl std::fmt::Display for Source {
+    /// How errors name the source: its path, or the generator's dataset.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Parquet(p) | Source::Csv(p) => f.write_str(p),
+            Source::Generator(g) => write!(f, "generator {:?}", g.dataset),
+        }
+    }
+}
+
 /// A validated generator source.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GeneratorSpec {

@@ -103,10 +103,12 @@ impl WindowOperator {
         partitions: usize,
         backend: impl FnOnce(&[AggSpec]) -> Result<Box<dyn Backend>>,
     ) -> Result<Self> {
+        // Schema problems are found before the first batch: errors name the source.
+        let origin = job.source.to_string();
         let missing = |what: &str, name: &str| {
             let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             Error::input(
-                "source schema",
+                &origin,
                 format!(
                     "{what} column {name:?} does not exist; the input has {}",
                     have.join(", ")
@@ -129,8 +131,7 @@ impl WindowOperator {
                 )
             })
             .collect();
-        let interner =
-            KeyInterner::new(&key_fields).map_err(|e| Error::input("source schema", e))?;
+        let interner = KeyInterner::new(&key_fields).map_err(|e| Error::input(&origin, e))?;
 
         let mut inputs: Vec<Input> = Vec::new();
         let mut specs = Vec::new();
@@ -155,7 +156,7 @@ impl WindowOperator {
                 _ if a.func == panes_kernels::AggFn::Count => None,
                 t => {
                     return Err(Error::input(
-                        "source schema",
+                        &origin,
                         format!(
                             "aggregate {:?}: {} needs a numeric column, but {name:?} has type {t}",
                             a.name, a.func
@@ -585,12 +586,6 @@ impl WindowOperator {
         self.refire_dirty(i64::MAX)?;
         self.note_state();
         Ok(())
-    }
-
-    /// Re-evaluates the watermark at processing time `now` (idle partitions) and fires.
-    pub fn on_idle_check(&mut self) -> Result<()> {
-        let w = self.tracker.advance(Instant::now());
-        self.advance(w)
     }
 }
 

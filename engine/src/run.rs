@@ -143,11 +143,6 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let threads = opts.threads;
     let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
         Ok(opts.backend.build(aggs, threads))
-    })
-    .map_err(|e| match e {
-        // Schema problems are found before the first batch: name the source.
-        Error::Input { message, .. } => Error::input(source_name(job), message),
-        other => other,
     })?;
     let mut sink = open_sink(&job.sink, op.output_schema())?;
     let mut late_sink = job
@@ -193,7 +188,10 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         Ok(())
     })?;
     if op.stats().events_in == 0 {
-        return Err(Error::input(source_name(job), "the source holds no events"));
+        return Err(Error::input(
+            job.source.to_string(),
+            "the source holds no events",
+        ));
     }
     op.finish()?;
     drain(&mut op, &mut sink, &mut late_sink)?;
@@ -218,11 +216,4 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         elapsed: start.elapsed(),
         late_not_kept,
     })
-}
-
-fn source_name(job: &Job) -> String {
-    match &job.source {
-        crate::job::Source::Parquet(p) | crate::job::Source::Csv(p) => p.clone(),
-        crate::job::Source::Generator(g) => format!("generator {:?}", g.dataset),
-    }
 }
