@@ -49,11 +49,13 @@ fn kernel(c: &mut Criterion) {
             columns: &columns,
         };
         let mut backend = CpuBackend::new(&aggs, 1);
-        backend.update(&events); // size the state once
+        backend
+            .update(&events)
+            .expect("the cpu backend cannot fail"); // size the state once
         g.bench_with_input(
             BenchmarkId::new("count_sum_min_max", n_keys),
             &events,
-            |b, ev| b.iter(|| backend.update(ev)),
+            |b, ev| b.iter(|| backend.update(ev).expect("the cpu backend cannot fail")),
         );
         // The yardstick: a plain loop updating four dense per-key arrays (no null or NaN
         // rules, no panes): what this machine does at best for this access pattern.
@@ -89,9 +91,13 @@ fn kernel(c: &mut Criterion) {
                     domain: Domain::F64,
                 }];
                 let mut backend = CpuBackend::new(&one, 1);
-                backend.update(&events);
+                backend
+                    .update(&events)
+                    .expect("the cpu backend cannot fail");
                 let id = BenchmarkId::new(format!("{func:?}"), n_keys);
-                g.bench_with_input(id, &events, |b, ev| b.iter(|| backend.update(ev)));
+                g.bench_with_input(id, &events, |b, ev| {
+                    b.iter(|| backend.update(ev).expect("the cpu backend cannot fail"))
+                });
             }
         }
     }

@@ -97,7 +97,7 @@ pub fn run(
 ) -> Result<(f64, u64)> {
     let schema = panes_datasets::schema(Dataset::Clickstream);
     let start = Instant::now();
-    let mut op = WindowOperator::new(job, &schema, 1, |aggs| Ok(backend.build(aggs, threads)))?;
+    let mut op = WindowOperator::new(job, &schema, 1, |aggs| backend.build(aggs, threads))?;
     for (i, b) in batches.iter().enumerate() {
         op.process_batch(0, b, "bench", i as u64)?;
         op.take_output();

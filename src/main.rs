@@ -27,8 +27,9 @@ enum Command {
     Run {
         /// The job file (TOML).
         job: PathBuf,
-        /// Data plane: `reference` (scalar oracle) or `cpu`.
-        #[arg(long, default_value = "cpu")]
+        /// Data plane: `auto` (a hardware GPU if there is one, else `cpu`), `gpu`, `cpu`,
+        /// or `reference` (the scalar oracle).
+        #[arg(long, default_value = "auto")]
         backend: BackendKind,
         /// Rows per source micro-batch.
         #[arg(long, default_value_t = 64 * 1024)]

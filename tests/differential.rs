@@ -256,13 +256,8 @@ fn run(
     max_batch: u64,
     rng: &mut Rng,
 ) -> (Vec<Row>, Vec<i64>) {
-    let mut op = WindowOperator::new(
-        &c.job,
-        &c.schema,
-        1,
-        |aggs| Ok(backend.build(aggs, threads)),
-    )
-    .expect("operator");
+    let mut op = WindowOperator::new(&c.job, &c.schema, 1, |aggs| backend.build(aggs, threads))
+        .expect("operator");
     let n = c.batch.num_rows();
     let mut start = 0;
     while start < n {

@@ -51,6 +51,9 @@ pub enum Error {
         /// The cause (in the message, not repeated as `source()`).
         cause: arrow::error::ArrowError,
     },
+    /// The data plane failed: no GPU adapter, a lost device, a GPU validation error.
+    #[error(transparent)]
+    Backend(#[from] panes_kernels::Error),
     /// A broken invariant: a bug in panes, never the user's fault.
     #[error("internal error (this is a bug in panes, please report it): {0}")]
     Internal(String),

@@ -399,7 +399,7 @@ impl WindowOperator {
                     })
                     .collect::<Vec<_>>(),
             };
-            self.backend.update(&events);
+            self.backend.update(&events)?;
             let mut last = None;
             for &j in &panes[start..end] {
                 if last != Some(j) {
@@ -497,7 +497,7 @@ impl WindowOperator {
 
     /// Combines window `k` for `keys` and appends the rows to the output.
     fn emit(&mut self, k: i64, keys: Keys<'_>) -> Result<()> {
-        let rows = self.backend.combine(self.spec.panes_of_window(k), keys);
+        let rows = self.backend.combine(self.spec.panes_of_window(k), keys)?;
         if rows.keys.is_empty() {
             return Ok(());
         }

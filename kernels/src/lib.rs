@@ -4,17 +4,22 @@
 //! pane, into per-pane columnar state, and combine a window's panes per key into result
 //! columns. They know arrays and pane state only: no watermarks, files or Kafka.
 //!
-//! Two backends implement [`Backend`]: [`ReferenceBackend`], scalar and obviously correct
-//! (the oracle), and [`CpuBackend`], dense columnar state and rayon across key partitions.
+//! Three backends implement [`Backend`]: [`ReferenceBackend`], scalar and obviously correct
+//! (the oracle); [`CpuBackend`], dense columnar state and rayon across key partitions; and
+//! [`GpuBackend`], pane state resident on a GPU, WGSL kernels through wgpu.
 
 pub mod agg;
 pub mod cpu;
+pub mod error;
 pub mod events;
+pub mod gpu;
 pub mod reference;
 
 pub use agg::{AggFn, AggSpec, Domain, OutType};
 pub use cpu::CpuBackend;
+pub use error::{Error, Result};
 pub use events::{Column, Events, OutColumn, Values, WindowRows};
+pub use gpu::{GpuBackend, GpuOptions};
 pub use reference::ReferenceBackend;
 
 use std::ops::Range;
@@ -36,9 +41,9 @@ pub trait Backend: Send {
     /// The backend's name as `--backend` spells it.
     fn name(&self) -> &'static str;
     /// Aggregates a segment of events into the state of their panes.
-    fn update(&mut self, events: &Events<'_>);
+    fn update(&mut self, events: &Events<'_>) -> Result<()>;
     /// Combines panes `panes` per key into one row per key with data, keys ascending.
-    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> WindowRows;
+    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows>;
     /// Frees the state of every pane before `pane`.
     fn evict_before(&mut self, pane: i64);
     /// Bytes of state currently held.

@@ -162,7 +162,7 @@ impl Backend for ReferenceBackend {
         "reference"
     }
 
-    fn update(&mut self, ev: &Events<'_>) {
+    fn update(&mut self, ev: &Events<'_>) -> crate::Result<()> {
         for i in 0..ev.len() {
             let values = ev.columns.iter().map(|c| scalar_at(c, i)).collect();
             let event = Event {
@@ -174,9 +174,10 @@ impl Backend for ReferenceBackend {
                 .or_default()
                 .push(event);
         }
+        Ok(())
     }
 
-    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> WindowRows {
+    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> crate::Result<WindowRows> {
         // Gather each key's events per pane, in pane order.
         let mut by_key: BTreeMap<u32, Vec<&Vec<Event>>> = BTreeMap::new();
         for ((_, key), evs) in self.events.range((panes.start, 0)..(panes.end, 0)) {
@@ -218,7 +219,7 @@ impl Backend for ReferenceBackend {
                 }
             }
         }
-        rows
+        Ok(rows)
     }
 
     fn evict_before(&mut self, pane: i64) {

@@ -1,0 +1,26 @@
+//! What a backend can fail with: only the GPU can (no adapter, a lost device, a shader or
+//! validation error); the CPU backends cannot fail.
+
+/// A backend error, with the context it happened in.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No GPU adapter could be found or opened.
+    #[error(
+        "no GPU adapter: {0} (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers \
+         libvulkan1` for the software one, or use --backend cpu)"
+    )]
+    NoAdapter(String),
+    /// The GPU reported an error: device lost, out of memory, validation, a failed map.
+    #[error("GPU error while {context} on {adapter}: {message}")]
+    Gpu {
+        /// What panes was doing.
+        context: String,
+        /// The adapter's name and API.
+        adapter: String,
+        /// What the driver or wgpu said.
+        message: String,
+    },
+}
+
+/// Result with the kernels' [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,694 @@
+//! The GPU backend: pane state resident on the device, WGSL kernels through wgpu.
+//!
+//! Per pane the state is key-major: one row of 32-bit words per key, one group of words
+//! per state op (see `shaders/common.wgsl`). An update uploads only the new events (key
+//! ids, panes, times, input columns); the device sorts them by (key, arrival), and one
+//! invocation per key folds its events into the pane's row in arrival order. A combine
+//! merges the window's panes into an accumulator on the device, compacts it to the keys
+//! that saw events, and reads back only those rows.
+//!
+//! Floats are folded with software IEEE-754 binary64 arithmetic built from 32-bit integer
+//! operations (`shaders/f64.wgsl`), in the same order and with the same operations as the
+//! CPU backend, so results equal the CPU's on any adapter, with no optional GPU feature.
+//!
+//! State larger than one storage binding is split into chunks of keys, each its own buffer;
+//! batches are split so that no binding and no dispatch exceeds the device's limits.
+
+mod device;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use device::{Commands, Gpu, Kernel, Params, Timer};
+pub use device::{SHADERS, shader_source};
+
+use crate::agg::{AggFn, AggSpec, Domain, Moments};
+use crate::error::Result;
+use crate::events::{Events, OutColumn, Values, WindowRows};
+use crate::{Backend, Keys};
+
+/// Knobs of the GPU backend. The defaults suit real use; tests shrink the limits to force
+/// the paths that split batches, state and dispatches.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Optional features to ask for when the adapter has them (only `TIMESTAMP_QUERY` is
+    /// used, by `panes bench`). `Features::empty()` runs the baseline path.
+    pub features: wgpu::Features,
+    /// Most events sorted and folded in one pass (rounded down to a power of two).
+    pub max_batch_events: usize,
+    /// Largest storage binding to use (the device's limit when smaller).
+    pub max_binding_bytes: u64,
+    /// Most workgroups per dispatch dimension (the device's limit when smaller).
+    pub max_groups: u32,
+    /// Refuse software adapters (llvmpipe): what `--backend auto` wants.
+    pub hardware_only: bool,
+    /// Fill every new scratch buffer with a sentinel pattern, so that a kernel reading
+    /// what it did not write shows up in tests.
+    pub poison: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            features: wgpu::Features::TIMESTAMP_QUERY,
+            max_batch_events: 1 << 20,
+            max_binding_bytes: u64::MAX,
+            max_groups: u32::MAX,
+            hardware_only: false,
+            poison: false,
+        }
+    }
+}
+
+/// Op kinds, as in `shaders/common.wgsl`.
+const OP_ROWS: u32 = 0;
+const OP_COUNT: u32 = 1;
+const OP_SUM_F: u32 = 2;
+const OP_SUM_I: u32 = 3;
+const OP_MIN_F: u32 = 4;
+const OP_MAX_F: u32 = 5;
+const OP_MIN_I: u32 = 6;
+const OP_MAX_I: u32 = 7;
+const OP_MOMENTS: u32 = 8;
+const OP_FIRST: u32 = 9;
+const OP_LAST: u32 = 10;
+
+/// Words of state an op kind owns per key.
+fn op_words(kind: u32) -> u32 {
+    match kind {
+        OP_ROWS | OP_COUNT => 2,
+        OP_MOMENTS => 8,
+        OP_FIRST | OP_LAST => 6,
+        _ => 4,
+    }
+}
+
+/// An input column as the device reads it: the job's column, converted to f64 or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Input {
+    column: usize,
+    as_f64: bool,
+}
+
+/// How the aggregates map onto state ops and input columns.
+#[derive(Clone, Debug)]
+struct Layout {
+    /// Per op: kind, input, word offset (and a validity flag the batch fills in).
+    ops: Vec<[u32; 4]>,
+    inputs: Vec<Input>,
+    /// The op of each aggregate.
+    agg_op: Vec<usize>,
+    stride: u32,
+    uses_ts: bool,
+}
+
+impl Layout {
+    fn new(aggs: &[AggSpec]) -> Layout {
+        let mut layout = Layout {
+            ops: vec![[OP_ROWS, 0, 0, 0]],
+            inputs: Vec::new(),
+            agg_op: Vec::new(),
+            stride: 2,
+            uses_ts: false,
+        };
+        for a in aggs {
+            let int = a.domain == Domain::I64;
+            let kind = match a.func {
+                AggFn::CountRows => {
+                    layout.agg_op.push(0);
+                    continue;
+                }
+                AggFn::Count => OP_COUNT,
+                AggFn::Sum | AggFn::Avg if int => OP_SUM_I,
+                AggFn::Sum | AggFn::Avg => OP_SUM_F,
+                AggFn::Min if int => OP_MIN_I,
+                AggFn::Min => OP_MIN_F,
+                AggFn::Max if int => OP_MAX_I,
+                AggFn::Max => OP_MAX_F,
+                AggFn::VarSamp | AggFn::VarPop | AggFn::StddevSamp | AggFn::StddevPop => OP_MOMENTS,
+                AggFn::First => OP_FIRST,
+                AggFn::Last => OP_LAST,
+            };
+            let input = Input {
+                column: a.column,
+                as_f64: int && kind == OP_MOMENTS,
+            };
+            let slot = match layout.inputs.iter().position(|i| *i == input) {
+                Some(s) => s,
+                None => {
+                    layout.inputs.push(input);
+                    layout.inputs.len() - 1
+                }
+            };
+            layout.uses_ts |= matches!(kind, OP_FIRST | OP_LAST);
+            layout.agg_op.push(layout.ops.len());
+            layout.ops.push([kind, slot as u32, layout.stride, 0]);
+            layout.stride += op_words(kind);
+        }
+        layout
+    }
+}
+
+/// The state of one pane: chunks of key rows, chunk `c` holding keys from `c * chunk_keys`.
+struct PaneState {
+    chunks: Vec<wgpu::Buffer>,
+}
+
+/// Buffers reused from batch to batch, grown when a batch needs more.
+#[derive(Default)]
+struct Scratch {
+    buffers: BTreeMap<&'static str, wgpu::Buffer>,
+    poison: bool,
+}
+
+impl Scratch {
+    fn get(&mut self, gpu: &Gpu, name: &'static str, bytes: u64) -> wgpu::Buffer {
+        match self.buffers.get(name) {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let b = gpu.storage(name, bytes.next_power_of_two());
+                if self.poison {
+                    gpu.queue
+                        .write_buffer(&b, 0, &vec![0xA5; b.size() as usize]);
+                }
+                self.buffers.insert(name, b.clone());
+                b
+            }
+        }
+    }
+}
+
+/// A batch on the device: its buffers, and the panes it touches (first = pane 0).
+struct Batch {
+    n: usize,
+    first: i64,
+    panes: Vec<i64>,
+    keys: wgpu::Buffer,
+    panes_buf: wgpu::Buffer,
+    ts: wgpu::Buffer,
+    vals: wgpu::Buffer,
+    valid: wgpu::Buffer,
+    sorted: wgpu::Buffer,
+}
+
+/// The GPU backend. See the module documentation.
+pub struct GpuBackend {
+    gpu: Gpu,
+    opts: GpuOptions,
+    aggs: Vec<AggSpec>,
+    layout: Layout,
+    /// Keys per state chunk, and keys every pane has room for.
+    chunk_keys: u32,
+    capacity: u32,
+    /// One more than the largest key id seen.
+    n_keys: u32,
+    panes: BTreeMap<i64, PaneState>,
+    ops: wgpu::Buffer,
+    scratch: Scratch,
+}
+
+impl GpuBackend {
+    /// Opens a GPU and prepares state for these aggregates.
+    pub fn new(aggs: &[AggSpec], opts: GpuOptions) -> Result<GpuBackend> {
+        let gpu = Gpu::open(opts.features, opts.hardware_only)?;
+        let layout = Layout::new(aggs);
+        let binding = opts.max_binding_bytes.min(gpu.max_binding);
+        let chunk_keys = (binding / (layout.stride as u64 * 4)).clamp(1, u32::MAX as u64) as u32;
+        let ops = gpu.storage_init("ops", bytemuck::cast_slice(&layout.ops));
+        Ok(GpuBackend {
+            gpu,
+            opts: opts.clone(),
+            aggs: aggs.to_vec(),
+            layout,
+            chunk_keys,
+            capacity: 0,
+            n_keys: 0,
+            panes: BTreeMap::new(),
+            ops,
+            scratch: Scratch {
+                poison: opts.poison,
+                ..Scratch::default()
+            },
+        })
+    }
+
+    /// The adapter: "name (backend, driver)".
+    pub fn adapter(&self) -> &str {
+        &self.gpu.adapter
+    }
+
+    /// Keys of chunk `c` at the current capacity.
+    fn chunk_len(&self, c: usize) -> u32 {
+        let base = c as u64 * self.chunk_keys as u64;
+        (self.capacity as u64 - base).min(self.chunk_keys as u64) as u32
+    }
+
+    fn n_chunks(&self) -> usize {
+        (self.capacity as u64).div_ceil(self.chunk_keys as u64) as usize
+    }
+
+    fn params(&self) -> Params {
+        Params {
+            n_ops: self.layout.ops.len() as u32,
+            stride: self.layout.stride,
+            ..Params::default()
+        }
+    }
+
+    /// Records a fill of `buffer` (holding `keys` rows) with the empty state.
+    fn fill(&self, commands: &mut Commands, buffer: &wgpu::Buffer, keys: u32) {
+        // `fill` does not read the pane binding: the ops stand in for it.
+        let group = self.gpu.bind(Kernel::Fill, &[buffer, &self.ops, &self.ops]);
+        let groups = self.gpu.groups(keys as u64, self.opts.max_groups);
+        commands.dispatch(
+            Kernel::Fill,
+            &group,
+            groups,
+            Params {
+                key_count: keys,
+                ..self.params()
+            },
+        );
+    }
+
+    /// A new buffer of `keys` empty rows.
+    fn empty_chunk(&self, commands: &mut Commands, keys: u32) -> wgpu::Buffer {
+        let b = self
+            .gpu
+            .storage("pane state", keys as u64 * self.layout.stride as u64 * 4);
+        self.fill(commands, &b, keys);
+        b
+    }
+
+    /// Grows every pane to room for keys below `n_keys`.
+    fn reserve_keys(&mut self, n_keys: u32, commands: &mut Commands) {
+        self.n_keys = self.n_keys.max(n_keys);
+        if n_keys <= self.capacity {
+            return;
+        }
+        let old: Vec<u32> = (0..self.n_chunks()).map(|c| self.chunk_len(c)).collect();
+        self.capacity = n_keys.next_power_of_two().max(1024);
+        let lens: Vec<u32> = (0..self.n_chunks()).map(|c| self.chunk_len(c)).collect();
+        let mut panes = std::mem::take(&mut self.panes);
+        for pane in panes.values_mut() {
+            for (c, &len) in lens.iter().enumerate() {
+                if old.get(c) == Some(&len) {
+                    continue;
+                }
+                let grown = self.empty_chunk(commands, len);
+                if let Some(prev) = pane.chunks.get(c) {
+                    commands.copy(prev, &grown, prev.size());
+                    pane.chunks[c] = grown;
+                } else {
+                    pane.chunks.push(grown);
+                }
+            }
+        }
+        self.panes = panes;
+    }
+
+    /// Makes sure `pane` has state.
+    fn open_pane(&mut self, pane: i64, commands: &mut Commands) {
+        if self.panes.contains_key(&pane) {
+            return;
+        }
+        let chunks = (0..self.n_chunks())
+            .map(|c| self.empty_chunk(commands, self.chunk_len(c)))
+            .collect();
+        self.panes.insert(pane, PaneState { chunks });
+    }
+
+    /// Most events per sort-and-fold pass.
+    fn max_batch(&self) -> usize {
+        let binding = self.opts.max_binding_bytes.min(self.gpu.max_binding);
+        let per_event = 8 * self.layout.inputs.len().max(1) as u64;
+        let n = (self.opts.max_batch_events as u64)
+            .min(binding / per_event)
+            .min(binding / 8)
+            .max(1);
+        1 << n.ilog2()
+    }
+
+    /// Uploads one batch and records its sort and its fold into its panes.
+    fn update_batch(&mut self, ev: &Events<'_>, commands: &mut Commands) {
+        let batch = self.upload(ev, commands);
+        self.record_fold(&batch, commands);
+    }
+
+    /// Uploads one batch (and makes room for its keys and panes).
+    fn upload(&mut self, ev: &Events<'_>, commands: &mut Commands) -> Batch {
+        let n = ev.len();
+        let first = ev.panes.iter().copied().min().unwrap_or(0);
+        let mut panes: Vec<i64> = Vec::new();
+        let mut pane_of = Vec::with_capacity(n);
+        for &p in ev.panes {
+            if panes.last() != Some(&p) && !panes.contains(&p) {
+                panes.push(p);
+            }
+            pane_of.push((p - first) as u32);
+        }
+        let max_key = ev.keys.iter().copied().max().unwrap_or(0);
+        self.reserve_keys(max_key + 1, commands);
+        for &p in &panes {
+            self.open_pane(p, commands);
+        }
+        let gpu = &self.gpu;
+        let m = n.next_power_of_two();
+        let s = &mut self.scratch;
+        let keys = s.get(gpu, "keys", n as u64 * 4);
+        let panes_buf = s.get(gpu, "panes", n as u64 * 4);
+        let ts = s.get(
+            gpu,
+            "ts",
+            if self.layout.uses_ts { n as u64 * 8 } else { 8 },
+        );
+        let n_inputs = self.layout.inputs.len() as u64;
+        let vals = s.get(gpu, "values", n as u64 * 8 * n_inputs);
+        let valid = s.get(gpu, "validity", n as u64 * 4 * n_inputs);
+        let sorted = s.get(gpu, "sorted", m as u64 * 8);
+        let q = &gpu.queue;
+        q.write_buffer(&keys, 0, bytemuck::cast_slice(ev.keys));
+        q.write_buffer(&panes_buf, 0, bytemuck::cast_slice(&pane_of));
+        if self.layout.uses_ts {
+            q.write_buffer(&ts, 0, bytemuck::cast_slice(ev.ts));
+        }
+        let mut ops = self.layout.ops.clone();
+        for (i, input) in self.layout.inputs.iter().enumerate() {
+            let col = &ev.columns[input.column];
+            let at = i as u64 * n as u64;
+            match (col.values, input.as_f64) {
+                (Values::F64(x), _) => q.write_buffer(&vals, at * 8, bytemuck::cast_slice(x)),
+                (Values::I64(x), false) => q.write_buffer(&vals, at * 8, bytemuck::cast_slice(x)),
+                (Values::I64(x), true) => {
+                    let f: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                    q.write_buffer(&vals, at * 8, bytemuck::cast_slice(&f));
+                }
+            }
+            if let Some(v) = col.valid {
+                let flags: Vec<u32> = v.iter().map(|&b| b as u32).collect();
+                q.write_buffer(&valid, at * 4, bytemuck::cast_slice(&flags));
+                ops.iter_mut()
+                    .filter(|o| o[0] != OP_ROWS && o[1] == i as u32)
+                    .for_each(|o| o[3] = 1);
+            }
+        }
+        q.write_buffer(&self.ops, 0, bytemuck::cast_slice(&ops));
+        Batch {
+            n,
+            first,
+            panes,
+            keys,
+            panes_buf,
+            ts,
+            vals,
+            valid,
+            sorted,
+        }
+    }
+
+    /// Records the sort of an uploaded batch and its fold into its panes.
+    fn record_fold(&self, b: &Batch, commands: &mut Commands) {
+        let gpu = &self.gpu;
+        let Batch {
+            n,
+            first,
+            ref panes,
+            ref keys,
+            ref panes_buf,
+            ref ts,
+            ref vals,
+            ref valid,
+            ref sorted,
+        } = *b;
+        let m = n.next_power_of_two();
+        let base = Params {
+            n: n as u32,
+            m: m as u32,
+            ..self.params()
+        };
+        let sort = gpu.bind(Kernel::SortInit, &[sorted, keys]);
+        let max_groups = self.opts.max_groups;
+        commands.dispatch(
+            Kernel::SortInit,
+            &sort,
+            gpu.groups(m as u64, max_groups),
+            base,
+        );
+        let mut k = 2;
+        while k <= m {
+            let mut j = k / 2;
+            while j > 0 {
+                let p = Params {
+                    j: j as u32,
+                    k: k as u32,
+                    ..base
+                };
+                commands.dispatch(Kernel::SortStep, &sort, gpu.groups(m as u64, max_groups), p);
+                j /= 2;
+            }
+            k *= 2;
+        }
+        for &p in panes {
+            for (c, chunk) in self.panes[&p].chunks.iter().enumerate() {
+                let group = gpu.bind(
+                    Kernel::Fold,
+                    &[sorted, panes_buf, ts, vals, valid, &self.ops, chunk],
+                );
+                let params = Params {
+                    pane: (p - first) as u32,
+                    key_base: c as u32 * self.chunk_keys,
+                    key_count: self.chunk_len(c),
+                    ..base
+                };
+                commands.dispatch(
+                    Kernel::Fold,
+                    &group,
+                    gpu.groups(n as u64, max_groups),
+                    params,
+                );
+            }
+        }
+    }
+
+    /// Merges the panes of `panes` into one accumulator per chunk and reads back the rows
+    /// of the keys that saw events: (key ids, rows of `stride` words).
+    fn combine_rows(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<(Vec<u32>, Vec<u32>)> {
+        let stride = self.layout.stride as u64;
+        let present: Vec<i64> = self.panes.range(panes).map(|(p, _)| *p).collect();
+        let (mut out_keys, mut out_rows) = (Vec::new(), Vec::new());
+        if present.is_empty() {
+            return Ok((out_keys, out_rows));
+        }
+        let ctx = "combining a window";
+        for c in 0..self.n_chunks() {
+            let key_base = c as u32 * self.chunk_keys;
+            let len = self.chunk_len(c);
+            let (mode, list, n) = match keys {
+                Keys::All => (0, vec![0u32], len.min(self.n_keys.saturating_sub(key_base))),
+                Keys::Only(ks) => {
+                    let l: Vec<u32> = ks
+                        .iter()
+                        .copied()
+                        .filter(|&k| k >= key_base && k - key_base < len)
+                        .collect();
+                    let n = l.len() as u32;
+                    (1, l, n)
+                }
+            };
+            if n == 0 {
+                continue;
+            }
+            let gpu = &self.gpu;
+            let mut commands = Commands::default();
+            let s = &mut self.scratch;
+            let acc = s.get(gpu, "accumulator", len as u64 * stride * 4);
+            let groups = gpu.groups(n as u64, self.opts.max_groups);
+            let blocks = s.get(gpu, "blocks", (groups.0 as u64 * groups.1 as u64 + 1) * 4);
+            let list_buf = s.get(gpu, "key list", list.len() as u64 * 4);
+            let out_k = s.get(gpu, "emitted keys", n as u64 * 4);
+            let out_r = s.get(gpu, "emitted rows", n as u64 * stride * 4);
+            let total_read = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("row count"),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            gpu.queue
+                .write_buffer(&list_buf, 0, bytemuck::cast_slice(&list));
+            let base = Params {
+                key_base,
+                key_count: len,
+                ..self.params()
+            };
+            self.fill(&mut commands, &acc, len);
+            for p in &present {
+                let group = gpu.bind(Kernel::Merge, &[&acc, &self.panes[p].chunks[c], &self.ops]);
+                let g = gpu.groups(len as u64, self.opts.max_groups);
+                commands.dispatch(Kernel::Merge, &group, g, base);
+            }
+            let emit = gpu.bind(
+                Kernel::EmitCount,
+                &[&acc, &list_buf, &blocks, &out_k, &out_r],
+            );
+            let p = Params { n, mode, ..base };
+            commands.dispatch(Kernel::EmitCount, &emit, groups, p);
+            let n_blocks = (n as u64).div_ceil(device::WORKGROUP as u64) as u32;
+            let scan = Params {
+                key_count: n_blocks,
+                ..p
+            };
+            commands.dispatch(Kernel::EmitScan, &emit, (1, 1), scan);
+            commands.dispatch(Kernel::EmitScatter, &emit, groups, p);
+            // The total sits after the block offsets.
+            commands.copy_from(&blocks, n_blocks as u64 * 4, &total_read, 4);
+            self.gpu.run(ctx, commands, None, false)?;
+            let total = self.gpu.map(ctx, &total_read, 4)?;
+            let total = u32::from_le_bytes([total[0], total[1], total[2], total[3]]) as u64;
+            let k = self.gpu.read(ctx, &out_k, total * 4)?;
+            let r = self.gpu.read(ctx, &out_r, total * stride * 4)?;
+            out_keys.extend(bytemuck::pod_collect_to_vec::<u8, u32>(&k));
+            out_rows.extend(bytemuck::pod_collect_to_vec::<u8, u32>(&r));
+        }
+        Ok((out_keys, out_rows))
+    }
+
+    /// Turns state rows into the job's result columns, evaluated as the CPU backend does.
+    fn evaluate(&self, keys: Vec<u32>, rows: &[u32]) -> WindowRows {
+        let stride = self.layout.stride as usize;
+        let word2 = |r: usize, w: usize| {
+            let at = r * stride + w;
+            (rows[at] as u64) | ((rows[at + 1] as u64) << 32)
+        };
+        let columns = self
+            .aggs
+            .iter()
+            .zip(&self.layout.agg_op)
+            .map(|(a, &op)| {
+                let at = self.layout.ops[op][2] as usize;
+                let mut out = OutColumn::with_capacity(a.output(), keys.len());
+                for r in 0..keys.len() {
+                    let count = word2(r, at);
+                    let has = count > 0;
+                    let v = |w: usize| word2(r, at + w);
+                    let int = a.domain == Domain::I64;
+                    match a.func {
+                        AggFn::CountRows | AggFn::Count => out.push_i64(Some(count as i64)),
+                        AggFn::Sum | AggFn::Min | AggFn::Max if int => {
+                            out.push_i64(has.then(|| v(2) as i64))
+                        }
+                        AggFn::First | AggFn::Last if int => out.push_i64(has.then(|| v(4) as i64)),
+                        AggFn::Sum | AggFn::Min | AggFn::Max => {
+                            out.push_f64(has.then(|| f64::from_bits(v(2))))
+                        }
+                        AggFn::First | AggFn::Last => {
+                            out.push_f64(has.then(|| f64::from_bits(v(4))))
+                        }
+                        AggFn::Avg => out.push_f64(has.then(|| {
+                            let sum = if int {
+                                v(2) as i64 as f64
+                            } else {
+                                f64::from_bits(v(2))
+                            };
+                            sum / count as f64
+                        })),
+                        _ => {
+                            let m = Moments {
+                                n: f64::from_bits(v(2)),
+                                mean: f64::from_bits(v(4)),
+                                m2: f64::from_bits(v(6)),
+                            };
+                            out.push_f64(m.finish(a.func))
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
+        WindowRows { keys, columns }
+    }
+
+    /// Times the sort and fold of `events` alone, with the input already on the device:
+    /// `reps` repetitions into a scratch pane, timed by GPU timestamps where the adapter
+    /// has them (else by the wall clock around a wait). Returns seconds per repetition and
+    /// whether timestamps were used.
+    pub fn time_resident(&mut self, events: &Events<'_>, reps: usize) -> Result<(f64, bool)> {
+        let n = events.len().min(self.max_batch());
+        let ev = slice(events, 0..n);
+        let mut commands = Commands::default();
+        let batch = self.upload(&ev, &mut commands);
+        self.gpu
+            .run("uploading the timed batch", commands, None, true)?;
+        let timer: Option<Timer> = self.gpu.timer();
+        let mut total = 0.0;
+        for _ in 0..reps.max(1) {
+            let mut commands = Commands::default();
+            self.record_fold(&batch, &mut commands);
+            let start = std::time::Instant::now();
+            self.gpu
+                .run("timing the kernels", commands, timer.as_ref(), true)?;
+            total += match &timer {
+                Some(t) => self.gpu.elapsed(t)?,
+                None => start.elapsed().as_secs_f64(),
+            };
+        }
+        Ok((total / reps.max(1) as f64, timer.is_some()))
+    }
+}
+
+/// Events `range` of a segment.
+fn slice<'a>(ev: &Events<'a>, range: Range<usize>) -> Events<'a> {
+    Events {
+        keys: &ev.keys[range.clone()],
+        panes: &ev.panes[range.clone()],
+        ts: &ev.ts[range.clone()],
+        columns: ev.columns,
+    }
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn update(&mut self, events: &Events<'_>) -> Result<()> {
+        let max = self.max_batch();
+        let mut start = 0;
+        while start < events.len() {
+            let end = (start + max).min(events.len());
+            // Columns are sliced by the batch: copy them for this range.
+            let cols: Vec<_> = events
+                .columns
+                .iter()
+                .map(|c| crate::events::Column {
+                    values: match c.values {
+                        Values::F64(x) => Values::F64(&x[start..end]),
+                        Values::I64(x) => Values::I64(&x[start..end]),
+                    },
+                    valid: c.valid.map(|v| &v[start..end]),
+                })
+                .collect();
+            let ev = Events {
+                columns: &cols,
+                ..slice(events, start..end)
+            };
+            let mut commands = Commands::default();
+            self.update_batch(&ev, &mut commands);
+            self.gpu.run("updating pane state", commands, None, false)?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows> {
+        let (k, rows) = self.combine_rows(panes, keys)?;
+        Ok(self.evaluate(k, &rows))
+    }
+
+    fn evict_before(&mut self, pane: i64) {
+        self.panes = self.panes.split_off(&pane);
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.panes.len() * self.capacity as usize * self.layout.stride as usize * 4
+    }
+}

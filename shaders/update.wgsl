@@ -1,0 +1,121 @@
+// Update: folds a batch of events into the state of one pane, for the keys of one state
+// chunk. The batch is sorted by (key, arrival) first (sort.wgsl), so one invocation owns a
+// key: it walks that key's events in arrival order, exactly as the CPU backend does, and
+// no atomics are needed. Every number is folded with the same IEEE operations as on the
+// CPU (soft f64 from f64.wgsl), so results do not depend on the order threads run in.
+
+@group(1) @binding(0) var<storage, read> sorted: array<vec2<u32>>;
+@group(1) @binding(1) var<storage, read> pane_of: array<u32>;
+@group(1) @binding(2) var<storage, read> ts: array<vec2<u32>>;
+@group(1) @binding(3) var<storage, read> vals: array<vec2<u32>>;
+@group(1) @binding(4) var<storage, read> valid: array<u32>;
+// Per op: kind, input column, state offset, 1 when the input has a validity column.
+@group(1) @binding(5) var<storage, read> ops: array<vec4<u32>>;
+@group(1) @binding(6) var<storage, read_write> state: array<u32>;
+
+fn load2(i: u32) -> vec2<u32> {
+    return vec2<u32>(state[i], state[i + 1u]);
+}
+
+fn store2(i: u32, v: vec2<u32>) {
+    state[i] = v.x;
+    state[i + 1u] = v.y;
+}
+
+fn count_up(i: u32) {
+    store2(i, u64_add(load2(i), vec2<u32>(1u, 0u)));
+}
+
+const F64_ONE: vec2<u32> = vec2<u32>(0u, 0x3ff00000u);
+
+fn fold_event(row: u32, e: u32) {
+    for (var o = 0u; o < params.n_ops; o++) {
+        let op = ops[o];
+        let at = row + op.z;
+        if (op.x == OP_ROWS) {
+            count_up(at);
+            continue;
+        }
+        let slot = op.y * params.n + e;
+        if (op.w != 0u && valid[slot] == 0u) {
+            continue;
+        }
+        let x = vals[slot];
+        count_up(at);
+        let v = at + 2u;
+        switch op.x {
+            case OP_SUM_F: {
+                store2(v, f64_add(load2(v), x));
+            }
+            case OP_SUM_I: {
+                store2(v, u64_add(load2(v), x));
+            }
+            case OP_MIN_F: {
+                if (f64_less(x, load2(v))) {
+                    store2(v, x);
+                }
+            }
+            case OP_MAX_F: {
+                if (f64_less(load2(v), x)) {
+                    store2(v, x);
+                }
+            }
+            case OP_MIN_I: {
+                if (i64_less(x, load2(v))) {
+                    store2(v, x);
+                }
+            }
+            case OP_MAX_I: {
+                if (i64_less(load2(v), x)) {
+                    store2(v, x);
+                }
+            }
+            case OP_MOMENTS: {
+                // Welford, operation for operation as agg::Moments::push.
+                let n = f64_add(load2(v), F64_ONE);
+                let mean = load2(v + 2u);
+                let d = f64_sub(x, mean);
+                let new_mean = f64_add(mean, f64_div(d, n));
+                store2(v, n);
+                store2(v + 2u, new_mean);
+                store2(v + 4u, f64_add(load2(v + 4u), f64_mul(d, f64_sub(x, new_mean))));
+            }
+            case OP_FIRST: {
+                // Ties keep the earlier arrival.
+                if (i64_less(ts[e], load2(v))) {
+                    store2(v, ts[e]);
+                    store2(v + 2u, x);
+                }
+            }
+            case OP_LAST: {
+                // Ties take the later arrival.
+                if (!i64_less(ts[e], load2(v))) {
+                    store2(v, ts[e]);
+                    store2(v + 2u, x);
+                }
+            }
+            default: {}
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn fold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = global_index(wid, lid);
+    if (i >= params.n) {
+        return;
+    }
+    let key = sorted[i].x;
+    // Only the first event of each key's run works; it walks the whole run.
+    if ((i > 0u && sorted[i - 1u].x == key) || key < params.key_base
+        || key - params.key_base >= params.key_count) {
+        return;
+    }
+    let row = (key - params.key_base) * params.stride;
+    for (var j = i; j < params.n && sorted[j].x == key; j++) {
+        let e = sorted[j].y;
+        if (pane_of[e] == params.pane) {
+            fold_event(row, e);
+        }
+    }
+}
