@@ -466,5 +466,6 @@ macro_rules! differential_tests {
 
 differential_tests! {
     cpu_matches_reference_and_model: BackendKind::Cpu, 0..300u64;
+    gpu_matches_reference_and_model: BackendKind::Gpu, 2000..2060u64;
     reference_is_batching_invariant: BackendKind::Reference, 1000..1100u64;
 }

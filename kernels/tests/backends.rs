@@ -245,6 +245,7 @@ fn gpu_without_features_and_with_tiny_limits_equals_reference() {
                 max_binding_bytes: 4096,
                 max_groups: 2,
                 poison: true,
+                ..GpuOptions::default()
             },
         )]
     });
