@@ -30,6 +30,57 @@ pub struct Case {
     pub events_per_sec: f64,
     /// Result rows emitted.
     pub rows_out: u64,
+    /// GPU only: the update kernels alone (sort and fold of a batch already on the
+    /// device), in events per second.
+    pub kernel_events_per_sec: Option<f64>,
+    /// GPU only: how the kernels were timed ("gpu timestamps" or "wall clock").
+    pub kernel_timer: Option<String>,
+    /// GPU only: the adapter, its API and driver.
+    pub adapter: Option<String>,
+}
+
+/// The GPU's update kernels alone, on the device: count, sum, min and max of one float
+/// column over `keys` uniformly random keys, one pane, a batch of up to 1M events already
+/// uploaded. Returns (events/s, timer, adapter).
+pub fn gpu_kernels(keys: u64, events: u64) -> Result<(f64, String, String)> {
+    use panes_kernels::{AggSpec, Backend, Column, Domain, Events, GpuBackend, GpuOptions, Values};
+    let n = events.clamp(1, 1 << 20) as usize;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let key_ids: Vec<u32> = (0..n).map(|_| (next() % keys.max(1)) as u32).collect();
+    let values: Vec<f64> = (0..n).map(|_| (next() % 1000) as f64 / 10.0).collect();
+    let (panes, ts) = (vec![0i64; n], vec![0i64; n]);
+    let f = |func| AggSpec {
+        func,
+        column: 0,
+        domain: Domain::F64,
+    };
+    let aggs = [AggFn::CountRows, AggFn::Sum, AggFn::Min, AggFn::Max].map(f);
+    let mut gpu = GpuBackend::new(&aggs, GpuOptions::default())?;
+    let columns = [Column {
+        values: Values::F64(&values),
+        valid: None,
+    }];
+    let events = Events {
+        keys: &key_ids,
+        panes: &panes,
+        ts: &ts,
+        columns: &columns,
+    };
+    let (seconds, timestamps) = gpu.time_resident(&events, 5)?;
+    let timer = if timestamps {
+        "gpu timestamps"
+    } else {
+        "wall clock"
+    };
+    let rate = n as f64 / seconds.max(1e-12);
+    debug_assert_eq!(gpu.name(), "gpu");
+    Ok((rate, timer.into(), gpu.adapter().into()))
 }
 
 /// The window shapes of the suite: name and (size, slide) in ms.
@@ -126,6 +177,10 @@ pub fn suite(
                 events
             };
             let batches = input(&job(60_000, 60_000, n, k), 64 * 1024)?;
+            let kernels = match backend {
+                BackendKind::Gpu => Some(gpu_kernels(k, n)?),
+                _ => None,
+            };
             for (name, size, slide) in WINDOWS {
                 let (seconds, rows_out) =
                     run(&job(size, slide, n, k), &batches, *backend, threads)?;
@@ -138,6 +193,9 @@ pub fn suite(
                     seconds,
                     events_per_sec: n as f64 / seconds.max(1e-9),
                     rows_out,
+                    kernel_events_per_sec: kernels.as_ref().map(|k| k.0),
+                    kernel_timer: kernels.as_ref().map(|k| k.1.clone()),
+                    adapter: kernels.as_ref().map(|k| k.2.clone()),
                 };
                 on_case(&case);
                 cases.push(case);

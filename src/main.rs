@@ -71,7 +71,8 @@ enum Command {
         /// Key counts to run, comma separated.
         #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
         keys: Vec<u64>,
-        /// Backends to run, comma separated.
+        /// Backends to run, comma separated (`gpu` adds the kernels alone, timed on the
+        /// device).
         #[arg(long, value_delimiter = ',', default_value = "reference,cpu")]
         backend: Vec<BackendKind>,
         /// Worker threads (default: all cores).
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command.execute() {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,17 +178,33 @@ impl Command {
                 let threads = threads.unwrap_or_else(rayon::current_num_threads).max(1);
                 if !json {
                     println!(
-                        "{:<12} {:>9} {:<10} {:>10} {:>8} {:>14}",
-                        "window", "keys", "backend", "events", "threads", "events/s"
+                        "{:<12} {:>9} {:<10} {:>10} {:>8} {:>14} {:>14}",
+                        "window", "keys", "backend", "events", "threads", "events/s", "kernel ev/s"
                     );
                 }
+                let mut adapters = std::collections::BTreeSet::new();
                 let cases =
                     bench::suite(events, reference_events, &keys, &backend, threads, |c| {
-                        if !json {
-                            println!(
-                                "{:<12} {:>9} {:<10} {:>10} {:>8} {:>14.0}",
-                                c.window, c.keys, c.backend, c.events, c.threads, c.events_per_sec
-                            );
+                        if json {
+                            return;
+                        }
+                        let kernel = c
+                            .kernel_events_per_sec
+                            .map_or("-".into(), |k| format!("{k:.0}"));
+                        println!(
+                            "{:<12} {:>9} {:<10} {:>10} {:>8} {:>14.0} {:>14}",
+                            c.window,
+                            c.keys,
+                            c.backend,
+                            c.events,
+                            c.threads,
+                            c.events_per_sec,
+                            kernel
+                        );
+                        if let (Some(a), Some(t)) = (&c.adapter, &c.kernel_timer) {
+                            if adapters.insert(a.clone()) {
+                                println!("  gpu: {a}; kernels timed by {t}");
+                            }
                         }
                     })?;
                 if json {

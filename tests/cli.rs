@@ -368,8 +368,47 @@ fn backends_agree_and_late_events_keep_their_columns() {
     assert!(out.status.success(), "{}", stderr(&out));
     let reference = read_parquet(&case.path("reference.parquet"));
 
+    let job = case.job(&input, &[("DIR/out.parquet", "DIR/gpu.parquet")]);
+    let out = case.run_job(&job, &["--backend", "gpu"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("backend          gpu on "), "{err}");
+    let gpu = read_parquet(&case.path("gpu.parquet"));
+
     assert!(cpu.num_rows() > 0);
     assert_eq!(sorted(&cpu), sorted(&reference));
+    assert_eq!(sorted(&cpu), sorted(&gpu));
+}
+
+/// Hides every GPU adapter from wgpu (Vulkan only, and no Vulkan driver).
+fn without_gpu(mut cmd: Command) -> Output {
+    cmd.env("WGPU_BACKEND", "vulkan")
+        .env("VK_ICD_FILENAMES", "/nonexistent")
+        .env("VK_DRIVER_FILES", "/nonexistent")
+        .output()
+        .expect("the panes binary runs")
+}
+
+#[test]
+fn gpu_without_an_adapter_is_an_error_and_auto_falls_back_to_cpu() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 2_000);
+    let job = case.job(&input, &[]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
+    cmd.arg("run").arg(&job).args(["--backend", "gpu"]);
+    let out = without_gpu(cmd);
+    case.assert_fails(&out, &["no GPU adapter", "--backend cpu"]);
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
+    cmd.arg("run").arg(&job).args(["--backend", "auto"]);
+    let out = without_gpu(cmd);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let why: Vec<&str> = err.lines().filter(|l| l.contains("backend auto")).collect();
+    assert_eq!(why.len(), 1, "one line saying why:\n{err}");
+    assert!(why[0].contains("using cpu: no GPU adapter"), "{err}");
+    assert!(err.contains("backend          cpu"), "{err}");
+    assert!(case.path("out.parquet").exists());
 }
 
 #[test]

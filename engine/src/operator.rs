@@ -240,6 +240,11 @@ impl WindowOperator {
         &self.late_schema
     }
 
+    /// The backend, as a run summary shows it.
+    pub fn backend(&self) -> String {
+        self.backend.describe()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.stats

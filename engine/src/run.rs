@@ -71,7 +71,7 @@ impl BackendKind {
                         Box::new(gpu)
                     }
                     Err(e) => {
-                        tracing::warn!("backend auto: using cpu, because the GPU is unusable: {e}");
+                        tracing::warn!("backend auto: using cpu: {e}");
                         Box::new(CpuBackend::new(aggs, threads))
                     }
                 }
@@ -107,8 +107,8 @@ impl Default for RunOptions {
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct Summary {
-    /// The backend that ran.
-    pub backend: BackendKind,
+    /// The backend that ran (for the GPU, with its adapter).
+    pub backend: String,
     /// Counters.
     pub stats: Stats,
     /// Wall time.
@@ -236,7 +236,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         );
     }
     Ok(Summary {
-        backend: opts.backend,
+        backend: op.backend(),
         stats,
         elapsed: start.elapsed(),
         late_not_kept,

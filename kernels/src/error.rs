@@ -5,10 +5,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No GPU adapter could be found or opened.
-    #[error(
-        "no GPU adapter: {0} (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers \
-         libvulkan1` for the software one, or use --backend cpu)"
-    )]
+    #[error("no GPU adapter: {0}")]
     NoAdapter(String),
     /// The GPU reported an error: device lost, out of memory, validation, a failed map.
     #[error("GPU error while {context} on {adapter}: {message}")]

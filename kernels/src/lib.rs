@@ -40,6 +40,10 @@ pub enum Keys<'a> {
 pub trait Backend: Send {
     /// The backend's name as `--backend` spells it.
     fn name(&self) -> &'static str;
+    /// The backend as a run summary shows it (the GPU adds its adapter).
+    fn describe(&self) -> String {
+        self.name().to_string()
+    }
     /// Aggregates a segment of events into the state of their panes.
     fn update(&mut self, events: &Events<'_>) -> Result<()>;
     /// Combines panes `panes` per key into one row per key with data, keys ascending.

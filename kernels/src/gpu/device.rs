@@ -123,12 +123,19 @@ impl Gpu {
     pub fn open(wanted: wgpu::Features, hardware_only: bool) -> Result<Gpu> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
-            .map_err(|e| Error::NoAdapter(e.to_string()))?;
+        let adapter =
+            pollster::block_on(instance.request_adapter(&Default::default())).map_err(|e| {
+                Error::NoAdapter(format!(
+                    "{e} (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers \
+                     libvulkan1` for the software one, or use --backend cpu)"
+                ))
+            })?;
         let info = adapter.get_info();
         let name = format!("{} ({:?}, {})", info.name, info.backend, info.driver);
         if hardware_only && info.device_type == wgpu::DeviceType::Cpu {
-            return Err(Error::NoAdapter(format!("only a software adapter, {name}")));
+            return Err(Error::NoAdapter(format!(
+                "only a software adapter, {name} (--backend gpu runs on it, slowly)"
+            )));
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("panes"),

@@ -650,6 +650,10 @@ impl Backend for GpuBackend {
         "gpu"
     }
 
+    fn describe(&self) -> String {
+        format!("gpu on {}", self.gpu.adapter)
+    }
+
     fn update(&mut self, events: &Events<'_>) -> Result<()> {
         let max = self.max_batch();
         let mut start = 0;
