@@ -395,13 +395,7 @@ impl WindowOperator {
                 ts: &ts[start..end],
                 columns: &columns
                     .iter()
-                    .map(|c| Column {
-                        values: match c.values {
-                            Values::I64(v) => Values::I64(&v[start..end]),
-                            Values::F64(v) => Values::F64(&v[start..end]),
-                        },
-                        valid: c.valid.map(|v| &v[start..end]),
-                    })
+                    .map(|c| c.slice(start..end))
                     .collect::<Vec<_>>(),
             };
             self.backend.update(&events)?;

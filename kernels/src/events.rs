@@ -20,7 +20,18 @@ pub struct Column<'a> {
     pub valid: Option<&'a [bool]>,
 }
 
-impl Column<'_> {
+impl<'a> Column<'a> {
+    /// Rows `range` of the column.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Column<'a> {
+        Column {
+            values: match self.values {
+                Values::I64(v) => Values::I64(&v[range.clone()]),
+                Values::F64(v) => Values::F64(&v[range.clone()]),
+            },
+            valid: self.valid.map(|v| &v[range]),
+        }
+    }
+
     /// Whether row `i` holds a value.
     #[inline(always)]
     pub fn is_valid(&self, i: usize) -> bool {
@@ -41,7 +52,25 @@ pub struct Events<'a> {
     pub columns: &'a [Column<'a>],
 }
 
-impl Events<'_> {
+impl<'a> Events<'a> {
+    /// Events `range`, with their columns sliced into `columns` (which must hold them).
+    pub fn slice(&self, range: std::ops::Range<usize>, columns: &'a [Column<'a>]) -> Events<'a> {
+        Events {
+            keys: &self.keys[range.clone()],
+            panes: &self.panes[range.clone()],
+            ts: &self.ts[range],
+            columns,
+        }
+    }
+
+    /// The columns of events `range`.
+    pub fn columns_in(&self, range: std::ops::Range<usize>) -> Vec<Column<'a>> {
+        self.columns
+            .iter()
+            .map(|c| c.slice(range.clone()))
+            .collect()
+    }
+
     /// Number of events.
     pub fn len(&self) -> usize {
         self.keys.len()

@@ -613,7 +613,8 @@ impl GpuBackend {
     /// whether timestamps were used.
     pub fn time_resident(&mut self, events: &Events<'_>, reps: usize) -> Result<(f64, bool)> {
         let n = events.len().min(self.max_batch());
-        let ev = slice(events, 0..n);
+        let columns = events.columns_in(0..n);
+        let ev = events.slice(0..n, &columns);
         let mut commands = Commands::default();
         let batch = self.upload(&ev, &mut commands);
         self.gpu
@@ -635,16 +636,6 @@ impl GpuBackend {
     }
 }
 
-/// Events `range` of a segment.
-fn slice<'a>(ev: &Events<'a>, range: Range<usize>) -> Events<'a> {
-    Events {
-        keys: &ev.keys[range.clone()],
-        panes: &ev.panes[range.clone()],
-        ts: &ev.ts[range.clone()],
-        columns: ev.columns,
-    }
-}
-
 impl Backend for GpuBackend {
     fn name(&self) -> &'static str {
         "gpu"
@@ -659,22 +650,8 @@ impl Backend for GpuBackend {
         let mut start = 0;
         while start < events.len() {
             let end = (start + max).min(events.len());
-            // Columns are sliced by the batch: copy them for this range.
-            let cols: Vec<_> = events
-                .columns
-                .iter()
-                .map(|c| crate::events::Column {
-                    values: match c.values {
-                        Values::F64(x) => Values::F64(&x[start..end]),
-                        Values::I64(x) => Values::I64(&x[start..end]),
-                    },
-                    valid: c.valid.map(|v| &v[start..end]),
-                })
-                .collect();
-            let ev = Events {
-                columns: &cols,
-                ..slice(events, start..end)
-            };
+            let columns = events.columns_in(start..end);
+            let ev = events.slice(start..end, &columns);
             let mut commands = Commands::default();
             self.update_batch(&ev, &mut commands);
             self.gpu.run("updating pane state", commands, None, false)?;
