@@ -44,6 +44,8 @@ struct Case {
     batch: RecordBatch,
     size: i64,
     slide: i64,
+    /// Cumulate windows: `slide` is the step, `size` the longest window.
+    cumulate: bool,
     offset: i64,
     bound: i64,
     lateness: i64,
@@ -59,7 +61,8 @@ fn case(seed: u64) -> Case {
         } else {
             [1, 2][rng.below(2) as usize]
         };
-    let (size, slide) = if rng.chance(40) {
+    let cumulate = rng.chance(25);
+    let (size, slide) = if rng.chance(40) && !cumulate {
         (size, size)
     } else {
         (size, slide)
@@ -185,7 +188,11 @@ fn case(seed: u64) -> Case {
                 &format!("[[aggregate]]\nname = \"{f}_{col}\"\nfn = \"{f}\"\ncolumn = \"{col}\"\n");
         }
     }
-    let window = if size == slide {
+    let window = if cumulate {
+        format!(
+            "kind = \"cumulate\"\nsize = \"{size}ms\"\nstep = \"{slide}ms\"\noffset = \"{offset}ms\""
+        )
+    } else if size == slide {
         format!("kind = \"tumble\"\nsize = \"{size}ms\"\noffset = \"{offset}ms\"")
     } else {
         format!(
@@ -220,6 +227,7 @@ fn case(seed: u64) -> Case {
         batch,
         size,
         slide,
+        cumulate,
         offset,
         bound,
         lateness,
@@ -284,9 +292,10 @@ fn run(
                     }
                 })
                 .collect();
-            let ws = b
-                .column_by_name("window_start")
-                .expect("window_start")
+            // A window is named by its end: with cumulate windows, starts repeat.
+            let we = b
+                .column_by_name("window_end")
+                .expect("window_end")
                 .as_primitive::<arrow::datatypes::TimestampMillisecondType>()
                 .value(r);
             let values =
@@ -306,7 +315,7 @@ fn run(
                     .collect();
             rows.push((
                 key.join(","),
-                ws,
+                we,
                 revision.as_ref().map_or(0, |v| v.value(r)),
                 values,
             ));
@@ -321,7 +330,7 @@ fn run(
 }
 
 /// The brute-force model: per event the watermark it met and whether it is late; per
-/// (key, window start) the events present when the window first fired, in the end, and the
+/// (key, window end) the events present when the window first fired, in the end, and the
 /// number added after it fired (its highest revision).
 struct Model {
     late: Vec<i64>,
@@ -335,15 +344,26 @@ fn model(c: &Case) -> Model {
     for (id, t, key) in &c.events {
         let w = max_ts.map_or(i64::MIN, |m| m - c.bound - 1);
         max_ts = Some(max_ts.map_or(*t, |m| m.max(*t)));
-        // Every window [s, s + size) with s = k·slide + offset that contains t.
-        let last = (t - c.offset).div_euclid(c.slide) * c.slide + c.offset;
+        // The ends of every window that contains t: hop windows [s, s + size) with
+        // s = k·slide + offset; cumulate windows [b, b + i·step) with b = k·size + offset.
+        let ends: Vec<i64> = if c.cumulate {
+            let base = (t - c.offset).div_euclid(c.size) * c.size + c.offset;
+            (1..=c.size / c.slide)
+                .map(|i| base + i * c.slide)
+                .filter(|end| end > t)
+                .collect()
+        } else {
+            let last = (t - c.offset).div_euclid(c.slide) * c.slide + c.offset;
+            (0..)
+                .map(|i| last - i * c.slide + c.size)
+                .take_while(|end| end > t)
+                .collect()
+        };
         let mut added = false;
-        let mut s = last;
-        while s + c.size > *t {
-            let end = s + c.size;
+        for end in ends {
             if end - 1 + c.lateness > w {
                 added = true;
-                let e = windows.entry((key.clone(), s)).or_default();
+                let e = windows.entry((key.clone(), end)).or_default();
                 if end - 1 > w {
                     e.0 += 1;
                 } else {
@@ -351,7 +371,6 @@ fn model(c: &Case) -> Model {
                 }
                 e.1 += 1;
             }
-            s -= c.slide;
         }
         if !added {
             late.push(*id);
@@ -382,8 +401,8 @@ fn check(seed: u64, backend: BackendKind) {
     let threads = [1, 2, 4][rng.below(3) as usize];
     let (got, got_late) = run(&c, backend, threads, 700, &mut rng);
     let ctx = format!(
-        "seed {seed} (size {} slide {} offset {} bound {} lateness {})",
-        c.size, c.slide, c.offset, c.bound, c.lateness
+        "seed {seed} (size {} slide {} cumulate {} offset {} bound {} lateness {})",
+        c.size, c.slide, c.cumulate, c.offset, c.bound, c.lateness
     );
 
     assert_eq!(

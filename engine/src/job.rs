@@ -89,12 +89,14 @@ fn thirty_seconds() -> String {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
-    /// `tumble` or `hop`.
+    /// `tumble`, `hop` or `cumulate`.
     pub kind: String,
-    /// Window length, e.g. `15m`.
+    /// Window length, e.g. `15m` (cumulate: the longest window, a whole number of steps).
     pub size: String,
     /// hop: distance between window starts, e.g. `1m`; at most `size`.
     pub slide: Option<String>,
+    /// cumulate: distance between window ends, e.g. `1m`.
+    pub step: Option<String>,
     /// Shift of window starts from the epoch (default `0s`).
     pub offset: Option<String>,
 }
@@ -267,25 +269,38 @@ impl JobFile {
             .map(|o| parse_millis("window.offset", o))
             .transpose()?
             .unwrap_or(0);
-        let window = match (w.kind.as_str(), &w.slide) {
-            ("tumble", None) => WindowSpec::new(size, size, offset),
-            ("tumble", Some(_)) => return Err("window.slide is only for kind = \"hop\"".into()),
-            ("hop", Some(slide)) => {
+        let kind = w.kind.as_str();
+        if !matches!(kind, "tumble" | "hop" | "cumulate" | "session") {
+            return Err(format!(
+                "window.kind = {kind:?} is unknown; use \"tumble\", \"hop\" or \"cumulate\""
+            ));
+        }
+        if w.slide.is_some() && kind != "hop" {
+            return Err("window.slide is only for kind = \"hop\"".into());
+        }
+        if w.step.is_some() && kind != "cumulate" {
+            return Err("window.step is only for kind = \"cumulate\"".into());
+        }
+        let window = match (kind, &w.slide, &w.step) {
+            ("tumble", _, _) => WindowSpec::new(size, size, offset),
+            ("hop", Some(slide), _) => {
                 WindowSpec::new(size, parse_millis("window.slide", slide)?, offset)
             }
-            ("hop", None) => {
+            ("hop", None, _) => {
                 return Err("window kind \"hop\" needs a slide, e.g. slide = \"1m\"".into());
             }
-            ("session" | "cumulate", _) => {
-                return Err(format!(
-                    "window.kind = {:?} is not supported yet; use \"tumble\" or \"hop\"",
-                    w.kind
-                ));
+            ("cumulate", _, Some(step)) => {
+                WindowSpec::cumulate(parse_millis("window.step", step)?, size, offset)
             }
-            (other, _) => {
-                return Err(format!(
-                    "window.kind = {other:?} is unknown; use \"tumble\" or \"hop\""
-                ));
+            ("cumulate", _, None) => {
+                return Err("window kind \"cumulate\" needs a step, e.g. step = \"1m\"".into());
+            }
+            (_, _, _) => {
+                return Err(
+                    "window.kind = \"session\" is not supported yet; use \"tumble\", \"hop\" \
+                     or \"cumulate\""
+                        .into(),
+                );
             }
         }
         .map_err(|e| format!("window: {e}"))?;
@@ -485,5 +500,28 @@ mod tests {
         assert!(e.contains("already used"), "{e}");
         let e = error_of(&JOB.replace("kind = \"hop\"", "kind = \"sliding\""));
         assert!(e.contains("sliding"), "{e}");
+        let e = error_of(&JOB.replace("kind = \"hop\"", "kind = \"cumulate\""));
+        assert!(e.contains("slide is only for kind = \"hop\""), "{e}");
+        let e = error_of(&cumulate("step = \"7m\""));
+        assert!(e.contains("whole number of steps"), "{e}");
+        let e = error_of(&JOB.replace("slide = \"1m\"", "step = \"1m\""));
+        assert!(e.contains("step is only for kind = \"cumulate\""), "{e}");
+    }
+
+    /// The documented job with cumulate windows of `step` up to 15 minutes.
+    fn cumulate(step: &str) -> String {
+        JOB.replace("kind = \"hop\"", "kind = \"cumulate\"")
+            .replace("slide = \"1m\"", step)
+    }
+
+    #[test]
+    fn cumulate_windows_parse() {
+        let job = Job::from_toml(&cumulate("step = \"5m\""), "job.toml").unwrap();
+        assert_eq!(
+            job.window,
+            WindowSpec::cumulate(300_000, 900_000, 0).unwrap()
+        );
+        let e = error_of(&cumulate(""));
+        assert!(e.contains("needs a step"), "{e}");
     }
 }

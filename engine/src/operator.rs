@@ -311,13 +311,12 @@ impl WindowOperator {
         self.stats.events_in += n as u64;
 
         let spec = self.spec;
-        let panes_per_slide = spec.slide() / spec.pane_len();
         s.panes.clear();
         s.panes.extend(s.ts.iter().map(|&t| spec.pane_of(t)));
         // Late: even the last window of the event's pane has expired.
         s.late.clear();
         s.late.extend(s.panes.iter().zip(&s.met).map(|(&j, &w)| {
-            let last = j.div_euclid(panes_per_slide);
+            let last = *spec.windows_of_pane(j).end();
             (spec.end(last) - 1).saturating_add(self.lateness) <= w
         }));
         let late_count = s.late.iter().filter(|&&l| l).count();
@@ -420,7 +419,7 @@ impl WindowOperator {
         let spec = &self.spec;
         let at = |delay: i64| {
             let k = spec.windows_closed_by(w, delay);
-            let end = k * i128::from(spec.slide()) + i128::from(spec.end(0));
+            let end = k * i128::from(spec.end_step()) + i128::from(spec.end(0));
             i64::try_from(end - 1 + i128::from(delay)).unwrap_or(i64::MAX)
         };
         at(0).min(at(self.lateness))
@@ -467,9 +466,8 @@ impl WindowOperator {
             i64::try_from(x.clamp(i128::from(i64::MIN), i128::from(i64::MAX))).unwrap_or(0)
         };
         self.refire_dirty(clamp(expire))?;
-        let panes_per_slide = i128::from(self.spec.slide() / self.spec.pane_len());
-        let first_kept = clamp(expire * panes_per_slide);
         let expire = clamp(expire);
+        let first_kept = self.spec.panes_of_window(expire).start;
         // An expired window never fires again, even if a pane it shares with a later window
         // receives events: those events were late for it.
         self.next_fire = Some(self.next_fire.map_or(expire, |n| n.max(expire)));

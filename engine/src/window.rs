@@ -1,19 +1,28 @@
 //! Window geometry: which pane an event falls in, which windows a pane belongs to, and
-//! where each window starts and ends. Tumbling windows are hop windows with slide = size.
+//! where each window starts and ends.
 //!
-//! Window `k` is `[k·slide + offset, k·slide + offset + size)`. Panes have length
-//! `gcd(size, slide)`; pane `j` is `[j·pane + offset, (j+1)·pane + offset)`, so window `k`
-//! is panes `k·s .. k·s + z` with `s = slide/pane`, `z = size/pane`.
+//! Hop windows (tumbling: slide = size): window `k` is `[k·slide + offset, k·slide + offset
+//! + size)`. Panes have length `gcd(size, slide)`; pane `j` is `[j·pane + offset, (j+1)·pane
+//! + offset)`, so window `k` is panes `k·s .. k·s + z` with `s = slide/pane`, `z = size/pane`.
+//!
+//! Cumulate windows (Flink's `CUMULATE(step, size)`): every `size` from `offset`, windows
+//! start together and grow by `step`: `[b·size + offset, b·size + offset + i·step)` for
+//! `i = 1 ..= n`, `n = size/step`. Panes are `step` long, and window `k = b·n + i − 1` is
+//! panes `b·n .. k + 1`.
+//!
+//! Either way, window ids increase with the window end, and `end(k)` is linear in `k`.
 
 use std::ops::{Range, RangeInclusive};
 
-/// The geometry of tumbling or hop windows, in milliseconds.
+/// The geometry of tumbling, hop or cumulate windows, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowSpec {
     size: i64,
     slide: i64,
     offset: i64,
     pane: i64,
+    /// Cumulate windows: windows per period of `size` (their `slide` is the step).
+    cumulate: Option<i64>,
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -33,23 +42,34 @@ impl WindowSpec {
                 "slide ({slide} ms) is longer than size ({size} ms): events between windows would belong to none"
             ));
         }
-        let offset = offset.rem_euclid(slide);
         Ok(WindowSpec {
             size,
             slide,
-            offset,
+            offset: offset.rem_euclid(slide),
             pane: gcd(size, slide),
+            cumulate: None,
         })
     }
 
-    /// Window length in ms.
-    pub fn size(&self) -> i64 {
-        self.size
-    }
-
-    /// Distance between window starts in ms.
-    pub fn slide(&self) -> i64 {
-        self.slide
+    /// Cumulate windows: every `size` from `offset`, windows that end every `step`.
+    pub fn cumulate(step: i64, size: i64, offset: i64) -> Result<WindowSpec, String> {
+        if size <= 0 || step <= 0 {
+            return Err(format!(
+                "size and step must be positive (got size {size} ms, step {step} ms)"
+            ));
+        }
+        if size % step != 0 {
+            return Err(format!(
+                "size ({size} ms) must be a whole number of steps ({step} ms)"
+            ));
+        }
+        Ok(WindowSpec {
+            size,
+            slide: step,
+            offset: offset.rem_euclid(size),
+            pane: step,
+            cumulate: Some(size / step),
+        })
     }
 
     /// Pane length in ms.
@@ -57,52 +77,65 @@ impl WindowSpec {
         self.pane
     }
 
-    /// Panes per window.
-    pub fn panes_per_window(&self) -> i64 {
-        self.size / self.pane
-    }
-
-    /// The pane an event time falls in.
+    /// The pane that holds event time `ts`.
     #[inline]
     pub fn pane_of(&self, ts: i64) -> i64 {
         (ts - self.offset).div_euclid(self.pane)
     }
 
-    /// The windows that contain pane `j`, as window indices.
+    /// The windows that contain pane `j`, in order.
     #[inline]
     pub fn windows_of_pane(&self, j: i64) -> RangeInclusive<i64> {
+        if let Some(n) = self.cumulate {
+            return j..=j.div_euclid(n) * n + n - 1;
+        }
         let (s, z) = (self.slide / self.pane, self.size / self.pane);
         (j - z + 1).div_euclid(s) + i64::from((j - z + 1).rem_euclid(s) != 0)..=j.div_euclid(s)
     }
 
-    /// The panes window `k` is made of.
+    /// The panes of window `k`.
     pub fn panes_of_window(&self, k: i64) -> Range<i64> {
+        if let Some(n) = self.cumulate {
+            return k.div_euclid(n).saturating_mul(n)..k.saturating_add(1);
+        }
         let (s, z) = (self.slide / self.pane, self.size / self.pane);
         let first = k.saturating_mul(s);
         first..first.saturating_add(z)
     }
 
-    /// Start of window `k` in ms.
+    /// Start of window `k` (inclusive), in ms.
     pub fn start(&self, k: i64) -> i64 {
-        k * self.slide + self.offset
+        match self.cumulate {
+            Some(n) => k.div_euclid(n) * self.size + self.offset,
+            None => k * self.slide + self.offset,
+        }
     }
 
-    /// End (exclusive) of window `k` in ms.
+    /// End of window `k` (exclusive), in ms: `k · end_step()` plus the end of window 0.
     #[inline]
     pub fn end(&self, k: i64) -> i64 {
-        k * self.slide + self.offset + self.size
+        k * self.end_step() + self.end_0()
     }
 
-    /// The number of windows whose `end - 1 + delay` is at most `watermark`: windows
-    /// `0..n` (counting from the epoch, negative for earlier) have fired (delay 0) or
-    /// expired (delay = allowed lateness). Exact for any watermark, ±∞ included.
+    /// Distance between the ends of consecutive windows.
+    pub fn end_step(&self) -> i64 {
+        self.slide
+    }
+
+    /// End of window 0.
+    fn end_0(&self) -> i64 {
+        match self.cumulate {
+            Some(_) => self.slide + self.offset,
+            None => self.size + self.offset,
+        }
+    }
+
+    /// The first window that has not closed at watermark `watermark` when windows close
+    /// `delay` ms after their last millisecond: windows `..k` have `end − 1 + delay <= W`.
+    /// In i128 so that extreme watermarks cannot overflow.
     pub fn windows_closed_by(&self, watermark: i64, delay: i64) -> i128 {
-        // end(k) - 1 + delay <= W  <=>  k <= (W + 1 - delay - offset - size) / slide
-        let w = i128::from(watermark) + 1
-            - i128::from(delay)
-            - i128::from(self.offset)
-            - i128::from(self.size);
-        w.div_euclid(i128::from(self.slide)) + 1
+        let w = i128::from(watermark) + 1 - i128::from(delay) - i128::from(self.end_0());
+        w.div_euclid(i128::from(self.end_step())) + 1
     }
 }
 
@@ -112,14 +145,21 @@ mod tests {
 
     #[test]
     fn panes_and_windows_agree_with_the_definition() {
-        for (size, slide, offset) in [
+        let hop = [
             (10, 10, 0),
             (15, 5, 0),
             (15, 6, 4),
             (7, 3, -2),
             (60_000, 60_000, 1000),
-        ] {
-            let w = WindowSpec::new(size, slide, offset).unwrap();
+        ]
+        .map(|(size, slide, offset)| (size, slide, offset, false));
+        let cumulate = [(12, 3, 0), (12, 4, 5), (5, 5, -1), (9, 1, 2)]
+            .map(|(size, step, offset)| (size, step, offset, true));
+        for (size, slide, offset, cumulative) in hop.into_iter().chain(cumulate) {
+            let w = match cumulative {
+                false => WindowSpec::new(size, slide, offset).unwrap(),
+                true => WindowSpec::cumulate(slide, size, offset).unwrap(),
+            };
             for ts in -50..50 {
                 let j = w.pane_of(ts);
                 // Brute force: every window k with start <= ts < end.
@@ -132,7 +172,11 @@ mod tests {
                     "size {size} slide {slide} offset {offset} ts {ts}"
                 );
                 for k in got {
-                    assert!(w.panes_of_window(k).contains(&j));
+                    let panes = w.panes_of_window(k);
+                    assert!(panes.contains(&j));
+                    // A window's panes cover exactly [start, end).
+                    assert_eq!(panes.start * w.pane_len() + w.offset, w.start(k));
+                    assert_eq!(panes.end * w.pane_len() + w.offset, w.end(k));
                 }
             }
         }
@@ -140,7 +184,15 @@ mod tests {
 
     #[test]
     fn closed_windows_count_is_exact() {
-        let w = WindowSpec::new(15, 5, 0).unwrap();
+        for w in [
+            WindowSpec::new(15, 5, 0).unwrap(),
+            WindowSpec::cumulate(5, 15, 2).unwrap(),
+        ] {
+            closed_windows_count_is_exact_for(w);
+        }
+    }
+
+    fn closed_windows_count_is_exact_for(w: WindowSpec) {
         for wm in -40..40 {
             let n = w.windows_closed_by(wm, 3);
             assert!(
@@ -159,6 +211,11 @@ mod tests {
             WindowSpec::new(10, 20, 0)
                 .unwrap_err()
                 .contains("longer than size")
+        );
+        assert!(
+            WindowSpec::cumulate(4, 10, 0)
+                .unwrap_err()
+                .contains("whole number of steps")
         );
     }
 }
