@@ -313,11 +313,17 @@ impl WindowOperator {
         let spec = self.spec;
         s.panes.clear();
         s.panes.extend(s.ts.iter().map(|&t| spec.pane_of(t)));
-        // Late: even the last window of the event's pane has expired.
+        // Late: even the last window of the event's pane has expired. Consecutive events
+        // mostly share a pane, so its expiry is computed once per run of a pane.
+        let expiry =
+            |j: i64| (spec.end(spec.last_window_of_pane(j)) - 1).saturating_add(self.lateness);
+        let mut last = (i64::MIN, i64::MIN);
         s.late.clear();
         s.late.extend(s.panes.iter().zip(&s.met).map(|(&j, &w)| {
-            let last = *spec.windows_of_pane(j).end();
-            (spec.end(last) - 1).saturating_add(self.lateness) <= w
+            if j != last.0 {
+                last = (j, expiry(j));
+            }
+            last.1 <= w
         }));
         let late_count = s.late.iter().filter(|&&l| l).count();
 

@@ -93,6 +93,15 @@ impl WindowSpec {
         (j - z + 1).div_euclid(s) + i64::from((j - z + 1).rem_euclid(s) != 0)..=j.div_euclid(s)
     }
 
+    /// The last window that contains pane `j`.
+    #[inline]
+    pub fn last_window_of_pane(&self, j: i64) -> i64 {
+        match self.cumulate {
+            Some(n) => j.div_euclid(n) * n + n - 1,
+            None => j.div_euclid(self.slide / self.pane),
+        }
+    }
+
     /// The panes of window `k`.
     pub fn panes_of_window(&self, k: i64) -> Range<i64> {
         if let Some(n) = self.cumulate {
@@ -167,6 +176,7 @@ mod tests {
                     .filter(|&k| w.start(k) <= ts && ts < w.end(k))
                     .collect();
                 let got: Vec<i64> = w.windows_of_pane(j).collect();
+                assert_eq!(got.last(), Some(&w.last_window_of_pane(j)));
                 assert_eq!(
                     want, got,
                     "size {size} slide {slide} offset {offset} ts {ts}"
