@@ -466,3 +466,75 @@ fn a_missing_job_file_is_named() {
         "the cause is repeated:\n{err}"
     );
 }
+
+#[test]
+fn top_k_keeps_the_largest_rows_of_each_window_in_rank_order() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 20_000);
+    // 20 000 events span 2 s of event time: windows of 200 ms give ten of them.
+    let short = ("size = \"1m\"", "size = \"200ms\"");
+    let all = case.job(&input, &[short]);
+    let out = case.run_job(&all, &["--backend", "cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let full = read_parquet(&case.path("out.parquet"));
+
+    let top = case.job(
+        &input,
+        &[
+            short,
+            ("DIR/out.parquet", "DIR/top.parquet"),
+            ("[late]", "[top_k]\nby = \"views\"\nk = 3\n\n[late]"),
+        ],
+    );
+    let out = case.run_job(&top, &["--backend", "cpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = read_parquet(&case.path("top.parquet"));
+
+    let int = |b: &RecordBatch, name: &str| -> Vec<i64> {
+        let col = b.column_by_name(name).expect("the column");
+        let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Int64).expect("a cast");
+        col.as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("Int64")
+            .values()
+            .to_vec()
+    };
+    let (windows, articles, views) = (
+        int(&full, "window_start"),
+        int(&full, "article_id"),
+        int(&full, "views"),
+    );
+    // Per window, in output (key id) order: a stable sort by views, largest first.
+    let mut want: Vec<(i64, i64, i64, i64)> = Vec::new();
+    let mut start = 0;
+    while start < windows.len() {
+        let end = (start..windows.len())
+            .find(|&i| windows[i] != windows[start])
+            .unwrap_or(windows.len());
+        let mut rows: Vec<usize> = (start..end).collect();
+        rows.sort_by_key(|&i| std::cmp::Reverse(views[i]));
+        for (rank, &i) in rows.iter().take(3).enumerate() {
+            want.push((windows[i], articles[i], views[i], rank as i64 + 1));
+        }
+        start = end;
+    }
+    let (gw, ga, gv, gr) = (
+        int(&got, "window_start"),
+        int(&got, "article_id"),
+        int(&got, "views"),
+        int(&got, "rank"),
+    );
+    let have: Vec<(i64, i64, i64, i64)> = (0..got.num_rows())
+        .map(|i| (gw[i], ga[i], gv[i], gr[i]))
+        .collect();
+    assert!(want.len() >= 6, "the test needs several windows");
+    assert_eq!(have, want);
+
+    let fresh = Case::new();
+    let bad = fresh.job(
+        &input,
+        &[("[late]", "[top_k]\nby = \"viewz\"\nk = 3\n\n[late]")],
+    );
+    let out = fresh.run_job(&bad, &[]);
+    fresh.assert_fails(&out, &["top_k.by", "viewz"]);
+}

@@ -32,6 +32,28 @@ pub struct JobFile {
     pub sink: SinkConfig,
     /// Where late events go. Without it late events are counted and reported, not kept.
     pub late: Option<SinkConfig>,
+    /// Keep only the k largest rows of each window by one aggregate.
+    pub top_k: Option<TopKConfig>,
+}
+
+/// `[top_k]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopKConfig {
+    /// The aggregate (by name) that ranks the rows, largest first.
+    pub by: String,
+    /// Rows kept per window.
+    pub k: usize,
+}
+
+/// The k rows of each window with the largest value of aggregate `by` (an index into
+/// [`Job::aggregates`]), in rank order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopK {
+    /// Index of the ranking aggregate.
+    pub by: usize,
+    /// Rows kept per window.
+    pub k: usize,
 }
 
 /// `[source]`.
@@ -216,6 +238,8 @@ pub struct Job {
     pub sink: Sink,
     /// Late events to.
     pub late: Option<Sink>,
+    /// Top-k rows per window, if the job asks for them.
+    pub top_k: Option<TopK>,
 }
 
 impl Job {
@@ -343,6 +367,35 @@ impl JobFile {
             });
         }
         let late = self.late.map(|l| l.validate("late")).transpose()?;
+        let top_k = self
+            .top_k
+            .map(|t| {
+                let by = aggregates
+                    .iter()
+                    .position(|a| a.name == t.by)
+                    .ok_or_else(|| {
+                        format!("top_k.by = {:?} is not the name of an aggregate", t.by)
+                    })?;
+                if t.k == 0 {
+                    return Err("top_k.k must be at least 1".to_string());
+                }
+                if allowed_lateness > 0 {
+                    return Err(
+                        "top_k needs time.allowed_lateness = \"0s\": re-fired windows \
+                                would change their rankings (not supported yet)"
+                            .into(),
+                    );
+                }
+                if aggregates.iter().any(|a| a.name == "rank") {
+                    return Err(
+                        "with top_k, no aggregate may be named \"rank\": the output \
+                                has a rank column"
+                            .into(),
+                    );
+                }
+                Ok(TopK { by, k: t.k })
+            })
+            .transpose()?;
         Ok(Job {
             source,
             time_column: t.column.clone(),
@@ -354,6 +407,7 @@ impl JobFile {
             aggregates,
             sink: self.sink.validate("sink")?,
             late,
+            top_k,
         })
     }
 }

@@ -25,7 +25,7 @@ use arrow::record_batch::RecordBatch;
 use panes_kernels::{AggSpec, Backend, Column, Domain, Events, Keys, OutColumn, OutType, Values};
 
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Job, TopK};
 use crate::key::KeyInterner;
 use crate::time::event_times;
 use crate::watermark::WatermarkTracker;
@@ -67,6 +67,7 @@ struct Scratch {
 pub struct WindowOperator {
     spec: WindowSpec,
     lateness: i64,
+    top_k: Option<TopK>,
     time_index: usize,
     time_name: String,
     key_indices: Vec<usize>,
@@ -194,6 +195,9 @@ impl WindowOperator {
             };
             fields.push(Field::new(&a.name, ty, nullable));
         }
+        if job.top_k.is_some() {
+            fields.push(Field::new("rank", DataType::Int64, false));
+        }
         if job.allowed_lateness > 0 {
             fields.push(Field::new("revision", DataType::Int64, false));
         }
@@ -205,6 +209,7 @@ impl WindowOperator {
         Ok(WindowOperator {
             spec: job.window,
             lateness: job.allowed_lateness,
+            top_k: job.top_k,
             time_index,
             time_name: job.time_column.clone(),
             key_indices,
@@ -500,9 +505,12 @@ impl WindowOperator {
 
     /// Combines window `k` for `keys` and appends the rows to the output.
     fn emit(&mut self, k: i64, keys: Keys<'_>) -> Result<()> {
-        let rows = self.backend.combine(self.spec.panes_of_window(k), keys)?;
+        let mut rows = self.backend.combine(self.spec.panes_of_window(k), keys)?;
         if rows.keys.is_empty() {
             return Ok(());
+        }
+        if let Some(t) = self.top_k {
+            rows = rows.top_k(t.by, t.k);
         }
         let n = rows.keys.len();
         let mut columns: Vec<ArrayRef> = self
@@ -530,6 +538,9 @@ impl WindowOperator {
                     Arc::new(Float64Array::new(values.into(), Some(valid.into())))
                 }
             });
+        }
+        if self.top_k.is_some() {
+            columns.push(Arc::new(Int64Array::from_iter_values(1..=n as i64)));
         }
         if self.lateness > 0 {
             let revs: Vec<i64> = rows

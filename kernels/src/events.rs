@@ -177,3 +177,95 @@ pub struct WindowRows {
     /// One column per aggregate of the job, in job order.
     pub columns: Vec<OutColumn>,
 }
+
+impl WindowRows {
+    /// The `k` rows with the largest values of column `by`, largest first: nulls rank
+    /// last, a float NaN first (NaN is the largest float, as for `max`), and ties go to the
+    /// lower key id.
+    pub fn top_k(&self, by: usize, k: usize) -> WindowRows {
+        use std::cmp::Ordering;
+        let cmp: Box<dyn Fn(&usize, &usize) -> Ordering> = match &self.columns[by] {
+            OutColumn::I64 { values, valid } => {
+                let key = |i: usize| valid[i].then_some(values[i]);
+                Box::new(move |&a, &b| key(b).cmp(&key(a)).then(a.cmp(&b)))
+            }
+            OutColumn::F64 { values, valid } => {
+                // Null < number < NaN; numbers by value.
+                let class = |i: usize| match (valid[i], values[i].is_nan()) {
+                    (false, _) => 0,
+                    (true, false) => 1,
+                    (true, true) => 2,
+                };
+                Box::new(move |&a, &b| {
+                    let by_value = match (class(a), class(b)) {
+                        (1, 1) => values[b].partial_cmp(&values[a]).unwrap_or(Ordering::Equal),
+                        (x, y) => y.cmp(&x),
+                    };
+                    by_value.then(a.cmp(&b))
+                })
+            }
+        };
+        let mut rows: Vec<usize> = (0..self.keys.len()).collect();
+        if k < rows.len() {
+            rows.select_nth_unstable_by(k, &cmp);
+            rows.truncate(k);
+        }
+        rows.sort_unstable_by(&cmp);
+        self.take(&rows)
+    }
+
+    /// Rows `rows`, in that order.
+    pub fn take(&self, rows: &[usize]) -> WindowRows {
+        WindowRows {
+            keys: rows.iter().map(|&r| self.keys[r]).collect(),
+            columns: self
+                .columns
+                .iter()
+                .map(|c| match c {
+                    OutColumn::I64 { values, valid } => OutColumn::I64 {
+                        values: rows.iter().map(|&r| values[r]).collect(),
+                        valid: rows.iter().map(|&r| valid[r]).collect(),
+                    },
+                    OutColumn::F64 { values, valid } => OutColumn::F64 {
+                        values: rows.iter().map(|&r| values[r]).collect(),
+                        valid: rows.iter().map(|&r| valid[r]).collect(),
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_ranks_largest_first_nulls_last_ties_by_key() {
+        let rows = WindowRows {
+            keys: vec![1, 2, 3, 4, 5, 6],
+            columns: vec![OutColumn::F64 {
+                values: vec![2.0, 0.0, 7.0, f64::NAN, 7.0, -1.0],
+                valid: vec![true, false, true, true, true, true],
+            }],
+        };
+        assert_eq!(rows.top_k(0, 3).keys, vec![4, 3, 5]);
+        assert_eq!(rows.top_k(0, 10).keys, vec![4, 3, 5, 1, 6, 2]);
+        let ints = WindowRows {
+            keys: vec![7, 8, 9],
+            columns: vec![OutColumn::I64 {
+                values: vec![5, 9, 5],
+                valid: vec![true, true, true],
+            }],
+        };
+        let top = ints.top_k(0, 2);
+        assert_eq!(top.keys, vec![8, 7]);
+        assert_eq!(
+            top.columns[0],
+            OutColumn::I64 {
+                values: vec![9, 5],
+                valid: vec![true, true]
+            }
+        );
+    }
+}
