@@ -569,6 +569,21 @@ mod tests {
     }
 
     #[test]
+    fn top_k_is_checked() {
+        let top = |body: &str| format!("{JOB}\n[top_k]\n{body}\n");
+        let job = Job::from_toml(&top("by = \"views\"\nk = 10"), "job.toml").unwrap();
+        assert_eq!(job.top_k, Some(TopK { by: 0, k: 10 }));
+        let e = error_of(&top("by = \"views\"\nk = 0"));
+        assert!(e.contains("at least 1"), "{e}");
+        let e = error_of(&top("by = \"viewers\"\nk = 3"));
+        assert!(e.contains("viewers"), "{e}");
+        let late = top("by = \"views\"\nk = 3")
+            .replace("allowed_lateness = \"0s\"", "allowed_lateness = \"1m\"");
+        let e = error_of(&late);
+        assert!(e.contains("allowed_lateness"), "{e}");
+    }
+
+    #[test]
     fn cumulate_windows_parse() {
         let job = Job::from_toml(&cumulate("step = \"5m\""), "job.toml").unwrap();
         assert_eq!(
