@@ -165,6 +165,18 @@ impl Command {
                     "wrote {events} {dataset} events over {keys} keys to {}",
                     out.display()
                 );
+                if dataset == Dataset::Iot {
+                    let labels = panes::datasets::iot::anomaly_labels(&config);
+                    let path = out.with_extension("labels.parquet");
+                    let mut sink = open_sink(&Sink::Parquet(path.clone()), &labels.schema())?;
+                    sink.write(&labels)?;
+                    sink.finish()?;
+                    eprintln!(
+                        "wrote {} injected anomalies (ground truth) to {}",
+                        labels.num_rows(),
+                        path.display()
+                    );
+                }
                 Ok(())
             }
             Command::Bench {

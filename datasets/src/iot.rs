@@ -3,6 +3,10 @@
 //! Columns: `ts` (non-null), `sensor_id`, `temperature` (a per-sensor base in `[15, 30)` plus
 //! gaussian noise, sd 0.5; null with `null_share`), `pressure` (about 1013 hPa, sd 2) and
 //! `vibration` (>= 0, absolute gaussian).
+//!
+//! Injected anomalies: in [`ANOMALY_SHARE`] of the (sensor, minute of event time) cells, every
+//! temperature reading is shifted by 4 to 8 noise standard deviations, up or down. The
+//! ground truth is [`anomaly`] per cell, and [`anomaly_labels`] lists the cells of a run.
 
 use std::sync::Arc;
 
@@ -30,6 +34,69 @@ pub fn schema() -> SchemaRef {
         Field::new("pressure", DataType::Float64, false),
         Field::new("vibration", DataType::Float64, false),
     ]))
+}
+
+/// Share of (sensor, minute) cells with an injected anomaly.
+pub const ANOMALY_SHARE: f64 = 0.02;
+
+/// Standard deviation of the temperature noise, the unit of injected shifts.
+pub const NOISE_SD: f64 = 0.5;
+
+const MINUTE_MS: i64 = 60_000;
+
+/// The shift injected into `sensor`'s readings during the minute of event time that starts
+/// at `minute_ms` (a multiple of 60 000), in noise standard deviations: `None` for most
+/// cells, otherwise ±4..8.
+pub fn anomaly(seed: u64, sensor: u64, minute_ms: i64) -> Option<f64> {
+    let h = mix(mix(seed ^ 0xA70_4A11, sensor), minute_ms as u64);
+    if to_unit(h) >= ANOMALY_SHARE {
+        return None;
+    }
+    let size = 4.0 + 4.0 * to_unit(mix(h, 1));
+    Some(if mix(h, 2) & 1 == 0 { size } else { -size })
+}
+
+/// The ground truth of a run: every anomalous (sensor, minute) cell whose minute lies
+/// wholly inside the run's nominal time span, as columns `sensor_id`, `window_start`,
+/// `window_end` (ms timestamps) and `shift_sd`.
+pub fn anomaly_labels(cfg: &GenConfig) -> RecordBatch {
+    let clock = Clock::new(cfg);
+    let first = clock.nominal(0).div_euclid(MINUTE_MS) + 1;
+    let last = clock.nominal(cfg.events).div_euclid(MINUTE_MS);
+    let (mut sensor, mut start, mut end, mut shift) = (vec![], vec![], vec![], vec![]);
+    for m in first..last {
+        for s in 0..cfg.keys {
+            if let Some(x) = anomaly(cfg.seed, s, m * MINUTE_MS) {
+                sensor.push(s as i64);
+                start.push(m * MINUTE_MS);
+                end.push((m + 1) * MINUTE_MS);
+                shift.push(x);
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("sensor_id", DataType::Int64, false),
+        Field::new(
+            "window_start",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new(
+            "window_end",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("shift_sd", DataType::Float64, false),
+    ]));
+    make_batch(
+        &schema,
+        vec![
+            Arc::new(Int64Array::from(sensor)),
+            Arc::new(TimestampMillisecondArray::from(start)),
+            Arc::new(TimestampMillisecondArray::from(end)),
+            Arc::new(Float64Array::from(shift)),
+        ],
+    )
 }
 
 /// Base temperature of `sensor`: a seeded constant in `[15, 30)`, computed without a table.
@@ -76,9 +143,12 @@ impl Iterator for IotGen {
         let mut vibration = Vec::with_capacity(rows);
         for i in self.done..self.done + rows as u64 {
             let rng = &mut self.rng;
-            ts.push(self.clock.ts(i, rng));
+            let t = self.clock.ts(i, rng);
+            ts.push(t);
             let sensor = rng.below(self.cfg.keys);
-            let temp = base_temperature(self.cfg.seed, sensor) + 0.5 * rng.normal();
+            let shift = anomaly(self.cfg.seed, sensor, t.div_euclid(MINUTE_MS) * MINUTE_MS);
+            let temp = base_temperature(self.cfg.seed, sensor)
+                + NOISE_SD * (rng.normal() + shift.unwrap_or(0.0));
             let is_null = rng.next_f64() < self.cfg.null_share;
             sensor_id.push(sensor as i64);
             temperature.push((!is_null).then_some(temp));
@@ -117,12 +187,16 @@ mod tests {
         (cfg.keys, cfg.null_share) = (10, 0.1);
         let b = IotGen::new(&cfg).expect("valid").next().expect("one batch");
         let floats = |i: usize| b.column(i).as_primitive::<Float64Type>();
+        let ts = b
+            .column(0)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
         let sensors = b.column(1).as_primitive::<Int64Type>().values();
         assert!(sensors.iter().all(|s| (0..10).contains(s)));
         let temp = floats(2);
         assert!((temp.null_count() as f64 / 50_000.0 - 0.1).abs() < 0.01);
-        for (&s, t) in sensors.iter().zip(temp.iter()) {
-            let base = base_temperature(cfg.seed, s as u64);
+        for ((&s, t), &at) in sensors.iter().zip(temp.iter()).zip(ts.values()) {
+            let shift = anomaly(cfg.seed, s as u64, at.div_euclid(MINUTE_MS) * MINUTE_MS);
+            let base = base_temperature(cfg.seed, s as u64) + NOISE_SD * shift.unwrap_or(0.0);
             assert!((15.0..30.0).contains(&base));
             assert!(
                 t.is_none_or(|t| (t - base).abs() < 5.0),
@@ -132,5 +206,31 @@ mod tests {
         let mean = floats(3).values().iter().sum::<f64>() / 50_000.0;
         assert!((mean - 1013.0).abs() < 0.1, "mean pressure {mean}");
         assert!(floats(4).values().iter().all(|&v| v >= 0.0));
+    }
+
+    #[test]
+    fn anomalies_are_rare_large_and_labelled() {
+        let cfg = GenConfig {
+            events: 6_000_000,
+            keys: 500,
+            ..GenConfig::default()
+        };
+        let labels = anomaly_labels(&cfg);
+        // 6M events at 10 000/s: 10 minutes, 9 of them whole, 500 sensors each.
+        let cells = 9 * 500;
+        let share = labels.num_rows() as f64 / cells as f64;
+        assert!((share - ANOMALY_SHARE).abs() < 0.01, "share {share}");
+        let shifts = labels.column(3).as_primitive::<Float64Type>();
+        assert!(
+            shifts
+                .values()
+                .iter()
+                .all(|s| (4.0..=8.0).contains(&s.abs()))
+        );
+        assert!(shifts.values().iter().any(|&s| s < 0.0));
+        let starts = labels
+            .column(1)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        assert!(starts.values().iter().all(|s| s % MINUTE_MS == 0));
     }
 }

@@ -34,6 +34,50 @@ pub struct JobFile {
     pub late: Option<SinkConfig>,
     /// Keep only the k largest rows of each window by one aggregate.
     pub top_k: Option<TopKConfig>,
+    /// Alerts when a key's window value strays from its own recent baseline.
+    pub anomaly: Option<AnomalyConfig>,
+}
+
+/// `[anomaly]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// The aggregate (by name) whose window values are watched.
+    pub value: String,
+    /// Baseline: mean and standard deviation of the key's last N windows (default 30).
+    pub baseline_windows: Option<usize>,
+    /// Baseline: exponentially weighted mean and variance with this weight, instead.
+    pub ewma: Option<f64>,
+    /// Alert when |value − mean| >= threshold · std (default 2.0).
+    pub threshold: Option<f64>,
+    /// Windows of history a key needs before it can alert (default 5).
+    pub min_history: Option<usize>,
+    /// Where alert rows go.
+    pub sink: SinkConfig,
+}
+
+/// How a key's baseline is kept.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Baseline {
+    /// Mean and sample standard deviation of the last N window values.
+    Rolling(usize),
+    /// Exponentially weighted mean and variance with weight alpha.
+    Ewma(f64),
+}
+
+/// A validated `[anomaly]` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Anomaly {
+    /// Index of the watched aggregate.
+    pub value: usize,
+    /// The baseline.
+    pub baseline: Baseline,
+    /// Alert when |z| >= threshold.
+    pub threshold: f64,
+    /// Windows of history needed before alerting.
+    pub min_history: usize,
+    /// Alert rows to.
+    pub sink: Sink,
 }
 
 /// `[top_k]`.
@@ -240,6 +284,8 @@ pub struct Job {
     pub late: Option<Sink>,
     /// Top-k rows per window, if the job asks for them.
     pub top_k: Option<TopK>,
+    /// Anomaly alerts, if the job asks for them.
+    pub anomaly: Option<Anomaly>,
 }
 
 impl Job {
@@ -367,6 +413,7 @@ impl JobFile {
             });
         }
         let late = self.late.map(|l| l.validate("late")).transpose()?;
+        let anomaly = self.anomaly.map(|a| a.validate(&aggregates)).transpose()?;
         let top_k = self
             .top_k
             .map(|t| {
@@ -408,6 +455,7 @@ impl JobFile {
             sink: self.sink.validate("sink")?,
             late,
             top_k,
+            anomaly,
         })
     }
 }
@@ -467,6 +515,59 @@ impl SourceConfig {
                 "source.kind = {other:?} is unknown; use \"parquet\", \"csv\" or \"generator\""
             )),
         }
+    }
+}
+
+impl AnomalyConfig {
+    fn validate(&self, aggregates: &[Aggregate]) -> Result<Anomaly, String> {
+        let value = aggregates
+            .iter()
+            .position(|a| a.name == self.value)
+            .ok_or_else(|| {
+                format!(
+                    "anomaly.value = {:?} is not the name of an aggregate",
+                    self.value
+                )
+            })?;
+        let baseline = match (self.baseline_windows, self.ewma) {
+            (Some(_), Some(_)) => {
+                return Err("anomaly: give baseline_windows or ewma, not both".into());
+            }
+            (_, Some(a)) if !(a > 0.0 && a <= 1.0) => {
+                return Err(format!("anomaly.ewma = {a} must be in (0, 1]"));
+            }
+            (_, Some(a)) => Baseline::Ewma(a),
+            (Some(n), None) if n < 2 => {
+                return Err(format!("anomaly.baseline_windows = {n} must be at least 2"));
+            }
+            (n, None) => Baseline::Rolling(n.unwrap_or(30)),
+        };
+        let threshold = self.threshold.unwrap_or(2.0);
+        if !(threshold > 0.0 && threshold.is_finite()) {
+            return Err(format!(
+                "anomaly.threshold = {threshold} must be a positive number"
+            ));
+        }
+        let min_history = self.min_history.unwrap_or(5);
+        if min_history < 2 {
+            return Err(format!(
+                "anomaly.min_history = {min_history} must be at least 2 (a standard deviation needs two values)"
+            ));
+        }
+        if let Baseline::Rolling(n) = baseline
+            && min_history > n
+        {
+            return Err(format!(
+                "anomaly.min_history = {min_history} is more than baseline_windows = {n}"
+            ));
+        }
+        Ok(Anomaly {
+            value,
+            baseline,
+            threshold,
+            min_history,
+            sink: self.sink.validate("anomaly.sink")?,
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`panes_kernels::Backend`] through the [`operator::WindowOperator`]; results and late
 //! events go to sinks. [`run::run_job`] ties it together for the CLI.
 
+pub mod anomaly;
 pub mod connect;
 pub mod error;
 pub mod job;

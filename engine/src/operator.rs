@@ -22,8 +22,11 @@ use arrow::array::{
 use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use panes_kernels::{AggSpec, Backend, Column, Domain, Events, Keys, OutColumn, OutType, Values};
+use panes_kernels::{
+    AggSpec, Backend, Column, Domain, Events, Keys, OutColumn, OutType, Values, WindowRows,
+};
 
+use crate::anomaly::Detector;
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
 use crate::key::KeyInterner;
@@ -42,6 +45,8 @@ pub struct Stats {
     pub rows_out: u64,
     /// Largest state (panes plus key dictionary) held, in bytes.
     pub peak_state_bytes: u64,
+    /// Anomaly alerts raised.
+    pub alerts: u64,
 }
 
 /// An input column that aggregates read: where it is and how it is read.
@@ -68,6 +73,10 @@ pub struct WindowOperator {
     spec: WindowSpec,
     lateness: i64,
     top_k: Option<TopK>,
+    /// The anomaly detector and the aggregate it watches.
+    anomaly: Option<(Detector, usize)>,
+    alert_schema: SchemaRef,
+    alerts: Vec<RecordBatch>,
     time_index: usize,
     time_name: String,
     key_indices: Vec<usize>,
@@ -201,6 +210,10 @@ impl WindowOperator {
         if job.allowed_lateness > 0 {
             fields.push(Field::new("revision", DataType::Int64, false));
         }
+        let mut alert_fields: Vec<Field> = fields[..key_fields.len() + 2].to_vec();
+        for name in ["value", "baseline_mean", "baseline_std", "z_score"] {
+            alert_fields.push(Field::new(name, DataType::Float64, false));
+        }
         let mut late_fields: Vec<Field> =
             schema.fields().iter().map(|f| f.as_ref().clone()).collect();
         late_fields.push(Field::new("watermark", timestamp_ms(), true));
@@ -210,6 +223,12 @@ impl WindowOperator {
             spec: job.window,
             lateness: job.allowed_lateness,
             top_k: job.top_k,
+            anomaly: job
+                .anomaly
+                .as_ref()
+                .map(|a| (Detector::new(a.clone()), a.value)),
+            alert_schema: Arc::new(Schema::new(alert_fields)),
+            alerts: Vec::new(),
             time_index,
             time_name: job.time_column.clone(),
             key_indices,
@@ -509,6 +528,9 @@ impl WindowOperator {
         if rows.keys.is_empty() {
             return Ok(());
         }
+        if matches!(keys, Keys::All) {
+            self.detect_anomalies(k, &rows)?;
+        }
         if let Some(t) = self.top_k {
             rows = rows.top_k(t.by, t.k);
         }
@@ -555,6 +577,80 @@ impl WindowOperator {
         self.stats.rows_out += n as u64;
         self.output.push(batch);
         Ok(())
+    }
+
+    /// Checks the watched aggregate of a window's first firing against each key's
+    /// baseline, and queues an alert row per anomalous key.
+    fn detect_anomalies(&mut self, k: i64, rows: &WindowRows) -> Result<()> {
+        let Some((detector, value)) = self.anomaly.as_mut() else {
+            return Ok(());
+        };
+        let values: Vec<Option<f64>> = match &rows.columns[*value] {
+            OutColumn::I64 { values, valid } => values
+                .iter()
+                .zip(valid)
+                .map(|(&v, &ok)| ok.then_some(v as f64))
+                .collect(),
+            OutColumn::F64 { values, valid } => values
+                .iter()
+                .zip(valid)
+                .map(|(&v, &ok)| ok.then_some(v))
+                .collect(),
+        };
+        let (mut keys, mut found) = (Vec::new(), Vec::new());
+        for (&key, v) in rows.keys.iter().zip(values) {
+            if let Some(alert) = v.and_then(|v| detector.observe(key, v)) {
+                keys.push(key);
+                found.push((v.unwrap_or(f64::NAN), alert));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let n = keys.len();
+        let mut columns: Vec<ArrayRef> = self
+            .interner
+            .columns(&keys)?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        columns.push(Arc::new(TimestampMillisecondArray::from(vec![
+            self.spec
+                .start(k);
+            n
+        ])));
+        columns.push(Arc::new(TimestampMillisecondArray::from(vec![
+            self.spec
+                .end(k);
+            n
+        ])));
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            found.iter().map(|f| f.0),
+        )));
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            found.iter().map(|f| f.1.mean),
+        )));
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            found.iter().map(|f| f.1.std),
+        )));
+        columns.push(Arc::new(Float64Array::from_iter_values(
+            found.iter().map(|f| f.1.z),
+        )));
+        let batch = RecordBatch::try_new(self.alert_schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("building an alert batch: {e}")))?;
+        self.stats.alerts += n as u64;
+        self.alerts.push(batch);
+        Ok(())
+    }
+
+    /// The schema of anomaly alert rows.
+    pub fn alert_schema(&self) -> &SchemaRef {
+        &self.alert_schema
+    }
+
+    /// Takes the anomaly alerts produced so far.
+    pub fn take_alerts(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.alerts)
     }
 
     fn late_rows(

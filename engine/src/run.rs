@@ -131,6 +131,9 @@ impl fmt::Display for Summary {
         writeln!(f, "events in        {}", s.events_in)?;
         writeln!(f, "window rows out  {}", s.rows_out)?;
         writeln!(f, "late events      {}", s.late_events)?;
+        if s.alerts > 0 {
+            writeln!(f, "anomaly alerts   {}", s.alerts)?;
+        }
         writeln!(f, "elapsed          {:.3} s", self.elapsed.as_secs_f64())?;
         writeln!(f, "events/s         {:.0}", self.events_per_sec())?;
         write!(
@@ -175,14 +178,25 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         .as_ref()
         .map(|l| open_sink(l, op.late_schema()))
         .transpose()?;
+    let mut alert_sink = job
+        .anomaly
+        .as_ref()
+        .map(|a| open_sink(&a.sink, op.alert_schema()))
+        .transpose()?;
     let total = source.total_rows();
-    let drain = |op: &mut WindowOperator, sink: &mut Sink, late: &mut Option<Sink>| -> Result<()> {
+    let drain = |op: &mut WindowOperator,
+                 sink: &mut Sink,
+                 late: &mut Option<Sink>,
+                 alerts: &mut Option<Sink>|
+     -> Result<()> {
         for batch in op.take_output() {
             sink.write(&batch)?;
         }
-        for batch in op.take_late() {
-            if let Some(late) = late.as_mut() {
-                late.write(&batch)?;
+        for (batches, to) in [(op.take_late(), late), (op.take_alerts(), alerts)] {
+            if let Some(to) = to.as_mut() {
+                for batch in batches {
+                    to.write(&batch)?;
+                }
             }
         }
         Ok(())
@@ -205,7 +219,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         for next in rx {
             let Some(b) = next? else { break };
             op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?;
-            drain(&mut op, &mut sink, &mut late_sink)?;
+            drain(&mut op, &mut sink, &mut late_sink, &mut alert_sink)?;
             if let Some(progress) = opts.progress.as_mut() {
                 progress(op.stats().events_in, total);
             }
@@ -219,10 +233,10 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         ));
     }
     op.finish()?;
-    drain(&mut op, &mut sink, &mut late_sink)?;
+    drain(&mut op, &mut sink, &mut late_sink, &mut alert_sink)?;
     sink.finish()?;
-    if let Some(late) = late_sink {
-        late.finish()?;
+    for s in [late_sink, alert_sink].into_iter().flatten() {
+        s.finish()?;
     }
     let stats = op.stats();
     let late_not_kept = if job.late.is_none() {

@@ -1,0 +1,187 @@
+//! Anomaly statistics: per key, a baseline of one aggregate over the key's recent windows,
+//! and an alert when a window's value strays `threshold` standard deviations from it.
+//!
+//! Windows reach the detector in window order, once each (at their first firing). A value
+//! that raises an alert does not enter the baseline, so one anomaly does not widen the
+//! baseline enough to hide the next. Before `min_history` windows every value joins the
+//! baseline, since a handful of values cannot tell an outlier from noise; so that an early
+//! anomaly does not blind the key later, the rolling baseline leaves out values more than
+//! [`TRIM`] robust standard deviations (1.4826 · median absolute deviation) from its
+//! median. Baselines are keyed state, like pane state.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::job::{Anomaly, Baseline};
+
+/// What an alert reports besides the value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Alert {
+    /// Baseline mean.
+    pub mean: f64,
+    /// Baseline standard deviation.
+    pub std: f64,
+    /// (value − mean) / std; infinite when the baseline never varied.
+    pub z: f64,
+}
+
+/// Rolling baselines ignore their values this many robust standard deviations from the
+/// median.
+pub const TRIM: f64 = 5.0;
+
+/// Mean and sample standard deviation of `values` without their outliers (see [`TRIM`]).
+fn trimmed_moments(values: &VecDeque<f64>) -> (f64, f64) {
+    let median = |v: &mut Vec<f64>| {
+        v.sort_unstable_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
+    };
+    let mut sorted: Vec<f64> = values.iter().copied().collect();
+    let mid = median(&mut sorted);
+    let mut dev: Vec<f64> = values.iter().map(|v| (v - mid).abs()).collect();
+    let scale = 1.4826 * median(&mut dev);
+    let kept: Vec<f64> = values
+        .iter()
+        .copied()
+        .filter(|v| scale == 0.0 || (v - mid).abs() <= TRIM * scale)
+        .collect();
+    let n = kept.len() as f64;
+    let mean = kept.iter().sum::<f64>() / n;
+    let var = kept.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
+#[derive(Clone, Debug)]
+enum KeyBaseline {
+    Rolling(VecDeque<f64>),
+    Ewma { n: usize, mean: f64, var: f64 },
+}
+
+/// The baselines of every key.
+#[derive(Clone, Debug)]
+pub struct Detector {
+    spec: Anomaly,
+    keys: HashMap<u32, KeyBaseline>,
+}
+
+impl Detector {
+    /// A detector with no history.
+    pub fn new(spec: Anomaly) -> Detector {
+        Detector {
+            spec,
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Checks `value`, the next window of `key`, against the key's baseline, then adds it to
+    /// the baseline unless it raised an alert. NaN values are ignored.
+    pub fn observe(&mut self, key: u32, value: f64) -> Option<Alert> {
+        if value.is_nan() {
+            return None;
+        }
+        let spec = &self.spec;
+        let state = self.keys.entry(key).or_insert_with(|| match spec.baseline {
+            Baseline::Rolling(n) => KeyBaseline::Rolling(VecDeque::with_capacity(n)),
+            Baseline::Ewma(_) => KeyBaseline::Ewma {
+                n: 0,
+                mean: 0.0,
+                var: 0.0,
+            },
+        });
+        let (history, mean, std) = match state {
+            KeyBaseline::Rolling(values) if values.len() >= 2 => {
+                let (mean, std) = trimmed_moments(values);
+                (values.len(), mean, std)
+            }
+            KeyBaseline::Rolling(values) => (values.len(), f64::NAN, f64::NAN),
+            KeyBaseline::Ewma { n, mean, var } => (*n, *mean, var.sqrt()),
+        };
+        let alert = (history >= spec.min_history)
+            .then(|| {
+                let d = value - mean;
+                let z = if d == 0.0 { 0.0 } else { d / std };
+                Alert { mean, std, z }
+            })
+            .filter(|a| a.z.abs() >= spec.threshold);
+        if alert.is_none() {
+            match (state, spec.baseline) {
+                (KeyBaseline::Rolling(values), Baseline::Rolling(cap)) => {
+                    if values.len() == cap {
+                        values.pop_front();
+                    }
+                    values.push_back(value);
+                }
+                (KeyBaseline::Ewma { n, mean, var }, Baseline::Ewma(alpha)) => {
+                    if *n == 0 {
+                        *mean = value;
+                    } else {
+                        let d = value - *mean;
+                        *mean += alpha * d;
+                        *var = (1.0 - alpha) * (*var + alpha * d * d);
+                    }
+                    *n += 1;
+                }
+                _ => unreachable!("bug in panes: a key's baseline changed kind"),
+            }
+        }
+        alert
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Sink;
+
+    fn detector(baseline: Baseline) -> Detector {
+        Detector::new(Anomaly {
+            value: 0,
+            baseline,
+            threshold: 3.0,
+            min_history: 5,
+            sink: Sink::JsonLines(None),
+        })
+    }
+
+    #[test]
+    fn rolling_baseline_alerts_on_outliers_only_after_enough_history() {
+        let mut d = detector(Baseline::Rolling(10));
+        let normal = [10.0, 11.0, 9.0, 10.5, 9.5, 10.0, 10.2, 9.8];
+        // Too little history: no alerts.
+        for v in &normal {
+            assert_eq!(d.observe(7, *v), None);
+        }
+        let a = d.observe(7, 30.0).expect("an outlier alerts");
+        let n = normal.len() as f64;
+        let mean = normal.iter().sum::<f64>() / n;
+        let std = (normal.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        assert!((a.mean - mean).abs() < 1e-12 && (a.std - std).abs() < 1e-12);
+        assert!((a.z - (30.0 - mean) / std).abs() < 1e-9);
+        // An early outlier is trimmed from the baseline: it does not hide later ones.
+        let mut early = detector(Baseline::Rolling(10));
+        for v in [10.0, 11.0, 300.0, 9.0, 10.5, 9.5, 10.0, 10.2, 9.8] {
+            assert_eq!(early.observe(7, v), None);
+        }
+        let b = early.observe(7, 30.0).expect("the baseline ignores 300");
+        assert!((b.mean - a.mean).abs() < 1e-9 && (b.std - a.std).abs() < 1e-9);
+        // The outlier did not enter the baseline: a second one alerts just the same.
+        assert_eq!(d.observe(7, 30.0), Some(a));
+        // Other keys have their own history.
+        assert_eq!(d.observe(8, 30.0), None);
+        assert_eq!(d.observe(7, 10.1), None);
+    }
+
+    #[test]
+    fn ewma_baseline_follows_the_level() {
+        let mut d = detector(Baseline::Ewma(0.5));
+        for i in 0..20 {
+            assert_eq!(d.observe(1, 100.0 + (i % 2) as f64), None);
+        }
+        assert!(d.observe(1, 100.4).is_none());
+        let a = d.observe(1, 120.0).expect("a jump alerts");
+        assert!(a.z > 3.0 && (a.mean - 100.5).abs() < 0.5, "{a:?}");
+    }
+}
