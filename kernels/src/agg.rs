@@ -30,11 +30,14 @@ pub enum AggFn {
     First,
     /// Last non-null value by event time (ties: the later arrival).
     Last,
+    /// Approximate number of distinct non-null values: a HyperLogLog sketch (see
+    /// [`Distinct`]), merged across panes.
+    ApproxCountDistinct,
 }
 
 impl AggFn {
     /// Every function with the name a job file uses for it.
-    pub const ALL: [(&'static str, AggFn); 12] = [
+    pub const ALL: [(&'static str, AggFn); 13] = [
         ("count", AggFn::CountRows),
         ("count_col", AggFn::Count),
         ("sum", AggFn::Sum),
@@ -47,6 +50,7 @@ impl AggFn {
         ("stddev_pop", AggFn::StddevPop),
         ("first", AggFn::First),
         ("last", AggFn::Last),
+        ("approx_count_distinct", AggFn::ApproxCountDistinct),
     ];
 
     /// Looks a function up by its job-file name (`count` with a column means `count(col)`).
@@ -66,7 +70,7 @@ impl AggFn {
     /// The domain of the result, given the domain of the input column.
     pub fn output(self, input: Domain) -> OutType {
         match self {
-            AggFn::CountRows | AggFn::Count => OutType::Count,
+            AggFn::CountRows | AggFn::Count | AggFn::ApproxCountDistinct => OutType::Count,
             AggFn::Sum | AggFn::Min | AggFn::Max | AggFn::First | AggFn::Last => match input {
                 Domain::I64 => OutType::I64,
                 Domain::F64 => OutType::F64,
@@ -142,6 +146,8 @@ pub trait Value: Copy + Send + Sync + PartialEq + fmt::Debug + 'static {
     fn less(self, other: Self) -> bool;
     /// The value as a float (for averages and moments).
     fn to_f64(self) -> f64;
+    /// Adds the value to a distinct-count sketch.
+    fn add_to(self, sketch: &mut Distinct);
     /// The smaller of two values under [`Value::less`].
     #[inline(always)]
     fn min_of(self, other: Self) -> Self {
@@ -171,6 +177,10 @@ impl Value for i64 {
     fn to_f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn add_to(self, sketch: &mut Distinct) {
+        sketch.push_i64(self)
+    }
 }
 
 impl Value for f64 {
@@ -189,6 +199,10 @@ impl Value for f64 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn add_to(self, sketch: &mut Distinct) {
+        sketch.push_f64(self)
     }
     /// Branch-free: `f64::min` already returns the number when one side is NaN.
     #[inline(always)]
@@ -218,6 +232,8 @@ pub fn min<T: Value>(a: T, b: T) -> T {
 pub fn max<T: Value>(a: T, b: T) -> T {
     a.max_of(b)
 }
+
+pub use crate::distinct::Distinct;
 
 /// Running count, mean and sum of squared deviations (Welford), merged with Chan's formula.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::agg::{self, AggFn, AggSpec, Domain, Moments, OutType, Value};
+use crate::agg::{self, AggFn, AggSpec, Distinct, Domain, Moments, OutType, Value};
 use crate::events::{Events, OutColumn, Values, WindowRows};
 use crate::{Backend, Keys};
 
@@ -31,6 +31,7 @@ enum StateCol {
     /// Sum, min and max of a float column, side by side: one cache line per update.
     FloatStats(usize),
     Moments(usize),
+    Distinct(usize),
 }
 
 /// The empty `[sum, min, max]` of [`StateCol::FloatStats`].
@@ -97,6 +98,7 @@ enum Acc {
     Int(Typed<i64>),
     Float(Typed<f64>),
     Moments(Vec<Moments>),
+    Distinct(Vec<Distinct>),
 }
 
 /// How an aggregate reads its state: indices into the state columns.
@@ -291,6 +293,7 @@ impl Acc {
             StateCol::Typed(op, _, Domain::F64) => Acc::Float(Typed::new(op)),
             StateCol::FloatStats(_) => Acc::Stats(Vec::new()),
             StateCol::Moments(_) => Acc::Moments(Vec::new()),
+            StateCol::Distinct(_) => Acc::Distinct(Vec::new()),
         }
     }
 
@@ -302,6 +305,7 @@ impl Acc {
             Acc::Int(t) => t.v.len(),
             Acc::Float(t) => t.v.len(),
             Acc::Moments(m) => m.len(),
+            Acc::Distinct(d) => d.len(),
         }
     }
 
@@ -313,6 +317,7 @@ impl Acc {
             Acc::Int(t) => t.resize(n),
             Acc::Float(t) => t.resize(n),
             Acc::Moments(m) => m.resize(n, Moments::default()),
+            Acc::Distinct(d) => d.resize_with(n, Distinct::default),
         }
     }
 
@@ -324,6 +329,10 @@ impl Acc {
             Acc::Int(t) => t.v.capacity() * 8 + t.ts.capacity() * 8,
             Acc::Float(t) => t.v.capacity() * 8 + t.ts.capacity() * 8,
             Acc::Moments(m) => m.capacity() * std::mem::size_of::<Moments>(),
+            Acc::Distinct(d) => {
+                d.capacity() * size_of::<Distinct>()
+                    + d.iter().map(Distinct::heap_bytes).sum::<usize>()
+            }
         }
     }
 
@@ -370,6 +379,21 @@ impl Acc {
                     }),
                 }
             }
+            (Acc::Distinct(d), StateCol::Distinct(i)) => {
+                let col = ev.columns[i];
+                match col.values {
+                    Values::I64(x) => each(sel, keys, shift, |r, k| {
+                        if col.is_valid(r) {
+                            d[k].push_i64(x[r])
+                        }
+                    }),
+                    Values::F64(x) => each(sel, keys, shift, |r, k| {
+                        if col.is_valid(r) {
+                            d[k].push_f64(x[r])
+                        }
+                    }),
+                }
+            }
             (acc, col) => unreachable!("bug in panes: state {col:?} has the wrong layout {acc:?}"),
         }
     }
@@ -382,6 +406,9 @@ impl Acc {
             (Acc::Int(d), Acc::Int(s)) => d.merge_all(s),
             (Acc::Float(d), Acc::Float(s)) => d.merge_all(s),
             (Acc::Moments(d), Acc::Moments(s)) => {
+                d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| d.merge(s))
+            }
+            (Acc::Distinct(d), Acc::Distinct(s)) => {
                 d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| d.merge(s))
             }
             (Acc::Stats(d), Acc::Stats(s)) => d[..s.len()]
@@ -404,6 +431,9 @@ impl Acc {
             (Acc::Moments(d), Acc::Moments(s)) => keys
                 .iter()
                 .for_each(|&i| d[i as usize].merge(&s[i as usize])),
+            (Acc::Distinct(d), Acc::Distinct(s)) => keys
+                .iter()
+                .for_each(|&i| d[i as usize].merge(&s[i as usize])),
             (Acc::Stats(d), Acc::Stats(s)) => keys
                 .iter()
                 .for_each(|&i| stats_merge(&mut d[i as usize], &s[i as usize])),
@@ -418,6 +448,7 @@ impl Acc {
             (Acc::Int(d), Acc::Int(s)) => d.merge_at(di, s, si),
             (Acc::Float(d), Acc::Float(s)) => d.merge_at(di, s, si),
             (Acc::Moments(d), Acc::Moments(s)) => d[di].merge(&s[si]),
+            (Acc::Distinct(d), Acc::Distinct(s)) => d[di].merge(&s[si]),
             (Acc::Stats(d), Acc::Stats(s)) => stats_merge(&mut d[di], &s[si]),
             (Acc::SameAsRows, Acc::SameAsRows) => {}
             _ => unreachable!("bug in panes: merging states of different layouts"),
@@ -491,6 +522,7 @@ impl Part {
                 Acc::Int(t) => t.clear_key(i),
                 Acc::Float(t) => t.clear_key(i),
                 Acc::Moments(m) => m[i] = Moments::default(),
+                Acc::Distinct(d) => d[i] = Distinct::default(),
                 Acc::Stats(v) => v[i] = STATS_IDENTITY,
             }
         }
@@ -568,6 +600,7 @@ fn evaluate(evals: &[Eval], part: &Part, i: usize, out: &mut [OutColumn]) {
         let state = e.state.map(|s| &part.accs[s]);
         match (e.func, state) {
             (AggFn::CountRows | AggFn::Count, _) => col.push_i64(Some(n as i64)),
+            (_, Some(Acc::Distinct(d))) => col.push_i64(Some(d[i].estimate())),
             (AggFn::Avg, Some(Acc::Int(t))) => {
                 col.push_f64((n > 0).then(|| t.v[i] as f64 / n as f64))
             }
@@ -657,6 +690,7 @@ impl CpuBackend {
                     AggFn::VarSamp | AggFn::VarPop | AggFn::StddevSamp | AggFn::StddevPop => {
                         (0, Some(slot(StateCol::Moments(c))))
                     }
+                    AggFn::ApproxCountDistinct => (0, Some(slot(StateCol::Distinct(c)))),
                 };
                 Eval {
                     func: a.func,

@@ -7,6 +7,14 @@ pub enum Error {
     /// No GPU adapter could be found or opened.
     #[error("no GPU adapter: {0}")]
     NoAdapter(String),
+    /// The backend cannot compute an aggregate the job asks for.
+    #[error("the {backend} backend cannot compute {what} yet; use --backend cpu")]
+    Unsupported {
+        /// The backend.
+        backend: &'static str,
+        /// The aggregate.
+        what: String,
+    },
     /// The GPU reported an error: device lost, out of memory, validation, a failed map.
     #[error("GPU error while {context} on {adapter}: {message}")]
     Gpu {

@@ -10,6 +10,7 @@
 
 pub mod agg;
 pub mod cpu;
+pub mod distinct;
 pub mod error;
 pub mod events;
 pub mod gpu;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-use crate::agg::{self, AggFn, AggSpec, Domain, Moments, Value};
+use crate::agg::{self, AggFn, AggSpec, Distinct, Domain, Moments, Value};
 use crate::events::{Column, Events, OutColumn, Values, WindowRows};
 use crate::{Backend, Keys};
 
@@ -62,6 +62,7 @@ fn fold<T: Value>(panes: &[Vec<(i64, T)>]) -> Option<Partial<T>> {
             p.min = agg::min(p.min, x);
             p.max = agg::max(p.max, x);
             p.moments.push(x.to_f64());
+            x.add_to(&mut p.distinct);
             if p.first.is_none_or(|(t, _)| ts < t) {
                 p.first = Some((ts, x));
             }
@@ -77,6 +78,7 @@ fn fold<T: Value>(panes: &[Vec<(i64, T)>]) -> Option<Partial<T>> {
                 a.min = agg::min(a.min, p.min);
                 a.max = agg::max(a.max, p.max);
                 a.moments.merge(&p.moments);
+                a.distinct.merge(&p.distinct);
                 if p.first
                     .is_some_and(|(t, _)| a.first.is_none_or(|(u, _)| t < u))
                 {
@@ -100,6 +102,7 @@ struct Partial<T> {
     min: T,
     max: T,
     moments: Moments,
+    distinct: Distinct,
     first: Option<(i64, T)>,
     last: Option<(i64, T)>,
 }
@@ -112,6 +115,7 @@ impl<T: Value> Partial<T> {
             min: T::MIN_IDENTITY,
             max: T::MAX_IDENTITY,
             moments: Moments::default(),
+            distinct: Distinct::default(),
             first: None,
             last: None,
         }
@@ -144,6 +148,7 @@ fn evaluate<T: Value>(
     let p = fold(panes);
     match func {
         AggFn::Count => out.push_i64(Some(p.map_or(0, |p| p.n as i64))),
+        AggFn::ApproxCountDistinct => out.push_i64(Some(p.map_or(0, |p| p.distinct.estimate()))),
         AggFn::Sum => push(out, p.map(|p| p.sum)),
         AggFn::Min => push(out, p.map(|p| p.min)),
         AggFn::Max => push(out, p.map(|p| p.max)),

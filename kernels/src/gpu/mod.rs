@@ -23,7 +23,7 @@ use device::{Commands, Gpu, Kernel, Params, Timer};
 pub use device::{SHADERS, shader_source};
 
 use crate::agg::{AggFn, AggSpec, Domain, Moments};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::{Events, OutColumn, Values, WindowRows};
 use crate::{Backend, Keys};
 
@@ -103,7 +103,7 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(aggs: &[AggSpec]) -> Layout {
+    fn new(aggs: &[AggSpec]) -> Result<Layout> {
         let mut layout = Layout {
             ops: vec![[OP_ROWS, 0, 0, 0]],
             inputs: Vec::new(),
@@ -128,6 +128,12 @@ impl Layout {
                 AggFn::VarSamp | AggFn::VarPop | AggFn::StddevSamp | AggFn::StddevPop => OP_MOMENTS,
                 AggFn::First => OP_FIRST,
                 AggFn::Last => OP_LAST,
+                AggFn::ApproxCountDistinct => {
+                    return Err(Error::Unsupported {
+                        backend: "gpu",
+                        what: "approx_count_distinct".into(),
+                    });
+                }
             };
             let input = Input {
                 column: a.column,
@@ -145,7 +151,7 @@ impl Layout {
             layout.ops.push([kind, slot as u32, layout.stride, 0]);
             layout.stride += op_words(kind);
         }
-        layout
+        Ok(layout)
     }
 }
 
@@ -210,8 +216,8 @@ pub struct GpuBackend {
 impl GpuBackend {
     /// Opens a GPU and prepares state for these aggregates.
     pub fn new(aggs: &[AggSpec], opts: GpuOptions) -> Result<GpuBackend> {
+        let layout = Layout::new(aggs)?;
         let gpu = Gpu::open(opts.features, opts.hardware_only)?;
-        let layout = Layout::new(aggs);
         let binding = opts.max_binding_bytes.min(gpu.max_binding);
         let chunk_keys = (binding / (layout.stride as u64 * 4)).clamp(1, u32::MAX as u64) as u32;
         let ops = gpu.storage_init("ops", bytemuck::cast_slice(&layout.ops));
