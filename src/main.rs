@@ -41,7 +41,7 @@ enum Command {
     },
     /// Write a generated dataset to a Parquet file.
     Gen {
-        /// `clickstream` or `iot`.
+        /// `clickstream`, `iot` or `nexmark`.
         dataset: Dataset,
         /// Number of events.
         #[arg(long, default_value_t = 1_000_000)]

@@ -19,6 +19,7 @@
 
 pub mod clickstream;
 pub mod iot;
+pub mod nexmark;
 pub mod rng;
 
 use std::{fmt, str::FromStr};
@@ -173,17 +174,20 @@ pub enum Dataset {
     Clickstream,
     /// Sensor readings; see [`iot`].
     Iot,
+    /// An auction's persons, auctions and bids; see [`nexmark`].
+    Nexmark,
 }
 
 impl Dataset {
     /// All datasets, in the order their names are listed.
-    pub const ALL: [Dataset; 2] = [Dataset::Clickstream, Dataset::Iot];
+    pub const ALL: [Dataset; 3] = [Dataset::Clickstream, Dataset::Iot, Dataset::Nexmark];
 
     /// The name accepted by [`FromStr`].
     pub fn name(self) -> &'static str {
         match self {
             Dataset::Clickstream => "clickstream",
             Dataset::Iot => "iot",
+            Dataset::Nexmark => "nexmark",
         }
     }
 }
@@ -212,6 +216,7 @@ pub fn schema(dataset: Dataset) -> SchemaRef {
     match dataset {
         Dataset::Clickstream => clickstream::schema(),
         Dataset::Iot => iot::schema(),
+        Dataset::Nexmark => nexmark::schema(),
     }
 }
 
@@ -223,6 +228,7 @@ pub fn generate(
     Ok(match dataset {
         Dataset::Clickstream => Box::new(clickstream::ClickstreamGen::new(cfg)?),
         Dataset::Iot => Box::new(iot::IotGen::new(cfg)?),
+        Dataset::Nexmark => Box::new(nexmark::NexmarkGen::new(cfg)?),
     })
 }
 
