@@ -89,6 +89,31 @@ pub const WINDOWS: [(&str, i64, i64); 2] = [
     ("hop(15m,1m)", 900_000, 60_000),
 ];
 
+/// The workloads of the suite: the example jobs, with their own key counts.
+pub const WORKLOADS: [(&str, &str); 4] = [
+    ("trending", include_str!("../examples/trending.toml")),
+    ("iot anomaly", include_str!("../examples/iot_anomaly.toml")),
+    ("nexmark q5", include_str!("../examples/nexmark_q5.toml")),
+    ("nexmark q7", include_str!("../examples/nexmark_q7.toml")),
+];
+
+/// Workload `text` (an example job) with `events` events.
+pub fn workload(name: &str, text: &str, events: u64) -> Result<Job> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("events = "))
+        .unwrap_or_default();
+    Job::from_toml(&text.replace(line, &format!("events = {events}")), name)
+}
+
+/// The cumulate case: cumulate(15m, 1m) windows over the same job as [`WINDOWS`].
+pub fn cumulate_job(events: u64, keys: u64) -> Job {
+    Job {
+        window: WindowSpec::cumulate(60_000, 900_000, 0).expect("a valid window"),
+        ..job(60_000, 60_000, events, keys)
+    }
+}
+
 /// A clickstream job: per article, count, sum/min/max of scroll depth.
 pub fn job(size: i64, slide: i64, events: u64, keys: u64) -> Job {
     let agg = |name: &str, func, column: Option<&str>| Aggregate {
@@ -148,7 +173,12 @@ pub fn run(
     backend: BackendKind,
     threads: usize,
 ) -> Result<(f64, u64)> {
-    let schema = panes_datasets::schema(Dataset::Clickstream);
+    let Source::Generator(g) = &job.source else {
+        return Err(panes_engine::Error::Internal(
+            "bench jobs read a generator".into(),
+        ));
+    };
+    let schema = panes_datasets::schema(g.dataset);
     let start = Instant::now();
     let mut op = WindowOperator::new(job, &schema, 1, |aggs| backend.build(aggs, threads))?;
     for (i, b) in batches.iter().enumerate() {
@@ -183,9 +213,12 @@ pub fn suite(
                 BackendKind::Gpu => Some(gpu_kernels(k, n)?),
                 _ => None,
             };
-            for (name, size, slide) in WINDOWS {
-                let (seconds, rows_out) =
-                    run(&job(size, slide, n, k), &batches, *backend, threads)?;
+            let windows = WINDOWS
+                .iter()
+                .map(|&(name, size, slide)| (name, job(size, slide, n, k)))
+                .chain([("cumulate(15m,1m)", cumulate_job(n, k))]);
+            for (name, job) in windows {
+                let (seconds, rows_out) = run(&job, &batches, *backend, threads)?;
                 let case = Case {
                     window: name.into(),
                     keys: k,
@@ -204,5 +237,39 @@ pub fn suite(
             }
         }
     }
+    for (name, text) in WORKLOADS {
+        for backend in backends.iter().filter(|b| **b != BackendKind::Gpu) {
+            let n = if *backend == BackendKind::Reference {
+                events.min(reference_events)
+            } else {
+                events
+            };
+            let job = workload(name, text, n)?;
+            let batches = input(&job, 64 * 1024)?;
+            let (seconds, rows_out) = run(&job, &batches, *backend, threads)?;
+            let case = Case {
+                window: name.into(),
+                keys: generator_keys(&job),
+                backend: backend.to_string(),
+                events: n,
+                threads,
+                seconds,
+                events_per_sec: n as f64 / seconds.max(1e-9),
+                rows_out,
+                kernel_events_per_sec: None,
+                kernel_timer: None,
+                adapter: None,
+            };
+            on_case(&case);
+            cases.push(case);
+        }
+    }
     Ok(cases)
+}
+
+fn generator_keys(job: &Job) -> u64 {
+    match &job.source {
+        Source::Generator(g) => g.config.keys,
+        _ => 0,
+    }
 }

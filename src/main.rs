@@ -59,7 +59,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Run the built-in benchmark suite (tumble and hop over generated clickstream data).
+    /// Run the built-in benchmark suite: tumble, hop and cumulate windows over generated
+    /// clickstream data, then the example jobs (trending, IoT anomaly, Nexmark q5 and q7).
     Bench {
         /// Events per case (cpu). The default, 20M at 10 000 events per second of event time,
         /// is 33 minutes: longer than two hop windows, as a real stream is.
@@ -190,7 +191,7 @@ impl Command {
                 let threads = threads.unwrap_or_else(rayon::current_num_threads).max(1);
                 if !json {
                     println!(
-                        "{:<12} {:>9} {:<10} {:>10} {:>8} {:>14} {:>14}",
+                        "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14} {:>14}",
                         "window", "keys", "backend", "events", "threads", "events/s", "kernel ev/s"
                     );
                 }
@@ -204,7 +205,7 @@ impl Command {
                             .kernel_events_per_sec
                             .map_or("-".into(), |k| format!("{k:.0}"));
                         println!(
-                            "{:<12} {:>9} {:<10} {:>10} {:>8} {:>14.0} {:>14}",
+                            "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14.0} {:>14}",
                             c.window,
                             c.keys,
                             c.backend,
