@@ -949,6 +949,17 @@ impl Backend for CpuBackend {
         Ok(rows)
     }
 
+    fn clear_key(&mut self, panes: Range<i64>, key: u32) -> crate::Result<()> {
+        let mask = (self.parts() - 1) as u32;
+        let (p, i) = ((key & mask) as usize, (key >> self.shift) as usize);
+        for (_, parts) in self.panes.range_mut(panes) {
+            if i < parts[p].len() {
+                parts[p].clear_key(i);
+            }
+        }
+        Ok(())
+    }
+
     fn evict_before(&mut self, pane: i64) {
         let kept = self.panes.split_off(&pane);
         let evicted = std::mem::replace(&mut self.panes, kept);

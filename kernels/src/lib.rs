@@ -51,6 +51,8 @@ pub trait Backend: Send {
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows>;
     /// Frees the state of every pane before `pane`.
     fn evict_before(&mut self, pane: i64);
+    /// Empties the state of one key in panes `panes` (a session that ended).
+    fn clear_key(&mut self, panes: Range<i64>, key: u32) -> Result<()>;
     /// Bytes of state currently held.
     fn state_bytes(&self) -> usize;
 }

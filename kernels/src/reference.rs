@@ -231,6 +231,13 @@ impl Backend for ReferenceBackend {
         self.events = self.events.split_off(&(pane, 0));
     }
 
+    fn clear_key(&mut self, panes: Range<i64>, key: u32) -> crate::Result<()> {
+        for p in panes {
+            self.events.remove(&(p, key));
+        }
+        Ok(())
+    }
+
     fn state_bytes(&self) -> usize {
         self.events
             .values()

@@ -175,6 +175,13 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
                 assert_same(&want_only, &got, seed, b.name());
             }
         }
+        // A session that ended empties its key's panes.
+        reference.clear_key(1..3, keys[0]).unwrap();
+        let want = reference.combine(0..4, Keys::All).unwrap();
+        for b in backends.iter_mut() {
+            b.clear_key(1..3, keys[0]).unwrap();
+            assert_same(&want, &b.combine(0..4, Keys::All).unwrap(), seed, b.name());
+        }
         reference.evict_before(2);
         let want = reference.combine(0..4, Keys::All).unwrap();
         for b in backends.iter_mut() {

@@ -675,6 +675,37 @@ impl Backend for GpuBackend {
         self.panes = self.panes.split_off(&pane);
     }
 
+    fn clear_key(&mut self, panes: Range<i64>, key: u32) -> Result<()> {
+        if key >= self.capacity {
+            return Ok(());
+        }
+        // The empty row, as `fill` in combine.wgsl writes it.
+        let mut row = vec![0u32; self.layout.stride as usize];
+        for op in &self.layout.ops {
+            let at = op[2] as usize + 2;
+            let identity: u64 = match op[0] {
+                OP_MIN_F => f64::NAN.to_bits(),
+                OP_MAX_F => f64::NEG_INFINITY.to_bits(),
+                OP_MIN_I | OP_FIRST => i64::MAX as u64,
+                OP_MAX_I | OP_LAST => i64::MIN as u64,
+                _ => 0,
+            };
+            if at < (op[2] + op_words(op[0])) as usize {
+                row[at] = identity as u32;
+                row[at + 1] = (identity >> 32) as u32;
+            }
+        }
+        let (c, i) = (key / self.chunk_keys, key % self.chunk_keys);
+        let offset = i as u64 * self.layout.stride as u64 * 4;
+        for state in self.panes.range(panes).map(|(_, s)| s) {
+            let chunk = &state.chunks[c as usize];
+            self.gpu
+                .queue
+                .write_buffer(chunk, offset, bytemuck::cast_slice(&row));
+        }
+        self.gpu.check("clearing a key")
+    }
+
     fn state_bytes(&self) -> usize {
         self.panes.len() * self.capacity as usize * self.layout.stride as usize * 4
     }
