@@ -157,12 +157,16 @@ fn thirty_seconds() -> String {
 pub struct WindowConfig {
     /// `tumble`, `hop` or `cumulate`.
     pub kind: String,
-    /// Window length, e.g. `15m` (cumulate: the longest window, a whole number of steps).
+    /// Window length, e.g. `15m` (cumulate: the longest window, a whole number of steps);
+    /// not for sessions.
+    #[serde(default)]
     pub size: String,
     /// hop: distance between window starts, e.g. `1m`; at most `size`.
     pub slide: Option<String>,
     /// cumulate: distance between window ends, e.g. `1m`.
     pub step: Option<String>,
+    /// session: the inactivity that ends a session, e.g. `30m`.
+    pub gap: Option<String>,
     /// Shift of window starts from the epoch (default `0s`).
     pub offset: Option<String>,
 }
@@ -332,7 +336,6 @@ impl JobFile {
         let allowed_lateness = parse_millis("time.allowed_lateness", &t.allowed_lateness)?;
         let idle_ms = parse_millis("time.idle_timeout", &t.idle_timeout)?;
         let w = &self.window;
-        let size = parse_millis("window.size", &w.size)?;
         let offset = w
             .offset
             .as_deref()
@@ -342,35 +345,47 @@ impl JobFile {
         let kind = w.kind.as_str();
         if !matches!(kind, "tumble" | "hop" | "cumulate" | "session") {
             return Err(format!(
-                "window.kind = {kind:?} is unknown; use \"tumble\", \"hop\" or \"cumulate\""
+                "window.kind = {kind:?} is unknown; use \"tumble\", \"hop\", \"cumulate\" or \
+                 \"session\""
             ));
         }
-        if w.slide.is_some() && kind != "hop" {
-            return Err("window.slide is only for kind = \"hop\"".into());
+        for (field, set, only) in [
+            ("slide", w.slide.is_some(), "hop"),
+            ("step", w.step.is_some(), "cumulate"),
+            ("gap", w.gap.is_some(), "session"),
+        ] {
+            if set && kind != only {
+                return Err(format!("window.{field} is only for kind = \"{only}\""));
+            }
         }
-        if w.step.is_some() && kind != "cumulate" {
-            return Err("window.step is only for kind = \"cumulate\"".into());
-        }
-        let window = match (kind, &w.slide, &w.step) {
-            ("tumble", _, _) => WindowSpec::new(size, size, offset),
-            ("hop", Some(slide), _) => {
-                WindowSpec::new(size, parse_millis("window.slide", slide)?, offset)
-            }
-            ("hop", None, _) => {
-                return Err("window kind \"hop\" needs a slide, e.g. slide = \"1m\"".into());
-            }
-            ("cumulate", _, Some(step)) => {
-                WindowSpec::cumulate(parse_millis("window.step", step)?, size, offset)
-            }
-            ("cumulate", _, None) => {
-                return Err("window kind \"cumulate\" needs a step, e.g. step = \"1m\"".into());
-            }
-            (_, _, _) => {
-                return Err(
-                    "window.kind = \"session\" is not supported yet; use \"tumble\", \"hop\" \
-                     or \"cumulate\""
-                        .into(),
-                );
+        let size = || match (kind, w.size.is_empty()) {
+            ("session", true) => Ok(0),
+            ("session", false) => Err("window.size is not for sessions: give a gap".to_string()),
+            (_, true) => Err(format!(
+                "window kind \"{kind}\" needs a size, e.g. size = \"1m\""
+            )),
+            (_, false) => parse_millis("window.size", &w.size),
+        };
+        let needs = |field: &str, value: &Option<String>| match value {
+            Some(v) => parse_millis(&format!("window.{field}"), v),
+            None => Err(format!(
+                "window kind \"{kind}\" needs a {field}, e.g. {field} = \"1m\""
+            )),
+        };
+        let window = match kind {
+            "tumble" => WindowSpec::new(size()?, size()?, offset),
+            "hop" => WindowSpec::new(size()?, needs("slide", &w.slide)?, offset),
+            "cumulate" => WindowSpec::cumulate(needs("step", &w.step)?, size()?, offset),
+            _ => {
+                size()?;
+                if allowed_lateness > 0 {
+                    return Err(
+                        "session windows need time.allowed_lateness = \"0s\" for now \
+                                (re-fired sessions are not supported yet)"
+                            .into(),
+                    );
+                }
+                WindowSpec::session(needs("gap", &w.gap)?)
             }
         }
         .map_err(|e| format!("window: {e}"))?;
@@ -414,6 +429,13 @@ impl JobFile {
         }
         let late = self.late.map(|l| l.validate("late")).transpose()?;
         let anomaly = self.anomaly.map(|a| a.validate(&aggregates)).transpose()?;
+        if window.session_gap().is_some() && (self.top_k.is_some() || anomaly.is_some()) {
+            return Err(
+                "[top_k] and [anomaly] work on windows of fixed times; session windows do not \
+                 have them yet"
+                    .into(),
+            );
+        }
         let top_k = self
             .top_k
             .map(|t| {

@@ -12,6 +12,7 @@ pub mod job;
 pub mod key;
 pub mod operator;
 pub mod run;
+pub mod session;
 pub mod time;
 pub mod watermark;
 pub mod window;

@@ -12,6 +12,7 @@
 //! on batching, and the highest revision holds every event.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +31,7 @@ use crate::anomaly::Detector;
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
 use crate::key::KeyInterner;
+use crate::session::Sessions;
 use crate::time::event_times;
 use crate::watermark::WatermarkTracker;
 use crate::window::WindowSpec;
@@ -73,6 +75,10 @@ pub struct WindowOperator {
     spec: WindowSpec,
     lateness: i64,
     top_k: Option<TopK>,
+    /// Session windows: the open sessions.
+    sessions: Option<Sessions>,
+    /// Panes before this one have been evicted (session windows).
+    first_kept: i64,
     /// The anomaly detector and the aggregate it watches.
     anomaly: Option<(Detector, usize)>,
     alert_schema: SchemaRef,
@@ -98,6 +104,10 @@ pub struct WindowOperator {
     late_output: Vec<RecordBatch>,
     stats: Stats,
     scratch: Scratch,
+}
+
+fn no_sessions() -> Error {
+    Error::Internal("session state missing for a session window".into())
 }
 
 fn timestamp_ms() -> DataType {
@@ -223,6 +233,8 @@ impl WindowOperator {
             spec: job.window,
             lateness: job.allowed_lateness,
             top_k: job.top_k,
+            sessions: job.window.session_gap().map(Sessions::new),
+            first_kept: i64::MIN,
             anomaly: job
                 .anomaly
                 .as_ref()
@@ -337,19 +349,6 @@ impl WindowOperator {
         let spec = self.spec;
         s.panes.clear();
         s.panes.extend(s.ts.iter().map(|&t| spec.pane_of(t)));
-        // Late: even the last window of the event's pane has expired. Consecutive events
-        // mostly share a pane, so its expiry is computed once per run of a pane.
-        let expiry =
-            |j: i64| (spec.end(spec.last_window_of_pane(j)) - 1).saturating_add(self.lateness);
-        let mut last = (i64::MIN, i64::MIN);
-        s.late.clear();
-        s.late.extend(s.panes.iter().zip(&s.met).map(|(&j, &w)| {
-            if j != last.0 {
-                last = (j, expiry(j));
-            }
-            last.1 <= w
-        }));
-        let late_count = s.late.iter().filter(|&&l| l).count();
 
         // Value columns in their kernel domains; an overflowing cast is an error, not a null.
         let strict = CastOptions {
@@ -371,13 +370,7 @@ impl WindowOperator {
             });
         }
 
-        if late_count > 0 {
-            self.stats.late_events += late_count as u64;
-            let late_mask = BooleanArray::from(s.late.clone());
-            self.late_output
-                .push(self.late_rows(batch, &late_mask, &s.met)?);
-        }
-        let (keys, panes, ts, met, late) = (&s.keys, &s.panes, &s.ts, &s.met, &s.late);
+        let (keys, panes, ts, met) = (&s.keys, &s.panes, &s.ts, &s.met);
 
         let m = keys.len();
         if s.zeros.len() < m {
@@ -401,8 +394,56 @@ impl WindowOperator {
             })
             .collect();
 
-        // Cut where the watermark crosses the next firing or expiry point, and around late
-        // events (already sent to the late output; rare, so the batch is not compacted).
+        if self.sessions.is_some() {
+            let events = Events {
+                keys,
+                panes,
+                ts,
+                columns: &columns,
+            };
+            self.aggregate_sessions(&events, met, &mut s.late)?;
+        } else {
+            // Late: even the last window of the event's pane has expired. Consecutive
+            // events mostly share a pane, so its expiry is computed once per run of a pane.
+            let expiry =
+                |j: i64| (spec.end(spec.last_window_of_pane(j)) - 1).saturating_add(self.lateness);
+            let mut last = (i64::MIN, i64::MIN);
+            s.late.clear();
+            s.late.extend(s.panes.iter().zip(met).map(|(&j, &w)| {
+                if j != last.0 {
+                    last = (j, expiry(j));
+                }
+                last.1 <= w
+            }));
+            self.aggregate_windows(keys, panes, ts, met, &s.late, &columns)?;
+        }
+        let late_count = s.late.iter().filter(|&&l| l).count();
+        if late_count > 0 {
+            self.stats.late_events += late_count as u64;
+            let late_mask = BooleanArray::from(s.late.clone());
+            self.late_output
+                .push(self.late_rows(batch, &late_mask, &s.met)?);
+        }
+        let w = self.tracker.current();
+        self.advance(w)?;
+        self.refire_dirty(i64::MAX)?;
+        self.note_state();
+        Ok(())
+    }
+
+    /// Hop and cumulate windows: updates the backend segment by segment, cut where the
+    /// watermark crosses the next firing or expiry point, and around late events (already
+    /// sent to the late output; rare, so the batch is not compacted).
+    fn aggregate_windows(
+        &mut self,
+        keys: &[u32],
+        panes: &[i64],
+        ts: &[i64],
+        met: &[i64],
+        late: &[bool],
+        columns: &[Column<'_>],
+    ) -> Result<()> {
+        let m = keys.len();
         let mut start = 0;
         while start < m {
             if late[start] {
@@ -437,10 +478,79 @@ impl WindowOperator {
             }
             start = end;
         }
-        let w = self.tracker.current();
-        self.advance(w)?;
-        self.refire_dirty(i64::MAX)?;
-        self.note_state();
+        Ok(())
+    }
+
+    /// Session windows: event by event, sessions that the event's watermark closes fire
+    /// first (after the events before it reach the backend); then the event joins, opens
+    /// or bridges its key's sessions, or is late.
+    fn aggregate_sessions(
+        &mut self,
+        events: &Events<'_>,
+        met: &[i64],
+        late: &mut Vec<bool>,
+    ) -> Result<()> {
+        let m = events.len();
+        late.clear();
+        late.resize(m, false);
+        let mut pending = 0;
+        for i in 0..m {
+            let Some(sessions) = self.sessions.as_mut() else {
+                break;
+            };
+            if sessions.next_fire() <= met[i] {
+                self.send(events, pending..i, late)?;
+                pending = i;
+                self.fire_sessions(met[i])?;
+            }
+            let sessions = self.sessions.as_mut().ok_or_else(no_sessions)?;
+            late[i] = !sessions.add(events.keys[i], events.ts[i], met[i]);
+        }
+        self.send(events, pending..m, late)
+    }
+
+    /// Sends events `range` to the backend, less the late ones.
+    fn send(&mut self, events: &Events<'_>, range: Range<usize>, late: &[bool]) -> Result<()> {
+        let mut start = range.start;
+        while start < range.end {
+            if late[start] {
+                start += 1;
+                continue;
+            }
+            let end = (start..range.end).find(|&i| late[i]).unwrap_or(range.end);
+            let columns = events.columns_in(start..end);
+            self.backend.update(&events.slice(start..end, &columns))?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Fires and closes the sessions that watermark `w` ends, and frees panes no session
+    /// can need any more.
+    fn fire_sessions(&mut self, w: i64) -> Result<()> {
+        let sessions = self.sessions.as_mut().ok_or_else(no_sessions)?;
+        let fired = sessions.fire(w);
+        let oldest = sessions.oldest();
+        let spec = self.spec;
+        let gap = spec.pane_len();
+        let mut rows = WindowRows::default();
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        for s in fired {
+            let panes = spec.pane_of(s.first)..spec.pane_of(s.last) + 1;
+            let row = self.backend.combine(panes.clone(), Keys::Only(&[s.key]))?;
+            self.backend.clear_key(panes, s.key)?;
+            starts.extend(row.keys.iter().map(|_| s.first));
+            ends.extend(row.keys.iter().map(|_| s.last + gap));
+            rows.append(row);
+        }
+        self.push_rows(rows, &starts, &ends, None)?;
+        // A new event that is not late is after w + 1 - gap; open sessions keep theirs.
+        let horizon = w.saturating_add(2).saturating_sub(gap);
+        let keep = spec.pane_of(oldest.map_or(horizon, |o| o.min(horizon)));
+        if keep > self.first_kept {
+            self.first_kept = keep;
+            self.backend.evict_before(keep);
+        }
         Ok(())
     }
 
@@ -475,6 +585,9 @@ impl WindowOperator {
     /// Fires windows whose end the watermark `w` has reached, and expires those past their
     /// allowed lateness (re-firing their pending revisions first).
     fn advance(&mut self, w: i64) -> Result<()> {
+        if self.sessions.is_some() {
+            return self.fire_sessions(w);
+        }
         let fire = self.spec.windows_closed_by(w, 0);
         loop {
             let from = self
@@ -535,22 +648,37 @@ impl WindowOperator {
             rows = rows.top_k(t.by, t.k);
         }
         let n = rows.keys.len();
+        let revisions = (self.lateness > 0).then(|| {
+            rows.keys
+                .iter()
+                .map(|&key| self.revisions.get(&(key, k)).copied().unwrap_or(0))
+                .collect()
+        });
+        let (start, end) = (self.spec.start(k), self.spec.end(k));
+        self.push_rows(rows, &vec![start; n], &vec![end; n], revisions)
+    }
+
+    /// Appends result rows to the output: key columns, window bounds, aggregates, then the
+    /// rank (with top-k) and the revision (with allowed lateness).
+    fn push_rows(
+        &mut self,
+        rows: WindowRows,
+        starts: &[i64],
+        ends: &[i64],
+        revisions: Option<Vec<i64>>,
+    ) -> Result<()> {
+        let n = rows.keys.len();
+        if n == 0 {
+            return Ok(());
+        }
         let mut columns: Vec<ArrayRef> = self
             .interner
             .columns(&rows.keys)?
             .into_iter()
             .map(|(_, a)| a)
             .collect();
-        columns.push(Arc::new(TimestampMillisecondArray::from(vec![
-            self.spec
-                .start(k);
-            n
-        ])));
-        columns.push(Arc::new(TimestampMillisecondArray::from(vec![
-            self.spec
-                .end(k);
-            n
-        ])));
+        columns.push(Arc::new(TimestampMillisecondArray::from(starts.to_vec())));
+        columns.push(Arc::new(TimestampMillisecondArray::from(ends.to_vec())));
         for col in rows.columns {
             columns.push(match col {
                 OutColumn::I64 { values, valid } => {
@@ -564,13 +692,8 @@ impl WindowOperator {
         if self.top_k.is_some() {
             columns.push(Arc::new(Int64Array::from_iter_values(1..=n as i64)));
         }
-        if self.lateness > 0 {
-            let revs: Vec<i64> = rows
-                .keys
-                .iter()
-                .map(|&key| self.revisions.get(&(key, k)).copied().unwrap_or(0))
-                .collect();
-            columns.push(Arc::new(Int64Array::from(revs)));
+        if let Some(revisions) = revisions {
+            columns.push(Arc::new(Int64Array::from(revisions)));
         }
         let batch = RecordBatch::try_new(self.out_schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("building a result batch: {e}")))?;

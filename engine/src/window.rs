@@ -23,6 +23,8 @@ pub struct WindowSpec {
     pane: i64,
     /// Cumulate windows: windows per period of `size` (their `slide` is the step).
     cumulate: Option<i64>,
+    /// Session windows: panes are the gap long; the geometry lives in `session::Sessions`.
+    session: bool,
 }
 
 fn gcd(a: i64, b: i64) -> i64 {
@@ -48,6 +50,7 @@ impl WindowSpec {
             offset: offset.rem_euclid(slide),
             pane: gcd(size, slide),
             cumulate: None,
+            session: false,
         })
     }
 
@@ -69,7 +72,28 @@ impl WindowSpec {
             offset: offset.rem_euclid(size),
             pane: step,
             cumulate: Some(size / step),
+            session: false,
         })
+    }
+
+    /// Session windows with `gap`: per key, events closer than `gap` share a session.
+    pub fn session(gap: i64) -> Result<WindowSpec, String> {
+        if gap <= 0 {
+            return Err(format!("gap must be positive (got {gap} ms)"));
+        }
+        Ok(WindowSpec {
+            size: gap,
+            slide: gap,
+            offset: 0,
+            pane: gap,
+            cumulate: None,
+            session: true,
+        })
+    }
+
+    /// The gap of session windows; `None` for the others.
+    pub fn session_gap(&self) -> Option<i64> {
+        self.session.then_some(self.pane)
     }
 
     /// Pane length in ms.

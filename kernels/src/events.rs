@@ -214,6 +214,40 @@ impl WindowRows {
         self.take(&rows)
     }
 
+    /// Appends the rows of `other`, which has the same columns.
+    pub fn append(&mut self, other: WindowRows) {
+        if self.columns.is_empty() {
+            *self = other;
+            return;
+        }
+        self.keys.extend(other.keys);
+        for (mine, theirs) in self.columns.iter_mut().zip(other.columns) {
+            match (mine, theirs) {
+                (
+                    OutColumn::I64 { values, valid },
+                    OutColumn::I64 {
+                        values: v,
+                        valid: ok,
+                    },
+                ) => {
+                    values.extend(v);
+                    valid.extend(ok);
+                }
+                (
+                    OutColumn::F64 { values, valid },
+                    OutColumn::F64 {
+                        values: v,
+                        valid: ok,
+                    },
+                ) => {
+                    values.extend(v);
+                    valid.extend(ok);
+                }
+                _ => unreachable!("bug in panes: appending rows of different columns"),
+            }
+        }
+    }
+
     /// Rows `rows`, in that order.
     pub fn take(&self, rows: &[usize]) -> WindowRows {
         WindowRows {
