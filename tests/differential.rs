@@ -46,6 +46,8 @@ struct Case {
     slide: i64,
     /// Cumulate windows: `slide` is the step, `size` the longest window.
     cumulate: bool,
+    /// Session windows with this gap (the other window fields are unused).
+    session: Option<i64>,
     offset: i64,
     bound: i64,
     lateness: i64,
@@ -73,7 +75,9 @@ fn case(seed: u64) -> Case {
         0
     };
     let bound = [0, 500, 2000][rng.below(3) as usize];
-    let lateness = if rng.chance(50) {
+    // Sessions: gaps around the typical distance between a key's events.
+    let session = (!cumulate && rng.chance(25)).then(|| [100, 300, 1000][rng.below(3) as usize]);
+    let lateness = if rng.chance(50) || session.is_some() {
         0
     } else {
         [700, 3000][rng.below(2) as usize]
@@ -188,7 +192,9 @@ fn case(seed: u64) -> Case {
                 &format!("[[aggregate]]\nname = \"{f}_{col}\"\nfn = \"{f}\"\ncolumn = \"{col}\"\n");
         }
     }
-    let window = if cumulate {
+    let window = if let Some(gap) = session {
+        format!("kind = \"session\"\ngap = \"{gap}ms\"")
+    } else if cumulate {
         format!(
             "kind = \"cumulate\"\nsize = \"{size}ms\"\nstep = \"{slide}ms\"\noffset = \"{offset}ms\""
         )
@@ -228,6 +234,7 @@ fn case(seed: u64) -> Case {
         size,
         slide,
         cumulate,
+        session,
         offset,
         bound,
         lateness,
@@ -337,7 +344,51 @@ struct Model {
     windows: BTreeMap<(String, i64), (i64, i64, i64)>,
 }
 
+/// The model of session windows, event by event: sessions whose end the watermark has
+/// reached fire before the next event; an event merges every open session of its key that
+/// its window `[t, t + gap)` overlaps, or is late when that window ends by the watermark.
+fn session_model(c: &Case, gap: i64) -> Model {
+    let mut max_ts: Option<i64> = None;
+    let mut late = Vec::new();
+    let mut windows = BTreeMap::new();
+    // Open sessions: (key, first, last, events).
+    let mut open: Vec<(String, i64, i64, i64)> = Vec::new();
+    let fire = |open: &mut Vec<(String, i64, i64, i64)>, w: i64, windows: &mut BTreeMap<_, _>| {
+        open.retain(|(key, _, last, n)| {
+            let fires = last + gap - 1 <= w;
+            if fires {
+                windows.insert((key.clone(), last + gap), (*n, *n, 0));
+            }
+            !fires
+        });
+    };
+    for (id, t, key) in &c.events {
+        let w = max_ts.map_or(i64::MIN, |m| m - c.bound - 1);
+        max_ts = Some(max_ts.map_or(*t, |m| m.max(*t)));
+        fire(&mut open, w, &mut windows);
+        let (mut first, mut last, mut n) = (*t, *t, 1);
+        let mut merged = false;
+        open.retain(|(k, f, l, m)| {
+            let overlaps = k == key && *f < t + gap && *t < l + gap;
+            if overlaps {
+                (first, last, n, merged) = (first.min(*f), last.max(*l), n + m, true);
+            }
+            !overlaps
+        });
+        if !merged && t + gap - 1 <= w {
+            late.push(*id);
+        } else {
+            open.push((key.clone(), first, last, n));
+        }
+    }
+    fire(&mut open, i64::MAX, &mut windows);
+    Model { late, windows }
+}
+
 fn model(c: &Case) -> Model {
+    if let Some(gap) = c.session {
+        return session_model(c, gap);
+    }
     let mut max_ts: Option<i64> = None;
     let mut late = Vec::new();
     let mut windows: BTreeMap<(String, i64), (i64, i64, i64)> = BTreeMap::new();
@@ -401,8 +452,8 @@ fn check(seed: u64, backend: BackendKind) {
     let threads = [1, 2, 4][rng.below(3) as usize];
     let (got, got_late) = run(&c, backend, threads, 700, &mut rng);
     let ctx = format!(
-        "seed {seed} (size {} slide {} cumulate {} offset {} bound {} lateness {})",
-        c.size, c.slide, c.cumulate, c.offset, c.bound, c.lateness
+        "seed {seed} (size {} slide {} cumulate {} session {:?} offset {} bound {} lateness {})",
+        c.size, c.slide, c.cumulate, c.session, c.offset, c.bound, c.lateness
     );
 
     assert_eq!(
