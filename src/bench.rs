@@ -90,11 +90,12 @@ pub const WINDOWS: [(&str, i64, i64); 2] = [
 ];
 
 /// The workloads of the suite: the example jobs, with their own key counts.
-pub const WORKLOADS: [(&str, &str); 4] = [
+pub const WORKLOADS: [(&str, &str); 5] = [
     ("trending", include_str!("../examples/trending.toml")),
     ("iot anomaly", include_str!("../examples/iot_anomaly.toml")),
     ("nexmark q5", include_str!("../examples/nexmark_q5.toml")),
     ("nexmark q7", include_str!("../examples/nexmark_q7.toml")),
+    ("nexmark q11", include_str!("../examples/nexmark_q11.toml")),
 ];
 
 /// Workload `text` (an example job) with `events` events.

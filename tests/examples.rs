@@ -163,3 +163,47 @@ fn trending_keeps_ten_articles_per_window_in_rank_order() {
     }
     assert!(out.column_by_name("readers").unwrap().null_count() == 0);
 }
+
+#[test]
+fn nexmark_q11_counts_each_bidders_sessions() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (job, out) = run_example("nexmark_q11", 300_000, dir.path());
+    let Source::Generator(g) = &job.source else {
+        panic!("examples read the generator");
+    };
+    // Brute force: each bidder's bid times, sorted, split where 10 s pass without a bid.
+    let mut times: HashMap<i64, Vec<i64>> = HashMap::new();
+    for b in panes::datasets::generate(g.dataset, &g.config).expect("valid config") {
+        let (ts, bidder) = (ints(&b, "ts"), ints(&b, "bidder"));
+        for i in 0..b.num_rows() {
+            if let (Some(t), Some(who)) = (ts[i], bidder[i]) {
+                times.entry(who).or_default().push(t);
+            }
+        }
+    }
+    let mut want = Vec::new();
+    for (who, mut ts) in times {
+        ts.sort_unstable();
+        let mut first = 0;
+        for i in 1..=ts.len() {
+            if i == ts.len() || ts[i] - ts[i - 1] >= 10_000 {
+                let n = (i - first) as i64;
+                want.push((who, ts[first], ts[i - 1] + 10_000, n));
+                first = i;
+            }
+        }
+    }
+    want.sort_unstable();
+    let (who, start, end, bids) = (
+        ints(&out, "bidder"),
+        ints(&out, "window_start"),
+        ints(&out, "window_end"),
+        ints(&out, "bids"),
+    );
+    let mut got: Vec<(i64, i64, i64, i64)> = (0..out.num_rows())
+        .filter_map(|i| Some((who[i]?, start[i]?, end[i]?, bids[i]?)))
+        .collect();
+    got.sort_unstable();
+    assert!(want.len() > 1000, "enough sessions: {}", want.len());
+    assert_eq!(got, want);
+}
