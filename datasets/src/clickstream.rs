@@ -1,9 +1,14 @@
 //! Clickstream: article page views by users, with Zipf article popularity whose trending
 //! articles change every 10 minutes of event time.
 //!
-//! Columns: `ts` (non-null), `user_id` (uniform over `10 * keys` users), `article_id` (Zipf
-//! over `keys` articles), `session_id` (user and 30-minute bucket), `scroll_depth` (uniform in
-//! `[0, 1)`, null with `null_share`), `referrer` (weighted pick from [`REFERRERS`]).
+//! Columns: `ts` (non-null), `user_id` (one of `10 * keys` users), `article_id` (Zipf over
+//! `keys` articles), `session_id`, `scroll_depth` (uniform in `[0, 1)`, null with
+//! `null_share`), `referrer` (weighted pick from [`REFERRERS`]).
+//!
+//! Users come in sessions: at any time [`active_users`] users are reading. Each reads
+//! 5 to 54 pages in a row (one session, one `session_id`), then leaves, and a user picked at
+//! random takes the place. So a user's page views cluster into sessions separated by long
+//! inactivity.
 
 use std::sync::Arc;
 
@@ -28,8 +33,18 @@ pub const REFERRERS: [(&str, u64); 5] = [
 ];
 /// Every this much event time, the rank -> article mapping rotates by a seeded offset.
 pub const TREND_PERIOD_MS: i64 = 10 * 60 * 1000;
-/// Width of the time bucket that, with the user, makes a session.
-pub const SESSION_BUCKET_MS: i64 = 30 * 60 * 1000;
+/// Users reading at any time, for `keys` articles: one in twenty of the `10 * keys` users.
+pub fn active_users(keys: u64) -> u64 {
+    (keys / 2).max(1)
+}
+
+/// A reading user: who, which session, pages left.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reader {
+    user: u64,
+    session: u64,
+    left: u64,
+}
 
 /// Schema of clickstream batches.
 pub fn schema() -> SchemaRef {
@@ -55,6 +70,8 @@ pub struct ClickstreamGen {
     clock: Clock,
     rng: Rng,
     zipf: Zipf,
+    readers: Vec<Reader>,
+    sessions: u64,
     done: u64,
 }
 
@@ -68,6 +85,8 @@ impl ClickstreamGen {
             clock: Clock::new(cfg),
             rng: Rng::new(cfg.seed),
             zipf: Zipf::new(cfg.keys, cfg.zipf_s)?,
+            readers: vec![Reader::default(); active_users(cfg.keys) as usize],
+            sessions: 0,
             done: 0,
         })
     }
@@ -91,11 +110,21 @@ impl Iterator for ClickstreamGen {
         for i in self.done..self.done + rows as u64 {
             let rng = &mut self.rng;
             ts.push(self.clock.ts(i, rng));
-            let user = rng.below(users);
+            let slot = rng.below(self.readers.len() as u64) as usize;
+            let reader = &mut self.readers[slot];
+            if reader.left == 0 {
+                self.sessions += 1;
+                *reader = Reader {
+                    user: rng.below(users),
+                    session: mix(self.cfg.seed, self.sessions) >> 1,
+                    left: 5 + rng.below(50),
+                };
+            }
+            reader.left -= 1;
+            let (user, session) = (reader.user, reader.session);
             let elapsed = self.clock.elapsed(i);
             let rank = self.zipf.sample(rng);
             let trend_offset = mix(self.cfg.seed, (elapsed / TREND_PERIOD_MS) as u64) % keys;
-            let session = mix(user, (elapsed / SESSION_BUCKET_MS) as u64) >> 1;
             let is_null = rng.next_f64() < self.cfg.null_share;
             let depth = rng.next_f64();
             let pick = rng.below(100);
@@ -172,6 +201,29 @@ mod tests {
         let names: Vec<&str> = REFERRERS.iter().map(|r| r.0).collect();
         let mut refs = b.column(5).as_string::<i32>().iter();
         assert!(refs.all(|r| r.is_some_and(|r| names.contains(&r))));
+    }
+
+    #[test]
+    fn users_read_in_sessions() {
+        let b = one_batch(200_000, |c| c.keys = 1000);
+        let (users, sessions) = (ints(&b, "user_id"), ints(&b, "session_id"));
+        let mut owner = std::collections::HashMap::new();
+        let mut pages = std::collections::HashMap::new();
+        for (&u, &s) in users.iter().zip(sessions) {
+            assert_eq!(*owner.entry(s).or_insert(u), u, "a session has one user");
+            *pages.entry(s).or_insert(0) += 1;
+        }
+        // Whole sessions read 5 to 54 pages; a user comes back in several sessions.
+        let lengths: Vec<u64> = pages.values().copied().collect();
+        assert!(lengths.iter().all(|&n| n <= 54));
+        let mean = lengths.iter().sum::<u64>() as f64 / lengths.len() as f64;
+        assert!((20.0..35.0).contains(&mean), "mean session length {mean}");
+        let per_user = owner.len() as f64
+            / owner
+                .values()
+                .collect::<std::collections::HashSet<_>>()
+                .len() as f64;
+        assert!(per_user > 1.0, "sessions per user {per_user}");
     }
 
     #[test]
