@@ -1,8 +1,15 @@
-//! IoT: sensor readings from `keys` sensors, each chosen uniformly per event.
+//! IoT: sensor readings from `keys` sensors, each reporting at a fixed rate (round robin:
+//! one reading every `keys` events).
 //!
 //! Columns: `ts` (non-null), `sensor_id`, `temperature` (a per-sensor base in `[15, 30)` plus
 //! gaussian noise, sd 0.5; null with `null_share`), `pressure` (about 1013 hPa, sd 2) and
 //! `vibration` (>= 0, absolute gaussian).
+//!
+//! Each sensor's temperature drifts slowly ([`drift_per_hour`]). Sensors go offline: in
+//! [`OUTAGE_SHARE`] of the (sensor, 10-minute) blocks a sensor is cut off for 2 to 5
+//! minutes, and when it reconnects it sends the readings it kept, in one burst, with their
+//! original times: out of order by up to 5 minutes, most of them beyond any usual lateness
+//! bound.
 //!
 //! Injected anomalies: in [`ANOMALY_SHARE`] of the (sensor, minute of event time) cells, every
 //! temperature reading is shifted by 4 to 8 noise standard deviations, up or down. The
@@ -35,6 +42,31 @@ pub fn schema() -> SchemaRef {
         Field::new("vibration", DataType::Float64, false),
     ]))
 }
+
+/// Share of (sensor, 10-minute) blocks in which the sensor goes offline for a while.
+pub const OUTAGE_SHARE: f64 = 0.05;
+
+const BLOCK_MS: i64 = 10 * 60_000;
+
+/// Temperature drift of `sensor` in °C per hour of event time, in `[-0.05, 0.05)`.
+pub fn drift_per_hour(seed: u64, sensor: u64) -> f64 {
+    0.1 * (to_unit(mix(seed ^ 0xD71F7, sensor)) - 0.5)
+}
+
+/// When `sensor` is offline at nominal time `t`: the time it reconnects.
+pub fn outage_end(seed: u64, sensor: u64, t: i64) -> Option<i64> {
+    let block = t.div_euclid(BLOCK_MS);
+    let h = mix(mix(seed ^ 0x0FF1_14E, sensor), block as u64);
+    if to_unit(h) >= OUTAGE_SHARE {
+        return None;
+    }
+    let start = block * BLOCK_MS + (to_unit(mix(h, 1)) * 300_000.0) as i64;
+    let end = start + 120_000 + (to_unit(mix(h, 2)) * 180_000.0) as i64;
+    (start..end).contains(&t).then_some(end)
+}
+
+/// One reading: ts, sensor, temperature, pressure, vibration.
+type Reading = (i64, i64, Option<f64>, f64, f64);
 
 /// Share of (sensor, minute) cells with an injected anomaly.
 pub const ANOMALY_SHARE: f64 = 0.02;
@@ -111,7 +143,12 @@ pub struct IotGen {
     schema: SchemaRef,
     clock: Clock,
     rng: Rng,
+    /// Rows emitted so far.
     done: u64,
+    /// Readings taken so far (some are held by offline sensors).
+    taken: u64,
+    /// Readings of offline sensors, by reconnect time (then the order they were taken).
+    held: std::collections::BTreeMap<(i64, u64), Reading>,
 }
 
 impl IotGen {
@@ -124,7 +161,54 @@ impl IotGen {
             clock: Clock::new(cfg),
             rng: Rng::new(cfg.seed),
             done: 0,
+            taken: 0,
+            held: std::collections::BTreeMap::new(),
         })
+    }
+
+    /// Takes the next reading (sensor `taken % keys`, at the fixed rate).
+    fn take(&mut self) -> (i64, Reading) {
+        let i = self.taken;
+        self.taken += 1;
+        let rng = &mut self.rng;
+        let t = self.clock.ts(i, rng);
+        let sensor = i % self.cfg.keys;
+        let shift = anomaly(self.cfg.seed, sensor, t.div_euclid(MINUTE_MS) * MINUTE_MS);
+        let hours = self.clock.elapsed(i) as f64 / 3_600_000.0;
+        let temp = base_temperature(self.cfg.seed, sensor)
+            + drift_per_hour(self.cfg.seed, sensor) * hours
+            + NOISE_SD * (rng.normal() + shift.unwrap_or(0.0));
+        let is_null = rng.next_f64() < self.cfg.null_share;
+        let pressure = 1013.0 + 2.0 * rng.normal();
+        let vibration = (0.2 * rng.normal()).abs();
+        let reading = (
+            t,
+            sensor as i64,
+            (!is_null).then_some(temp),
+            pressure,
+            vibration,
+        );
+        (self.clock.nominal(i), reading)
+    }
+
+    /// The next row: a held reading whose sensor has reconnected, or a new reading (held
+    /// instead if its sensor is offline).
+    fn next_row(&mut self) -> Reading {
+        loop {
+            let now = self.clock.nominal(self.taken);
+            if let Some(entry) = self.held.first_entry()
+                && entry.key().0 <= now
+            {
+                return entry.remove();
+            }
+            let (nominal, reading) = self.take();
+            match outage_end(self.cfg.seed, reading.1 as u64, nominal) {
+                Some(end) => {
+                    self.held.insert((end, self.taken), reading);
+                }
+                None => return reading,
+            }
+        }
     }
 }
 
@@ -141,19 +225,13 @@ impl Iterator for IotGen {
         let mut temperature = Vec::with_capacity(rows);
         let mut pressure = Vec::with_capacity(rows);
         let mut vibration = Vec::with_capacity(rows);
-        for i in self.done..self.done + rows as u64 {
-            let rng = &mut self.rng;
-            let t = self.clock.ts(i, rng);
+        for _ in 0..rows {
+            let (t, sensor, temp, p, v) = self.next_row();
             ts.push(t);
-            let sensor = rng.below(self.cfg.keys);
-            let shift = anomaly(self.cfg.seed, sensor, t.div_euclid(MINUTE_MS) * MINUTE_MS);
-            let temp = base_temperature(self.cfg.seed, sensor)
-                + NOISE_SD * (rng.normal() + shift.unwrap_or(0.0));
-            let is_null = rng.next_f64() < self.cfg.null_share;
-            sensor_id.push(sensor as i64);
-            temperature.push((!is_null).then_some(temp));
-            pressure.push(1013.0 + 2.0 * rng.normal());
-            vibration.push((0.2 * rng.normal()).abs());
+            sensor_id.push(sensor);
+            temperature.push(temp);
+            pressure.push(p);
+            vibration.push(v);
         }
         self.done += rows as u64;
         Some(make_batch(
@@ -206,6 +284,44 @@ mod tests {
         let mean = floats(3).values().iter().sum::<f64>() / 50_000.0;
         assert!((mean - 1013.0).abs() < 0.1, "mean pressure {mean}");
         assert!(floats(4).values().iter().all(|&v| v >= 0.0));
+    }
+
+    #[test]
+    fn sensors_report_at_fixed_rates_and_reconnect_in_bursts() {
+        let cfg = GenConfig {
+            events: 3_000_000,
+            batch_rows: 3_000_000,
+            keys: 100,
+            ..GenConfig::default()
+        };
+        let b = IotGen::new(&cfg).expect("valid").next().expect("a batch");
+        let ts = b
+            .column(0)
+            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        let sensors = b.column(1).as_primitive::<Int64Type>().values();
+        let mut per_sensor = vec![0u64; 100];
+        sensors.iter().for_each(|&s| per_sensor[s as usize] += 1);
+        // 5 minutes of data: every sensor reports about as often as the others, less the
+        // readings still held by a sensor that is offline at the end.
+        assert!(
+            per_sensor.iter().all(|&n| n > 20_000 && n <= 30_000),
+            "{per_sensor:?}"
+        );
+        // Reconnect bursts: runs of readings more than a minute older than the stream.
+        let (mut max, mut old) = (i64::MIN, 0);
+        for &t in ts.values() {
+            old += usize::from(t < max - 60_000);
+            max = max.max(t);
+        }
+        assert!(
+            old > 1_000,
+            "{old} readings arrived more than a minute late"
+        );
+        for (&s, &t) in sensors.iter().zip(ts.values()) {
+            // A sensor never reports while it is offline: held readings keep their times.
+            let held = outage_end(cfg.seed, s as u64, t).is_some();
+            assert!(held || t <= max);
+        }
     }
 
     #[test]

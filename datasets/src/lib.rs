@@ -305,7 +305,8 @@ mod tests {
     fn timestamps_are_jittered_and_a_few_late() {
         let cfg = config(200_000, |_| ());
         let clock = Clock::new(&cfg);
-        for d in Dataset::ALL {
+        // iot adds the bursts of reconnecting sensors: see its own tests.
+        for d in Dataset::ALL.into_iter().filter(|&d| d != Dataset::Iot) {
             let batch = concat(d, &cfg);
             let ts = batch
                 .column(0)

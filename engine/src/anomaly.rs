@@ -5,9 +5,9 @@
 //! that raises an alert does not enter the baseline, so one anomaly does not widen the
 //! baseline enough to hide the next. Before `min_history` windows every value joins the
 //! baseline, since a handful of values cannot tell an outlier from noise; so that an early
-//! anomaly does not blind the key later, the rolling baseline leaves out values more than
-//! [`TRIM`] robust standard deviations (1.4826 · median absolute deviation) from its
-//! median. Baselines are keyed state, like pane state.
+//! anomaly does not blind the key later, the rolling baseline leaves out values [`TRIM`]
+//! standard deviations or more from the rest of it. Baselines are keyed state, like pane
+//! state.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -24,34 +24,34 @@ pub struct Alert {
     pub z: f64,
 }
 
-/// Rolling baselines ignore their values this many robust standard deviations from the
-/// median.
+/// Rolling baselines ignore a value this many standard deviations (of the other values)
+/// from the mean of the other values.
 pub const TRIM: f64 = 5.0;
 
-/// Mean and sample standard deviation of `values` without their outliers (see [`TRIM`]).
+/// Mean and sample standard deviation of `values` without their outliers: while the value
+/// farthest from the mean is at least [`TRIM`] standard deviations from the mean of the
+/// others (by the others' standard deviation), it is left out.
 fn trimmed_moments(values: &VecDeque<f64>) -> (f64, f64) {
-    let median = |v: &mut Vec<f64>| {
-        v.sort_unstable_by(f64::total_cmp);
-        let m = v.len() / 2;
-        if v.len() % 2 == 1 {
-            v[m]
-        } else {
-            (v[m - 1] + v[m]) / 2.0
-        }
+    let mut kept: Vec<f64> = values.iter().copied().collect();
+    let moments = |v: &[f64]| {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, var.sqrt())
     };
-    let mut sorted: Vec<f64> = values.iter().copied().collect();
-    let mid = median(&mut sorted);
-    let mut dev: Vec<f64> = values.iter().map(|v| (v - mid).abs()).collect();
-    let scale = 1.4826 * median(&mut dev);
-    let kept: Vec<f64> = values
-        .iter()
-        .copied()
-        .filter(|v| scale == 0.0 || (v - mid).abs() <= TRIM * scale)
-        .collect();
-    let n = kept.len() as f64;
-    let mean = kept.iter().sum::<f64>() / n;
-    let var = kept.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, var.sqrt())
+    while kept.len() > 3 {
+        let (mean, _) = moments(&kept);
+        let far = (0..kept.len())
+            .max_by(|&a, &b| (kept[a] - mean).abs().total_cmp(&(kept[b] - mean).abs()))
+            .unwrap_or(0);
+        let x = kept.swap_remove(far);
+        let (m, sd) = moments(&kept);
+        if (x - m).abs() < TRIM * sd || sd == 0.0 && x == m {
+            kept.push(x);
+            break;
+        }
+    }
+    moments(&kept)
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +74,11 @@ impl Detector {
             spec,
             keys: HashMap::new(),
         }
+    }
+
+    /// The count aggregate (index) and least value a window needs to be checked.
+    pub fn min_count(&self) -> Option<(usize, i64)> {
+        self.spec.min_count
     }
 
     /// Checks `value`, the next window of `key`, against the key's baseline, then adds it to
@@ -142,6 +147,7 @@ mod tests {
             baseline,
             threshold: 3.0,
             min_history: 5,
+            min_count: None,
             sink: Sink::JsonLines(None),
         })
     }

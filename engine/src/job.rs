@@ -52,6 +52,11 @@ pub struct AnomalyConfig {
     pub threshold: Option<f64>,
     /// Windows of history a key needs before it can alert (default 5).
     pub min_history: Option<usize>,
+    /// A `count` aggregate (by name): windows with fewer than `min_count` of it are
+    /// neither checked nor added to the baseline (a sensor's partial minute).
+    pub count: Option<String>,
+    /// See `count` (default 1).
+    pub min_count: Option<i64>,
     /// Where alert rows go.
     pub sink: SinkConfig,
 }
@@ -76,6 +81,8 @@ pub struct Anomaly {
     pub threshold: f64,
     /// Windows of history needed before alerting.
     pub min_history: usize,
+    /// A count aggregate (index) and the least value of it a window needs to be checked.
+    pub min_count: Option<(usize, i64)>,
     /// Alert rows to.
     pub sink: Sink,
 }
@@ -583,11 +590,33 @@ impl AnomalyConfig {
                 "anomaly.min_history = {min_history} is more than baseline_windows = {n}"
             ));
         }
+        let min_count = match (&self.count, self.min_count) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(
+                    "anomaly.min_count needs anomaly.count, the name of a count \
+                            aggregate"
+                        .into(),
+                );
+            }
+            (Some(name), at_least) => {
+                let i = aggregates
+                    .iter()
+                    .position(|a| {
+                        a.name == *name && matches!(a.func, AggFn::CountRows | AggFn::Count)
+                    })
+                    .ok_or_else(|| {
+                        format!("anomaly.count = {name:?} is not the name of a count aggregate")
+                    })?;
+                Some((i, at_least.unwrap_or(1)))
+            }
+        };
         Ok(Anomaly {
             value,
             baseline,
             threshold,
             min_history,
+            min_count,
             sink: self.sink.validate("anomaly.sink")?,
         })
     }
@@ -704,6 +733,21 @@ mod tests {
             .replace("allowed_lateness = \"0s\"", "allowed_lateness = \"1m\"");
         let e = error_of(&late);
         assert!(e.contains("allowed_lateness"), "{e}");
+    }
+
+    #[test]
+    fn anomaly_min_count_needs_a_count_aggregate() {
+        let anomaly = |extra: &str| {
+            format!(
+                "{JOB}\n[anomaly]\nvalue = \"avg_scroll\"\n{extra}\n[anomaly.sink]\nkind = \"jsonl\"\n"
+            )
+        };
+        let job = Job::from_toml(&anomaly("count = \"views\"\nmin_count = 50"), "job.toml");
+        assert_eq!(job.unwrap().anomaly.unwrap().min_count, Some((0, 50)));
+        let e = error_of(&anomaly("count = \"avg_scroll\""));
+        assert!(e.contains("not the name of a count aggregate"), "{e}");
+        let e = error_of(&anomaly("min_count = 5"));
+        assert!(e.contains("needs anomaly.count"), "{e}");
     }
 
     #[test]

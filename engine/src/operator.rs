@@ -708,6 +708,13 @@ impl WindowOperator {
         let Some((detector, value)) = self.anomaly.as_mut() else {
             return Ok(());
         };
+        let counts: Option<(&[i64], i64)> = match detector.min_count() {
+            Some((c, at_least)) => match &rows.columns[c] {
+                OutColumn::I64 { values, .. } => Some((values, at_least)),
+                OutColumn::F64 { .. } => None,
+            },
+            None => None,
+        };
         let values: Vec<Option<f64>> = match &rows.columns[*value] {
             OutColumn::I64 { values, valid } => values
                 .iter()
@@ -721,7 +728,10 @@ impl WindowOperator {
                 .collect(),
         };
         let (mut keys, mut found) = (Vec::new(), Vec::new());
-        for (&key, v) in rows.keys.iter().zip(values) {
+        for (i, (&key, v)) in rows.keys.iter().zip(values).enumerate() {
+            if counts.is_some_and(|(c, at_least)| c[i] < at_least) {
+                continue;
+            }
             if let Some(alert) = v.and_then(|v| detector.observe(key, v)) {
                 keys.push(key);
                 found.push((v.unwrap_or(f64::NAN), alert));
