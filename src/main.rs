@@ -41,7 +41,7 @@ enum Command {
     },
     /// Write a generated dataset to a Parquet file.
     Gen {
-        /// `clickstream`, `iot` or `nexmark`.
+        /// `clickstream`, `iot`, `nexmark` or `transactions`.
         dataset: Dataset,
         /// Number of events.
         #[arg(long, default_value_t = 1_000_000)]

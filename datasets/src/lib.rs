@@ -21,6 +21,7 @@ pub mod clickstream;
 pub mod iot;
 pub mod nexmark;
 pub mod rng;
+pub mod transactions;
 
 use std::{fmt, str::FromStr};
 
@@ -176,11 +177,18 @@ pub enum Dataset {
     Iot,
     /// An auction's persons, auctions and bids; see [`nexmark`].
     Nexmark,
+    /// Card payments with velocity bursts; see [`transactions`].
+    Transactions,
 }
 
 impl Dataset {
     /// All datasets, in the order their names are listed.
-    pub const ALL: [Dataset; 3] = [Dataset::Clickstream, Dataset::Iot, Dataset::Nexmark];
+    pub const ALL: [Dataset; 4] = [
+        Dataset::Clickstream,
+        Dataset::Iot,
+        Dataset::Nexmark,
+        Dataset::Transactions,
+    ];
 
     /// The name accepted by [`FromStr`].
     pub fn name(self) -> &'static str {
@@ -188,6 +196,7 @@ impl Dataset {
             Dataset::Clickstream => "clickstream",
             Dataset::Iot => "iot",
             Dataset::Nexmark => "nexmark",
+            Dataset::Transactions => "transactions",
         }
     }
 }
@@ -217,6 +226,7 @@ pub fn schema(dataset: Dataset) -> SchemaRef {
         Dataset::Clickstream => clickstream::schema(),
         Dataset::Iot => iot::schema(),
         Dataset::Nexmark => nexmark::schema(),
+        Dataset::Transactions => transactions::schema(),
     }
 }
 
@@ -229,6 +239,7 @@ pub fn generate(
         Dataset::Clickstream => Box::new(clickstream::ClickstreamGen::new(cfg)?),
         Dataset::Iot => Box::new(iot::IotGen::new(cfg)?),
         Dataset::Nexmark => Box::new(nexmark::NexmarkGen::new(cfg)?),
+        Dataset::Transactions => Box::new(transactions::TransactionsGen::new(cfg)?),
     })
 }
 

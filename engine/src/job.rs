@@ -116,7 +116,7 @@ pub struct SourceConfig {
     /// parquet/csv: a file, a directory (its `*.parquet`/`*.csv` files, sorted by name) or a
     /// glob. The files are read in name order as one partition.
     pub path: Option<String>,
-    /// generator: `clickstream`, `iot` or `nexmark`.
+    /// generator: `clickstream`, `iot`, `nexmark` or `transactions`.
     pub dataset: Option<String>,
     /// generator: number of events (default 1 000 000).
     pub events: Option<u64>,
