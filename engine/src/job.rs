@@ -385,13 +385,6 @@ impl JobFile {
             "cumulate" => WindowSpec::cumulate(needs("step", &w.step)?, size()?, offset),
             _ => {
                 size()?;
-                if allowed_lateness > 0 {
-                    return Err(
-                        "session windows need time.allowed_lateness = \"0s\" for now \
-                                (re-fired sessions are not supported yet)"
-                            .into(),
-                    );
-                }
                 WindowSpec::session(needs("gap", &w.gap)?)
             }
         }

@@ -31,7 +31,7 @@ use crate::anomaly::Detector;
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
 use crate::key::KeyInterner;
-use crate::session::Sessions;
+use crate::session::{Emit, Sessions};
 use crate::time::event_times;
 use crate::watermark::WatermarkTracker;
 use crate::window::WindowSpec;
@@ -233,7 +233,10 @@ impl WindowOperator {
             spec: job.window,
             lateness: job.allowed_lateness,
             top_k: job.top_k,
-            sessions: job.window.session_gap().map(Sessions::new),
+            sessions: job
+                .window
+                .session_gap()
+                .map(|gap| Sessions::new(gap, job.allowed_lateness)),
             first_kept: i64::MIN,
             anomaly: job
                 .anomaly
@@ -498,13 +501,21 @@ impl WindowOperator {
             let Some(sessions) = self.sessions.as_mut() else {
                 break;
             };
-            if sessions.next_fire() <= met[i] {
+            if sessions.next_due() <= met[i] {
                 self.send(events, pending..i, late)?;
                 pending = i;
                 self.fire_sessions(met[i])?;
             }
             let sessions = self.sessions.as_mut().ok_or_else(no_sessions)?;
             late[i] = !sessions.add(events.keys[i], events.ts[i], met[i]);
+            // A session that changed after its end passed fires again at once, so that
+            // what it emits does not depend on how the stream is cut into batches.
+            let dirty = sessions.take_dirty();
+            if !dirty.is_empty() {
+                self.send(events, pending..i + 1, late)?;
+                pending = i + 1;
+                self.emit_sessions(&dirty)?;
+            }
         }
         self.send(events, pending..m, late)
     }
@@ -529,29 +540,46 @@ impl WindowOperator {
     /// can need any more.
     fn fire_sessions(&mut self, w: i64) -> Result<()> {
         let sessions = self.sessions.as_mut().ok_or_else(no_sessions)?;
-        let fired = sessions.fire(w);
+        let due = sessions.fire(w);
+        let expired = sessions.expire(w);
         let oldest = sessions.oldest();
+        self.emit_sessions(&due)?;
         let spec = self.spec;
-        let gap = spec.pane_len();
-        let mut rows = WindowRows::default();
-        let (mut starts, mut ends) = (Vec::new(), Vec::new());
-        for s in fired {
-            let panes = spec.pane_of(s.first)..spec.pane_of(s.last) + 1;
-            let row = self.backend.combine(panes.clone(), Keys::Only(&[s.key]))?;
-            self.backend.clear_key(panes, s.key)?;
-            starts.extend(row.keys.iter().map(|_| s.first));
-            ends.extend(row.keys.iter().map(|_| s.last + gap));
-            rows.append(row);
+        for (key, first, last) in expired {
+            self.backend
+                .clear_key(spec.pane_of(first)..spec.pane_of(last) + 1, key)?;
         }
-        self.push_rows(rows, &starts, &ends, None)?;
-        // A new event that is not late is after w + 1 - gap; open sessions keep theirs.
-        let horizon = w.saturating_add(2).saturating_sub(gap);
+        // A new event that is not late is after w + 1 - gap - lateness; open sessions keep
+        // theirs.
+        let horizon = w
+            .saturating_add(2)
+            .saturating_sub(spec.pane_len())
+            .saturating_sub(self.lateness);
         let keep = spec.pane_of(oldest.map_or(horizon, |o| o.min(horizon)));
         if keep > self.first_kept {
             self.first_kept = keep;
             self.backend.evict_before(keep);
         }
         Ok(())
+    }
+
+    /// Emits one row per session, with its revision when lateness is allowed.
+    fn emit_sessions(&mut self, due: &[Emit]) -> Result<()> {
+        let spec = self.spec;
+        let mut rows = WindowRows::default();
+        let (mut starts, mut ends, mut revisions) = (Vec::new(), Vec::new(), Vec::new());
+        for s in due {
+            let panes = spec.pane_of(s.first)..spec.pane_of(s.last) + 1;
+            let row = self.backend.combine(panes, Keys::Only(&[s.key]))?;
+            for _ in &row.keys {
+                starts.push(s.first);
+                ends.push(s.last + spec.pane_len());
+                revisions.push(s.revision);
+            }
+            rows.append(row);
+        }
+        let revisions = (self.lateness > 0).then_some(revisions);
+        self.push_rows(rows, &starts, &ends, revisions)
     }
 
     /// The smallest watermark at which some window fires or expires, after `w`.
@@ -624,6 +652,9 @@ impl WindowOperator {
 
     /// Re-fires dirty windows before window index `before`.
     fn refire_dirty(&mut self, before: i64) -> Result<()> {
+        if self.sessions.is_some() {
+            return Ok(()); // sessions re-fire as they change
+        }
         while let Some(entry) = self.dirty.first_entry() {
             if *entry.key() >= before {
                 break;

@@ -7,82 +7,140 @@
 //! is its key's state over the session's panes, and a bridging event merges two sessions
 //! without moving any state.
 //!
-//! An event at `t` that meets watermark `W` is late when its window `[t, t + gap)`, merged
-//! with the open sessions it overlaps, has `end − 1 <= W`. Sessions fire, and are closed,
-//! when the watermark reaches `end − 1` (allowed lateness is 0 for sessions).
+//! As for other windows (see the README):
+//! - An event at `t` that meets watermark `W` is late when its window `[t, t + gap)`, merged
+//!   with the open sessions it overlaps, has `end − 1 + lateness <= W`. Only a lone event can
+//!   be late: every open session ends after `W − lateness`.
+//! - A session fires when the watermark reaches `end − 1`, and stays open (for late events
+//!   and merges) until it reaches `end − 1 + lateness`.
+//! - A session that changes after it fired fires again: at once when its end has passed
+//!   (the operator takes [`Sessions::take_dirty`] after each event), or when the watermark
+//!   reaches its new end. Rows are named by (key, `window_start`); a row's revision is the
+//!   number of events the session gained after its first row with that start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// A session of one key: its first and last event times.
+/// A session to emit: its key, first and last event times, and revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Session {
+pub struct Emit {
     /// The key id.
     pub key: u32,
     /// Time of the first event.
     pub first: i64,
     /// Time of the last event.
     pub last: i64,
+    /// Events gained since the first row with this start (0 for that row).
+    pub revision: i64,
+}
+
+/// An open session of one key.
+#[derive(Clone, Copy, Debug)]
+struct Open {
+    first: i64,
+    last: i64,
+    /// Events in the session.
+    n: i64,
+    /// Events it had when its first row with this start was emitted.
+    base: Option<i64>,
 }
 
 /// The open sessions of every key.
 #[derive(Clone, Debug)]
 pub struct Sessions {
     gap: i64,
-    /// Per key: open sessions as (first, last), sorted, windows disjoint.
-    open: HashMap<u32, Vec<(i64, i64)>>,
-    /// Every open session by the watermark that fires it: (end − 1, key, first).
-    by_fire: BTreeSet<(i64, u32, i64)>,
+    lateness: i64,
+    /// Per key: open sessions, sorted, windows disjoint.
+    open: HashMap<u32, Vec<Open>>,
+    /// Sessions not emitted in their current form whose end the watermark has not
+    /// reached: (end − 1, key, first).
+    to_fire: BTreeSet<(i64, u32, i64)>,
+    /// Sessions that changed after their end passed: to emit at once.
+    dirty: BTreeSet<(u32, i64)>,
+    /// Every open session by end: (end − 1, key, first).
+    by_end: BTreeSet<(i64, u32, i64)>,
     /// How many open sessions start at each time (for the oldest pane still needed).
     firsts: BTreeMap<i64, usize>,
 }
 
 impl Sessions {
-    /// No sessions yet, for a gap of `gap` ms.
-    pub fn new(gap: i64) -> Sessions {
+    /// No sessions yet, for a gap of `gap` ms and an allowed lateness of `lateness` ms.
+    pub fn new(gap: i64, lateness: i64) -> Sessions {
         Sessions {
             gap,
+            lateness,
             open: HashMap::new(),
-            by_fire: BTreeSet::new(),
+            to_fire: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            by_end: BTreeSet::new(),
             firsts: BTreeMap::new(),
         }
     }
 
     /// Adds an event of `key` at `t` that met watermark `w`, merging the sessions it
     /// bridges. Returns false, changing nothing, when the event is late. Sessions that `w`
-    /// fires must have been taken with [`Sessions::fire`] first.
+    /// fires or expires must have been handled first ([`Sessions::fire`],
+    /// [`Sessions::expire`]).
     pub fn add(&mut self, key: u32, t: i64, w: i64) -> bool {
         let gap = self.gap;
         let list = self.open.entry(key).or_default();
         // The overlapping sessions are a run of the sorted list.
-        let from = list.partition_point(|&(_, last)| last + gap <= t);
-        let to = from + list[from..].partition_point(|&(first, _)| first < t.saturating_add(gap));
-        let (mut first, mut last) = (t, t);
-        if from < to {
-            first = first.min(list[from].0);
-            last = last.max(list[to - 1].1);
-        }
-        if (last + gap - 1) <= w {
-            // Only a lone event can be late: open sessions end after the watermark.
+        let from = list.partition_point(|s| s.last + gap <= t);
+        let to = from + list[from..].partition_point(|s| s.first < t.saturating_add(gap));
+        if from == to && (t + gap - 1).saturating_add(self.lateness) <= w {
             return false;
         }
-        for (f, l) in list.drain(from..to) {
-            self.by_fire.remove(&(l + gap - 1, key, f));
-            match self.firsts.get_mut(&f) {
-                Some(n) if *n > 1 => *n -= 1,
-                _ => {
-                    self.firsts.remove(&f);
-                }
+        let mut merged = Open {
+            first: t,
+            last: t,
+            n: 1,
+            base: None,
+        };
+        let old: Vec<Open> = list.drain(from..to).collect();
+        for s in &old {
+            if s.first <= merged.first {
+                merged.base = s.base;
             }
+            merged.first = merged.first.min(s.first);
+            merged.last = merged.last.max(s.last);
+            merged.n += s.n;
         }
-        list.insert(from, (first, last));
-        self.by_fire.insert((last + gap - 1, key, first));
-        *self.firsts.entry(first).or_insert(0) += 1;
+        list.insert(from, merged);
+        for s in old {
+            self.forget(key, s);
+        }
+        let end = merged.last + gap - 1;
+        self.by_end.insert((end, key, merged.first));
+        *self.firsts.entry(merged.first).or_insert(0) += 1;
+        if end > w {
+            self.to_fire.insert((end, key, merged.first));
+        } else {
+            self.dirty.insert((key, merged.first));
+        }
         true
     }
 
-    /// The watermark at which the next session fires (`i64::MAX` when none is open).
-    pub fn next_fire(&self) -> i64 {
-        self.by_fire.first().map_or(i64::MAX, |s| s.0)
+    /// Drops the indexes of a session that merged or closed.
+    fn forget(&mut self, key: u32, s: Open) {
+        let end = s.last + self.gap - 1;
+        self.by_end.remove(&(end, key, s.first));
+        self.to_fire.remove(&(end, key, s.first));
+        self.dirty.remove(&(key, s.first));
+        match self.firsts.get_mut(&s.first) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.firsts.remove(&s.first);
+            }
+        }
+    }
+
+    /// The watermark at which the next session fires or closes (`i64::MAX` when none).
+    pub fn next_due(&self) -> i64 {
+        let fire = self.to_fire.first().map_or(i64::MAX, |s| s.0);
+        let close = self
+            .by_end
+            .first()
+            .map_or(i64::MAX, |s| s.0.saturating_add(self.lateness));
+        fire.min(close)
     }
 
     /// The earliest first event time of an open session.
@@ -90,29 +148,59 @@ impl Sessions {
         self.firsts.keys().next().copied()
     }
 
-    /// Closes and returns, in firing order, the sessions that watermark `w` fires.
-    pub fn fire(&mut self, w: i64) -> Vec<Session> {
-        let mut fired = Vec::new();
-        while let Some(&(at, key, first)) = self.by_fire.first() {
-            if at > w {
+    /// The sessions that watermark `w` fires, in firing order.
+    pub fn fire(&mut self, w: i64) -> Vec<Emit> {
+        let mut due = Vec::new();
+        while let Some(&(end, key, first)) = self.to_fire.first() {
+            if end > w {
                 break;
             }
-            self.by_fire.pop_first();
-            let list = self.open.get_mut(&key).expect("an open session has a list");
-            let i = list.partition_point(|&(f, _)| f < first);
-            let (_, last) = list.remove(i);
+            self.to_fire.pop_first();
+            due.push((key, first));
+        }
+        due.into_iter().map(|(k, f)| self.emit(k, f)).collect()
+    }
+
+    /// The sessions that changed after their end passed, by key and start.
+    pub fn take_dirty(&mut self) -> Vec<Emit> {
+        let dirty = std::mem::take(&mut self.dirty);
+        dirty.into_iter().map(|(k, f)| self.emit(k, f)).collect()
+    }
+
+    /// An emission of session (`key`, `first`); its first row with this start sets the
+    /// base of later revisions.
+    fn emit(&mut self, key: u32, first: i64) -> Emit {
+        let s = self
+            .open
+            .get_mut(&key)
+            .and_then(|l| l.iter_mut().find(|s| s.first == first))
+            .expect("an indexed session is open");
+        let base = *s.base.get_or_insert(s.n);
+        Emit {
+            key,
+            first,
+            last: s.last,
+            revision: s.n - base,
+        }
+    }
+
+    /// Closes the sessions that watermark `w` expires; returns them as (key, first, last).
+    pub fn expire(&mut self, w: i64) -> Vec<(u32, i64, i64)> {
+        let mut closed = Vec::new();
+        while let Some(&(end, key, first)) = self.by_end.first() {
+            if end.saturating_add(self.lateness) > w {
+                break;
+            }
+            let list = self.open.get_mut(&key).expect("an indexed session is open");
+            let i = list.partition_point(|s| s.first < first);
+            let s = list.remove(i);
             if list.is_empty() {
                 self.open.remove(&key);
             }
-            match self.firsts.get_mut(&first) {
-                Some(n) if *n > 1 => *n -= 1,
-                _ => {
-                    self.firsts.remove(&first);
-                }
-            }
-            fired.push(Session { key, first, last });
+            self.forget(key, s);
+            closed.push((key, s.first, s.last));
         }
-        fired
+        closed
     }
 }
 
@@ -120,39 +208,68 @@ impl Sessions {
 mod tests {
     use super::*;
 
-    fn session(key: u32, first: i64, last: i64) -> Session {
-        Session { key, first, last }
+    fn emit(key: u32, first: i64, last: i64, revision: i64) -> Emit {
+        Emit {
+            key,
+            first,
+            last,
+            revision,
+        }
     }
 
     #[test]
     fn events_closer_than_the_gap_share_a_session() {
-        let mut s = Sessions::new(10);
+        let mut s = Sessions::new(10, 0);
         let w = i64::MIN;
         assert!(s.add(1, 100, w) && s.add(1, 105, w));
         assert!(s.add(1, 130, w)); // 25 after the last event: a session of its own
         assert!(s.add(2, 101, w)); // another key
         assert!(s.add(1, 120, w)); // exactly the gap before 130: not closer, apart
-        assert_eq!((s.next_fire(), s.oldest()), (110, Some(100)));
+        assert_eq!((s.next_due(), s.oldest()), (110, Some(100)));
         assert_eq!(
             s.fire(114),
-            vec![session(2, 101, 101), session(1, 100, 105)]
+            vec![emit(2, 101, 101, 0), emit(1, 100, 105, 0)]
         );
+        assert_eq!(s.expire(114), vec![(2, 101, 101), (1, 100, 105)]);
         assert!(s.add(1, 125, 114)); // bridges 120 and 130
-        assert_eq!(s.fire(i64::MAX), vec![session(1, 120, 130)]);
-        assert_eq!((s.next_fire(), s.oldest()), (i64::MAX, None));
+        assert_eq!(s.fire(i64::MAX), vec![emit(1, 120, 130, 0)]);
+        assert_eq!(s.expire(i64::MAX).len(), 1);
+        assert_eq!((s.next_due(), s.oldest()), (i64::MAX, None));
     }
 
     #[test]
     fn bridging_events_merge_sessions_and_late_events_are_refused() {
-        let mut s = Sessions::new(10);
+        let mut s = Sessions::new(10, 0);
         let w = i64::MIN;
         assert!(s.add(7, 0, w) && s.add(7, 30, w) && s.add(7, 15, w));
         assert!(s.add(7, 8, w)); // [8, 18) overlaps the sessions at 0 and at 15
         assert!(s.add(7, 22, w)); // [22, 32) overlaps [0, 25) and [30, 40)
-        assert_eq!(s.fire(i64::MAX - 1), vec![session(7, 0, 30)]);
+        assert_eq!(s.fire(i64::MAX - 1), vec![emit(7, 0, 30, 0)]);
+        s.expire(i64::MAX - 1);
         // A lone event whose window ends by the watermark is late.
         assert!(!s.add(7, 100, 109));
-        assert_eq!(s.next_fire(), i64::MAX);
+        assert_eq!(s.next_due(), i64::MAX);
         assert!(s.add(7, 100, 108));
+    }
+
+    #[test]
+    fn fired_sessions_take_late_events_and_fire_again_with_revisions() {
+        let mut s = Sessions::new(10, 50);
+        assert!(s.add(3, 0, i64::MIN) && s.add(3, 5, i64::MIN));
+        assert_eq!(s.fire(14), vec![emit(3, 0, 5, 0)]);
+        assert!(s.expire(14).is_empty()); // open until 14 + 50
+        assert!(s.add(3, 2, 20)); // inside, after the end: re-fires at the end of the batch
+        assert!(s.add(3, 9, 20));
+        assert_eq!(s.take_dirty(), vec![emit(3, 0, 9, 2)]);
+        assert!(s.add(3, 17, 20)); // extends the session past the watermark: fires at 26
+        assert_eq!(s.fire(25), vec![]);
+        assert_eq!(s.fire(26), vec![emit(3, 0, 17, 3)]);
+        assert!(s.add(3, -5, 30)); // starts earlier: a new row, revision 0
+        assert_eq!(s.take_dirty(), vec![emit(3, -5, 17, 0)]);
+        assert_eq!(s.next_due(), 26 + 50);
+        assert_eq!(s.expire(76), vec![(3, -5, 17)]);
+        // Late only when even the lateness has passed.
+        assert!(s.add(4, 0, 58));
+        assert!(!s.add(5, 0, 59));
     }
 }
