@@ -201,14 +201,14 @@ pub fn suite(
     threads: usize,
     mut on_case: impl FnMut(&Case),
 ) -> Result<Vec<Case>> {
+    let events_for = |backend: BackendKind| match backend {
+        BackendKind::Reference => events.min(reference_events),
+        _ => events,
+    };
     let mut cases = Vec::new();
     for &k in keys {
         for backend in backends {
-            let n = if *backend == BackendKind::Reference {
-                events.min(reference_events)
-            } else {
-                events
-            };
+            let n = events_for(*backend);
             let batches = input(&job(60_000, 60_000, n, k), 64 * 1024)?;
             let kernels = match backend {
                 BackendKind::Gpu => Some(gpu_kernels(k, n)?),
@@ -219,20 +219,7 @@ pub fn suite(
                 .map(|&(name, size, slide)| (name, job(size, slide, n, k)))
                 .chain([("cumulate(15m,1m)", cumulate_job(n, k))]);
             for (name, job) in windows {
-                let (seconds, rows_out) = run(&job, &batches, *backend, threads)?;
-                let case = Case {
-                    window: name.into(),
-                    keys: k,
-                    backend: backend.to_string(),
-                    events: n,
-                    threads,
-                    seconds,
-                    events_per_sec: n as f64 / seconds.max(1e-9),
-                    rows_out,
-                    kernel_events_per_sec: kernels.as_ref().map(|k| k.0),
-                    kernel_timer: kernels.as_ref().map(|k| k.1.clone()),
-                    adapter: kernels.as_ref().map(|k| k.2.clone()),
-                };
+                let case = measure(name, &job, &batches, *backend, threads, kernels.clone())?;
                 on_case(&case);
                 cases.push(case);
             }
@@ -240,32 +227,44 @@ pub fn suite(
     }
     for (name, text) in WORKLOADS {
         for backend in backends.iter().filter(|b| **b != BackendKind::Gpu) {
-            let n = if *backend == BackendKind::Reference {
-                events.min(reference_events)
-            } else {
-                events
-            };
-            let job = workload(name, text, n)?;
+            let job = workload(name, text, events_for(*backend))?;
             let batches = input(&job, 64 * 1024)?;
-            let (seconds, rows_out) = run(&job, &batches, *backend, threads)?;
-            let case = Case {
-                window: name.into(),
-                keys: generator_keys(&job),
-                backend: backend.to_string(),
-                events: n,
-                threads,
-                seconds,
-                events_per_sec: n as f64 / seconds.max(1e-9),
-                rows_out,
-                kernel_events_per_sec: None,
-                kernel_timer: None,
-                adapter: None,
-            };
+            let case = measure(name, &job, &batches, *backend, threads, None)?;
             on_case(&case);
             cases.push(case);
         }
     }
     Ok(cases)
+}
+
+/// Runs one case and describes it; `kernels` are the GPU's kernel-only figures.
+fn measure(
+    name: &str,
+    job: &Job,
+    batches: &[RecordBatch],
+    backend: BackendKind,
+    threads: usize,
+    kernels: Option<(f64, String, String)>,
+) -> Result<Case> {
+    let (seconds, rows_out) = run(job, batches, backend, threads)?;
+    let events = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+    let (kernel_events_per_sec, kernel_timer, adapter) = match kernels {
+        Some((rate, timer, adapter)) => (Some(rate), Some(timer), Some(adapter)),
+        None => (None, None, None),
+    };
+    Ok(Case {
+        window: name.into(),
+        keys: generator_keys(job),
+        backend: backend.to_string(),
+        events,
+        threads,
+        seconds,
+        events_per_sec: events as f64 / seconds.max(1e-9),
+        rows_out,
+        kernel_events_per_sec,
+        kernel_timer,
+        adapter,
+    })
 }
 
 fn generator_keys(job: &Job) -> u64 {
