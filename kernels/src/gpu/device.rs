@@ -35,8 +35,12 @@ pub struct Params {
 /// The kernels, by entry point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    SortInit,
-    SortStep,
+    RadixInit,
+    RadixCount,
+    ScanBlocks,
+    ScanSums,
+    ScanAdd,
+    RadixScatter,
     Fold,
     Fill,
     Merge,
@@ -45,9 +49,13 @@ pub enum Kernel {
     EmitScatter,
 }
 
-const KERNELS: [Kernel; 8] = [
-    Kernel::SortInit,
-    Kernel::SortStep,
+const KERNELS: [Kernel; 12] = [
+    Kernel::RadixInit,
+    Kernel::RadixCount,
+    Kernel::ScanBlocks,
+    Kernel::ScanSums,
+    Kernel::ScanAdd,
+    Kernel::RadixScatter,
     Kernel::Fold,
     Kernel::Fill,
     Kernel::Merge,
@@ -81,9 +89,14 @@ impl Kernel {
         const UPDATE: &[bool] = &[true, true, true, true, true, true, false];
         const COMBINE: &[bool] = &[false, true, true];
         const EMIT: &[bool] = &[true, true, false, false, false];
+        const SORT: &[bool] = &[true, false, false, false, true];
         match self {
-            Kernel::SortInit => ("sort.wgsl", "sort_init", &[false, true]),
-            Kernel::SortStep => ("sort.wgsl", "sort_step", &[false, true]),
+            Kernel::RadixInit => ("sort.wgsl", "radix_init", SORT),
+            Kernel::RadixCount => ("sort.wgsl", "radix_count", SORT),
+            Kernel::ScanBlocks => ("sort.wgsl", "scan_blocks", SORT),
+            Kernel::ScanSums => ("sort.wgsl", "scan_sums", SORT),
+            Kernel::ScanAdd => ("sort.wgsl", "scan_add", SORT),
+            Kernel::RadixScatter => ("sort.wgsl", "radix_scatter", SORT),
             Kernel::Fold => ("update.wgsl", "fold", UPDATE),
             Kernel::Fill => ("combine.wgsl", "fill", COMBINE),
             Kernel::Merge => ("combine.wgsl", "merge", COMBINE),

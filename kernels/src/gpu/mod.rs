@@ -34,7 +34,7 @@ pub struct GpuOptions {
     /// Optional features to ask for when the adapter has them (only `TIMESTAMP_QUERY` is
     /// used, by `panes bench`). `Features::empty()` runs the baseline path.
     pub features: wgpu::Features,
-    /// Most events sorted and folded in one pass (rounded down to a power of two).
+    /// Most events sorted and folded in one pass.
     pub max_batch_events: usize,
     /// Largest storage binding to use (the device's limit when smaller).
     pub max_binding_bytes: u64,
@@ -194,7 +194,12 @@ struct Batch {
     ts: wgpu::Buffer,
     vals: wgpu::Buffer,
     valid: wgpu::Buffer,
-    sorted: wgpu::Buffer,
+    /// The radix sort's (key, arrival) pairs, ping and pong, its histogram and block sums.
+    pairs: [wgpu::Buffer; 2],
+    hist: wgpu::Buffer,
+    sums: wgpu::Buffer,
+    /// The largest key id: how many 8-bit digits the sort needs.
+    max_key: u32,
 }
 
 /// The GPU backend. See the module documentation.
@@ -359,7 +364,7 @@ impl GpuBackend {
             self.open_pane(p, commands);
         }
         let gpu = &self.gpu;
-        let m = n.next_power_of_two();
+        let tiles = (n as u64).div_ceil(device::WORKGROUP as u64);
         let s = &mut self.scratch;
         let keys = s.get(gpu, "keys", n as u64 * 4);
         let panes_buf = s.get(gpu, "panes", n as u64 * 4);
@@ -371,7 +376,12 @@ impl GpuBackend {
         let n_inputs = self.layout.inputs.len() as u64;
         let vals = s.get(gpu, "values", n as u64 * 8 * n_inputs);
         let valid = s.get(gpu, "validity", n as u64 * 4 * n_inputs);
-        let sorted = s.get(gpu, "sorted", m as u64 * 8);
+        let pairs = [
+            s.get(gpu, "pairs a", n as u64 * 8),
+            s.get(gpu, "pairs b", n as u64 * 8),
+        ];
+        let hist = s.get(gpu, "histogram", 256 * tiles * 4);
+        let sums = s.get(gpu, "block sums", tiles * 4);
         let q = &gpu.queue;
         q.write_buffer(&keys, 0, bytemuck::cast_slice(ev.keys));
         q.write_buffer(&panes_buf, 0, bytemuck::cast_slice(&pane_of));
@@ -408,7 +418,10 @@ impl GpuBackend {
             ts,
             vals,
             valid,
-            sorted,
+            pairs,
+            hist,
+            sums,
+            max_key,
         }
     }
 
@@ -424,36 +437,40 @@ impl GpuBackend {
             ref ts,
             ref vals,
             ref valid,
-            ref sorted,
+            ref pairs,
+            ref hist,
+            ref sums,
+            max_key,
         } = *b;
-        let m = n.next_power_of_two();
+        let max_groups = self.opts.max_groups;
+        let tiles = (n as u64).div_ceil(device::WORKGROUP as u64);
         let base = Params {
             n: n as u32,
-            m: m as u32,
+            m: (256 * tiles) as u32,
+            k: tiles as u32,
             ..self.params()
         };
-        let sort = gpu.bind(Kernel::SortInit, &[sorted, keys]);
-        let max_groups = self.opts.max_groups;
-        commands.dispatch(
-            Kernel::SortInit,
-            &sort,
-            gpu.groups(m as u64, max_groups),
-            base,
-        );
-        let mut k = 2;
-        while k <= m {
-            let mut j = k / 2;
-            while j > 0 {
-                let p = Params {
-                    j: j as u32,
-                    k: k as u32,
-                    ..base
-                };
-                commands.dispatch(Kernel::SortStep, &sort, gpu.groups(m as u64, max_groups), p);
-                j /= 2;
-            }
-            k *= 2;
+        // Bind groups reading one pair buffer and writing the other.
+        let [a, b] = pairs;
+        let ab = gpu.bind(Kernel::RadixCount, &[a, b, hist, sums, keys]);
+        let ba = gpu.bind(Kernel::RadixCount, &[b, a, hist, sums, keys]);
+        let over_pairs = gpu.groups(n as u64, max_groups);
+        let over_hist = gpu.groups(256 * tiles, max_groups);
+        commands.dispatch(Kernel::RadixInit, &ba, over_pairs, base);
+        let passes = (u32::BITS - max_key.leading_zeros()).div_ceil(8);
+        for pass in 0..passes {
+            let group = if pass % 2 == 0 { &ab } else { &ba };
+            let p = Params {
+                j: pass * 8,
+                ..base
+            };
+            commands.dispatch(Kernel::RadixCount, group, over_pairs, p);
+            commands.dispatch(Kernel::ScanBlocks, group, over_hist, p);
+            commands.dispatch(Kernel::ScanSums, group, (1, 1), p);
+            commands.dispatch(Kernel::ScanAdd, group, over_hist, p);
+            commands.dispatch(Kernel::RadixScatter, group, over_pairs, p);
         }
+        let sorted = &pairs[passes as usize % 2];
         for &p in panes {
             for (c, chunk) in self.panes[&p].chunks.iter().enumerate() {
                 let group = gpu.bind(
