@@ -89,7 +89,7 @@ impl Detector {
         }
         let spec = &self.spec;
         let state = self.keys.entry(key).or_insert_with(|| match spec.baseline {
-            Baseline::Rolling(n) => KeyBaseline::Rolling(VecDeque::with_capacity(n)),
+            Baseline::Rolling(_) => KeyBaseline::Rolling(VecDeque::new()),
             Baseline::Ewma(_) => KeyBaseline::Ewma {
                 n: 0,
                 mean: 0.0,

@@ -559,8 +559,10 @@ impl AnomalyConfig {
                 return Err(format!("anomaly.ewma = {a} must be in (0, 1]"));
             }
             (_, Some(a)) => Baseline::Ewma(a),
-            (Some(n), None) if n < 2 => {
-                return Err(format!("anomaly.baseline_windows = {n} must be at least 2"));
+            (Some(n), None) if !(2..=100_000).contains(&n) => {
+                return Err(format!(
+                    "anomaly.baseline_windows = {n} must be between 2 and 100000"
+                ));
             }
             (n, None) => Baseline::Rolling(n.unwrap_or(30)),
         };
