@@ -8,7 +8,7 @@ pub enum Error {
     #[error("no GPU adapter: {0}")]
     NoAdapter(String),
     /// The backend cannot compute an aggregate the job asks for.
-    #[error("the {backend} backend cannot compute {what} yet; use --backend cpu")]
+    #[error("the {backend} backend cannot compute {what} yet; the cpu backend can")]
     Unsupported {
         /// The backend.
         backend: &'static str,
