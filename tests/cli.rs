@@ -538,3 +538,37 @@ fn top_k_keeps_the_largest_rows_of_each_window_in_rank_order() {
     let out = fresh.run_job(&bad, &[]);
     fresh.assert_fails(&out, &["top_k.by", "viewz"]);
 }
+
+#[test]
+fn gen_writes_every_dataset_and_the_iot_ground_truth() {
+    let case = Case::new();
+    for dataset in ["clickstream", "iot", "nexmark", "transactions"] {
+        let out = case.path(&format!("{dataset}.parquet"));
+        let result = run(&[
+            "gen".as_ref(),
+            OsStr::new(dataset),
+            "--events".as_ref(),
+            "120000".as_ref(),
+            "--keys".as_ref(),
+            "100".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ]);
+        assert!(result.status.success(), "{dataset}: {}", stderr(&result));
+        assert_eq!(read_parquet(&out).num_rows(), 120_000, "{dataset}");
+    }
+    // 12 s of event time hold no whole minute past the first: the labels may be empty,
+    // but the file is there with its columns.
+    let labels = read_parquet(&case.path("iot.labels.parquet"));
+    let names: Vec<&str> = labels
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["sensor_id", "window_start", "window_end", "shift_sd"]
+    );
+    assert!(!case.path("clickstream.labels.parquet").exists());
+}
