@@ -51,6 +51,12 @@ pub struct Sessions {
     lateness: i64,
     /// Per key: open sessions, sorted, windows disjoint.
     open: HashMap<u32, Vec<Open>>,
+    idx: Indexes,
+}
+
+/// The open sessions of every key, by what is due.
+#[derive(Clone, Debug, Default)]
+struct Indexes {
     /// Sessions not emitted in their current form whose end the watermark has not
     /// reached: (end − 1, key, first).
     to_fire: BTreeSet<(i64, u32, i64)>,
@@ -62,6 +68,32 @@ pub struct Sessions {
     firsts: BTreeMap<i64, usize>,
 }
 
+impl Indexes {
+    /// Indexes an open session that ends (at `end − 1`) after the watermark `w` or not.
+    fn add(&mut self, key: u32, s: &Open, end: i64, w: i64) {
+        self.by_end.insert((end, key, s.first));
+        *self.firsts.entry(s.first).or_insert(0) += 1;
+        if end > w {
+            self.to_fire.insert((end, key, s.first));
+        } else {
+            self.dirty.insert((key, s.first));
+        }
+    }
+
+    /// Drops the indexes of a session (ending at `end − 1`) that merged or closed.
+    fn forget(&mut self, key: u32, s: &Open, end: i64) {
+        self.by_end.remove(&(end, key, s.first));
+        self.to_fire.remove(&(end, key, s.first));
+        self.dirty.remove(&(key, s.first));
+        match self.firsts.get_mut(&s.first) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                self.firsts.remove(&s.first);
+            }
+        }
+    }
+}
+
 impl Sessions {
     /// No sessions yet, for a gap of `gap` ms and an allowed lateness of `lateness` ms.
     pub fn new(gap: i64, lateness: i64) -> Sessions {
@@ -69,10 +101,7 @@ impl Sessions {
             gap,
             lateness,
             open: HashMap::new(),
-            to_fire: BTreeSet::new(),
-            dirty: BTreeSet::new(),
-            by_end: BTreeSet::new(),
-            firsts: BTreeMap::new(),
+            idx: Indexes::default(),
         }
     }
 
@@ -95,8 +124,7 @@ impl Sessions {
             n: 1,
             base: None,
         };
-        let old: Vec<Open> = list.drain(from..to).collect();
-        for s in &old {
+        for s in &list[from..to] {
             if s.first <= merged.first {
                 merged.base = s.base;
             }
@@ -104,39 +132,18 @@ impl Sessions {
             merged.last = merged.last.max(s.last);
             merged.n += s.n;
         }
-        list.insert(from, merged);
-        for s in old {
-            self.forget(key, s);
+        for s in list.splice(from..to, [merged]) {
+            self.idx.forget(key, &s, s.last + gap - 1);
         }
-        let end = merged.last + gap - 1;
-        self.by_end.insert((end, key, merged.first));
-        *self.firsts.entry(merged.first).or_insert(0) += 1;
-        if end > w {
-            self.to_fire.insert((end, key, merged.first));
-        } else {
-            self.dirty.insert((key, merged.first));
-        }
+        self.idx.add(key, &merged, merged.last + gap - 1, w);
         true
-    }
-
-    /// Drops the indexes of a session that merged or closed.
-    fn forget(&mut self, key: u32, s: Open) {
-        let end = s.last + self.gap - 1;
-        self.by_end.remove(&(end, key, s.first));
-        self.to_fire.remove(&(end, key, s.first));
-        self.dirty.remove(&(key, s.first));
-        match self.firsts.get_mut(&s.first) {
-            Some(n) if *n > 1 => *n -= 1,
-            _ => {
-                self.firsts.remove(&s.first);
-            }
-        }
     }
 
     /// The watermark at which the next session fires or closes (`i64::MAX` when none).
     pub fn next_due(&self) -> i64 {
-        let fire = self.to_fire.first().map_or(i64::MAX, |s| s.0);
+        let fire = self.idx.to_fire.first().map_or(i64::MAX, |s| s.0);
         let close = self
+            .idx
             .by_end
             .first()
             .map_or(i64::MAX, |s| s.0.saturating_add(self.lateness));
@@ -145,17 +152,17 @@ impl Sessions {
 
     /// The earliest first event time of an open session.
     pub fn oldest(&self) -> Option<i64> {
-        self.firsts.keys().next().copied()
+        self.idx.firsts.keys().next().copied()
     }
 
     /// The sessions that watermark `w` fires, in firing order.
     pub fn fire(&mut self, w: i64) -> Vec<Emit> {
         let mut due = Vec::new();
-        while let Some(&(end, key, first)) = self.to_fire.first() {
+        while let Some(&(end, key, first)) = self.idx.to_fire.first() {
             if end > w {
                 break;
             }
-            self.to_fire.pop_first();
+            self.idx.to_fire.pop_first();
             due.push((key, first));
         }
         due.into_iter().map(|(k, f)| self.emit(k, f)).collect()
@@ -163,7 +170,7 @@ impl Sessions {
 
     /// The sessions that changed after their end passed, by key and start.
     pub fn take_dirty(&mut self) -> Vec<Emit> {
-        let dirty = std::mem::take(&mut self.dirty);
+        let dirty = std::mem::take(&mut self.idx.dirty);
         dirty.into_iter().map(|(k, f)| self.emit(k, f)).collect()
     }
 
@@ -187,7 +194,7 @@ impl Sessions {
     /// Closes the sessions that watermark `w` expires; returns them as (key, first, last).
     pub fn expire(&mut self, w: i64) -> Vec<(u32, i64, i64)> {
         let mut closed = Vec::new();
-        while let Some(&(end, key, first)) = self.by_end.first() {
+        while let Some(&(end, key, first)) = self.idx.by_end.first() {
             if end.saturating_add(self.lateness) > w {
                 break;
             }
@@ -197,7 +204,7 @@ impl Sessions {
             if list.is_empty() {
                 self.open.remove(&key);
             }
-            self.forget(key, s);
+            self.idx.forget(key, &s, end);
             closed.push((key, s.first, s.last));
         }
         closed
