@@ -18,7 +18,8 @@
 //!   reaches its new end. Rows are named by (key, `window_start`); a row's revision is the
 //!   number of events the session gained after its first row with that start.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
 /// A session to emit: its key, first and last event times, and revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +43,15 @@ struct Open {
     n: i64,
     /// Events it had when its first row with this start was emitted.
     base: Option<i64>,
+    /// Its current form waits for the watermark to reach its end, to be emitted.
+    pending: bool,
 }
+
+/// A min-heap of (end − 1, key, first) entries, one per session, set when the session
+/// starts (or, for firing, becomes pending). Nothing is pushed when a session only grows:
+/// when its entry comes up, an entry for a session that has since ended later is pushed
+/// again at the new end, and one for a session that merged away or closed is dropped.
+type Timers = BinaryHeap<Reverse<(i64, u32, i64)>>;
 
 /// The open sessions of every key.
 #[derive(Clone, Debug)]
@@ -51,47 +60,14 @@ pub struct Sessions {
     lateness: i64,
     /// Per key: open sessions, sorted, windows disjoint.
     open: HashMap<u32, Vec<Open>>,
-    idx: Indexes,
-}
-
-/// The open sessions of every key, by what is due.
-#[derive(Clone, Debug, Default)]
-struct Indexes {
-    /// Sessions not emitted in their current form whose end the watermark has not
-    /// reached: (end − 1, key, first).
-    to_fire: BTreeSet<(i64, u32, i64)>,
+    /// When pending sessions fire.
+    to_fire: Timers,
+    /// When sessions close.
+    to_close: Timers,
     /// Sessions that changed after their end passed: to emit at once.
     dirty: BTreeSet<(u32, i64)>,
-    /// Every open session by end: (end − 1, key, first).
-    by_end: BTreeSet<(i64, u32, i64)>,
     /// How many open sessions start at each time (for the oldest pane still needed).
     firsts: BTreeMap<i64, usize>,
-}
-
-impl Indexes {
-    /// Indexes an open session that ends (at `end − 1`) after the watermark `w` or not.
-    fn add(&mut self, key: u32, s: &Open, end: i64, w: i64) {
-        self.by_end.insert((end, key, s.first));
-        *self.firsts.entry(s.first).or_insert(0) += 1;
-        if end > w {
-            self.to_fire.insert((end, key, s.first));
-        } else {
-            self.dirty.insert((key, s.first));
-        }
-    }
-
-    /// Drops the indexes of a session (ending at `end − 1`) that merged or closed.
-    fn forget(&mut self, key: u32, s: &Open, end: i64) {
-        self.by_end.remove(&(end, key, s.first));
-        self.to_fire.remove(&(end, key, s.first));
-        self.dirty.remove(&(key, s.first));
-        match self.firsts.get_mut(&s.first) {
-            Some(n) if *n > 1 => *n -= 1,
-            _ => {
-                self.firsts.remove(&s.first);
-            }
-        }
-    }
 }
 
 impl Sessions {
@@ -101,7 +77,10 @@ impl Sessions {
             gap,
             lateness,
             open: HashMap::new(),
-            idx: Indexes::default(),
+            to_fire: Timers::new(),
+            to_close: Timers::new(),
+            dirty: BTreeSet::new(),
+            firsts: BTreeMap::new(),
         }
     }
 
@@ -123,54 +102,123 @@ impl Sessions {
             last: t,
             n: 1,
             base: None,
+            pending: false,
         };
+        // Whether the session whose start the merged one keeps (if one does) was pending.
+        let mut kept = None;
         for s in &list[from..to] {
             if s.first <= merged.first {
                 merged.base = s.base;
+                kept = Some(s.pending);
             }
             merged.first = merged.first.min(s.first);
             merged.last = merged.last.max(s.last);
             merged.n += s.n;
         }
+        let end = merged.last + gap - 1;
+        let (same_start, was_pending) = (kept.is_some(), kept == Some(true));
+        merged.pending = end > w;
         for s in list.splice(from..to, [merged]) {
-            self.idx.forget(key, &s, s.last + gap - 1);
+            self.dirty.remove(&(key, s.first));
+            if !(same_start && s.first == merged.first) {
+                release(&mut self.firsts, s.first);
+            }
         }
-        self.idx.add(key, &merged, merged.last + gap - 1, w);
+        if !same_start {
+            *self.firsts.entry(merged.first).or_insert(0) += 1;
+        }
+        if !same_start {
+            self.to_close.push(Reverse((end, key, merged.first)));
+        }
+        if merged.pending {
+            if !(same_start && was_pending) {
+                self.to_fire.push(Reverse((end, key, merged.first)));
+            }
+        } else {
+            self.dirty.insert((key, merged.first));
+        }
         true
     }
 
+    /// The open session of `key` that starts at `first`.
+    fn current(&mut self, key: u32, first: i64) -> Option<&mut Open> {
+        let list = self.open.get_mut(&key)?;
+        let i = list.partition_point(|s| s.first < first);
+        list.get_mut(i).filter(|s| s.first == first)
+    }
+
+    /// Brings the top of the firing (or closing) timers up to date: drops entries of
+    /// sessions that are gone (or, for firing, no longer pending) and moves entries of
+    /// sessions that now end later to their new end.
+    fn clean(&mut self, firing: bool) {
+        let gap = self.gap;
+        loop {
+            let timers = if firing {
+                &self.to_fire
+            } else {
+                &self.to_close
+            };
+            let Some(&Reverse((end, key, first))) = timers.peek() else {
+                return;
+            };
+            let now = self
+                .current(key, first)
+                .filter(|s| s.pending || !firing)
+                .map(|s| s.last + gap - 1);
+            if now == Some(end) {
+                return;
+            }
+            let timers = if firing {
+                &mut self.to_fire
+            } else {
+                &mut self.to_close
+            };
+            timers.pop();
+            if let Some(later) = now {
+                timers.push(Reverse((later, key, first)));
+            }
+        }
+    }
+
     /// The watermark at which the next session fires or closes (`i64::MAX` when none).
-    pub fn next_due(&self) -> i64 {
-        let fire = self.idx.to_fire.first().map_or(i64::MAX, |s| s.0);
+    pub fn next_due(&mut self) -> i64 {
+        self.clean(true);
+        self.clean(false);
+        let fire = self.to_fire.peek().map_or(i64::MAX, |s| s.0.0);
         let close = self
-            .idx
-            .by_end
-            .first()
-            .map_or(i64::MAX, |s| s.0.saturating_add(self.lateness));
+            .to_close
+            .peek()
+            .map_or(i64::MAX, |s| s.0.0.saturating_add(self.lateness));
         fire.min(close)
     }
 
     /// The earliest first event time of an open session.
     pub fn oldest(&self) -> Option<i64> {
-        self.idx.firsts.keys().next().copied()
+        self.firsts.keys().next().copied()
     }
 
     /// The sessions that watermark `w` fires, in firing order.
     pub fn fire(&mut self, w: i64) -> Vec<Emit> {
         let mut due = Vec::new();
-        while let Some(&(end, key, first)) = self.idx.to_fire.first() {
-            if end > w {
-                break;
+        loop {
+            self.clean(true);
+            match self.to_fire.peek() {
+                Some(&Reverse((end, key, first))) if end <= w => {
+                    self.to_fire.pop();
+                    if let Some(s) = self.current(key, first) {
+                        s.pending = false;
+                    }
+                    due.push((key, first));
+                }
+                _ => break,
             }
-            self.idx.to_fire.pop_first();
-            due.push((key, first));
         }
         due.into_iter().map(|(k, f)| self.emit(k, f)).collect()
     }
 
     /// The sessions that changed after their end passed, by key and start.
     pub fn take_dirty(&mut self) -> Vec<Emit> {
-        let dirty = std::mem::take(&mut self.idx.dirty);
+        let dirty = std::mem::take(&mut self.dirty);
         dirty.into_iter().map(|(k, f)| self.emit(k, f)).collect()
     }
 
@@ -194,20 +242,36 @@ impl Sessions {
     /// Closes the sessions that watermark `w` expires; returns them as (key, first, last).
     pub fn expire(&mut self, w: i64) -> Vec<(u32, i64, i64)> {
         let mut closed = Vec::new();
-        while let Some(&(end, key, first)) = self.idx.by_end.first() {
+        loop {
+            self.clean(false);
+            let Some(&Reverse((end, key, first))) = self.to_close.peek() else {
+                break;
+            };
             if end.saturating_add(self.lateness) > w {
                 break;
             }
-            let list = self.open.get_mut(&key).expect("an indexed session is open");
+            self.to_close.pop();
+            let list = self.open.get_mut(&key).expect("a timer's session is open");
             let i = list.partition_point(|s| s.first < first);
             let s = list.remove(i);
             if list.is_empty() {
                 self.open.remove(&key);
             }
-            self.idx.forget(key, &s, end);
+            self.dirty.remove(&(key, first));
+            release(&mut self.firsts, first);
             closed.push((key, s.first, s.last));
         }
         closed
+    }
+}
+
+/// Takes one session starting at `first` out of the count.
+fn release(firsts: &mut BTreeMap<i64, usize>, first: i64) {
+    match firsts.get_mut(&first) {
+        Some(n) if *n > 1 => *n -= 1,
+        _ => {
+            firsts.remove(&first);
+        }
     }
 }
 
