@@ -465,6 +465,10 @@ struct Part {
     /// The local keys with rows, as of version `present_at`.
     present: Vec<u32>,
     present_at: Option<u64>,
+    /// No local key below this one holds data (`usize::MAX`: none does). Key spaces that
+    /// keep growing (new auctions, new sessions) use only their newest ids, so scans of
+    /// the rows start here.
+    lo: usize,
 }
 
 impl Part {
@@ -474,6 +478,7 @@ impl Part {
             version: 0,
             present: Vec::new(),
             present_at: None,
+            lo: usize::MAX,
         }
     }
 
@@ -495,8 +500,10 @@ impl Part {
                 _ => unreachable!("bug in panes: state column 0 is not the row count"),
             };
             self.present.clear();
-            self.present
-                .extend((0..rows.len() as u32).filter(|&i| rows[i as usize] > 0));
+            self.present.extend(
+                (self.lo.min(rows.len()) as u32..rows.len() as u32)
+                    .filter(|&i| rows[i as usize] > 0),
+            );
             self.present_at = Some(self.version);
         }
     }
@@ -531,6 +538,7 @@ impl Part {
     /// Empties the state and sizes it for `n` keys, keeping the memory it has.
     fn reset(&mut self, layout: &[StateCol], n: usize) {
         self.version += 1;
+        self.lo = usize::MAX;
         for (a, &col) in self.accs.iter_mut().zip(layout) {
             if let StateCol::NonNull(_) = col {
                 *a = Acc::SameAsRows;
@@ -717,7 +725,8 @@ impl CpuBackend {
     }
 
     /// Updates one pane with the selected rows.
-    fn update_pane(&mut self, pane: i64, ev: &Events<'_>, sel: Sel<'_>, max_key: u32) {
+    fn update_pane(&mut self, pane: i64, ev: &Events<'_>, sel: Sel<'_>, keys: (u32, u32)) {
+        let (min_key, max_key) = keys;
         let (shift, parts) = (self.shift, self.parts());
         let layout = &self.layout;
         // A new pane is sized for the keys the newest pane has: they will mostly come again,
@@ -745,6 +754,7 @@ impl CpuBackend {
         }
         let update = |part: &mut Part, sel: Sel<'_>| {
             part.version += 1;
+            part.lo = part.lo.min((min_key >> shift) as usize);
             // A null in a column makes its non-null count diverge from the row count.
             part.materialize(
                 |i| matches!(layout[i], StateCol::NonNull(c) if ev.columns[c].valid.is_some()),
@@ -846,13 +856,16 @@ impl Backend for CpuBackend {
         let Some(&first) = ev.panes.first() else {
             return Ok(());
         };
-        let max_key = ev.keys.iter().copied().max().unwrap_or(0);
+        let keys = ev
+            .keys
+            .iter()
+            .fold((u32::MAX, 0), |(lo, hi), &k| (lo.min(k), hi.max(k)));
         if ev.panes.iter().all(|&p| p == first) {
-            self.update_pane(first, ev, Sel::All(ev.len()), max_key);
+            self.update_pane(first, ev, Sel::All(ev.len()), keys);
             return Ok(());
         }
         for (pane, rows) in group_by_pane(ev.panes) {
-            self.update_pane(pane, ev, Sel::Rows(&rows), max_key);
+            self.update_pane(pane, ev, Sel::Rows(&rows), keys);
         }
         Ok(())
     }
@@ -890,6 +903,7 @@ impl Backend for CpuBackend {
                     acc.grow(window.iter().map(|w| w[p].len()).max().unwrap_or(0));
                     for pane in &window {
                         let src = &pane[p];
+                        acc.lo = acc.lo.min(src.lo);
                         if src.present.len() * SPARSE_RATIO < src.len() {
                             acc.merge_present(src);
                         } else {
@@ -899,7 +913,7 @@ impl Backend for CpuBackend {
                 });
                 let mut order: Vec<(u32, usize, usize)> = Vec::new();
                 for (p, acc) in combined.iter().enumerate() {
-                    for (i, &n) in acc.rows().iter().enumerate() {
+                    for (i, &n) in acc.rows().iter().enumerate().skip(acc.lo) {
                         if n > 0 {
                             order.push((((i as u32) << shift) | p as u32, p, i));
                         }
@@ -929,6 +943,7 @@ impl Backend for CpuBackend {
                         .iter_mut()
                         .for_each(|acc| acc.reset(layout, acc.len()));
                 }
+                combined.iter_mut().for_each(|acc| acc.lo = usize::MAX);
             }
             Keys::Only(only) => {
                 let mask = (parts - 1) as u32;
