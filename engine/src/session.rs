@@ -225,11 +225,7 @@ impl Sessions {
     /// An emission of session (`key`, `first`); its first row with this start sets the
     /// base of later revisions.
     fn emit(&mut self, key: u32, first: i64) -> Emit {
-        let s = self
-            .open
-            .get_mut(&key)
-            .and_then(|l| l.iter_mut().find(|s| s.first == first))
-            .expect("an indexed session is open");
+        let s = self.current(key, first).expect("a session to emit is open");
         let base = *s.base.get_or_insert(s.n);
         Emit {
             key,
