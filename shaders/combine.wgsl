@@ -1,5 +1,5 @@
-// Combine: `fill` puts a chunk of key rows in the empty state (new panes, and a window's
-// accumulator); `merge` folds one pane's rows into the accumulator, one invocation per key.
+// Combine: `fill` puts `key_count` key rows from row `key_base` of a chunk in the empty
+// state (new panes, a window's accumulator, a session's key when it closes); `merge` folds one pane's rows into the accumulator, one invocation per key.
 // The engine merges a window's panes in pane order with the same rules as the CPU backend.
 
 @group(1) @binding(0) var<storage, read_write> state: array<u32>;
@@ -50,7 +50,7 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (i >= params.key_count) {
         return;
     }
-    let row = i * params.stride;
+    let row = (params.key_base + i) * params.stride;
     for (var o = 0u; o < params.n_ops; o++) {
         let op = ops[o];
         for (var w = 0u; w < op_words(op.x); w += 2u) {

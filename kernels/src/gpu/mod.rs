@@ -266,17 +266,18 @@ impl GpuBackend {
         }
     }
 
-    /// Records a fill of `buffer` (holding `keys` rows) with the empty state.
-    fn fill(&self, commands: &mut Commands, buffer: &wgpu::Buffer, keys: u32) {
+    /// Records a fill of rows `rows` of `buffer` with the empty state.
+    fn fill(&self, commands: &mut Commands, buffer: &wgpu::Buffer, rows: Range<u32>) {
         // `fill` does not read the pane binding: the ops stand in for it.
         let group = self.gpu.bind(Kernel::Fill, &[buffer, &self.ops, &self.ops]);
-        let groups = self.gpu.groups(keys as u64, self.opts.max_groups);
+        let groups = self.gpu.groups(rows.len() as u64, self.opts.max_groups);
         commands.dispatch(
             Kernel::Fill,
             &group,
             groups,
             Params {
-                key_count: keys,
+                key_base: rows.start,
+                key_count: rows.len() as u32,
                 ..self.params()
             },
         );
@@ -287,7 +288,7 @@ impl GpuBackend {
         let b = self
             .gpu
             .storage("pane state", keys as u64 * self.layout.stride as u64 * 4);
-        self.fill(commands, &b, keys);
+        self.fill(commands, &b, 0..keys);
         b
     }
 
@@ -543,7 +544,7 @@ impl GpuBackend {
                 key_count: len,
                 ..self.params()
             };
-            self.fill(&mut commands, &acc, len);
+            self.fill(&mut commands, &acc, 0..len);
             for p in &present {
                 let group = gpu.bind(Kernel::Merge, &[&acc, &self.panes[p].chunks[c], &self.ops]);
                 let g = gpu.groups(len as u64, self.opts.max_groups);
@@ -696,31 +697,12 @@ impl Backend for GpuBackend {
         if key >= self.capacity {
             return Ok(());
         }
-        // The empty row, as `fill` in combine.wgsl writes it.
-        let mut row = vec![0u32; self.layout.stride as usize];
-        for op in &self.layout.ops {
-            let at = op[2] as usize + 2;
-            let identity: u64 = match op[0] {
-                OP_MIN_F => f64::NAN.to_bits(),
-                OP_MAX_F => f64::NEG_INFINITY.to_bits(),
-                OP_MIN_I | OP_FIRST => i64::MAX as u64,
-                OP_MAX_I | OP_LAST => i64::MIN as u64,
-                _ => 0,
-            };
-            if at < (op[2] + op_words(op[0])) as usize {
-                row[at] = identity as u32;
-                row[at + 1] = (identity >> 32) as u32;
-            }
-        }
         let (c, i) = (key / self.chunk_keys, key % self.chunk_keys);
-        let offset = i as u64 * self.layout.stride as u64 * 4;
+        let mut commands = Commands::default();
         for state in self.panes.range(panes).map(|(_, s)| s) {
-            let chunk = &state.chunks[c as usize];
-            self.gpu
-                .queue
-                .write_buffer(chunk, offset, bytemuck::cast_slice(&row));
+            self.fill(&mut commands, &state.chunks[c as usize], i..i + 1);
         }
-        self.gpu.check("clearing a key")
+        self.gpu.run("clearing a key", commands, None, false)
     }
 
     fn state_bytes(&self) -> usize {
