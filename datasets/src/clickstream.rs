@@ -172,14 +172,10 @@ mod tests {
     fn one_batch(events: u64, edit: impl FnOnce(&mut GenConfig)) -> RecordBatch {
         let mut cfg = GenConfig {
             events,
-            batch_rows: events as usize,
             ..GenConfig::default()
         };
         edit(&mut cfg);
-        ClickstreamGen::new(&cfg)
-            .expect("valid")
-            .next()
-            .expect("one batch")
+        crate::one_batch(crate::Dataset::Clickstream, &cfg)
     }
 
     fn ints<'a>(b: &'a RecordBatch, name: &str) -> &'a [i64] {

@@ -259,11 +259,10 @@ mod tests {
     fn values_are_plausible() {
         let mut cfg = GenConfig {
             events: 50_000,
-            batch_rows: 50_000,
             ..GenConfig::default()
         };
         (cfg.keys, cfg.null_share) = (10, 0.1);
-        let b = IotGen::new(&cfg).expect("valid").next().expect("one batch");
+        let b = crate::one_batch(crate::Dataset::Iot, &cfg);
         let floats = |i: usize| b.column(i).as_primitive::<Float64Type>();
         let ts = b
             .column(0)
@@ -290,11 +289,10 @@ mod tests {
     fn sensors_report_at_fixed_rates_and_reconnect_in_bursts() {
         let cfg = GenConfig {
             events: 3_000_000,
-            batch_rows: 3_000_000,
             keys: 100,
             ..GenConfig::default()
         };
-        let b = IotGen::new(&cfg).expect("valid").next().expect("a batch");
+        let b = crate::one_batch(crate::Dataset::Iot, &cfg);
         let ts = b
             .column(0)
             .as_primitive::<arrow::datatypes::TimestampMillisecondType>();

@@ -243,6 +243,19 @@ pub fn generate(
     })
 }
 
+/// All `cfg.events` rows of `dataset` as one batch, for tests.
+#[cfg(test)]
+pub(crate) fn one_batch(dataset: Dataset, cfg: &GenConfig) -> RecordBatch {
+    let cfg = GenConfig {
+        batch_rows: cfg.events as usize,
+        ..cfg.clone()
+    };
+    generate(dataset, &cfg)
+        .expect("a valid test config")
+        .next()
+        .expect("one batch")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

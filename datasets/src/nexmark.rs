@@ -172,14 +172,10 @@ mod tests {
     fn proportions_hot_auctions_and_prices() {
         let cfg = GenConfig {
             events: 100_000,
-            batch_rows: 100_000,
             keys: 1_000,
             ..GenConfig::default()
         };
-        let b = NexmarkGen::new(&cfg)
-            .expect("valid")
-            .next()
-            .expect("a batch");
+        let b = crate::one_batch(crate::Dataset::Nexmark, &cfg);
         let kinds = b.column(1).as_string::<i32>();
         let count = |k: &str| kinds.iter().filter(|x| *x == Some(k)).count();
         assert_eq!(

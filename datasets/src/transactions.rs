@@ -151,14 +151,10 @@ mod tests {
     fn bursts_are_fast_small_and_labelled() {
         let cfg = GenConfig {
             events: 500_000,
-            batch_rows: 500_000,
             keys: 100_000,
             ..GenConfig::default()
         };
-        let b = TransactionsGen::new(&cfg)
-            .expect("valid")
-            .next()
-            .expect("a batch");
+        let b = crate::one_batch(crate::Dataset::Transactions, &cfg);
         let ts = b
             .column(0)
             .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
