@@ -68,23 +68,8 @@ fn merge_op(kind: u32, a: u32) {
         case OP_SUM_I: {
             store2(v, u64_add(load2(v), pane2(v)));
         }
-        case OP_MIN_F: {
-            if (f64_less(pane2(v), load2(v))) {
-                store2(v, pane2(v));
-            }
-        }
-        case OP_MAX_F: {
-            if (f64_less(load2(v), pane2(v))) {
-                store2(v, pane2(v));
-            }
-        }
-        case OP_MIN_I: {
-            if (i64_less(pane2(v), load2(v))) {
-                store2(v, pane2(v));
-            }
-        }
-        case OP_MAX_I: {
-            if (i64_less(load2(v), pane2(v))) {
+        case OP_MIN_F, OP_MAX_F, OP_MIN_I, OP_MAX_I: {
+            if (extreme_replaces(kind, pane2(v), load2(v))) {
                 store2(v, pane2(v));
             }
         }

@@ -68,3 +68,13 @@ fn f64_order(a: vec2<u32>) -> vec2<u32> {
 fn f64_less(a: vec2<u32>, b: vec2<u32>) -> bool {
     return u64_lt(f64_order(a), f64_order(b));
 }
+
+// Whether `x` replaces `cur` as the min (OP_MIN_*) or max (OP_MAX_*) of its domain.
+fn extreme_replaces(kind: u32, x: vec2<u32>, cur: vec2<u32>) -> bool {
+    switch kind {
+        case OP_MIN_F: { return f64_less(x, cur); }
+        case OP_MAX_F: { return f64_less(cur, x); }
+        case OP_MIN_I: { return i64_less(x, cur); }
+        default: { return i64_less(cur, x); }
+    }
+}

@@ -50,23 +50,8 @@ fn fold_event(row: u32, e: u32) {
             case OP_SUM_I: {
                 store2(v, u64_add(load2(v), x));
             }
-            case OP_MIN_F: {
-                if (f64_less(x, load2(v))) {
-                    store2(v, x);
-                }
-            }
-            case OP_MAX_F: {
-                if (f64_less(load2(v), x)) {
-                    store2(v, x);
-                }
-            }
-            case OP_MIN_I: {
-                if (i64_less(x, load2(v))) {
-                    store2(v, x);
-                }
-            }
-            case OP_MAX_I: {
-                if (i64_less(load2(v), x)) {
+            case OP_MIN_F, OP_MAX_F, OP_MIN_I, OP_MAX_I: {
+                if (extreme_replaces(op.x, x, load2(v))) {
                     store2(v, x);
                 }
             }
