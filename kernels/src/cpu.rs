@@ -13,7 +13,12 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::agg::{self, AggFn, AggSpec, Distinct, Domain, Moments, OutType, Value};
+use arrow::array::{ArrayRef, BinaryArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int64Type, UInt32Type, UInt64Type};
+
+use crate::error::Error;
 use crate::events::{Events, OutColumn, Values, WindowRows};
+use crate::state;
 use crate::{Backend, Keys};
 
 /// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
@@ -637,6 +642,153 @@ fn typed_valid<T>(t: &Typed<T>, i: usize, n: u64) -> bool {
     }
 }
 
+/// One state column of a pane, gathered at its keys with rows (for a state batch).
+enum Gather {
+    Count(Vec<u64>),
+    Int(Vec<i64>, Vec<i64>),
+    Float(Vec<f64>, Vec<i64>),
+    Triple([Vec<f64>; 3]),
+    Distinct(Vec<Vec<u8>>),
+}
+
+impl Gather {
+    fn new(col: StateCol) -> Gather {
+        match col {
+            StateCol::Rows | StateCol::NonNull(_) => Gather::Count(Vec::new()),
+            StateCol::Typed(_, _, Domain::I64) => Gather::Int(Vec::new(), Vec::new()),
+            StateCol::Typed(_, _, Domain::F64) => Gather::Float(Vec::new(), Vec::new()),
+            StateCol::FloatStats(_) | StateCol::Moments(_) => Gather::Triple(Default::default()),
+            StateCol::Distinct(_) => Gather::Distinct(Vec::new()),
+        }
+    }
+
+    /// Appends state column `j` of local key `i`.
+    fn push(&mut self, part: &Part, j: usize, i: usize) {
+        match (self, &part.accs[j]) {
+            (Gather::Count(v), _) => v.push(part.count(j, i)),
+            (Gather::Int(v, ts), Acc::Int(t)) => {
+                v.push(t.v[i]);
+                ts.extend(t.ts.get(i));
+            }
+            (Gather::Float(v, ts), Acc::Float(t)) => {
+                v.push(t.v[i]);
+                ts.extend(t.ts.get(i));
+            }
+            (Gather::Triple(s), Acc::Stats(x)) => {
+                s.iter_mut().zip(x[i]).for_each(|(s, x)| s.push(x))
+            }
+            (Gather::Triple(s), Acc::Moments(m)) => {
+                let m = m[i];
+                s.iter_mut()
+                    .zip([m.n, m.mean, m.m2])
+                    .for_each(|(s, x)| s.push(x));
+            }
+            (Gather::Distinct(d), Acc::Distinct(x)) => d.push(x[i].to_bytes()),
+            (_, a) => unreachable!("bug in panes: state column {j} is {a:?}"),
+        }
+    }
+
+    /// The named columns of state column `j`: `c{j}`, with `c{j}_ts` for first/last, or
+    /// `c{j}_0` to `c{j}_2` for `[sum, min, max]` and moments `[n, mean, m2]`.
+    fn columns(self, j: usize, out: &mut Vec<(String, ArrayRef)>) {
+        let name = |suffix: &str| format!("c{j}{suffix}");
+        match self {
+            Gather::Count(v) => out.push((name(""), state::array::<UInt64Type>(v))),
+            Gather::Int(v, ts) => {
+                out.push((name(""), state::array::<Int64Type>(v)));
+                if !ts.is_empty() {
+                    out.push((name("_ts"), state::array::<Int64Type>(ts)));
+                }
+            }
+            Gather::Float(v, ts) => {
+                out.push((name(""), state::array::<Float64Type>(v)));
+                if !ts.is_empty() {
+                    out.push((name("_ts"), state::array::<Int64Type>(ts)));
+                }
+            }
+            Gather::Triple(t) => {
+                for (k, v) in t.into_iter().enumerate() {
+                    out.push((name(&format!("_{k}")), state::array::<Float64Type>(v)));
+                }
+            }
+            Gather::Distinct(d) => out.push((
+                name(""),
+                std::sync::Arc::new(BinaryArray::from_iter_values(d)) as ArrayRef,
+            )),
+        }
+    }
+}
+
+/// The source of one state column in a state batch.
+enum Scatter<'a> {
+    Count(&'a [u64]),
+    Int(&'a [i64], Option<&'a [i64]>),
+    Float(&'a [f64], Option<&'a [i64]>),
+    Triple([&'a [f64]; 3]),
+    Distinct(&'a BinaryArray),
+}
+
+/// Sets state column `j` at `(partition, local key)` of each row of a state batch.
+fn scatter(
+    parts: &mut [Part],
+    j: usize,
+    col: StateCol,
+    batch: &RecordBatch,
+    at: &[(usize, usize)],
+) -> crate::Result<()> {
+    let name = |suffix: &str| format!("c{j}{suffix}");
+    let ts = match col {
+        StateCol::Typed(Op::First | Op::Last, ..) => {
+            Some(state::values::<Int64Type>(batch, &name("_ts"))?)
+        }
+        _ => None,
+    };
+    let floats = |k: usize| state::values::<Float64Type>(batch, &name(&format!("_{k}")));
+    let src = match col {
+        StateCol::Rows | StateCol::NonNull(_) => {
+            Scatter::Count(state::values::<UInt64Type>(batch, &name(""))?)
+        }
+        StateCol::Typed(_, _, Domain::I64) => {
+            Scatter::Int(state::values::<Int64Type>(batch, &name(""))?, ts)
+        }
+        StateCol::Typed(_, _, Domain::F64) => {
+            Scatter::Float(state::values::<Float64Type>(batch, &name(""))?, ts)
+        }
+        StateCol::FloatStats(_) | StateCol::Moments(_) => {
+            Scatter::Triple([floats(0)?, floats(1)?, floats(2)?])
+        }
+        StateCol::Distinct(_) => Scatter::Distinct(state::binary(batch, &name(""))?),
+    };
+    for (r, &(p, i)) in at.iter().enumerate() {
+        match (&mut parts[p].accs[j], &src) {
+            (Acc::Count(c), Scatter::Count(v)) => c[i] = v[r],
+            (Acc::Int(t), Scatter::Int(v, ts)) => {
+                t.v[i] = v[r];
+                ts.inspect(|ts| t.ts[i] = ts[r]);
+            }
+            (Acc::Float(t), Scatter::Float(v, ts)) => {
+                t.v[i] = v[r];
+                ts.inspect(|ts| t.ts[i] = ts[r]);
+            }
+            (Acc::Stats(x), Scatter::Triple(v)) => x[i] = [v[0][r], v[1][r], v[2][r]],
+            (Acc::Moments(m), Scatter::Triple(v)) => {
+                m[i] = Moments {
+                    n: v[0][r],
+                    mean: v[1][r],
+                    m2: v[2][r],
+                }
+            }
+            (Acc::Distinct(d), Scatter::Distinct(v)) => {
+                d[i] = Distinct::from_bytes(v.value(r)).ok_or_else(|| {
+                    Error::BadState(format!("column c{j}, row {r}: not a distinct-count sketch"))
+                })?
+            }
+            (a, _) => unreachable!("bug in panes: state column {j} is {a:?}"),
+        }
+    }
+    Ok(())
+}
+
 /// The CPU backend. See the module docs.
 pub struct CpuBackend {
     layout: Vec<StateCol>,
@@ -993,5 +1145,60 @@ impl Backend for CpuBackend {
             .flat_map(|p| &p.accs)
             .map(Acc::bytes)
             .sum()
+    }
+
+    fn panes(&self) -> Vec<i64> {
+        self.panes.keys().copied().collect()
+    }
+
+    fn export_pane(&mut self, pane: i64) -> crate::Result<Option<RecordBatch>> {
+        let Some(parts) = self.panes.get_mut(&pane) else {
+            return Ok(None);
+        };
+        let shift = self.shift;
+        let mut keys = Vec::new();
+        let mut gathers: Vec<Gather> = self.layout.iter().map(|&c| Gather::new(c)).collect();
+        for (p, part) in parts.iter_mut().enumerate() {
+            part.refresh_present();
+            for &i in &part.present {
+                keys.push((i << shift) | p as u32);
+                for (j, g) in gathers.iter_mut().enumerate() {
+                    g.push(part, j, i as usize);
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let mut columns = vec![("key".to_string(), state::array::<UInt32Type>(keys))];
+        for (j, g) in gathers.into_iter().enumerate() {
+            g.columns(j, &mut columns);
+        }
+        state::batch(columns).map(Some)
+    }
+
+    fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {
+        let keys = state::values::<UInt32Type>(batch, "key")?;
+        let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
+        let at: Vec<(usize, usize)> = keys
+            .iter()
+            .map(|&k| ((k & mask) as usize, (k >> shift) as usize))
+            .collect();
+        let mut parts = vec![Part::new(&self.layout); self.parts()];
+        for (p, part) in parts.iter_mut().enumerate() {
+            let local = at.iter().filter(|a| a.0 == p).map(|a| a.1);
+            part.reset(&self.layout, local.clone().max().map_or(0, |i| i + 1));
+            part.lo = local.min().unwrap_or(usize::MAX);
+            part.materialize(|_| true);
+        }
+        for (j, &col) in self.layout.iter().enumerate() {
+            scatter(&mut parts, j, col, batch, &at)?;
+        }
+        self.panes.insert(pane, parts);
+        Ok(())
+    }
+
+    fn drop_pane(&mut self, pane: i64) {
+        self.panes.remove(&pane);
     }
 }

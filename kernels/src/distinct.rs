@@ -162,6 +162,47 @@ impl Distinct {
         estimate.round() as i64
     }
 
+    /// The sketch as bytes (checkpoints and spill): a tag, then the sorted hashes
+    /// (little endian) or the registers.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match &self.0 {
+            Repr::Sparse(hashes) => {
+                let mut out = Vec::with_capacity(1 + hashes.len() * 8);
+                out.push(0);
+                hashes.iter().for_each(|h| out.extend(h.to_le_bytes()));
+                out
+            }
+            Repr::Dense(regs) => {
+                let mut out = Vec::with_capacity(1 + REGISTERS);
+                out.push(1);
+                out.extend(regs.iter());
+                out
+            }
+        }
+    }
+
+    /// A sketch from [`Distinct::to_bytes`]; `None` when the bytes are not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Distinct> {
+        match bytes.split_first()? {
+            (0, rest) if rest.len() % 8 == 0 && rest.len() / 8 <= SPARSE_MAX => {
+                let hashes: Vec<u64> = rest
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                    .collect();
+                hashes
+                    .windows(2)
+                    .all(|w| w[0] < w[1])
+                    .then_some(Distinct(Repr::Sparse(hashes)))
+            }
+            (1, rest) => {
+                let regs: Box<[u8; REGISTERS]> =
+                    rest.to_vec().into_boxed_slice().try_into().ok()?;
+                Some(Distinct(Repr::Dense(regs)))
+            }
+            _ => None,
+        }
+    }
+
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         match &self.0 {

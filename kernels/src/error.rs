@@ -1,5 +1,5 @@
-//! What a backend can fail with: only the GPU can (no adapter, a lost device, a shader or
-//! validation error); the CPU backends cannot fail.
+//! What a backend can fail with: the GPU (no adapter, a lost device, a shader or validation
+//! error), and any backend given pane state that does not fit it.
 
 /// A backend error, with the context it happened in.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,9 @@ pub enum Error {
         /// The aggregate.
         what: String,
     },
+    /// A state batch (from a checkpoint or a spill file) does not fit this backend.
+    #[error("pane state does not match the job's aggregates: {0}")]
+    BadState(String),
     /// The GPU reported an error: device lost, out of memory, validation, a failed map.
     #[error("GPU error while {context} on {adapter}: {message}")]
     Gpu {

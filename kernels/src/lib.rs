@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod gpu;
 pub mod reference;
+mod state;
 
 pub use agg::{AggFn, AggSpec, Domain, OutType};
 pub use cpu::CpuBackend;
@@ -24,6 +25,8 @@ pub use gpu::{GpuBackend, GpuOptions};
 pub use reference::ReferenceBackend;
 
 use std::ops::Range;
+
+use arrow::record_batch::RecordBatch;
 
 /// Which keys a window combine reports.
 #[derive(Clone, Copy, Debug)]
@@ -55,4 +58,14 @@ pub trait Backend: Send {
     fn clear_key(&mut self, panes: Range<i64>, key: u32) -> Result<()>;
     /// Bytes of state currently held.
     fn state_bytes(&self) -> usize;
+    /// The panes that hold state, ascending.
+    fn panes(&self) -> Vec<i64>;
+    /// The state of pane `pane` as an Arrow batch of partial state in this backend's own
+    /// layout (for checkpoints and spill); `None` when the pane holds nothing.
+    fn export_pane(&mut self, pane: i64) -> Result<Option<RecordBatch>>;
+    /// Sets pane `pane` to a state that [`Backend::export_pane`] of the same backend and
+    /// aggregates wrote, replacing what it held.
+    fn import_pane(&mut self, pane: i64, state: &RecordBatch) -> Result<()>;
+    /// Frees the state of one pane (after it was exported to a spill file).
+    fn drop_pane(&mut self, pane: i64);
 }

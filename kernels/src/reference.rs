@@ -6,9 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::agg::{self, AggFn, AggSpec, Distinct, Domain, Moments, Value};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type};
+
+use crate::error::Error;
 use crate::events::{Column, Events, OutColumn, Values, WindowRows};
+use crate::state;
 use crate::{Backend, Keys};
 
 /// One input value as stored: `None` is SQL null.
@@ -243,5 +249,85 @@ impl Backend for ReferenceBackend {
             .values()
             .map(|v| v.len() * (std::mem::size_of::<Event>() + 16 * self.aggs.len()))
             .sum()
+    }
+
+    fn panes(&self) -> Vec<i64> {
+        let mut panes: Vec<i64> = self.events.keys().map(|&(p, _)| p).collect();
+        panes.dedup();
+        panes
+    }
+
+    /// The pane's events as they came: `key`, `ts` and one column `v{c}` per input column.
+    fn export_pane(&mut self, pane: i64) -> crate::Result<Option<RecordBatch>> {
+        let events: Vec<(u32, &Event)> = self
+            .events
+            .range((pane, 0)..=(pane, u32::MAX))
+            .flat_map(|(&(_, key), evs)| evs.iter().map(move |e| (key, e)))
+            .collect();
+        let Some((_, first)) = events.first() else {
+            return Ok(None);
+        };
+        let mut columns = vec![
+            (
+                "key".to_string(),
+                state::array::<UInt32Type>(events.iter().map(|e| e.0).collect()),
+            ),
+            (
+                "ts".to_string(),
+                state::array::<Int64Type>(events.iter().map(|e| e.1.ts).collect()),
+            ),
+        ];
+        for c in 0..first.values.len() {
+            let floats = events
+                .iter()
+                .any(|e| matches!(e.1.values[c], Some(Scalar::F(_))));
+            let values = events.iter().map(|e| e.1.values[c]);
+            let array: ArrayRef = if floats {
+                Arc::new(Float64Array::from_iter(values.map(|v| match v {
+                    Some(Scalar::F(x)) => Some(x),
+                    _ => None,
+                })))
+            } else {
+                Arc::new(Int64Array::from_iter(values.map(|v| match v {
+                    Some(Scalar::I(x)) => Some(x),
+                    _ => None,
+                })))
+            };
+            columns.push((format!("v{c}"), array));
+        }
+        state::batch(columns).map(Some)
+    }
+
+    fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {
+        let keys = state::values::<UInt32Type>(batch, "key")?;
+        let ts = state::values::<Int64Type>(batch, "ts")?;
+        let mut columns: Vec<Box<dyn Fn(usize) -> Option<Scalar> + '_>> = Vec::new();
+        while let Some(col) = batch.column_by_name(&format!("v{}", columns.len())) {
+            let name = format!("v{}", columns.len());
+            columns.push(match col.data_type() {
+                DataType::Int64 => {
+                    let a = state::primitive::<Int64Type>(batch, &name)?;
+                    Box::new(move |r| a.is_valid(r).then(|| Scalar::I(a.value(r))))
+                }
+                DataType::Float64 => {
+                    let a = state::primitive::<Float64Type>(batch, &name)?;
+                    Box::new(move |r| a.is_valid(r).then(|| Scalar::F(a.value(r))))
+                }
+                t => return Err(Error::BadState(format!("column {name:?} has type {t}"))),
+            });
+        }
+        self.drop_pane(pane);
+        for (r, (&key, &ts)) in keys.iter().zip(ts).enumerate() {
+            let values = columns.iter().map(|get| get(r)).collect();
+            self.events
+                .entry((pane, key))
+                .or_default()
+                .push(Event { ts, values });
+        }
+        Ok(())
+    }
+
+    fn drop_pane(&mut self, pane: i64) {
+        self.events.retain(|&(p, _), _| p != pane);
     }
 }

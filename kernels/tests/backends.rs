@@ -10,6 +10,8 @@ use panes_kernels::{
     OutColumn, ReferenceBackend, Values, WindowRows,
 };
 
+use arrow::record_batch::RecordBatch;
+
 /// A tiny seeded generator for test data.
 struct Lcg(u64);
 
@@ -235,6 +237,105 @@ fn cpu_equals_reference_on_random_segments() {
             Box::new(CpuBackend::new(aggs, 4)),
         ]
     });
+}
+
+/// A backend that, before each combine, exports all its panes and carries on in a fresh
+/// backend built from them: checkpoint and restore (or spill and read back) at every step.
+struct RoundTrip {
+    inner: Box<dyn Backend>,
+    fresh: Box<dyn Fn() -> Box<dyn Backend> + Send>,
+}
+
+impl Backend for RoundTrip {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn update(&mut self, events: &Events<'_>) -> panes_kernels::Result<()> {
+        self.inner.update(events)
+    }
+    fn combine(
+        &mut self,
+        panes: std::ops::Range<i64>,
+        keys: Keys<'_>,
+    ) -> panes_kernels::Result<WindowRows> {
+        let mut restored = (self.fresh)();
+        for pane in self.inner.panes() {
+            if let Some(state) = self.inner.export_pane(pane)? {
+                restored.import_pane(pane, &state)?;
+            }
+        }
+        self.inner = restored;
+        self.inner.combine(panes, keys)
+    }
+    fn evict_before(&mut self, pane: i64) {
+        self.inner.evict_before(pane)
+    }
+    fn clear_key(&mut self, panes: std::ops::Range<i64>, key: u32) -> panes_kernels::Result<()> {
+        self.inner.clear_key(panes, key)
+    }
+    fn state_bytes(&self) -> usize {
+        self.inner.state_bytes()
+    }
+    fn panes(&self) -> Vec<i64> {
+        self.inner.panes()
+    }
+    fn export_pane(&mut self, pane: i64) -> panes_kernels::Result<Option<RecordBatch>> {
+        self.inner.export_pane(pane)
+    }
+    fn import_pane(&mut self, pane: i64, state: &RecordBatch) -> panes_kernels::Result<()> {
+        self.inner.import_pane(pane, state)
+    }
+    fn drop_pane(&mut self, pane: i64) {
+        self.inner.drop_pane(pane)
+    }
+}
+
+#[test]
+fn exported_panes_restore_exactly() {
+    check_against_reference(0..60, true, &|aggs| {
+        let (a, b) = (aggs.to_vec(), aggs.to_vec());
+        vec![
+            // State written by 4 key partitions, read back into 1, and the other way.
+            Box::new(RoundTrip {
+                inner: Box::new(CpuBackend::new(aggs, 4)),
+                fresh: Box::new(move || Box::new(CpuBackend::new(&a, 1 + a.len() % 2 * 3))),
+            }),
+            Box::new(RoundTrip {
+                inner: Box::new(ReferenceBackend::new(aggs.to_vec())),
+                fresh: Box::new(move || Box::new(ReferenceBackend::new(b.clone()))),
+            }),
+        ]
+    });
+}
+
+#[test]
+fn state_that_does_not_fit_is_an_error() {
+    let aggs = all_aggs(true);
+    let mut cpu = CpuBackend::new(&aggs, 1);
+    let ev = Events {
+        keys: &[3],
+        panes: &[0],
+        ts: &[5],
+        columns: &[
+            Column {
+                values: Values::I64(&[7]),
+                valid: None,
+            },
+            Column {
+                values: Values::F64(&[1.5]),
+                valid: None,
+            },
+        ],
+    };
+    cpu.update(&ev).unwrap();
+    let state = cpu.export_pane(0).unwrap().expect("pane 0 has state");
+    let mut other = CpuBackend::new(&fused_aggs(), 1);
+    let err = other.import_pane(0, &state).unwrap_err().to_string();
+    assert!(err.contains("pane state does not match"), "{err}");
+    let mut reference = ReferenceBackend::new(aggs);
+    let err = reference.import_pane(0, &state).unwrap_err().to_string();
+    assert!(err.contains("column \"ts\" is missing"), "{err}");
+    assert!(cpu.export_pane(1).unwrap().is_none());
 }
 
 #[test]

@@ -16,6 +16,7 @@
 
 mod device;
 
+use arrow::record_batch::RecordBatch;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -707,5 +708,30 @@ impl Backend for GpuBackend {
 
     fn state_bytes(&self) -> usize {
         self.panes.len() * self.capacity as usize * self.layout.stride as usize * 4
+    }
+
+    fn panes(&self) -> Vec<i64> {
+        self.panes.keys().copied().collect()
+    }
+
+    fn export_pane(&mut self, _pane: i64) -> Result<Option<RecordBatch>> {
+        Err(no_snapshots())
+    }
+
+    fn import_pane(&mut self, _pane: i64, _state: &RecordBatch) -> Result<()> {
+        Err(no_snapshots())
+    }
+
+    fn drop_pane(&mut self, pane: i64) {
+        self.panes.remove(&pane);
+    }
+}
+
+/// Checkpoints and spill read pane state back to the host, which the GPU backend does not
+/// do yet.
+fn no_snapshots() -> Error {
+    Error::Unsupported {
+        backend: "gpu",
+        what: "checkpoints or state spill".into(),
     }
 }
