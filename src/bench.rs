@@ -148,6 +148,7 @@ pub fn job(size: i64, slide: i64, events: u64, keys: u64) -> Job {
         late: None,
         top_k: None,
         anomaly: None,
+        checkpoint: None,
     }
 }
 

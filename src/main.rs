@@ -9,9 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use panes::bench;
 use panes::datasets::{Dataset, GenConfig};
 use panes::engine::Job;
+use panes::engine::checkpoint;
 use panes::engine::connect::open_sink;
 use panes::engine::job::Sink;
-use panes::engine::run::{BackendKind, RunOptions, run_job};
+use panes::engine::run::{BackendKind, RunOptions, StartFrom, run_job};
 
 /// Event-time windowing over streams: tumbling and hop windows, columnar CPU kernels.
 #[derive(Parser)]
@@ -38,6 +39,19 @@ enum Command {
         /// one that reads the source).
         #[arg(long)]
         threads: Option<usize>,
+        /// Resume from this checkpoint directory (`DIR/chk-NNNNNN`) instead of the newest
+        /// complete one.
+        #[arg(long, value_name = "PATH", conflicts_with = "fresh")]
+        from_checkpoint: Option<PathBuf>,
+        /// Start from the beginning: remove the job's checkpoints and output parts first.
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// List the checkpoints in a directory: id, time, watermark, source position, size,
+    /// and whether each is complete (or what is wrong with it).
+    Checkpoints {
+        /// The job's `[checkpoint] dir`.
+        dir: PathBuf,
     },
     /// Write a generated dataset to a Parquet file.
     Gen {
@@ -121,6 +135,8 @@ impl Command {
                 backend,
                 batch_rows,
                 threads,
+                from_checkpoint,
+                fresh,
             } => {
                 if batch_rows == 0 {
                     bail!("--batch-rows must be at least 1");
@@ -132,6 +148,11 @@ impl Command {
                     backend,
                     batch_rows,
                     threads: threads.unwrap_or(RunOptions::default().threads).max(1),
+                    start: match (from_checkpoint, fresh) {
+                        (Some(path), _) => StartFrom::Checkpoint(path),
+                        (None, true) => StartFrom::Fresh,
+                        (None, false) => StartFrom::Newest,
+                    },
                     progress: Some(Box::new(move |done, total| {
                         if let Some(t) = total {
                             progress_bar.set_length(t);
@@ -142,6 +163,43 @@ impl Command {
                 let summary = run_job(&job, opts);
                 bar.finish_and_clear();
                 eprintln!("{}", summary?);
+                Ok(())
+            }
+            Command::Checkpoints { dir } => {
+                if !dir.is_dir() {
+                    bail!("{}: no such directory", dir.display());
+                }
+                let found = checkpoint::list(&dir)?;
+                if found.is_empty() {
+                    println!("no checkpoints in {}", dir.display());
+                    return Ok(());
+                }
+                println!(
+                    "{:>8}  {:<24} {:<24} {:>10}  {:<40} status",
+                    "id", "taken (UTC)", "watermark", "size", "source position"
+                );
+                for f in found {
+                    let size = format!("{:.1} MiB", f.bytes as f64 / (1 << 20) as f64);
+                    match f.status {
+                        Ok(m) => println!(
+                            "{:>8}  {:<24} {:<24} {:>10}  {:<40} {}",
+                            f.id,
+                            time_of(m.created_ms as i64),
+                            time_of(m.watermark),
+                            size,
+                            m.position.to_string(),
+                            if m.finished {
+                                "complete, job finished"
+                            } else {
+                                "complete"
+                            }
+                        ),
+                        Err(why) => println!(
+                            "{:>8}  {:<24} {:<24} {:>10}  {:<40} NOT USABLE: {why}",
+                            f.id, "-", "-", size, "-"
+                        ),
+                    }
+                }
                 Ok(())
             }
             Command::Gen {
@@ -227,6 +285,19 @@ impl Command {
             }
         }
     }
+}
+
+/// An event time (ms since the epoch) as a UTC date and time; `-` before any.
+fn time_of(ms: i64) -> String {
+    if ms == i64::MIN {
+        return "-".into();
+    }
+    let secs = ms.div_euclid(1000);
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_millis(
+        time + std::time::Duration::from_millis(ms.rem_euclid(1000) as u64),
+    )
+    .to_string()
 }
 
 /// Writes generated batches to a Parquet file through the engine's sink (temporary name,

@@ -10,6 +10,13 @@
 //! state.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, AsArray, Float64Array, ListArray, RecordBatch, UInt32Array, UInt64Array,
+};
+use arrow::datatypes::{Float64Type, UInt32Type, UInt64Type};
+use arrow::error::ArrowError;
 
 use crate::job::{Anomaly, Baseline};
 
@@ -133,6 +140,85 @@ impl Detector {
             }
         }
         alert
+    }
+}
+
+impl Detector {
+    /// The baselines as a batch (checkpoints): key, n, mean and var (EWMA), and the
+    /// rolling window's values.
+    pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let mut keys: Vec<u32> = self.keys.keys().copied().collect();
+        keys.sort_unstable();
+        let (mut n, mut mean, mut var, mut values) = (vec![], vec![], vec![], vec![]);
+        for k in &keys {
+            match &self.keys[k] {
+                KeyBaseline::Rolling(v) => {
+                    n.push(v.len() as u64);
+                    mean.push(0.0);
+                    var.push(0.0);
+                    values.push(Some(v.iter().map(|&x| Some(x)).collect::<Vec<_>>()));
+                }
+                KeyBaseline::Ewma {
+                    n: c,
+                    mean: m,
+                    var: v,
+                } => {
+                    n.push(*c as u64);
+                    mean.push(*m);
+                    var.push(*v);
+                    values.push(Some(Vec::new()));
+                }
+            }
+        }
+        RecordBatch::try_from_iter([
+            ("key", Arc::new(UInt32Array::from(keys)) as ArrayRef),
+            ("n", Arc::new(UInt64Array::from(n))),
+            ("mean", Arc::new(Float64Array::from(mean))),
+            ("var", Arc::new(Float64Array::from(var))),
+            (
+                "values",
+                Arc::new(ListArray::from_iter_primitive::<Float64Type, _, _>(values)),
+            ),
+        ])
+    }
+
+    /// Adds the baselines of a batch that [`Detector::to_batch`] wrote.
+    pub fn restore(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let bad = |name: &str| format!("baseline state column {name:?} is missing or mistyped");
+        let col = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(name));
+        let keys = col("key")?
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| bad("key"))?;
+        let n = col("n")?
+            .as_primitive_opt::<UInt64Type>()
+            .ok_or_else(|| bad("n"))?;
+        let floats = |name: &str| {
+            col(name)?
+                .as_primitive_opt::<Float64Type>()
+                .ok_or_else(|| bad(name))
+        };
+        let (mean, var) = (floats("mean")?, floats("var")?);
+        let values = col("values")?
+            .as_list_opt::<i32>()
+            .ok_or_else(|| bad("values"))?;
+        for i in 0..batch.num_rows() {
+            let state = match self.spec.baseline {
+                Baseline::Rolling(_) => {
+                    let v = values.value(i);
+                    let v = v
+                        .as_primitive_opt::<Float64Type>()
+                        .ok_or_else(|| bad("values"))?;
+                    KeyBaseline::Rolling(v.values().iter().copied().collect())
+                }
+                Baseline::Ewma(_) => KeyBaseline::Ewma {
+                    n: n.value(i) as usize,
+                    mean: mean.value(i),
+                    var: var.value(i),
+                },
+            };
+            self.keys.insert(keys.value(i), state);
+        }
+        Ok(())
     }
 }
 

@@ -51,6 +51,14 @@ pub enum Error {
         /// The cause (in the message, not repeated as `source()`).
         cause: arrow::error::ArrowError,
     },
+    /// A checkpoint is missing, incomplete, corrupt or from another job.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint's directory.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        message: String,
+    },
     /// The data plane failed: no GPU adapter, a lost device, a GPU validation error.
     #[error(transparent)]
     Backend(#[from] panes_kernels::Error),

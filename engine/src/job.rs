@@ -36,6 +36,73 @@ pub struct JobFile {
     pub top_k: Option<TopKConfig>,
     /// Alerts when a key's window value strays from its own recent baseline.
     pub anomaly: Option<AnomalyConfig>,
+    /// Periodic snapshots of the job's state, for exactly-once restore after a crash.
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+/// `[checkpoint]`. With it, file sinks write part files into a directory (their `path`)
+/// and publish each when the checkpoint that covers it completes, so that output after a
+/// crash and restore equals the output of a run that never crashed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the checkpoints, one sub-directory `chk-NNNNNN` each.
+    pub dir: String,
+    /// Processing time between checkpoints, e.g. `10s` (the default, unless `every_events`).
+    pub interval: Option<String>,
+    /// A checkpoint after every N events instead (at the next batch boundary).
+    pub every_events: Option<u64>,
+    /// Complete checkpoints kept (default 3).
+    pub keep: Option<usize>,
+}
+
+/// When checkpoints are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// After this much processing time.
+    Interval(Duration),
+    /// After this many events.
+    Events(u64),
+}
+
+/// A validated `[checkpoint]` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// Where checkpoints go.
+    pub dir: PathBuf,
+    /// When.
+    pub trigger: Trigger,
+    /// Complete checkpoints kept.
+    pub keep: usize,
+}
+
+impl CheckpointConfig {
+    fn validate(&self) -> Result<Checkpoint, String> {
+        let trigger = match (&self.interval, self.every_events) {
+            (Some(_), Some(_)) => {
+                return Err("checkpoint: give interval or every_events, not both".into());
+            }
+            (_, Some(0)) => return Err("checkpoint.every_events must be at least 1".into()),
+            (_, Some(n)) => Trigger::Events(n),
+            (Some(i), None) => match parse_millis("checkpoint.interval", i)? {
+                0 => return Err("checkpoint.interval must be longer than 0s".into()),
+                ms => Trigger::Interval(Duration::from_millis(ms as u64)),
+            },
+            (None, None) => Trigger::Interval(Duration::from_secs(10)),
+        };
+        let keep = self.keep.unwrap_or(3);
+        if keep == 0 {
+            return Err("checkpoint.keep must be at least 1".into());
+        }
+        if self.dir.trim().is_empty() {
+            return Err("checkpoint.dir is empty".into());
+        }
+        Ok(Checkpoint {
+            dir: PathBuf::from(&self.dir),
+            trigger,
+            keep,
+        })
+    }
 }
 
 /// `[anomaly]`.
@@ -297,6 +364,8 @@ pub struct Job {
     pub top_k: Option<TopK>,
     /// Anomaly alerts, if the job asks for them.
     pub anomaly: Option<Anomaly>,
+    /// Checkpoints, if the job takes them.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl Job {
@@ -428,6 +497,7 @@ impl JobFile {
             });
         }
         let late = self.late.map(|l| l.validate("late")).transpose()?;
+        let checkpoint = self.checkpoint.map(|c| c.validate()).transpose()?;
         let anomaly = self.anomaly.map(|a| a.validate(&aggregates)).transpose()?;
         if window.session_gap().is_some() && (self.top_k.is_some() || anomaly.is_some()) {
             return Err(
@@ -465,6 +535,22 @@ impl JobFile {
                 Ok(TopK { by, k: t.k })
             })
             .transpose()?;
+        let sink = self.sink.validate("sink")?;
+        let to_stdout = [
+            Some(&sink),
+            late.as_ref(),
+            anomaly.as_ref().map(|a| &a.sink),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|s| *s == Sink::JsonLines(None));
+        if checkpoint.is_some() && to_stdout {
+            return Err(
+                "with [checkpoint], output must go to files so that it can be committed \
+                 exactly once: give every sink a path"
+                    .into(),
+            );
+        }
         Ok(Job {
             source,
             time_column: t.column.clone(),
@@ -474,10 +560,11 @@ impl JobFile {
             window,
             keys: self.key.columns.clone(),
             aggregates,
-            sink: self.sink.validate("sink")?,
+            sink,
             late,
             top_k,
             anomaly,
+            checkpoint,
         })
     }
 }

@@ -6,6 +6,7 @@
 //! events go to sinks. [`run::run_job`] ties it together for the CLI.
 
 pub mod anomaly;
+pub mod checkpoint;
 pub mod connect;
 pub mod error;
 pub mod job;

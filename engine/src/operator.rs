@@ -27,7 +27,10 @@ use panes_kernels::{
     AggSpec, Backend, Column, Domain, Events, Keys, OutColumn, OutType, Values, WindowRows,
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::anomaly::Detector;
+use crate::checkpoint::{CheckpointWriter, Restore};
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
 use crate::key::KeyInterner;
@@ -37,7 +40,7 @@ use crate::watermark::WatermarkTracker;
 use crate::window::WindowSpec;
 
 /// What the operator has counted so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Events read.
     pub events_in: u64,
@@ -50,6 +53,29 @@ pub struct Stats {
     /// Anomaly alerts raised.
     pub alerts: u64,
 }
+
+/// The operator's scalar state, kept in a checkpoint's manifest; its keyed state (key
+/// dictionary, panes, revisions, sessions, baselines) goes to Arrow files beside it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OperatorState {
+    /// Per source partition: largest event time seen, and whether it finished.
+    pub partitions: Vec<(Option<i64>, bool)>,
+    /// The job watermark.
+    pub watermark: i64,
+    /// Windows before this one were considered for firing.
+    pub next_fire: Option<i64>,
+    /// Panes before this one were evicted (session windows).
+    pub first_kept: i64,
+    /// Panes with data that no window has expired yet.
+    pub live_panes: Vec<i64>,
+    /// Keys in the dictionary.
+    pub keys: usize,
+    /// Counters so far.
+    pub stats: Stats,
+}
+
+/// Keys per batch of the checkpointed key dictionary.
+const KEYS_PER_BATCH: usize = 1 << 20;
 
 /// An input column that aggregates read: where it is and how it is read.
 #[derive(Clone, Copy, Debug)]
@@ -277,6 +303,11 @@ impl WindowOperator {
     /// Schema of the late-event output: the input columns plus `watermark` and `reason`.
     pub fn late_schema(&self) -> &SchemaRef {
         &self.late_schema
+    }
+
+    /// The backend's name, as `--backend` spells it.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
     }
 
     /// The backend, as a run summary shows it.
@@ -846,6 +877,170 @@ impl WindowOperator {
     fn note_state(&mut self) {
         let bytes = (self.backend.state_bytes() + self.interner.bytes()) as u64;
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
+    }
+
+    /// Writes the operator's keyed state to checkpoint files and returns its scalar state.
+    /// Called between batches, with the output taken.
+    pub fn snapshot(&mut self, to: &mut CheckpointWriter) -> Result<OperatorState> {
+        if !self.dirty.is_empty() {
+            return Err(Error::Internal(
+                "a checkpoint with windows to re-fire".into(),
+            ));
+        }
+        let batch = |columns: Vec<(String, ArrayRef)>| {
+            RecordBatch::try_from_iter(columns)
+                .map_err(|e| Error::Internal(format!("building checkpoint state: {e}")))
+        };
+        let n = self.interner.len() as u32;
+        let interner = &self.interner;
+        to.write(
+            "keys.arrow",
+            (0..n)
+                .step_by(KEYS_PER_BATCH)
+                .filter(|_| !self.key_indices.is_empty())
+                .map(|from| {
+                    let ids: Vec<u32> = (from..n.min(from + KEYS_PER_BATCH as u32)).collect();
+                    batch(interner.columns(&ids)?)
+                }),
+        )?;
+        let backend = &mut self.backend;
+        let panes = backend.panes();
+        to.write(
+            "panes.arrow",
+            panes.into_iter().filter_map(|pane| {
+                let state = backend.export_pane(pane).transpose()?;
+                Some(state.map_err(Error::from).and_then(|state| {
+                    let mut columns = vec![(
+                        "pane".to_string(),
+                        Arc::new(Int64Array::from(vec![pane; state.num_rows()])) as ArrayRef,
+                    )];
+                    let schema = state.schema();
+                    columns.extend(
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().clone())
+                            .zip(state.columns().iter().cloned()),
+                    );
+                    batch(columns)
+                }))
+            }),
+        )?;
+        let mut revisions: Vec<(&(u32, i64), &i64)> = self.revisions.iter().collect();
+        revisions.sort_unstable();
+        to.write(
+            "revisions.arrow",
+            (!revisions.is_empty()).then(|| {
+                batch(vec![
+                    (
+                        "key".into(),
+                        Arc::new(arrow::array::UInt32Array::from_iter_values(
+                            revisions.iter().map(|r| r.0.0),
+                        )) as ArrayRef,
+                    ),
+                    (
+                        "window".into(),
+                        Arc::new(Int64Array::from_iter_values(
+                            revisions.iter().map(|r| r.0.1),
+                        )),
+                    ),
+                    (
+                        "revision".into(),
+                        Arc::new(Int64Array::from_iter_values(revisions.iter().map(|r| *r.1))),
+                    ),
+                ])
+            }),
+        )?;
+        let arrow = |e| Error::Internal(format!("building checkpoint state: {e}"));
+        if let Some(sessions) = &self.sessions {
+            to.write("sessions.arrow", [sessions.to_batch().map_err(arrow)])?;
+        }
+        if let Some((detector, _)) = &self.anomaly {
+            to.write("baselines.arrow", [detector.to_batch().map_err(arrow)])?;
+        }
+        Ok(OperatorState {
+            partitions: self.tracker.state(),
+            watermark: self.tracker.current(),
+            next_fire: self.next_fire,
+            first_kept: self.first_kept,
+            live_panes: self.live_panes.iter().copied().collect(),
+            keys: self.interner.len(),
+            stats: self.stats,
+        })
+    }
+
+    /// Restores a fresh operator to a checkpoint's state.
+    pub fn restore(&mut self, from: &Restore) -> Result<()> {
+        let bad = |message: String| Error::Checkpoint {
+            path: from.dir.clone(),
+            message,
+        };
+        let st = &from.manifest.operator;
+        let mut ids = Vec::new();
+        for batch in from.read("keys.arrow")? {
+            let before = self.interner.len() as u32;
+            self.interner
+                .intern(batch.columns(), batch.num_rows(), &mut ids)?;
+            if !ids.iter().copied().eq(before..before + ids.len() as u32) {
+                return Err(bad("its key dictionary holds a key twice".into()));
+            }
+        }
+        if self.key_indices.is_empty() && st.keys > 0 {
+            self.interner.intern(&[], 1, &mut ids)?;
+        }
+        if self.interner.len() != st.keys {
+            return Err(bad(format!(
+                "its key dictionary has {} keys, the manifest says {}",
+                self.interner.len(),
+                st.keys
+            )));
+        }
+        for batch in from.read("panes.arrow")? {
+            let pane = batch
+                .column(0)
+                .as_primitive_opt::<Int64Type>()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.value(0))
+                .ok_or_else(|| bad("panes.arrow: a batch without its pane".into()))?;
+            let state = batch
+                .project(&(1..batch.num_columns()).collect::<Vec<_>>())
+                .map_err(|e| bad(format!("panes.arrow: {e}")))?;
+            self.backend.import_pane(pane, &state)?;
+        }
+        for batch in from.read("revisions.arrow")? {
+            let cols = (
+                batch
+                    .column(0)
+                    .as_primitive_opt::<arrow::datatypes::UInt32Type>(),
+                batch.column(1).as_primitive_opt::<Int64Type>(),
+                batch.column(2).as_primitive_opt::<Int64Type>(),
+            );
+            let (Some(keys), Some(windows), Some(revs)) = cols else {
+                return Err(bad("revisions.arrow: mistyped columns".into()));
+            };
+            for i in 0..batch.num_rows() {
+                self.revisions
+                    .insert((keys.value(i), windows.value(i)), revs.value(i));
+            }
+        }
+        if let Some(sessions) = self.sessions.as_mut() {
+            for batch in from.read("sessions.arrow")? {
+                sessions.restore(&batch).map_err(bad)?;
+            }
+        }
+        if let Some((detector, _)) = self.anomaly.as_mut() {
+            for batch in from.read("baselines.arrow")? {
+                detector.restore(&batch).map_err(bad)?;
+            }
+        }
+        self.tracker
+            .restore(&st.partitions, st.watermark, Instant::now())
+            .map_err(bad)?;
+        self.next_fire = st.next_fire;
+        self.first_kept = st.first_kept;
+        self.live_panes = st.live_panes.iter().copied().collect();
+        self.stats = st.stats;
+        Ok(())
     }
 
     /// Partition `p` is exhausted: it no longer holds the watermark back.

@@ -1,14 +1,17 @@
 //! Running a job end to end: source → window operator → sinks, with a summary.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
-use crate::connect::{Sink, SourceBatch, open_sink, open_source};
+use crate::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore};
+use crate::connect::sink::{open_parts, publish};
+use crate::connect::{Position, Sink, SourceBatch, open_sink, open_source};
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Job, Trigger};
 use crate::operator::{Stats, WindowOperator};
 
 /// Batches the source may read ahead of the operator.
@@ -80,6 +83,18 @@ impl BackendKind {
     }
 }
 
+/// Where a job with checkpoints starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The newest complete checkpoint, if any (the default).
+    #[default]
+    Newest,
+    /// This checkpoint directory.
+    Checkpoint(PathBuf),
+    /// The beginning: existing checkpoints and output parts are removed.
+    Fresh,
+}
+
 /// How to run a job.
 pub struct RunOptions {
     /// The data plane.
@@ -88,6 +103,8 @@ pub struct RunOptions {
     pub batch_rows: usize,
     /// Worker threads for the cpu backend.
     pub threads: usize,
+    /// Where a job with checkpoints starts.
+    pub start: StartFrom,
     /// Called after each batch with (events read, total events if known).
     pub progress: Option<Box<dyn FnMut(u64, Option<u64>)>>,
 }
@@ -99,6 +116,7 @@ impl Default for RunOptions {
             batch_rows: 64 * 1024,
             // One core reads the source; the others share the key partitions.
             threads: rayon::current_num_threads().saturating_sub(1).max(1),
+            start: StartFrom::Newest,
             progress: None,
         }
     }
@@ -115,6 +133,10 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Late events that no `[late]` sink kept.
     pub late_not_kept: u64,
+    /// Checkpoints taken by this run.
+    pub checkpoints: u64,
+    /// The checkpoint this run resumed from.
+    pub restored_from: Option<u64>,
 }
 
 impl Summary {
@@ -133,6 +155,12 @@ impl fmt::Display for Summary {
         writeln!(f, "late events      {}", s.late_events)?;
         if s.alerts > 0 {
             writeln!(f, "anomaly alerts   {}", s.alerts)?;
+        }
+        if let Some(id) = self.restored_from {
+            writeln!(f, "restored from    checkpoint {id}")?;
+        }
+        if self.checkpoints > 0 {
+            writeln!(f, "checkpoints      {}", self.checkpoints)?;
         }
         writeln!(f, "elapsed          {:.3} s", self.elapsed.as_secs_f64())?;
         writeln!(f, "events/s         {:.0}", self.events_per_sec())?;
@@ -154,13 +182,207 @@ fn needed_columns(job: &Job) -> Vec<String> {
     cols
 }
 
+/// A fingerprint of what decides a job's state and output, so that a checkpoint is never
+/// restored into a different job.
+fn fingerprint(job: &Job) -> String {
+    let decisive = format!(
+        "{:?}",
+        (
+            &job.source,
+            &job.time_column,
+            job.max_out_of_orderness,
+            job.allowed_lateness,
+            &job.window,
+            &job.keys,
+            &job.aggregates,
+            (&job.sink, &job.late),
+            (&job.top_k, &job.anomaly),
+        )
+    );
+    format!("{:08x}", crc32fast::hash(decisive.as_bytes()))
+}
+
+/// The checkpoint a job starts from, after checking that it belongs to this job.
+fn starting_point(job: &Job, start: &StartFrom) -> Result<Option<Restore>> {
+    let Some(c) = &job.checkpoint else {
+        return match start {
+            StartFrom::Checkpoint(p) => Err(Error::Checkpoint {
+                path: p.clone(),
+                message: "the job has no [checkpoint] section".into(),
+            }),
+            _ => Ok(None),
+        };
+    };
+    let restore = match start {
+        StartFrom::Fresh => {
+            for found in checkpoint::list(&c.dir)? {
+                std::fs::remove_dir_all(&found.dir)
+                    .map_err(|e| Error::io("removing", &found.dir, e))?;
+            }
+            None
+        }
+        StartFrom::Newest => Restore::newest(&c.dir)?,
+        StartFrom::Checkpoint(p) => Some(Restore::at(p)?),
+    };
+    if let Some(r) = &restore
+        && r.manifest.job != fingerprint(job)
+    {
+        return Err(Error::Checkpoint {
+            path: r.dir.clone(),
+            message: "it was taken by a different job (its source, time, window, keys, \
+                      aggregates or sinks changed); run with --fresh to start over"
+                .into(),
+        });
+    }
+    Ok(restore)
+}
+
+/// The job's outputs: results, and late events and alerts when the job keeps them.
+struct Outputs {
+    sinks: Vec<Sink>,
+    late: Option<usize>,
+    alerts: Option<usize>,
+}
+
+impl Outputs {
+    /// Opens the sinks: single files, or part files after checkpoint `committed` when the
+    /// job takes checkpoints.
+    fn open(job: &Job, op: &WindowOperator, restore: Option<&Restore>) -> Result<Outputs> {
+        let committed = restore.map_or(0, |r| r.manifest.id);
+        let open = |spec: &crate::job::Sink, schema| match job.checkpoint {
+            None => open_sink(spec, schema),
+            Some(_) => {
+                let staged = restore
+                    .and_then(|r| {
+                        let dir = spec.path()?;
+                        r.manifest.sinks.iter().find(|c| c.dir == dir)
+                    })
+                    .map_or(&[][..], |c| &c.parts[..]);
+                open_parts(spec, schema, committed, staged)
+            }
+        };
+        let mut sinks = vec![open(&job.sink, op.output_schema())?];
+        let mut add = |spec: Option<&crate::job::Sink>, schema| -> Result<Option<usize>> {
+            let Some(spec) = spec else { return Ok(None) };
+            sinks.push(open(spec, schema)?);
+            Ok(Some(sinks.len() - 1))
+        };
+        let late = add(job.late.as_ref(), op.late_schema())?;
+        let alerts = add(job.anomaly.as_ref().map(|a| &a.sink), op.alert_schema())?;
+        Ok(Outputs {
+            sinks,
+            late,
+            alerts,
+        })
+    }
+
+    /// Writes what the operator produced.
+    fn drain(&mut self, op: &mut WindowOperator) -> Result<()> {
+        let to = [Some(0), self.late, self.alerts];
+        for (batches, to) in [op.take_output(), op.take_late(), op.take_alerts()]
+            .into_iter()
+            .zip(to)
+        {
+            if let Some(i) = to {
+                for batch in batches {
+                    self.sinks[i].write(&batch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes checkpoint `id`: stages the sinks' parts, writes the state and the manifest, then
+/// publishes the parts (the two phases of the commit).
+fn take_checkpoint(
+    job: &Job,
+    id: u64,
+    op: &mut WindowOperator,
+    outputs: &mut Outputs,
+    position: &Position,
+    finished: bool,
+) -> Result<()> {
+    let Some(c) = &job.checkpoint else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let mut sinks = Vec::new();
+    for sink in outputs.sinks.iter_mut() {
+        let parts = sink.stage(id)?.into_iter().collect();
+        let dir = sink.dir().map(Path::to_path_buf).unwrap_or_default();
+        sinks.push(Commit { dir, parts });
+    }
+    failpoint("staged", id);
+    let mut writer = CheckpointWriter::begin(&c.dir, id)?;
+    let operator = op.snapshot(&mut writer)?;
+    failpoint("state", id);
+    writer.commit(Manifest {
+        id,
+        created_ms: checkpoint::now_ms(),
+        job: fingerprint(job),
+        backend: op.backend_name().to_string(),
+        watermark: op.watermark(),
+        position: position.clone(),
+        finished,
+        operator,
+        sinks: sinks.clone(),
+        files: Vec::new(),
+    })?;
+    failpoint("manifest", id);
+    for (i, commit) in sinks.iter().enumerate() {
+        publish(&commit.dir, &commit.parts)?;
+        if i == 0 {
+            failpoint("publish", id);
+        }
+    }
+    checkpoint::prune(&c.dir, c.keep)?;
+    tracing::info!(
+        "checkpoint {id} at {position} in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// Crash tests kill the job at a named point of checkpoint `id`: `PANES_FAILPOINT=state:3`
+/// sends SIGKILL to this process after checkpoint 3 wrote its state, before its manifest.
+fn failpoint(name: &str, id: u64) {
+    let Ok(at) = std::env::var("PANES_FAILPOINT") else {
+        return;
+    };
+    if at == format!("{name}:{id}") {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
 /// Runs a job to the end of its (bounded) input.
 ///
 /// Results and late events are written to the job's sinks; the files appear only when the
 /// run succeeds. The late-event output keeps every source column, so with a `[late]` sink
 /// the source reads all columns, without one only those the job needs.
+///
+/// With `[checkpoint]`, the job resumes from a checkpoint (see [`StartFrom`]), takes
+/// checkpoints as it goes and a last one at the end, and its sinks are part files
+/// committed by checkpoints: exactly once, whatever crashes in between.
 pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let start = Instant::now();
+    let restore = starting_point(job, &opts.start)?;
+    let backend = match (job.checkpoint.is_some(), opts.backend) {
+        (true, BackendKind::Auto) => BackendKind::Cpu,
+        (true, BackendKind::Gpu) => {
+            return Err(Error::Backend(panes_kernels::Error::Unsupported {
+                backend: "gpu",
+                what: "checkpoints".into(),
+            }));
+        }
+        (_, kind) => kind,
+    };
     let columns = needed_columns(job);
     let mut source = open_source(
         &job.source,
@@ -170,37 +392,53 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let schema = source.schema();
     let threads = opts.threads;
     let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
-        opts.backend.build(aggs, threads)
+        backend.build(aggs, threads)
     })?;
-    let mut sink = open_sink(&job.sink, op.output_schema())?;
-    let mut late_sink = job
-        .late
-        .as_ref()
-        .map(|l| open_sink(l, op.late_schema()))
-        .transpose()?;
-    let mut alert_sink = job
-        .anomaly
-        .as_ref()
-        .map(|a| open_sink(&a.sink, op.alert_schema()))
-        .transpose()?;
-    let total = source.total_rows();
-    let drain = |op: &mut WindowOperator,
-                 sink: &mut Sink,
-                 late: &mut Option<Sink>,
-                 alerts: &mut Option<Sink>|
-     -> Result<()> {
-        for batch in op.take_output() {
-            sink.write(&batch)?;
+    let mut position = Position::Start;
+    if let Some(r) = &restore {
+        if r.manifest.backend != op.backend_name() {
+            return Err(Error::Checkpoint {
+                path: r.dir.clone(),
+                message: format!(
+                    "it holds state of the {} backend; resume with --backend {}",
+                    r.manifest.backend, r.manifest.backend
+                ),
+            });
         }
-        for (batches, to) in [(op.take_late(), late), (op.take_alerts(), alerts)] {
-            if let Some(to) = to.as_mut() {
-                for batch in batches {
-                    to.write(&batch)?;
-                }
-            }
+        source.seek(&r.manifest.position)?;
+        op.restore(r)?;
+        position = r.manifest.position.clone();
+        tracing::info!("resuming from checkpoint {} at {position}", r.manifest.id);
+    }
+    let mut outputs = Outputs::open(job, &op, restore.as_ref())?;
+    let restored_from = restore.as_ref().map(|r| r.manifest.id);
+    let summary = |op: &WindowOperator, checkpoints| {
+        let stats = op.stats();
+        let late_not_kept = if job.late.is_none() {
+            stats.late_events
+        } else {
+            0
+        };
+        Summary {
+            backend: op.backend(),
+            stats,
+            elapsed: start.elapsed(),
+            late_not_kept,
+            checkpoints,
+            restored_from,
         }
-        Ok(())
     };
+    if restore.as_ref().is_some_and(|r| r.manifest.finished) {
+        tracing::warn!(
+            "the job already finished at checkpoint {}; its output is published. Run with \
+             --fresh to run it again",
+            restored_from.unwrap_or(0)
+        );
+        return Ok(summary(&op, 0));
+    }
+    let mut next_id = restored_from.unwrap_or(0) + 1;
+    let mut last_checkpoint = (Instant::now(), op.stats().events_in);
+    let total = source.total_rows();
     // The source reads and decodes the next batches on a thread of its own while this
     // one aggregates: a pipeline, which is what a second core is best used for.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<SourceBatch>>>(READ_AHEAD);
@@ -219,7 +457,19 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         for next in rx {
             let Some(b) = next? else { break };
             op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?;
-            drain(&mut op, &mut sink, &mut late_sink, &mut alert_sink)?;
+            outputs.drain(&mut op)?;
+            position = b.after;
+            if let Some(c) = &job.checkpoint {
+                let due = match c.trigger {
+                    Trigger::Interval(d) => last_checkpoint.0.elapsed() >= d,
+                    Trigger::Events(n) => op.stats().events_in - last_checkpoint.1 >= n,
+                };
+                if due {
+                    take_checkpoint(job, next_id, &mut op, &mut outputs, &position, false)?;
+                    next_id += 1;
+                    last_checkpoint = (Instant::now(), op.stats().events_in);
+                }
+            }
             if let Some(progress) = opts.progress.as_mut() {
                 progress(op.stats().events_in, total);
             }
@@ -233,26 +483,22 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         ));
     }
     op.finish()?;
-    drain(&mut op, &mut sink, &mut late_sink, &mut alert_sink)?;
-    sink.finish()?;
-    for s in [late_sink, alert_sink].into_iter().flatten() {
-        s.finish()?;
-    }
-    let stats = op.stats();
-    let late_not_kept = if job.late.is_none() {
-        stats.late_events
+    outputs.drain(&mut op)?;
+    let first_id = restored_from.unwrap_or(0) + 1;
+    if job.checkpoint.is_some() {
+        take_checkpoint(job, next_id, &mut op, &mut outputs, &position, true)?;
+        next_id += 1;
     } else {
-        0
-    };
-    if late_not_kept > 0 {
+        for s in outputs.sinks {
+            s.finish()?;
+        }
+    }
+    let summary = summary(&op, next_id - first_id);
+    if summary.late_not_kept > 0 {
         tracing::warn!(
-            "{late_not_kept} late events were counted but not kept: add a [late] section to keep them"
+            "{} late events were counted but not kept: add a [late] section to keep them",
+            summary.late_not_kept
         );
     }
-    Ok(Summary {
-        backend: op.backend(),
-        stats,
-        elapsed: start.elapsed(),
-        late_not_kept,
-    })
+    Ok(summary)
 }

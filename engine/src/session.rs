@@ -20,6 +20,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
+use arrow::datatypes::{Int64Type, UInt32Type};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
 
 /// A session to emit: its key, first and last event times, and revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -258,6 +264,82 @@ impl Sessions {
             closed.push((key, s.first, s.last));
         }
         closed
+    }
+}
+
+impl Sessions {
+    /// The open sessions as a batch (checkpoints): key, first, last, n, base, pending.
+    pub fn to_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let mut rows: Vec<(u32, Open)> = self
+            .open
+            .iter()
+            .flat_map(|(&k, list)| list.iter().map(move |&s| (k, s)))
+            .collect();
+        rows.sort_unstable_by_key(|&(k, s)| (k, s.first));
+        let ints = |f: fn(&Open) -> i64| -> ArrayRef {
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| f(&r.1))))
+        };
+        RecordBatch::try_from_iter([
+            (
+                "key",
+                Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+            ),
+            ("first", ints(|s| s.first)),
+            ("last", ints(|s| s.last)),
+            ("n", ints(|s| s.n)),
+            (
+                "base",
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.1.base))),
+            ),
+            (
+                "pending",
+                Arc::new(BooleanArray::from_iter(
+                    rows.iter().map(|r| Some(r.1.pending)),
+                )),
+            ),
+        ])
+    }
+
+    /// Adds the sessions of a batch that [`Sessions::to_batch`] wrote, with their timers.
+    /// The sessions must not be dirty (checkpoints are taken between batches).
+    pub fn restore(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| format!("session state has no column {name:?}"))
+        };
+        let int = |name: &str| -> Result<&Int64Array, String> {
+            col(name)?
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| format!("session state column {name:?} is not Int64"))
+        };
+        let keys = col("key")?
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or("session state column \"key\" is not UInt32")?;
+        let (first, last, n, base) = (int("first")?, int("last")?, int("n")?, int("base")?);
+        let pending = col("pending")?
+            .as_boolean_opt()
+            .ok_or("session state column \"pending\" is not Boolean")?;
+        for i in 0..batch.num_rows() {
+            let (key, s) = (
+                keys.value(i),
+                Open {
+                    first: first.value(i),
+                    last: last.value(i),
+                    n: n.value(i),
+                    base: base.is_valid(i).then(|| base.value(i)),
+                    pending: pending.value(i),
+                },
+            );
+            let end = s.last + self.gap - 1;
+            self.to_close.push(Reverse((end, key, s.first)));
+            if s.pending {
+                self.to_fire.push(Reverse((end, key, s.first)));
+            }
+            *self.firsts.entry(s.first).or_insert(0) += 1;
+            self.open.entry(key).or_default().push(s);
+        }
+        Ok(())
     }
 }
 

@@ -104,6 +104,40 @@ impl WatermarkTracker {
         self.current
     }
 
+    /// Per partition: the largest event time seen and whether it finished (checkpoints).
+    pub fn state(&self) -> Vec<(Option<i64>, bool)> {
+        self.partitions
+            .iter()
+            .map(|p| (p.max_ts, p.finished))
+            .collect()
+    }
+
+    /// Restores what [`WatermarkTracker::state`] and [`WatermarkTracker::current`] gave;
+    /// the partitions count as active from `now`.
+    pub fn restore(
+        &mut self,
+        state: &[(Option<i64>, bool)],
+        current: i64,
+        now: Instant,
+    ) -> Result<(), String> {
+        if state.len() != self.partitions.len() {
+            return Err(format!(
+                "the checkpoint has {} source partitions, the job now {}",
+                state.len(),
+                self.partitions.len()
+            ));
+        }
+        for (p, &(max_ts, finished)) in self.partitions.iter_mut().zip(state) {
+            *p = Partition {
+                max_ts,
+                last_data: now,
+                finished,
+            };
+        }
+        self.current = current;
+        Ok(())
+    }
+
     /// Marks partition `p` as exhausted: it holds nothing back any more.
     pub fn finish(&mut self, p: usize, now: Instant) -> i64 {
         self.partitions[p].finished = true;

@@ -278,9 +278,11 @@ impl Backend for ReferenceBackend {
             ),
         ];
         for c in 0..first.values.len() {
-            let floats = events
+            // The column's domain, not its values, sets the type: every pane has one schema.
+            let floats = self
+                .aggs
                 .iter()
-                .any(|e| matches!(e.1.values[c], Some(Scalar::F(_))));
+                .any(|a| a.column == c && a.func != AggFn::CountRows && a.domain == Domain::F64);
             let values = events.iter().map(|e| e.1.values[c]);
             let array: ArrayRef = if floats {
                 Arc::new(Float64Array::from_iter(values.map(|v| match v {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arrow::csv::reader::{Format, Reader, ReaderBuilder};
 use arrow::datatypes::SchemaRef;
 
-use super::{FileSequence, Source, SourceBatch};
+use super::{FileSequence, Position, Source, SourceBatch};
 use crate::error::{Error, Result};
 
 pub(super) struct CsvSource {
@@ -56,13 +56,19 @@ impl Source for CsvSource {
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         let (schema, batch_rows) = (self.schema.clone(), self.batch_rows);
-        self.files.next(|path| {
+        self.files.next(|path, _skip| {
             let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-            ReaderBuilder::new(schema.clone())
+            let reader = ReaderBuilder::new(schema.clone())
                 .with_header(true)
                 .with_batch_size(batch_rows)
                 .build(file)
-                .map_err(|e| Error::arrow(format!("opening CSV file {}", path.display()), e))
+                .map_err(|e| Error::arrow(format!("opening CSV file {}", path.display()), e))?;
+            // CSV has no index: the sequence reads and drops the rows to skip.
+            Ok((reader, 0))
         })
+    }
+
+    fn seek(&mut self, to: &Position) -> Result<()> {
+        self.files.seek(to)
     }
 }

@@ -4,7 +4,7 @@
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
-use super::{Source, SourceBatch};
+use super::{Position, Source, SourceBatch};
 use crate::error::{Error, Result};
 use crate::job::GeneratorSpec;
 
@@ -13,6 +13,7 @@ pub(super) struct GeneratorSource {
     schema: SchemaRef,
     partitions: usize,
     total: u64,
+    batch_rows: usize,
     batches: Box<dyn Iterator<Item = RecordBatch> + Send>,
     index: u64,
     row: u64,
@@ -31,6 +32,7 @@ impl GeneratorSource {
             schema: panes_datasets::schema(spec.dataset),
             partitions: spec.partitions as usize,
             total: config.events,
+            batch_rows,
             batches,
             index: 0,
             row: 0,
@@ -64,6 +66,41 @@ impl Source for GeneratorSource {
             batch,
             origin: self.name.clone(),
             first_row,
+            after: Position::Generator {
+                batches: self.index,
+                batch_rows: self.batch_rows,
+            },
         }))
+    }
+
+    /// Generators are deterministic: resuming regenerates the batches before `to` and
+    /// drops them.
+    fn seek(&mut self, to: &Position) -> Result<()> {
+        match *to {
+            Position::Start => Ok(()),
+            Position::Generator {
+                batches,
+                batch_rows,
+            } if batch_rows == self.batch_rows => {
+                for _ in 0..batches {
+                    let Some(b) = self.batches.next() else { break };
+                    self.index += 1;
+                    self.row += b.num_rows() as u64;
+                }
+                Ok(())
+            }
+            Position::Generator { batch_rows, .. } => Err(Error::input(
+                &self.name,
+                format!(
+                    "the checkpoint was taken with batches of {batch_rows} rows, which decide \
+                     the partition of each event; resume with --batch-rows {batch_rows}"
+                ),
+            )),
+            Position::File { .. } => Err(Error::input(
+                &self.name,
+                "the checkpoint resumes a file source, not a generator: the job changed; run \
+                 with --fresh",
+            )),
+        }
     }
 }

@@ -11,10 +11,50 @@ use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::job::Source as SourceSpec;
 
 pub use sink::{Sink, open_sink};
+
+/// How far a source has been read: where a restored job resumes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Position {
+    /// Nothing read yet.
+    #[default]
+    Start,
+    /// Files: `rows` rows of file `index` (in name order), and every file before it.
+    File {
+        /// The file's index among the source's files.
+        index: usize,
+        /// Its path, checked on restore.
+        path: String,
+        /// Rows of it read.
+        rows: u64,
+    },
+    /// A generator: its first `batches` batches of `batch_rows` rows.
+    Generator {
+        /// Batches produced.
+        batches: u64,
+        /// Rows per batch, which decide how batches are dealt to partitions.
+        batch_rows: usize,
+    },
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Position::Start => f.write_str("start"),
+            Position::File { path, rows, .. } => write!(f, "{path} row {rows}"),
+            Position::Generator {
+                batches,
+                batch_rows,
+            } => write!(f, "batch {batches} of {batch_rows} rows"),
+        }
+    }
+}
 
 /// A batch and where it came from.
 pub struct SourceBatch {
@@ -26,6 +66,8 @@ pub struct SourceBatch {
     pub origin: String,
     /// Row number of its first row within `origin`.
     pub first_row: u64,
+    /// The source's position after this batch.
+    pub after: Position,
 }
 
 /// A bounded source of event batches.
@@ -38,6 +80,8 @@ pub trait Source: Send {
     fn total_rows(&self) -> Option<u64>;
     /// The next batch, or `None` when every partition is exhausted.
     fn next_batch(&mut self) -> Result<Option<SourceBatch>>;
+    /// Moves a source that has not been read yet to `to`, a position it gave before.
+    fn seek(&mut self, to: &Position) -> Result<()>;
 }
 
 /// Opens the source of a job. `columns`: the columns to read (`None`: all of them).
@@ -89,6 +133,10 @@ pub(crate) struct FileSequence<R> {
     kind: &'static str,
     files: Vec<PathBuf>,
     next_file: usize,
+    /// Rows to skip at the start of the next file opened (a restored position).
+    skip: u64,
+    /// Rows the open reader still has to drop before its first batch.
+    discard: u64,
     /// The open reader, its file name and the number of rows it has given.
     reader: Option<(R, String, u64)>,
 }
@@ -100,27 +148,70 @@ impl<R: Iterator<Item = Result<RecordBatch, ArrowError>>> FileSequence<R> {
             kind,
             files,
             next_file: 0,
+            skip: 0,
+            discard: 0,
             reader: None,
         }
     }
 
-    /// The next batch, opening the next file with `open` when one is exhausted.
+    /// Resumes at `to`: the file it names, less the rows already read.
+    pub(crate) fn seek(&mut self, to: &Position) -> Result<()> {
+        match to {
+            Position::Start => Ok(()),
+            Position::File { index, path, rows } => {
+                let here = self.files.get(*index).map(|f| f.display().to_string());
+                if here.as_deref() != Some(path.as_str()) {
+                    return Err(Error::input(
+                        path,
+                        format!(
+                            "the checkpoint resumes {} file {index} {path:?}, but the source \
+                             now has {}: the input changed; run with --fresh",
+                            self.kind,
+                            here.map_or("no such file".into(), |h| format!("{h:?} there")),
+                        ),
+                    ));
+                }
+                self.next_file = *index;
+                self.skip = *rows;
+                Ok(())
+            }
+            Position::Generator { .. } => Err(Error::Internal(format!(
+                "a {} source cannot resume at a generator position",
+                self.kind
+            ))),
+        }
+    }
+
+    /// The next batch, opening the next file with `open(path, skip)` when one is
+    /// exhausted; `open` returns the reader and how many of the `skip` rows it skipped.
     pub(crate) fn next(
         &mut self,
-        mut open: impl FnMut(&PathBuf) -> Result<R>,
+        mut open: impl FnMut(&PathBuf, u64) -> Result<(R, u64)>,
     ) -> Result<Option<SourceBatch>> {
         loop {
             if let Some((reader, origin, row)) = &mut self.reader {
                 match reader.next() {
+                    Some(Ok(batch)) if (batch.num_rows() as u64) <= self.discard => {
+                        self.discard -= batch.num_rows() as u64;
+                    }
                     Some(Ok(batch)) => {
+                        let batch = batch.slice(
+                            self.discard as usize,
+                            batch.num_rows() - self.discard as usize,
+                        );
+                        self.discard = 0;
                         let first_row = *row;
                         *row += batch.num_rows() as u64;
-                        let origin = origin.clone();
                         return Ok(Some(SourceBatch {
                             partition: 0,
                             batch,
-                            origin,
+                            origin: origin.clone(),
                             first_row,
+                            after: Position::File {
+                                index: self.next_file - 1,
+                                path: origin.clone(),
+                                rows: *row,
+                            },
                         }));
                     }
                     Some(Err(e)) => {
@@ -135,7 +226,10 @@ impl<R: Iterator<Item = Result<RecordBatch, ArrowError>>> FileSequence<R> {
                 return Ok(None);
             };
             self.next_file += 1;
-            self.reader = Some((open(path)?, path.display().to_string(), 0));
+            let skip = std::mem::take(&mut self.skip);
+            let (reader, skipped) = open(path, skip)?;
+            self.discard = skip - skipped.min(skip);
+            self.reader = Some((reader, path.display().to_string(), skip));
         }
     }
 }

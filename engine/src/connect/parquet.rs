@@ -8,7 +8,7 @@ use arrow::datatypes::SchemaRef;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::{FileSequence, Source, SourceBatch};
+use super::{FileSequence, Position, Source, SourceBatch};
 use crate::error::{Error, Result};
 
 pub(super) struct ParquetSource {
@@ -109,13 +109,36 @@ impl Source for ParquetSource {
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         let (columns, batch_rows) = (self.columns.as_deref(), self.batch_rows);
-        self.files.next(|path| {
+        self.files.next(|path, skip| {
             let b = builder(path)?;
             let mask = projection(&b, path, columns)?;
-            b.with_projection(mask)
+            // Resuming: whole row groups are skipped unread, then rows of the next one.
+            let sizes: Vec<u64> = (b.metadata().row_groups().iter())
+                .map(|g| g.num_rows() as u64)
+                .collect();
+            let (mut groups, mut rest) = (0, skip);
+            while groups < sizes.len() && sizes[groups] <= rest {
+                rest -= sizes[groups];
+                groups += 1;
+            }
+            if skip > 0 {
+                tracing::info!(
+                    "resuming {} at row group {groups}, row {rest}",
+                    path.display()
+                );
+            }
+            let reader = b
+                .with_projection(mask)
                 .with_batch_size(batch_rows)
+                .with_row_groups((groups..sizes.len()).collect())
+                .with_offset(rest as usize)
                 .build()
-                .map_err(|e| Error::parquet(path.clone(), e))
+                .map_err(|e| Error::parquet(path.clone(), e))?;
+            Ok((reader, skip))
         })
+    }
+
+    fn seek(&mut self, to: &Position) -> Result<()> {
+        self.files.seek(to)
     }
 }

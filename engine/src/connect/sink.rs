@@ -1,6 +1,15 @@
-//! Sinks: Parquet, CSV and JSON-lines files written under a temporary name and renamed
-//! into place only when complete, so a failed run never leaves a file that looks finished.
-//! JSON lines can also go to stdout.
+//! Sinks: Parquet, CSV and JSON-lines files.
+//!
+//! Without checkpoints a sink is one file, written under a temporary name and renamed into
+//! place only when complete, so a failed run never leaves a file that looks finished. JSON
+//! lines can also go to stdout.
+//!
+//! With checkpoints a sink is a directory of part files, committed in two phases: rows go
+//! to a hidden staged part (`.staged-part-NNNNNN.parquet`); a checkpoint closes and syncs it
+//! and lists it in its manifest; once the manifest is durable the part is published by a
+//! rename (`part-NNNNNN.parquet`, numbered by checkpoint). A restored job publishes what its
+//! checkpoint lists and removes staged parts of checkpoints that never completed, and parts
+//! of later checkpoints it is about to write again.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -21,75 +30,217 @@ enum Writer {
     Json(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
 }
 
+/// What a sink writes into.
+enum Target {
+    /// One file, renamed from `tmp` to `path` by [`Sink::finish`].
+    File {
+        tmp: PathBuf,
+        path: PathBuf,
+    },
+    Stdout,
+    /// Part files in `dir`; `next` is the checkpoint the open part belongs to.
+    Parts {
+        dir: PathBuf,
+        next: u64,
+    },
+}
+
 /// An open sink. Dropping it without [`Sink::finish`] removes its temporary file.
 pub struct Sink {
+    spec: SinkSpec,
+    schema: SchemaRef,
     writer: Option<Writer>,
-    /// (temporary, final) paths of a file sink.
-    paths: Option<(PathBuf, PathBuf)>,
+    target: Target,
 }
 
-fn create(path: &Path) -> Result<(File, PathBuf)> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))?;
-    }
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-    Ok((file, tmp))
+/// The prefix of a staged part's file name.
+const STAGED: &str = ".staged-";
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))
 }
 
-/// Opens a sink for batches of `schema`.
-pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
-    let (writer, paths) = match spec {
-        SinkSpec::Parquet(path) => {
-            let (file, tmp) = create(path)?;
+fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef) -> Result<Writer> {
+    let file = File::create(path).map_err(|e| Error::io("creating", path, e))?;
+    Ok(match spec {
+        SinkSpec::Parquet(_) => {
             let props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .build();
             let w = ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props))
-                .map_err(|e| Error::parquet(path.clone(), e))?;
-            (Writer::Parquet(w), Some((tmp, path.clone())))
+                .map_err(|e| Error::parquet(path, e))?;
+            Writer::Parquet(w)
         }
-        SinkSpec::Csv(path) => {
-            let (file, tmp) = create(path)?;
-            (
-                Writer::Csv(arrow::csv::Writer::new(BufWriter::new(file))),
-                Some((tmp, path.clone())),
-            )
-        }
-        SinkSpec::JsonLines(Some(path)) => {
-            let (file, tmp) = create(path)?;
+        SinkSpec::Csv(_) => Writer::Csv(arrow::csv::Writer::new(BufWriter::new(file))),
+        SinkSpec::JsonLines(_) => {
             let out: Box<dyn Write + Send> = Box::new(BufWriter::new(file));
-            (
-                Writer::Json(arrow::json::LineDelimitedWriter::new(out)),
-                Some((tmp, path.clone())),
-            )
+            Writer::Json(arrow::json::LineDelimitedWriter::new(out))
         }
-        SinkSpec::JsonLines(None) => {
-            let out: Box<dyn Write + Send> = Box::new(BufWriter::new(std::io::stdout()));
-            (
-                Writer::Json(arrow::json::LineDelimitedWriter::new(out)),
-                None,
-            )
-        }
-    };
-    Ok(Sink {
-        writer: Some(writer),
-        paths,
     })
 }
 
+/// Flushes a writer and, for a file, syncs it to disk.
+fn close(writer: Writer, target: &str) -> Result<()> {
+    let file = match writer {
+        Writer::Parquet(w) => Some(w.into_inner().map_err(|e| Error::parquet(target, e))?),
+        Writer::Csv(w) => Some(w.into_inner()),
+        Writer::Json(mut w) => {
+            w.finish()
+                .map_err(|e| Error::arrow(format!("writing {target}"), e))?;
+            let mut out = w.into_inner();
+            out.flush().map_err(|e| Error::io("writing", target, e))?;
+            None
+        }
+    };
+    if let Some(buffered) = file {
+        let file = buffered
+            .into_inner()
+            .map_err(|e| Error::io("writing", target, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io("syncing", target, e))?;
+    }
+    Ok(())
+}
+
+/// Syncs a directory, so that the renames and removals in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("syncing directory", dir, e))
+}
+
+/// Opens a sink for batches of `schema`: one file, or stdout.
+pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
+    let (writer, target) = match spec.path() {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_dir(dir)?;
+            }
+            let mut name = path.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(".{}.tmp", std::process::id()));
+            let tmp = path.with_file_name(name);
+            let w = writer(spec, &tmp, schema)?;
+            let path = path.to_path_buf();
+            (Some(w), Target::File { tmp, path })
+        }
+        None => {
+            let out: Box<dyn Write + Send> = Box::new(BufWriter::new(std::io::stdout()));
+            let w = Writer::Json(arrow::json::LineDelimitedWriter::new(out));
+            (Some(w), Target::Stdout)
+        }
+    };
+    Ok(Sink {
+        spec: spec.clone(),
+        schema: schema.clone(),
+        writer,
+        target,
+    })
+}
+
+/// Opens a sink of part files in the directory its path names, after checkpoint
+/// `committed` (0: none) whose manifest lists `staged` for this sink: those parts are
+/// published, other staged parts and parts after `committed` are removed.
+pub fn open_parts(
+    spec: &SinkSpec,
+    schema: &SchemaRef,
+    committed: u64,
+    staged: &[String],
+) -> Result<Sink> {
+    let dir = spec
+        .path()
+        .ok_or_else(|| Error::Internal("a part-file sink without a path".into()))?
+        .to_path_buf();
+    create_dir(&dir)?;
+    publish(&dir, staged)?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io("listing", &dir, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let Some(id) = part_id(name.strip_prefix(STAGED).unwrap_or(name)) else {
+            continue;
+        };
+        if name.starts_with(STAGED) || id > committed {
+            tracing::info!(
+                "removing {}: not covered by checkpoint {committed}",
+                path.display()
+            );
+            std::fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;
+        }
+    }
+    sync_dir(&dir)?;
+    Ok(Sink {
+        spec: spec.clone(),
+        schema: schema.clone(),
+        writer: None,
+        target: Target::Parts {
+            dir,
+            next: committed + 1,
+        },
+    })
+}
+
+/// The checkpoint id of a part file name `part-NNNNNN.ext`.
+fn part_id(name: &str) -> Option<u64> {
+    let (stem, _) = name.strip_prefix("part-")?.split_once('.')?;
+    stem.parse().ok()
+}
+
+/// Publishes staged parts of `dir` (names without the staging prefix). A part already
+/// published (a restore after a crash in the middle of publishing) is left as it is.
+pub fn publish(dir: &Path, parts: &[String]) -> Result<()> {
+    for name in parts {
+        let (from, to) = (dir.join(format!("{STAGED}{name}")), dir.join(name));
+        if from.exists() {
+            std::fs::rename(&from, &to).map_err(|e| Error::io("publishing", &to, e))?;
+        } else if !to.exists() {
+            return Err(Error::io(
+                "publishing",
+                &from,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the checkpoint lists this staged part, but it is gone",
+                ),
+            ));
+        }
+    }
+    if !parts.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+impl SinkSpec {
+    /// The sink's file (or directory, with checkpoints); `None` for stdout.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            SinkSpec::Parquet(p) | SinkSpec::Csv(p) | SinkSpec::JsonLines(Some(p)) => Some(p),
+            SinkSpec::JsonLines(None) => None,
+        }
+    }
+
+    fn extension(&self) -> &'static str {
+        match self {
+            SinkSpec::Parquet(_) => "parquet",
+            SinkSpec::Csv(_) => "csv",
+            SinkSpec::JsonLines(_) => "jsonl",
+        }
+    }
+}
+
 impl Sink {
-    fn target(&self) -> String {
-        self.paths
-            .as_ref()
-            .map_or("stdout".into(), |(_, p)| p.display().to_string())
+    fn name(&self) -> String {
+        self.spec
+            .path()
+            .map_or("stdout".into(), |p| p.display().to_string())
     }
 
     /// Writes a batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        let target = self.target();
+        let target = self.name();
+        if let (None, Target::Parts { dir, next }) = (&self.writer, &self.target) {
+            let name = format!("{STAGED}part-{next:06}.{}", self.spec.extension());
+            self.writer = Some(writer(&self.spec, &dir.join(name), &self.schema)?);
+        }
         match self.writer.as_mut() {
             Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| Error::parquet(&target, e)),
             Some(Writer::Csv(w)) => w
@@ -102,33 +253,46 @@ impl Sink {
         }
     }
 
-    /// Flushes, syncs and renames the file into place.
-    pub fn finish(mut self) -> Result<()> {
-        let target = self.target();
-        let file = match self.writer.take() {
-            Some(Writer::Parquet(w)) => {
-                let inner = w.into_inner().map_err(|e| Error::parquet(&target, e))?;
-                Some(inner)
-            }
-            Some(Writer::Csv(w)) => Some(w.into_inner()),
-            Some(Writer::Json(mut w)) => {
-                w.finish()
-                    .map_err(|e| Error::arrow(format!("writing {target}"), e))?;
-                let mut out = w.into_inner();
-                out.flush().map_err(|e| Error::io("writing", &target, e))?;
-                None
-            }
-            None => None,
+    /// Closes and syncs the part written since the last checkpoint, for checkpoint `id`;
+    /// returns its published name, or `None` when no row was written.
+    pub fn stage(&mut self, id: u64) -> Result<Option<String>> {
+        let target = self.name();
+        let Target::Parts { next, .. } = &mut self.target else {
+            return Err(Error::Internal("staging a sink without parts".into()));
         };
-        if let Some(buffered) = file {
-            let file = buffered
-                .into_inner()
-                .map_err(|e| Error::io("writing", &target, e.into_error()))?;
-            file.sync_all()
-                .map_err(|e| Error::io("syncing", &target, e))?;
+        if *next != id {
+            return Err(Error::Internal(format!(
+                "staging part {next} of {target} for checkpoint {id}"
+            )));
         }
-        if let Some((tmp, path)) = self.paths.take() {
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming into place", &path, e))?;
+        *next += 1;
+        let Some(w) = self.writer.take() else {
+            return Ok(None);
+        };
+        close(w, &target)?;
+        Ok(Some(format!("part-{id:06}.{}", self.spec.extension())))
+    }
+
+    /// The directory of a part-file sink.
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.target {
+            Target::Parts { dir, .. } => Some(dir),
+            _ => None,
+        }
+    }
+
+    /// Flushes, syncs and renames a single file into place.
+    pub fn finish(mut self) -> Result<()> {
+        let target = self.name();
+        if let Some(w) = self.writer.take() {
+            close(w, &target)?;
+        }
+        match std::mem::replace(&mut self.target, Target::Stdout) {
+            Target::File { tmp, path } => {
+                std::fs::rename(&tmp, &path)
+                    .map_err(|e| Error::io("renaming into place", &path, e))?;
+            }
+            Target::Stdout | Target::Parts { .. } => {}
         }
         Ok(())
     }
@@ -136,7 +300,7 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        if let Some((tmp, _)) = self.paths.take() {
+        if let Target::File { tmp, .. } = &self.target {
             drop(self.writer.take());
             let _ = std::fs::remove_file(tmp);
         }

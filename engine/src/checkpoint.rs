@@ -1,0 +1,365 @@
+//! Checkpoints on disk: one directory `chk-NNNNNN` per checkpoint, holding Arrow IPC files
+//! of state and a manifest written last.
+//!
+//! Each state file is synced as it is written; the manifest lists every file with its size
+//! and CRC-32, is written under a temporary name, synced, renamed to `MANIFEST.json` and
+//! the directory synced. A checkpoint is complete when its manifest exists and every file
+//! it lists has that size and checksum; restore takes the newest complete one and reports
+//! the others it skipped.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::connect::Position;
+use crate::connect::sink::sync_dir;
+use crate::error::{Error, Result};
+use crate::operator::OperatorState;
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "MANIFEST.json";
+
+/// A state file of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// File name within the checkpoint's directory.
+    pub name: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// CRC-32 of its bytes.
+    pub crc32: u32,
+}
+
+/// Part files a checkpoint commits for one sink.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    /// The sink's directory.
+    pub dir: PathBuf,
+    /// Part files staged for this checkpoint, by their published names.
+    pub parts: Vec<String>,
+}
+
+/// What a checkpoint holds besides its state files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Checkpoint number, from 1.
+    pub id: u64,
+    /// When it was taken (Unix ms).
+    pub created_ms: u64,
+    /// The job it belongs to (a fingerprint of what decides its state and output).
+    pub job: String,
+    /// The backend whose pane state it holds.
+    pub backend: String,
+    /// The job watermark (ms; `i64::MIN` before any).
+    pub watermark: i64,
+    /// Where the source resumes.
+    pub position: Position,
+    /// Whether the job had read all its input and fired every window.
+    pub finished: bool,
+    /// The operator's scalar state.
+    pub operator: OperatorState,
+    /// Part files committed by this checkpoint, per sink.
+    pub sinks: Vec<Commit>,
+    /// The state files.
+    pub files: Vec<FileEntry>,
+}
+
+/// The directory of checkpoint `id` under `root`.
+pub fn dir_of(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("chk-{id:06}"))
+}
+
+fn id_of(name: &str) -> Option<u64> {
+    name.strip_prefix("chk-")?.parse().ok()
+}
+
+/// A writer that counts and checksums what goes through it.
+struct Hashing<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the files of one checkpoint; [`CheckpointWriter::commit`] makes it complete.
+pub struct CheckpointWriter {
+    dir: PathBuf,
+    files: Vec<FileEntry>,
+}
+
+impl CheckpointWriter {
+    /// Starts checkpoint `id` under `root`, replacing what a crashed attempt left there.
+    pub fn begin(root: &Path, id: u64) -> Result<Self> {
+        let dir = dir_of(root, id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating directory", &dir, e))?;
+        Ok(CheckpointWriter {
+            dir,
+            files: Vec::new(),
+        })
+    }
+
+    /// Writes state file `name` (Arrow IPC) from `batches`, which share a schema, and
+    /// syncs it. No batches, no file.
+    pub fn write(
+        &mut self,
+        name: &str,
+        batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    ) -> Result<()> {
+        let path = self.dir.join(name);
+        let ipc = |e| Error::arrow(format!("writing checkpoint file {}", path.display()), e);
+        let mut writer = None;
+        for batch in batches {
+            let batch = batch?;
+            let w = match &mut writer {
+                Some(w) => w,
+                None => {
+                    let file = File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+                    let out = Hashing {
+                        inner: BufWriter::new(file),
+                        crc: crc32fast::Hasher::new(),
+                        bytes: 0,
+                    };
+                    writer.insert(FileWriter::try_new(out, &batch.schema()).map_err(ipc)?)
+                }
+            };
+            w.write(&batch).map_err(ipc)?;
+        }
+        let Some(w) = writer else {
+            return Ok(());
+        };
+        let out = w.into_inner().map_err(ipc)?;
+        let file = out
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io("writing", &path, e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io("syncing", &path, e))?;
+        self.files.push(FileEntry {
+            name: name.to_string(),
+            bytes: out.bytes,
+            crc32: out.crc.finalize(),
+        });
+        Ok(())
+    }
+
+    /// Writes the manifest last, durably: the checkpoint is complete when this returns.
+    pub fn commit(self, mut manifest: Manifest) -> Result<()> {
+        manifest.files = self.files;
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::Internal(format!("encoding a checkpoint manifest: {e}")))?;
+        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
+        let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        file.write_all(&json)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        let path = self.dir.join(MANIFEST);
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io("renaming into place", &path, e))?;
+        sync_dir(&self.dir)?;
+        sync_dir(self.dir.parent().unwrap_or(Path::new(".")))
+    }
+}
+
+/// A checkpoint found on disk: complete, or why not.
+#[derive(Debug)]
+pub struct Found {
+    /// Its id.
+    pub id: u64,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// The manifest of a complete checkpoint, or what is wrong with it.
+    pub status: std::result::Result<Manifest, String>,
+    /// Bytes of its files on disk.
+    pub bytes: u64,
+}
+
+/// Every checkpoint under `root`, oldest first (none when `root` does not exist).
+pub fn list(root: &Path) -> Result<Vec<Found>> {
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(root).map_err(|e| Error::io("listing", root, e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let dir = entry.map_err(|e| Error::io("listing", root, e))?.path();
+        let Some(id) = dir.file_name().and_then(|n| n.to_str()).and_then(id_of) else {
+            continue;
+        };
+        let bytes = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        let status = verify(&dir, id);
+        found.push(Found {
+            id,
+            dir,
+            status,
+            bytes,
+        });
+    }
+    found.sort_by_key(|f| f.id);
+    Ok(found)
+}
+
+/// Reads and checks a checkpoint: its manifest, then each file's size and checksum.
+fn verify(dir: &Path, id: u64) -> std::result::Result<Manifest, String> {
+    let path = dir.join(MANIFEST);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("incomplete: no manifest (the job stopped while writing it)".into());
+        }
+        Err(e) => return Err(format!("reading {MANIFEST}: {e}")),
+    };
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| format!("corrupt {MANIFEST}: {e}"))?;
+    if manifest.id != id {
+        return Err(format!("{MANIFEST} names checkpoint {}", manifest.id));
+    }
+    for f in &manifest.files {
+        let path = dir.join(&f.name);
+        let file = File::open(&path).map_err(|e| format!("file {}: {e}", f.name))?;
+        let (mut crc, mut bytes) = (crc32fast::Hasher::new(), 0u64);
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| format!("reading {}: {e}", f.name))?;
+            if n == 0 {
+                break;
+            }
+            crc.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        if bytes != f.bytes {
+            return Err(format!(
+                "file {} has {bytes} bytes, the manifest says {}",
+                f.name, f.bytes
+            ));
+        }
+        if crc.finalize() != f.crc32 {
+            return Err(format!("file {} fails its checksum", f.name));
+        }
+    }
+    Ok(manifest)
+}
+
+/// A complete checkpoint to restore from.
+#[derive(Debug)]
+pub struct Restore {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+}
+
+impl Restore {
+    /// The newest complete checkpoint under `root`; the newer ones it skips are reported.
+    pub fn newest(root: &Path) -> Result<Option<Restore>> {
+        for found in list(root)?.into_iter().rev() {
+            match found.status {
+                Ok(manifest) => {
+                    return Ok(Some(Restore {
+                        dir: found.dir,
+                        manifest,
+                    }));
+                }
+                Err(why) => tracing::warn!(
+                    "skipping checkpoint {} ({}): {why}",
+                    found.id,
+                    found.dir.display()
+                ),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The checkpoint in directory `dir`, which must be complete.
+    pub fn at(dir: &Path) -> Result<Restore> {
+        let id = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(id_of)
+            .ok_or_else(|| Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: "not a checkpoint directory (chk-NNNNNN)".into(),
+            })?;
+        let manifest = verify(dir, id).map_err(|message| Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message,
+        })?;
+        Ok(Restore {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// The batches of state file `name` (none when the checkpoint has no such file).
+    pub fn read(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        if !self.manifest.files.iter().any(|f| f.name == name) {
+            return Ok(Vec::new());
+        }
+        let path = self.dir.join(name);
+        let file = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
+        let ipc = |e| Error::arrow(format!("reading checkpoint file {}", path.display()), e);
+        let reader = FileReader::try_new(BufReader::new(file), None).map_err(ipc)?;
+        reader.map(|b| b.map_err(ipc)).collect()
+    }
+}
+
+/// Removes complete checkpoints beyond the newest `keep`, and incomplete ones older than
+/// the newest complete one. (Complete here means it has a manifest: these are checkpoints
+/// this run wrote; restore checks the files.)
+pub fn prune(root: &Path, keep: usize) -> Result<()> {
+    let entries = std::fs::read_dir(root).map_err(|e| Error::io("listing", root, e))?;
+    let mut found: Vec<(u64, PathBuf, bool)> = Vec::new();
+    for entry in entries {
+        let dir = entry.map_err(|e| Error::io("listing", root, e))?.path();
+        if let Some(id) = dir.file_name().and_then(|n| n.to_str()).and_then(id_of) {
+            let complete = dir.join(MANIFEST).exists();
+            found.push((id, dir, complete));
+        }
+    }
+    found.sort_by_key(|f| f.0);
+    let complete: Vec<u64> = found.iter().filter(|f| f.2).map(|f| f.0).collect();
+    let Some(&newest) = complete.last() else {
+        return Ok(());
+    };
+    let oldest_kept = complete[complete.len().saturating_sub(keep)];
+    for (id, dir, complete) in found {
+        if id < oldest_kept || (id < newest && !complete) {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

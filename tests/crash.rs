@@ -1,0 +1,515 @@
+//! Crash and restore: jobs with checkpoints run as child processes, killed with SIGKILL at
+//! random moments and at named points of a checkpoint (after staging the sink parts, after
+//! writing the state, after the manifest, in the middle of publishing), then restarted
+//! until they finish. The published output (results, late events, alerts) must equal an
+//! uninterrupted run's, row for row. Corrupted checkpoints must be detected and skipped.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use arrow::util::display::array_value_to_string;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::properties::WriterProperties;
+use tempfile::TempDir;
+
+const CHECKPOINT: &str = r#"
+[checkpoint]
+dir = 'DIR/chk'
+every_events = 20000
+"#;
+
+/// Tumbling minutes over a Parquet file with small row groups, allowed lateness (so rows
+/// carry revisions) and a late-event sink.
+const TUMBLE: &str = r#"
+[source]
+kind = "parquet"
+path = 'INPUT'
+[time]
+column = "ts"
+max_out_of_orderness = "2s"
+allowed_lateness = "3s"
+[window]
+kind = "tumble"
+size = "1m"
+[key]
+columns = ["article_id"]
+[[aggregate]]
+name = "views"
+fn = "count"
+[[aggregate]]
+name = "scroll"
+fn = "sum"
+column = "scroll_depth"
+[[aggregate]]
+name = "last_scroll"
+fn = "last"
+column = "scroll_depth"
+[sink]
+path = 'DIR/out'
+[late]
+path = 'DIR/late'
+"#;
+
+/// Hop windows from a two-partition generator, with distinct counts and moments.
+const HOP: &str = r#"
+[source]
+kind = "generator"
+dataset = "clickstream"
+events = 300000
+keys = 5000
+seed = 11
+partitions = 2
+[time]
+column = "ts"
+max_out_of_orderness = "5s"
+[window]
+kind = "hop"
+size = "2m"
+slide = "30s"
+[key]
+columns = ["article_id"]
+[[aggregate]]
+name = "readers"
+fn = "approx_count_distinct"
+column = "user_id"
+[[aggregate]]
+name = "scroll_sd"
+fn = "stddev_samp"
+column = "scroll_depth"
+[sink]
+kind = "csv"
+path = 'DIR/out'
+[late]
+path = 'DIR/late'
+"#;
+
+/// Session windows per reader, with allowed lateness.
+const SESSION: &str = r#"
+[source]
+kind = "generator"
+dataset = "clickstream"
+events = 300000
+keys = 3000
+seed = 5
+[time]
+column = "ts"
+max_out_of_orderness = "3s"
+allowed_lateness = "2s"
+[window]
+kind = "session"
+gap = "20s"
+[key]
+columns = ["user_id"]
+[[aggregate]]
+name = "views"
+fn = "count"
+[[aggregate]]
+name = "deepest"
+fn = "max"
+column = "scroll_depth"
+[sink]
+path = 'DIR/out'
+[late]
+path = 'DIR/late'
+"#;
+
+/// IoT seconds (the generator's sensors report 500 times a second each) with anomaly
+/// alerts against a rolling baseline.
+const ANOMALY: &str = r#"
+[source]
+kind = "generator"
+dataset = "iot"
+events = 300000
+keys = 20
+seed = 3
+[time]
+column = "ts"
+max_out_of_orderness = "5s"
+[window]
+kind = "tumble"
+size = "1s"
+[key]
+columns = ["sensor_id"]
+[[aggregate]]
+name = "avg_temp"
+fn = "avg"
+column = "temperature"
+[[aggregate]]
+name = "readings"
+fn = "count"
+[anomaly]
+value = "avg_temp"
+baseline_windows = 20
+threshold = 3.0
+min_history = 5
+count = "readings"
+min_count = 10
+[anomaly.sink]
+path = 'DIR/alerts'
+[sink]
+path = 'DIR/out'
+"#;
+
+/// The sink directories of a job.
+fn outputs(job: &str) -> Vec<&'static str> {
+    ["out", "late", "alerts"]
+        .into_iter()
+        .filter(|o| job.contains(&format!("'DIR/{o}'")))
+        .collect()
+}
+
+/// `panes` with small batches: many batch boundaries, checkpoints and chances to crash.
+fn panes() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// Arguments of every `panes run`: a generator deals batches to partitions, so every run
+/// of a job must cut batches alike.
+const BATCH: [&str; 2] = ["--batch-rows", "4000"];
+
+/// A clickstream Parquet file in row groups of 25 000 rows, written once.
+fn input() -> &'static Path {
+    static INPUT: OnceLock<(TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = INPUT.get_or_init(|| {
+        let dir = TempDir::new().expect("temp dir");
+        let path = dir.path().join("clicks.parquet");
+        let config = panes::datasets::GenConfig {
+            events: 300_000,
+            keys: 4000,
+            seed: 9,
+            late_share: 0.01,
+            ..Default::default()
+        };
+        let dataset = panes::datasets::Dataset::Clickstream;
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(25_000))
+            .build();
+        let file = File::create(&path).expect("input file");
+        let schema = panes::datasets::schema(dataset);
+        let mut w = ArrowWriter::try_new(file, schema, Some(props)).expect("writer");
+        for batch in panes::datasets::generate(dataset, &config).expect("generator") {
+            w.write(&batch).expect("write");
+        }
+        w.close().expect("close");
+        (dir, path)
+    });
+    path
+}
+
+/// Writes `template` with checkpoints into a fresh directory; returns (dir, job file).
+fn job_in(template: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new().expect("temp dir");
+    let text = format!("{template}{CHECKPOINT}")
+        .replace("INPUT", &input().display().to_string())
+        .replace("DIR", &dir.path().display().to_string());
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, text).expect("job file");
+    (dir, path)
+}
+
+/// Every row of the published parts of sink directory `dir`, in part order, as text.
+fn published(dir: &Path) -> Vec<String> {
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    parts.retain(|p| {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        name.starts_with("part-")
+    });
+    parts.sort();
+    let mut rows = Vec::new();
+    for part in parts {
+        if part.extension().is_some_and(|e| e == "csv") {
+            let text = std::fs::read_to_string(&part).expect("csv part");
+            rows.extend(text.lines().skip(1).map(str::to_string));
+            continue;
+        }
+        let file = File::open(&part).expect("part");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .unwrap_or_else(|e| panic!("{}: {e}", part.display()));
+        for batch in reader {
+            let batch = batch.expect("batch");
+            for r in 0..batch.num_rows() {
+                let cells: Vec<String> = batch
+                    .columns()
+                    .iter()
+                    .map(|c| array_value_to_string(c, r).expect("cell"))
+                    .collect();
+                rows.push(cells.join("|"));
+            }
+        }
+    }
+    rows
+}
+
+fn run(job: &Path, args: &[&str]) -> Output {
+    let out = panes()
+        .arg("run")
+        .arg(job)
+        .args(BATCH)
+        .args(args)
+        .output()
+        .expect("panes runs");
+    assert!(
+        out.status.success(),
+        "panes run {} {args:?} failed: {}",
+        job.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The published output of an uninterrupted run of `template`, per sink, and how long
+/// the run took.
+fn uninterrupted(template: &str) -> (Vec<Vec<String>>, Duration) {
+    let (dir, job) = job_in(template);
+    let started = Instant::now();
+    run(&job, &[]);
+    let took = started.elapsed();
+    let rows: Vec<Vec<String>> = outputs(template)
+        .iter()
+        .map(|o| published(&dir.path().join(o)))
+        .collect();
+    assert!(rows[0].len() > 100, "the job produces results");
+    (rows, took)
+}
+
+/// A tiny seeded generator.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+const FAILPOINTS: [&str; 4] = ["staged", "state", "manifest", "publish"];
+
+/// Runs `template` under crashes for `seeds`: the first attempt of even seeds dies at a
+/// failpoint; every other attempt is killed after a random delay, until one finishes.
+/// Returns how many attempts were killed.
+fn crash_until_done(template: &str, seeds: std::ops::Range<u64>) -> usize {
+    let (want, took) = uninterrupted(template);
+    let mut killed = 0;
+    for seed in seeds {
+        let mut rng = Lcg(seed * 7919 + 1);
+        let (dir, job) = job_in(template);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            assert!(attempts < 60, "seed {seed}: the job never finished");
+            let mut cmd = panes();
+            cmd.arg("run")
+                .arg(&job)
+                .args(BATCH)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let failpoint = attempts == 1 && seed % 2 == 0;
+            if failpoint {
+                let name = FAILPOINTS[(seed / 2 % 4) as usize];
+                cmd.env("PANES_FAILPOINT", format!("{name}:{}", 1 + seed % 3));
+            }
+            let mut child = cmd.spawn().expect("spawn panes");
+            let delay = took.as_micros() as u64 * (rng.next() % 1000) / 1000;
+            let deadline = Instant::now() + Duration::from_micros(delay);
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    break Some(status);
+                }
+                if !failpoint && Instant::now() >= deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            };
+            match status {
+                Some(s) if s.success() => break,
+                Some(s) => {
+                    assert!(failpoint, "seed {seed}: the job failed on its own: {s}");
+                    killed += 1;
+                }
+                None => {
+                    child.kill().expect("SIGKILL");
+                    child.wait().expect("reap");
+                    killed += 1;
+                }
+            }
+        }
+        for (o, want) in outputs(template).iter().zip(want.iter()) {
+            let got = published(&dir.path().join(o));
+            assert_eq!(got.len(), want.len(), "seed {seed}: rows of {o}");
+            if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+                panic!(
+                    "seed {seed}: {o} row {i} differs after {attempts} attempts:\n got {}\nwant {}",
+                    got[i], want[i]
+                );
+            }
+            let staged = std::fs::read_dir(dir.path().join(o))
+                .expect("sink dir")
+                .filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".staged"))
+                })
+                .count();
+            assert_eq!(staged, 0, "seed {seed}: staged parts left in {o}");
+        }
+    }
+    killed
+}
+
+#[test]
+fn tumble_output_survives_crashes_exactly_once() {
+    assert!(crash_until_done(TUMBLE, 0..8) >= 6);
+}
+
+#[test]
+fn hop_output_survives_crashes_exactly_once() {
+    assert!(crash_until_done(HOP, 100..106) >= 4);
+}
+
+#[test]
+fn session_output_survives_crashes_exactly_once() {
+    assert!(crash_until_done(SESSION, 200..206) >= 4);
+}
+
+#[test]
+fn anomaly_alerts_survive_crashes_exactly_once() {
+    let (want, _) = uninterrupted(ANOMALY);
+    assert!(!want[1].is_empty(), "the anomaly job raises alerts");
+    assert!(crash_until_done(ANOMALY, 300..306) >= 4);
+}
+
+/// Flips one byte in the middle of a file.
+fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).expect("read");
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x5a;
+    std::fs::write(path, bytes).expect("write");
+}
+
+fn checkpoints(job_dir: &Path) -> String {
+    let out = panes()
+        .arg("checkpoints")
+        .arg(job_dir.join("chk"))
+        .output()
+        .expect("panes checkpoints");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn corrupt_checkpoints_are_detected_and_skipped() {
+    let (want, _) = uninterrupted(TUMBLE);
+    let (dir, job) = job_in(TUMBLE);
+    // Dies after writing checkpoint 5's manifest, before pruning: 2 to 5 are there.
+    let status = panes()
+        .arg("run")
+        .arg(&job)
+        .args(BATCH)
+        .env("PANES_FAILPOINT", "manifest:5")
+        .stderr(Stdio::null())
+        .status()
+        .expect("panes runs");
+    assert!(!status.success());
+    let chk = |id: u64| dir.path().join(format!("chk/chk-{id:06}"));
+    let listing = checkpoints(dir.path());
+    assert_eq!(listing.matches(" complete").count(), 4, "{listing}");
+
+    flip_byte(&chk(5).join("panes.arrow"));
+    let keys = chk(4).join("keys.arrow");
+    let len = std::fs::metadata(&keys).expect("keys").len();
+    File::options()
+        .write(true)
+        .open(&keys)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate");
+    let listing = checkpoints(dir.path());
+    assert!(
+        listing.contains("panes.arrow fails its checksum"),
+        "{listing}"
+    );
+    assert!(listing.contains("keys.arrow has"), "{listing}");
+
+    // Naming a corrupt checkpoint is an error that says what is wrong.
+    let out = panes()
+        .arg("run")
+        .arg(&job)
+        .args(BATCH)
+        .arg("--from-checkpoint")
+        .arg(chk(5))
+        .output()
+        .expect("panes runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("fails its checksum"), "{stderr}");
+
+    // Without a manifest, checkpoint 3 is incomplete too: the restart resumes from 2,
+    // reports what it skipped, and still publishes the same.
+    std::fs::remove_file(chk(3).join("MANIFEST.json")).expect("remove manifest");
+    assert!(checkpoints(dir.path()).contains("incomplete: no manifest"));
+    let out = run(&job, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for id in [5, 4, 3] {
+        assert!(
+            stderr.contains(&format!("skipping checkpoint {id}")),
+            "{stderr}"
+        );
+    }
+    assert!(stderr.contains("restored from    checkpoint 2"), "{stderr}");
+    for (o, want) in outputs(TUMBLE).iter().zip(want.iter()) {
+        assert_eq!(&published(&dir.path().join(o)), want, "{o}");
+    }
+}
+
+#[test]
+fn a_restart_resumes_from_the_newest_checkpoint_and_a_changed_job_is_refused() {
+    let (want, _) = uninterrupted(HOP);
+    let (dir, job) = job_in(HOP);
+    let status = panes()
+        .arg("run")
+        .arg(&job)
+        .args(BATCH)
+        .env("PANES_FAILPOINT", "state:4")
+        .stderr(Stdio::null())
+        .status()
+        .expect("panes runs");
+    assert!(!status.success());
+    // Checkpoint 4 has no manifest: the newest complete one is 3.
+    let changed = std::fs::read_to_string(&job)
+        .expect("job")
+        .replace("size = \"2m\"", "size = \"3m\"");
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, changed).expect("job");
+    let out = panes()
+        .arg("run")
+        .arg(&other)
+        .args(BATCH)
+        .output()
+        .expect("panes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("taken by a different job"), "{stderr}");
+    assert!(stderr.contains("--fresh"), "{stderr}");
+
+    let out = run(&job, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("restored from    checkpoint 3"), "{stderr}");
+    assert_eq!(published(&dir.path().join("out")), want[0]);
+    // Run again: the job is finished, nothing changes.
+    let out = run(&job, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already finished"));
+    assert_eq!(published(&dir.path().join("out")), want[0]);
+    // --fresh starts over and publishes the same.
+    run(&job, &["--fresh"]);
+    assert_eq!(published(&dir.path().join("out")), want[0]);
+}
