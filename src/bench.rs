@@ -149,6 +149,8 @@ pub fn job(size: i64, slide: i64, events: u64, keys: u64) -> Job {
         top_k: None,
         anomaly: None,
         checkpoint: None,
+        memory_budget: None,
+        spill_dir: None,
     }
 }
 

@@ -11,7 +11,7 @@ use panes::datasets::{Dataset, GenConfig};
 use panes::engine::Job;
 use panes::engine::checkpoint;
 use panes::engine::connect::open_sink;
-use panes::engine::job::Sink;
+use panes::engine::job::{Sink, parse_bytes};
 use panes::engine::run::{BackendKind, RunOptions, StartFrom, run_job};
 
 /// Event-time windowing over streams: tumbling and hop windows, columnar CPU kernels.
@@ -46,6 +46,10 @@ enum Command {
         /// Start from the beginning: remove the job's checkpoints and output parts first.
         #[arg(long)]
         fresh: bool,
+        /// Memory for pane state and the key dictionary, e.g. `512MiB`; beyond it closed
+        /// panes spill to disk (overrides the job's `[state] memory_budget`).
+        #[arg(long, value_name = "SIZE", value_parser = |s: &str| parse_bytes("--memory-budget", s))]
+        memory_budget: Option<u64>,
     },
     /// List the checkpoints in a directory: id, time, watermark, source position, size,
     /// and whether each is complete (or what is wrong with it).
@@ -137,6 +141,7 @@ impl Command {
                 threads,
                 from_checkpoint,
                 fresh,
+                memory_budget,
             } => {
                 if batch_rows == 0 {
                     bail!("--batch-rows must be at least 1");
@@ -153,6 +158,7 @@ impl Command {
                         (None, true) => StartFrom::Fresh,
                         (None, false) => StartFrom::Newest,
                     },
+                    memory_budget,
                     progress: Some(Box::new(move |done, total| {
                         if let Some(t) = total {
                             progress_bar.set_length(t);

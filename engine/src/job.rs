@@ -38,6 +38,51 @@ pub struct JobFile {
     pub anomaly: Option<AnomalyConfig>,
     /// Periodic snapshots of the job's state, for exactly-once restore after a crash.
     pub checkpoint: Option<CheckpointConfig>,
+    /// Bounds on the memory the job's state takes.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Memory for pane state and the key dictionary, e.g. `512MiB` or `2GB`. Beyond it,
+    /// closed panes spill to disk (`--memory-budget` overrides it). Default: no limit.
+    pub memory_budget: Option<String>,
+    /// Where spilled panes go (default: a fresh directory in the system's temp dir).
+    pub spill_dir: Option<String>,
+}
+
+/// Parses a size such as `512MiB`, `2 GB`, `64k` or `1000000` (bytes).
+pub fn parse_bytes(field: &str, text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (t[..split].trim(), t[split..].trim());
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{field} = {text:?}: unknown unit {unit:?}; write e.g. \"512MiB\" or \"2GB\""
+            ));
+        }
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n > 0.0 && n * (scale as f64) < u64::MAX as f64 => Ok((n * scale as f64) as u64),
+        _ => Err(format!(
+            "{field} = {text:?} is not a positive size; write e.g. \"512MiB\""
+        )),
+    }
 }
 
 /// `[checkpoint]`. With it, file sinks write part files into a directory (their `path`)
@@ -366,6 +411,10 @@ pub struct Job {
     pub anomaly: Option<Anomaly>,
     /// Checkpoints, if the job takes them.
     pub checkpoint: Option<Checkpoint>,
+    /// Memory budget of the state in bytes; beyond it closed panes spill to disk.
+    pub memory_budget: Option<u64>,
+    /// Where spilled panes go.
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Job {
@@ -565,6 +614,13 @@ impl JobFile {
             top_k,
             anomaly,
             checkpoint,
+            memory_budget: self
+                .state
+                .memory_budget
+                .as_deref()
+                .map(|b| parse_bytes("state.memory_budget", b))
+                .transpose()?,
+            spill_dir: self.state.spill_dir.map(PathBuf::from),
         })
     }
 }

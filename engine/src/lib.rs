@@ -14,6 +14,7 @@ pub mod key;
 pub mod operator;
 pub mod run;
 pub mod session;
+pub mod spill;
 pub mod time;
 pub mod watermark;
 pub mod window;

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
 use crate::key::KeyInterner;
 use crate::session::{Emit, Sessions};
+use crate::spill::Spill;
 use crate::time::event_times;
 use crate::watermark::WatermarkTracker;
 use crate::window::WindowSpec;
@@ -130,6 +132,9 @@ pub struct WindowOperator {
     late_output: Vec<RecordBatch>,
     stats: Stats,
     scratch: Scratch,
+    /// Spilled panes, with a memory budget.
+    spill: Option<Spill>,
+    over_budget_warned: bool,
 }
 
 fn no_sessions() -> Error {
@@ -292,6 +297,8 @@ impl WindowOperator {
             late_output: Vec::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),
+            spill: None,
+            over_budget_warned: false,
         })
     }
 
@@ -462,7 +469,99 @@ impl WindowOperator {
         self.advance(w)?;
         self.refire_dirty(i64::MAX)?;
         self.note_state();
+        self.enforce_budget()
+    }
+
+    /// Keeps state within the memory budget, if there is one, by spilling closed panes
+    /// (oldest first) to disk.
+    pub fn enforce_budget(&mut self) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        let held = |b: &dyn Backend, i: &KeyInterner| (b.state_bytes() + i.bytes()) as u64;
+        if held(self.backend.as_ref(), &self.interner) <= spill.budget {
+            return Ok(());
+        }
+        // The watermark has passed the end of panes before this one: on-time events no
+        // longer reach them.
+        let w = self.tracker.current();
+        let closed = match w {
+            i64::MIN => i64::MIN,
+            w => self.spec.pane_of(w.saturating_add(1)),
+        };
+        for j in self.backend.panes() {
+            if j >= closed || held(self.backend.as_ref(), &self.interner) <= spill.budget {
+                break;
+            }
+            if let Some(state) = self.backend.export_pane(j)? {
+                spill.write(j, &state)?;
+            }
+            self.backend.drop_pane(j);
+        }
+        let now = held(self.backend.as_ref(), &self.interner);
+        if now > spill.budget && !self.over_budget_warned {
+            self.over_budget_warned = true;
+            tracing::warn!(
+                "the state of open panes and the key dictionary ({:.0} MiB) exceeds the memory \
+                 budget ({:.0} MiB): only closed panes spill",
+                now as f64 / (1 << 20) as f64,
+                spill.budget as f64 / (1 << 20) as f64
+            );
+        }
         Ok(())
+    }
+
+    /// Spills state to `dir` whenever it exceeds `budget` bytes after a batch.
+    pub fn set_memory_budget(&mut self, budget: u64, dir: PathBuf) {
+        self.spill = Some(Spill::new(budget, dir));
+    }
+
+    /// Panes spilled so far, and their bytes on disk.
+    pub fn spilled(&self) -> (u64, u64) {
+        self.spill.as_ref().map_or((0, 0), |s| (s.written, s.bytes))
+    }
+
+    /// Reads back, for good, the spilled panes among `panes` (events are about to update
+    /// them).
+    fn unspill(&mut self, panes: &[i64]) -> Result<()> {
+        let Some(spill) = self.spill.as_mut().filter(|s| !s.panes().is_empty()) else {
+            return Ok(());
+        };
+        let mut last = None;
+        for &j in panes {
+            if last != Some(j) && spill.holds(j) {
+                let state = spill.read(j)?;
+                self.backend.import_pane(j, &state)?;
+                spill.remove(j)?;
+            }
+            last = Some(j);
+        }
+        Ok(())
+    }
+
+    /// Combines panes `panes` per key, reading spilled ones back while they are merged.
+    fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows> {
+        let Some(spill) = &self.spill else {
+            return Ok(self.backend.combine(panes, keys)?);
+        };
+        let spilled = spill.within(panes.clone());
+        let mut load = |j| {
+            spill
+                .read(j)
+                .map_err(|e| panes_kernels::Error::Spill(e.to_string()))
+        };
+        Ok(self
+            .backend
+            .combine_spilled(panes, keys, &spilled, &mut load)?)
+    }
+
+    /// Frees the panes before `j`, held or spilled.
+    fn evict_before(&mut self, j: i64) -> Result<()> {
+        self.backend.evict_before(j);
+        match self.spill.as_mut() {
+            Some(spill) => spill.evict_before(j),
+            None => Ok(()),
+        }
     }
 
     /// Hop and cumulate windows: updates the backend segment by segment, cut where the
@@ -502,6 +601,7 @@ impl WindowOperator {
                     .map(|c| c.slice(start..end))
                     .collect::<Vec<_>>(),
             };
+            self.unspill(&panes[start..end])?;
             self.backend.update(&events)?;
             let mut last = None;
             for &j in &panes[start..end] {
@@ -561,6 +661,7 @@ impl WindowOperator {
             }
             let end = (start..range.end).find(|&i| late[i]).unwrap_or(range.end);
             let columns = events.columns_in(start..end);
+            self.unspill(&events.panes[start..end])?;
             self.backend.update(&events.slice(start..end, &columns))?;
             start = end;
         }
@@ -577,8 +678,10 @@ impl WindowOperator {
         self.emit_sessions(&due)?;
         let spec = self.spec;
         for (key, first, last) in expired {
-            self.backend
-                .clear_key(spec.pane_of(first)..spec.pane_of(last) + 1, key)?;
+            let panes = spec.pane_of(first)..spec.pane_of(last) + 1;
+            let spilled = self.spill.as_ref().map(|s| s.within(panes.clone()));
+            self.unspill(&spilled.unwrap_or_default())?;
+            self.backend.clear_key(panes, key)?;
         }
         // A new event that is not late is after w + 1 - gap - lateness; open sessions keep
         // theirs.
@@ -589,7 +692,7 @@ impl WindowOperator {
         let keep = spec.pane_of(oldest.map_or(horizon, |o| o.min(horizon)));
         if keep > self.first_kept {
             self.first_kept = keep;
-            self.backend.evict_before(keep);
+            self.evict_before(keep)?;
         }
         Ok(())
     }
@@ -601,7 +704,7 @@ impl WindowOperator {
         let (mut starts, mut ends, mut revisions) = (Vec::new(), Vec::new(), Vec::new());
         for s in due {
             let panes = spec.pane_of(s.first)..spec.pane_of(s.last) + 1;
-            let row = self.backend.combine(panes, Keys::Only(&[s.key]))?;
+            let row = self.combine(panes, Keys::Only(&[s.key]))?;
             for _ in &row.keys {
                 starts.push(s.first);
                 ends.push(s.last + spec.pane_len());
@@ -675,7 +778,7 @@ impl WindowOperator {
         self.next_fire = Some(self.next_fire.map_or(expire, |n| n.max(expire)));
         if self.live_panes.first().is_some_and(|&j| j < first_kept) {
             self.live_panes = self.live_panes.split_off(&first_kept);
-            self.backend.evict_before(first_kept);
+            self.evict_before(first_kept)?;
             self.revisions.retain(|&(_, k), _| k >= expire);
         }
         Ok(())
@@ -699,7 +802,7 @@ impl WindowOperator {
 
     /// Combines window `k` for `keys` and appends the rows to the output.
     fn emit(&mut self, k: i64, keys: Keys<'_>) -> Result<()> {
-        let mut rows = self.backend.combine(self.spec.panes_of_window(k), keys)?;
+        let mut rows = self.combine(self.spec.panes_of_window(k), keys)?;
         if rows.keys.is_empty() {
             return Ok(());
         }
@@ -904,12 +1007,19 @@ impl WindowOperator {
                 }),
         )?;
         let backend = &mut self.backend;
-        let panes = backend.panes();
+        let spill = &self.spill;
+        let mut panes = backend.panes();
+        panes.extend(spill.iter().flat_map(Spill::panes));
+        panes.sort_unstable();
         to.write(
             "panes.arrow",
             panes.into_iter().filter_map(|pane| {
-                let state = backend.export_pane(pane).transpose()?;
-                Some(state.map_err(Error::from).and_then(|state| {
+                let state = match spill.as_ref().filter(|s| s.holds(pane)) {
+                    Some(s) => s.read(pane).map(Some),
+                    None => backend.export_pane(pane).map_err(Error::from),
+                };
+                let state = state.transpose()?;
+                Some(state.and_then(|state| {
                     let mut columns = vec![(
                         "pane".to_string(),
                         Arc::new(Int64Array::from(vec![pane; state.num_rows()])) as ArrayRef,
@@ -1040,7 +1150,7 @@ impl WindowOperator {
         self.first_kept = st.first_kept;
         self.live_panes = st.live_panes.iter().copied().collect();
         self.stats = st.stats;
-        Ok(())
+        self.enforce_budget()
     }
 
     /// Partition `p` is exhausted: it no longer holds the watermark back.

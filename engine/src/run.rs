@@ -105,6 +105,8 @@ pub struct RunOptions {
     pub threads: usize,
     /// Where a job with checkpoints starts.
     pub start: StartFrom,
+    /// Memory budget of the state in bytes (overrides the job's).
+    pub memory_budget: Option<u64>,
     /// Called after each batch with (events read, total events if known).
     pub progress: Option<Box<dyn FnMut(u64, Option<u64>)>>,
 }
@@ -117,6 +119,7 @@ impl Default for RunOptions {
             // One core reads the source; the others share the key partitions.
             threads: rayon::current_num_threads().saturating_sub(1).max(1),
             start: StartFrom::Newest,
+            memory_budget: None,
             progress: None,
         }
     }
@@ -137,6 +140,18 @@ pub struct Summary {
     pub checkpoints: u64,
     /// The checkpoint this run resumed from.
     pub restored_from: Option<u64>,
+    /// Panes spilled to disk under the memory budget, and their bytes.
+    pub spilled: (u64, u64),
+    /// Peak resident memory of the process (Linux: `VmHWM` of `/proc/self/status`).
+    pub peak_rss: Option<u64>,
+}
+
+/// Peak resident memory of this process, from `/proc/self/status` (Linux only).
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Summary {
@@ -159,6 +174,14 @@ impl fmt::Display for Summary {
         if let Some(id) = self.restored_from {
             writeln!(f, "restored from    checkpoint {id}")?;
         }
+        if self.spilled.0 > 0 {
+            writeln!(
+                f,
+                "spilled          {} panes, {:.1} MiB",
+                self.spilled.0,
+                self.spilled.1 as f64 / (1 << 20) as f64
+            )?;
+        }
         if self.checkpoints > 0 {
             writeln!(f, "checkpoints      {}", self.checkpoints)?;
         }
@@ -168,7 +191,15 @@ impl fmt::Display for Summary {
             f,
             "peak state       {:.1} MiB",
             s.peak_state_bytes as f64 / (1 << 20) as f64
-        )
+        )?;
+        match self.peak_rss {
+            Some(rss) => write!(
+                f,
+                "\npeak memory      {:.1} MiB",
+                rss as f64 / (1 << 20) as f64
+            ),
+            None => Ok(()),
+        }
     }
 }
 
@@ -394,6 +425,13 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
         backend.build(aggs, threads)
     })?;
+    if let Some(budget) = opts.memory_budget.or(job.memory_budget) {
+        let dir = job.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+        op.set_memory_budget(
+            budget,
+            dir.join(format!("panes-spill-{}", std::process::id())),
+        );
+    }
     let mut position = Position::Start;
     if let Some(r) = &restore {
         if r.manifest.backend != op.backend_name() {
@@ -426,6 +464,8 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             late_not_kept,
             checkpoints,
             restored_from,
+            spilled: op.spilled(),
+            peak_rss: peak_rss(),
         }
     };
     if restore.as_ref().is_some_and(|r| r.manifest.finished) {

@@ -876,6 +876,27 @@ impl CpuBackend {
         1 << self.shift
     }
 
+    /// A pane's state from a batch that `export_pane` wrote (of any partition count).
+    fn parts_from(&self, batch: &RecordBatch) -> crate::Result<Vec<Part>> {
+        let keys = state::values::<UInt32Type>(batch, "key")?;
+        let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
+        let at: Vec<(usize, usize)> = keys
+            .iter()
+            .map(|&k| ((k & mask) as usize, (k >> shift) as usize))
+            .collect();
+        let mut parts = vec![Part::new(&self.layout); self.parts()];
+        for (p, part) in parts.iter_mut().enumerate() {
+            let local = at.iter().filter(|a| a.0 == p).map(|a| a.1);
+            part.reset(&self.layout, local.clone().max().map_or(0, |i| i + 1));
+            part.lo = local.min().unwrap_or(usize::MAX);
+            part.materialize(|_| true);
+        }
+        for (j, &col) in self.layout.iter().enumerate() {
+            scatter(&mut parts, j, col, batch, &at)?;
+        }
+        Ok(parts)
+    }
+
     /// Updates one pane with the selected rows.
     fn update_pane(&mut self, pane: i64, ev: &Events<'_>, sel: Sel<'_>, keys: (u32, u32)) {
         let (min_key, max_key) = keys;
@@ -1023,6 +1044,20 @@ impl Backend for CpuBackend {
     }
 
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> crate::Result<WindowRows> {
+        self.combine_spilled(panes, keys, &[], &mut |_| {
+            unreachable!("no pane is spilled")
+        })
+    }
+
+    /// Merges the window's panes one at a time, in pane order, reading each spilled pane
+    /// back only while it is merged: a window needs one pane of memory beyond what is held.
+    fn combine_spilled(
+        &mut self,
+        panes: Range<i64>,
+        keys: Keys<'_>,
+        spilled: &[i64],
+        load: &mut dyn FnMut(i64) -> crate::Result<RecordBatch>,
+    ) -> crate::Result<WindowRows> {
         let parts = self.parts();
         let shift = self.shift;
         if matches!(keys, Keys::All) {
@@ -1034,7 +1069,9 @@ impl Backend for CpuBackend {
                 part.refresh_present();
             }
         }
-        let window: Vec<&Vec<Part>> = self.panes.range(panes).map(|(_, p)| p).collect();
+        let mut ids: Vec<i64> = self.panes.range(panes.clone()).map(|(&j, _)| j).collect();
+        ids.extend(spilled.iter().filter(|j| panes.contains(j)));
+        ids.sort_unstable();
         let mut rows = WindowRows {
             keys: Vec::new(),
             columns: self
@@ -1043,26 +1080,58 @@ impl Backend for CpuBackend {
                 .map(|e| OutColumn::with_capacity(e.out, 0))
                 .collect(),
         };
-        if window.is_empty() {
+        if ids.is_empty() {
             return Ok(rows);
+        }
+        let mask = (parts - 1) as u32;
+        // Keys::Only: one single-key state per key asked for.
+        let mut singles: Vec<Part> = match keys {
+            Keys::All => Vec::new(),
+            Keys::Only(only) => {
+                let mut acc = Part::new(&self.layout);
+                acc.grow(1);
+                vec![acc; only.len()]
+            }
+        };
+        for &j in &ids {
+            let loaded;
+            let src: &Vec<Part> = match self.panes.get(&j) {
+                Some(held) => held,
+                None => {
+                    let mut state = self.parts_from(&load(j)?)?;
+                    if matches!(keys, Keys::All) {
+                        state.iter_mut().for_each(Part::refresh_present);
+                    }
+                    loaded = state;
+                    &loaded
+                }
+            };
+            match keys {
+                // The window state is empty before the first pane (cleared key by key
+                // after the last window). A pane that holds few of the keys is merged at
+                // those keys only.
+                Keys::All => self.window.par_iter_mut().zip(src).for_each(|(acc, src)| {
+                    acc.grow(src.len());
+                    acc.lo = acc.lo.min(src.lo);
+                    if src.present.len() * SPARSE_RATIO < src.len() {
+                        acc.merge_present(src);
+                    } else {
+                        acc.merge_all(src);
+                    }
+                }),
+                Keys::Only(only) => {
+                    for (acc, &key) in singles.iter_mut().zip(only) {
+                        let (p, i) = ((key & mask) as usize, (key >> shift) as usize);
+                        if i < src[p].len() {
+                            acc.merge_key(0, &src[p], i);
+                        }
+                    }
+                }
+            }
         }
         match keys {
             Keys::All => {
                 let combined = &mut self.window;
-                // The window state is empty here (cleared key by key after the last window).
-                // A pane that holds few of the keys is merged at those keys only.
-                combined.par_iter_mut().enumerate().for_each(|(p, acc)| {
-                    acc.grow(window.iter().map(|w| w[p].len()).max().unwrap_or(0));
-                    for pane in &window {
-                        let src = &pane[p];
-                        acc.lo = acc.lo.min(src.lo);
-                        if src.present.len() * SPARSE_RATIO < src.len() {
-                            acc.merge_present(src);
-                        } else {
-                            acc.merge_all(src);
-                        }
-                    }
-                });
                 let mut order: Vec<(u32, usize, usize)> = Vec::new();
                 for (p, acc) in combined.iter().enumerate() {
                     for (i, &n) in acc.rows().iter().enumerate().skip(acc.lo) {
@@ -1098,17 +1167,10 @@ impl Backend for CpuBackend {
                 combined.iter_mut().for_each(|acc| acc.lo = usize::MAX);
             }
             Keys::Only(only) => {
-                let mask = (parts - 1) as u32;
-                for &key in only {
-                    let (p, i) = ((key & mask) as usize, (key >> shift) as usize);
-                    let mut acc = Part::new(&self.layout);
-                    acc.grow(1);
-                    for pane in window.iter().filter(|w| i < w[p].len()) {
-                        acc.merge_key(0, &pane[p], i);
-                    }
+                for (acc, &key) in singles.iter().zip(only) {
                     if acc.rows()[0] > 0 {
                         rows.keys.push(key);
-                        evaluate(&self.evals, &acc, 0, &mut rows.columns);
+                        evaluate(&self.evals, acc, 0, &mut rows.columns);
                     }
                 }
             }
@@ -1138,10 +1200,13 @@ impl Backend for CpuBackend {
         );
     }
 
+    /// Pane state, plus the window state that combines reuse and the pool of evicted panes.
     fn state_bytes(&self) -> usize {
         self.panes
             .values()
+            .chain(&self.pool)
             .flatten()
+            .chain(&self.window)
             .flat_map(|p| &p.accs)
             .map(Acc::bytes)
             .sum()
@@ -1178,27 +1243,14 @@ impl Backend for CpuBackend {
     }
 
     fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {
-        let keys = state::values::<UInt32Type>(batch, "key")?;
-        let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
-        let at: Vec<(usize, usize)> = keys
-            .iter()
-            .map(|&k| ((k & mask) as usize, (k >> shift) as usize))
-            .collect();
-        let mut parts = vec![Part::new(&self.layout); self.parts()];
-        for (p, part) in parts.iter_mut().enumerate() {
-            let local = at.iter().filter(|a| a.0 == p).map(|a| a.1);
-            part.reset(&self.layout, local.clone().max().map_or(0, |i| i + 1));
-            part.lo = local.min().unwrap_or(usize::MAX);
-            part.materialize(|_| true);
-        }
-        for (j, &col) in self.layout.iter().enumerate() {
-            scatter(&mut parts, j, col, batch, &at)?;
-        }
+        let parts = self.parts_from(batch)?;
         self.panes.insert(pane, parts);
         Ok(())
     }
 
+    /// Frees a pane, and the pool of evicted ones: panes are dropped to save memory.
     fn drop_pane(&mut self, pane: i64) {
         self.panes.remove(&pane);
+        self.pool.clear();
     }
 }

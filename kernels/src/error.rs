@@ -18,6 +18,9 @@ pub enum Error {
     /// A state batch (from a checkpoint or a spill file) does not fit this backend.
     #[error("pane state does not match the job's aggregates: {0}")]
     BadState(String),
+    /// Pane state spilled to disk could not be read back.
+    #[error("reading spilled pane state: {0}")]
+    Spill(String),
     /// The GPU reported an error: device lost, out of memory, validation, a failed map.
     #[error("GPU error while {context} on {adapter}: {message}")]
     Gpu {

@@ -68,4 +68,27 @@ pub trait Backend: Send {
     fn import_pane(&mut self, pane: i64, state: &RecordBatch) -> Result<()>;
     /// Frees the state of one pane (after it was exported to a spill file).
     fn drop_pane(&mut self, pane: i64);
+    /// Like [`Backend::combine`], where panes `spilled` (ascending) are not held but read
+    /// back with `load` (as [`Backend::export_pane`] wrote them) and freed again. This
+    /// default holds them all at once; the CPU backend reads one at a time.
+    fn combine_spilled(
+        &mut self,
+        panes: Range<i64>,
+        keys: Keys<'_>,
+        spilled: &[i64],
+        load: &mut dyn FnMut(i64) -> Result<RecordBatch>,
+    ) -> Result<WindowRows> {
+        let spilled: Vec<i64> = spilled
+            .iter()
+            .copied()
+            .filter(|j| panes.contains(j))
+            .collect();
+        for &j in &spilled {
+            let state = load(j)?;
+            self.import_pane(j, &state)?;
+        }
+        let rows = self.combine(panes, keys);
+        spilled.iter().for_each(|&j| self.drop_pane(j));
+        rows
+    }
 }
