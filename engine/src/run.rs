@@ -404,6 +404,7 @@ fn failpoint(name: &str, id: u64) {
 pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let start = Instant::now();
     let restore = starting_point(job, &opts.start)?;
+    let verified = start.elapsed();
     let backend = match (job.checkpoint.is_some(), opts.backend) {
         (true, BackendKind::Auto) => BackendKind::Cpu,
         (true, BackendKind::Gpu) => {
@@ -443,10 +444,19 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
                 ),
             });
         }
-        source.seek(&r.manifest.position)?;
+        let restoring = Instant::now();
         op.restore(r)?;
+        let restored = restoring.elapsed();
+        source.seek(&r.manifest.position)?;
         position = r.manifest.position.clone();
-        tracing::info!("resuming from checkpoint {} at {position}", r.manifest.id);
+        tracing::info!(
+            "resuming from checkpoint {} at {position}: checked in {:.1} ms, state restored \
+             in {:.1} ms, source positioned in {:.1} ms",
+            r.manifest.id,
+            verified.as_secs_f64() * 1e3,
+            restored.as_secs_f64() * 1e3,
+            (restoring.elapsed() - restored).as_secs_f64() * 1e3,
+        );
     }
     let mut outputs = Outputs::open(job, &op, restore.as_ref())?;
     let restored_from = restore.as_ref().map(|r| r.manifest.id);
