@@ -281,7 +281,12 @@ fn run(
             .expect("process");
         start += len;
     }
-    op.finish().expect("finish");
+    // The end of input all at once, or a window at a time as `panes run` does it.
+    if rng.below(2) == 0 {
+        op.finish().expect("finish");
+    } else {
+        while !op.finish_step().expect("finish step") {}
+    }
     let key_cols = if c.job.keys.len() == 2 { 2 } else { 1 };
     let mut rows = Vec::new();
     for b in op.take_output() {

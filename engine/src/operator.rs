@@ -1159,6 +1159,33 @@ impl WindowOperator {
         self.advance(w)
     }
 
+    /// End of a bounded input, a window at a time: fires the next window that has not
+    /// fired (as the watermark reaching its end would) and returns false; when none is
+    /// left, does [`WindowOperator::finish`] and returns true. Taking the output between
+    /// calls keeps it from piling up: a job with many keys and long hop windows has one
+    /// window's rows in memory at a time, not all the windows the end of input fires.
+    pub fn finish_step(&mut self) -> Result<bool> {
+        if self.sessions.is_none() {
+            let spec = self.spec;
+            let next = self.live_panes.iter().find_map(|&j| {
+                let windows = spec.windows_of_pane(j);
+                let k = self
+                    .next_fire
+                    .map_or(*windows.start(), |n| n.max(*windows.start()));
+                (k <= *windows.end()).then_some(k)
+            });
+            if let Some(w) = next.map(|k| spec.end(k).saturating_sub(1)) {
+                if w < i64::MAX {
+                    self.advance(w)?;
+                    self.note_state();
+                    return Ok(false);
+                }
+            }
+        }
+        self.finish()?;
+        Ok(true)
+    }
+
     /// End of a bounded input: the watermark jumps to +∞ and every window fires.
     pub fn finish(&mut self) -> Result<()> {
         self.advance(i64::MAX)?;

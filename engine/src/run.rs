@@ -532,7 +532,9 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             "the source holds no events",
         ));
     }
-    op.finish()?;
+    while !op.finish_step()? {
+        outputs.drain(&mut op)?;
+    }
     outputs.drain(&mut op)?;
     let first_id = restored_from.unwrap_or(0) + 1;
     if job.checkpoint.is_some() {
