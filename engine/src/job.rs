@@ -585,14 +585,27 @@ impl JobFile {
             })
             .transpose()?;
         let sink = self.sink.validate("sink")?;
-        let to_stdout = [
-            Some(&sink),
-            late.as_ref(),
-            anomaly.as_ref().map(|a| &a.sink),
+        let sinks: Vec<(&str, &Sink)> = [
+            ("sink", Some(&sink)),
+            ("late", late.as_ref()),
+            ("anomaly.sink", anomaly.as_ref().map(|a| &a.sink)),
         ]
         .into_iter()
-        .flatten()
-        .any(|s| *s == Sink::JsonLines(None));
+        .filter_map(|(name, s)| Some((name, s?)))
+        .collect();
+        for (i, (a, x)) in sinks.iter().enumerate() {
+            for (b, y) in &sinks[..i] {
+                if let (Some(p), Some(q)) = (x.path(), y.path())
+                    && p == q
+                {
+                    return Err(format!(
+                        "{b} and {a} both write to {}: give each its own path",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        let to_stdout = sinks.iter().any(|(_, s)| **s == Sink::JsonLines(None));
         if checkpoint.is_some() && to_stdout {
             return Err(
                 "with [checkpoint], output must go to files so that it can be committed \
@@ -816,6 +829,43 @@ mod tests {
 
     fn error_of(text: &str) -> String {
         Job::from_toml(text, "job.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn two_sinks_on_one_path_and_checkpoints_to_stdout_are_refused() {
+        let e = error_of(&JOB.replace("out/late.parquet", "out/trending.parquet"));
+        assert!(
+            e.contains("sink and late both write to out/trending.parquet"),
+            "{e}"
+        );
+        let stdout = JOB
+            .replace(
+                "[sink]\n        kind = \"parquet\"",
+                "[sink]\nkind = \"jsonl\"",
+            )
+            .replace("path = \"out/trending.parquet\"", "");
+        assert!(Job::from_toml(&stdout, "job.toml").is_ok());
+        let e = error_of(&format!("{stdout}\n[checkpoint]\ndir = \"chk\""));
+        assert!(
+            e.contains("with [checkpoint], output must go to files"),
+            "{e}"
+        );
+        let e = error_of(&format!(
+            "{JOB}\n[checkpoint]\ndir = \"chk\"\nevery_events = 0"
+        ));
+        assert!(e.contains("every_events must be at least 1"), "{e}");
+        let e = error_of(&format!("{JOB}\n[state]\nmemory_budget = \"12 parsecs\""));
+        assert!(e.contains("unknown unit"), "{e}");
+        let job = Job::from_toml(
+            &format!("{JOB}\n[state]\nmemory_budget = \"1.5GiB\"\n[checkpoint]\ndir = \"c\""),
+            "job.toml",
+        )
+        .unwrap();
+        assert_eq!(job.memory_budget, Some(3 << 29));
+        assert_eq!(
+            job.checkpoint.map(|c| (c.trigger, c.keep)),
+            Some((Trigger::Interval(Duration::from_secs(10)), 3))
+        );
     }
 
     #[test]
