@@ -22,8 +22,10 @@ enum Interner {
         ty: DataType,
         dense: Vec<u32>,
         ids: HashMap<i64, u32>,
+        /// The id of the null key, once seen.
         null: Option<u32>,
-        values: Vec<Option<i64>>,
+        /// The value of each id (0 for the null key's).
+        values: Vec<i64>,
     },
     /// Row-encoded keys, bytes stored once in `arena`.
     Rows {
@@ -128,7 +130,7 @@ impl KeyInterner {
             Interner::Global => 0,
             Interner::Int {
                 dense, ids, values, ..
-            } => dense.capacity() * 4 + ids.capacity() * 16 + values.capacity() * 16,
+            } => dense.capacity() * 4 + ids.capacity() * 16 + values.capacity() * 8,
             Interner::Rows {
                 table, arena, ends, ..
             } => table.capacity() * 4 + arena.capacity() + ends.capacity() * 8,
@@ -154,7 +156,7 @@ impl KeyInterner {
                 let col =
                     cast(&cols[0], &DataType::Int64).map_err(|e| Error::arrow("key column", e))?;
                 let col = col.as_primitive::<Int64Type>();
-                let mut new_id = |v: Option<i64>| {
+                let mut new_id = |v: i64| {
                     values.push(v);
                     *len += 1;
                     *len - 1
@@ -165,15 +167,15 @@ impl KeyInterner {
                 }
                 for (i, &v) in col.values().iter().enumerate() {
                     let id = if col.is_null(i) {
-                        *null.get_or_insert_with(|| new_id(None))
+                        *null.get_or_insert_with(|| new_id(0))
                     } else if v >= 0 && (v as usize) < dense.len() {
                         let slot = &mut dense[v as usize];
                         if *slot == u32::MAX {
-                            *slot = new_id(Some(v));
+                            *slot = new_id(v);
                         }
                         *slot
                     } else {
-                        *ids.entry(v).or_insert_with(|| new_id(Some(v)))
+                        *ids.entry(v).or_insert_with(|| new_id(v))
                     };
                     out.push(id);
                 }
@@ -215,8 +217,13 @@ impl KeyInterner {
     pub fn columns(&self, ids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
         let arrays: Vec<ArrayRef> = match &self.inner {
             Interner::Global => Vec::new(),
-            Interner::Int { ty, values, .. } => {
-                let col: Int64Array = ids.iter().map(|&id| values[id as usize]).collect();
+            Interner::Int {
+                ty, values, null, ..
+            } => {
+                let col: Int64Array = ids
+                    .iter()
+                    .map(|&id| (Some(id) != *null).then(|| values[id as usize]))
+                    .collect();
                 vec![cast(&col, ty).map_err(|e| Error::arrow("key column", e))?]
             }
             Interner::Rows {
