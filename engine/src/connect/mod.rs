@@ -193,6 +193,7 @@ impl<R: Iterator<Item = Result<RecordBatch, ArrowError>>> FileSequence<R> {
                 match reader.next() {
                     Some(Ok(batch)) if (batch.num_rows() as u64) <= self.discard => {
                         self.discard -= batch.num_rows() as u64;
+                        continue;
                     }
                     Some(Ok(batch)) => {
                         let batch = batch.slice(
