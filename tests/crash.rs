@@ -377,6 +377,14 @@ fn hop_output_survives_crashes_exactly_once() {
     assert!(crash_until_done(HOP, 100..106) >= 4);
 }
 
+/// Hop windows whose closed panes all spill (a tiny budget): checkpoints copy spilled
+/// panes, restores read them back.
+#[test]
+fn hop_output_with_spilled_state_survives_crashes_exactly_once() {
+    let spilling = format!("{HOP}\n[state]\nmemory_budget = \"64KiB\"\nspill_dir = 'DIR/spill'\n");
+    assert!(crash_until_done(&spilling, 400..406) >= 4);
+}
+
 #[test]
 fn session_output_survives_crashes_exactly_once() {
     assert!(crash_until_done(SESSION, 200..206) >= 4);

@@ -502,8 +502,8 @@ impl WindowOperator {
         if now > spill.budget && !self.over_budget_warned {
             self.over_budget_warned = true;
             tracing::warn!(
-                "the state of open panes and the key dictionary ({:.0} MiB) exceeds the memory \
-                 budget ({:.0} MiB): only closed panes spill",
+                "the state of open panes and the key dictionary ({:.1} MiB) exceeds the memory \
+                 budget ({:.1} MiB): only closed panes spill",
                 now as f64 / (1 << 20) as f64,
                 spill.budget as f64 / (1 << 20) as f64
             );
