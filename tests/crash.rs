@@ -377,12 +377,20 @@ fn hop_output_survives_crashes_exactly_once() {
     assert!(crash_until_done(HOP, 100..106) >= 4);
 }
 
-/// Hop windows whose closed panes all spill (a tiny budget): checkpoints copy spilled
-/// panes, restores read them back.
+/// A job whose closed panes all spill (a tiny budget).
+fn spilling(template: &str) -> String {
+    format!("{template}\n[state]\nmemory_budget = \"64KiB\"\nspill_dir = 'DIR/spill'\n")
+}
+
+/// Hop and session windows with spilled state: checkpoints copy spilled panes, restores
+/// read them back, and the output is the same as in memory.
 #[test]
-fn hop_output_with_spilled_state_survives_crashes_exactly_once() {
-    let spilling = format!("{HOP}\n[state]\nmemory_budget = \"64KiB\"\nspill_dir = 'DIR/spill'\n");
-    assert!(crash_until_done(&spilling, 400..406) >= 4);
+fn spilled_state_survives_crashes_exactly_once() {
+    for template in [HOP, SESSION] {
+        let (want, _) = uninterrupted(template);
+        assert_eq!(uninterrupted(&spilling(template)).0, want);
+        assert!(crash_until_done(&spilling(template), 400..404) >= 2);
+    }
 }
 
 #[test]

@@ -524,7 +524,7 @@ impl WindowOperator {
     /// Reads back, for good, the spilled panes among `panes` (events are about to update
     /// them).
     fn unspill(&mut self, panes: &[i64]) -> Result<()> {
-        let Some(spill) = self.spill.as_mut().filter(|s| !s.panes().is_empty()) else {
+        let Some(spill) = self.spill.as_mut().filter(|s| !s.is_empty()) else {
             return Ok(());
         };
         let mut last = None;
@@ -537,6 +537,17 @@ impl WindowOperator {
             last = Some(j);
         }
         Ok(())
+    }
+
+    /// Reads back, for good, the spilled panes within `ranges`.
+    fn unspill_for(&mut self, ranges: impl Iterator<Item = Range<i64>>) -> Result<()> {
+        let Some(spill) = self.spill.as_ref().filter(|s| !s.is_empty()) else {
+            return Ok(());
+        };
+        let mut needed: Vec<i64> = ranges.flat_map(|r| spill.within(r)).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        self.unspill(&needed)
     }
 
     /// Combines panes `panes` per key, reading spilled ones back while they are merged.
@@ -677,10 +688,12 @@ impl WindowOperator {
         let oldest = sessions.oldest();
         self.emit_sessions(&due)?;
         let spec = self.spec;
-        for (key, first, last) in expired {
-            let panes = spec.pane_of(first)..spec.pane_of(last) + 1;
-            let spilled = self.spill.as_ref().map(|s| s.within(panes.clone()));
-            self.unspill(&spilled.unwrap_or_default())?;
+        let ranges: Vec<(u32, Range<i64>)> = expired
+            .iter()
+            .map(|&(key, first, last)| (key, spec.pane_of(first)..spec.pane_of(last) + 1))
+            .collect();
+        self.unspill_for(ranges.iter().map(|r| r.1.clone()))?;
+        for (key, panes) in ranges {
             self.backend.clear_key(panes, key)?;
         }
         // A new event that is not late is after w + 1 - gap - lateness; open sessions keep
@@ -702,8 +715,12 @@ impl WindowOperator {
         let spec = self.spec;
         let mut rows = WindowRows::default();
         let (mut starts, mut ends, mut revisions) = (Vec::new(), Vec::new(), Vec::new());
+        let panes_of = |s: &Emit| spec.pane_of(s.first)..spec.pane_of(s.last) + 1;
+        // Sessions combine one key each: spilled panes are read back once for all of them
+        // (and spill again after the batch if the budget asks), not once a session.
+        self.unspill_for(due.iter().map(panes_of))?;
         for s in due {
-            let panes = spec.pane_of(s.first)..spec.pane_of(s.last) + 1;
+            let panes = panes_of(s);
             let row = self.combine(panes, Keys::Only(&[s.key]))?;
             for _ in &row.keys {
                 starts.push(s.first);

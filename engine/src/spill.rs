@@ -56,6 +56,11 @@ impl Spill {
         self.panes.keys().copied().collect()
     }
 
+    /// Whether no pane is on disk.
+    pub fn is_empty(&self) -> bool {
+        self.panes.is_empty()
+    }
+
     /// Whether pane `j` is on disk.
     pub fn holds(&self, j: i64) -> bool {
         self.panes.contains_key(&j)
