@@ -529,3 +529,21 @@ fn a_restart_resumes_from_the_newest_checkpoint_and_a_changed_job_is_refused() {
     run(&job, &["--fresh"]);
     assert_eq!(published(&dir.path().join("out")), want[0]);
 }
+
+#[test]
+fn the_gpu_backend_refuses_checkpoints_and_spill_up_front() {
+    let (dir, job) = job_in(HOP);
+    let out = panes()
+        .arg("run")
+        .arg(&job)
+        .args(["--backend", "gpu"])
+        .output()
+        .expect("panes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("gpu backend does not support checkpoints"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("chk").exists(), "nothing was written");
+}

@@ -405,12 +405,22 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let start = Instant::now();
     let restore = starting_point(job, &opts.start)?;
     let verified = start.elapsed();
-    let backend = match (job.checkpoint.is_some(), opts.backend) {
-        (true, BackendKind::Auto) => BackendKind::Cpu,
-        (true, BackendKind::Gpu) => {
+    // The GPU backend cannot read its state back yet: no checkpoints, no spill.
+    let budget = opts.memory_budget.or(job.memory_budget);
+    let needs_state = match (&job.checkpoint, budget) {
+        (Some(_), _) => Some("checkpoints"),
+        (None, Some(_)) => Some("a memory budget (state spill)"),
+        (None, None) => None,
+    };
+    let backend = match (needs_state, opts.backend) {
+        (Some(what), BackendKind::Auto) => {
+            tracing::info!("backend auto: using cpu, since the job has {what}");
+            BackendKind::Cpu
+        }
+        (Some(what), BackendKind::Gpu) => {
             return Err(Error::Backend(panes_kernels::Error::Unsupported {
                 backend: "gpu",
-                what: "checkpoints".into(),
+                what: what.into(),
             }));
         }
         (_, kind) => kind,
@@ -426,7 +436,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
         backend.build(aggs, threads)
     })?;
-    if let Some(budget) = opts.memory_budget.or(job.memory_budget) {
+    if let Some(budget) = budget {
         let dir = job.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
         op.set_memory_budget(
             budget,

@@ -7,12 +7,12 @@ pub enum Error {
     /// No GPU adapter could be found or opened.
     #[error("no GPU adapter: {0}")]
     NoAdapter(String),
-    /// The backend cannot compute an aggregate the job asks for.
-    #[error("the {backend} backend cannot compute {what} yet; the cpu backend can")]
+    /// The backend cannot do something the job asks for: an aggregate, checkpoints, spill.
+    #[error("the {backend} backend does not support {what} yet; the cpu backend does")]
     Unsupported {
         /// The backend.
         backend: &'static str,
-        /// The aggregate.
+        /// What it cannot do.
         what: String,
     },
     /// A state batch (from a checkpoint or a spill file) does not fit this backend.
