@@ -1191,12 +1191,12 @@ impl WindowOperator {
                     .map_or(*windows.start(), |n| n.max(*windows.start()));
                 (k <= *windows.end()).then_some(k)
             });
-            if let Some(w) = next.map(|k| spec.end(k).saturating_sub(1)) {
-                if w < i64::MAX {
-                    self.advance(w)?;
-                    self.note_state();
-                    return Ok(false);
-                }
+            if let Some(w) = next.map(|k| spec.end(k).saturating_sub(1))
+                && w < i64::MAX
+            {
+                self.advance(w)?;
+                self.note_state();
+                return Ok(false);
             }
         }
         self.finish()?;
