@@ -8,18 +8,17 @@
 //! the others it skipped.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::connect::Position;
 use crate::connect::sink::sync_dir;
 use crate::error::{Error, Result};
+use crate::ipc;
 use crate::operator::OperatorState;
 
 /// The manifest's file name.
@@ -79,25 +78,6 @@ fn id_of(name: &str) -> Option<u64> {
     name.strip_prefix("chk-")?.parse().ok()
 }
 
-/// A writer that counts and checksums what goes through it.
-struct Hashing<W> {
-    inner: W,
-    crc: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Writes the files of one checkpoint; [`CheckpointWriter::commit`] makes it complete.
 pub struct CheckpointWriter {
     dir: PathBuf,
@@ -126,39 +106,13 @@ impl CheckpointWriter {
         batches: impl IntoIterator<Item = Result<RecordBatch>>,
     ) -> Result<()> {
         let path = self.dir.join(name);
-        let ipc = |e| Error::arrow(format!("writing checkpoint file {}", path.display()), e);
-        let mut writer = None;
-        for batch in batches {
-            let batch = batch?;
-            let w = match &mut writer {
-                Some(w) => w,
-                None => {
-                    let file = File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
-                    let out = Hashing {
-                        inner: BufWriter::new(file),
-                        crc: crc32fast::Hasher::new(),
-                        bytes: 0,
-                    };
-                    writer.insert(FileWriter::try_new(out, &batch.schema()).map_err(ipc)?)
-                }
-            };
-            w.write(&batch).map_err(ipc)?;
+        if let Some((bytes, crc32)) = ipc::write(&path, "writing checkpoint file", batches)? {
+            self.files.push(FileEntry {
+                name: name.to_string(),
+                bytes,
+                crc32,
+            });
         }
-        let Some(w) = writer else {
-            return Ok(());
-        };
-        let out = w.into_inner().map_err(ipc)?;
-        let file = out
-            .inner
-            .into_inner()
-            .map_err(|e| Error::io("writing", &path, e.into_error()))?;
-        file.sync_all()
-            .map_err(|e| Error::io("syncing", &path, e))?;
-        self.files.push(FileEntry {
-            name: name.to_string(),
-            bytes: out.bytes,
-            crc32: out.crc.finalize(),
-        });
         Ok(())
     }
 
@@ -322,11 +276,7 @@ impl Restore {
         if !self.manifest.files.iter().any(|f| f.name == name) {
             return Ok(Vec::new());
         }
-        let path = self.dir.join(name);
-        let file = File::open(&path).map_err(|e| Error::io("opening", &path, e))?;
-        let ipc = |e| Error::arrow(format!("reading checkpoint file {}", path.display()), e);
-        let reader = FileReader::try_new(BufReader::new(file), None).map_err(ipc)?;
-        reader.map(|b| b.map_err(ipc)).collect()
+        ipc::read(&self.dir.join(name), "reading checkpoint file")
     }
 }
 

@@ -9,6 +9,7 @@ pub mod anomaly;
 pub mod checkpoint;
 pub mod connect;
 pub mod error;
+mod ipc;
 pub mod job;
 pub mod key;
 pub mod operator;

@@ -8,17 +8,13 @@
 //! the job ends.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufReader, BufWriter};
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use arrow::compute::concat_batches;
-use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
+use crate::ipc;
 
 /// Spilled panes and where they are. See the module docs.
 pub struct Spill {
@@ -66,7 +62,8 @@ impl Spill {
         self.panes.contains_key(&j)
     }
 
-    /// Writes pane `j`'s state to its file.
+    /// Writes pane `j`'s state to its file (synced: a full disk is an error here, before
+    /// the pane's memory is freed).
     pub fn write(&mut self, j: i64, state: &RecordBatch) -> Result<()> {
         if !self.created {
             std::fs::create_dir_all(&self.dir)
@@ -74,22 +71,8 @@ impl Spill {
             self.created = true;
         }
         let path = self.dir.join(format!("pane-{j}.arrow"));
-        let io = |e: std::io::Error| Error::io("spilling pane state to", &path, e);
-        let arrow = |e: arrow::error::ArrowError| match e {
-            arrow::error::ArrowError::IoError(_, cause) => io(cause),
-            other => Error::arrow(format!("spilling pane state to {}", path.display()), other),
-        };
-        let file = File::create(&path).map_err(io)?;
-        let mut w = FileWriter::try_new(BufWriter::new(file), &state.schema()).map_err(arrow)?;
-        w.write(state).map_err(arrow)?;
-        let file = w
-            .into_inner()
-            .map_err(arrow)?
-            .into_inner()
-            .map_err(|e| io(e.into_error()))?;
-        // A full disk shows here at the latest, before the pane's memory is freed.
-        file.sync_all().map_err(io)?;
-        self.bytes += file.metadata().map_err(io)?.len();
+        let written = ipc::write(&path, "spilling pane state to", [Ok(state.clone())])?;
+        self.bytes += written.map_or(0, |(bytes, _)| bytes);
         self.written += 1;
         self.panes.insert(j, path);
         Ok(())
@@ -101,14 +84,14 @@ impl Spill {
             .panes
             .get(&j)
             .ok_or_else(|| Error::Internal(format!("pane {j} is not spilled")))?;
-        let arrow = |e| Error::arrow(format!("reading spilled pane {}", path.display()), e);
-        let file = File::open(path).map_err(|e| Error::io("reading spilled pane", path, e))?;
-        let reader = FileReader::try_new(BufReader::new(file), None).map_err(arrow)?;
-        let schema = reader.schema();
-        let mut batches = reader.collect::<Result<Vec<_>, _>>().map_err(arrow)?;
+        let mut batches = ipc::read(path, "reading spilled pane")?;
         match batches.len() {
             1 => Ok(batches.remove(0)),
-            _ => concat_batches(&schema, &batches).map_err(arrow),
+            _ => Err(Error::Internal(format!(
+                "spill file {} holds {} batches, not 1",
+                path.display(),
+                batches.len()
+            ))),
         }
     }
 
@@ -126,11 +109,6 @@ impl Spill {
             self.remove(pane)?;
         }
         Ok(())
-    }
-
-    /// The spill directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
