@@ -86,3 +86,51 @@ pub(crate) fn read(path: &Path, action: &'static str) -> Result<Vec<RecordBatch>
         .map(|b| b.map_err(|e| error(action, path, e)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, Int64Array};
+    use std::sync::Arc;
+
+    fn batch() -> RecordBatch {
+        let col: ArrayRef = Arc::new(Int64Array::from_iter_values(0..100_000));
+        RecordBatch::try_from_iter([("x", col)]).expect("batch")
+    }
+
+    #[test]
+    fn files_round_trip_with_their_size_and_checksum() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("x.arrow");
+        let (bytes, crc) = write(&path, "writing", [Ok(batch()), Ok(batch())])
+            .expect("write")
+            .expect("a file");
+        let on_disk = std::fs::read(&path).expect("read");
+        assert_eq!(bytes, on_disk.len() as u64);
+        assert_eq!(crc, crc32fast::hash(&on_disk));
+        assert_eq!(
+            read(&path, "reading").expect("read"),
+            vec![batch(), batch()]
+        );
+        assert!(
+            write(&dir.path().join("none"), "writing", [])
+                .expect("ok")
+                .is_none()
+        );
+        assert!(!dir.path().join("none").exists());
+    }
+
+    #[test]
+    fn a_full_disk_is_an_error_naming_the_file() {
+        // /dev/full accepts the open and fails every write with ENOSPC.
+        let err = write(
+            Path::new("/dev/full"),
+            "spilling pane state to",
+            [Ok(batch())],
+        )
+        .expect_err("the disk is full")
+        .to_string();
+        assert!(err.starts_with("spilling pane state to /dev/full"), "{err}");
+        assert!(err.contains("No space left on device"), "{err}");
+    }
+}
