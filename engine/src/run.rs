@@ -405,26 +405,8 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let start = Instant::now();
     let restore = starting_point(job, &opts.start)?;
     let verified = start.elapsed();
-    // The GPU backend cannot read its state back yet: no checkpoints, no spill.
     let budget = opts.memory_budget.or(job.memory_budget);
-    let needs_state = match (&job.checkpoint, budget) {
-        (Some(_), _) => Some("checkpoints"),
-        (None, Some(_)) => Some("a memory budget (state spill)"),
-        (None, None) => None,
-    };
-    let backend = match (needs_state, opts.backend) {
-        (Some(what), BackendKind::Auto) => {
-            tracing::info!("backend auto: using cpu, since the job has {what}");
-            BackendKind::Cpu
-        }
-        (Some(what), BackendKind::Gpu) => {
-            return Err(Error::Backend(panes_kernels::Error::Unsupported {
-                backend: "gpu",
-                what: what.into(),
-            }));
-        }
-        (_, kind) => kind,
-    };
+    let backend = opts.backend;
     let columns = needed_columns(job);
     let mut source = open_source(
         &job.source,

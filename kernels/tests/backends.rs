@@ -309,6 +309,17 @@ fn exported_panes_restore_exactly() {
 }
 
 #[test]
+fn gpu_exported_panes_restore_exactly() {
+    check_against_reference(0..6, false, &|aggs| {
+        let a = aggs.to_vec();
+        vec![Box::new(RoundTrip {
+            inner: gpu(aggs, GpuOptions::default()),
+            fresh: Box::new(move || gpu(&a, GpuOptions::default())),
+        })]
+    });
+}
+
+#[test]
 fn state_that_does_not_fit_is_an_error() {
     let aggs = all_aggs(true);
     let mut cpu = CpuBackend::new(&aggs, 1);

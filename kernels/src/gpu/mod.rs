@@ -16,6 +16,7 @@
 
 mod device;
 
+use arrow::datatypes::UInt32Type;
 use arrow::record_batch::RecordBatch;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -26,6 +27,7 @@ pub use device::{SHADERS, shader_source};
 use crate::agg::{AggFn, AggSpec, Domain, Moments};
 use crate::error::{Error, Result};
 use crate::events::{Events, OutColumn, Values, WindowRows};
+use crate::state;
 use crate::{Backend, Keys};
 
 /// Knobs of the GPU backend. The defaults suit real use; tests shrink the limits to force
@@ -714,24 +716,77 @@ impl Backend for GpuBackend {
         self.panes.keys().copied().collect()
     }
 
-    fn export_pane(&mut self, _pane: i64) -> Result<Option<RecordBatch>> {
-        Err(no_snapshots())
+    /// The pane's rows as the device holds them (keys with rows only): `key`, then one
+    /// `UInt32` column `w{i}` per word of the row layout.
+    fn export_pane(&mut self, pane: i64) -> Result<Option<RecordBatch>> {
+        if !self.panes.contains_key(&pane) {
+            return Ok(None);
+        }
+        // Merging one pane into empty rows copies it (every merge has the empty row as its
+        // identity), and the emit step keeps only keys with rows.
+        let (keys, rows) = self.combine_rows(pane..pane + 1, Keys::All)?;
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let stride = self.layout.stride as usize;
+        let mut columns = vec![("key".to_string(), state::array::<UInt32Type>(keys))];
+        for w in 0..stride {
+            let word: Vec<u32> = rows.iter().skip(w).step_by(stride).copied().collect();
+            columns.push((format!("w{w}"), state::array::<UInt32Type>(word)));
+        }
+        state::batch(columns).map(Some)
     }
 
-    fn import_pane(&mut self, _pane: i64, _state: &RecordBatch) -> Result<()> {
-        Err(no_snapshots())
+    fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> Result<()> {
+        let stride = self.layout.stride as usize;
+        let keys = state::values::<UInt32Type>(batch, "key")?;
+        let words = (0..stride)
+            .map(|w| state::values::<UInt32Type>(batch, &format!("w{w}")))
+            .collect::<Result<Vec<_>>>()?;
+        if batch.num_columns() != stride + 1 {
+            return Err(Error::BadState(format!(
+                "{} columns, the row layout has {stride} words and a key",
+                batch.num_columns()
+            )));
+        }
+        let mut commands = Commands::default();
+        self.reserve_keys(keys.iter().max().map_or(0, |&k| k + 1), &mut commands);
+        self.panes.remove(&pane);
+        self.open_pane(pane, &mut commands);
+        self.gpu
+            .run("restoring pane state", commands, None, false)?;
+        let Some(first) = self.panes[&pane].chunks.first() else {
+            return Ok(());
+        };
+        // The empty row, as the fill kernel wrote it.
+        let empty = self
+            .gpu
+            .read("restoring pane state", first, stride as u64 * 4)?;
+        let empty: Vec<u32> = bytemuck::pod_collect_to_vec(&empty);
+        for c in 0..self.n_chunks() {
+            let (base, len) = (c as u32 * self.chunk_keys, self.chunk_len(c));
+            let here: Vec<usize> = (0..keys.len())
+                .filter(|&r| keys[r] >= base && keys[r] - base < len)
+                .collect();
+            if here.is_empty() {
+                continue;
+            }
+            let mut rows = empty.repeat(len as usize);
+            for r in here {
+                let at = (keys[r] - base) as usize * stride;
+                for (w, word) in words.iter().enumerate() {
+                    rows[at + w] = word[r];
+                }
+            }
+            let chunk = &self.panes[&pane].chunks[c];
+            self.gpu
+                .queue
+                .write_buffer(chunk, 0, bytemuck::cast_slice(&rows));
+        }
+        Ok(())
     }
 
     fn drop_pane(&mut self, pane: i64) {
         self.panes.remove(&pane);
-    }
-}
-
-/// Checkpoints and spill read pane state back to the host, which the GPU backend does not
-/// do yet.
-fn no_snapshots() -> Error {
-    Error::Unsupported {
-        backend: "gpu",
-        what: "checkpoints or state spill".into(),
     }
 }
