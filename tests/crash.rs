@@ -369,6 +369,9 @@ fn crash_until_done_on(template: &str, seeds: std::ops::Range<u64>, args: &[&str
                 .count();
             assert_eq!(staged, 0, "seed {seed}: staged parts left in {o}");
         }
+        // Killed runs leave their spill files; the run that finished removed them.
+        let spill_dirs = std::fs::read_dir(dir.path().join("spill")).map_or(0, |d| d.count());
+        assert_eq!(spill_dirs, 0, "seed {seed}: spill files left behind");
     }
     killed
 }

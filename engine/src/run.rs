@@ -420,6 +420,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     })?;
     if let Some(budget) = budget {
         let dir = job.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+        crate::spill::remove_stale(&dir);
         op.set_memory_budget(
             budget,
             dir.join(format!("panes-spill-{}", std::process::id())),

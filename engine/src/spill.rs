@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use arrow::record_batch::RecordBatch;
 
@@ -109,6 +109,32 @@ impl Spill {
             self.remove(pane)?;
         }
         Ok(())
+    }
+}
+
+/// Removes the spill directories under `parent` left by panes processes that are gone (a
+/// crashed job's spill files are never read again: its checkpoints hold every pane).
+pub fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("panes-spill-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let gone = pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists();
+        if gone && Path::new("/proc/self").exists() {
+            tracing::info!(
+                "removing {}, left by a job that stopped",
+                entry.path().display()
+            );
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
