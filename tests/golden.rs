@@ -19,6 +19,20 @@ fn sorted_lines(path: &Path) -> Vec<String> {
     lines
 }
 
+/// Checks the rows `got("out")` (and `got("late")`, where the case has late events) against
+/// the case's expected files.
+fn assert_expected(case: &Path, got: impl Fn(&str) -> Vec<String>, ctx: &str) {
+    assert_eq!(
+        got("out"),
+        sorted_lines(&case.join("expected.csv")),
+        "{ctx}"
+    );
+    let expected_late = case.join("expected_late.csv");
+    if expected_late.exists() {
+        assert_eq!(got("late"), sorted_lines(&expected_late), "{ctx}: late");
+    }
+}
+
 #[test]
 fn golden_jobs_give_the_expected_rows_on_every_backend_and_batching() {
     let mut cases = 0;
@@ -37,19 +51,8 @@ fn golden_jobs_give_the_expected_rows_on_every_backend_and_batching() {
                 };
                 run_job(&job, opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
                 let ctx = format!("{} on {backend} in batches of {batch_rows}", dir.display());
-                assert_eq!(
-                    sorted_lines(&out.path().join("out.csv")),
-                    sorted_lines(&dir.join("expected.csv")),
-                    "{ctx}"
-                );
-                let expected_late = dir.join("expected_late.csv");
-                if expected_late.exists() {
-                    assert_eq!(
-                        sorted_lines(&out.path().join("late.csv")),
-                        sorted_lines(&expected_late),
-                        "{ctx}: late"
-                    );
-                }
+                let got = |name: &str| sorted_lines(&out.path().join(format!("{name}.csv")));
+                assert_expected(&dir, got, &ctx);
             }
         }
         cases += 1;
@@ -116,19 +119,7 @@ fn golden_jobs_restored_from_every_checkpoint_give_the_expected_rows() {
             let summary = run();
             let ctx = format!("{} restored from checkpoint {k}", dir.display());
             assert_eq!(summary.restored_from, Some(k), "{ctx}");
-            assert_eq!(
-                sorted_parts(&out.path().join("out")),
-                sorted_lines(&dir.join("expected.csv")),
-                "{ctx}"
-            );
-            let expected_late = dir.join("expected_late.csv");
-            if expected_late.exists() {
-                assert_eq!(
-                    sorted_parts(&out.path().join("late")),
-                    sorted_lines(&expected_late),
-                    "{ctx}: late"
-                );
-            }
+            assert_expected(&dir, |name| sorted_parts(&out.path().join(name)), &ctx);
         }
     }
 }
