@@ -478,8 +478,11 @@ impl WindowOperator {
         let Some(spill) = self.spill.as_mut() else {
             return Ok(());
         };
-        let held = |b: &dyn Backend, i: &KeyInterner| (b.state_bytes() + i.bytes()) as u64;
-        if held(self.backend.as_ref(), &self.interner) <= spill.budget {
+        // What the spills below do not change: the dictionary and the open sessions.
+        let fixed =
+            (self.interner.bytes() + self.sessions.as_ref().map_or(0, Sessions::bytes)) as u64;
+        let held = |b: &dyn Backend| b.state_bytes() as u64 + fixed;
+        if held(self.backend.as_ref()) <= spill.budget {
             return Ok(());
         }
         // The watermark has passed the end of panes before this one: on-time events no
@@ -490,7 +493,7 @@ impl WindowOperator {
             w => self.spec.pane_of(w.saturating_add(1)),
         };
         for j in self.backend.panes() {
-            if j >= closed || held(self.backend.as_ref(), &self.interner) <= spill.budget {
+            if j >= closed || held(self.backend.as_ref()) <= spill.budget {
                 break;
             }
             if let Some(state) = self.backend.export_pane(j)? {
@@ -498,12 +501,12 @@ impl WindowOperator {
             }
             self.backend.drop_pane(j);
         }
-        let now = held(self.backend.as_ref(), &self.interner);
+        let now = held(self.backend.as_ref());
         if now > spill.budget && !self.over_budget_warned {
             self.over_budget_warned = true;
             tracing::warn!(
-                "the state of open panes and the key dictionary ({:.1} MiB) exceeds the memory \
-                 budget ({:.1} MiB): only closed panes spill",
+                "the state of open panes, the key dictionary and open sessions ({:.1} MiB) \
+                 exceeds the memory budget ({:.1} MiB): only closed panes spill",
                 now as f64 / (1 << 20) as f64,
                 spill.budget as f64 / (1 << 20) as f64
             );
@@ -995,7 +998,8 @@ impl WindowOperator {
     }
 
     fn note_state(&mut self) {
-        let bytes = (self.backend.state_bytes() + self.interner.bytes()) as u64;
+        let sessions = self.sessions.as_ref().map_or(0, Sessions::bytes);
+        let bytes = (self.backend.state_bytes() + self.interner.bytes() + sessions) as u64;
         self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
     }
 

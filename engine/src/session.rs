@@ -198,6 +198,16 @@ impl Sessions {
         fire.min(close)
     }
 
+    /// Bytes held (an estimate from capacities, in constant time: about one session a key).
+    pub fn bytes(&self) -> usize {
+        let per_key = size_of::<(u32, Vec<Open>)>() + size_of::<Open>() + 1;
+        let timer = size_of::<Reverse<(i64, u32, i64)>>();
+        self.open.capacity() * per_key
+            + (self.to_fire.capacity() + self.to_close.capacity()) * timer
+            + self.firsts.len() * 48
+            + self.dirty.len() * 32
+    }
+
     /// The earliest first event time of an open session.
     pub fn oldest(&self) -> Option<i64> {
         self.firsts.keys().next().copied()
