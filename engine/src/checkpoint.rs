@@ -8,7 +8,7 @@
 //! the others it skipped.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -148,16 +148,8 @@ pub struct Found {
 
 /// Every checkpoint under `root`, oldest first (none when `root` does not exist).
 pub fn list(root: &Path) -> Result<Vec<Found>> {
-    if !root.exists() {
-        return Ok(Vec::new());
-    }
-    let entries = std::fs::read_dir(root).map_err(|e| Error::io("listing", root, e))?;
     let mut found = Vec::new();
-    for entry in entries {
-        let dir = entry.map_err(|e| Error::io("listing", root, e))?.path();
-        let Some(id) = dir.file_name().and_then(|n| n.to_str()).and_then(id_of) else {
-            continue;
-        };
+    for (id, dir) in dirs(root)? {
         let bytes = std::fs::read_dir(&dir)
             .map(|d| {
                 d.filter_map(|e| e.ok()?.metadata().ok())
@@ -173,8 +165,33 @@ pub fn list(root: &Path) -> Result<Vec<Found>> {
             bytes,
         });
     }
-    found.sort_by_key(|f| f.id);
     Ok(found)
+}
+
+/// The checkpoint directories under `root` with their ids, oldest first (none when `root`
+/// does not exist).
+fn dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(root).map_err(|e| Error::io("listing", root, e))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let dir = entry.map_err(|e| Error::io("listing", root, e))?.path();
+        if let Some(id) = dir.file_name().and_then(|n| n.to_str()).and_then(id_of) {
+            found.push((id, dir));
+        }
+    }
+    found.sort_by_key(|f| f.0);
+    Ok(found)
+}
+
+/// Removes every checkpoint under `root` (`--fresh`).
+pub fn remove_all(root: &Path) -> Result<()> {
+    for (_, dir) in dirs(root)? {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
+    }
+    Ok(())
 }
 
 /// Reads and checks a checkpoint: its manifest, then each file's size and checksum.
@@ -193,28 +210,15 @@ fn verify(dir: &Path, id: u64) -> std::result::Result<Manifest, String> {
         return Err(format!("{MANIFEST} names checkpoint {}", manifest.id));
     }
     for f in &manifest.files {
-        let path = dir.join(&f.name);
-        let file = File::open(&path).map_err(|e| format!("file {}: {e}", f.name))?;
-        let (mut crc, mut bytes) = (crc32fast::Hasher::new(), 0u64);
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| format!("reading {}: {e}", f.name))?;
-            if n == 0 {
-                break;
-            }
-            crc.update(&buf[..n]);
-            bytes += n as u64;
-        }
+        let (bytes, crc) =
+            ipc::checksum(&dir.join(&f.name)).map_err(|e| format!("file {}: {e}", f.name))?;
         if bytes != f.bytes {
             return Err(format!(
                 "file {} has {bytes} bytes, the manifest says {}",
                 f.name, f.bytes
             ));
         }
-        if crc.finalize() != f.crc32 {
+        if crc != f.crc32 {
             return Err(format!("file {} fails its checksum", f.name));
         }
     }
@@ -284,16 +288,13 @@ impl Restore {
 /// the newest complete one. (Complete here means it has a manifest: these are checkpoints
 /// this run wrote; restore checks the files.)
 pub fn prune(root: &Path, keep: usize) -> Result<()> {
-    let entries = std::fs::read_dir(root).map_err(|e| Error::io("listing", root, e))?;
-    let mut found: Vec<(u64, PathBuf, bool)> = Vec::new();
-    for entry in entries {
-        let dir = entry.map_err(|e| Error::io("listing", root, e))?.path();
-        if let Some(id) = dir.file_name().and_then(|n| n.to_str()).and_then(id_of) {
+    let found: Vec<(u64, PathBuf, bool)> = dirs(root)?
+        .into_iter()
+        .map(|(id, dir)| {
             let complete = dir.join(MANIFEST).exists();
-            found.push((id, dir, complete));
-        }
-    }
-    found.sort_by_key(|f| f.0);
+            (id, dir, complete)
+        })
+        .collect();
     let complete: Vec<u64> = found.iter().filter(|f| f.2).map(|f| f.0).collect();
     let Some(&newest) = complete.last() else {
         return Ok(());

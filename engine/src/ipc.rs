@@ -77,6 +77,17 @@ pub(crate) fn write(
     Ok(Some((out.bytes, out.crc.finalize())))
 }
 
+/// The size and CRC-32 of the file at `path`.
+pub(crate) fn checksum(path: &Path) -> std::io::Result<(u64, u32)> {
+    let mut out = Hashing {
+        inner: std::io::sink(),
+        crc: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    std::io::copy(&mut BufReader::new(File::open(path)?), &mut out)?;
+    Ok((out.bytes, out.crc.finalize()))
+}
+
 /// The batches of the file at `path`.
 pub(crate) fn read(path: &Path, action: &'static str) -> Result<Vec<RecordBatch>> {
     let file = File::open(path).map_err(|e| Error::io(action, path, e))?;

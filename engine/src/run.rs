@@ -246,10 +246,7 @@ fn starting_point(job: &Job, start: &StartFrom) -> Result<Option<Restore>> {
     };
     let restore = match start {
         StartFrom::Fresh => {
-            for found in checkpoint::list(&c.dir)? {
-                std::fs::remove_dir_all(&found.dir)
-                    .map_err(|e| Error::io("removing", &found.dir, e))?;
-            }
+            checkpoint::remove_all(&c.dir)?;
             None
         }
         StartFrom::Newest => Restore::newest(&c.dir)?,
