@@ -1,7 +1,6 @@
 // Combine: `fill` puts `key_count` key rows from row `key_base` of a chunk in the empty
 // state (new panes, a window's accumulator, a session's key when it closes); `merge` folds one pane's rows into the accumulator, one invocation per key.
-// The engine merges a window's panes in the order of `fold_split` (kernels/src/lib.rs), with
-// the same rules as the CPU backend.
+// The engine merges a window's panes in pane order with the same rules as the CPU backend.
 
 @group(1) @binding(0) var<storage, read_write> state: array<u32>;
 @group(1) @binding(1) var<storage, read> pane: array<u32>;

@@ -516,7 +516,6 @@ impl WindowOperator {
 
     /// Spills state to `dir` whenever it exceeds `budget` bytes after a batch.
     pub fn set_memory_budget(&mut self, budget: u64, dir: PathBuf) {
-        self.backend.limit_memory();
         self.spill = Some(Spill::new(budget, dir));
     }
 

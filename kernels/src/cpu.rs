@@ -7,7 +7,6 @@
 //! partition owns local keys `key >> k` of every array, so threads never share state.
 //! Combining a window merges its panes array by array, then evaluates keys that had rows.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
@@ -20,7 +19,7 @@ use arrow::datatypes::{Float64Type, Int64Type, UInt32Type, UInt64Type};
 use crate::error::Error;
 use crate::events::{Events, OutColumn, Values, WindowRows};
 use crate::state;
-use crate::{Backend, Keys, fold_split};
+use crate::{Backend, Keys};
 
 /// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
 const SPARSE_RATIO: usize = 4;
@@ -88,32 +87,14 @@ impl Op {
 }
 
 /// Values of one typed state column, plus event times for first/last.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Typed<T> {
     op: Op,
     v: Vec<T>,
     ts: Vec<i64>,
 }
 
-/// State is cloned into memory it already has (`clone_from`): fresh pages cost a fault
-/// and a clearing each.
-impl<T: Clone> Clone for Typed<T> {
-    fn clone(&self) -> Self {
-        Typed {
-            op: self.op,
-            v: self.v.clone(),
-            ts: self.ts.clone(),
-        }
-    }
-
-    fn clone_from(&mut self, src: &Self) {
-        self.op = src.op;
-        self.v.clone_from(&src.v);
-        self.ts.clone_from(&src.ts);
-    }
-}
-
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Acc {
     Count(Vec<u64>),
     Stats(Vec<[f64; 3]>),
@@ -123,32 +104,6 @@ enum Acc {
     Float(Typed<f64>),
     Moments(Vec<Moments>),
     Distinct(Vec<Distinct>),
-}
-
-impl Clone for Acc {
-    fn clone(&self) -> Self {
-        match self {
-            Acc::Count(v) => Acc::Count(v.clone()),
-            Acc::Stats(v) => Acc::Stats(v.clone()),
-            Acc::SameAsRows => Acc::SameAsRows,
-            Acc::Int(t) => Acc::Int(t.clone()),
-            Acc::Float(t) => Acc::Float(t.clone()),
-            Acc::Moments(v) => Acc::Moments(v.clone()),
-            Acc::Distinct(v) => Acc::Distinct(v.clone()),
-        }
-    }
-
-    fn clone_from(&mut self, src: &Self) {
-        match (self, src) {
-            (Acc::Count(d), Acc::Count(s)) => d.clone_from(s),
-            (Acc::Stats(d), Acc::Stats(s)) => d.clone_from(s),
-            (Acc::Int(d), Acc::Int(s)) => d.clone_from(s),
-            (Acc::Float(d), Acc::Float(s)) => d.clone_from(s),
-            (Acc::Moments(d), Acc::Moments(s)) => d.clone_from(s),
-            (Acc::Distinct(d), Acc::Distinct(s)) => d.clone_from(s),
-            (d, s) => *d = s.clone(),
-        }
-    }
 }
 
 /// How an aggregate reads its state: indices into the state columns.
@@ -507,7 +462,7 @@ impl Acc {
 }
 
 /// The state of one key partition of one pane (or of a window being combined).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Part {
     accs: Vec<Acc>,
     /// Bumped by every change of the state.
@@ -519,26 +474,6 @@ struct Part {
     /// keep growing (new auctions, new sessions) use only their newest ids, so scans of
     /// the rows start here.
     lo: usize,
-}
-
-impl Clone for Part {
-    fn clone(&self) -> Self {
-        Part {
-            accs: self.accs.clone(),
-            version: self.version,
-            present: self.present.clone(),
-            present_at: self.present_at,
-            lo: self.lo,
-        }
-    }
-
-    fn clone_from(&mut self, src: &Self) {
-        self.accs.clone_from(&src.accs);
-        self.version = src.version;
-        self.present.clone_from(&src.present);
-        self.present_at = src.present_at;
-        self.lo = src.lo;
-    }
 }
 
 impl Part {
@@ -866,67 +801,6 @@ pub struct CpuBackend {
     window: Vec<Part>,
     /// Per-partition row lists, reused between updates.
     scratch: Vec<Vec<u32>>,
-    /// Folds that later hop windows reuse.
-    cache: FoldCache,
-    /// Whether to keep them (see [`Backend::limit_memory`]).
-    share_folds: bool,
-}
-
-/// A fold of held panes, and the panes it covers with their stamps when it was made.
-struct Folded {
-    covers: Vec<(i64, u64)>,
-    state: Vec<Part>,
-}
-
-/// What consecutive windows of one hop share (see [`crate::fold_split`]): the
-/// right-to-left suffixes of the current block, by their first pane, and the last
-/// left-to-right prefix. Each is used only while the panes it covers are unchanged.
-#[derive(Default)]
-struct FoldCache {
-    suffixes: BTreeMap<i64, Folded>,
-    prefix: Option<Folded>,
-    /// Suffix states no longer needed, to fold the next block's into.
-    spare: Vec<Vec<Part>>,
-}
-
-impl FoldCache {
-    fn bytes(&self) -> usize {
-        self.suffixes
-            .values()
-            .chain(&self.prefix)
-            .map(|f| &f.state)
-            .chain(&self.spare)
-            .flatten()
-            .flat_map(|p| &p.accs)
-            .map(Acc::bytes)
-            .sum()
-    }
-}
-
-/// A pane's change stamp: the sum of its partitions' versions, which only grow.
-fn stamp(parts: &[Part]) -> u64 {
-    parts.iter().map(|p| p.version).sum()
-}
-
-/// The state with current lists of present keys, to merge from.
-fn fresh(parts: &mut [Part]) -> &[Part] {
-    parts.iter_mut().for_each(Part::refresh_present);
-    parts
-}
-
-/// Merges the state of later panes `src` (present lists current) into `acc`, partition
-/// by partition: at its keys only where it holds few.
-fn fold_into(acc: &mut [Part], src: &[Part]) {
-    acc.par_iter_mut().zip(src).for_each(|(acc, src)| {
-        acc.version += 1;
-        acc.grow(src.len());
-        acc.lo = acc.lo.min(src.lo);
-        if src.present.len() * SPARSE_RATIO < src.len() {
-            acc.merge_present(src);
-        } else {
-            acc.merge_all(src);
-        }
-    });
 }
 
 impl CpuBackend {
@@ -995,8 +869,6 @@ impl CpuBackend {
             panes: BTreeMap::new(),
             pool: Vec::new(),
             scratch: vec![Vec::new(); parts],
-            cache: FoldCache::default(),
-            share_folds: true,
         }
     }
 
@@ -1023,187 +895,6 @@ impl CpuBackend {
             scatter(&mut parts, j, col, batch, &at)?;
         }
         Ok(parts)
-    }
-
-    /// Pane `j`'s state, held or read back with `load` (with current lists of present keys).
-    fn fetch(
-        &self,
-        j: i64,
-        load: &mut dyn FnMut(i64) -> crate::Result<RecordBatch>,
-    ) -> crate::Result<Cow<'_, [Part]>> {
-        if let Some(held) = self.panes.get(&j) {
-            return Ok(Cow::Borrowed(held));
-        }
-        let mut state = self.parts_from(&load(j)?)?;
-        state.iter_mut().for_each(Part::refresh_present);
-        Ok(Cow::Owned(state))
-    }
-
-    /// Folds the window into `self.window` from panes held or spilled: the suffix right to
-    /// left, the prefix left to right into the (empty) window state, then the two.
-    fn fold_window(
-        &mut self,
-        suffix: &[i64],
-        prefix: &[i64],
-        load: &mut dyn FnMut(i64) -> crate::Result<RecordBatch>,
-    ) -> crate::Result<()> {
-        let mut window = std::mem::take(&mut self.window);
-        let mut right: Option<Vec<Part>> = None;
-        for &j in suffix.iter().rev() {
-            let mut state = self.fetch(j, load)?.into_owned();
-            if let Some(r) = &mut right {
-                fold_into(&mut state, fresh(r));
-            }
-            right = Some(state);
-        }
-        for &j in prefix {
-            fold_into(&mut window, &self.fetch(j, load)?);
-        }
-        self.window = match right {
-            Some(mut r) => {
-                fold_into(&mut r, fresh(&mut window));
-                r
-            }
-            None => window,
-        };
-        Ok(())
-    }
-
-    /// Folds the window into `self.window` from held panes, reusing the suffixes of its
-    /// block and the previous window's prefix where no pane they cover has changed.
-    fn fold_cached(&mut self, suffix: &[i64], prefix: &[i64]) {
-        let stamped = |ids: &[i64]| -> Vec<(i64, u64)> {
-            ids.iter().map(|j| (*j, stamp(&self.panes[j]))).collect()
-        };
-        if suffix.is_empty() {
-            // A window aligned on its block: one fold, which no later window shares.
-            for j in prefix {
-                fold_into(&mut self.window, &self.panes[j]);
-            }
-            return;
-        }
-        let cache = &mut self.cache;
-        let covers = stamped(suffix);
-        if cache.suffixes.get(&suffix[0]).map(|s| &s.covers) != Some(&covers) {
-            let old = std::mem::take(&mut cache.suffixes);
-            cache.spare.extend(old.into_values().map(|f| f.state));
-            let mut next: Option<&Vec<Part>> = None;
-            for (k, &j) in suffix.iter().enumerate().rev() {
-                let mut state = cache.spare.pop().unwrap_or_default();
-                state.clone_from(&self.panes[&j]);
-                if let Some(r) = next {
-                    fold_into(&mut state, r);
-                }
-                fresh(&mut state);
-                let covers = covers[k..].to_vec();
-                cache.suffixes.insert(j, Folded { covers, state });
-                next = Some(&cache.suffixes[&j].state);
-            }
-        }
-        // The prefix: the previous window's, when it covers the first of these panes.
-        let covers = stamped(prefix);
-        let p = cache.prefix.get_or_insert_with(|| Folded {
-            covers: Vec::new(),
-            state: vec![Part::new(&self.layout); self.window.len()],
-        });
-        if p.covers.len() > covers.len() || p.covers[..] != covers[..p.covers.len()] {
-            p.covers.clear();
-            for part in p.state.iter_mut() {
-                part.reset(&self.layout, part.len());
-            }
-        }
-        for &(j, _) in &covers[p.covers.len()..] {
-            fold_into(&mut p.state, &self.panes[&j]);
-        }
-        p.covers = covers;
-        self.window.clone_from(&cache.suffixes[&suffix[0]].state);
-        fold_into(&mut self.window, fresh(&mut p.state));
-    }
-
-    /// Folds the window for keys `only` (ascending) into one single-key state each, in
-    /// the same order as whole windows, and emits those with rows.
-    fn fold_keys(
-        &self,
-        only: &[u32],
-        suffix: &[i64],
-        prefix: &[i64],
-        load: &mut dyn FnMut(i64) -> crate::Result<RecordBatch>,
-        mut rows: WindowRows,
-    ) -> crate::Result<WindowRows> {
-        let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
-        let at = |key: u32| ((key & mask) as usize, (key >> shift) as usize);
-        let mut one = Part::new(&self.layout);
-        one.grow(1);
-        // Merging the empty state changes nothing, so both folds start from it.
-        let (mut right, mut left) = (vec![one.clone(); only.len()], vec![one.clone(); only.len()]);
-        for &j in suffix.iter().rev() {
-            let src = self.fetch(j, load)?;
-            for (r, &key) in right.iter_mut().zip(only) {
-                let (p, i) = at(key);
-                if i < src[p].len() && src[p].rows()[i] > 0 {
-                    one.reset(&self.layout, 1);
-                    one.merge_key(0, &src[p], i);
-                    one.merge_key(0, r, 0);
-                    std::mem::swap(r, &mut one);
-                }
-            }
-        }
-        for &j in prefix {
-            let src = self.fetch(j, load)?;
-            for (l, &key) in left.iter_mut().zip(only) {
-                let (p, i) = at(key);
-                if i < src[p].len() {
-                    l.merge_key(0, &src[p], i);
-                }
-            }
-        }
-        for ((r, l), &key) in right.iter_mut().zip(&left).zip(only) {
-            r.merge_key(0, l, 0);
-            if r.rows()[0] > 0 {
-                rows.keys.push(key);
-                evaluate(&self.evals, r, 0, &mut rows.columns);
-            }
-        }
-        Ok(rows)
-    }
-
-    /// Evaluates the keys with rows of the folded window, in key order, and leaves the
-    /// window state empty.
-    fn emit_window(&mut self, rows: &mut WindowRows) {
-        let (parts, shift) = (self.parts(), self.shift);
-        let combined = &mut self.window;
-        let mut order: Vec<(u32, usize, usize)> = Vec::new();
-        for (p, acc) in combined.iter().enumerate() {
-            for (i, &n) in acc.rows().iter().enumerate().skip(acc.lo) {
-                if n > 0 {
-                    order.push((((i as u32) << shift) | p as u32, p, i));
-                }
-            }
-        }
-        for col in rows.columns.iter_mut() {
-            col.reserve(order.len());
-        }
-        rows.keys.reserve(order.len());
-        if parts > 1 {
-            order.sort_unstable_by_key(|o| o.0);
-        }
-        for &(key, p, i) in &order {
-            rows.keys.push(key);
-            evaluate(&self.evals, &combined[p], i, &mut rows.columns);
-        }
-        // Key by key when few keys were emitted, otherwise in one sweep.
-        let len: usize = combined.iter().map(Part::len).sum();
-        if order.len() * SPARSE_RATIO < len {
-            for &(_, p, i) in &order {
-                combined[p].clear_key(i);
-            }
-        } else {
-            let layout = &self.layout;
-            combined
-                .iter_mut()
-                .for_each(|acc| acc.reset(layout, acc.len()));
-        }
-        combined.iter_mut().for_each(|acc| acc.lo = usize::MAX);
     }
 
     /// Updates one pane with the selected rows.
@@ -1358,10 +1049,8 @@ impl Backend for CpuBackend {
         })
     }
 
-    /// Folds the window's panes in the order of [`crate::fold_split`], reading each spilled
-    /// pane back only while it is merged: a window needs one pane of memory beyond what is
-    /// held, plus the running suffix. When every pane is held, hop windows share work
-    /// through the [`FoldCache`].
+    /// Merges the window's panes one at a time, in pane order, reading each spilled pane
+    /// back only while it is merged: a window needs one pane of memory beyond what is held.
     fn combine_spilled(
         &mut self,
         panes: Range<i64>,
@@ -1369,6 +1058,8 @@ impl Backend for CpuBackend {
         spilled: &[i64],
         load: &mut dyn FnMut(i64) -> crate::Result<RecordBatch>,
     ) -> crate::Result<WindowRows> {
+        let parts = self.parts();
+        let shift = self.shift;
         if matches!(keys, Keys::All) {
             for part in self
                 .panes
@@ -1378,13 +1069,8 @@ impl Backend for CpuBackend {
                 part.refresh_present();
             }
         }
-        let spilled: Vec<i64> = spilled
-            .iter()
-            .copied()
-            .filter(|j| panes.contains(j))
-            .collect();
         let mut ids: Vec<i64> = self.panes.range(panes.clone()).map(|(&j, _)| j).collect();
-        ids.extend(&spilled);
+        ids.extend(spilled.iter().filter(|j| panes.contains(j)));
         ids.sort_unstable();
         let mut rows = WindowRows {
             keys: Vec::new(),
@@ -1397,13 +1083,98 @@ impl Backend for CpuBackend {
         if ids.is_empty() {
             return Ok(rows);
         }
-        let (suffix, prefix) = ids.split_at(ids.partition_point(|&j| j < fold_split(&panes)));
-        match keys {
-            Keys::All if spilled.is_empty() && self.share_folds => self.fold_cached(suffix, prefix),
-            Keys::All => self.fold_window(suffix, prefix, load)?,
-            Keys::Only(only) => return self.fold_keys(only, suffix, prefix, load, rows),
+        let mask = (parts - 1) as u32;
+        // Keys::Only: one single-key state per key asked for.
+        let mut singles: Vec<Part> = match keys {
+            Keys::All => Vec::new(),
+            Keys::Only(only) => {
+                let mut acc = Part::new(&self.layout);
+                acc.grow(1);
+                vec![acc; only.len()]
+            }
+        };
+        for &j in &ids {
+            let loaded;
+            let src: &Vec<Part> = match self.panes.get(&j) {
+                Some(held) => held,
+                None => {
+                    let mut state = self.parts_from(&load(j)?)?;
+                    if matches!(keys, Keys::All) {
+                        state.iter_mut().for_each(Part::refresh_present);
+                    }
+                    loaded = state;
+                    &loaded
+                }
+            };
+            match keys {
+                // The window state is empty before the first pane (cleared key by key
+                // after the last window). A pane that holds few of the keys is merged at
+                // those keys only.
+                Keys::All => self.window.par_iter_mut().zip(src).for_each(|(acc, src)| {
+                    acc.grow(src.len());
+                    acc.lo = acc.lo.min(src.lo);
+                    if src.present.len() * SPARSE_RATIO < src.len() {
+                        acc.merge_present(src);
+                    } else {
+                        acc.merge_all(src);
+                    }
+                }),
+                Keys::Only(only) => {
+                    for (acc, &key) in singles.iter_mut().zip(only) {
+                        let (p, i) = ((key & mask) as usize, (key >> shift) as usize);
+                        if i < src[p].len() {
+                            acc.merge_key(0, &src[p], i);
+                        }
+                    }
+                }
+            }
         }
-        self.emit_window(&mut rows);
+        match keys {
+            Keys::All => {
+                let combined = &mut self.window;
+                let mut order: Vec<(u32, usize, usize)> = Vec::new();
+                for (p, acc) in combined.iter().enumerate() {
+                    for (i, &n) in acc.rows().iter().enumerate().skip(acc.lo) {
+                        if n > 0 {
+                            order.push((((i as u32) << shift) | p as u32, p, i));
+                        }
+                    }
+                }
+                for col in rows.columns.iter_mut() {
+                    col.reserve(order.len());
+                }
+                rows.keys.reserve(order.len());
+                if parts > 1 {
+                    order.sort_unstable_by_key(|o| o.0);
+                }
+                for &(key, p, i) in &order {
+                    rows.keys.push(key);
+                    evaluate(&self.evals, &combined[p], i, &mut rows.columns);
+                }
+                // Leave the window state empty for the next window: key by key when few
+                // keys were emitted, otherwise in one sweep.
+                let len: usize = combined.iter().map(Part::len).sum();
+                if order.len() * SPARSE_RATIO < len {
+                    for &(_, p, i) in &order {
+                        combined[p].clear_key(i);
+                    }
+                } else {
+                    let layout = &self.layout;
+                    combined
+                        .iter_mut()
+                        .for_each(|acc| acc.reset(layout, acc.len()));
+                }
+                combined.iter_mut().for_each(|acc| acc.lo = usize::MAX);
+            }
+            Keys::Only(only) => {
+                for (acc, &key) in singles.iter().zip(only) {
+                    if acc.rows()[0] > 0 {
+                        rows.keys.push(key);
+                        evaluate(&self.evals, acc, 0, &mut rows.columns);
+                    }
+                }
+            }
+        }
         Ok(rows)
     }
 
@@ -1418,15 +1189,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn limit_memory(&mut self) {
-        self.share_folds = false;
-        self.cache = FoldCache::default();
-    }
-
     fn evict_before(&mut self, pane: i64) {
-        let kept = self.cache.suffixes.split_off(&pane);
-        let done = std::mem::replace(&mut self.cache.suffixes, kept);
-        self.cache.spare.extend(done.into_values().map(|f| f.state));
         let kept = self.panes.split_off(&pane);
         let evicted = std::mem::replace(&mut self.panes, kept);
         // Keep a few for reuse; a pane is a few arrays of the key count.
@@ -1437,8 +1200,7 @@ impl Backend for CpuBackend {
         );
     }
 
-    /// Pane state, plus the window state that combines reuse, the pool of evicted panes
-    /// and the folds hop windows share.
+    /// Pane state, plus the window state that combines reuse and the pool of evicted panes.
     fn state_bytes(&self) -> usize {
         self.panes
             .values()
@@ -1447,8 +1209,7 @@ impl Backend for CpuBackend {
             .chain(&self.window)
             .flat_map(|p| &p.accs)
             .map(Acc::bytes)
-            .sum::<usize>()
-            + self.cache.bytes()
+            .sum()
     }
 
     fn panes(&self) -> Vec<i64> {
@@ -1484,15 +1245,12 @@ impl Backend for CpuBackend {
     fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {
         let parts = self.parts_from(batch)?;
         self.panes.insert(pane, parts);
-        self.cache = FoldCache::default();
         Ok(())
     }
 
-    /// Frees a pane, the pool of evicted ones and the shared folds: panes are dropped to
-    /// save memory.
+    /// Frees a pane, and the pool of evicted ones: panes are dropped to save memory.
     fn drop_pane(&mut self, pane: i64) {
         self.panes.remove(&pane);
         self.pool.clear();
-        self.cache = FoldCache::default();
     }
 }

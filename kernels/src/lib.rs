@@ -37,23 +37,6 @@ pub enum Keys<'a> {
     Only(&'a [u32]),
 }
 
-/// Where every backend splits the fold of panes `panes` (a window's): at the first multiple
-/// of the window's length in panes, `n`, at or after its start. Panes `[start, split)` fold
-/// right to left, panes `[split, end)` left to right, and the first result merges the
-/// second: `(p₂ ⊕ p₃) ⊕ ((p₄ ⊕ p₅) ⊕ p₆)` for panes 2..7. Panes without state for a key
-/// are skipped.
-///
-/// Float sums do not associate, so this order is part of the contract: every backend folds
-/// this way, and their results agree to the last bit. It is the order that lets hop
-/// windows share work: the windows of one block of `n` panes share its right-to-left
-/// suffixes, and each window's left-to-right prefix is the previous one's plus a pane.
-/// A window that starts on a multiple of its length (every tumbling window) is one
-/// left-to-right fold.
-pub fn fold_split(panes: &Range<i64>) -> i64 {
-    let n = (panes.end - panes.start).max(1);
-    panes.start + (n - panes.start.rem_euclid(n)) % n
-}
-
 /// A data-plane backend: pane state plus the kernels that update and combine it.
 ///
 /// The engine guarantees that events reach `update` in stream order and that a pane is
@@ -67,17 +50,12 @@ pub trait Backend: Send {
     }
     /// Aggregates a segment of events into the state of their panes.
     fn update(&mut self, events: &Events<'_>) -> Result<()>;
-    /// Combines panes `panes` per key into one row per key with data, keys ascending,
-    /// folding them in the order [`fold_split`] sets.
+    /// Combines panes `panes` per key into one row per key with data, keys ascending.
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows>;
     /// Frees the state of every pane before `pane`.
     fn evict_before(&mut self, pane: i64);
     /// Empties the state of one key in panes `panes` (a session that ended).
     fn clear_key(&mut self, panes: Range<i64>, key: u32) -> Result<()>;
-    /// Holds no state beyond the panes and the window being combined, trading speed for
-    /// memory (a memory budget is set): the CPU backend stops keeping the folds that hop
-    /// windows share.
-    fn limit_memory(&mut self) {}
     /// Bytes of state currently held.
     fn state_bytes(&self) -> usize;
     /// The panes that hold state, ascending.

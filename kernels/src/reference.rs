@@ -1,8 +1,8 @@
 //! The reference backend: keeps every event of a (pane, key) as it came and folds them with
 //! plain scalar code when a window is combined. Slow and obviously correct: the oracle.
 //!
-//! Per pane it folds events in arrival order, then merges pane partials in the order of
-//! [`crate::fold_split`], as the fast backends do, so float results agree to the last bit.
+//! Per pane it folds events in arrival order, then merges pane partials in pane order, the
+//! same association the fast backends use, so float results agree to the last bit.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -56,24 +56,50 @@ fn scalar_at(col: &Column<'_>, i: usize) -> Option<Scalar> {
     })
 }
 
-/// Folds one aggregate's values of a window, per pane in arrival order, then the pane
-/// partials in the order of [`crate::fold_split`], the way the fast backends do.
-fn fold<T: Value>(panes: &[(i64, Vec<(i64, T)>)], split: i64) -> Option<Partial<T>> {
-    let partials = panes
-        .iter()
-        .filter(|(_, values)| !values.is_empty())
-        .map(|(j, values)| (*j, Partial::of(values)));
-    let (suffix, prefix): (Vec<_>, Vec<_>) = partials.partition(|(j, _)| *j < split);
-    let right = suffix
-        .into_iter()
-        .rev()
-        .map(|p| p.1)
-        .reduce(|acc, p| p.merge(acc));
-    let left = prefix.into_iter().map(|p| p.1).reduce(Partial::merge);
-    match (right, left) {
-        (Some(r), Some(l)) => Some(r.merge(l)),
-        (r, l) => r.or(l),
+/// Folds a sequence of values (in pane order, arrival order within a pane) for one
+/// aggregate, merging per-pane partials the way the fast backends do.
+fn fold<T: Value>(panes: &[Vec<(i64, T)>]) -> Option<Partial<T>> {
+    let mut acc: Option<Partial<T>> = None;
+    for pane in panes.iter().filter(|p| !p.is_empty()) {
+        let mut p = Partial::<T>::new();
+        for &(ts, x) in pane {
+            p.n += 1;
+            p.sum = p.sum.add(x);
+            p.min = agg::min(p.min, x);
+            p.max = agg::max(p.max, x);
+            p.moments.push(x.to_f64());
+            x.add_to(&mut p.distinct);
+            if p.first.is_none_or(|(t, _)| ts < t) {
+                p.first = Some((ts, x));
+            }
+            if p.last.is_none_or(|(t, _)| ts >= t) {
+                p.last = Some((ts, x));
+            }
+        }
+        acc = Some(match acc {
+            None => p,
+            Some(mut a) => {
+                a.n += p.n;
+                a.sum = a.sum.add(p.sum);
+                a.min = agg::min(a.min, p.min);
+                a.max = agg::max(a.max, p.max);
+                a.moments.merge(&p.moments);
+                a.distinct.merge(&p.distinct);
+                if p.first
+                    .is_some_and(|(t, _)| a.first.is_none_or(|(u, _)| t < u))
+                {
+                    a.first = p.first;
+                }
+                if p.last
+                    .is_some_and(|(t, _)| a.last.is_none_or(|(u, _)| t >= u))
+                {
+                    a.last = p.last;
+                }
+                a
+            }
+        });
     }
+    acc
 }
 
 struct Partial<T> {
@@ -88,47 +114,6 @@ struct Partial<T> {
 }
 
 impl<T: Value> Partial<T> {
-    /// The partial of one pane's values, folded in arrival order.
-    fn of(values: &[(i64, T)]) -> Self {
-        let mut p = Partial::<T>::new();
-        for &(ts, x) in values {
-            p.n += 1;
-            p.sum = p.sum.add(x);
-            p.min = agg::min(p.min, x);
-            p.max = agg::max(p.max, x);
-            p.moments.push(x.to_f64());
-            x.add_to(&mut p.distinct);
-            if p.first.is_none_or(|(t, _)| ts < t) {
-                p.first = Some((ts, x));
-            }
-            if p.last.is_none_or(|(t, _)| ts >= t) {
-                p.last = Some((ts, x));
-            }
-        }
-        p
-    }
-
-    /// This partial merged with one of later panes.
-    fn merge(mut self, p: Self) -> Self {
-        self.n += p.n;
-        self.sum = self.sum.add(p.sum);
-        self.min = agg::min(self.min, p.min);
-        self.max = agg::max(self.max, p.max);
-        self.moments.merge(&p.moments);
-        self.distinct.merge(&p.distinct);
-        if p.first
-            .is_some_and(|(t, _)| self.first.is_none_or(|(u, _)| t < u))
-        {
-            self.first = p.first;
-        }
-        if p.last
-            .is_some_and(|(t, _)| self.last.is_none_or(|(u, _)| t >= u))
-        {
-            self.last = p.last;
-        }
-        self
-    }
-
     fn new() -> Self {
         Partial {
             n: 0,
@@ -145,18 +130,16 @@ impl<T: Value> Partial<T> {
 
 /// The non-null values of column `col`, with their event times, per pane.
 fn values_per_pane<T>(
-    per_pane: &[(i64, &Vec<Event>)],
+    per_pane: &[&Vec<Event>],
     col: usize,
     get: fn(Scalar) -> Option<T>,
-) -> Vec<(i64, Vec<(i64, T)>)> {
+) -> Vec<Vec<(i64, T)>> {
     per_pane
         .iter()
-        .map(|(j, evs)| {
-            let values = evs
-                .iter()
+        .map(|evs| {
+            evs.iter()
                 .filter_map(|e| e.values[col].and_then(get).map(|x| (e.ts, x)))
-                .collect();
-            (*j, values)
+                .collect()
         })
         .collect()
 }
@@ -164,12 +147,11 @@ fn values_per_pane<T>(
 /// Evaluates one aggregate over the non-null values of a window and appends it to `out`.
 fn evaluate<T: Value>(
     func: AggFn,
-    panes: &[(i64, Vec<(i64, T)>)],
-    split: i64,
+    panes: &[Vec<(i64, T)>],
     out: &mut OutColumn,
     push: fn(&mut OutColumn, Option<T>),
 ) {
-    let p = fold(panes, split);
+    let p = fold(panes);
     match func {
         AggFn::Count => out.push_i64(Some(p.map_or(0, |p| p.n as i64))),
         AggFn::ApproxCountDistinct => out.push_i64(Some(p.map_or(0, |p| p.distinct.estimate()))),
@@ -208,10 +190,9 @@ impl Backend for ReferenceBackend {
 
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> crate::Result<WindowRows> {
         // Gather each key's events per pane, in pane order.
-        let split = crate::fold_split(&panes);
-        let mut by_key: BTreeMap<u32, Vec<(i64, &Vec<Event>)>> = BTreeMap::new();
-        for (&(pane, key), evs) in self.events.range((panes.start, 0)..(panes.end, 0)) {
-            by_key.entry(key).or_default().push((pane, evs));
+        let mut by_key: BTreeMap<u32, Vec<&Vec<Event>>> = BTreeMap::new();
+        for ((_, key), evs) in self.events.range((panes.start, 0)..(panes.end, 0)) {
+            by_key.entry(*key).or_default().push(evs);
         }
         if let Keys::Only(only) = keys {
             by_key.retain(|k, _| only.binary_search(k).is_ok());
@@ -227,7 +208,7 @@ impl Backend for ReferenceBackend {
         for per_pane in by_key.values() {
             for (spec, out) in self.aggs.iter().zip(rows.columns.iter_mut()) {
                 if spec.func == AggFn::CountRows {
-                    out.push_i64(Some(per_pane.iter().map(|e| e.1.len() as i64).sum()));
+                    out.push_i64(Some(per_pane.iter().map(|e| e.len() as i64).sum()));
                     continue;
                 }
                 let col = spec.column;
@@ -237,14 +218,14 @@ impl Backend for ReferenceBackend {
                             Scalar::I(x) => Some(x),
                             Scalar::F(_) => None,
                         });
-                        evaluate(spec.func, &panes, split, out, |o, v| o.push_i64(v));
+                        evaluate(spec.func, &panes, out, |o, v| o.push_i64(v));
                     }
                     Domain::F64 => {
                         let panes = values_per_pane(per_pane, col, |s| match s {
                             Scalar::F(x) => Some(x),
                             Scalar::I(_) => None,
                         });
-                        evaluate(spec.func, &panes, split, out, |o, v| o.push_f64(v));
+                        evaluate(spec.func, &panes, out, |o, v| o.push_f64(v));
                     }
                 }
             }

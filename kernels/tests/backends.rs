@@ -177,35 +177,6 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
                 assert_same(&want_only, &got, seed, b.name());
             }
         }
-        // Hop windows slide pane by pane, so backends may reuse folds between them; midway,
-        // a late event changes a pane that the next windows share.
-        let len = 3 + (seed % 3) as i64;
-        for start in -1..=max_pane {
-            if start == max_pane / 2 {
-                let late = Events {
-                    keys: &keys[..1],
-                    panes: &[start + 1],
-                    ts: &ts[..1],
-                    columns: &[
-                        Column {
-                            values: Values::I64(&ints[..1]),
-                            valid: Some(&iv[..1]),
-                        },
-                        Column {
-                            values: Values::F64(&floats[..1]),
-                            valid: float_valid.map(|v| &v[..1]),
-                        },
-                    ],
-                };
-                reference.update(&late).unwrap();
-                backends.iter_mut().for_each(|b| b.update(&late).unwrap());
-            }
-            let want = reference.combine(start..start + len, Keys::All).unwrap();
-            for b in backends.iter_mut() {
-                let got = b.combine(start..start + len, Keys::All).unwrap();
-                assert_same(&want, &got, seed, b.name());
-            }
-        }
         // A session that ended empties its key's panes.
         reference.clear_key(1..3, keys[0]).unwrap();
         let want = reference.combine(0..4, Keys::All).unwrap();

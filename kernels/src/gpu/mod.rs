@@ -501,9 +501,7 @@ impl GpuBackend {
     /// of the keys that saw events: (key ids, rows of `stride` words).
     fn combine_rows(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<(Vec<u32>, Vec<u32>)> {
         let stride = self.layout.stride as u64;
-        let split = crate::fold_split(&panes);
         let present: Vec<i64> = self.panes.range(panes).map(|(p, _)| *p).collect();
-        let (suffix, prefix) = present.split_at(present.partition_point(|&j| j < split));
         let (mut out_keys, mut out_rows) = (Vec::new(), Vec::new());
         if present.is_empty() {
             return Ok((out_keys, out_rows));
@@ -536,10 +534,6 @@ impl GpuBackend {
             let list_buf = s.get(gpu, "key list", list.len() as u64 * 4);
             let out_k = s.get(gpu, "emitted keys", n as u64 * 4);
             let out_r = s.get(gpu, "emitted rows", n as u64 * stride * 4);
-            let (mut right, mut spare) = (
-                s.get(gpu, "suffix fold", len as u64 * stride * 4),
-                s.get(gpu, "suffix fold, next", len as u64 * stride * 4),
-            );
             let total_read = gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("row count"),
                 size: 4,
@@ -553,33 +547,12 @@ impl GpuBackend {
                 key_count: len,
                 ..self.params()
             };
-            // The order of `fold_split`: the suffix right to left (each pane copied into
-            // an empty state, the fold so far merged into it), the prefix left to right
-            // into `acc`, then `acc` into the suffix's fold.
-            let merge = |commands: &mut Commands, into: &wgpu::Buffer, from: &wgpu::Buffer| {
-                let group = gpu.bind(Kernel::Merge, &[into, from, &self.ops]);
+            self.fill(&mut commands, &acc, 0..len);
+            for p in &present {
+                let group = gpu.bind(Kernel::Merge, &[&acc, &self.panes[p].chunks[c], &self.ops]);
                 let g = gpu.groups(len as u64, self.opts.max_groups);
                 commands.dispatch(Kernel::Merge, &group, g, base);
-            };
-            for (k, p) in suffix.iter().rev().enumerate() {
-                let target = if k == 0 { &right } else { &spare };
-                self.fill(&mut commands, target, 0..len);
-                merge(&mut commands, target, &self.panes[p].chunks[c]);
-                if k > 0 {
-                    merge(&mut commands, &spare, &right);
-                    std::mem::swap(&mut right, &mut spare);
-                }
             }
-            self.fill(&mut commands, &acc, 0..len);
-            for p in prefix {
-                merge(&mut commands, &acc, &self.panes[p].chunks[c]);
-            }
-            let acc = if suffix.is_empty() {
-                acc
-            } else {
-                merge(&mut commands, &right, &acc);
-                right
-            };
             let emit = gpu.bind(
                 Kernel::EmitCount,
                 &[&acc, &list_buf, &blocks, &out_k, &out_r],
