@@ -281,19 +281,6 @@ fn uninterrupted(template: &str, args: &[&str]) -> (Vec<Vec<String>>, Duration) 
     (rows, took)
 }
 
-/// A tiny seeded generator.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-}
-
 const FAILPOINTS: [&str; 4] = ["staged", "state", "manifest", "publish"];
 
 /// Runs `template` under crashes for `seeds`: the first attempt of even seeds dies at a
@@ -308,7 +295,7 @@ fn crash_until_done_on(template: &str, seeds: std::ops::Range<u64>, args: &[&str
     let (want, took) = uninterrupted(template, args);
     let mut killed = 0;
     for seed in seeds {
-        let mut rng = Lcg(seed * 7919 + 1);
+        let mut rng = panes_datasets::rng::Rng::new(seed);
         let (dir, job) = job_in(template);
         let mut attempts = 0;
         loop {
@@ -327,7 +314,7 @@ fn crash_until_done_on(template: &str, seeds: std::ops::Range<u64>, args: &[&str
                 cmd.env("PANES_FAILPOINT", format!("{name}:{}", 1 + seed % 3));
             }
             let mut child = cmd.spawn().expect("spawn panes");
-            let delay = took.as_micros() as u64 * (rng.next() % 1000) / 1000;
+            let delay = took.as_micros() as u64 * rng.below(1000) / 1000;
             let deadline = Instant::now() + Duration::from_micros(delay);
             let status = loop {
                 if let Some(status) = child.try_wait().expect("wait") {
