@@ -589,11 +589,11 @@ impl Part {
         }
     }
 
-    /// The count at `i` of state column `c` (a row or non-null count).
-    fn count(&self, c: usize, i: usize) -> u64 {
+    /// The counts of state column `c` (a row or non-null count).
+    fn counts(&self, c: usize) -> &[u64] {
         match &self.accs[c] {
-            Acc::Count(v) => v[i],
-            Acc::SameAsRows => self.rows()[i],
+            Acc::Count(v) => v,
+            Acc::SameAsRows => self.rows(),
             _ => unreachable!("bug in panes: count state expected"),
         }
     }
@@ -606,31 +606,93 @@ impl Part {
     }
 }
 
-/// Evaluates every aggregate at local key `i` of a combined window state.
-fn evaluate(evals: &[Eval], part: &Part, i: usize, out: &mut [OutColumn]) {
+/// Evaluates every aggregate at the rows `at`, each a (state, local key) pair of `parts`,
+/// one output column at a time.
+fn evaluate(evals: &[Eval], parts: &[Part], at: &[(usize, usize)], out: &mut [OutColumn]) {
     for (e, col) in evals.iter().zip(out.iter_mut()) {
-        let n = part.count(e.count, i);
-        let state = e.state.map(|s| &part.accs[s]);
-        match (e.func, state) {
-            (AggFn::CountRows | AggFn::Count, _) => col.push_i64(Some(n as i64)),
-            (_, Some(Acc::Distinct(d))) => col.push_i64(Some(d[i].estimate())),
-            (AggFn::Avg, Some(Acc::Int(t))) => {
-                col.push_f64((n > 0).then(|| t.v[i] as f64 / n as f64))
+        let counts: Vec<&[u64]> = parts.iter().map(|p| p.counts(e.count)).collect();
+        let n = |p: usize, i: usize| counts[p][i];
+        let Some(s) = e
+            .state
+            .filter(|_| !matches!(e.func, AggFn::CountRows | AggFn::Count))
+        else {
+            col.extend_i64(at.iter().map(|&(p, i)| Some(n(p, i) as i64)));
+            continue;
+        };
+        // The state column `s` of every part, as the variant `f` picks.
+        fn views<'a, T: ?Sized>(
+            parts: &'a [Part],
+            s: usize,
+            f: impl Fn(&'a Acc) -> Option<&'a T>,
+        ) -> Vec<&'a T> {
+            parts
+                .iter()
+                .map(|p| f(&p.accs[s]).expect("bug in panes: parts differ in state layout"))
+                .collect()
+        }
+        match (e.func, &parts[0].accs[s]) {
+            (_, Acc::Distinct(_)) => {
+                let d = views(parts, s, |a| match a {
+                    Acc::Distinct(d) => Some(d.as_slice()),
+                    _ => None,
+                });
+                col.extend_i64(at.iter().map(|&(p, i)| Some(d[p][i].estimate())));
             }
-            (AggFn::Avg, Some(Acc::Float(t))) => col.push_f64((n > 0).then(|| t.v[i] / n as f64)),
-            (_, Some(Acc::Int(t))) => col.push_i64(typed_valid(t, i, n).then(|| t.v[i])),
-            (_, Some(Acc::Float(t))) => col.push_f64(typed_valid(t, i, n).then(|| t.v[i])),
-            (f, Some(Acc::Moments(m))) => col.push_f64(m[i].finish(f)),
-            (f, Some(Acc::Stats(v))) => {
-                let [sum, min, max] = v[i];
-                col.push_f64((n > 0).then(|| match f {
-                    AggFn::Avg => sum / n as f64,
-                    AggFn::Min => min,
-                    AggFn::Max => max,
-                    _ => sum,
-                }))
+            (f, Acc::Int(_)) => {
+                let t = views(parts, s, |a| match a {
+                    Acc::Int(t) => Some(t),
+                    _ => None,
+                });
+                if f == AggFn::Avg {
+                    col.extend_f64(at.iter().map(|&(p, i)| {
+                        let n = n(p, i);
+                        (n > 0).then(|| t[p].v[i] as f64 / n as f64)
+                    }));
+                } else {
+                    col.extend_i64(
+                        at.iter()
+                            .map(|&(p, i)| typed_valid(t[p], i, n(p, i)).then(|| t[p].v[i])),
+                    );
+                }
             }
-            (f, s) => unreachable!("bug in panes: no evaluation of {f} over {s:?}"),
+            (f, Acc::Float(_)) => {
+                let t = views(parts, s, |a| match a {
+                    Acc::Float(t) => Some(t),
+                    _ => None,
+                });
+                col.extend_f64(at.iter().map(|&(p, i)| {
+                    let n = n(p, i);
+                    match f {
+                        AggFn::Avg => (n > 0).then(|| t[p].v[i] / n as f64),
+                        _ => typed_valid(t[p], i, n).then(|| t[p].v[i]),
+                    }
+                }));
+            }
+            (f, Acc::Moments(_)) => {
+                let m = views(parts, s, |a| match a {
+                    Acc::Moments(m) => Some(m.as_slice()),
+                    _ => None,
+                });
+                col.extend_f64(at.iter().map(|&(p, i)| m[p][i].finish(f)));
+            }
+            (f, Acc::Stats(_)) => {
+                let v = views(parts, s, |a| match a {
+                    Acc::Stats(v) => Some(v.as_slice()),
+                    _ => None,
+                });
+                let k = match f {
+                    AggFn::Min => 1,
+                    AggFn::Max => 2,
+                    _ => 0,
+                };
+                let avg = f == AggFn::Avg;
+                col.extend_f64(at.iter().map(|&(p, i)| {
+                    let n = n(p, i);
+                    let x = v[p][i][k];
+                    (n > 0).then_some(if avg { x / n as f64 } else { x })
+                }));
+            }
+            (f, a) => unreachable!("bug in panes: no evaluation of {f} over {a:?}"),
         }
     }
 }
@@ -665,7 +727,7 @@ impl Gather {
     /// Appends state column `j` of local key `i`.
     fn push(&mut self, part: &Part, j: usize, i: usize) {
         match (self, &part.accs[j]) {
-            (Gather::Count(v), _) => v.push(part.count(j, i)),
+            (Gather::Count(v), _) => v.push(part.counts(j)[i]),
             (Gather::Int(v, ts), Acc::Int(t)) => {
                 v.push(t.v[i]);
                 ts.extend(t.ts.get(i));
@@ -1140,17 +1202,12 @@ impl Backend for CpuBackend {
                         }
                     }
                 }
-                for col in rows.columns.iter_mut() {
-                    col.reserve(order.len());
-                }
-                rows.keys.reserve(order.len());
                 if parts > 1 {
                     order.sort_unstable_by_key(|o| o.0);
                 }
-                for &(key, p, i) in &order {
-                    rows.keys.push(key);
-                    evaluate(&self.evals, &combined[p], i, &mut rows.columns);
-                }
+                rows.keys.extend(order.iter().map(|o| o.0));
+                let at: Vec<(usize, usize)> = order.iter().map(|&(_, p, i)| (p, i)).collect();
+                evaluate(&self.evals, combined, &at, &mut rows.columns);
                 // Leave the window state empty for the next window: key by key when few
                 // keys were emitted, otherwise in one sweep.
                 let len: usize = combined.iter().map(Part::len).sum();
@@ -1167,12 +1224,14 @@ impl Backend for CpuBackend {
                 combined.iter_mut().for_each(|acc| acc.lo = usize::MAX);
             }
             Keys::Only(only) => {
-                for (acc, &key) in singles.iter().zip(only) {
+                let mut at = Vec::new();
+                for (s, (acc, &key)) in singles.iter().zip(only).enumerate() {
                     if acc.rows()[0] > 0 {
                         rows.keys.push(key);
-                        evaluate(&self.evals, acc, 0, &mut rows.columns);
+                        at.push((s, 0));
                     }
                 }
+                evaluate(&self.evals, &singles, &at, &mut rows.columns);
             }
         }
         Ok(rows)

@@ -142,16 +142,22 @@ impl OutColumn {
         }
     }
 
-    /// Makes room for `n` more rows.
-    pub fn reserve(&mut self, n: usize) {
+    /// Appends integers (`None` = null). Panics on a float column: a bug in panes.
+    pub fn extend_i64(&mut self, vs: impl ExactSizeIterator<Item = Option<i64>>) {
         match self {
-            OutColumn::I64 { values, valid } => {
-                values.reserve(n);
-                valid.reserve(n);
+            OutColumn::I64 { values, valid } => extend(values, valid, vs),
+            OutColumn::F64 { .. } => {
+                unreachable!("bug in panes: integers pushed to a float column")
             }
-            OutColumn::F64 { values, valid } => {
-                values.reserve(n);
-                valid.reserve(n);
+        }
+    }
+
+    /// Appends floats (`None` = null). Panics on an integer column: a bug in panes.
+    pub fn extend_f64(&mut self, vs: impl ExactSizeIterator<Item = Option<f64>>) {
+        match self {
+            OutColumn::F64 { values, valid } => extend(values, valid, vs),
+            OutColumn::I64 { .. } => {
+                unreachable!("bug in panes: floats pushed to an integer column")
             }
         }
     }
@@ -166,6 +172,19 @@ impl OutColumn {
     /// Whether the column has no rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+fn extend<T: Default>(
+    values: &mut Vec<T>,
+    valid: &mut Vec<bool>,
+    vs: impl ExactSizeIterator<Item = Option<T>>,
+) {
+    values.reserve(vs.len());
+    valid.reserve(vs.len());
+    for v in vs {
+        valid.push(v.is_some());
+        values.push(v.unwrap_or_default());
     }
 }
 
