@@ -386,13 +386,17 @@ fn spilling(template: &str) -> String {
     format!("{template}\n[state]\nmemory_budget = \"64KiB\"\nspill_dir = 'DIR/spill'\n")
 }
 
-/// Hop and session windows with spilled state: checkpoints copy spilled panes, restores
-/// read them back, and the output is the same as in memory.
+/// Hop and session windows with spilled state: checkpoints copy spilled panes and the
+/// spilled key dictionary, restores read them back (and spill again), and the output is
+/// the same as in memory.
 #[test]
 fn spilled_state_survives_crashes_exactly_once() {
     for template in [HOP, SESSION] {
         let (want, _) = uninterrupted(template, &[]);
         assert_eq!(uninterrupted(&spilling(template), &[]).0, want);
+        let (_dir, job) = job_in(&spilling(template));
+        let summary = String::from_utf8_lossy(&run(&job, &[]).stderr).into_owned();
+        assert!(summary.contains("keys on disk"), "{summary}");
         assert!(crash_until_done(&spilling(template), 400..404) >= 2);
     }
 }

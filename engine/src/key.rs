@@ -3,6 +3,11 @@
 //! One integer column takes a fast path (a hash map from `i64`). Anything else (strings,
 //! several columns) is row-encoded with `arrow::row` and interned by its bytes, which are
 //! stored once in an arena. A null key is a key of its own.
+//!
+//! Under a memory budget the dictionary can [spill](KeyInterner::spill): the keys it gained
+//! since the last spill go to a [`DiskKeys`] and leave memory. Keys read back from disk
+//! are kept in a cache until the next spill. (A direct table for small integers, at most
+//! 16 MiB, stays in memory.)
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use arrow::compute::cast;
@@ -10,8 +15,10 @@ use arrow::datatypes::{DataType, Int64Type};
 use arrow::row::{RowConverter, SortField};
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
+use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::keyspill::DiskKeys;
 
 enum Interner {
     /// No key columns: every event is in the one global group.
@@ -21,15 +28,17 @@ enum Interner {
     Int {
         ty: DataType,
         dense: Vec<u32>,
+        /// Other values of the ids in memory.
         ids: HashMap<i64, u32>,
         /// The id of the null key, once seen.
         null: Option<u32>,
-        /// The value of each id (0 for the null key's).
+        /// The value of each id in memory (0 for the null key's), from the first.
         values: Vec<i64>,
     },
-    /// Row-encoded keys, bytes stored once in `arena`.
+    /// Row-encoded keys, bytes stored once in `arena`, in id order from the first in memory.
     Rows {
         converter: RowConverter,
+        /// Ids in memory, less the first.
         table: HashTable<u32>,
         hasher: DefaultHashBuilder,
         arena: Vec<u8>,
@@ -37,10 +46,19 @@ enum Interner {
     },
 }
 
-/// The bytes of key `id` in the arena.
-fn slice<'a>(arena: &'a [u8], ends: &[usize], id: u32) -> &'a [u8] {
-    let start = if id == 0 { 0 } else { ends[id as usize - 1] };
-    &arena[start..ends[id as usize]]
+/// The bytes of the `i`th key in the arena.
+fn slice<'a>(arena: &'a [u8], ends: &[usize], i: u32) -> &'a [u8] {
+    let start = if i == 0 { 0 } else { ends[i as usize - 1] };
+    &arena[start..ends[i as usize]]
+}
+
+/// Pushes to a vector that grows by an eighth, not by doubling, so that the dictionary's
+/// memory rises smoothly towards a budget.
+fn push_gently<T>(v: &mut Vec<T>, x: T) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 8).max(1024));
+    }
+    v.push(x);
 }
 
 /// Integer keys below this are interned through a direct table (at most 16 MiB).
@@ -51,6 +69,11 @@ pub struct KeyInterner {
     names: Vec<String>,
     inner: Interner,
     len: u32,
+    /// Keys of ids `0..disk.len()`, once spilled.
+    disk: Option<DiskKeys>,
+    /// Keys on disk read back since the last spill, by their bytes.
+    cache: HashMap<Box<[u8]>, u32>,
+    cache_bytes: usize,
 }
 
 fn is_int(ty: &DataType) -> bool {
@@ -72,6 +95,31 @@ fn is_key_type(ty: &DataType) -> bool {
             ty,
             DataType::UInt64 | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
         )
+}
+
+/// The id of a key missing from the in-memory tables: from the cache or the disk (then
+/// cached), else a new id from `new`.
+fn recall(
+    disk: &Option<DiskKeys>,
+    cache: &mut HashMap<Box<[u8]>, u32>,
+    cache_bytes: &mut usize,
+    key: &[u8],
+    new: impl FnOnce() -> u32,
+) -> Result<u32> {
+    let Some(disk) = disk else {
+        return Ok(new());
+    };
+    if let Some(&id) = cache.get(key) {
+        return Ok(id);
+    }
+    Ok(match disk.find(key)? {
+        Some(id) => {
+            *cache_bytes += key.len() + 32;
+            cache.insert(key.into(), id);
+            id
+        }
+        None => new(),
+    })
 }
 
 impl KeyInterner {
@@ -111,6 +159,9 @@ impl KeyInterner {
             names: fields.iter().map(|(n, _)| n.clone()).collect(),
             inner,
             len: 0,
+            disk: None,
+            cache: HashMap::new(),
+            cache_bytes: 0,
         })
     }
 
@@ -124,23 +175,73 @@ impl KeyInterner {
         self.len == 0
     }
 
+    /// Keys on disk.
+    pub fn spilled(&self) -> usize {
+        self.disk.as_ref().map_or(0, |d| d.len() as usize)
+    }
+
     /// Bytes held by the dictionary (approximate).
     pub fn bytes(&self) -> usize {
-        match &self.inner {
+        let dense = match &self.inner {
+            Interner::Int { dense, .. } => dense.capacity() * 4,
+            _ => 0,
+        };
+        dense + self.spillable_bytes() + self.disk.as_ref().map_or(0, DiskKeys::bytes)
+    }
+
+    /// Bytes a [`KeyInterner::spill`] would free (approximate).
+    pub fn spillable_bytes(&self) -> usize {
+        let held = match &self.inner {
             Interner::Global => 0,
-            Interner::Int {
-                dense, ids, values, ..
-            } => dense.capacity() * 4 + ids.capacity() * 16 + values.capacity() * 8,
+            Interner::Int { ids, values, .. } => ids.capacity() * 16 + values.capacity() * 8,
             Interner::Rows {
                 table, arena, ends, ..
             } => table.capacity() * 4 + arena.capacity() + ends.capacity() * 8,
+        };
+        held + self.cache_bytes
+    }
+
+    /// Moves the keys in memory to disk, in `dir` (created) on the first spill.
+    pub fn spill(&mut self, dir: impl FnOnce() -> Result<PathBuf>) -> Result<()> {
+        let disk = match &mut self.disk {
+            Some(d) => d,
+            None => self.disk.insert(DiskKeys::new(dir()?)?),
+        };
+        match &mut self.inner {
+            Interner::Global => {}
+            Interner::Int {
+                ids, null, values, ..
+            } => {
+                let first = disk.len();
+                let key = |(i, v): (usize, &i64)| match *null == Some(first + i as u32) {
+                    true => Vec::new(),
+                    false => v.to_le_bytes().to_vec(),
+                };
+                let keys: Vec<Vec<u8>> = values.iter().enumerate().map(key).collect();
+                disk.flush(keys.iter().map(Vec::as_slice))?;
+                *ids = HashMap::new();
+                *values = Vec::new();
+            }
+            Interner::Rows {
+                table, arena, ends, ..
+            } => {
+                disk.flush((0..ends.len() as u32).map(|i| slice(arena, ends, i)))?;
+                *table = HashTable::new();
+                *arena = Vec::new();
+                *ends = Vec::new();
+            }
         }
+        self.cache = HashMap::new();
+        self.cache_bytes = 0;
+        Ok(())
     }
 
     /// Interns the key columns of a batch of `rows` rows, writing one id per row to `out`.
     pub fn intern(&mut self, cols: &[ArrayRef], rows: usize, out: &mut Vec<u32>) -> Result<()> {
         out.clear();
         let len = &mut self.len;
+        let (disk, cache, cache_bytes) = (&self.disk, &mut self.cache, &mut self.cache_bytes);
+        let base = disk.as_ref().map_or(0, DiskKeys::len);
         match &mut self.inner {
             Interner::Global => {
                 out.resize(rows, 0);
@@ -157,7 +258,7 @@ impl KeyInterner {
                     cast(&cols[0], &DataType::Int64).map_err(|e| Error::arrow("key column", e))?;
                 let col = col.as_primitive::<Int64Type>();
                 let mut new_id = |v: i64| {
-                    values.push(v);
+                    push_gently(values, v);
                     *len += 1;
                     *len - 1
                 };
@@ -168,14 +269,31 @@ impl KeyInterner {
                 for (i, &v) in col.values().iter().enumerate() {
                     let id = if col.is_null(i) {
                         *null.get_or_insert_with(|| new_id(0))
-                    } else if v >= 0 && (v as usize) < dense.len() {
-                        let slot = &mut dense[v as usize];
-                        if *slot == u32::MAX {
-                            *slot = new_id(v);
-                        }
-                        *slot
                     } else {
-                        *ids.entry(v).or_insert_with(|| new_id(v))
+                        let slot = match usize::try_from(v).ok().and_then(|v| dense.get_mut(v)) {
+                            Some(&mut id) if id != u32::MAX => {
+                                out.push(id);
+                                continue;
+                            }
+                            slot => slot,
+                        };
+                        // A value the direct table does not know yet may have been seen
+                        // before it covered the value.
+                        let id = match ids.get(&v) {
+                            Some(&id) => id,
+                            None => {
+                                let key = v.to_le_bytes();
+                                let id = recall(disk, cache, cache_bytes, &key, || new_id(v))?;
+                                if slot.is_none() {
+                                    ids.insert(v, id);
+                                }
+                                id
+                            }
+                        };
+                        if let Some(slot) = slot {
+                            *slot = id;
+                        }
+                        id
                     };
                     out.push(id);
                 }
@@ -193,18 +311,21 @@ impl KeyInterner {
                 for row in encoded.iter() {
                     let bytes = row.as_ref();
                     let hash = hasher.hash_one(bytes);
-                    let id = match table.find(hash, |&id| slice(arena, ends, id) == bytes) {
-                        Some(&id) => id,
-                        None => {
+                    let id = match table.find(hash, |&i| slice(arena, ends, i) == bytes) {
+                        Some(&i) => base + i,
+                        None => recall(disk, cache, cache_bytes, bytes, || {
+                            if arena.len() + bytes.len() > arena.capacity() {
+                                arena.reserve_exact((arena.len() / 8).max(bytes.len() << 10));
+                            }
                             arena.extend_from_slice(bytes);
-                            ends.push(arena.len());
-                            let id = *len;
-                            *len += 1;
-                            table.insert_unique(hash, id, |&id| {
-                                hasher.hash_one(slice(arena, ends, id))
+                            push_gently(ends, arena.len());
+                            let i = ends.len() as u32 - 1;
+                            table.insert_unique(hash, i, |&i| {
+                                hasher.hash_one(slice(arena, ends, i))
                             });
-                            id
-                        }
+                            *len += 1;
+                            *len - 1
+                        })?,
                     };
                     out.push(id);
                 }
@@ -214,17 +335,30 @@ impl KeyInterner {
     }
 
     /// The key columns for these ids, with the names and types of the input.
-    pub fn columns(&self, ids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+    pub fn columns(&mut self, ids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        let base = self.disk.as_ref().map_or(0, DiskKeys::len);
         let arrays: Vec<ArrayRef> = match &self.inner {
             Interner::Global => Vec::new(),
             Interner::Int {
                 ty, values, null, ..
             } => {
-                let col: Int64Array = ids
-                    .iter()
-                    .map(|&id| (Some(id) != *null).then(|| values[id as usize]))
-                    .collect();
-                vec![cast(&col, ty).map_err(|e| Error::arrow("key column", e))?]
+                let mut col = Int64Array::builder(ids.len());
+                for &id in ids {
+                    if Some(id) == *null {
+                        col.append_null();
+                    } else if id >= base {
+                        col.append_value(values[(id - base) as usize]);
+                    } else {
+                        let key = self.disk.as_mut().map(|d| d.key(id)).transpose()?;
+                        let v = key
+                            .and_then(|k| <[u8; 8]>::try_from(k).ok())
+                            .ok_or_else(|| {
+                                Error::Internal(format!("key {id} on disk is not an integer"))
+                            })?;
+                        col.append_value(i64::from_le_bytes(v));
+                    }
+                }
+                vec![cast(&col.finish(), ty).map_err(|e| Error::arrow("key column", e))?]
             }
             Interner::Rows {
                 converter,
@@ -233,7 +367,22 @@ impl KeyInterner {
                 ..
             } => {
                 let parser = converter.parser();
-                let rows = ids.iter().map(|&id| parser.parse(slice(arena, ends, id)));
+                let (mut spilled, mut spilled_ends) = (Vec::new(), Vec::new());
+                if let Some(disk) = self.disk.as_mut() {
+                    for &id in ids.iter().filter(|&&id| id < base) {
+                        spilled.extend_from_slice(disk.key(id)?);
+                        spilled_ends.push(spilled.len());
+                    }
+                }
+                let mut k = 0;
+                let rows = ids.iter().map(|&id| {
+                    parser.parse(if id >= base {
+                        slice(arena, ends, id - base)
+                    } else {
+                        k += 1;
+                        slice(&spilled, &spilled_ends, k - 1)
+                    })
+                });
                 converter
                     .convert_rows(rows)
                     .map_err(|e| Error::arrow("decoding key columns", e))?
@@ -247,6 +396,7 @@ impl KeyInterner {
 mod tests {
     use super::*;
     use arrow::array::{Int32Array, StringArray};
+    use panes_datasets::rng::Rng;
     use std::sync::Arc;
 
     #[test]
@@ -289,6 +439,80 @@ mod tests {
             &StringArray::from(vec![Some("y"), None]) as &dyn Array
         );
         assert_eq!(k.len(), 3);
+    }
+
+    #[test]
+    fn an_integer_seen_before_the_direct_table_covered_it_keeps_its_id() {
+        let mut k = KeyInterner::new(&[("a".into(), DataType::Int64)]).unwrap();
+        let mut ids = Vec::new();
+        let col = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+        k.intern(&[col(vec![100, DENSE_LIMIT + 5])], 2, &mut ids)
+            .unwrap();
+        k.intern(&[col(vec![200, 100])], 2, &mut ids).unwrap();
+        assert_eq!(ids, vec![2, 0]);
+        assert_eq!(k.len(), 3);
+    }
+
+    /// Interns the same random batches with and without spilling after random batches;
+    /// ids and key columns must agree.
+    fn check_spilling(fields: &[(String, DataType)], batch: impl Fn(&mut Rng) -> Vec<ArrayRef>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut plain, mut spilling) = (
+            KeyInterner::new(fields).unwrap(),
+            KeyInterner::new(fields).unwrap(),
+        );
+        let mut rng = Rng::new(11);
+        let (mut want, mut got) = (Vec::new(), Vec::new());
+        for b in 0..60 {
+            let cols = batch(&mut rng);
+            let rows = cols[0].len();
+            plain.intern(&cols, rows, &mut want).unwrap();
+            spilling.intern(&cols, rows, &mut got).unwrap();
+            assert_eq!(got, want, "batch {b}");
+            if rng.below(3) == 0 {
+                spilling.spill(|| Ok(dir.path().join("keys"))).unwrap();
+                assert_eq!(spilling.spillable_bytes(), 0);
+            }
+            let some: Vec<u32> = want.iter().step_by(5).copied().collect();
+            let (x, y) = (
+                plain.columns(&some).unwrap(),
+                spilling.columns(&some).unwrap(),
+            );
+            assert_eq!(x, y, "batch {b}");
+        }
+        assert!(spilling.spilled() > 0);
+        let all: Vec<u32> = (0..plain.len() as u32).collect();
+        assert_eq!(
+            plain.columns(&all).unwrap(),
+            spilling.columns(&all).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_spilled_dictionary_gives_the_same_ids_and_keys() {
+        let strings = [("s".into(), DataType::Utf8), ("n".into(), DataType::Int32)];
+        check_spilling(&strings, |rng| {
+            let n = 1 + rng.below(500) as usize;
+            let keys: Vec<u64> = (0..n).map(|_| rng.below(5000)).collect();
+            let s: StringArray = keys
+                .iter()
+                .map(|&k| (k % 97 != 0).then(|| format!("user-{}", k % 2500)))
+                .collect();
+            let n: Int32Array = keys.iter().map(|&k| Some((k / 2500) as i32)).collect();
+            vec![Arc::new(s), Arc::new(n)]
+        });
+        let ints = [("a".into(), DataType::Int64)];
+        check_spilling(&ints, |rng| {
+            let n = 1 + rng.below(500) as usize;
+            let v: Int64Array = (0..n)
+                .map(|_| match rng.below(4) {
+                    0 => None,
+                    1 => Some(rng.below(1 << 30) as i64 - (1 << 29)),
+                    _ => Some(rng.below(3000) as i64),
+                })
+                .collect();
+            vec![Arc::new(v)]
+        });
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod error;
 mod ipc;
 pub mod job;
 pub mod key;
+mod keyspill;
 pub mod operator;
 pub mod run;
 pub mod session;

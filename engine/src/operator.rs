@@ -473,16 +473,16 @@ impl WindowOperator {
     }
 
     /// Keeps state within the memory budget, if there is one, by spilling closed panes
-    /// (oldest first) to disk.
+    /// (oldest first) to disk, then the key dictionary.
     pub fn enforce_budget(&mut self) -> Result<()> {
         let Some(spill) = self.spill.as_mut() else {
             return Ok(());
         };
-        // What the spills below do not change: the dictionary and the open sessions.
-        let fixed =
-            (self.interner.bytes() + self.sessions.as_ref().map_or(0, Sessions::bytes)) as u64;
-        let held = |b: &dyn Backend| b.state_bytes() as u64 + fixed;
-        if held(self.backend.as_ref()) <= spill.budget {
+        // What the spills below do not change: the open sessions.
+        let sessions = self.sessions.as_ref().map_or(0, Sessions::bytes) as u64;
+        let held =
+            |b: &dyn Backend, k: &KeyInterner| (b.state_bytes() + k.bytes()) as u64 + sessions;
+        if held(self.backend.as_ref(), &self.interner) <= spill.budget {
             return Ok(());
         }
         // The watermark has passed the end of panes before this one: on-time events no
@@ -493,7 +493,7 @@ impl WindowOperator {
             w => self.spec.pane_of(w.saturating_add(1)),
         };
         for j in self.backend.panes() {
-            if j >= closed || held(self.backend.as_ref()) <= spill.budget {
+            if j >= closed || held(self.backend.as_ref(), &self.interner) <= spill.budget {
                 break;
             }
             if let Some(state) = self.backend.export_pane(j)? {
@@ -501,12 +501,19 @@ impl WindowOperator {
             }
             self.backend.drop_pane(j);
         }
-        let now = held(self.backend.as_ref());
+        // Each dictionary spill writes a file, so it waits for a share of the budget.
+        if held(self.backend.as_ref(), &self.interner) > spill.budget
+            && self.interner.spillable_bytes() as u64 >= spill.budget / 16
+        {
+            self.interner.spill(|| spill.subdir("keys"))?;
+        }
+        let now = held(self.backend.as_ref(), &self.interner);
         if now > spill.budget && !self.over_budget_warned {
             self.over_budget_warned = true;
             tracing::warn!(
-                "the state of open panes, the key dictionary and open sessions ({:.1} MiB) \
-                 exceeds the memory budget ({:.1} MiB): only closed panes spill",
+                "the state of open panes, the key dictionary's indexes and open sessions \
+                 ({:.1} MiB) exceeds the memory budget ({:.1} MiB): only closed panes and \
+                 the key dictionary spill",
                 now as f64 / (1 << 20) as f64,
                 spill.budget as f64 / (1 << 20) as f64
             );
@@ -522,6 +529,11 @@ impl WindowOperator {
     /// Panes spilled so far, and their bytes on disk.
     pub fn spilled(&self) -> (u64, u64) {
         self.spill.as_ref().map_or((0, 0), |s| (s.written, s.bytes))
+    }
+
+    /// Keys of the dictionary on disk, and all its keys.
+    pub fn keys_spilled(&self) -> (usize, usize) {
+        (self.interner.spilled(), self.interner.len())
     }
 
     /// Reads back, for good, the spilled panes among `panes` (events are about to update
@@ -1016,7 +1028,7 @@ impl WindowOperator {
                 .map_err(|e| Error::Internal(format!("building checkpoint state: {e}")))
         };
         let n = self.interner.len() as u32;
-        let interner = &self.interner;
+        let interner = &mut self.interner;
         to.write(
             "keys.arrow",
             (0..n)
@@ -1115,6 +1127,7 @@ impl WindowOperator {
             if !ids.iter().copied().eq(before..before + ids.len() as u32) {
                 return Err(bad("its key dictionary holds a key twice".into()));
             }
+            self.enforce_budget()?;
         }
         if self.key_indices.is_empty() && st.keys > 0 {
             self.interner.intern(&[], 1, &mut ids)?;

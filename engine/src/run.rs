@@ -142,6 +142,8 @@ pub struct Summary {
     pub restored_from: Option<u64>,
     /// Panes spilled to disk under the memory budget, and their bytes.
     pub spilled: (u64, u64),
+    /// Keys of the key dictionary on disk, and all its keys.
+    pub keys_spilled: (usize, usize),
     /// Peak resident memory of the process (Linux: `VmHWM` of `/proc/self/status`).
     pub peak_rss: Option<u64>,
 }
@@ -180,6 +182,13 @@ impl fmt::Display for Summary {
                 "spilled          {} panes, {:.1} MiB",
                 self.spilled.0,
                 self.spilled.1 as f64 / (1 << 20) as f64
+            )?;
+        }
+        if self.keys_spilled.0 > 0 {
+            writeln!(
+                f,
+                "keys on disk     {} of {}",
+                self.keys_spilled.0, self.keys_spilled.1
             )?;
         }
         if self.checkpoints > 0 {
@@ -465,6 +474,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             checkpoints,
             restored_from,
             spilled: op.spilled(),
+            keys_spilled: op.keys_spilled(),
             peak_rss: peak_rss(),
         }
     };

@@ -2,7 +2,8 @@
 //!
 //! When the state held (panes, the window being combined, the key dictionary) exceeds the
 //! budget after a batch, the operator writes whole closed panes (no on-time event can reach
-//! them any more), oldest first, to Arrow IPC files here and frees them. A spilled pane is
+//! them any more), oldest first, to Arrow IPC files here and frees them; if that is not
+//! enough, the key dictionary moves its keys to a [`Spill::subdir`] (see `keyspill`). A spilled pane is
 //! read back one at a time while a window that needs it is combined, and for good when a
 //! late event updates it. Its file goes when the pane is evicted, and the directory when
 //! the job ends.
@@ -65,17 +66,30 @@ impl Spill {
     /// Writes pane `j`'s state to its file (synced: a full disk is an error here, before
     /// the pane's memory is freed).
     pub fn write(&mut self, j: i64, state: &RecordBatch) -> Result<()> {
-        if !self.created {
-            std::fs::create_dir_all(&self.dir)
-                .map_err(|e| Error::io("creating spill directory", &self.dir, e))?;
-            self.created = true;
-        }
+        self.create()?;
         let path = self.dir.join(format!("pane-{j}.arrow"));
         let written = ipc::write(&path, "spilling pane state to", [Ok(state.clone())])?;
         self.bytes += written.map_or(0, |(bytes, _)| bytes);
         self.written += 1;
         self.panes.insert(j, path);
         Ok(())
+    }
+
+    /// Creates the spill directory, once.
+    fn create(&mut self) -> Result<()> {
+        if !self.created {
+            std::fs::create_dir_all(&self.dir)
+                .map_err(|e| Error::io("creating spill directory", &self.dir, e))?;
+            self.created = true;
+        }
+        Ok(())
+    }
+
+    /// A directory named `name` in the spill directory, for other state that spills: it
+    /// goes when the spill directory goes.
+    pub fn subdir(&mut self, name: &str) -> Result<PathBuf> {
+        self.create()?;
+        Ok(self.dir.join(name))
     }
 
     /// Reads pane `j` back, keeping its file.
