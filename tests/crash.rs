@@ -307,7 +307,7 @@ fn crash_until_done_on(template: &str, seeds: std::ops::Range<u64>, args: &[&str
                 .args(BATCH)
                 .args(args)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"));
             let failpoint = attempts == 1 && seed % 2 == 0;
             if failpoint {
                 let name = FAILPOINTS[(seed / 2 % 4) as usize];
@@ -335,7 +335,12 @@ fn crash_until_done_on(template: &str, seeds: std::ops::Range<u64>, args: &[&str
                     break;
                 }
                 Some(s) => {
-                    assert!(failpoint, "seed {seed}: the job failed on its own: {s}");
+                    let stderr = std::fs::read_to_string(dir.path().join("stderr"));
+                    assert!(
+                        failpoint,
+                        "seed {seed}: the job failed on its own: {s}\n{}",
+                        stderr.unwrap_or_default()
+                    );
                     killed += 1;
                 }
                 None => {
@@ -386,9 +391,9 @@ fn spilling(template: &str) -> String {
     format!("{template}\n[state]\nmemory_budget = \"64KiB\"\nspill_dir = 'DIR/spill'\n")
 }
 
-/// Hop and session windows with spilled state: checkpoints copy spilled panes and the
-/// spilled key dictionary, restores read them back (and spill again), and the output is
-/// the same as in memory.
+/// Hop and session windows with spilled state: checkpoints copy spilled panes, the
+/// spilled key dictionary and spilled sessions, restores read them back (and spill again),
+/// and the output is the same as in memory.
 #[test]
 fn spilled_state_survives_crashes_exactly_once() {
     for template in [HOP, SESSION] {
@@ -397,6 +402,9 @@ fn spilled_state_survives_crashes_exactly_once() {
         let (_dir, job) = job_in(&spilling(template));
         let summary = String::from_utf8_lossy(&run(&job, &[]).stderr).into_owned();
         assert!(summary.contains("keys on disk"), "{summary}");
+        if template == SESSION {
+            assert!(summary.contains("sessions spilled"), "{summary}");
+        }
         assert!(crash_until_done(&spilling(template), 400..404) >= 2);
     }
 }

@@ -314,3 +314,89 @@ fn a_key_dictionary_larger_than_the_budget_spills_and_the_output_is_unchanged() 
     // keys it read back, and its arrays grow by doubling: the stated margin.
     assert!(state < budget + budget / 4, "{spilled}");
 }
+
+const SESSION_JOB: &str = r#"
+[source]
+kind = "parquet"
+path = 'DIR/sessions.parquet'
+[time]
+column = "ts"
+max_out_of_orderness = "1s"
+[window]
+kind = "session"
+gap = "5m"
+[key]
+columns = ["key"]
+[[aggregate]]
+name = "n"
+fn = "count"
+[sink]
+path = 'DIR/OUT.parquet'
+"#;
+
+/// 3M events of 1M keys over 20 minutes: about half the keys have a session open at once.
+fn write_session_input(path: &Path) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("key", DataType::Int64, false),
+    ]));
+    let file = File::create(path).expect("input");
+    let mut w = ArrowWriter::try_new(file, schema.clone(), None).expect("writer");
+    let (events, keys) = (3_000_000i64, 1_000_000i64);
+    let step = 1 << 18;
+    for start in (0..events).step_by(step) {
+        let rows = start..(start + step as i64).min(events);
+        let ts = rows
+            .clone()
+            .map(|i| 1_700_000_000_000 + i * 1_200_000 / events);
+        let key = rows.map(|i| (i * 2_654_435_761) % keys);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from_iter_values(ts)),
+                Arc::new(Int64Array::from_iter_values(key)),
+            ],
+        )
+        .expect("batch");
+        w.write(&batch).expect("write");
+    }
+    w.close().expect("close");
+}
+
+#[test]
+fn open_sessions_beyond_the_budget_spill_and_the_output_is_unchanged() {
+    let dir = TempDir::new().expect("temp dir");
+    write_session_input(&dir.path().join("sessions.parquet"));
+    let in_memory = run_job(SESSION_JOB, dir.path(), "sessions-memory", &[]);
+    let budget = 48 * MIB;
+    let spilled = run_job(
+        SESSION_JOB,
+        dir.path(),
+        "sessions-spilled",
+        &["--memory-budget", "48MiB", "--batch-rows", "16384"],
+    );
+    let rows = same_rows(
+        &dir.path().join("sessions-memory.parquet"),
+        &dir.path().join("sessions-spilled.parquet"),
+    );
+    assert!(rows > 1_000_000, "{rows} rows");
+    let sessions: u64 = spilled
+        .lines()
+        .find_map(|l| l.strip_prefix("sessions spilled"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sessions spilled: {spilled}"));
+    assert!(sessions > 100_000, "{spilled}");
+    let (state_full, state) = (mib(&in_memory, "peak state"), mib(&spilled, "peak state"));
+    eprintln!(
+        "in memory: state {} MiB; budget {} MiB: state {} MiB, {sessions} sessions spilled",
+        state_full / MIB,
+        budget / MIB,
+        state / MIB
+    );
+    assert!(state_full > budget + 32 * MIB, "{in_memory}");
+    assert!(state < budget + budget / 4, "{spilled}");
+}

@@ -16,6 +16,7 @@ mod keyspill;
 pub mod operator;
 pub mod run;
 pub mod session;
+mod sessionspill;
 pub mod spill;
 pub mod time;
 pub mod watermark;

@@ -473,16 +473,20 @@ impl WindowOperator {
     }
 
     /// Keeps state within the memory budget, if there is one, by spilling closed panes
-    /// (oldest first) to disk, then the key dictionary.
+    /// (oldest first) to disk, then the key dictionary, then open sessions.
     pub fn enforce_budget(&mut self) -> Result<()> {
         let Some(spill) = self.spill.as_mut() else {
             return Ok(());
         };
-        // What the spills below do not change: the open sessions.
-        let sessions = self.sessions.as_ref().map_or(0, Sessions::bytes) as u64;
-        let held =
-            |b: &dyn Backend, k: &KeyInterner| (b.state_bytes() + k.bytes()) as u64 + sessions;
-        if held(self.backend.as_ref(), &self.interner) <= spill.budget {
+        let sessions = |s: &Option<Sessions>| s.as_ref().map_or(0, Sessions::bytes) as u64;
+        let held = |b: &dyn Backend, k: &KeyInterner, s: &Option<Sessions>| {
+            (b.state_bytes() + k.bytes()) as u64 + sessions(s)
+        };
+        // The index of open sessions grows by doubling (a hash map and heaps): room is left
+        // for it to double before the next spill.
+        if held(self.backend.as_ref(), &self.interner, &self.sessions) + sessions(&self.sessions)
+            <= spill.budget
+        {
             return Ok(());
         }
         // The watermark has passed the end of panes before this one: on-time events no
@@ -493,7 +497,9 @@ impl WindowOperator {
             w => self.spec.pane_of(w.saturating_add(1)),
         };
         for j in self.backend.panes() {
-            if j >= closed || held(self.backend.as_ref(), &self.interner) <= spill.budget {
+            if j >= closed
+                || held(self.backend.as_ref(), &self.interner, &self.sessions) <= spill.budget
+            {
                 break;
             }
             if let Some(state) = self.backend.export_pane(j)? {
@@ -501,19 +507,26 @@ impl WindowOperator {
             }
             self.backend.drop_pane(j);
         }
-        // Each dictionary spill writes a file, so it waits for a share of the budget.
-        if held(self.backend.as_ref(), &self.interner) > spill.budget
-            && self.interner.spillable_bytes() as u64 >= spill.budget / 16
+        // Each spill of the dictionary or the sessions writes a file, so it waits for a
+        // share of the budget.
+        let share = spill.budget / 16;
+        if held(self.backend.as_ref(), &self.interner, &self.sessions) > spill.budget
+            && self.interner.spillable_bytes() as u64 >= share
         {
             self.interner.spill(|| spill.subdir("keys"))?;
         }
-        let now = held(self.backend.as_ref(), &self.interner);
+        while held(self.backend.as_ref(), &self.interner, &self.sessions) + sessions(&self.sessions)
+            > spill.budget
+            && let Some(s) = self.sessions.as_mut().filter(|s| s.bytes() as u64 >= share)
+            && s.spill(|| spill.subdir("sessions"))?
+        {}
+        let now = held(self.backend.as_ref(), &self.interner, &self.sessions);
         if now > spill.budget && !self.over_budget_warned {
             self.over_budget_warned = true;
             tracing::warn!(
-                "the state of open panes, the key dictionary's indexes and open sessions \
-                 ({:.1} MiB) exceeds the memory budget ({:.1} MiB): only closed panes and \
-                 the key dictionary spill",
+                "the state of open panes and the indexes of the key dictionary and of \
+                 spilled sessions ({:.1} MiB) exceeds the memory budget ({:.1} MiB): only \
+                 closed panes, the key dictionary and open sessions spill",
                 now as f64 / (1 << 20) as f64,
                 spill.budget as f64 / (1 << 20) as f64
             );
@@ -534,6 +547,11 @@ impl WindowOperator {
     /// Keys of the dictionary on disk, and all its keys.
     pub fn keys_spilled(&self) -> (usize, usize) {
         (self.interner.spilled(), self.interner.len())
+    }
+
+    /// Open sessions spilled to disk so far.
+    pub fn sessions_spilled(&self) -> u64 {
+        self.sessions.as_ref().map_or(0, |s| s.spilled)
     }
 
     /// Reads back, for good, the spilled panes among `panes` (events are about to update
@@ -664,7 +682,7 @@ impl WindowOperator {
                 self.fire_sessions(met[i])?;
             }
             let sessions = self.sessions.as_mut().ok_or_else(no_sessions)?;
-            late[i] = !sessions.add(events.keys[i], events.ts[i], met[i]);
+            late[i] = !sessions.add(events.keys[i], events.ts[i], met[i])?;
             // A session that changed after its end passed fires again at once, so that
             // what it emits does not depend on how the stream is cut into batches.
             let dirty = sessions.take_dirty();
@@ -697,9 +715,22 @@ impl WindowOperator {
     /// Fires and closes the sessions that watermark `w` ends, and frees panes no session
     /// can need any more.
     fn fire_sessions(&mut self, w: i64) -> Result<()> {
+        // Spilled sessions come back a file at a time: the watermark steps through the
+        // earliest end in each, so that the sessions before it fire and close first.
+        loop {
+            let sessions = self.sessions.as_ref().ok_or_else(no_sessions)?;
+            let step = sessions.spilled_due().min(w);
+            self.fire_sessions_at(step)?;
+            if step >= w {
+                return Ok(());
+            }
+        }
+    }
+
+    fn fire_sessions_at(&mut self, w: i64) -> Result<()> {
         let sessions = self.sessions.as_mut().ok_or_else(no_sessions)?;
-        let due = sessions.fire(w);
-        let expired = sessions.expire(w);
+        let due = sessions.fire(w)?;
+        let expired = sessions.expire(w)?;
         let oldest = sessions.oldest();
         self.emit_sessions(&due)?;
         let spec = self.spec;
@@ -1096,7 +1127,7 @@ impl WindowOperator {
         )?;
         let arrow = |e| Error::Internal(format!("building checkpoint state: {e}"));
         if let Some(sessions) = &self.sessions {
-            to.write("sessions.arrow", [sessions.to_batch().map_err(arrow)])?;
+            to.write("sessions.arrow", [sessions.to_batch()])?;
         }
         if let Some((detector, _)) = &self.anomaly {
             to.write("baselines.arrow", [detector.to_batch().map_err(arrow)])?;

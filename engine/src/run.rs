@@ -144,6 +144,8 @@ pub struct Summary {
     pub spilled: (u64, u64),
     /// Keys of the key dictionary on disk, and all its keys.
     pub keys_spilled: (usize, usize),
+    /// Open sessions spilled to disk (each time one was).
+    pub sessions_spilled: u64,
     /// Peak resident memory of the process (Linux: `VmHWM` of `/proc/self/status`).
     pub peak_rss: Option<u64>,
 }
@@ -190,6 +192,9 @@ impl fmt::Display for Summary {
                 "keys on disk     {} of {}",
                 self.keys_spilled.0, self.keys_spilled.1
             )?;
+        }
+        if self.sessions_spilled > 0 {
+            writeln!(f, "sessions spilled {}", self.sessions_spilled)?;
         }
         if self.checkpoints > 0 {
             writeln!(f, "checkpoints      {}", self.checkpoints)?;
@@ -475,6 +480,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             restored_from,
             spilled: op.spilled(),
             keys_spilled: op.keys_spilled(),
+            sessions_spilled: op.sessions_spilled(),
             peak_rss: peak_rss(),
         }
     };
