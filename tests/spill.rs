@@ -236,6 +236,8 @@ name = "n"
 fn = "count"
 [sink]
 path = 'DIR/OUT.parquet'
+[state]
+spill_dir = 'DIR/spill'
 "#;
 
 /// 4M events over 4 minutes, each key twice, in different minutes.
@@ -290,6 +292,7 @@ fn a_key_dictionary_larger_than_the_budget_spills_and_the_output_is_unchanged() 
         "strings-spilled",
         &["--memory-budget", "64MiB", "--batch-rows", "16384"],
     );
+    assert_no_spill_files(dir.path());
     let rows = same_rows(
         &dir.path().join("strings-memory.parquet"),
         &dir.path().join("strings-spilled.parquet"),
@@ -332,6 +335,8 @@ name = "n"
 fn = "count"
 [sink]
 path = 'DIR/OUT.parquet'
+[state]
+spill_dir = 'DIR/spill'
 "#;
 
 /// 3M events of 1M keys over 20 minutes: about half the keys have a session open at once.
@@ -379,6 +384,7 @@ fn open_sessions_beyond_the_budget_spill_and_the_output_is_unchanged() {
         "sessions-spilled",
         &["--memory-budget", "48MiB", "--batch-rows", "16384"],
     );
+    assert_no_spill_files(dir.path());
     let rows = same_rows(
         &dir.path().join("sessions-memory.parquet"),
         &dir.path().join("sessions-spilled.parquet"),
@@ -399,4 +405,65 @@ fn open_sessions_beyond_the_budget_spill_and_the_output_is_unchanged() {
     );
     assert!(state_full > budget + 32 * MIB, "{in_memory}");
     assert!(state < budget + budget / 4, "{spilled}");
+}
+
+/// The job's spill directory (`DIR/spill`) holds nothing once the job is done.
+fn assert_no_spill_files(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir.join("spill"))
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "spill files left behind: {left:?}");
+}
+
+#[test]
+fn a_spill_directory_that_cannot_be_written_is_a_clear_error() {
+    let dir = TempDir::new().expect("temp dir");
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, "a file where the spill directory should go").expect("file");
+    let job = dir.path().join("job.toml");
+    let text = format!(
+        r#"
+[source]
+kind = "generator"
+dataset = "clickstream"
+events = 200_000
+keys = 50_000
+[time]
+column = "ts"
+max_out_of_orderness = "5s"
+[window]
+kind = "hop"
+size = "10m"
+slide = "1m"
+[key]
+columns = ["article_id"]
+[[aggregate]]
+name = "views"
+fn = "count"
+[sink]
+path = '{out}'
+[state]
+memory_budget = "64KiB"
+spill_dir = '{spill}'
+"#,
+        out = dir.path().join("out.parquet").display(),
+        spill = blocked.join("spill").display()
+    );
+    std::fs::write(&job, text).expect("job");
+    let output = Command::new(env!("CARGO_BIN_EXE_panes"))
+        .args(["run", "--backend", "cpu"])
+        .arg(&job)
+        .output()
+        .expect("panes runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("spill directory") && stderr.contains("not-a-dir"),
+        "the error names the spill directory: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !dir.path().join("out.parquet").exists(),
+        "no output that looks complete"
+    );
 }
