@@ -1,15 +1,19 @@
 //! State spill under a memory budget: a hop job over 5M distinct keys, run in memory and
 //! with a budget far below its state, must publish the same rows; the spilled run's peak
 //! resident memory (VmHWM from /proc, as `panes run` reports it) must stay within the
-//! budget plus the stated overhead, and far below the in-memory run's.
+//! budget plus the stated overhead, and far below the in-memory run's. A job with a key
+//! dictionary larger than its budget and a session job with more open sessions than its
+//! budget holds must spill those too, and publish the same rows as in memory.
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tempfile::TempDir;
@@ -46,35 +50,37 @@ path = 'DIR/OUT.parquet'
 
 /// Keys spread over all 5M ids (a multiplicative hash of the row number), time rising.
 fn write_input(path: &Path) {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("key", DataType::Int64, false),
-        Field::new("value", DataType::Float64, false),
-    ]));
-    let file = File::create(path).expect("input");
-    let mut w = ArrowWriter::try_new(file, schema.clone(), None).expect("writer");
-    let step = 1 << 20;
-    for start in (0..EVENTS).step_by(step) {
-        let rows = start..(start + step as i64).min(EVENTS);
+    write_parquet(path, EVENTS, |rows| {
         let ts = rows
             .clone()
             .map(|i| 1_700_000_000_000 + i * 60_000 / PER_MINUTE);
         let key = rows.clone().map(|i| (i * 2_654_435_761) % KEYS);
         let value = rows.map(|i| (i % 1000) as f64 * 0.5);
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
+        vec![
+            (
+                "ts",
                 Arc::new(TimestampMillisecondArray::from_iter_values(ts)),
-                Arc::new(Int64Array::from_iter_values(key)),
-                Arc::new(Float64Array::from_iter_values(value)),
-            ],
-        )
-        .expect("batch");
-        w.write(&batch).expect("write");
+            ),
+            ("key", Arc::new(Int64Array::from_iter_values(key))),
+            ("value", Arc::new(Float64Array::from_iter_values(value))),
+        ]
+    });
+}
+
+/// Writes `rows` rows to a Parquet file, a batch of named columns from `columns` at a time.
+fn write_parquet(
+    path: &Path,
+    rows: i64,
+    columns: impl Fn(Range<i64>) -> Vec<(&'static str, ArrayRef)>,
+) {
+    let step = 1 << 18;
+    let batch = |from: i64| {
+        RecordBatch::try_from_iter(columns(from..(from + step).min(rows))).expect("batch")
+    };
+    let file = File::create(path).expect("input");
+    let mut w = ArrowWriter::try_new(file, batch(0).schema(), None).expect("writer");
+    for from in (0..rows).step_by(step as usize) {
+        w.write(&batch(from)).expect("write");
     }
     w.close().expect("close");
 }
@@ -242,43 +248,28 @@ spill_dir = 'DIR/spill'
 
 /// 4M events over 4 minutes, each key twice, in different minutes.
 fn write_string_input(path: &Path) {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("device", DataType::Utf8, false),
-    ]));
-    let file = File::create(path).expect("input");
-    let mut w = ArrowWriter::try_new(file, schema.clone(), None).expect("writer");
-    let events = 2 * STRING_KEYS;
-    let step = 1 << 18;
-    for start in (0..events).step_by(step) {
-        let rows = start..(start + step as u64).min(events);
+    let (events, keys) = (2 * STRING_KEYS as i64, STRING_KEYS as i64);
+    write_parquet(path, events, |rows| {
         let ts = rows
             .clone()
-            .map(|i| 1_700_000_000_000 + (i * 240_000 / events) as i64);
+            .map(|i| 1_700_000_000_000 + i * 240_000 / events);
         let device = rows.map(|i| {
-            let k = (i * 2_654_435_761) % STRING_KEYS;
-            let h = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let k = (i * 2_654_435_761) % keys;
+            let h = (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             format!(
                 "building-{:08x}/floor-{:03}/sensor-{h:016x}-{k:09}",
                 h >> 40,
                 k % 97
             )
         });
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
+        vec![
+            (
+                "ts",
                 Arc::new(TimestampMillisecondArray::from_iter_values(ts)),
-                Arc::new(StringArray::from_iter_values(device)),
-            ],
-        )
-        .expect("batch");
-        w.write(&batch).expect("write");
-    }
-    w.close().expect("close");
+            ),
+            ("device", Arc::new(StringArray::from_iter_values(device))),
+        ]
+    });
 }
 
 #[test]
@@ -341,35 +332,20 @@ spill_dir = 'DIR/spill'
 
 /// 3M events of 1M keys over 20 minutes: about half the keys have a session open at once.
 fn write_session_input(path: &Path) {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("key", DataType::Int64, false),
-    ]));
-    let file = File::create(path).expect("input");
-    let mut w = ArrowWriter::try_new(file, schema.clone(), None).expect("writer");
-    let (events, keys) = (3_000_000i64, 1_000_000i64);
-    let step = 1 << 18;
-    for start in (0..events).step_by(step) {
-        let rows = start..(start + step as i64).min(events);
+    let (events, keys) = (3_000_000, 1_000_000);
+    write_parquet(path, events, |rows| {
         let ts = rows
             .clone()
             .map(|i| 1_700_000_000_000 + i * 1_200_000 / events);
         let key = rows.map(|i| (i * 2_654_435_761) % keys);
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![
+        vec![
+            (
+                "ts",
                 Arc::new(TimestampMillisecondArray::from_iter_values(ts)),
-                Arc::new(Int64Array::from_iter_values(key)),
-            ],
-        )
-        .expect("batch");
-        w.write(&batch).expect("write");
-    }
-    w.close().expect("close");
+            ),
+            ("key", Arc::new(Int64Array::from_iter_values(key))),
+        ]
+    });
 }
 
 #[test]
