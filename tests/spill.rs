@@ -276,37 +276,8 @@ fn write_string_input(path: &Path) {
 fn a_key_dictionary_larger_than_the_budget_spills_and_the_output_is_unchanged() {
     let dir = TempDir::new().expect("temp dir");
     write_string_input(&dir.path().join("strings.parquet"));
-    let in_memory = run_job(STRING_JOB, dir.path(), "strings-memory", &[]);
-    let spilled = run_job(
-        STRING_JOB,
-        dir.path(),
-        "strings-spilled",
-        &["--memory-budget", "64MiB", "--batch-rows", "16384"],
-    );
-    assert_no_spill_files(dir.path());
-    let rows = same_rows(
-        &dir.path().join("strings-memory.parquet"),
-        &dir.path().join("strings-spilled.parquet"),
-    );
-    assert!(rows as u64 > STRING_KEYS, "{rows} rows");
-    let on_disk: u64 = spilled
-        .lines()
-        .find_map(|l| l.strip_prefix("keys on disk"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no keys on disk: {spilled}"));
-    assert!(on_disk > STRING_KEYS / 2, "{spilled}");
-    let (state_full, state) = (mib(&in_memory, "peak state"), mib(&spilled, "peak state"));
-    let budget = 64 * MIB;
-    eprintln!(
-        "in memory: state {} MiB; budget {} MiB: state {} MiB",
-        state_full / MIB,
-        budget / MIB,
-        state / MIB
-    );
-    assert!(state_full > budget + 64 * MIB, "{in_memory}");
-    // Between spills (after each batch) the dictionary gains the batch's new keys and the
-    // keys it read back, and its arrays grow by doubling: the stated margin.
-    assert!(state < budget + budget / 4, "{spilled}");
+    let on_disk = spills_within_budget(STRING_JOB, dir.path(), 64, "keys on disk");
+    assert!(on_disk > STRING_KEYS / 2, "{on_disk} keys on disk");
 }
 
 const SESSION_JOB: &str = r#"
@@ -352,35 +323,45 @@ fn write_session_input(path: &Path) {
 fn open_sessions_beyond_the_budget_spill_and_the_output_is_unchanged() {
     let dir = TempDir::new().expect("temp dir");
     write_session_input(&dir.path().join("sessions.parquet"));
-    let in_memory = run_job(SESSION_JOB, dir.path(), "sessions-memory", &[]);
-    let budget = 48 * MIB;
+    let sessions = spills_within_budget(SESSION_JOB, dir.path(), 48, "sessions spilled");
+    assert!(sessions > 100_000, "{sessions} sessions spilled");
+}
+
+/// Runs `template` in memory and under a budget of `mib` MiB, whose spill directory must
+/// end up empty: the outputs must be equal, the in-memory state at least 32 MiB over the
+/// budget, and the spilled run's peak state within the budget plus a quarter. Returns the
+/// figure of the summary line `counter`, which must be there.
+fn spills_within_budget(template: &str, dir: &Path, mib_budget: u64, counter: &str) -> u64 {
+    let in_memory = run_job(template, dir, "memory", &[]);
+    let flag = format!("{mib_budget}MiB");
     let spilled = run_job(
-        SESSION_JOB,
-        dir.path(),
-        "sessions-spilled",
-        &["--memory-budget", "48MiB", "--batch-rows", "16384"],
+        template,
+        dir,
+        "spilled",
+        &["--memory-budget", &flag, "--batch-rows", "16384"],
     );
-    assert_no_spill_files(dir.path());
-    let rows = same_rows(
-        &dir.path().join("sessions-memory.parquet"),
-        &dir.path().join("sessions-spilled.parquet"),
-    );
+    assert_no_spill_files(dir);
+    let rows = same_rows(&dir.join("memory.parquet"), &dir.join("spilled.parquet"));
     assert!(rows > 1_000_000, "{rows} rows");
-    let sessions: u64 = spilled
-        .lines()
-        .find_map(|l| l.strip_prefix("sessions spilled"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no sessions spilled: {spilled}"));
-    assert!(sessions > 100_000, "{spilled}");
-    let (state_full, state) = (mib(&in_memory, "peak state"), mib(&spilled, "peak state"));
+    let (budget, state_full, state) = (
+        mib_budget * MIB,
+        mib(&in_memory, "peak state"),
+        mib(&spilled, "peak state"),
+    );
     eprintln!(
-        "in memory: state {} MiB; budget {} MiB: state {} MiB, {sessions} sessions spilled",
+        "in memory: state {} MiB; budget {mib_budget} MiB: state {} MiB",
         state_full / MIB,
-        budget / MIB,
         state / MIB
     );
     assert!(state_full > budget + 32 * MIB, "{in_memory}");
+    // Between spills (after each batch) the dictionary gains the batch's new keys and the
+    // keys it read back, and the session index grows by doubling: the stated margin.
     assert!(state < budget + budget / 4, "{spilled}");
+    spilled
+        .lines()
+        .find_map(|l| l.strip_prefix(counter))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {counter:?} in {spilled}"))
 }
 
 /// The job's spill directory (`DIR/spill`) holds nothing once the job is done.
