@@ -141,6 +141,8 @@ impl Run {
         }
         out.flush().map_err(io)?;
         drop(out);
+        // Synced, as spilled panes are: a full disk is an error here, not a lost key later.
+        file.sync_data().map_err(io)?;
         Ok(Run {
             path,
             file,
@@ -323,6 +325,7 @@ impl DiskKeys {
         }
         out.flush().map_err(io)?;
         drop(out);
+        self.forward.sync_data().map_err(io)?;
         self.len = first + n as u32;
         entries.sort_unstable_by_key(|e| e.hash);
         let path = self.run_path();
@@ -383,7 +386,9 @@ impl DiskKeys {
             buf.drain(..4 + 4 * n);
             self.cached = Some((s, buf, ends));
         }
-        let (_, buf, ends) = self.cached.as_ref().expect("just read");
+        let Some((_, buf, ends)) = &self.cached else {
+            return Err(corrupt(&self.forward_path));
+        };
         let k = (id - self.segments[s].0) as usize;
         let start = if k == 0 { 0 } else { ends[k - 1] };
         Ok(&buf[start..ends[k]])

@@ -135,6 +135,7 @@ impl SessionDisk {
         }
         out.flush().map_err(io)?;
         drop(out);
+        file.sync_data().map_err(io)?;
         let slot = match self.segments.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
