@@ -372,19 +372,16 @@ fn assert_no_spill_files(dir: &Path) {
     assert!(left.is_empty(), "spill files left behind: {left:?}");
 }
 
-#[test]
-fn a_spill_directory_that_cannot_be_written_is_a_clear_error() {
-    let dir = TempDir::new().expect("temp dir");
-    let blocked = dir.path().join("not-a-dir");
-    std::fs::write(&blocked, "a file where the spill directory should go").expect("file");
-    let job = dir.path().join("job.toml");
-    let text = format!(
+/// A job over 100k keys whose panes spill at once (a 64 KiB budget), writing to `out` and
+/// spilling under `spill`.
+fn tiny_budget_job(out: &Path, spill: &Path) -> String {
+    format!(
         r#"
 [source]
 kind = "generator"
 dataset = "clickstream"
-events = 200_000
-keys = 50_000
+events = 400_000
+keys = 100_000
 [time]
 column = "ts"
 max_out_of_orderness = "5s"
@@ -398,29 +395,58 @@ columns = ["article_id"]
 name = "views"
 fn = "count"
 [sink]
-path = '{out}'
+path = '{}'
 [state]
 memory_budget = "64KiB"
-spill_dir = '{spill}'
+spill_dir = '{}'
 "#,
-        out = dir.path().join("out.parquet").display(),
-        spill = blocked.join("spill").display()
-    );
-    std::fs::write(&job, text).expect("job");
+        out.display(),
+        spill.display()
+    )
+}
+
+/// Checks that `panes run` failed with a clear error that names `what`, left no output
+/// file, and did not panic.
+fn fails_clearly(output: std::process::Output, what: &str, out: &Path) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(what), "the error names {what:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists(), "no output that looks complete");
+}
+
+/// The file system refuses a spill write (here: a file size limit, `ulimit -f`, with
+/// SIGXFSZ ignored, as a full disk refuses one with ENOSPC).
+#[test]
+fn a_spill_write_the_file_system_refuses_is_a_clear_error() {
+    let dir = TempDir::new().expect("temp dir");
+    let (out, spill) = (dir.path().join("out.parquet"), dir.path().join("spill"));
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, tiny_budget_job(&out, &spill)).expect("job");
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 256; exec '{}' run --backend cpu '{}'",
+            env!("CARGO_BIN_EXE_panes"),
+            job.display()
+        ))
+        .output()
+        .expect("bash runs panes");
+    fails_clearly(output, &spill.display().to_string(), &out);
+}
+
+#[test]
+fn a_spill_directory_that_cannot_be_written_is_a_clear_error() {
+    let dir = TempDir::new().expect("temp dir");
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, "a file where the spill directory should go").expect("file");
+    let out = dir.path().join("out.parquet");
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, tiny_budget_job(&out, &blocked.join("spill"))).expect("job");
     let output = Command::new(env!("CARGO_BIN_EXE_panes"))
         .args(["run", "--backend", "cpu"])
         .arg(&job)
         .output()
         .expect("panes runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("spill directory") && stderr.contains("not-a-dir"),
-        "the error names the spill directory: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        !dir.path().join("out.parquet").exists(),
-        "no output that looks complete"
-    );
+    fails_clearly(output, "creating spill directory", &out);
 }
