@@ -776,7 +776,7 @@ impl WindowOperator {
             rows.append(row);
         }
         let revisions = (self.lateness > 0).then_some(revisions);
-        self.push_rows(rows, &starts, &ends, revisions)
+        self.push_rows(rows, starts, ends, revisions)
     }
 
     /// The smallest watermark at which some window fires or expires, after `w`.
@@ -883,7 +883,7 @@ impl WindowOperator {
                 .collect()
         });
         let (start, end) = (self.spec.start(k), self.spec.end(k));
-        self.push_rows(rows, &vec![start; n], &vec![end; n], revisions)
+        self.push_rows(rows, vec![start; n], vec![end; n], revisions)
     }
 
     /// Appends result rows to the output: key columns, window bounds, aggregates, then the
@@ -891,8 +891,8 @@ impl WindowOperator {
     fn push_rows(
         &mut self,
         rows: WindowRows,
-        starts: &[i64],
-        ends: &[i64],
+        starts: Vec<i64>,
+        ends: Vec<i64>,
         revisions: Option<Vec<i64>>,
     ) -> Result<()> {
         let n = rows.keys.len();
@@ -905,15 +905,17 @@ impl WindowOperator {
             .into_iter()
             .map(|(_, a)| a)
             .collect();
-        columns.push(Arc::new(TimestampMillisecondArray::from(starts.to_vec())));
-        columns.push(Arc::new(TimestampMillisecondArray::from(ends.to_vec())));
+        columns.push(Arc::new(TimestampMillisecondArray::from(starts)));
+        columns.push(Arc::new(TimestampMillisecondArray::from(ends)));
+        // No validity buffer where every row is valid (counts, mostly).
+        let nulls = |valid: Vec<bool>| valid.contains(&false).then(|| valid.into());
         for col in rows.columns {
             columns.push(match col {
                 OutColumn::I64 { values, valid } => {
-                    Arc::new(Int64Array::new(values.into(), Some(valid.into()))) as ArrayRef
+                    Arc::new(Int64Array::new(values.into(), nulls(valid))) as ArrayRef
                 }
                 OutColumn::F64 { values, valid } => {
-                    Arc::new(Float64Array::new(values.into(), Some(valid.into())))
+                    Arc::new(Float64Array::new(values.into(), nulls(valid)))
                 }
             });
         }
