@@ -25,35 +25,42 @@ const BLOCK: usize = 4096;
 /// Keys per forward segment, at most.
 const SEGMENT: usize = 1024;
 const BLOOM_BITS_PER_KEY: usize = 10;
-const BLOOM_PROBES: u64 = 7;
+const BLOOM_PROBES: u32 = 7;
 
-/// A Bloom filter over 64-bit hashes (double hashing).
+/// A Bloom filter over 64-bit hashes, blocked: a hash's bits all lie in one 512-bit
+/// block (a cache line), picked by its high half; its low half picks the bits.
 struct Bloom {
-    bits: Vec<u64>,
+    blocks: Vec<[u64; 8]>,
 }
 
 impl Bloom {
     fn new(keys: usize) -> Bloom {
         Bloom {
-            bits: vec![0; (keys * BLOOM_BITS_PER_KEY).div_ceil(64).max(1)],
+            blocks: vec![[0; 8]; (keys * BLOOM_BITS_PER_KEY).div_ceil(512).max(1)],
         }
     }
 
-    fn probes(&self, hash: u64) -> impl Iterator<Item = usize> {
-        let m = self.bits.len() as u64 * 64;
-        let step = hash.rotate_left(32) | 1;
-        (0..BLOOM_PROBES).map(move |k| (hash.wrapping_add(k.wrapping_mul(step)) % m) as usize)
+    /// The block of `hash`, and its bits there (word, mask) by double hashing.
+    fn probes(&self, hash: u64) -> (usize, impl Iterator<Item = (usize, u64)> + use<>) {
+        let block = ((hash >> 32) * self.blocks.len() as u64) >> 32;
+        let (h1, h2) = (hash as u32, (hash as u32).rotate_left(16) | 1);
+        let bits = (0..BLOOM_PROBES).map(move |k| {
+            let b = h1.wrapping_add(k.wrapping_mul(h2)) % 512;
+            ((b / 64) as usize, 1u64 << (b % 64))
+        });
+        (block as usize, bits)
     }
 
     fn insert(&mut self, hash: u64) {
-        for b in self.probes(hash).collect::<Vec<_>>() {
-            self.bits[b / 64] |= 1 << (b % 64);
-        }
+        let (block, bits) = self.probes(hash);
+        let block = &mut self.blocks[block];
+        bits.for_each(|(w, m)| block[w] |= m);
     }
 
     fn may_contain(&self, hash: u64) -> bool {
-        self.probes(hash)
-            .all(|b| self.bits[b / 64] & (1 << (b % 64)) != 0)
+        let (block, mut bits) = self.probes(hash);
+        let block = &self.blocks[block];
+        bits.all(|(w, m)| block[w] & m != 0)
     }
 }
 
@@ -207,7 +214,7 @@ impl Run {
     }
 
     fn bytes(&self) -> usize {
-        self.bloom.bits.len() * 8 + self.firsts.len() * 16
+        self.bloom.blocks.len() * 64 + self.firsts.len() * 16
     }
 }
 
@@ -433,6 +440,19 @@ mod tests {
             disk.runs.len() + 1,
             "merged runs leave no files behind"
         );
+    }
+
+    #[test]
+    fn the_bloom_filter_has_no_false_negatives_and_few_false_positives() {
+        let mut rng = panes_datasets::rng::Rng::new(3);
+        let mut bloom = Bloom::new(100_000);
+        let inserted: Vec<u64> = (0..100_000).map(|_| rng.next_u64()).collect();
+        inserted.iter().for_each(|&h| bloom.insert(h));
+        assert!(inserted.iter().all(|&h| bloom.may_contain(h)));
+        let false_positives = (0..100_000)
+            .filter(|_| bloom.may_contain(rng.next_u64()))
+            .count();
+        assert!(false_positives < 2_500, "{false_positives} in 100 000");
     }
 
     #[test]
