@@ -5,9 +5,8 @@
 //! stored once in an arena. A null key is a key of its own.
 //!
 //! Under a memory budget the dictionary can [spill](KeyInterner::spill): the keys it gained
-//! since the last spill go to a [`DiskKeys`] and leave memory. Keys read back from disk
-//! are kept in a cache until the next spill. (A direct table for small integers, at most
-//! 16 MiB, stays in memory.)
+//! since the last spill go to a [`DiskKeys`] and leave memory. (A direct table for small
+//! integers, at most 16 MiB, stays in memory.)
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use arrow::compute::cast;
@@ -52,13 +51,12 @@ fn slice<'a>(arena: &'a [u8], ends: &[usize], i: u32) -> &'a [u8] {
     &arena[start..ends[i as usize]]
 }
 
-/// Pushes to a vector that grows by an eighth, not by doubling, so that the dictionary's
-/// memory rises smoothly towards a budget.
-fn push_gently<T>(v: &mut Vec<T>, x: T) {
-    if v.len() == v.capacity() {
-        v.reserve_exact((v.len() / 8).max(1024));
+/// Makes room for `more` items in a vector that grows by an eighth, not by doubling, so
+/// that the dictionary's memory rises smoothly towards a budget.
+fn reserve_gently<T>(v: &mut Vec<T>, more: usize) {
+    if v.len() + more > v.capacity() {
+        v.reserve_exact((v.len() / 8).max(more).max(1024));
     }
-    v.push(x);
 }
 
 /// Integer keys below this are interned through a direct table (at most 16 MiB).
@@ -71,9 +69,6 @@ pub struct KeyInterner {
     len: u32,
     /// Keys of ids `0..disk.len()`, once spilled.
     disk: Option<DiskKeys>,
-    /// Keys on disk read back since the last spill, by their bytes.
-    cache: HashMap<Box<[u8]>, u32>,
-    cache_bytes: usize,
 }
 
 fn is_int(ty: &DataType) -> bool {
@@ -97,29 +92,14 @@ fn is_key_type(ty: &DataType) -> bool {
         )
 }
 
-/// The id of a key missing from the in-memory tables: from the cache or the disk (then
-/// cached), else a new id from `new`.
-fn recall(
-    disk: &Option<DiskKeys>,
-    cache: &mut HashMap<Box<[u8]>, u32>,
-    cache_bytes: &mut usize,
-    key: &[u8],
-    new: impl FnOnce() -> u32,
-) -> Result<u32> {
-    let Some(disk) = disk else {
-        return Ok(new());
+/// The id of a key missing from the in-memory tables: from the disk, else a new id from
+/// `new`.
+fn recall(disk: &mut Option<DiskKeys>, key: &[u8], new: impl FnOnce() -> u32) -> Result<u32> {
+    let found = match disk {
+        Some(disk) => disk.find(key)?,
+        None => None,
     };
-    if let Some(&id) = cache.get(key) {
-        return Ok(id);
-    }
-    Ok(match disk.find(key)? {
-        Some(id) => {
-            *cache_bytes += key.len() + 32;
-            cache.insert(key.into(), id);
-            id
-        }
-        None => new(),
-    })
+    Ok(found.unwrap_or_else(new))
 }
 
 impl KeyInterner {
@@ -160,8 +140,6 @@ impl KeyInterner {
             inner,
             len: 0,
             disk: None,
-            cache: HashMap::new(),
-            cache_bytes: 0,
         })
     }
 
@@ -198,7 +176,7 @@ impl KeyInterner {
                 table, arena, ends, ..
             } => table.capacity() * 4 + arena.capacity() + ends.capacity() * 8,
         };
-        held + self.cache_bytes
+        held + self.disk.as_ref().map_or(0, DiskKeys::found_bytes)
     }
 
     /// Moves the keys in memory to disk, in `dir` (created) on the first spill.
@@ -212,13 +190,17 @@ impl KeyInterner {
             Interner::Int {
                 ids, null, values, ..
             } => {
+                // The null key's bytes are empty: no value's are.
                 let first = disk.len();
-                let key = |(i, v): (usize, &i64)| match *null == Some(first + i as u32) {
-                    true => Vec::new(),
-                    false => v.to_le_bytes().to_vec(),
-                };
-                let keys: Vec<Vec<u8>> = values.iter().enumerate().map(key).collect();
-                disk.flush(keys.iter().map(Vec::as_slice))?;
+                let bytes: Vec<[u8; 8]> = values.iter().map(|v| v.to_le_bytes()).collect();
+                disk.flush(bytes.iter().enumerate().map(|(i, b)| {
+                    let len = if *null == Some(first + i as u32) {
+                        0
+                    } else {
+                        8
+                    };
+                    &b[..len]
+                }))?;
                 *ids = HashMap::new();
                 *values = Vec::new();
             }
@@ -231,8 +213,6 @@ impl KeyInterner {
                 *ends = Vec::new();
             }
         }
-        self.cache = HashMap::new();
-        self.cache_bytes = 0;
         Ok(())
     }
 
@@ -240,7 +220,7 @@ impl KeyInterner {
     pub fn intern(&mut self, cols: &[ArrayRef], rows: usize, out: &mut Vec<u32>) -> Result<()> {
         out.clear();
         let len = &mut self.len;
-        let (disk, cache, cache_bytes) = (&self.disk, &mut self.cache, &mut self.cache_bytes);
+        let disk = &mut self.disk;
         let base = disk.as_ref().map_or(0, DiskKeys::len);
         match &mut self.inner {
             Interner::Global => {
@@ -258,7 +238,8 @@ impl KeyInterner {
                     cast(&cols[0], &DataType::Int64).map_err(|e| Error::arrow("key column", e))?;
                 let col = col.as_primitive::<Int64Type>();
                 let mut new_id = |v: i64| {
-                    push_gently(values, v);
+                    reserve_gently(values, 1);
+                    values.push(v);
                     *len += 1;
                     *len - 1
                 };
@@ -283,7 +264,7 @@ impl KeyInterner {
                             Some(&id) => id,
                             None => {
                                 let key = v.to_le_bytes();
-                                let id = recall(disk, cache, cache_bytes, &key, || new_id(v))?;
+                                let id = recall(disk, &key, || new_id(v))?;
                                 if slot.is_none() {
                                     ids.insert(v, id);
                                 }
@@ -313,12 +294,11 @@ impl KeyInterner {
                     let hash = hasher.hash_one(bytes);
                     let id = match table.find(hash, |&i| slice(arena, ends, i) == bytes) {
                         Some(&i) => base + i,
-                        None => recall(disk, cache, cache_bytes, bytes, || {
-                            if arena.len() + bytes.len() > arena.capacity() {
-                                arena.reserve_exact((arena.len() / 8).max(bytes.len() << 10));
-                            }
+                        None => recall(disk, bytes, || {
+                            reserve_gently(arena, bytes.len());
                             arena.extend_from_slice(bytes);
-                            push_gently(ends, arena.len());
+                            reserve_gently(ends, 1);
+                            ends.push(arena.len());
                             let i = ends.len() as u32 - 1;
                             table.insert_unique(hash, i, |&i| {
                                 hasher.hash_one(slice(arena, ends, i))

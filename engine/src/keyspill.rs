@@ -9,13 +9,16 @@
 //!   that one is at most twice its size, so there are about log₂ of the flushes of them.
 //! - The *forward file*, to build key columns: keys in id order, in segments of up to
 //!   1024 ids. In memory: each segment's first id and offset, and the last segment read.
+//!
+//! Keys found on disk are kept in memory until the next flush, so that a key that comes
+//! back costs one read per flush.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use hashbrown::DefaultHashBuilder;
+use hashbrown::{DefaultHashBuilder, HashMap};
 use std::hash::BuildHasher;
 
 use crate::error::{Error, Result};
@@ -197,18 +200,18 @@ impl Run {
                 .map_err(|e| Error::io("reading key dictionary spill file", &self.path, e))?,
         );
         let io = |e| Error::io("reading key dictionary spill file", &self.path, e);
+        let mut encoded = Vec::new();
         Ok((0..self.keys).map(move |_| {
-            let mut head = [0u8; 16];
-            reader.read_exact(&mut head).map_err(io)?;
-            let [h @ .., _, _, _, _] = head;
-            let [hash @ .., _, _, _, _] = h;
-            let mut key =
-                vec![0; u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize];
-            reader.read_exact(&mut key).map_err(io)?;
+            encoded.resize(16, 0);
+            reader.read_exact(&mut encoded).map_err(io)?;
+            let len = u32::from_le_bytes([encoded[12], encoded[13], encoded[14], encoded[15]]);
+            encoded.resize(16 + len as usize, 0);
+            reader.read_exact(&mut encoded[16..]).map_err(io)?;
+            let (hash, id, key, _) = decode(&encoded).ok_or_else(|| corrupt(&self.path))?;
             Ok(Entry {
-                hash: u64::from_le_bytes(hash),
-                id: u32::from_le_bytes([head[8], head[9], head[10], head[11]]),
-                key,
+                hash,
+                id,
+                key: key.to_vec(),
             })
         }))
     }
@@ -246,6 +249,9 @@ pub struct DiskKeys {
     len: u32,
     /// The last segment read: its index, key bytes and each key's end.
     cached: Option<(usize, Vec<u8>, Vec<usize>)>,
+    /// Keys found since the last flush, by their bytes, and their bytes in memory.
+    found: HashMap<Box<[u8]>, u32>,
+    found_bytes: usize,
 }
 
 impl DiskKeys {
@@ -267,12 +273,19 @@ impl DiskKeys {
             segments: Vec::new(),
             len: 0,
             cached: None,
+            found: HashMap::new(),
+            found_bytes: 0,
         })
     }
 
     /// Ids on disk: `0..len()`.
     pub fn len(&self) -> u32 {
         self.len
+    }
+
+    /// Bytes of memory held for keys found since the last flush (a flush frees them).
+    pub fn found_bytes(&self) -> usize {
+        self.found_bytes
     }
 
     /// Bytes of memory held for the files.
@@ -285,11 +298,17 @@ impl DiskKeys {
                 .map_or(0, |(_, b, e)| b.len() + e.len() * 8)
     }
 
-    /// The id of `key`, if it is on disk.
-    pub fn find(&self, key: &[u8]) -> Result<Option<u32>> {
+    /// The id of `key`, if it is on disk. A key found is kept in memory until the next
+    /// flush.
+    pub fn find(&mut self, key: &[u8]) -> Result<Option<u32>> {
+        if let Some(&id) = self.found.get(key) {
+            return Ok(Some(id));
+        }
         let hash = self.hasher.hash_one(key);
         for run in self.runs.iter().rev() {
             if let Some(id) = run.find(hash, key)? {
+                self.found_bytes += key.len() + 32;
+                self.found.insert(key.into(), id);
                 return Ok(Some(id));
             }
         }
@@ -298,6 +317,8 @@ impl DiskKeys {
 
     /// Adds the keys of ids `len()..`, in id order.
     pub fn flush<'a>(&mut self, keys: impl ExactSizeIterator<Item = &'a [u8]>) -> Result<()> {
+        self.found = HashMap::new();
+        self.found_bytes = 0;
         let first = self.len;
         let n = keys.len();
         if n == 0 {
