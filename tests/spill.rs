@@ -51,20 +51,21 @@ path = 'DIR/OUT.parquet'
 /// Keys spread over all 5M ids (a multiplicative hash of the row number), time rising.
 fn write_input(path: &Path) {
     write_parquet(path, EVENTS, |rows| {
-        let ts = rows
-            .clone()
-            .map(|i| 1_700_000_000_000 + i * 60_000 / PER_MINUTE);
+        let ts = times(&rows, 60_000, PER_MINUTE);
         let key = rows.clone().map(|i| (i * 2_654_435_761) % KEYS);
         let value = rows.map(|i| (i % 1000) as f64 * 0.5);
         vec![
-            (
-                "ts",
-                Arc::new(TimestampMillisecondArray::from_iter_values(ts)),
-            ),
+            ("ts", ts),
             ("key", Arc::new(Int64Array::from_iter_values(key))),
             ("value", Arc::new(Float64Array::from_iter_values(value))),
         ]
     });
+}
+
+/// Event times of rows `rows`: `ms` milliseconds for each `per` rows, from Nov 2023.
+fn times(rows: &Range<i64>, ms: i64, per: i64) -> ArrayRef {
+    let ts = rows.clone().map(|i| 1_700_000_000_000 + i * ms / per);
+    Arc::new(TimestampMillisecondArray::from_iter_values(ts))
 }
 
 /// Writes `rows` rows to a Parquet file, a batch of named columns from `columns` at a time.
@@ -225,18 +226,21 @@ fn a_hop_job_over_5m_keys_spills_within_its_budget_and_matches_the_in_memory_run
 /// Long string keys, 2M of them: the key dictionary outgrows a budget that the panes fit.
 const STRING_KEYS: u64 = 2_000_000;
 
-const STRING_JOB: &str = r#"
+/// A count job over `DIR/{input}.parquet` by `key`, with `window` (TOML lines), spilling
+/// to `DIR/spill`.
+fn count_job(input: &str, window: &str, key: &str) -> String {
+    format!(
+        r#"
 [source]
 kind = "parquet"
-path = 'DIR/strings.parquet'
+path = 'DIR/{input}.parquet'
 [time]
 column = "ts"
 max_out_of_orderness = "1s"
 [window]
-kind = "tumble"
-size = "1m"
+{window}
 [key]
-columns = ["device"]
+columns = ["{key}"]
 [[aggregate]]
 name = "n"
 fn = "count"
@@ -244,15 +248,15 @@ fn = "count"
 path = 'DIR/OUT.parquet'
 [state]
 spill_dir = 'DIR/spill'
-"#;
+"#
+    )
+}
 
 /// 4M events over 4 minutes, each key twice, in different minutes.
 fn write_string_input(path: &Path) {
     let (events, keys) = (2 * STRING_KEYS as i64, STRING_KEYS as i64);
     write_parquet(path, events, |rows| {
-        let ts = rows
-            .clone()
-            .map(|i| 1_700_000_000_000 + i * 240_000 / events);
+        let ts = times(&rows, 240_000, events);
         let device = rows.map(|i| {
             let k = (i * 2_654_435_761) % keys;
             let h = (k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -263,10 +267,7 @@ fn write_string_input(path: &Path) {
             )
         });
         vec![
-            (
-                "ts",
-                Arc::new(TimestampMillisecondArray::from_iter_values(ts)),
-            ),
+            ("ts", ts),
             ("device", Arc::new(StringArray::from_iter_values(device))),
         ]
     });
@@ -276,44 +277,19 @@ fn write_string_input(path: &Path) {
 fn a_key_dictionary_larger_than_the_budget_spills_and_the_output_is_unchanged() {
     let dir = TempDir::new().expect("temp dir");
     write_string_input(&dir.path().join("strings.parquet"));
-    let on_disk = spills_within_budget(STRING_JOB, dir.path(), 64, "keys on disk");
+    let job = count_job("strings", "kind = \"tumble\"\nsize = \"1m\"", "device");
+    let on_disk = spills_within_budget(&job, dir.path(), 64, "keys on disk");
     assert!(on_disk > STRING_KEYS / 2, "{on_disk} keys on disk");
 }
-
-const SESSION_JOB: &str = r#"
-[source]
-kind = "parquet"
-path = 'DIR/sessions.parquet'
-[time]
-column = "ts"
-max_out_of_orderness = "1s"
-[window]
-kind = "session"
-gap = "5m"
-[key]
-columns = ["key"]
-[[aggregate]]
-name = "n"
-fn = "count"
-[sink]
-path = 'DIR/OUT.parquet'
-[state]
-spill_dir = 'DIR/spill'
-"#;
 
 /// 3M events of 1M keys over 20 minutes: about half the keys have a session open at once.
 fn write_session_input(path: &Path) {
     let (events, keys) = (3_000_000, 1_000_000);
     write_parquet(path, events, |rows| {
-        let ts = rows
-            .clone()
-            .map(|i| 1_700_000_000_000 + i * 1_200_000 / events);
+        let ts = times(&rows, 1_200_000, events);
         let key = rows.map(|i| (i * 2_654_435_761) % keys);
         vec![
-            (
-                "ts",
-                Arc::new(TimestampMillisecondArray::from_iter_values(ts)),
-            ),
+            ("ts", ts),
             ("key", Arc::new(Int64Array::from_iter_values(key))),
         ]
     });
@@ -323,7 +299,8 @@ fn write_session_input(path: &Path) {
 fn open_sessions_beyond_the_budget_spill_and_the_output_is_unchanged() {
     let dir = TempDir::new().expect("temp dir");
     write_session_input(&dir.path().join("sessions.parquet"));
-    let sessions = spills_within_budget(SESSION_JOB, dir.path(), 48, "sessions spilled");
+    let job = count_job("sessions", "kind = \"session\"\ngap = \"5m\"", "key");
+    let sessions = spills_within_budget(&job, dir.path(), 48, "sessions spilled");
     assert!(sessions > 100_000, "{sessions} sessions spilled");
 }
 
