@@ -24,23 +24,82 @@ use crate::{Backend, Keys};
 /// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
 const SPARSE_RATIO: usize = 4;
 
+/// How many events ahead the update loop prefetches its state row.
+const PREFETCH: usize = 32;
+
+/// Asks the CPU to start loading the cache line at `p`.
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads nothing and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    }
+}
+
 /// Segments smaller than this are updated on the calling thread.
 const PARALLEL_MIN_ROWS: usize = 1 << 15;
 
-/// What one state array accumulates.
+/// What one state array accumulates. State column 0 is always the row count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum StateCol {
     Rows,
+    /// The row count with the sum, min and max of a float column beside it, in one
+    /// [`StatsRow`] a key: one cache line per update.
+    RowStats(usize),
     NonNull(usize),
     Typed(Op, usize, Domain),
-    /// Sum, min and max of a float column, side by side: one cache line per update.
-    FloatStats(usize),
     Moments(usize),
     Distinct(usize),
 }
 
-/// The empty `[sum, min, max]` of [`StateCol::FloatStats`].
-const STATS_IDENTITY: [f64; 3] = [0.0, f64::MIN_IDENTITY, f64::MAX_IDENTITY];
+/// A key's row count and the `[sum, min, max]` of one float column, aligned so that a row
+/// never straddles a cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+struct StatsRow {
+    n: u64,
+    s: [f64; 3],
+}
+
+const EMPTY_ROW: StatsRow = StatsRow {
+    n: 0,
+    s: [0.0, f64::MIN_IDENTITY, f64::MAX_IDENTITY],
+};
+
+/// The counts of a state column: a plain array, or the counts in the rows of
+/// [`StateCol::RowStats`].
+#[derive(Clone, Copy)]
+enum Counts<'a> {
+    Plain(&'a [u64]),
+    Rows(&'a [StatsRow]),
+}
+
+impl Counts<'_> {
+    #[inline(always)]
+    fn get(self, i: usize) -> u64 {
+        match self {
+            Counts::Plain(c) => c[i],
+            Counts::Rows(r) => r[i].n,
+        }
+    }
+
+    fn to_vec(self) -> Vec<u64> {
+        match self {
+            Counts::Plain(c) => c.to_vec(),
+            Counts::Rows(r) => r.iter().map(|r| r.n).collect(),
+        }
+    }
+
+    /// Calls `f(i)` for every `i >= lo` with a count above zero, in order.
+    fn each_nonzero(self, lo: usize, f: impl FnMut(usize)) {
+        match self {
+            Counts::Plain(c) => (lo..c.len()).filter(|&i| c[i] > 0).for_each(f),
+            Counts::Rows(r) => (lo..r.len()).filter(|&i| r[i].n > 0).for_each(f),
+        }
+    }
+}
 
 /// Adds one value to a `[sum, min, max]`.
 #[inline(always)]
@@ -50,12 +109,13 @@ fn stats_push(s: &mut [f64; 3], x: f64) {
     s[2] = s[2].max_of(x);
 }
 
-/// Merges a later pane's `[sum, min, max]` into `d`.
+/// Merges a later pane's row into `d`.
 #[inline(always)]
-fn stats_merge(d: &mut [f64; 3], s: &[f64; 3]) {
-    d[0] += s[0];
-    d[1] = d[1].min_of(s[1]);
-    d[2] = d[2].max_of(s[2]);
+fn row_merge(d: &mut StatsRow, s: &StatsRow) {
+    d.n += s.n;
+    d.s[0] += s.s[0];
+    d.s[1] = d.s[1].min_of(s.s[1]);
+    d.s[2] = d.s[2].max_of(s.s[2]);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +157,7 @@ struct Typed<T> {
 #[derive(Clone, Debug)]
 enum Acc {
     Count(Vec<u64>),
-    Stats(Vec<[f64; 3]>),
+    Rows(Vec<StatsRow>),
     /// A non-null count while the pane has seen no null in its column: the row count.
     SameAsRows,
     Int(Typed<i64>),
@@ -153,6 +213,40 @@ fn each(sel: Sel<'_>, keys: &[u32], shift: u32, mut f: impl FnMut(usize, usize))
             for &r in rows {
                 let r = r as usize;
                 f(r, (keys[r] >> shift) as usize)
+            }
+        }
+    }
+}
+
+/// Calls `f(row, state)` with the state of the row's local key in `state` for every
+/// selected row, in order, prefetching the state of the row [`PREFETCH`] rows ahead: the
+/// scatter-update then waits on many cache misses at once instead of one at a time.
+#[inline(always)]
+fn each_ahead<S>(
+    sel: Sel<'_>,
+    keys: &[u32],
+    shift: u32,
+    state: &mut [S],
+    mut f: impl FnMut(usize, &mut S),
+) {
+    let base = state.as_ptr();
+    let ahead = |r: usize| prefetch(base.wrapping_add((keys[r] >> shift) as usize));
+    match sel {
+        Sel::All(n) => {
+            for r in 0..n {
+                if r + PREFETCH < n {
+                    ahead(r + PREFETCH);
+                }
+                f(r, &mut state[(keys[r] >> shift) as usize])
+            }
+        }
+        Sel::Rows(rows) => {
+            for (j, &r) in rows.iter().enumerate() {
+                if let Some(&later) = rows.get(j + PREFETCH) {
+                    ahead(later as usize);
+                }
+                let r = r as usize;
+                f(r, &mut state[(keys[r] >> shift) as usize])
             }
         }
     }
@@ -293,19 +387,28 @@ impl Acc {
     fn new(col: StateCol) -> Acc {
         match col {
             StateCol::Rows => Acc::Count(Vec::new()),
+            StateCol::RowStats(_) => Acc::Rows(Vec::new()),
             StateCol::NonNull(_) => Acc::SameAsRows,
             StateCol::Typed(op, _, Domain::I64) => Acc::Int(Typed::new(op)),
             StateCol::Typed(op, _, Domain::F64) => Acc::Float(Typed::new(op)),
-            StateCol::FloatStats(_) => Acc::Stats(Vec::new()),
             StateCol::Moments(_) => Acc::Moments(Vec::new()),
             StateCol::Distinct(_) => Acc::Distinct(Vec::new()),
+        }
+    }
+
+    /// The counts this state holds, if it is a count.
+    fn counts(&self) -> Option<Counts<'_>> {
+        match self {
+            Acc::Count(c) => Some(Counts::Plain(c)),
+            Acc::Rows(r) => Some(Counts::Rows(r)),
+            _ => None,
         }
     }
 
     fn len(&self) -> usize {
         match self {
             Acc::Count(c) => c.len(),
-            Acc::Stats(v) => v.len(),
+            Acc::Rows(v) => v.len(),
             Acc::SameAsRows => 0,
             Acc::Int(t) => t.v.len(),
             Acc::Float(t) => t.v.len(),
@@ -317,7 +420,7 @@ impl Acc {
     fn resize(&mut self, n: usize) {
         match self {
             Acc::Count(c) => c.resize(n, 0),
-            Acc::Stats(v) => v.resize(n, STATS_IDENTITY),
+            Acc::Rows(v) => v.resize(n, EMPTY_ROW),
             Acc::SameAsRows => {}
             Acc::Int(t) => t.resize(n),
             Acc::Float(t) => t.resize(n),
@@ -329,7 +432,7 @@ impl Acc {
     fn bytes(&self) -> usize {
         match self {
             Acc::Count(c) => c.capacity() * 8,
-            Acc::Stats(v) => v.capacity() * 24,
+            Acc::Rows(v) => v.capacity() * size_of::<StatsRow>(),
             Acc::SameAsRows => 0,
             Acc::Int(t) => t.v.capacity() * 8 + t.ts.capacity() * 8,
             Acc::Float(t) => t.v.capacity() * 8 + t.ts.capacity() * 8,
@@ -344,15 +447,19 @@ impl Acc {
     fn update(&mut self, col: StateCol, ev: &Events<'_>, sel: Sel<'_>, shift: u32) {
         let keys = ev.keys;
         match (self, col) {
-            (Acc::Count(c), StateCol::Rows) => each(sel, keys, shift, |_, k| c[k] += 1),
+            (Acc::Count(c), StateCol::Rows) => each_ahead(sel, keys, shift, c, |_, n| *n += 1),
             (Acc::SameAsRows, StateCol::NonNull(_)) => {}
-            (Acc::Stats(v), StateCol::FloatStats(i)) => {
+            (Acc::Rows(v), StateCol::RowStats(i)) => {
                 let (x, valid) = floats(ev, i);
                 match valid {
-                    None => each(sel, keys, shift, |r, k| stats_push(&mut v[k], x[r])),
-                    Some(ok) => each(sel, keys, shift, |r, k| {
+                    None => each_ahead(sel, keys, shift, v, |r, row| {
+                        row.n += 1;
+                        stats_push(&mut row.s, x[r]);
+                    }),
+                    Some(ok) => each_ahead(sel, keys, shift, v, |r, row| {
+                        row.n += 1;
                         if ok[r] {
-                            stats_push(&mut v[k], x[r])
+                            stats_push(&mut row.s, x[r])
                         }
                     }),
                 }
@@ -416,10 +523,13 @@ impl Acc {
             (Acc::Distinct(d), Acc::Distinct(s)) => {
                 d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| d.merge(s))
             }
-            (Acc::Stats(d), Acc::Stats(s)) => d[..s.len()]
+            (Acc::Rows(d), Acc::Rows(s)) => d[..s.len()]
                 .iter_mut()
                 .zip(s)
-                .for_each(|(d, s)| stats_merge(d, s)),
+                .for_each(|(d, s)| row_merge(d, s)),
+            (Acc::Count(d), Acc::Rows(s)) => {
+                d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| *d += s.n)
+            }
             (Acc::SameAsRows, Acc::SameAsRows) => {}
             _ => unreachable!("bug in panes: merging states of different layouts"),
         }
@@ -439,9 +549,12 @@ impl Acc {
             (Acc::Distinct(d), Acc::Distinct(s)) => keys
                 .iter()
                 .for_each(|&i| d[i as usize].merge(&s[i as usize])),
-            (Acc::Stats(d), Acc::Stats(s)) => keys
+            (Acc::Rows(d), Acc::Rows(s)) => keys
                 .iter()
-                .for_each(|&i| stats_merge(&mut d[i as usize], &s[i as usize])),
+                .for_each(|&i| row_merge(&mut d[i as usize], &s[i as usize])),
+            (Acc::Count(d), Acc::Rows(s)) => {
+                keys.iter().for_each(|&i| d[i as usize] += s[i as usize].n)
+            }
             (Acc::SameAsRows, Acc::SameAsRows) => {}
             _ => unreachable!("bug in panes: merging states of different layouts"),
         }
@@ -454,7 +567,8 @@ impl Acc {
             (Acc::Float(d), Acc::Float(s)) => d.merge_at(di, s, si),
             (Acc::Moments(d), Acc::Moments(s)) => d[di].merge(&s[si]),
             (Acc::Distinct(d), Acc::Distinct(s)) => d[di].merge(&s[si]),
-            (Acc::Stats(d), Acc::Stats(s)) => stats_merge(&mut d[di], &s[si]),
+            (Acc::Rows(d), Acc::Rows(s)) => row_merge(&mut d[di], &s[si]),
+            (Acc::Count(d), Acc::Rows(s)) => d[di] += s[si].n,
             (Acc::SameAsRows, Acc::SameAsRows) => {}
             _ => unreachable!("bug in panes: merging states of different layouts"),
         }
@@ -500,15 +614,9 @@ impl Part {
     /// Lists the keys with rows, unless the list is current.
     fn refresh_present(&mut self) {
         if self.present_at != Some(self.version) {
-            let rows = match &self.accs[0] {
-                Acc::Count(c) => c,
-                _ => unreachable!("bug in panes: state column 0 is not the row count"),
-            };
             self.present.clear();
-            self.present.extend(
-                (self.lo.min(rows.len()) as u32..rows.len() as u32)
-                    .filter(|&i| rows[i as usize] > 0),
-            );
+            let present = &mut self.present;
+            rows_of(&self.accs).each_nonzero(self.lo, |i| present.push(i as u32));
             self.present_at = Some(self.version);
         }
     }
@@ -535,7 +643,7 @@ impl Part {
                 Acc::Float(t) => t.clear_key(i),
                 Acc::Moments(m) => m[i] = Moments::default(),
                 Acc::Distinct(d) => d[i] = Distinct::default(),
-                Acc::Stats(v) => v[i] = STATS_IDENTITY,
+                Acc::Rows(v) => v[i] = EMPTY_ROW,
             }
         }
     }
@@ -557,12 +665,9 @@ impl Part {
     /// where `needed(i)` says state column `i` is about to diverge from the row count.
     fn materialize(&mut self, needed: impl Fn(usize) -> bool) {
         let (rows, rest) = self.accs.split_at_mut(1);
-        let Acc::Count(rows) = &rows[0] else {
-            unreachable!("bug in panes: state column 0 is not the row count")
-        };
         for (i, a) in rest.iter_mut().enumerate() {
             if matches!(a, Acc::SameAsRows) && needed(i + 1) {
-                *a = Acc::Count(rows.clone());
+                *a = Acc::Count(rows_of(rows).to_vec());
             }
         }
     }
@@ -590,28 +695,31 @@ impl Part {
     }
 
     /// The counts of state column `c` (a row or non-null count).
-    fn counts(&self, c: usize) -> &[u64] {
+    fn counts(&self, c: usize) -> Counts<'_> {
         match &self.accs[c] {
-            Acc::Count(v) => v,
             Acc::SameAsRows => self.rows(),
-            _ => unreachable!("bug in panes: count state expected"),
+            a => a.counts().expect("bug in panes: count state expected"),
         }
     }
 
-    fn rows(&self) -> &[u64] {
-        match &self.accs[0] {
-            Acc::Count(c) => c,
-            _ => unreachable!("bug in panes: state column 0 is not the row count"),
-        }
+    fn rows(&self) -> Counts<'_> {
+        rows_of(&self.accs)
     }
+}
+
+/// The row counts of a part's state columns (column 0).
+fn rows_of(accs: &[Acc]) -> Counts<'_> {
+    accs[0]
+        .counts()
+        .expect("bug in panes: state column 0 is not the row count")
 }
 
 /// Evaluates every aggregate at the rows `at`, each a (state, local key) pair of `parts`,
 /// one output column at a time.
 fn evaluate(evals: &[Eval], parts: &[Part], at: &[(usize, usize)], out: &mut [OutColumn]) {
     for (e, col) in evals.iter().zip(out.iter_mut()) {
-        let counts: Vec<&[u64]> = parts.iter().map(|p| p.counts(e.count)).collect();
-        let n = |p: usize, i: usize| counts[p][i];
+        let counts: Vec<Counts> = parts.iter().map(|p| p.counts(e.count)).collect();
+        let n = |p: usize, i: usize| counts[p].get(i);
         let Some(s) = e
             .state
             .filter(|_| !matches!(e.func, AggFn::CountRows | AggFn::Count))
@@ -675,9 +783,9 @@ fn evaluate(evals: &[Eval], parts: &[Part], at: &[(usize, usize)], out: &mut [Ou
                 });
                 col.extend_f64(at.iter().map(|&(p, i)| m[p][i].finish(f)));
             }
-            (f, Acc::Stats(_)) => {
+            (f, Acc::Rows(_)) => {
                 let v = views(parts, s, |a| match a {
-                    Acc::Stats(v) => Some(v.as_slice()),
+                    Acc::Rows(v) => Some(v.as_slice()),
                     _ => None,
                 });
                 let k = match f {
@@ -688,7 +796,7 @@ fn evaluate(evals: &[Eval], parts: &[Part], at: &[(usize, usize)], out: &mut [Ou
                 let avg = f == AggFn::Avg;
                 col.extend_f64(at.iter().map(|&(p, i)| {
                     let n = n(p, i);
-                    let x = v[p][i][k];
+                    let x = v[p][i].s[k];
                     (n > 0).then_some(if avg { x / n as f64 } else { x })
                 }));
             }
@@ -707,8 +815,10 @@ fn typed_valid<T>(t: &Typed<T>, i: usize, n: u64) -> bool {
 /// One state column of a pane, gathered at its keys with rows (for a state batch).
 enum Gather {
     Count(Vec<u64>),
-    Int(Vec<i64>, Vec<i64>),
-    Float(Vec<f64>, Vec<i64>),
+    Rows(Vec<u64>, [Vec<f64>; 3]),
+    /// Values, and event times for first/last.
+    Int(Vec<i64>, Option<Vec<i64>>),
+    Float(Vec<f64>, Option<Vec<i64>>),
     Triple([Vec<f64>; 3]),
     Distinct(Vec<Vec<u8>>),
 }
@@ -717,9 +827,15 @@ impl Gather {
     fn new(col: StateCol) -> Gather {
         match col {
             StateCol::Rows | StateCol::NonNull(_) => Gather::Count(Vec::new()),
-            StateCol::Typed(_, _, Domain::I64) => Gather::Int(Vec::new(), Vec::new()),
-            StateCol::Typed(_, _, Domain::F64) => Gather::Float(Vec::new(), Vec::new()),
-            StateCol::FloatStats(_) | StateCol::Moments(_) => Gather::Triple(Default::default()),
+            StateCol::Typed(op, _, d) => {
+                let ts = matches!(op, Op::First | Op::Last).then(Vec::new);
+                match d {
+                    Domain::I64 => Gather::Int(Vec::new(), ts),
+                    Domain::F64 => Gather::Float(Vec::new(), ts),
+                }
+            }
+            StateCol::RowStats(_) => Gather::Rows(Vec::new(), Default::default()),
+            StateCol::Moments(_) => Gather::Triple(Default::default()),
             StateCol::Distinct(_) => Gather::Distinct(Vec::new()),
         }
     }
@@ -727,17 +843,18 @@ impl Gather {
     /// Appends state column `j` of local key `i`.
     fn push(&mut self, part: &Part, j: usize, i: usize) {
         match (self, &part.accs[j]) {
-            (Gather::Count(v), _) => v.push(part.counts(j)[i]),
+            (Gather::Count(v), _) => v.push(part.counts(j).get(i)),
+            (Gather::Rows(n, s), Acc::Rows(x)) => {
+                n.push(x[i].n);
+                s.iter_mut().zip(x[i].s).for_each(|(s, x)| s.push(x))
+            }
             (Gather::Int(v, ts), Acc::Int(t)) => {
                 v.push(t.v[i]);
-                ts.extend(t.ts.get(i));
+                ts.iter_mut().for_each(|ts| ts.push(t.ts[i]));
             }
             (Gather::Float(v, ts), Acc::Float(t)) => {
                 v.push(t.v[i]);
-                ts.extend(t.ts.get(i));
-            }
-            (Gather::Triple(s), Acc::Stats(x)) => {
-                s.iter_mut().zip(x[i]).for_each(|(s, x)| s.push(x))
+                ts.iter_mut().for_each(|ts| ts.push(t.ts[i]));
             }
             (Gather::Triple(s), Acc::Moments(m)) => {
                 let m = m[i];
@@ -751,20 +868,25 @@ impl Gather {
     }
 
     /// The named columns of state column `j`: `c{j}`, with `c{j}_ts` for first/last, or
-    /// `c{j}_0` to `c{j}_2` for `[sum, min, max]` and moments `[n, mean, m2]`.
+    /// `c{j}_0` to `c{j}_2` for `[sum, min, max]` (beside the row count `c{j}`) and moments
+    /// `[n, mean, m2]`.
     fn columns(self, j: usize, out: &mut Vec<(String, ArrayRef)>) {
         let name = |suffix: &str| format!("c{j}{suffix}");
         match self {
             Gather::Count(v) => out.push((name(""), state::array::<UInt64Type>(v))),
+            Gather::Rows(n, s) => {
+                Gather::Count(n).columns(j, out);
+                Gather::Triple(s).columns(j, out);
+            }
             Gather::Int(v, ts) => {
                 out.push((name(""), state::array::<Int64Type>(v)));
-                if !ts.is_empty() {
+                if let Some(ts) = ts {
                     out.push((name("_ts"), state::array::<Int64Type>(ts)));
                 }
             }
             Gather::Float(v, ts) => {
                 out.push((name(""), state::array::<Float64Type>(v)));
-                if !ts.is_empty() {
+                if let Some(ts) = ts {
                     out.push((name("_ts"), state::array::<Int64Type>(ts)));
                 }
             }
@@ -781,9 +903,24 @@ impl Gather {
     }
 }
 
+/// An empty gather for each state column of `layout`.
+fn gathers(layout: &[StateCol]) -> Vec<Gather> {
+    layout.iter().map(|&c| Gather::new(c)).collect()
+}
+
+/// The columns of a state batch: the keys, then the gathered state columns.
+fn state_columns(keys: Vec<u32>, gathers: Vec<Gather>) -> Vec<(String, ArrayRef)> {
+    let mut columns = vec![("key".to_string(), state::array::<UInt32Type>(keys))];
+    for (j, g) in gathers.into_iter().enumerate() {
+        g.columns(j, &mut columns);
+    }
+    columns
+}
+
 /// The source of one state column in a state batch.
 enum Scatter<'a> {
     Count(&'a [u64]),
+    Rows(&'a [u64], [&'a [f64]; 3]),
     Int(&'a [i64], Option<&'a [i64]>),
     Float(&'a [f64], Option<&'a [i64]>),
     Triple([&'a [f64]; 3]),
@@ -816,9 +953,11 @@ fn scatter(
         StateCol::Typed(_, _, Domain::F64) => {
             Scatter::Float(state::values::<Float64Type>(batch, &name(""))?, ts)
         }
-        StateCol::FloatStats(_) | StateCol::Moments(_) => {
-            Scatter::Triple([floats(0)?, floats(1)?, floats(2)?])
-        }
+        StateCol::RowStats(_) => Scatter::Rows(
+            state::values::<UInt64Type>(batch, &name(""))?,
+            [floats(0)?, floats(1)?, floats(2)?],
+        ),
+        StateCol::Moments(_) => Scatter::Triple([floats(0)?, floats(1)?, floats(2)?]),
         StateCol::Distinct(_) => Scatter::Distinct(state::binary(batch, &name(""))?),
     };
     for (r, &(p, i)) in at.iter().enumerate() {
@@ -832,7 +971,12 @@ fn scatter(
                 t.v[i] = v[r];
                 ts.inspect(|ts| t.ts[i] = ts[r]);
             }
-            (Acc::Stats(x), Scatter::Triple(v)) => x[i] = [v[0][r], v[1][r], v[2][r]],
+            (Acc::Rows(x), Scatter::Rows(n, v)) => {
+                x[i] = StatsRow {
+                    n: n[r],
+                    s: [v[0][r], v[1][r], v[2][r]],
+                }
+            }
             (Acc::Moments(m), Scatter::Triple(v)) => {
                 m[i] = Moments {
                     n: v[0][r],
@@ -869,20 +1013,25 @@ impl CpuBackend {
     /// A backend for these aggregates with `threads` worker threads (rayon's pool);
     /// keys are split into the next power of two of partitions.
     pub fn new(aggs: &[AggSpec], threads: usize) -> Self {
-        let mut layout = vec![StateCol::Rows];
+        // Sum, min and max of the first float column asked for at least two of them live
+        // in the row count's array, beside the count: one cache line per event for all
+        // four. (One of them alone keeps an array of its own: half the memory.)
+        let asked =
+            |c: usize, f: &[AggFn]| aggs.iter().any(|a| a.column == c && f.contains(&a.func));
+        let groups: [&[AggFn]; 3] = [&[AggFn::Sum, AggFn::Avg], &[AggFn::Min], &[AggFn::Max]];
+        let in_rows = aggs
+            .iter()
+            .find(|a| {
+                a.domain == Domain::F64 && groups.iter().filter(|f| asked(a.column, f)).count() >= 2
+            })
+            .map(|a| a.column);
+        let mut layout = vec![in_rows.map_or(StateCol::Rows, StateCol::RowStats)];
         let mut slot = |c: StateCol| match layout.iter().position(|&l| l == c) {
             Some(i) => i,
             None => {
                 layout.push(c);
                 layout.len() - 1
             }
-        };
-        // Sum, min and max of a float column live side by side when at least two of them
-        // are asked for: one cache line for all three instead of one each.
-        let stats = |c: usize, d: Domain| {
-            let asked = |f: &[AggFn]| aggs.iter().any(|a| a.column == c && f.contains(&a.func));
-            let groups: [&[AggFn]; 3] = [&[AggFn::Sum, AggFn::Avg], &[AggFn::Min], &[AggFn::Max]];
-            d == Domain::F64 && groups.iter().filter(|f| asked(f)).count() >= 2
         };
         let evals = aggs
             .iter()
@@ -891,10 +1040,9 @@ impl CpuBackend {
                 let (count, state) = match a.func {
                     AggFn::CountRows => (0, None),
                     AggFn::Count => (slot(StateCol::NonNull(c)), None),
-                    AggFn::Sum | AggFn::Avg | AggFn::Min | AggFn::Max if stats(c, d) => (
-                        slot(StateCol::NonNull(c)),
-                        Some(slot(StateCol::FloatStats(c))),
-                    ),
+                    AggFn::Sum | AggFn::Avg | AggFn::Min | AggFn::Max if in_rows == Some(c) => {
+                        (slot(StateCol::NonNull(c)), Some(0))
+                    }
                     AggFn::Sum | AggFn::Avg => (
                         slot(StateCol::NonNull(c)),
                         Some(slot(StateCol::Typed(Op::Sum, c, d))),
@@ -940,6 +1088,17 @@ impl CpuBackend {
 
     /// A pane's state from a batch that `export_pane` wrote (of any partition count).
     fn parts_from(&self, batch: &RecordBatch) -> crate::Result<Vec<Part>> {
+        let expected: Vec<String> = state_columns(Vec::new(), gathers(&self.layout))
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        let schema = batch.schema();
+        let found: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+        if found != expected.iter().collect::<Vec<_>>() {
+            return Err(Error::BadState(format!(
+                "expected the columns {expected:?}, found {found:?}"
+            )));
+        }
         let keys = state::values::<UInt32Type>(batch, "key")?;
         let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
         let at: Vec<(usize, usize)> = keys
@@ -994,9 +1153,6 @@ impl CpuBackend {
             part.materialize(
                 |i| matches!(layout[i], StateCol::NonNull(c) if ev.columns[c].valid.is_some()),
             );
-            if fused(part, layout, ev, sel, shift) {
-                return;
-            }
             for (acc, &col) in part.accs.iter_mut().zip(layout) {
                 acc.update(col, ev, sel, shift);
             }
@@ -1031,37 +1187,6 @@ impl CpuBackend {
                 .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
         }
     }
-}
-
-/// The common case in one loop: row count plus the `[sum, min, max]` of one float column
-/// without nulls (non-null counts are the row count): two cache lines per event. Returns
-/// false, doing nothing, for any other state.
-fn fused(part: &mut Part, layout: &[StateCol], ev: &Events<'_>, sel: Sel<'_>, shift: u32) -> bool {
-    let (mut rows, mut stats) = (None, None);
-    for (acc, &col) in part.accs.iter_mut().zip(layout) {
-        match (acc, col) {
-            (Acc::Count(c), StateCol::Rows) => rows = Some(&mut c[..]),
-            (Acc::SameAsRows, StateCol::NonNull(_)) => {}
-            (Acc::Stats(v), StateCol::FloatStats(i))
-                if stats.is_none() && ev.columns[i].valid.is_none() =>
-            {
-                let Values::F64(x) = ev.columns[i].values else {
-                    return false;
-                };
-                stats = Some((&mut v[..], x));
-            }
-            _ => return false,
-        }
-    }
-    match (rows, stats) {
-        (Some(rows), Some((stats, x))) => each(sel, ev.keys, shift, |r, k| {
-            rows[k] += 1;
-            stats_push(&mut stats[k], x[r]);
-        }),
-        (Some(rows), None) => each(sel, ev.keys, shift, |_, k| rows[k] += 1),
-        _ => return false,
-    }
-    true
 }
 
 /// Groups rows by pane. The common case, one pane, needs no row lists at all.
@@ -1196,11 +1321,9 @@ impl Backend for CpuBackend {
                 let combined = &mut self.window;
                 let mut order: Vec<(u32, usize, usize)> = Vec::new();
                 for (p, acc) in combined.iter().enumerate() {
-                    for (i, &n) in acc.rows().iter().enumerate().skip(acc.lo) {
-                        if n > 0 {
-                            order.push((((i as u32) << shift) | p as u32, p, i));
-                        }
-                    }
+                    acc.rows().each_nonzero(acc.lo, |i| {
+                        order.push((((i as u32) << shift) | p as u32, p, i))
+                    });
                 }
                 if parts > 1 {
                     order.sort_unstable_by_key(|o| o.0);
@@ -1226,7 +1349,7 @@ impl Backend for CpuBackend {
             Keys::Only(only) => {
                 let mut at = Vec::new();
                 for (s, (acc, &key)) in singles.iter().zip(only).enumerate() {
-                    if acc.rows()[0] > 0 {
+                    if acc.rows().get(0) > 0 {
                         rows.keys.push(key);
                         at.push((s, 0));
                     }
@@ -1281,7 +1404,7 @@ impl Backend for CpuBackend {
         };
         let shift = self.shift;
         let mut keys = Vec::new();
-        let mut gathers: Vec<Gather> = self.layout.iter().map(|&c| Gather::new(c)).collect();
+        let mut gathers = gathers(&self.layout);
         for (p, part) in parts.iter_mut().enumerate() {
             part.refresh_present();
             for &i in &part.present {
@@ -1294,11 +1417,7 @@ impl Backend for CpuBackend {
         if keys.is_empty() {
             return Ok(None);
         }
-        let mut columns = vec![("key".to_string(), state::array::<UInt32Type>(keys))];
-        for (j, g) in gathers.into_iter().enumerate() {
-            g.columns(j, &mut columns);
-        }
-        state::batch(columns).map(Some)
+        state::batch(state_columns(keys, gathers)).map(Some)
     }
 
     fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {

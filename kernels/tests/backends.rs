@@ -47,7 +47,7 @@ fn all_aggs(distinct: bool) -> Vec<AggSpec> {
     aggs
 }
 
-/// Count plus sum/min/max/avg of one float column: the CPU's fused kernel's shape.
+/// Count plus sum/min/max/avg of one float column: one state row a key on the CPU.
 fn fused_aggs() -> Vec<AggSpec> {
     let mut aggs = vec![spec(AggFn::CountRows, 0, Domain::I64)];
     aggs.extend(
@@ -60,7 +60,7 @@ fn fused_aggs() -> Vec<AggSpec> {
 fn aggs_for(seed: u64, distinct: bool) -> Vec<AggSpec> {
     match seed % 4 {
         3 => fused_aggs(),
-        // One of sum/min/max of the float column: kept on its own, not side by side.
+        // One of sum/min/max of the float column: in an array of its own, not in the rows.
         1 => vec![
             spec(AggFn::CountRows, 0, Domain::I64),
             spec(
