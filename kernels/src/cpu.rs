@@ -633,6 +633,20 @@ impl Part {
         }
     }
 
+    /// Whether a merge visits this pane at its `present` keys only, not whole.
+    fn sparse(&self) -> bool {
+        self.present.len() * SPARSE_RATIO < self.len()
+    }
+
+    /// Makes the `present` list current where a merge reads it: a pane last listed as
+    /// dense stays dense while events only add keys, and is merged whole. (Hop windows
+    /// merge a pane again after late events changed it: a rescan of every key each time.)
+    fn refresh_if_sparse(&mut self) {
+        if self.present_at.is_none() || self.sparse() {
+            self.refresh_present();
+        }
+    }
+
     /// Merges a later pane at the keys it holds only (its `present` list must be current).
     fn merge_present(&mut self, src: &Part) {
         self.materialize(|i| matches!(src.accs[i], Acc::Count(_)));
@@ -663,6 +677,7 @@ impl Part {
     /// Empties the state and sizes it for `n` keys, keeping the memory it has.
     fn reset(&mut self, layout: &[StateCol], n: usize) {
         self.version += 1;
+        self.present_at = None;
         self.lo = usize::MAX;
         for (a, &col) in self.accs.iter_mut().zip(layout) {
             if let StateCol::NonNull(_) = col {
@@ -1265,7 +1280,7 @@ impl Backend for CpuBackend {
                 .range_mut(panes.clone())
                 .flat_map(|(_, p)| p.iter_mut())
             {
-                part.refresh_present();
+                part.refresh_if_sparse();
             }
         }
         let mut ids: Vec<i64> = self.panes.range(panes.clone()).map(|(&j, _)| j).collect();
@@ -1312,7 +1327,7 @@ impl Backend for CpuBackend {
                 Keys::All => self.window.par_iter_mut().zip(src).for_each(|(acc, src)| {
                     acc.grow(src.len());
                     acc.lo = acc.lo.min(src.lo);
-                    if src.present.len() * SPARSE_RATIO < src.len() {
+                    if src.sparse() {
                         acc.merge_present(src);
                     } else {
                         acc.merge_all(src);
