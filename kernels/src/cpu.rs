@@ -3,8 +3,10 @@
 //!
 //! A pane holds one state array per *state column* (row count, non-null count, sum, min,
 //! max, moments, first, last), shared by the aggregates that need it (`sum` and `avg` of a
-//! column share its sum). Keys are split into `2^k` partitions by their low bits; a
-//! partition owns local keys `key >> k` of every array, so threads never share state.
+//! column share its sum). The row count and the sum, min and max of one float column share
+//! a 32-byte row per key when a job asks for two of them or more: one cache line an event.
+//! Keys are split into `2^k` partitions by their low bits; a partition owns local keys
+//! `key >> k` of every array, so threads never share state.
 //! Combining a window merges its panes array by array, then evaluates keys that had rows.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,6 +25,9 @@ use crate::{Backend, Keys};
 
 /// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
 const SPARSE_RATIO: usize = 4;
+
+/// Segments smaller than this are updated on the calling thread.
+const PARALLEL_MIN_ROWS: usize = 1 << 15;
 
 /// How many events ahead the update loop prefetches its state row.
 const PREFETCH: usize = 32;
@@ -44,9 +49,6 @@ fn prefetch<T>(p: *const T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
-
-/// Segments smaller than this are updated on the calling thread.
-const PARALLEL_MIN_ROWS: usize = 1 << 15;
 
 /// What one state array accumulates. State column 0 is always the row count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
