@@ -1123,7 +1123,7 @@ impl CpuBackend {
             .collect();
         let schema = batch.schema();
         let found: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
-        if found != expected.iter().collect::<Vec<_>>() {
+        if !found.iter().copied().eq(&expected) {
             return Err(Error::BadState(format!(
                 "expected the columns {expected:?}, found {found:?}"
             )));
