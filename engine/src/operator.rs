@@ -229,7 +229,9 @@ impl WindowOperator {
             });
         }
         let agg_types: Vec<OutType> = specs.iter().map(AggSpec::output).collect();
-        let backend = backend(&specs)?;
+        let mut backend = backend(&specs)?;
+        // Overlapping windows (hop, cumulate) share blocks of panes folded once.
+        backend.set_fold_block(panes_kernels::fold_block(job.window.panes_per_window()));
 
         let mut fields: Vec<Field> = key_fields
             .iter()

@@ -96,6 +96,15 @@ impl WindowSpec {
         self.session.then_some(self.pane)
     }
 
+    /// The panes of the longest window (a session: 1, its panes vary).
+    pub fn panes_per_window(&self) -> i64 {
+        if self.session {
+            1
+        } else {
+            self.size / self.pane
+        }
+    }
+
     /// Pane length in ms.
     pub fn pane_len(&self) -> i64 {
         self.pane

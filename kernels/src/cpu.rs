@@ -7,8 +7,12 @@
 //! a 32-byte row per key when a job asks for two of them or more: one cache line an event.
 //! Keys are split into `2^k` partitions by their low bits; a partition owns local keys
 //! `key >> k` of every array, so threads never share state.
-//! Combining a window merges its panes array by array, then evaluates keys that had rows.
+//! Combining a window merges its panes array by array, in the order of
+//! [`crate::fold_plan`], then evaluates keys that had rows. The fold of each block of panes
+//! in that plan is kept while its panes are held: overlapping windows merge it instead of
+//! its panes, and events that reach one of its panes later are folded into it key by key.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 
@@ -21,7 +25,7 @@ use arrow::datatypes::{Float64Type, Int64Type, UInt32Type, UInt64Type};
 use crate::error::Error;
 use crate::events::{Events, OutColumn, Values, WindowRows};
 use crate::state;
-use crate::{Backend, Keys};
+use crate::{Backend, Keys, fold_plan};
 
 /// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
 const SPARSE_RATIO: usize = 4;
@@ -635,9 +639,10 @@ impl Part {
         }
     }
 
-    /// Whether a merge visits this pane at its `present` keys only, not whole.
+    /// Whether a merge visits this pane at its `present` keys only, not whole (never
+    /// when the keys are not listed).
     fn sparse(&self) -> bool {
-        self.present.len() * SPARSE_RATIO < self.len()
+        self.present_at.is_some() && self.present.len() * SPARSE_RATIO < self.len()
     }
 
     /// Makes the `present` list current where a merge reads it: a pane last listed as
@@ -1034,8 +1039,13 @@ pub struct CpuBackend {
     pool: Vec<Vec<Part>>,
     /// The window being combined, one state per partition, reused between windows.
     window: Vec<Part>,
+    /// The folds of blocks of panes (see [`crate::fold_plan`]) that hop windows share, by
+    /// pane range; dropped when one of their panes changes or is evicted.
+    blocks: BTreeMap<(i64, i64), Vec<Part>>,
     /// Per-partition row lists, reused between updates.
     scratch: Vec<Vec<u32>>,
+    /// The block length of [`fold_plan`].
+    fold_block: i64,
 }
 
 impl CpuBackend {
@@ -1106,8 +1116,10 @@ impl CpuBackend {
             evals,
             shift: parts.trailing_zeros(),
             panes: BTreeMap::new(),
+            blocks: BTreeMap::new(),
             pool: Vec::new(),
             scratch: vec![Vec::new(); parts],
+            fold_block: 1,
         }
     }
 
@@ -1147,6 +1159,58 @@ impl CpuBackend {
         Ok(parts)
     }
 
+    /// Forgets the block folds that hold any of the panes `panes`.
+    fn forget_blocks(&mut self, panes: Range<i64>) {
+        if !self.blocks.is_empty() {
+            self.blocks
+                .retain(|&(start, end), _| end <= panes.start || start >= panes.end);
+        }
+    }
+
+    /// Brings the block folds that hold `pane` up to date after the rows `sel` changed it
+    /// (events late for a window that fired, on time for later ones). When few keys
+    /// changed, the block's panes are folded again at each changed key, in the same order;
+    /// otherwise the block is dropped, and the next window that needs it folds it anew.
+    fn patch_blocks(&mut self, pane: i64, keys: &[u32], sel: Sel<'_>) {
+        if self.blocks.is_empty() {
+            return;
+        }
+        let n = match sel {
+            Sel::All(n) => n,
+            Sel::Rows(rows) => rows.len(),
+        };
+        let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
+        let panes = &self.panes;
+        self.blocks.retain(|&(start, end), block| {
+            if !(start..end).contains(&pane) {
+                return true;
+            }
+            if n * SPARSE_RATIO >= block.iter().map(Part::len).sum() {
+                return false;
+            }
+            each(sel, keys, 0, |_, key| {
+                let (p, i) = ((key as u32 & mask) as usize, key >> shift);
+                let part = &mut block[p];
+                part.grow(i + 1);
+                part.lo = part.lo.min(i);
+                let was = part.rows().get(i);
+                part.clear_key(i);
+                for src in panes.range(start..end).map(|(_, s)| &s[p]) {
+                    if i < src.len() {
+                        part.merge_key(i, src, i);
+                    }
+                }
+                if part.present_at.is_some() {
+                    if was == 0 && part.rows().get(i) > 0 {
+                        part.present.push(i as u32);
+                    }
+                    part.present_at = Some(part.version);
+                }
+            });
+            true
+        });
+    }
+
     /// Updates one pane with the selected rows.
     fn update_pane(&mut self, pane: i64, ev: &Events<'_>, sel: Sel<'_>, keys: (u32, u32)) {
         let (min_key, max_key) = keys;
@@ -1160,10 +1224,8 @@ impl CpuBackend {
             .map_or(vec![0; parts], |(_, p)| p.iter().map(Part::len).collect());
         let pool = &mut self.pool;
         let state = self.panes.entry(pane).or_insert_with(|| {
-            let mut new = pool.pop().unwrap_or_else(|| vec![Part::new(layout); parts]);
-            new.iter_mut()
-                .zip(known)
-                .for_each(|(p, n)| p.reset(layout, n));
+            let mut new = reuse(pool, layout, parts);
+            new.iter_mut().zip(known).for_each(|(p, n)| p.grow(n));
             new
         });
         for (p, part) in state.iter_mut().enumerate() {
@@ -1218,6 +1280,44 @@ impl CpuBackend {
     }
 }
 
+/// Empty state of `parts` partitions for a pane or a block: an evicted one when the pool
+/// has one (its memory is reused, no fresh pages to fault in).
+fn reuse(pool: &mut Vec<Vec<Part>>, layout: &[StateCol], parts: usize) -> Vec<Part> {
+    match pool.pop() {
+        Some(mut state) => {
+            state.iter_mut().for_each(|p| p.reset(layout, 0));
+            state
+        }
+        None => vec![Part::new(layout); parts],
+    }
+}
+
+/// Merges a later state (a pane's or a block's, one state per partition) into `acc`: whole
+/// partitions for `Keys::All` (a sparse one at its listed keys only), or one single-key
+/// state per key asked for.
+fn fold_into(acc: &mut [Part], src: &[Part], keys: Keys<'_>, shift: u32) {
+    match keys {
+        Keys::All => acc.par_iter_mut().zip(src).for_each(|(acc, src)| {
+            acc.grow(src.len());
+            acc.lo = acc.lo.min(src.lo);
+            if src.sparse() {
+                acc.merge_present(src);
+            } else {
+                acc.merge_all(src);
+            }
+        }),
+        Keys::Only(only) => {
+            let mask = (src.len() - 1) as u32;
+            for (acc, &key) in acc.iter_mut().zip(only) {
+                let (p, i) = ((key & mask) as usize, (key >> shift) as usize);
+                if i < src[p].len() {
+                    acc.merge_key(0, &src[p], i);
+                }
+            }
+        }
+    }
+}
+
 /// Groups rows by pane. The common case, one pane, needs no row lists at all.
 fn group_by_pane(panes: &[i64]) -> Vec<(i64, Vec<u32>)> {
     let mut groups: Vec<(i64, Vec<u32>)> = Vec::new();
@@ -1241,6 +1341,12 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    /// Also forgets the block folds kept so far, which were of other blocks.
+    fn set_fold_block(&mut self, block: i64) {
+        self.fold_block = block;
+        self.blocks.clear();
+    }
+
     fn update(&mut self, ev: &Events<'_>) -> crate::Result<()> {
         let Some(&first) = ev.panes.first() else {
             return Ok(());
@@ -1251,10 +1357,12 @@ impl Backend for CpuBackend {
             .fold((u32::MAX, 0), |(lo, hi), &k| (lo.min(k), hi.max(k)));
         if ev.panes.iter().all(|&p| p == first) {
             self.update_pane(first, ev, Sel::All(ev.len()), keys);
+            self.patch_blocks(first, ev.keys, Sel::All(ev.len()));
             return Ok(());
         }
         for (pane, rows) in group_by_pane(ev.panes) {
             self.update_pane(pane, ev, Sel::Rows(&rows), keys);
+            self.patch_blocks(pane, ev.keys, Sel::Rows(&rows));
         }
         Ok(())
     }
@@ -1265,8 +1373,10 @@ impl Backend for CpuBackend {
         })
     }
 
-    /// Merges the window's panes one at a time, in pane order, reading each spilled pane
-    /// back only while it is merged: a window needs one pane of memory beyond what is held.
+    /// Merges the window's panes one at a time in the order of [`crate::fold_plan`],
+    /// reading each spilled pane back only while it is merged: a window needs one pane of
+    /// memory beyond what is held, and one more for a block. A block's fold is kept for the
+    /// next windows when all its panes are held.
     fn combine_spilled(
         &mut self,
         panes: Range<i64>,
@@ -1299,52 +1409,83 @@ impl Backend for CpuBackend {
         if ids.is_empty() {
             return Ok(rows);
         }
-        let mask = (parts - 1) as u32;
         // Keys::Only: one single-key state per key asked for.
-        let mut singles: Vec<Part> = match keys {
-            Keys::All => Vec::new(),
-            Keys::Only(only) => {
-                let mut acc = Part::new(&self.layout);
-                acc.grow(1);
-                vec![acc; only.len()]
-            }
+        let single = |n: usize| {
+            let mut acc = Part::new(&self.layout);
+            acc.grow(1);
+            vec![acc; n]
         };
-        for &j in &ids {
-            let loaded;
-            let src: &Vec<Part> = match self.panes.get(&j) {
-                Some(held) => held,
-                None => {
-                    let mut state = self.parts_from(&load(j)?)?;
-                    if matches!(keys, Keys::All) {
-                        state.iter_mut().for_each(Part::refresh_present);
-                    }
-                    loaded = state;
-                    &loaded
-                }
+        let mut singles = match keys {
+            Keys::All => Vec::new(),
+            Keys::Only(only) => single(only.len()),
+        };
+        let mut window = std::mem::take(&mut self.window);
+        let acc = match keys {
+            Keys::All => &mut window,
+            Keys::Only(_) => &mut singles,
+        };
+        let mut kept = Vec::new();
+        let mut pool = std::mem::take(&mut self.pool);
+        let this = &*self;
+        let mut source = |j: i64| -> crate::Result<Cow<'_, [Part]>> {
+            if let Some(held) = this.panes.get(&j) {
+                return Ok(Cow::Borrowed(held));
+            }
+            let mut state = this.parts_from(&load(j)?)?;
+            if matches!(keys, Keys::All) {
+                state.iter_mut().for_each(Part::refresh_present);
+            }
+            Ok(Cow::Owned(state))
+        };
+        for seg in fold_plan(panes, self.fold_block) {
+            let at = ids.partition_point(|&j| j < seg.start)..ids.partition_point(|&j| j < seg.end);
+            let in_seg = &ids[at];
+            if let [j] = in_seg {
+                fold_into(acc, &source(*j)?, keys, shift);
+                continue;
+            }
+            if in_seg.is_empty() {
+                continue;
+            }
+            if let Some(block) = this.blocks.get(&(seg.start, seg.end)) {
+                fold_into(acc, block, keys, shift);
+                continue;
+            }
+            // The block's own fold: of whole partitions for `Keys::All`, else of one
+            // single-key state per key asked for, which then merge into `acc` one to one.
+            let mut block = match keys {
+                Keys::All => reuse(&mut pool, &this.layout, parts),
+                Keys::Only(only) => single(only.len()),
             };
-            match keys {
-                // The window state is empty before the first pane (cleared key by key
-                // after the last window). A pane that holds few of the keys is merged at
-                // those keys only.
-                Keys::All => self.window.par_iter_mut().zip(src).for_each(|(acc, src)| {
-                    acc.grow(src.len());
-                    acc.lo = acc.lo.min(src.lo);
-                    if src.sparse() {
-                        acc.merge_present(src);
-                    } else {
-                        acc.merge_all(src);
-                    }
-                }),
-                Keys::Only(only) => {
-                    for (acc, &key) in singles.iter_mut().zip(only) {
-                        let (p, i) = ((key & mask) as usize, (key >> shift) as usize);
-                        if i < src[p].len() {
-                            acc.merge_key(0, &src[p], i);
-                        }
+            // A block whose panes are all sparse in a partition lists their keys there.
+            let mut listed: Vec<Option<Vec<u32>>> = vec![Some(Vec::new()); parts];
+            for &j in in_seg {
+                let src = source(j)?;
+                fold_into(&mut block, &src, keys, shift);
+                for (list, src) in listed.iter_mut().zip(src.iter()) {
+                    match list {
+                        Some(l) if src.sparse() => l.extend(&src.present),
+                        _ => *list = None,
                     }
                 }
+            }
+            fold_into(acc, &block, Keys::All, shift);
+            if matches!(keys, Keys::All) && in_seg.iter().all(|j| this.panes.contains_key(j)) {
+                for (part, list) in block.iter_mut().zip(listed) {
+                    if let Some(mut list) = list {
+                        list.sort_unstable();
+                        list.dedup();
+                        part.present = list;
+                        part.present_at = Some(part.version);
+                    }
+                }
+                kept.push((seg, block));
             }
         }
+        self.blocks
+            .extend(kept.into_iter().map(|(seg, b)| ((seg.start, seg.end), b)));
+        self.window = window;
+        self.pool = pool;
         match keys {
             Keys::All => {
                 let combined = &mut self.window;
@@ -1390,6 +1531,7 @@ impl Backend for CpuBackend {
     }
 
     fn clear_key(&mut self, panes: Range<i64>, key: u32) -> crate::Result<()> {
+        self.forget_blocks(panes.clone());
         let mask = (self.parts() - 1) as u32;
         let (p, i) = ((key & mask) as usize, (key >> self.shift) as usize);
         for (_, parts) in self.panes.range_mut(panes) {
@@ -1403,18 +1545,23 @@ impl Backend for CpuBackend {
     fn evict_before(&mut self, pane: i64) {
         let kept = self.panes.split_off(&pane);
         let evicted = std::mem::replace(&mut self.panes, kept);
+        let kept = self.blocks.split_off(&(pane, i64::MIN));
+        let blocks = std::mem::replace(&mut self.blocks, kept);
         // Keep a few for reuse; a pane is a few arrays of the key count.
         self.pool.extend(
             evicted
                 .into_values()
+                .chain(blocks.into_values())
                 .take(4usize.saturating_sub(self.pool.len())),
         );
     }
 
-    /// Pane state, plus the window state that combines reuse and the pool of evicted panes.
+    /// Pane state, plus the window state that combines reuse, the block folds and the pool
+    /// of evicted panes.
     fn state_bytes(&self) -> usize {
         self.panes
             .values()
+            .chain(self.blocks.values())
             .chain(&self.pool)
             .flatten()
             .chain(&self.window)
@@ -1451,13 +1598,16 @@ impl Backend for CpuBackend {
 
     fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {
         let parts = self.parts_from(batch)?;
+        self.forget_blocks(pane..pane + 1);
         self.panes.insert(pane, parts);
         Ok(())
     }
 
-    /// Frees a pane, and the pool of evicted ones: panes are dropped to save memory.
+    /// Frees a pane, the block folds that hold it and the pool of evicted panes: panes are
+    /// dropped to save memory.
     fn drop_pane(&mut self, pane: i64) {
         self.panes.remove(&pane);
+        self.forget_blocks(pane..pane + 1);
         self.pool.clear();
     }
 }

@@ -37,6 +37,41 @@ pub enum Keys<'a> {
     Only(&'a [u32]),
 }
 
+/// The order in which every backend folds a window's panes, as consecutive ranges: left to
+/// right, except that each aligned block of `block` panes (those `j` with the same
+/// `j.div_euclid(block)`) lying wholly inside the window is folded on its own first, then
+/// into the window. Float sums depend on the order of their additions, and every backend
+/// follows this plan, so their results agree to the bit. A `block` of 1 folds pane by pane.
+///
+/// Overlapping windows share their blocks, so a backend that keeps each block's fold
+/// merges about `n / block + block` states per window of `n` panes instead of `n`.
+pub fn fold_plan(panes: Range<i64>, block: i64) -> Vec<Range<i64>> {
+    let block = block.max(1);
+    let mut plan = Vec::new();
+    let mut j = panes.start;
+    while j < panes.end {
+        let step = if j.rem_euclid(block) == 0 && panes.end - j >= block {
+            block
+        } else {
+            1
+        };
+        plan.push(j..j + step);
+        j += step;
+    }
+    plan
+}
+
+/// The block length of [`fold_plan`] for a job whose windows span up to `panes` panes:
+/// about its square root, which minimizes the merges per window, and no blocks for
+/// windows under 8 panes (where they would save little and cost a state each).
+pub fn fold_block(panes: i64) -> i64 {
+    if panes < 8 {
+        1
+    } else {
+        (panes as f64).sqrt().round() as i64
+    }
+}
+
 /// A data-plane backend: pane state plus the kernels that update and combine it.
 ///
 /// The engine guarantees that events reach `update` in stream order and that a pane is
@@ -50,7 +85,12 @@ pub trait Backend: Send {
     }
     /// Aggregates a segment of events into the state of their panes.
     fn update(&mut self, events: &Events<'_>) -> Result<()>;
-    /// Combines panes `panes` per key into one row per key with data, keys ascending.
+    /// Folds windows in blocks of `block` panes from now on (see [`fold_plan`]; 1, the
+    /// default, folds pane by pane). Every backend of a job must be given the same length
+    /// for their results to agree to the bit.
+    fn set_fold_block(&mut self, block: i64);
+    /// Combines panes `panes` per key into one row per key with data, keys ascending,
+    /// folding them in the order of [`fold_plan`].
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows>;
     /// Frees the state of every pane before `pane`.
     fn evict_before(&mut self, pane: i64);
@@ -90,5 +130,39 @@ pub trait Backend: Send {
         let rows = self.combine(panes, keys);
         spilled.iter().for_each(|&j| self.drop_pane(j));
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fold_block, fold_plan};
+
+    #[test]
+    fn a_plan_covers_the_window_with_its_aligned_blocks() {
+        // 15 panes: blocks of 4, aligned to multiples of 4.
+        assert_eq!(fold_block(15), 4);
+        assert_eq!(
+            fold_plan(1..16, 4),
+            vec![1..2, 2..3, 3..4, 4..8, 8..12, 12..16]
+        );
+        assert_eq!(fold_plan(-8..7, 4)[..3], [-8..-4, -4..0, 0..4]);
+        // Blocks of 1, and windows shorter than a block, fold pane by pane; an empty range
+        // folds nothing.
+        let singles = |r: std::ops::Range<i64>| r.map(|j| j..j + 1).collect::<Vec<_>>();
+        assert_eq!(fold_plan(5..10, 1), singles(5..10));
+        assert_eq!(fold_plan(5..8, 4), singles(5..8));
+        assert_eq!(fold_block(7), 1);
+        assert!(fold_plan(3..3, 4).is_empty());
+        for block in 1..9 {
+            for start in -20..20 {
+                for n in 0..70 {
+                    let plan = fold_plan(start..start + n, block);
+                    let covered: Vec<i64> = plan.iter().cloned().flatten().collect();
+                    assert_eq!(covered, (start..start + n).collect::<Vec<_>>());
+                    assert!(plan.iter().all(|r| r.end - r.start == 1
+                        || (r.end - r.start == block && r.start.rem_euclid(block) == 0)));
+                }
+            }
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! The reference backend: keeps every event of a (pane, key) as it came and folds them with
 //! plain scalar code when a window is combined. Slow and obviously correct: the oracle.
 //!
-//! Per pane it folds events in arrival order, then merges pane partials in pane order, the
-//! same association the fast backends use, so float results agree to the last bit.
+//! Per pane it folds events in arrival order, then merges pane partials in the order of
+//! [`crate::fold_plan`], the association the fast backends use, so float results agree to
+//! the last bit.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -34,6 +35,8 @@ struct Event {
 pub struct ReferenceBackend {
     aggs: Vec<AggSpec>,
     events: BTreeMap<(i64, u32), Vec<Event>>,
+    /// The block length of [`crate::fold_plan`].
+    fold_block: i64,
 }
 
 impl ReferenceBackend {
@@ -42,6 +45,7 @@ impl ReferenceBackend {
         ReferenceBackend {
             aggs,
             events: BTreeMap::new(),
+            fold_block: 1,
         }
     }
 }
@@ -56,50 +60,20 @@ fn scalar_at(col: &Column<'_>, i: usize) -> Option<Scalar> {
     })
 }
 
-/// Folds a sequence of values (in pane order, arrival order within a pane) for one
-/// aggregate, merging per-pane partials the way the fast backends do.
-fn fold<T: Value>(panes: &[Vec<(i64, T)>]) -> Option<Partial<T>> {
-    let mut acc: Option<Partial<T>> = None;
-    for pane in panes.iter().filter(|p| !p.is_empty()) {
-        let mut p = Partial::<T>::new();
-        for &(ts, x) in pane {
-            p.n += 1;
-            p.sum = p.sum.add(x);
-            p.min = agg::min(p.min, x);
-            p.max = agg::max(p.max, x);
-            p.moments.push(x.to_f64());
-            x.add_to(&mut p.distinct);
-            if p.first.is_none_or(|(t, _)| ts < t) {
-                p.first = Some((ts, x));
-            }
-            if p.last.is_none_or(|(t, _)| ts >= t) {
-                p.last = Some((ts, x));
-            }
-        }
-        acc = Some(match acc {
-            None => p,
-            Some(mut a) => {
-                a.n += p.n;
-                a.sum = a.sum.add(p.sum);
-                a.min = agg::min(a.min, p.min);
-                a.max = agg::max(a.max, p.max);
-                a.moments.merge(&p.moments);
-                a.distinct.merge(&p.distinct);
-                if p.first
-                    .is_some_and(|(t, _)| a.first.is_none_or(|(u, _)| t < u))
-                {
-                    a.first = p.first;
-                }
-                if p.last
-                    .is_some_and(|(t, _)| a.last.is_none_or(|(u, _)| t >= u))
-                {
-                    a.last = p.last;
-                }
-                a
-            }
-        });
-    }
-    acc
+/// Folds one aggregate's values of a window (per pane, in pane order; arrival order within
+/// a pane) the way the fast backends do: a partial per pane, then the partials merged as
+/// `plan` ([`crate::fold_plan`]) groups the panes.
+fn fold<T: Value>(panes: &[(i64, Vec<(i64, T)>)], plan: &[Range<i64>]) -> Option<Partial<T>> {
+    let segment = |j: i64| plan.partition_point(|r| r.end <= j);
+    panes
+        .chunk_by(|a, b| segment(a.0) == segment(b.0))
+        .filter_map(|seg| {
+            seg.iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(_, v)| Partial::of(v))
+                .reduce(Partial::merge)
+        })
+        .reduce(Partial::merge)
 }
 
 struct Partial<T> {
@@ -114,8 +88,9 @@ struct Partial<T> {
 }
 
 impl<T: Value> Partial<T> {
-    fn new() -> Self {
-        Partial {
+    /// The partial of one pane's values.
+    fn of(values: &[(i64, T)]) -> Self {
+        let mut p = Partial {
             n: 0,
             sum: T::ZERO,
             min: T::MIN_IDENTITY,
@@ -124,22 +99,60 @@ impl<T: Value> Partial<T> {
             distinct: Distinct::default(),
             first: None,
             last: None,
+        };
+        for &(ts, x) in values {
+            p.n += 1;
+            p.sum = p.sum.add(x);
+            p.min = agg::min(p.min, x);
+            p.max = agg::max(p.max, x);
+            p.moments.push(x.to_f64());
+            x.add_to(&mut p.distinct);
+            if p.first.is_none_or(|(t, _)| ts < t) {
+                p.first = Some((ts, x));
+            }
+            if p.last.is_none_or(|(t, _)| ts >= t) {
+                p.last = Some((ts, x));
+            }
         }
+        p
+    }
+
+    /// Merges the partial of later panes into this one.
+    fn merge(mut self, p: Self) -> Self {
+        self.n += p.n;
+        self.sum = self.sum.add(p.sum);
+        self.min = agg::min(self.min, p.min);
+        self.max = agg::max(self.max, p.max);
+        self.moments.merge(&p.moments);
+        self.distinct.merge(&p.distinct);
+        if p.first
+            .is_some_and(|(t, _)| self.first.is_none_or(|(u, _)| t < u))
+        {
+            self.first = p.first;
+        }
+        if p.last
+            .is_some_and(|(t, _)| self.last.is_none_or(|(u, _)| t >= u))
+        {
+            self.last = p.last;
+        }
+        self
     }
 }
 
 /// The non-null values of column `col`, with their event times, per pane.
 fn values_per_pane<T>(
-    per_pane: &[&Vec<Event>],
+    per_pane: &[(i64, &Vec<Event>)],
     col: usize,
     get: fn(Scalar) -> Option<T>,
-) -> Vec<Vec<(i64, T)>> {
+) -> Vec<(i64, Vec<(i64, T)>)> {
     per_pane
         .iter()
-        .map(|evs| {
-            evs.iter()
+        .map(|&(j, evs)| {
+            let values = evs
+                .iter()
                 .filter_map(|e| e.values[col].and_then(get).map(|x| (e.ts, x)))
-                .collect()
+                .collect();
+            (j, values)
         })
         .collect()
 }
@@ -147,11 +160,12 @@ fn values_per_pane<T>(
 /// Evaluates one aggregate over the non-null values of a window and appends it to `out`.
 fn evaluate<T: Value>(
     func: AggFn,
-    panes: &[Vec<(i64, T)>],
+    panes: &[(i64, Vec<(i64, T)>)],
+    plan: &[Range<i64>],
     out: &mut OutColumn,
     push: fn(&mut OutColumn, Option<T>),
 ) {
-    let p = fold(panes);
+    let p = fold(panes, plan);
     match func {
         AggFn::Count => out.push_i64(Some(p.map_or(0, |p| p.n as i64))),
         AggFn::ApproxCountDistinct => out.push_i64(Some(p.map_or(0, |p| p.distinct.estimate()))),
@@ -173,6 +187,10 @@ impl Backend for ReferenceBackend {
         "reference"
     }
 
+    fn set_fold_block(&mut self, block: i64) {
+        self.fold_block = block;
+    }
+
     fn update(&mut self, ev: &Events<'_>) -> crate::Result<()> {
         for i in 0..ev.len() {
             let values = ev.columns.iter().map(|c| scalar_at(c, i)).collect();
@@ -190,10 +208,11 @@ impl Backend for ReferenceBackend {
 
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> crate::Result<WindowRows> {
         // Gather each key's events per pane, in pane order.
-        let mut by_key: BTreeMap<u32, Vec<&Vec<Event>>> = BTreeMap::new();
-        for ((_, key), evs) in self.events.range((panes.start, 0)..(panes.end, 0)) {
-            by_key.entry(*key).or_default().push(evs);
+        let mut by_key: BTreeMap<u32, Vec<(i64, &Vec<Event>)>> = BTreeMap::new();
+        for ((j, key), evs) in self.events.range((panes.start, 0)..(panes.end, 0)) {
+            by_key.entry(*key).or_default().push((*j, evs));
         }
+        let plan = crate::fold_plan(panes, self.fold_block);
         if let Keys::Only(only) = keys {
             by_key.retain(|k, _| only.binary_search(k).is_ok());
         }
@@ -208,7 +227,7 @@ impl Backend for ReferenceBackend {
         for per_pane in by_key.values() {
             for (spec, out) in self.aggs.iter().zip(rows.columns.iter_mut()) {
                 if spec.func == AggFn::CountRows {
-                    out.push_i64(Some(per_pane.iter().map(|e| e.len() as i64).sum()));
+                    out.push_i64(Some(per_pane.iter().map(|e| e.1.len() as i64).sum()));
                     continue;
                 }
                 let col = spec.column;
@@ -218,14 +237,14 @@ impl Backend for ReferenceBackend {
                             Scalar::I(x) => Some(x),
                             Scalar::F(_) => None,
                         });
-                        evaluate(spec.func, &panes, out, |o, v| o.push_i64(v));
+                        evaluate(spec.func, &panes, &plan, out, |o, v| o.push_i64(v));
                     }
                     Domain::F64 => {
                         let panes = values_per_pane(per_pane, col, |s| match s {
                             Scalar::F(x) => Some(x),
                             Scalar::I(_) => None,
                         });
-                        evaluate(spec.func, &panes, out, |o, v| o.push_f64(v));
+                        evaluate(spec.func, &panes, &plan, out, |o, v| o.push_f64(v));
                     }
                 }
             }

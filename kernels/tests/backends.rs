@@ -7,7 +7,7 @@
 
 use panes_kernels::{
     AggFn, AggSpec, Backend, Column, CpuBackend, Domain, Events, GpuBackend, GpuOptions, Keys,
-    OutColumn, ReferenceBackend, Values, WindowRows,
+    OutColumn, ReferenceBackend, Values, WindowRows, fold_block,
 };
 
 use arrow::record_batch::RecordBatch;
@@ -92,6 +92,8 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
         } else {
             1 + rng.next() % 300
         };
+        // Every seventh seed: a longer stream over about 40 panes, for hop windows.
+        let long = seed % 7 == 3;
         // Every third seed: half the events on 16 hot keys.
         let hot = seed % 3 == 2;
         let keys: Vec<u32> = (0..n)
@@ -101,9 +103,10 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
             })
             .collect();
         let panes: Vec<i64> = (0..n)
-            .map(|i| match thin {
-                true => (rng.next() % 6) as i64,
-                false => (i / 500) as i64 + (rng.next() % 3) as i64,
+            .map(|i| match (thin, long) {
+                (true, _) => (rng.next() % 6) as i64,
+                (false, true) => (i * 40 / n) as i64 + (rng.next() % 3) as i64,
+                (false, false) => (i / 500) as i64 + (rng.next() % 3) as i64,
             })
             .collect();
         let ts: Vec<i64> = (0..n).map(|_| (rng.next() % 50) as i64).collect();
@@ -128,18 +131,14 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
         let fv: Vec<bool> = (0..n).map(|_| rng.next() % 7 != 0).collect();
         let float_valid = (seed % 2 == 0 || seed % 8 == 7).then_some(&fv[..]);
         let aggs = aggs_for(seed, distinct);
-        let mut reference = ReferenceBackend::new(aggs.clone());
+        let reference = ReferenceBackend::new(aggs.clone());
         let mut backends = make(&aggs);
-        let mut start = 0;
-        while start < n {
-            let end = match seed % 6 {
-                0 => start + 256,
-                _ => start + 1 + (rng.next() % 700) as usize,
-            }
-            .min(n);
+        // Sends events `start..end` to every backend, in panes `panes`.
+        let send = |backends: &mut Vec<Box<dyn Backend>>, panes: &[i64], start: usize| {
+            let end = start + panes.len();
             let ev = Events {
                 keys: &keys[start..end],
-                panes: &panes[start..end],
+                panes,
                 ts: &ts[start..end],
                 columns: &[
                     Column {
@@ -156,13 +155,26 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
                     },
                 ],
             };
-            reference.update(&ev).unwrap();
             for b in backends.iter_mut() {
                 b.update(&ev)
                     .unwrap_or_else(|e| panic!("seed {seed}: {}: {e}", b.name()));
             }
+        };
+        backends.insert(0, Box::new(reference));
+        // Blocks of 1 to 4 panes for the windows below.
+        let block = 1 + (seed % 4) as i64;
+        backends.iter_mut().for_each(|b| b.set_fold_block(block));
+        let mut start = 0;
+        while start < n {
+            let end = match seed % 6 {
+                0 => start + 256,
+                _ => start + 1 + (rng.next() % 700) as usize,
+            }
+            .min(n);
+            send(&mut backends, &panes[start..end], start);
             start = end;
         }
+        let mut reference = backends.remove(0);
         let max_pane = panes.iter().max().copied().unwrap_or(0);
         for window in [0..1, 0..3, 1..max_pane + 1, max_pane..max_pane + 1] {
             let want = reference.combine(window.clone(), Keys::All).unwrap();
@@ -189,6 +201,39 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
         for b in backends.iter_mut() {
             b.evict_before(2);
             assert_same(&want, &b.combine(0..4, Keys::All).unwrap(), seed, b.name());
+        }
+        if !long {
+            continue;
+        }
+        // Hop windows of 8 to 20 panes sliding one pane at a time, so that they share
+        // folded blocks of panes; between windows, late events reach a pane of the last
+        // window, and panes that no window needs any more are evicted.
+        backends.insert(0, reference);
+        let size = 8 + (rng.next() % 13) as i64;
+        let block = fold_block(size);
+        backends.iter_mut().for_each(|b| b.set_fold_block(block));
+        for last in 2..max_pane + size {
+            let window = last + 1 - size..last + 1;
+            let want = backends[0].combine(window.clone(), Keys::All).unwrap();
+            let only: Vec<u32> = want.keys.iter().copied().step_by(2).collect();
+            let want_only = backends[0]
+                .combine(window.clone(), Keys::Only(&only))
+                .unwrap();
+            for b in backends[1..].iter_mut() {
+                let got = b.combine(window.clone(), Keys::All).unwrap();
+                assert_same(&want, &got, seed, b.name());
+                let got = b.combine(window.clone(), Keys::Only(&only)).unwrap();
+                assert_same(&want_only, &got, seed, b.name());
+            }
+            if rng.next() % 3 == 0 {
+                let late = 1 + (rng.next() % 50) as usize;
+                let at = (rng.next() as usize) % (n - late.min(n) + 1);
+                let pane = window.start.max(2) + (rng.next() % size as u64) as i64;
+                send(&mut backends, &vec![pane; late.min(n - at)], at);
+            }
+            backends
+                .iter_mut()
+                .for_each(|b| b.evict_before(window.start - 1));
         }
     }
 }
@@ -244,11 +289,16 @@ fn cpu_equals_reference_on_random_segments() {
 struct RoundTrip {
     inner: Box<dyn Backend>,
     fresh: Box<dyn Fn() -> Box<dyn Backend> + Send>,
+    fold_block: i64,
 }
 
 impl Backend for RoundTrip {
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+    fn set_fold_block(&mut self, block: i64) {
+        self.fold_block = block;
+        self.inner.set_fold_block(block);
     }
     fn update(&mut self, events: &Events<'_>) -> panes_kernels::Result<()> {
         self.inner.update(events)
@@ -259,6 +309,7 @@ impl Backend for RoundTrip {
         keys: Keys<'_>,
     ) -> panes_kernels::Result<WindowRows> {
         let mut restored = (self.fresh)();
+        restored.set_fold_block(self.fold_block);
         for pane in self.inner.panes() {
             if let Some(state) = self.inner.export_pane(pane)? {
                 restored.import_pane(pane, &state)?;
@@ -299,10 +350,12 @@ fn exported_panes_restore_exactly() {
             Box::new(RoundTrip {
                 inner: Box::new(CpuBackend::new(aggs, 4)),
                 fresh: Box::new(move || Box::new(CpuBackend::new(&a, 1 + a.len() % 2 * 3))),
+                fold_block: 1,
             }),
             Box::new(RoundTrip {
                 inner: Box::new(ReferenceBackend::new(aggs.to_vec())),
                 fresh: Box::new(move || Box::new(ReferenceBackend::new(b.clone()))),
+                fold_block: 1,
             }),
         ]
     });
@@ -315,6 +368,7 @@ fn gpu_exported_panes_restore_exactly() {
         vec![Box::new(RoundTrip {
             inner: gpu(aggs, GpuOptions::default()),
             fresh: Box::new(move || gpu(&a, GpuOptions::default())),
+            fold_block: 1,
         })]
     });
 }

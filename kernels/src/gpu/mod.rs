@@ -28,7 +28,7 @@ use crate::agg::{AggFn, AggSpec, Domain, Moments};
 use crate::error::{Error, Result};
 use crate::events::{Events, OutColumn, Values, WindowRows};
 use crate::state;
-use crate::{Backend, Keys};
+use crate::{Backend, Keys, fold_plan};
 
 /// Knobs of the GPU backend. The defaults suit real use; tests shrink the limits to force
 /// the paths that split batches, state and dispatches.
@@ -219,6 +219,8 @@ pub struct GpuBackend {
     panes: BTreeMap<i64, PaneState>,
     ops: wgpu::Buffer,
     scratch: Scratch,
+    /// The block length of [`fold_plan`].
+    fold_block: i64,
 }
 
 impl GpuBackend {
@@ -243,6 +245,7 @@ impl GpuBackend {
                 poison: opts.poison,
                 ..Scratch::default()
             },
+            fold_block: 1,
         })
     }
 
@@ -501,9 +504,8 @@ impl GpuBackend {
     /// of the keys that saw events: (key ids, rows of `stride` words).
     fn combine_rows(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<(Vec<u32>, Vec<u32>)> {
         let stride = self.layout.stride as u64;
-        let present: Vec<i64> = self.panes.range(panes).map(|(p, _)| *p).collect();
         let (mut out_keys, mut out_rows) = (Vec::new(), Vec::new());
-        if present.is_empty() {
+        if self.panes.range(panes.clone()).next().is_none() {
             return Ok((out_keys, out_rows));
         }
         let ctx = "combining a window";
@@ -529,6 +531,7 @@ impl GpuBackend {
             let mut commands = Commands::default();
             let s = &mut self.scratch;
             let acc = s.get(gpu, "accumulator", len as u64 * stride * 4);
+            let block = s.get(gpu, "block accumulator", len as u64 * stride * 4);
             let groups = gpu.groups(n as u64, self.opts.max_groups);
             let blocks = s.get(gpu, "blocks", (groups.0 as u64 * groups.1 as u64 + 1) * 4);
             let list_buf = s.get(gpu, "key list", list.len() as u64 * 4);
@@ -548,10 +551,22 @@ impl GpuBackend {
                 ..self.params()
             };
             self.fill(&mut commands, &acc, 0..len);
-            for p in &present {
-                let group = gpu.bind(Kernel::Merge, &[&acc, &self.panes[p].chunks[c], &self.ops]);
-                let g = gpu.groups(len as u64, self.opts.max_groups);
+            let g = gpu.groups(len as u64, self.opts.max_groups);
+            let merge = |commands: &mut Commands, into: &wgpu::Buffer, from: &wgpu::Buffer| {
+                let group = gpu.bind(Kernel::Merge, &[into, from, &self.ops]);
                 commands.dispatch(Kernel::Merge, &group, g, base);
+            };
+            // Panes fold in the plan's order; a block with panes is folded on its own first.
+            for seg in fold_plan(panes.clone(), self.fold_block) {
+                let held: Vec<&wgpu::Buffer> =
+                    self.panes.range(seg).map(|(_, s)| &s.chunks[c]).collect();
+                if let [one] = held[..] {
+                    merge(&mut commands, &acc, one);
+                } else if !held.is_empty() {
+                    self.fill(&mut commands, &block, 0..len);
+                    held.iter().for_each(|h| merge(&mut commands, &block, h));
+                    merge(&mut commands, &acc, &block);
+                }
             }
             let emit = gpu.bind(
                 Kernel::EmitCount,
@@ -670,6 +685,10 @@ impl Backend for GpuBackend {
 
     fn describe(&self) -> String {
         format!("gpu on {}", self.gpu.adapter)
+    }
+
+    fn set_fold_block(&mut self, block: i64) {
+        self.fold_block = block;
     }
 
     fn update(&mut self, events: &Events<'_>) -> Result<()> {
