@@ -61,7 +61,8 @@ fn case(seed: u64) -> Case {
         * if rng.chance(30) {
             1
         } else {
-            [1, 2][rng.below(2) as usize]
+            // Up to 16 panes a window: windows of 8 or more fold blocks of panes.
+            [1, 2, 4][rng.below(3) as usize]
         };
     let cumulate = rng.chance(25);
     let (size, slide) = if rng.chance(40) && !cumulate {
