@@ -30,6 +30,10 @@ use crate::{Backend, Keys, fold_plan};
 /// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
 const SPARSE_RATIO: usize = 4;
 
+/// Segments whose runs of one pane average at least this many rows are updated run by
+/// run; others are grouped by pane first.
+const RUN_MIN_ROWS: usize = 64;
+
 /// Segments smaller than this are updated on the calling thread.
 const PARALLEL_MIN_ROWS: usize = 1 << 15;
 
@@ -1348,16 +1352,27 @@ impl Backend for CpuBackend {
     }
 
     fn update(&mut self, ev: &Events<'_>) -> crate::Result<()> {
-        let Some(&first) = ev.panes.first() else {
+        if ev.is_empty() {
             return Ok(());
-        };
+        }
         let keys = ev
             .keys
             .iter()
             .fold((u32::MAX, 0), |(lo, hi), &k| (lo.min(k), hi.max(k)));
-        if ev.panes.iter().all(|&p| p == first) {
-            self.update_pane(first, ev, Sel::All(ev.len()), keys);
-            self.patch_blocks(first, ev.keys, Sel::All(ev.len()));
+        // Most segments are one run of a pane, or a long run broken by a few stragglers
+        // (events late for a window that fired, on time for later ones): each run is
+        // updated whole. Panes that interleave finely are grouped instead.
+        let runs = 1 + ev.panes.windows(2).filter(|w| w[0] != w[1]).count();
+        if runs == 1 || runs * RUN_MIN_ROWS <= ev.len() {
+            let mut start = 0;
+            for run in ev.panes.chunk_by(|a, b| a == b) {
+                let range = start..start + run.len();
+                let columns = ev.columns_in(range.clone());
+                let ev = ev.slice(range.clone(), &columns);
+                self.update_pane(run[0], &ev, Sel::All(run.len()), keys);
+                self.patch_blocks(run[0], ev.keys, Sel::All(run.len()));
+                start = range.end;
+            }
             return Ok(());
         }
         for (pane, rows) in group_by_pane(ev.panes) {

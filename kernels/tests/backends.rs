@@ -102,11 +102,15 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
                 false => (rng.next() % n_keys) as u32,
             })
             .collect();
+        // Every sixth seed from 1: long runs of one pane, with a straggler of an earlier
+        // pane now and then.
+        let runs = seed % 6 == 1;
         let panes: Vec<i64> = (0..n)
-            .map(|i| match (thin, long) {
-                (true, _) => (rng.next() % 6) as i64,
-                (false, true) => (i * 40 / n) as i64 + (rng.next() % 3) as i64,
-                (false, false) => (i / 500) as i64 + (rng.next() % 3) as i64,
+            .map(|i| match (thin, long, runs) {
+                (true, ..) => (rng.next() % 6) as i64,
+                (false, true, _) => (i * 40 / n) as i64 + (rng.next() % 3) as i64,
+                (false, false, true) => (i / 500) as i64 - (rng.next() % 200 == 0) as i64,
+                (false, false, false) => (i / 500) as i64 + (rng.next() % 3) as i64,
             })
             .collect();
         let ts: Vec<i64> = (0..n).map(|_| (rng.next() % 50) as i64).collect();
