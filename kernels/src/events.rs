@@ -180,11 +180,13 @@ fn extend<T: Default>(
     valid: &mut Vec<bool>,
     vs: impl ExactSizeIterator<Item = Option<T>>,
 ) {
-    values.reserve(vs.len());
-    valid.reserve(vs.len());
-    for v in vs {
-        valid.push(v.is_some());
-        values.push(v.unwrap_or_default());
+    // Sized first, then filled through zipped slices: no capacity check per row.
+    let (from, n) = (values.len(), vs.len());
+    values.resize_with(from + n, T::default);
+    valid.resize(from + n, false);
+    for ((x, ok), v) in values[from..].iter_mut().zip(&mut valid[from..]).zip(vs) {
+        *ok = v.is_some();
+        *x = v.unwrap_or_default();
     }
 }
 
