@@ -531,7 +531,9 @@ impl GpuBackend {
             let mut commands = Commands::default();
             let s = &mut self.scratch;
             let acc = s.get(gpu, "accumulator", len as u64 * stride * 4);
-            let block = s.get(gpu, "block accumulator", len as u64 * stride * 4);
+            // Only jobs whose windows fold blocks of panes need a second accumulator.
+            let block = (self.fold_block > 1)
+                .then(|| s.get(gpu, "block accumulator", len as u64 * stride * 4));
             let groups = gpu.groups(n as u64, self.opts.max_groups);
             let blocks = s.get(gpu, "blocks", (groups.0 as u64 * groups.1 as u64 + 1) * 4);
             let list_buf = s.get(gpu, "key list", list.len() as u64 * 4);
@@ -562,10 +564,10 @@ impl GpuBackend {
                     self.panes.range(seg).map(|(_, s)| &s.chunks[c]).collect();
                 if let [one] = held[..] {
                     merge(&mut commands, &acc, one);
-                } else if !held.is_empty() {
-                    self.fill(&mut commands, &block, 0..len);
-                    held.iter().for_each(|h| merge(&mut commands, &block, h));
-                    merge(&mut commands, &acc, &block);
+                } else if let Some(block) = block.as_ref().filter(|_| !held.is_empty()) {
+                    self.fill(&mut commands, block, 0..len);
+                    held.iter().for_each(|h| merge(&mut commands, block, h));
+                    merge(&mut commands, &acc, block);
                 }
             }
             let emit = gpu.bind(
