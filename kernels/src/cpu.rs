@@ -201,6 +201,15 @@ enum Sel<'a> {
     Rows(&'a [u32]),
 }
 
+impl Sel<'_> {
+    fn len(self) -> usize {
+        match self {
+            Sel::All(n) => n,
+            Sel::Rows(rows) => rows.len(),
+        }
+    }
+}
+
 /// Values and validity of input column `i`, which the layout says is in the float domain.
 fn floats<'a>(ev: &Events<'a>, i: usize) -> (&'a [f64], Option<&'a [bool]>) {
     match ev.columns[i].values {
@@ -1043,8 +1052,9 @@ pub struct CpuBackend {
     pool: Vec<Vec<Part>>,
     /// The window being combined, one state per partition, reused between windows.
     window: Vec<Part>,
-    /// The folds of blocks of panes (see [`crate::fold_plan`]) that hop windows share, by
-    /// pane range; dropped when one of their panes changes or is evicted.
+    /// The folds of blocks of panes (see [`crate::fold_plan`]) that overlapping windows
+    /// share, by pane range; patched when one of their panes changes, dropped when one
+    /// is evicted, spilled or replaced.
     blocks: BTreeMap<(i64, i64), Vec<Part>>,
     /// Per-partition row lists, reused between updates.
     scratch: Vec<Vec<u32>>,
@@ -1165,10 +1175,8 @@ impl CpuBackend {
 
     /// Forgets the block folds that hold any of the panes `panes`.
     fn forget_blocks(&mut self, panes: Range<i64>) {
-        if !self.blocks.is_empty() {
-            self.blocks
-                .retain(|&(start, end), _| end <= panes.start || start >= panes.end);
-        }
+        self.blocks
+            .retain(|&(start, end), _| end <= panes.start || start >= panes.end);
     }
 
     /// Brings the block folds that hold `pane` up to date after the rows `sel` changed it
@@ -1179,10 +1187,7 @@ impl CpuBackend {
         if self.blocks.is_empty() {
             return;
         }
-        let n = match sel {
-            Sel::All(n) => n,
-            Sel::Rows(rows) => rows.len(),
-        };
+        let n = sel.len();
         let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
         let panes = &self.panes;
         self.blocks.retain(|&(start, end), block| {
@@ -1215,7 +1220,7 @@ impl CpuBackend {
         });
     }
 
-    /// Updates one pane with the selected rows.
+    /// Updates one pane with the selected rows, and the block folds that hold it.
     fn update_pane(&mut self, pane: i64, ev: &Events<'_>, sel: Sel<'_>, keys: (u32, u32)) {
         let (min_key, max_key) = keys;
         let (shift, parts) = (self.shift, self.parts());
@@ -1253,34 +1258,32 @@ impl CpuBackend {
             }
         };
         if parts == 1 {
-            return update(&mut state[0], sel);
-        }
-        for rows in self.scratch.iter_mut() {
-            rows.clear();
-        }
-        let mask = (parts - 1) as u32;
-        match sel {
-            Sel::All(n) => (0..n as u32)
-                .for_each(|r| self.scratch[(ev.keys[r as usize] & mask) as usize].push(r)),
-            Sel::Rows(rows) => rows
-                .iter()
-                .for_each(|&r| self.scratch[(ev.keys[r as usize] & mask) as usize].push(r)),
-        }
-        let len = match sel {
-            Sel::All(n) => n,
-            Sel::Rows(r) => r.len(),
-        };
-        if len >= PARALLEL_MIN_ROWS {
-            state
-                .par_iter_mut()
-                .zip(&self.scratch)
-                .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
+            update(&mut state[0], sel);
         } else {
-            state
-                .iter_mut()
-                .zip(&self.scratch)
-                .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
+            for rows in self.scratch.iter_mut() {
+                rows.clear();
+            }
+            let mask = (parts - 1) as u32;
+            match sel {
+                Sel::All(n) => (0..n as u32)
+                    .for_each(|r| self.scratch[(ev.keys[r as usize] & mask) as usize].push(r)),
+                Sel::Rows(rows) => rows
+                    .iter()
+                    .for_each(|&r| self.scratch[(ev.keys[r as usize] & mask) as usize].push(r)),
+            }
+            if sel.len() >= PARALLEL_MIN_ROWS {
+                state
+                    .par_iter_mut()
+                    .zip(&self.scratch)
+                    .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
+            } else {
+                state
+                    .iter_mut()
+                    .zip(&self.scratch)
+                    .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
+            }
         }
+        self.patch_blocks(pane, ev.keys, sel);
     }
 }
 
@@ -1370,14 +1373,12 @@ impl Backend for CpuBackend {
                 let columns = ev.columns_in(range.clone());
                 let ev = ev.slice(range.clone(), &columns);
                 self.update_pane(run[0], &ev, Sel::All(run.len()), keys);
-                self.patch_blocks(run[0], ev.keys, Sel::All(run.len()));
                 start = range.end;
             }
             return Ok(());
         }
         for (pane, rows) in group_by_pane(ev.panes) {
             self.update_pane(pane, ev, Sel::Rows(&rows), keys);
-            self.patch_blocks(pane, ev.keys, Sel::Rows(&rows));
         }
         Ok(())
     }
