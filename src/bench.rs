@@ -194,16 +194,19 @@ pub fn run(
     Ok((start.elapsed().as_secs_f64(), op.stats().rows_out))
 }
 
-/// Runs the suite: every window × key count × backend. The reference backend, which keeps
-/// every event, runs on at most `reference_events`.
+/// Runs the suite: every window × key count × backend, then the example workloads; only
+/// the cases whose name starts with one of `only` when it names any. The reference
+/// backend, which keeps every event, runs on at most `reference_events`.
 pub fn suite(
     events: u64,
     reference_events: u64,
     keys: &[u64],
     backends: &[BackendKind],
     threads: usize,
+    only: &[String],
     mut on_case: impl FnMut(&Case),
 ) -> Result<Vec<Case>> {
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
     let events_for = |backend: BackendKind| match backend {
         BackendKind::Reference => events.min(reference_events),
         _ => events,
@@ -212,15 +215,20 @@ pub fn suite(
     for &k in keys {
         for backend in backends {
             let n = events_for(*backend);
+            let windows: Vec<(&str, Job)> = WINDOWS
+                .iter()
+                .map(|&(name, size, slide)| (name, job(size, slide, n, k)))
+                .chain([("cumulate(15m,1m)", cumulate_job(n, k))])
+                .filter(|(name, _)| wanted(name))
+                .collect();
+            if windows.is_empty() {
+                continue;
+            }
             let batches = input(&job(60_000, 60_000, n, k), 64 * 1024)?;
             let kernels = match backend {
                 BackendKind::Gpu => Some(gpu_kernels(k, n)?),
                 _ => None,
             };
-            let windows = WINDOWS
-                .iter()
-                .map(|&(name, size, slide)| (name, job(size, slide, n, k)))
-                .chain([("cumulate(15m,1m)", cumulate_job(n, k))]);
             for (name, job) in windows {
                 let case = measure(name, &job, &batches, *backend, threads, kernels.clone())?;
                 on_case(&case);
@@ -228,7 +236,7 @@ pub fn suite(
             }
         }
     }
-    for (name, text) in WORKLOADS {
+    for (name, text) in WORKLOADS.into_iter().filter(|(name, _)| wanted(name)) {
         for backend in backends.iter().filter(|b| **b != BackendKind::Gpu) {
             let job = workload(name, text, events_for(*backend))?;
             let batches = input(&job, 64 * 1024)?;

@@ -572,3 +572,38 @@ fn gen_writes_every_dataset_and_the_iot_ground_truth() {
     );
     assert!(!case.path("clickstream.labels.parquet").exists());
 }
+
+#[test]
+fn bench_runs_the_cases_asked_for_and_prints_json() {
+    let out = run(&[
+        "bench",
+        "--events",
+        "30000",
+        "--keys",
+        "100",
+        "--backend",
+        "cpu",
+        "--threads",
+        "1",
+        "--cases",
+        "hop,nexmark",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let names: Vec<&str> = cases
+        .as_array()
+        .expect("an array of cases")
+        .iter()
+        .map(|c| c["window"].as_str().expect("a window name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["hop(15m,1m)", "nexmark q5", "nexmark q7", "nexmark q11"]
+    );
+    for case in cases.as_array().unwrap() {
+        assert_eq!(case["events"], 30000, "{case}");
+        assert!(case["events_per_sec"].as_f64().unwrap() > 0.0, "{case}");
+        assert!(case["rows_out"].as_u64().unwrap() > 0, "{case}");
+    }
+}
