@@ -265,8 +265,14 @@ impl Command {
                     );
                 }
                 let mut adapters = std::collections::BTreeSet::new();
-                let cases =
-                    bench::suite(events, reference_events, &keys, &backend, threads, &only, |c| {
+                let cases = bench::suite(
+                    events,
+                    reference_events,
+                    &keys,
+                    &backend,
+                    threads,
+                    &only,
+                    |c| {
                         if json {
                             return;
                         }
@@ -288,7 +294,8 @@ impl Command {
                                 println!("  gpu: {a}; kernels timed by {t}");
                             }
                         }
-                    })?;
+                    },
+                )?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&cases)?);
                 }

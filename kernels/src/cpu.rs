@@ -85,6 +85,19 @@ const EMPTY_ROW: StatsRow = StatsRow {
     s: [0.0, f64::MIN_IDENTITY, f64::MAX_IDENTITY],
 };
 
+/// `Vec::resize`, except that an empty vector (a pane taken from the pool) that must grow
+/// gives its memory back first: growing it in place would copy its whole old capacity,
+/// values or not, as a realloc of over-aligned memory ([`StatsRow`]) does. It still
+/// doubles.
+fn resize<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) {
+    if v.is_empty() && n > v.capacity() {
+        let capacity = n.max(2 * v.capacity());
+        *v = Vec::new();
+        v.reserve_exact(capacity);
+    }
+    v.resize(n, fill);
+}
+
 /// The counts of a state column: a plain array, or the counts in the rows of
 /// [`StateCol::RowStats`].
 #[derive(Clone, Copy)]
@@ -293,9 +306,9 @@ impl<T: Value> Typed<T> {
     }
 
     fn resize(&mut self, n: usize) {
-        self.v.resize(n, self.op.identity());
+        resize(&mut self.v, n, self.op.identity());
         if matches!(self.op, Op::First | Op::Last) {
-            self.ts.resize(n, self.op.ts_identity());
+            resize(&mut self.ts, n, self.op.ts_identity());
         }
     }
 
@@ -450,12 +463,12 @@ impl Acc {
 
     fn resize(&mut self, n: usize) {
         match self {
-            Acc::Count(c) => c.resize(n, 0),
-            Acc::Rows(v) => v.resize(n, EMPTY_ROW),
+            Acc::Count(c) => resize(c, n, 0),
+            Acc::Rows(v) => resize(v, n, EMPTY_ROW),
             Acc::SameAsRows => {}
             Acc::Int(t) => t.resize(n),
             Acc::Float(t) => t.resize(n),
-            Acc::Moments(m) => m.resize(n, Moments::default()),
+            Acc::Moments(m) => resize(m, n, Moments::default()),
             Acc::Distinct(d) => d.resize_with(n, Distinct::default),
         }
     }
@@ -1058,6 +1071,8 @@ pub struct CpuBackend {
     blocks: BTreeMap<(i64, i64), Vec<Part>>,
     /// Per-partition row lists, reused between updates.
     scratch: Vec<Vec<u32>>,
+    /// The (partition, local key) of each row of the window being emitted, reused.
+    at: Vec<(usize, usize)>,
     /// The block length of [`fold_plan`].
     fold_block: i64,
 }
@@ -1133,6 +1148,7 @@ impl CpuBackend {
             blocks: BTreeMap::new(),
             pool: Vec::new(),
             scratch: vec![Vec::new(); parts],
+            at: Vec::new(),
             fold_block: 1,
         }
     }
@@ -1505,23 +1521,26 @@ impl Backend for CpuBackend {
         match keys {
             Keys::All => {
                 let combined = &mut self.window;
-                let mut order: Vec<(u32, usize, usize)> = Vec::new();
+                // (partition, local key) of each key with data, in the order of the keys:
+                // key = local << shift | partition.
+                let at = &mut self.at;
+                at.clear();
                 for (p, acc) in combined.iter().enumerate() {
-                    acc.rows().each_nonzero(acc.lo, |i| {
-                        order.push((((i as u32) << shift) | p as u32, p, i))
-                    });
+                    acc.rows().each_nonzero(acc.lo, |i| at.push((p, i)));
                 }
                 if parts > 1 {
-                    order.sort_unstable_by_key(|o| o.0);
+                    at.sort_unstable_by_key(|&(p, i)| (i, p));
                 }
-                rows.keys.extend(order.iter().map(|o| o.0));
-                let at: Vec<(usize, usize)> = order.iter().map(|&(_, p, i)| (p, i)).collect();
-                evaluate(&self.evals, combined, &at, &mut rows.columns);
+                rows.keys = at
+                    .iter()
+                    .map(|&(p, i)| ((i as u32) << shift) | p as u32)
+                    .collect();
+                evaluate(&self.evals, combined, at, &mut rows.columns);
                 // Leave the window state empty for the next window: key by key when few
                 // keys were emitted, otherwise in one sweep.
                 let len: usize = combined.iter().map(Part::len).sum();
-                if order.len() * SPARSE_RATIO < len {
-                    for &(_, p, i) in &order {
+                if at.len() * SPARSE_RATIO < len {
+                    for &(p, i) in at.iter() {
                         combined[p].clear_key(i);
                     }
                 } else {
