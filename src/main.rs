@@ -108,6 +108,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    panes::keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
