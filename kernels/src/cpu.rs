@@ -1071,8 +1071,9 @@ pub struct CpuBackend {
     blocks: BTreeMap<(i64, i64), Vec<Part>>,
     /// Per-partition row lists, reused between updates.
     scratch: Vec<Vec<u32>>,
-    /// The (partition, local key) of each row of the window being emitted, reused.
-    at: Vec<(usize, usize)>,
+    /// Rows of the last window emitted: the next one's lists are sized for about as many
+    /// (a window of a million keys would otherwise regrow them from empty).
+    last_rows: usize,
     /// The block length of [`fold_plan`].
     fold_block: i64,
 }
@@ -1148,7 +1149,7 @@ impl CpuBackend {
             blocks: BTreeMap::new(),
             pool: Vec::new(),
             scratch: vec![Vec::new(); parts],
-            at: Vec::new(),
+            last_rows: 0,
             fold_block: 1,
         }
     }
@@ -1523,8 +1524,7 @@ impl Backend for CpuBackend {
                 let combined = &mut self.window;
                 // (partition, local key) of each key with data, in the order of the keys:
                 // key = local << shift | partition.
-                let at = &mut self.at;
-                at.clear();
+                let mut at = Vec::with_capacity(self.last_rows + self.last_rows / 8);
                 for (p, acc) in combined.iter().enumerate() {
                     acc.rows().each_nonzero(acc.lo, |i| at.push((p, i)));
                 }
@@ -1535,12 +1535,13 @@ impl Backend for CpuBackend {
                     .iter()
                     .map(|&(p, i)| ((i as u32) << shift) | p as u32)
                     .collect();
-                evaluate(&self.evals, combined, at, &mut rows.columns);
+                self.last_rows = at.len();
+                evaluate(&self.evals, combined, &at, &mut rows.columns);
                 // Leave the window state empty for the next window: key by key when few
                 // keys were emitted, otherwise in one sweep.
                 let len: usize = combined.iter().map(Part::len).sum();
                 if at.len() * SPARSE_RATIO < len {
-                    for &(p, i) in at.iter() {
+                    for &(p, i) in &at {
                         combined[p].clear_key(i);
                     }
                 } else {
