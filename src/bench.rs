@@ -89,6 +89,19 @@ pub const WINDOWS: [(&str, i64, i64); 2] = [
     ("hop(15m,1m)", 900_000, 60_000),
 ];
 
+/// The name of the suite's cumulate case (see [`cumulate_job`]).
+pub const CUMULATE: &str = "cumulate(15m,1m)";
+
+/// The names of every case of the suite, in the order it runs them.
+pub fn case_names() -> Vec<&'static str> {
+    WINDOWS
+        .iter()
+        .map(|w| w.0)
+        .chain([CUMULATE])
+        .chain(WORKLOADS.iter().map(|w| w.0))
+        .collect()
+}
+
 /// The workloads of the suite: the example jobs, with their own key counts.
 pub const WORKLOADS: [(&str, &str); 5] = [
     ("trending", include_str!("../examples/trending.toml")),
@@ -218,7 +231,7 @@ pub fn suite(
             let windows: Vec<(&str, Job)> = WINDOWS
                 .iter()
                 .map(|&(name, size, slide)| (name, job(size, slide, n, k)))
-                .chain([("cumulate(15m,1m)", cumulate_job(n, k))])
+                .chain([(CUMULATE, cumulate_job(n, k))])
                 .filter(|(name, _)| wanted(name))
                 .collect();
             if windows.is_empty() {

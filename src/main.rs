@@ -259,6 +259,16 @@ impl Command {
                 json,
             } => {
                 let threads = threads.unwrap_or_else(rayon::current_num_threads).max(1);
+                let names = bench::case_names();
+                if let Some(bad) = only
+                    .iter()
+                    .find(|o| !names.iter().any(|n| n.starts_with(o.as_str())))
+                {
+                    bail!(
+                        "--cases: no case of the suite starts with {bad:?}; the cases are {}",
+                        names.join(", ")
+                    );
+                }
                 if !json {
                     println!(
                         "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14} {:>14}",

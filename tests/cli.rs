@@ -607,3 +607,19 @@ fn bench_runs_the_cases_asked_for_and_prints_json() {
         assert!(case["rows_out"].as_u64().unwrap() > 0, "{case}");
     }
 }
+
+#[test]
+fn bench_names_a_case_it_does_not_have() {
+    let out = run(&["bench", "--cases", "hop,sliding", "--json"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"sliding\"") && err.contains("hop(15m,1m)") && err.contains("nexmark q11"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing runs: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
