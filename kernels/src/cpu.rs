@@ -1382,7 +1382,7 @@ impl Backend for CpuBackend {
         // Most segments are one run of a pane, or a long run broken by a few stragglers
         // (events late for a window that fired, on time for later ones): each run is
         // updated whole. Panes that interleave finely are grouped instead.
-        let runs = 1 + ev.panes.windows(2).filter(|w| w[0] != w[1]).count();
+        let runs = ev.panes.chunk_by(|a, b| a == b).count();
         if runs == 1 || runs * RUN_MIN_ROWS <= ev.len() {
             let mut start = 0;
             for run in ev.panes.chunk_by(|a, b| a == b) {

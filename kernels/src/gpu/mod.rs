@@ -564,7 +564,11 @@ impl GpuBackend {
                     self.panes.range(seg).map(|(_, s)| &s.chunks[c]).collect();
                 if let [one] = held[..] {
                     merge(&mut commands, &acc, one);
-                } else if let Some(block) = block.as_ref().filter(|_| !held.is_empty()) {
+                } else if !held.is_empty() {
+                    // Segments of several panes exist only when blocks are folded.
+                    let Some(block) = &block else {
+                        unreachable!("bug in panes: a block of panes with fold_block 1")
+                    };
                     self.fill(&mut commands, block, 0..len);
                     held.iter().for_each(|h| merge(&mut commands, block, h));
                     merge(&mut commands, &acc, block);
