@@ -197,7 +197,7 @@ pub fn run(
     };
     let schema = panes_datasets::schema(g.dataset);
     let start = Instant::now();
-    let mut op = WindowOperator::new(job, &schema, 1, |aggs| backend.build(aggs, threads))?;
+    let mut op = WindowOperator::new(job, &schema, 1, |aggs| backend.build_shards(aggs, threads))?;
     for (i, b) in batches.iter().enumerate() {
         op.process_batch(0, b, "bench", i as u64)?;
         op.take_output();

@@ -57,6 +57,22 @@ impl fmt::Display for BackendKind {
 }
 
 impl BackendKind {
+    /// Builds one backend per shard for `threads` threads: `threads` single-threaded
+    /// backends of the CPU kinds, one GPU backend (one device) whatever `threads` is.
+    pub fn build_shards(self, aggs: &[AggSpec], threads: usize) -> Result<Vec<Box<dyn Backend>>> {
+        let first = self.build(aggs, 1)?;
+        let kind = match first.name() {
+            "reference" => BackendKind::Reference,
+            "cpu" => BackendKind::Cpu,
+            _ => return Ok(vec![first]),
+        };
+        let mut shards = vec![first];
+        for _ in 1..threads.max(1) {
+            shards.push(kind.build(aggs, 1)?);
+        }
+        Ok(shards)
+    }
+
     /// Builds the backend for these aggregates with `threads` worker threads (CPU).
     pub fn build(self, aggs: &[AggSpec], threads: usize) -> Result<Box<dyn Backend>> {
         Ok(match self {
@@ -101,7 +117,8 @@ pub struct RunOptions {
     pub backend: BackendKind,
     /// Rows per source micro-batch.
     pub batch_rows: usize,
-    /// Worker threads for the cpu backend.
+    /// Threads that aggregate: shards of the keys, each on a thread of its own (the cpu
+    /// and reference backends; the gpu backend runs one shard).
     pub threads: usize,
     /// Where a job with checkpoints starts.
     pub start: StartFrom,
@@ -116,13 +133,17 @@ impl Default for RunOptions {
         RunOptions {
             backend: BackendKind::Auto,
             batch_rows: 64 * 1024,
-            // One core reads the source; the others share the key partitions.
-            threads: rayon::current_num_threads().saturating_sub(1).max(1),
+            threads: default_threads(),
             start: StartFrom::Newest,
             memory_budget: None,
             progress: None,
         }
     }
+}
+
+/// Every core of the machine (as the OS grants them to this process).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// What a run did.
@@ -427,7 +448,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let schema = source.schema();
     let threads = opts.threads;
     let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
-        backend.build(aggs, threads)
+        backend.build_shards(aggs, threads)
     })?;
     if let Some(budget) = budget {
         let dir = job.spill_dir.clone().unwrap_or_else(std::env::temp_dir);

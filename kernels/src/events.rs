@@ -190,6 +190,28 @@ fn extend<T: Default>(
     }
 }
 
+/// Top-k order of integer values (`None`: null): larger first, nulls last.
+pub fn rank_i64(a: Option<i64>, b: Option<i64>) -> std::cmp::Ordering {
+    b.cmp(&a)
+}
+
+/// Top-k order of float values (`None`: null): NaN first (of either sign: NaN is the
+/// largest float, as for `max`), then numbers larger first (zeros of both signs equal),
+/// nulls last.
+pub fn rank_f64(a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {
+    let class = |v: Option<f64>| match v {
+        None => 0,
+        Some(x) if x.is_nan() => 2,
+        Some(_) => 1,
+    };
+    match (a, b) {
+        (Some(x), Some(y)) if class(a) == 1 && class(b) == 1 => {
+            y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal)
+        }
+        _ => class(b).cmp(&class(a)),
+    }
+}
+
 /// The rows of one fired window: a key id per row and one column per aggregate.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WindowRows {
@@ -200,38 +222,31 @@ pub struct WindowRows {
 }
 
 impl WindowRows {
-    /// The `k` rows with the largest values of column `by`, largest first: nulls rank
-    /// last, a float NaN first (NaN is the largest float, as for `max`), and ties go to the
-    /// lower key id.
-    pub fn top_k(&self, by: usize, k: usize) -> WindowRows {
+    /// The rows within the `k` largest values of column `by`, largest first, and every row
+    /// that ties with the `k`th (the caller breaks those ties): nulls rank last, a float
+    /// NaN first (NaN is the largest float, as for `max`). Rows of equal value keep key id
+    /// order.
+    pub fn top_k_ties(&self, by: usize, k: usize) -> WindowRows {
         use std::cmp::Ordering;
-        let cmp: Box<dyn Fn(&usize, &usize) -> Ordering> = match &self.columns[by] {
+        let by_value: Box<dyn Fn(&usize, &usize) -> Ordering> = match &self.columns[by] {
             OutColumn::I64 { values, valid } => {
-                let key = |i: usize| valid[i].then_some(values[i]);
-                Box::new(move |&a, &b| key(b).cmp(&key(a)).then(a.cmp(&b)))
+                let v = |i: usize| valid[i].then_some(values[i]);
+                Box::new(move |&a, &b| rank_i64(v(a), v(b)))
             }
             OutColumn::F64 { values, valid } => {
-                // Null < number < NaN; numbers by value.
-                let class = |i: usize| match (valid[i], values[i].is_nan()) {
-                    (false, _) => 0,
-                    (true, false) => 1,
-                    (true, true) => 2,
-                };
-                Box::new(move |&a, &b| {
-                    let by_value = match (class(a), class(b)) {
-                        (1, 1) => values[b].partial_cmp(&values[a]).unwrap_or(Ordering::Equal),
-                        (x, y) => y.cmp(&x),
-                    };
-                    by_value.then(a.cmp(&b))
-                })
+                let v = |i: usize| valid[i].then_some(values[i]);
+                Box::new(move |&a, &b| rank_f64(v(a), v(b)))
             }
         };
         let mut rows: Vec<usize> = (0..self.keys.len()).collect();
-        if k < rows.len() {
-            rows.select_nth_unstable_by(k, &cmp);
-            rows.truncate(k);
+        if k == 0 {
+            rows.clear();
+        } else if k < rows.len() {
+            rows.select_nth_unstable_by(k - 1, &by_value);
+            let kth = rows[k - 1];
+            rows.retain(|r| by_value(r, &kth) != Ordering::Greater);
         }
-        rows.sort_unstable_by(&cmp);
+        rows.sort_unstable_by(|a, b| by_value(a, b).then(a.cmp(b)));
         self.take(&rows)
     }
 
@@ -296,7 +311,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn top_k_ranks_largest_first_nulls_last_ties_by_key() {
+    fn top_k_ranks_largest_first_nulls_last_and_keeps_ties() {
         let rows = WindowRows {
             keys: vec![1, 2, 3, 4, 5, 6],
             columns: vec![OutColumn::F64 {
@@ -304,8 +319,10 @@ mod tests {
                 valid: vec![true, false, true, true, true, true],
             }],
         };
-        assert_eq!(rows.top_k(0, 3).keys, vec![4, 3, 5]);
-        assert_eq!(rows.top_k(0, 10).keys, vec![4, 3, 5, 1, 6, 2]);
+        assert_eq!(rows.top_k_ties(0, 3).keys, vec![4, 3, 5]);
+        assert_eq!(rows.top_k_ties(0, 2).keys, vec![4, 3, 5], "7.0 ties");
+        assert_eq!(rows.top_k_ties(0, 10).keys, vec![4, 3, 5, 1, 6, 2]);
+        assert!(rows.top_k_ties(0, 0).keys.is_empty());
         let ints = WindowRows {
             keys: vec![7, 8, 9],
             columns: vec![OutColumn::I64 {
@@ -313,13 +330,14 @@ mod tests {
                 valid: vec![true, true, true],
             }],
         };
-        let top = ints.top_k(0, 2);
-        assert_eq!(top.keys, vec![8, 7]);
+        assert_eq!(ints.top_k_ties(0, 1).keys, vec![8]);
+        let top = ints.top_k_ties(0, 2);
+        assert_eq!(top.keys, vec![8, 7, 9]);
         assert_eq!(
             top.columns[0],
             OutColumn::I64 {
-                values: vec![9, 5],
-                valid: vec![true, true]
+                values: vec![9, 5, 5],
+                valid: vec![true, true, true]
             }
         );
     }

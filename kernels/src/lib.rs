@@ -20,7 +20,7 @@ mod state;
 pub use agg::{AggFn, AggSpec, Domain, OutType};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
-pub use events::{Column, Events, OutColumn, Values, WindowRows};
+pub use events::{Column, Events, OutColumn, Values, WindowRows, rank_f64, rank_i64};
 pub use gpu::{GpuBackend, GpuOptions};
 pub use reference::ReferenceBackend;
 

@@ -1,8 +1,8 @@
-//! The window operator: Arrow batches in, window results and late events out.
-//!
-//! For each batch it reads event times, computes the watermark each event meets, interns
-//! keys, finds each event's pane and splits off late events. It then cuts the batch where
-//! the watermark crosses a window's firing or expiry point, so that a window fires with
+//! One shard of the window operator: the events of its keys in, window results and late
+//! events out. Event times and the watermark each event meets are decided before a batch
+//! is split among shards (see [`super::WindowOperator`]); a shard interns its keys, finds
+//! each event's pane and splits off late events. It then cuts its batch where the
+//! watermark crosses a window's firing or expiry point, so that a window fires with
 //! exactly the events that met a watermark before its end, whatever the batch boundaries.
 //! Between cuts the kernels aggregate; at each cut windows fire (revision 0) or expire.
 //!
@@ -15,91 +15,48 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray,
-    TimestampMillisecondArray,
+    TimestampMillisecondArray, UInt32Array,
 };
 use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
-use panes_kernels::{
-    AggSpec, Backend, Column, Domain, Events, Keys, OutColumn, OutType, Values, WindowRows,
-};
+use panes_kernels::{Backend, Column, Domain, Events, Keys, OutColumn, Values, WindowRows};
 
-use serde::{Deserialize, Serialize};
-
+use super::Stats;
+use super::plan::Plan;
+use super::topk;
 use crate::anomaly::Detector;
-use crate::checkpoint::{CheckpointWriter, Restore};
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
 use crate::key::KeyInterner;
 use crate::session::{Emit, Sessions};
 use crate::spill::Spill;
-use crate::time::event_times;
-use crate::watermark::WatermarkTracker;
 use crate::window::WindowSpec;
-
-/// What the operator has counted so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Events read.
-    pub events_in: u64,
-    /// Events that were late for every window (sent to the late output).
-    pub late_events: u64,
-    /// Window result rows emitted (revisions included).
-    pub rows_out: u64,
-    /// Largest state (panes plus key dictionary) held, in bytes.
-    pub peak_state_bytes: u64,
-    /// Anomaly alerts raised.
-    pub alerts: u64,
-}
-
-/// The operator's scalar state, kept in a checkpoint's manifest; its keyed state (key
-/// dictionary, panes, revisions, sessions, baselines) goes to Arrow files beside it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct OperatorState {
-    /// Per source partition: largest event time seen, and whether it finished.
-    pub partitions: Vec<(Option<i64>, bool)>,
-    /// The job watermark.
-    pub watermark: i64,
-    /// Windows before this one were considered for firing.
-    pub next_fire: Option<i64>,
-    /// Panes before this one were evicted (session windows).
-    pub first_kept: i64,
-    /// Panes with data that no window has expired yet.
-    pub live_panes: Vec<i64>,
-    /// Keys in the dictionary.
-    pub keys: usize,
-    /// Counters so far.
-    pub stats: Stats,
-}
-
-/// Keys per batch of the checkpointed key dictionary.
-const KEYS_PER_BATCH: usize = 1 << 20;
-
-/// An input column that aggregates read: where it is and how it is read.
-#[derive(Clone, Copy, Debug)]
-struct Input {
-    index: usize,
-    /// `None`: only its validity is read (`count(col)` of a non-numeric column).
-    domain: Option<Domain>,
-}
 
 /// Buffers reused from batch to batch, so the hot path does not allocate per event.
 #[derive(Default)]
 struct Scratch {
-    ts: Vec<i64>,
-    met: Vec<i64>,
     keys: Vec<u32>,
     panes: Vec<i64>,
     late: Vec<bool>,
     zeros: Vec<i64>,
 }
 
-/// The window operator. See the module docs.
-pub struct WindowOperator {
+/// Result rows of one firing, with the window that fired (for merging top-k lists).
+pub(crate) struct Fired {
+    /// The window index (`i64::MIN` for sessions).
+    pub window: i64,
+    /// A first firing for every key (not a re-firing of some keys).
+    pub all: bool,
+    pub rows: RecordBatch,
+}
+
+/// A shard of the window operator. See the module docs.
+pub(crate) struct Shard {
+    plan: Arc<Plan>,
     spec: WindowSpec,
     lateness: i64,
     top_k: Option<TopK>,
@@ -109,15 +66,11 @@ pub struct WindowOperator {
     first_kept: i64,
     /// The anomaly detector and the aggregate it watches.
     anomaly: Option<(Detector, usize)>,
-    alert_schema: SchemaRef,
     alerts: Vec<RecordBatch>,
-    time_index: usize,
-    time_name: String,
-    key_indices: Vec<usize>,
-    inputs: Vec<Input>,
     interner: KeyInterner,
     backend: Box<dyn Backend>,
-    tracker: WatermarkTracker,
+    /// The job watermark after the last batch.
+    watermark: i64,
     /// Windows before this index have been considered for firing.
     next_fire: Option<i64>,
     /// Panes holding data that no window has expired yet.
@@ -126,9 +79,7 @@ pub struct WindowOperator {
     revisions: HashMap<(u32, i64), i64>,
     /// Windows to re-fire at the end of the batch, with the keys that changed.
     dirty: BTreeMap<i64, BTreeSet<u32>>,
-    out_schema: SchemaRef,
-    late_schema: SchemaRef,
-    output: Vec<RecordBatch>,
+    output: Vec<Fired>,
     late_output: Vec<RecordBatch>,
     stats: Stats,
     scratch: Scratch,
@@ -141,128 +92,15 @@ fn no_sessions() -> Error {
     Error::Internal("session state missing for a session window".into())
 }
 
-fn timestamp_ms() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, None)
-}
-
-impl WindowOperator {
-    /// An operator for `job` over inputs with `schema`, from `partitions` source partitions;
-    /// `backend` builds the data plane for the aggregates the job resolves to.
-    pub fn new(
-        job: &Job,
-        schema: &SchemaRef,
-        partitions: usize,
-        backend: impl FnOnce(&[AggSpec]) -> Result<Box<dyn Backend>>,
-    ) -> Result<Self> {
-        // Schema problems are found before the first batch: errors name the source.
-        let origin = job.source.to_string();
-        let missing = |what: &str, name: &str| {
-            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            Error::input(
-                &origin,
-                format!(
-                    "{what} column {name:?} does not exist; the input has {}",
-                    have.join(", ")
-                ),
-            )
-        };
-        let find = |what: &str, name: &str| schema.index_of(name).map_err(|_| missing(what, name));
-        let time_index = find("time", &job.time_column)?;
-        let key_indices = job
-            .keys
-            .iter()
-            .map(|k| find("key", k))
-            .collect::<Result<Vec<_>>>()?;
-        let key_fields: Vec<(String, DataType)> = key_indices
-            .iter()
-            .map(|&i| {
-                (
-                    schema.field(i).name().clone(),
-                    schema.field(i).data_type().clone(),
-                )
-            })
-            .collect();
-        let interner = KeyInterner::new(&key_fields).map_err(|e| Error::input(&origin, e))?;
-
-        let mut inputs: Vec<Input> = Vec::new();
-        let mut specs = Vec::new();
-        for a in &job.aggregates {
-            let Some(name) = &a.column else {
-                specs.push(AggSpec {
-                    func: a.func,
-                    column: 0,
-                    domain: Domain::I64,
-                });
-                continue;
-            };
-            let index = find(&format!("aggregate {:?}: input", a.name), name)?;
-            let ty = schema.field(index).data_type();
-            let domain = match ty {
-                t if t.is_integer() => Some(Domain::I64),
-                t if t.is_floating()
-                    || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
-                {
-                    Some(Domain::F64)
-                }
-                _ if a.func == panes_kernels::AggFn::Count => None,
-                t => {
-                    return Err(Error::input(
-                        &origin,
-                        format!(
-                            "aggregate {:?}: {} needs a numeric column, but {name:?} has type {t}",
-                            a.name, a.func
-                        ),
-                    ));
-                }
-            };
-            let column = match inputs.iter().position(|i| i.index == index) {
-                Some(c) => c,
-                None => {
-                    inputs.push(Input { index, domain });
-                    inputs.len() - 1
-                }
-            };
-            specs.push(AggSpec {
-                func: a.func,
-                column,
-                domain: domain.unwrap_or(Domain::I64),
-            });
-        }
-        let agg_types: Vec<OutType> = specs.iter().map(AggSpec::output).collect();
-        let mut backend = backend(&specs)?;
+impl Shard {
+    /// A shard of `job` as `plan` resolves it, aggregating on `backend`.
+    pub fn new(job: &Job, plan: Arc<Plan>, mut backend: Box<dyn Backend>) -> Result<Self> {
+        let interner =
+            KeyInterner::new(&plan.key_fields).map_err(|e| Error::input(&plan.origin, e))?;
         // Overlapping windows (hop, cumulate) share blocks of panes folded once.
         backend.set_fold_block(panes_kernels::fold_block(job.window.panes_per_window()));
-
-        let mut fields: Vec<Field> = key_fields
-            .iter()
-            .map(|(n, t)| Field::new(n, t.clone(), true))
-            .collect();
-        fields.push(Field::new("window_start", timestamp_ms(), false));
-        fields.push(Field::new("window_end", timestamp_ms(), false));
-        for (a, t) in job.aggregates.iter().zip(&agg_types) {
-            let (ty, nullable) = match t {
-                OutType::Count => (DataType::Int64, false),
-                OutType::I64 => (DataType::Int64, true),
-                OutType::F64 => (DataType::Float64, true),
-            };
-            fields.push(Field::new(&a.name, ty, nullable));
-        }
-        if job.top_k.is_some() {
-            fields.push(Field::new("rank", DataType::Int64, false));
-        }
-        if job.allowed_lateness > 0 {
-            fields.push(Field::new("revision", DataType::Int64, false));
-        }
-        let mut alert_fields: Vec<Field> = fields[..key_fields.len() + 2].to_vec();
-        for name in ["value", "baseline_mean", "baseline_std", "z_score"] {
-            alert_fields.push(Field::new(name, DataType::Float64, false));
-        }
-        let mut late_fields: Vec<Field> =
-            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-        late_fields.push(Field::new("watermark", timestamp_ms(), true));
-        late_fields.push(Field::new("reason", DataType::Utf8, false));
-
-        Ok(WindowOperator {
+        Ok(Shard {
+            plan,
             spec: job.window,
             lateness: job.allowed_lateness,
             top_k: job.top_k,
@@ -275,26 +113,14 @@ impl WindowOperator {
                 .anomaly
                 .as_ref()
                 .map(|a| (Detector::new(a.clone()), a.value)),
-            alert_schema: Arc::new(Schema::new(alert_fields)),
             alerts: Vec::new(),
-            time_index,
-            time_name: job.time_column.clone(),
-            key_indices,
-            inputs,
             interner,
             backend,
-            tracker: WatermarkTracker::new(
-                partitions,
-                job.max_out_of_orderness,
-                job.idle_timeout,
-                Instant::now(),
-            ),
+            watermark: i64::MIN,
             next_fire: None,
             live_panes: BTreeSet::new(),
             revisions: HashMap::new(),
             dirty: BTreeMap::new(),
-            out_schema: Arc::new(Schema::new(fields)),
-            late_schema: Arc::new(Schema::new(late_fields)),
             output: Vec::new(),
             late_output: Vec::new(),
             stats: Stats::default(),
@@ -302,16 +128,6 @@ impl WindowOperator {
             spill: None,
             over_budget_warned: false,
         })
-    }
-
-    /// Schema of the window results.
-    pub fn output_schema(&self) -> &SchemaRef {
-        &self.out_schema
-    }
-
-    /// Schema of the late-event output: the input columns plus `watermark` and `reason`.
-    pub fn late_schema(&self) -> &SchemaRef {
-        &self.late_schema
     }
 
     /// The backend's name, as `--backend` spells it.
@@ -329,13 +145,8 @@ impl WindowOperator {
         self.stats
     }
 
-    /// The current job watermark (`i64::MIN` before any).
-    pub fn watermark(&self) -> i64 {
-        self.tracker.current()
-    }
-
     /// Takes the window results produced so far.
-    pub fn take_output(&mut self) -> Vec<RecordBatch> {
+    pub fn take_output(&mut self) -> Vec<Fired> {
         std::mem::take(&mut self.output)
     }
 
@@ -344,62 +155,65 @@ impl WindowOperator {
         std::mem::take(&mut self.late_output)
     }
 
-    /// Processes one batch from source partition `partition`; `origin` and `first_row` say
-    /// where it came from, for errors.
-    pub fn process_batch(
-        &mut self,
-        partition: usize,
-        batch: &RecordBatch,
-        origin: &str,
-        first_row: u64,
-    ) -> Result<()> {
-        let n = batch.num_rows();
-        if n == 0 {
-            return Ok(());
-        }
-        let mut s = std::mem::take(&mut self.scratch);
-        let result = self.process(partition, batch, origin, first_row, &mut s);
-        self.scratch = s;
-        result
+    /// Takes the anomaly alerts produced so far.
+    pub fn take_alerts(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.alerts)
     }
 
-    fn process(
+    /// Processes this shard's events of one batch: `ts` are their event times, `met` the
+    /// watermark each met, and `w` the job watermark after the whole batch; `origin` says
+    /// where they came from, for errors. An empty batch only moves the watermark.
+    pub fn process(
         &mut self,
-        partition: usize,
         batch: &RecordBatch,
+        ts: &[i64],
+        met: &[i64],
+        w: i64,
         origin: &str,
-        first_row: u64,
+    ) -> Result<()> {
+        let mut s = std::mem::take(&mut self.scratch);
+        let result = if batch.num_rows() == 0 {
+            Ok(())
+        } else {
+            self.aggregate(batch, ts, met, origin, &mut s)
+        };
+        self.scratch = s;
+        result?;
+        self.watermark = self.watermark.max(w);
+        self.advance(self.watermark)?;
+        self.refire_dirty(i64::MAX)?;
+        self.enforce_budget()
+    }
+
+    fn aggregate(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        met: &[i64],
+        origin: &str,
         s: &mut Scratch,
     ) -> Result<()> {
         let n = batch.num_rows();
-        event_times(
-            batch.column(self.time_index),
-            &self.time_name,
-            origin,
-            first_row,
-            &mut s.ts,
-        )?;
         let key_cols: Vec<ArrayRef> = self
+            .plan
             .key_indices
             .iter()
             .map(|&i| batch.column(i).clone())
             .collect();
         self.interner.intern(&key_cols, n, &mut s.keys)?;
-        self.tracker
-            .observe(partition, &s.ts, Instant::now(), &mut s.met);
         self.stats.events_in += n as u64;
 
         let spec = self.spec;
         s.panes.clear();
-        s.panes.extend(s.ts.iter().map(|&t| spec.pane_of(t)));
+        s.panes.extend(ts.iter().map(|&t| spec.pane_of(t)));
 
         // Value columns in their kernel domains; an overflowing cast is an error, not a null.
         let strict = CastOptions {
             safe: false,
             ..Default::default()
         };
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.inputs.len());
-        for input in &self.inputs {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.plan.inputs.len());
+        for input in &self.plan.inputs {
             let col = batch.column(input.index);
             let cast_to = |to: &DataType| {
                 let name = batch.schema().field(input.index).name().clone();
@@ -413,7 +227,7 @@ impl WindowOperator {
             });
         }
 
-        let (keys, panes, ts, met) = (&s.keys, &s.panes, &s.ts, &s.met);
+        let (keys, panes) = (&s.keys, &s.panes);
 
         let m = keys.len();
         if s.zeros.len() < m {
@@ -465,13 +279,9 @@ impl WindowOperator {
             self.stats.late_events += late_count as u64;
             let late_mask = BooleanArray::from(s.late.clone());
             self.late_output
-                .push(self.late_rows(batch, &late_mask, &s.met)?);
+                .push(self.late_rows(batch, &late_mask, met)?);
         }
-        let w = self.tracker.current();
-        self.advance(w)?;
-        self.refire_dirty(i64::MAX)?;
-        self.note_state();
-        self.enforce_budget()
+        Ok(())
     }
 
     /// Keeps state within the memory budget, if there is one, by spilling closed panes
@@ -493,8 +303,7 @@ impl WindowOperator {
         }
         // The watermark has passed the end of panes before this one: on-time events no
         // longer reach them.
-        let w = self.tracker.current();
-        let closed = match w {
+        let closed = match self.watermark {
             i64::MIN => i64::MIN,
             w => self.spec.pane_of(w.saturating_add(1)),
         };
@@ -778,7 +587,7 @@ impl WindowOperator {
             rows.append(row);
         }
         let revisions = (self.lateness > 0).then_some(revisions);
-        self.push_rows(rows, starts, ends, revisions)
+        self.push_rows(rows, starts, ends, revisions, (i64::MIN, false))
     }
 
     /// The smallest watermark at which some window fires or expires, after `w`.
@@ -875,7 +684,8 @@ impl WindowOperator {
             self.detect_anomalies(k, &rows)?;
         }
         if let Some(t) = self.top_k {
-            rows = rows.top_k(t.by, t.k);
+            // Every row that ties with the k-th: ranks break ties by key value below.
+            rows = rows.top_k_ties(t.by, t.k);
         }
         let n = rows.keys.len();
         let revisions = (self.lateness > 0).then(|| {
@@ -885,17 +695,20 @@ impl WindowOperator {
                 .collect()
         });
         let (start, end) = (self.spec.start(k), self.spec.end(k));
-        self.push_rows(rows, vec![start; n], vec![end; n], revisions)
+        let all = matches!(keys, Keys::All);
+        self.push_rows(rows, vec![start; n], vec![end; n], revisions, (k, all))
     }
 
     /// Appends result rows to the output: key columns, window bounds, aggregates, then the
-    /// rank (with top-k) and the revision (with allowed lateness).
+    /// rank (with top-k) and the revision (with allowed lateness). `fired` is the window
+    /// and whether it fired for every key.
     fn push_rows(
         &mut self,
         rows: WindowRows,
         starts: Vec<i64>,
         ends: Vec<i64>,
         revisions: Option<Vec<i64>>,
+        fired: (i64, bool),
     ) -> Result<()> {
         let n = rows.keys.len();
         if n == 0 {
@@ -927,10 +740,16 @@ impl WindowOperator {
         if let Some(revisions) = revisions {
             columns.push(Arc::new(Int64Array::from(revisions)));
         }
-        let batch = RecordBatch::try_new(self.out_schema.clone(), columns)
+        let mut batch = RecordBatch::try_new(self.plan.out_schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("building a result batch: {e}")))?;
-        self.stats.rows_out += n as u64;
-        self.output.push(batch);
+        if let Some(t) = self.top_k {
+            batch = topk::rank(&batch, &self.plan, t)?;
+        }
+        self.output.push(Fired {
+            window: fired.0,
+            all: fired.1,
+            rows: batch,
+        });
         Ok(())
     }
 
@@ -1001,21 +820,11 @@ impl WindowOperator {
         columns.push(Arc::new(Float64Array::from_iter_values(
             found.iter().map(|f| f.1.z),
         )));
-        let batch = RecordBatch::try_new(self.alert_schema.clone(), columns)
+        let batch = RecordBatch::try_new(self.plan.alert_schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("building an alert batch: {e}")))?;
         self.stats.alerts += n as u64;
         self.alerts.push(batch);
         Ok(())
-    }
-
-    /// The schema of anomaly alert rows.
-    pub fn alert_schema(&self) -> &SchemaRef {
-        &self.alert_schema
-    }
-
-    /// Takes the anomaly alerts produced so far.
-    pub fn take_alerts(&mut self) -> Vec<RecordBatch> {
-        std::mem::take(&mut self.alerts)
     }
 
     fn late_rows(
@@ -1040,295 +849,199 @@ impl WindowOperator {
         let mut columns = late.columns().to_vec();
         columns.push(Arc::new(wm));
         columns.push(Arc::new(reason));
-        RecordBatch::try_new(self.late_schema.clone(), columns)
+        RecordBatch::try_new(self.plan.late_schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("building a late-event batch: {e}")))
     }
 
-    fn note_state(&mut self) {
+    /// The state it holds (panes, the key dictionary, open sessions), in bytes.
+    pub fn state_bytes(&self) -> u64 {
         let sessions = self.sessions.as_ref().map_or(0, Sessions::bytes);
-        let bytes = (self.backend.state_bytes() + self.interner.bytes() + sessions) as u64;
-        self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(bytes);
+        (self.backend.state_bytes() + self.interner.bytes() + sessions) as u64
     }
 
-    /// Writes the operator's keyed state to checkpoint files and returns its scalar state.
-    /// Called between batches, with the output taken.
-    pub fn snapshot(&mut self, to: &mut CheckpointWriter) -> Result<OperatorState> {
+    /// Moves the watermark to `w`: fires the windows it closes and expires those past
+    /// their allowed lateness.
+    pub fn advance_to(&mut self, w: i64) -> Result<()> {
+        self.watermark = self.watermark.max(w);
+        self.advance(self.watermark)
+    }
+
+    /// The watermark at which the earliest window that has not fired yet fires (fixed
+    /// windows); `None` when no window is left or for sessions.
+    pub fn next_firing(&self) -> Option<i64> {
+        if self.sessions.is_some() {
+            return None;
+        }
+        let spec = self.spec;
+        let next = self.live_panes.iter().find_map(|&j| {
+            let windows = spec.windows_of_pane(j);
+            let k = self
+                .next_fire
+                .map_or(*windows.start(), |n| n.max(*windows.start()));
+            (k <= *windows.end()).then_some(k)
+        })?;
+        Some(spec.end(next).saturating_sub(1)).filter(|&w| w < i64::MAX)
+    }
+
+    /// End of a bounded input: the watermark jumps to +∞ and every window fires.
+    pub fn finish(&mut self) -> Result<()> {
+        self.advance_to(i64::MAX)?;
+        self.refire_dirty(i64::MAX)
+    }
+
+    // Checkpoints: the shard's state as Arrow batches whose `key` columns hold this shard's
+    // key ids (see `super::snapshot`).
+
+    /// Keys in the dictionary.
+    pub fn keys(&self) -> usize {
+        self.interner.len()
+    }
+
+    /// The key columns of keys `ids`.
+    pub fn key_columns(&mut self, ids: &[u32]) -> Result<Vec<(String, ArrayRef)>> {
+        self.interner.columns(ids)
+    }
+
+    /// Interns keys of a checkpoint's dictionary into `ids`; false when one was known.
+    pub fn restore_keys(
+        &mut self,
+        columns: &[ArrayRef],
+        rows: usize,
+        ids: &mut Vec<u32>,
+    ) -> Result<bool> {
+        let before = self.interner.len() as u32;
+        self.interner.intern(columns, rows, ids)?;
+        self.enforce_budget()?;
+        Ok(ids.iter().copied().eq(before..before + ids.len() as u32))
+    }
+
+    /// The panes that hold state, in memory or spilled, ascending.
+    pub fn panes(&self) -> Vec<i64> {
+        let mut panes = self.backend.panes();
+        panes.extend(self.spill.iter().flat_map(Spill::panes));
+        panes.sort_unstable();
+        panes
+    }
+
+    /// The state of pane `pane`, from memory or its spill file.
+    pub fn pane_state(&mut self, pane: i64) -> Result<Option<RecordBatch>> {
+        match self.spill.as_ref().filter(|s| s.holds(pane)) {
+            Some(s) => s.read(pane).map(Some),
+            None => Ok(self.backend.export_pane(pane)?),
+        }
+    }
+
+    /// Sets pane `pane` to a checkpoint's state.
+    pub fn restore_pane(&mut self, pane: i64, state: &RecordBatch) -> Result<()> {
+        self.backend.import_pane(pane, state)?;
+        Ok(())
+    }
+
+    /// Revisions of windows that re-fired: key, window, revision.
+    pub fn revisions_batch(&self) -> Result<Option<RecordBatch>> {
         if !self.dirty.is_empty() {
             return Err(Error::Internal(
                 "a checkpoint with windows to re-fire".into(),
             ));
         }
-        let batch = |columns: Vec<(String, ArrayRef)>| {
-            RecordBatch::try_from_iter(columns)
-                .map_err(|e| Error::Internal(format!("building checkpoint state: {e}")))
-        };
-        let n = self.interner.len() as u32;
-        let interner = &mut self.interner;
-        to.write(
-            "keys.arrow",
-            (0..n)
-                .step_by(KEYS_PER_BATCH)
-                .filter(|_| !self.key_indices.is_empty())
-                .map(|from| {
-                    let ids: Vec<u32> = (from..n.min(from + KEYS_PER_BATCH as u32)).collect();
-                    batch(interner.columns(&ids)?)
-                }),
-        )?;
-        let backend = &mut self.backend;
-        let spill = &self.spill;
-        let mut panes = backend.panes();
-        panes.extend(spill.iter().flat_map(Spill::panes));
-        panes.sort_unstable();
-        to.write(
-            "panes.arrow",
-            panes.into_iter().filter_map(|pane| {
-                let state = match spill.as_ref().filter(|s| s.holds(pane)) {
-                    Some(s) => s.read(pane).map(Some),
-                    None => backend.export_pane(pane).map_err(Error::from),
-                };
-                let state = state.transpose()?;
-                Some(state.and_then(|state| {
-                    let mut columns = vec![(
-                        "pane".to_string(),
-                        Arc::new(Int64Array::from(vec![pane; state.num_rows()])) as ArrayRef,
-                    )];
-                    let schema = state.schema();
-                    columns.extend(
-                        schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().clone())
-                            .zip(state.columns().iter().cloned()),
-                    );
-                    batch(columns)
-                }))
-            }),
-        )?;
+        if self.revisions.is_empty() {
+            return Ok(None);
+        }
         let mut revisions: Vec<(&(u32, i64), &i64)> = self.revisions.iter().collect();
         revisions.sort_unstable();
-        to.write(
-            "revisions.arrow",
-            (!revisions.is_empty()).then(|| {
-                batch(vec![
-                    (
-                        "key".into(),
-                        Arc::new(arrow::array::UInt32Array::from_iter_values(
-                            revisions.iter().map(|r| r.0.0),
-                        )) as ArrayRef,
-                    ),
-                    (
-                        "window".into(),
-                        Arc::new(Int64Array::from_iter_values(
-                            revisions.iter().map(|r| r.0.1),
-                        )),
-                    ),
-                    (
-                        "revision".into(),
-                        Arc::new(Int64Array::from_iter_values(revisions.iter().map(|r| *r.1))),
-                    ),
-                ])
-            }),
-        )?;
-        let arrow = |e| Error::Internal(format!("building checkpoint state: {e}"));
-        if let Some(sessions) = &self.sessions {
-            to.write("sessions.arrow", [sessions.to_batch()])?;
-        }
-        if let Some((detector, _)) = &self.anomaly {
-            to.write("baselines.arrow", [detector.to_batch().map_err(arrow)])?;
-        }
-        Ok(OperatorState {
-            partitions: self.tracker.state(),
-            watermark: self.tracker.current(),
-            next_fire: self.next_fire,
-            first_kept: self.first_kept,
-            live_panes: self.live_panes.iter().copied().collect(),
-            keys: self.interner.len(),
-            stats: self.stats,
-        })
+        RecordBatch::try_from_iter([
+            (
+                "key",
+                Arc::new(UInt32Array::from_iter_values(
+                    revisions.iter().map(|r| r.0.0),
+                )) as ArrayRef,
+            ),
+            (
+                "window",
+                Arc::new(Int64Array::from_iter_values(
+                    revisions.iter().map(|r| r.0.1),
+                )),
+            ),
+            (
+                "revision",
+                Arc::new(Int64Array::from_iter_values(revisions.iter().map(|r| *r.1))),
+            ),
+        ])
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("building checkpoint state: {e}")))
     }
 
-    /// Restores a fresh operator to a checkpoint's state.
-    pub fn restore(&mut self, from: &Restore) -> Result<()> {
-        let bad = |message: String| Error::Checkpoint {
-            path: from.dir.clone(),
-            message,
+    /// Adds revisions as [`Shard::revisions_batch`] wrote them.
+    pub fn restore_revisions(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let cols = (
+            batch
+                .column_by_name("key")
+                .and_then(|c| c.as_primitive_opt::<UInt32Type>()),
+            batch
+                .column_by_name("window")
+                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+            batch
+                .column_by_name("revision")
+                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+        );
+        let (Some(keys), Some(windows), Some(revs)) = cols else {
+            return Err("revisions.arrow: missing or mistyped columns".into());
         };
-        let st = &from.manifest.operator;
-        let mut ids = Vec::new();
-        for batch in from.read("keys.arrow")? {
-            let before = self.interner.len() as u32;
-            self.interner
-                .intern(batch.columns(), batch.num_rows(), &mut ids)?;
-            if !ids.iter().copied().eq(before..before + ids.len() as u32) {
-                return Err(bad("its key dictionary holds a key twice".into()));
-            }
-            self.enforce_budget()?;
+        for i in 0..batch.num_rows() {
+            self.revisions
+                .insert((keys.value(i), windows.value(i)), revs.value(i));
         }
-        if self.key_indices.is_empty() && st.keys > 0 {
-            self.interner.intern(&[], 1, &mut ids)?;
-        }
-        if self.interner.len() != st.keys {
-            return Err(bad(format!(
-                "its key dictionary has {} keys, the manifest says {}",
-                self.interner.len(),
-                st.keys
-            )));
-        }
-        for batch in from.read("panes.arrow")? {
-            let pane = batch
-                .column(0)
-                .as_primitive_opt::<Int64Type>()
-                .filter(|p| !p.is_empty())
-                .map(|p| p.value(0))
-                .ok_or_else(|| bad("panes.arrow: a batch without its pane".into()))?;
-            let state = batch
-                .project(&(1..batch.num_columns()).collect::<Vec<_>>())
-                .map_err(|e| bad(format!("panes.arrow: {e}")))?;
-            self.backend.import_pane(pane, &state)?;
-        }
-        for batch in from.read("revisions.arrow")? {
-            let cols = (
-                batch
-                    .column(0)
-                    .as_primitive_opt::<arrow::datatypes::UInt32Type>(),
-                batch.column(1).as_primitive_opt::<Int64Type>(),
-                batch.column(2).as_primitive_opt::<Int64Type>(),
-            );
-            let (Some(keys), Some(windows), Some(revs)) = cols else {
-                return Err(bad("revisions.arrow: mistyped columns".into()));
-            };
-            for i in 0..batch.num_rows() {
-                self.revisions
-                    .insert((keys.value(i), windows.value(i)), revs.value(i));
-            }
-        }
-        if let Some(sessions) = self.sessions.as_mut() {
-            for batch in from.read("sessions.arrow")? {
-                sessions.restore(&batch).map_err(bad)?;
-            }
-        }
-        if let Some((detector, _)) = self.anomaly.as_mut() {
-            for batch in from.read("baselines.arrow")? {
-                detector.restore(&batch).map_err(bad)?;
-            }
-        }
-        self.tracker
-            .restore(&st.partitions, st.watermark, Instant::now())
-            .map_err(bad)?;
-        self.next_fire = st.next_fire;
-        self.first_kept = st.first_kept;
-        self.live_panes = st.live_panes.iter().copied().collect();
-        self.stats = st.stats;
-        self.enforce_budget()
-    }
-
-    /// Partition `p` is exhausted: it no longer holds the watermark back.
-    pub fn finish_partition(&mut self, p: usize) -> Result<()> {
-        let w = self.tracker.finish(p, Instant::now());
-        self.advance(w)
-    }
-
-    /// End of a bounded input, a window at a time: fires the next window that has not
-    /// fired (as the watermark reaching its end would) and returns false; when none is
-    /// left, does [`WindowOperator::finish`] and returns true. Taking the output between
-    /// calls keeps it from piling up: a job with many keys and long hop windows has one
-    /// window's rows in memory at a time, not all the windows the end of input fires.
-    pub fn finish_step(&mut self) -> Result<bool> {
-        if self.sessions.is_none() {
-            let spec = self.spec;
-            let next = self.live_panes.iter().find_map(|&j| {
-                let windows = spec.windows_of_pane(j);
-                let k = self
-                    .next_fire
-                    .map_or(*windows.start(), |n| n.max(*windows.start()));
-                (k <= *windows.end()).then_some(k)
-            });
-            if let Some(w) = next.map(|k| spec.end(k).saturating_sub(1))
-                && w < i64::MAX
-            {
-                self.advance(w)?;
-                self.note_state();
-                return Ok(false);
-            }
-        }
-        self.finish()?;
-        Ok(true)
-    }
-
-    /// End of a bounded input: the watermark jumps to +∞ and every window fires.
-    pub fn finish(&mut self) -> Result<()> {
-        self.advance(i64::MAX)?;
-        self.refire_dirty(i64::MAX)?;
-        self.note_state();
         Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use arrow::array::Int64Array;
-    use panes_kernels::CpuBackend;
-
-    fn operator(partitions: usize) -> (WindowOperator, SchemaRef) {
-        let job = Job::from_toml(
-            r#"
-            [source]
-            kind = "parquet"
-            path = "unused"
-            [time]
-            column = "ts"
-            [window]
-            kind = "tumble"
-            size = "10s"
-            [[aggregate]]
-            name = "n"
-            fn = "count"
-            [sink]
-            kind = "jsonl"
-            "#,
-            "test job",
-        )
-        .expect("valid job");
-        let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, false)]));
-        let op = WindowOperator::new(&job, &schema, partitions, |aggs| {
-            Ok(Box::new(CpuBackend::new(aggs, 1)))
-        })
-        .expect("operator");
-        (op, schema)
+    /// Open sessions, spilled ones included (session windows).
+    pub fn sessions_batch(&self) -> Result<Option<RecordBatch>> {
+        self.sessions.as_ref().map(Sessions::to_batch).transpose()
     }
 
-    fn batch(schema: &SchemaRef, ts: Vec<i64>) -> RecordBatch {
-        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ts))]).expect("batch")
+    /// Adds open sessions as [`Shard::sessions_batch`] wrote them.
+    pub fn restore_sessions(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        match self.sessions.as_mut() {
+            Some(s) => s.restore(batch),
+            None => Ok(()),
+        }
     }
 
-    fn fired_windows(op: &mut WindowOperator) -> usize {
-        op.take_output().iter().map(RecordBatch::num_rows).sum()
+    /// Anomaly baselines, with `[anomaly]`.
+    pub fn baselines_batch(&self) -> Result<Option<RecordBatch>> {
+        let arrow = |e| Error::Internal(format!("building checkpoint state: {e}"));
+        self.anomaly
+            .as_ref()
+            .map(|(d, _)| d.to_batch().map_err(arrow))
+            .transpose()
     }
 
-    #[test]
-    fn the_slowest_partition_holds_windows_back_until_it_finishes() {
-        let (mut op, schema) = operator(2);
-        op.process_batch(0, &batch(&schema, vec![1_000, 25_000, 47_000]), "p0", 0)
-            .unwrap();
-        assert_eq!(
-            fired_windows(&mut op),
-            0,
-            "partition 1 has produced nothing yet"
-        );
-        op.process_batch(1, &batch(&schema, vec![2_000, 12_000]), "p1", 0)
-            .unwrap();
-        // Watermark = min(46 999, 11 999): only [0 s, 10 s) has closed.
-        assert_eq!(op.watermark(), 11_999);
-        assert_eq!(fired_windows(&mut op), 1);
-        op.finish_partition(1).unwrap();
-        // Partition 1 is done: partition 0 alone sets the pace, [10 s, 20 s) and
-        // [20 s, 30 s) fire; [40 s, 50 s) waits for the end of the input.
-        assert_eq!(op.watermark(), 46_999);
-        assert_eq!(fired_windows(&mut op), 2);
-        op.finish().unwrap();
-        assert_eq!(fired_windows(&mut op), 1);
-        assert_eq!(op.stats().events_in, 5);
-        assert_eq!(op.stats().late_events, 0);
+    /// Adds baselines as [`Shard::baselines_batch`] wrote them.
+    pub fn restore_baselines(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        match self.anomaly.as_mut() {
+            Some((d, _)) => d.restore(batch),
+            None => Ok(()),
+        }
+    }
+
+    /// What decides which windows fire next: the next window to consider, the first pane
+    /// kept (sessions) and the panes with data.
+    pub fn firing(&self) -> (Option<i64>, i64, &BTreeSet<i64>) {
+        (self.next_fire, self.first_kept, &self.live_panes)
+    }
+
+    /// Restores [`Shard::firing`] and the watermark, after the keyed state.
+    pub fn restore_firing(
+        &mut self,
+        next_fire: Option<i64>,
+        first_kept: i64,
+        live_panes: &[i64],
+        watermark: i64,
+    ) -> Result<()> {
+        self.next_fire = next_fire;
+        self.first_kept = first_kept;
+        self.live_panes = live_panes.iter().copied().collect();
+        self.watermark = watermark;
+        self.enforce_budget()
     }
 }

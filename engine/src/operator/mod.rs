@@ -1,0 +1,501 @@
+//! The window operator: Arrow batches in, window results, late events and anomaly alerts
+//! out.
+//!
+//! Time is decided once per batch, before anything else: the event times, and the watermark
+//! each event meets (from its source partition's events before it). Then the batch is split
+//! among shards by a hash of its key values ([`route`]): each [`shard::Shard`] owns a
+//! disjoint set of keys with all their state (key dictionary, panes, open sessions,
+//! baselines, revisions, spill files), and the shards run on threads of their own without
+//! sharing any state. Every shard moves to the job watermark after each batch, so each
+//! fires a window when the watermark passes it. Which events are late and what each
+//! (key, window) holds do not depend on the thread count or the batching.
+//!
+//! Outputs are gathered after each batch, shard by shard: for a given input and thread
+//! count their order is always the same, and the set of rows never depends on the thread
+//! count. Top-k lists of one firing are merged across shards ([`topk`]). A job without keys
+//! has one group and runs on one shard, as does the GPU backend (one device).
+
+mod plan;
+mod route;
+mod shard;
+mod snapshot;
+mod topk;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use panes_kernels::{AggSpec, Backend};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::job::{Job, TopK};
+use crate::time::event_times;
+use crate::watermark::WatermarkTracker;
+use plan::Plan;
+use route::Split;
+use shard::{Fired, Shard};
+
+/// What the operator has counted so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Events read.
+    pub events_in: u64,
+    /// Events that were late for every window (sent to the late output).
+    pub late_events: u64,
+    /// Window result rows emitted (revisions included).
+    pub rows_out: u64,
+    /// Largest state (panes plus key dictionary) held, in bytes.
+    pub peak_state_bytes: u64,
+    /// Anomaly alerts raised.
+    pub alerts: u64,
+}
+
+/// The operator's scalar state, kept in a checkpoint's manifest; its keyed state (key
+/// dictionary, panes, revisions, sessions, baselines) goes to Arrow files beside it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OperatorState {
+    /// Per source partition: largest event time seen, and whether it finished.
+    pub partitions: Vec<(Option<i64>, bool)>,
+    /// The job watermark.
+    pub watermark: i64,
+    /// Windows before this one were considered for firing.
+    pub next_fire: Option<i64>,
+    /// Panes before this one were evicted (session windows).
+    pub first_kept: i64,
+    /// Panes with data that no window has expired yet.
+    pub live_panes: Vec<i64>,
+    /// Keys in the dictionary.
+    pub keys: usize,
+    /// Counters so far.
+    pub stats: Stats,
+}
+
+/// The window operator. See the module docs.
+pub struct WindowOperator {
+    plan: Arc<Plan>,
+    top_k: Option<TopK>,
+    tracker: WatermarkTracker,
+    shards: Vec<Shard>,
+    /// Runs the shards, when there are several.
+    pool: Option<rayon::ThreadPool>,
+    split: Split,
+    /// Event times of the batch, and the watermark each event met.
+    ts: Vec<i64>,
+    met: Vec<i64>,
+    output: Vec<RecordBatch>,
+    late: Vec<RecordBatch>,
+    alerts: Vec<RecordBatch>,
+    /// Counters restored from a checkpoint; the shards count from zero.
+    base: Stats,
+    rows_out: u64,
+    peak_state_bytes: u64,
+}
+
+impl WindowOperator {
+    /// An operator for `job` over inputs with `schema`, from `partitions` source partitions.
+    /// `backends` builds the data planes for the aggregates the job resolves to: one shard
+    /// runs on each (a job without keys uses the first only).
+    pub fn new(
+        job: &Job,
+        schema: &SchemaRef,
+        partitions: usize,
+        backends: impl FnOnce(&[AggSpec]) -> Result<Vec<Box<dyn Backend>>>,
+    ) -> Result<Self> {
+        let plan = Arc::new(Plan::new(job, schema)?);
+        let mut backends = backends(&plan.specs)?;
+        if plan.key_indices.is_empty() {
+            backends.truncate(1);
+        }
+        if backends.is_empty() {
+            return Err(Error::Internal("an operator with no backend".into()));
+        }
+        let shards = backends
+            .into_iter()
+            .map(|b| Shard::new(job, plan.clone(), b))
+            .collect::<Result<Vec<_>>>()?;
+        let pool = match shards.len() {
+            1 => None,
+            n => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("panes-shard-{i}"))
+                    .build()
+                    .map_err(|e| Error::Internal(format!("starting shard threads: {e}")))?,
+            ),
+        };
+        Ok(WindowOperator {
+            plan,
+            top_k: job.top_k,
+            tracker: WatermarkTracker::new(
+                partitions,
+                job.max_out_of_orderness,
+                job.idle_timeout,
+                Instant::now(),
+            ),
+            shards,
+            pool,
+            split: Split::default(),
+            ts: Vec::new(),
+            met: Vec::new(),
+            output: Vec::new(),
+            late: Vec::new(),
+            alerts: Vec::new(),
+            base: Stats::default(),
+            rows_out: 0,
+            peak_state_bytes: 0,
+        })
+    }
+
+    /// Schema of the window results.
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.plan.out_schema
+    }
+
+    /// Schema of the late-event output: the input columns plus `watermark` and `reason`.
+    pub fn late_schema(&self) -> &SchemaRef {
+        &self.plan.late_schema
+    }
+
+    /// The schema of anomaly alert rows.
+    pub fn alert_schema(&self) -> &SchemaRef {
+        &self.plan.alert_schema
+    }
+
+    /// The backend's name, as `--backend` spells it.
+    pub fn backend_name(&self) -> &'static str {
+        self.shards[0].backend_name()
+    }
+
+    /// The backend, as a run summary shows it, with the number of shards.
+    pub fn backend(&self) -> String {
+        match self.shards.len() {
+            1 => self.shards[0].backend(),
+            n => format!("{}, {n} shards", self.shards[0].backend()),
+        }
+    }
+
+    /// Shards (threads) that aggregate.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.base;
+        for shard in &self.shards {
+            let t = shard.stats();
+            s.events_in += t.events_in;
+            s.late_events += t.late_events;
+            s.alerts += t.alerts;
+        }
+        s.rows_out += self.rows_out;
+        s.peak_state_bytes = s.peak_state_bytes.max(self.peak_state_bytes);
+        s
+    }
+
+    /// The current job watermark (`i64::MIN` before any).
+    pub fn watermark(&self) -> i64 {
+        self.tracker.current()
+    }
+
+    /// Takes the window results produced so far.
+    pub fn take_output(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Takes the late events produced so far.
+    pub fn take_late(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.late)
+    }
+
+    /// Takes the anomaly alerts produced so far.
+    pub fn take_alerts(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    /// Processes one batch from source partition `partition`; `origin` and `first_row` say
+    /// where it came from, for errors.
+    pub fn process_batch(
+        &mut self,
+        partition: usize,
+        batch: &RecordBatch,
+        origin: &str,
+        first_row: u64,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let partitions = self.tracker.state().len();
+        if partition >= partitions {
+            return Err(Error::input(
+                origin,
+                format!("partition {partition} does not exist: the source has {partitions}"),
+            ));
+        }
+        if batch.num_columns() != self.plan.late_schema.fields().len() - 2 {
+            return Err(Error::input(
+                origin,
+                format!(
+                    "the batch has {} columns, the schema the job was built for {}",
+                    batch.num_columns(),
+                    self.plan.late_schema.fields().len() - 2
+                ),
+            ));
+        }
+        let plan = &self.plan;
+        event_times(
+            batch.column(plan.time_index),
+            &plan.time_name,
+            origin,
+            first_row,
+            &mut self.ts,
+        )?;
+        self.tracker
+            .observe(partition, &self.ts, Instant::now(), &mut self.met);
+        let w = self.tracker.current();
+        if self.shards.len() == 1 {
+            self.shards[0].process(batch, &self.ts, &self.met, w, origin)?;
+            return self.collect();
+        }
+        let keys: Vec<ArrayRef> = plan
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        self.split.split(&keys, n, self.shards.len())?;
+        let (split, ts, met) = (&self.split, &self.ts, &self.met);
+        let run = |(s, shard): (usize, &mut Shard)| {
+            let rows = split.of(s);
+            let gather = |v: &[i64]| -> Vec<i64> { rows.iter().map(|&r| v[r as usize]).collect() };
+            let part = take_record_batch(batch, &UInt32Array::from(rows.to_vec()))
+                .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
+            shard.process(&part, &gather(ts), &gather(met), w, origin)
+        };
+        match &self.pool {
+            Some(pool) => pool.install(|| self.shards.par_iter_mut().enumerate().try_for_each(run)),
+            None => self.shards.iter_mut().enumerate().try_for_each(run),
+        }?;
+        self.collect()
+    }
+
+    /// Runs `f` on every shard, in parallel when there are several.
+    fn each(&mut self, f: impl Fn(&mut Shard) -> Result<()> + Send + Sync) -> Result<()> {
+        match &self.pool {
+            Some(pool) => pool.install(|| self.shards.par_iter_mut().try_for_each(f)),
+            None => self.shards.iter_mut().try_for_each(f),
+        }
+    }
+
+    /// Gathers what the shards produced, merges top-k lists, and notes the state held.
+    fn collect(&mut self) -> Result<()> {
+        let mut fired: Vec<Fired> = Vec::new();
+        for shard in &mut self.shards {
+            fired.extend(shard.take_output());
+            self.late.extend(shard.take_late());
+            self.alerts.extend(shard.take_alerts());
+        }
+        let rows = match self.top_k.filter(|_| self.shards.len() > 1) {
+            Some(t) => self.merge_top_k(fired, t)?,
+            None => fired.into_iter().map(|f| f.rows).collect(),
+        };
+        self.rows_out += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        self.output.extend(rows);
+        let held = self.shards.iter().map(Shard::state_bytes).sum();
+        self.peak_state_bytes = self.peak_state_bytes.max(held);
+        Ok(())
+    }
+
+    /// The shards' top-k lists of each firing (a window's first firing, or its re-firing
+    /// for the keys that changed), ranked again as one list.
+    fn merge_top_k(&self, fired: Vec<Fired>, t: TopK) -> Result<Vec<RecordBatch>> {
+        let mut firings: BTreeMap<(i64, bool), Vec<RecordBatch>> = BTreeMap::new();
+        for f in fired {
+            firings.entry((f.window, !f.all)).or_default().push(f.rows);
+        }
+        firings
+            .into_values()
+            .map(|lists| {
+                let all = concat_batches(&self.plan.out_schema, &lists)
+                    .map_err(|e| Error::arrow("merging top-k lists", e))?;
+                topk::rank(&all, &self.plan, t)
+            })
+            .collect()
+    }
+
+    /// Partition `p` is exhausted: it no longer holds the watermark back.
+    pub fn finish_partition(&mut self, p: usize) -> Result<()> {
+        let w = self.tracker.finish(p, Instant::now());
+        self.each(|s| s.advance_to(w))?;
+        self.collect()
+    }
+
+    /// End of a bounded input, a window at a time: fires the next window that has not
+    /// fired (as the watermark reaching its end would) and returns false; when none is
+    /// left, does [`WindowOperator::finish`] and returns true. Taking the output between
+    /// calls keeps it from piling up: a job with many keys and long hop windows has one
+    /// window's rows in memory at a time, not all the windows the end of input fires.
+    pub fn finish_step(&mut self) -> Result<bool> {
+        match self.shards.iter().filter_map(Shard::next_firing).min() {
+            Some(w) => {
+                self.each(|s| s.advance_to(w))?;
+                self.collect()?;
+                Ok(false)
+            }
+            None => {
+                self.finish()?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// End of a bounded input: the watermark jumps to +∞ and every window fires.
+    pub fn finish(&mut self) -> Result<()> {
+        self.each(Shard::finish)?;
+        self.collect()
+    }
+
+    /// Keeps state within the memory budget, if there is one (see
+    /// [`WindowOperator::set_memory_budget`]).
+    pub fn enforce_budget(&mut self) -> Result<()> {
+        self.each(Shard::enforce_budget)
+    }
+
+    /// Spills state to `dir` whenever it exceeds `budget` bytes after a batch, closed
+    /// panes first, then the key dictionary, then open sessions. Each of n shards holds to
+    /// budget / n, in a directory of its own beside `dir`.
+    pub fn set_memory_budget(&mut self, budget: u64, dir: PathBuf) {
+        let n = self.shards.len();
+        for (s, shard) in self.shards.iter_mut().enumerate() {
+            let dir = match n {
+                1 => dir.clone(),
+                _ => PathBuf::from(format!("{}-shard-{s}", dir.display())),
+            };
+            shard.set_memory_budget(budget / n as u64, dir);
+        }
+    }
+
+    /// Panes spilled so far, and their bytes on disk.
+    pub fn spilled(&self) -> (u64, u64) {
+        self.shards
+            .iter()
+            .map(Shard::spilled)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// Keys of the dictionary on disk, and all its keys.
+    pub fn keys_spilled(&self) -> (usize, usize) {
+        self.shards
+            .iter()
+            .map(Shard::keys_spilled)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// Open sessions spilled to disk so far.
+    pub fn sessions_spilled(&self) -> u64 {
+        self.shards.iter().map(Shard::sessions_spilled).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use panes_kernels::CpuBackend;
+
+    fn operator(partitions: usize) -> (WindowOperator, SchemaRef) {
+        let job = Job::from_toml(
+            r#"
+            [source]
+            kind = "parquet"
+            path = "unused"
+            [time]
+            column = "ts"
+            [window]
+            kind = "tumble"
+            size = "10s"
+            [[aggregate]]
+            name = "n"
+            fn = "count"
+            [sink]
+            kind = "jsonl"
+            "#,
+            "test job",
+        )
+        .expect("valid job");
+        let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, false)]));
+        let op = WindowOperator::new(&job, &schema, partitions, |aggs| {
+            Ok(vec![Box::new(CpuBackend::new(aggs, 1))])
+        })
+        .expect("operator");
+        (op, schema)
+    }
+
+    fn batch(schema: &SchemaRef, ts: Vec<i64>) -> RecordBatch {
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ts))]).expect("batch")
+    }
+
+    fn fired_windows(op: &mut WindowOperator) -> usize {
+        op.take_output().iter().map(RecordBatch::num_rows).sum()
+    }
+
+    #[test]
+    fn the_slowest_partition_holds_windows_back_until_it_finishes() {
+        let (mut op, schema) = operator(2);
+        op.process_batch(0, &batch(&schema, vec![1_000, 25_000, 47_000]), "p0", 0)
+            .unwrap();
+        assert_eq!(
+            fired_windows(&mut op),
+            0,
+            "partition 1 has produced nothing yet"
+        );
+        op.process_batch(1, &batch(&schema, vec![2_000, 12_000]), "p1", 0)
+            .unwrap();
+        // Watermark = min(46 999, 11 999): only [0 s, 10 s) has closed.
+        assert_eq!(op.watermark(), 11_999);
+        assert_eq!(fired_windows(&mut op), 1);
+        op.finish_partition(1).unwrap();
+        // Partition 1 is done: partition 0 alone sets the pace, [10 s, 20 s) and
+        // [20 s, 30 s) fire; [40 s, 50 s) waits for the end of the input.
+        assert_eq!(op.watermark(), 46_999);
+        assert_eq!(fired_windows(&mut op), 2);
+        op.finish().unwrap();
+        assert_eq!(fired_windows(&mut op), 1);
+        assert_eq!(op.stats().events_in, 5);
+        assert_eq!(op.stats().late_events, 0);
+    }
+
+    #[test]
+    fn a_partition_or_batch_that_does_not_fit_is_an_error() {
+        let (mut op, schema) = operator(2);
+        let err = op
+            .process_batch(2, &batch(&schema, vec![1_000]), "p2", 0)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("partition 2 does not exist"),
+            "{err}"
+        );
+        let wide = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Int64, false),
+            Field::new("x", DataType::Int64, false),
+        ]));
+        let two = RecordBatch::try_new(
+            wide,
+            vec![
+                Arc::new(Int64Array::from(vec![1])),
+                Arc::new(Int64Array::from(vec![1])),
+            ],
+        )
+        .unwrap();
+        let err = op.process_batch(0, &two, "p0", 0).unwrap_err();
+        assert!(err.to_string().contains("2 columns"), "{err}");
+    }
+}

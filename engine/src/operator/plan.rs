@@ -1,0 +1,162 @@
+//! What a job resolves to over an input schema, once, before any batch: where the time,
+//! key and value columns are, the aggregate specs the kernels run, and the schemas of the
+//! three outputs (window rows, late events, anomaly alerts). Shards share one plan.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use panes_kernels::{AggSpec, Domain, OutType};
+
+use crate::error::{Error, Result};
+use crate::job::Job;
+
+/// An input column that aggregates read: where it is and how it is read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Input {
+    pub index: usize,
+    /// `None`: only its validity is read (`count(col)` of a non-numeric column).
+    pub domain: Option<Domain>,
+}
+
+/// A job resolved against its input schema. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub time_index: usize,
+    pub time_name: String,
+    pub key_indices: Vec<usize>,
+    /// Names and types of the key columns.
+    pub key_fields: Vec<(String, DataType)>,
+    pub inputs: Vec<Input>,
+    pub specs: Vec<AggSpec>,
+    pub out_schema: SchemaRef,
+    pub late_schema: SchemaRef,
+    pub alert_schema: SchemaRef,
+    /// Where errors say the input came from.
+    pub origin: String,
+}
+
+pub(crate) fn timestamp_ms() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+impl Plan {
+    /// Resolves `job` over `schema`; a missing or mistyped column is an error naming the
+    /// source.
+    pub fn new(job: &Job, schema: &SchemaRef) -> Result<Plan> {
+        let origin = job.source.to_string();
+        let missing = |what: &str, name: &str| {
+            let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            Error::input(
+                &origin,
+                format!(
+                    "{what} column {name:?} does not exist; the input has {}",
+                    have.join(", ")
+                ),
+            )
+        };
+        let find = |what: &str, name: &str| schema.index_of(name).map_err(|_| missing(what, name));
+        let time_index = find("time", &job.time_column)?;
+        let key_indices = job
+            .keys
+            .iter()
+            .map(|k| find("key", k))
+            .collect::<Result<Vec<_>>>()?;
+        let key_fields: Vec<(String, DataType)> = key_indices
+            .iter()
+            .map(|&i| {
+                (
+                    schema.field(i).name().clone(),
+                    schema.field(i).data_type().clone(),
+                )
+            })
+            .collect();
+
+        let mut inputs: Vec<Input> = Vec::new();
+        let mut specs = Vec::new();
+        for a in &job.aggregates {
+            let Some(name) = &a.column else {
+                specs.push(AggSpec {
+                    func: a.func,
+                    column: 0,
+                    domain: Domain::I64,
+                });
+                continue;
+            };
+            let index = find(&format!("aggregate {:?}: input", a.name), name)?;
+            let ty = schema.field(index).data_type();
+            let domain = match ty {
+                t if t.is_integer() => Some(Domain::I64),
+                t if t.is_floating()
+                    || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
+                {
+                    Some(Domain::F64)
+                }
+                _ if a.func == panes_kernels::AggFn::Count => None,
+                t => {
+                    return Err(Error::input(
+                        &origin,
+                        format!(
+                            "aggregate {:?}: {} needs a numeric column, but {name:?} has type {t}",
+                            a.name, a.func
+                        ),
+                    ));
+                }
+            };
+            let column = match inputs.iter().position(|i| i.index == index) {
+                Some(c) => c,
+                None => {
+                    inputs.push(Input { index, domain });
+                    inputs.len() - 1
+                }
+            };
+            specs.push(AggSpec {
+                func: a.func,
+                column,
+                domain: domain.unwrap_or(Domain::I64),
+            });
+        }
+        let agg_types: Vec<OutType> = specs.iter().map(AggSpec::output).collect();
+
+        let mut fields: Vec<Field> = key_fields
+            .iter()
+            .map(|(n, t)| Field::new(n, t.clone(), true))
+            .collect();
+        fields.push(Field::new("window_start", timestamp_ms(), false));
+        fields.push(Field::new("window_end", timestamp_ms(), false));
+        for (a, t) in job.aggregates.iter().zip(&agg_types) {
+            let (ty, nullable) = match t {
+                OutType::Count => (DataType::Int64, false),
+                OutType::I64 => (DataType::Int64, true),
+                OutType::F64 => (DataType::Float64, true),
+            };
+            fields.push(Field::new(&a.name, ty, nullable));
+        }
+        if job.top_k.is_some() {
+            fields.push(Field::new("rank", DataType::Int64, false));
+        }
+        if job.allowed_lateness > 0 {
+            fields.push(Field::new("revision", DataType::Int64, false));
+        }
+        let mut alert_fields: Vec<Field> = fields[..key_fields.len() + 2].to_vec();
+        for name in ["value", "baseline_mean", "baseline_std", "z_score"] {
+            alert_fields.push(Field::new(name, DataType::Float64, false));
+        }
+        let mut late_fields: Vec<Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        late_fields.push(Field::new("watermark", timestamp_ms(), true));
+        late_fields.push(Field::new("reason", DataType::Utf8, false));
+
+        Ok(Plan {
+            time_index,
+            time_name: job.time_column.clone(),
+            key_indices,
+            key_fields,
+            inputs,
+            specs,
+            out_schema: Arc::new(Schema::new(fields)),
+            late_schema: Arc::new(Schema::new(late_fields)),
+            alert_schema: Arc::new(Schema::new(alert_fields)),
+            origin,
+        })
+    }
+}
