@@ -22,8 +22,10 @@ pub struct Case {
     pub backend: String,
     /// Events processed.
     pub events: u64,
-    /// Worker threads.
+    /// Threads (shards) that aggregated.
     pub threads: usize,
+    /// Events per second relative to the same case at the sweep's first thread count.
+    pub speedup: f64,
     /// Seconds the operator took (input already decoded in memory).
     pub seconds: f64,
     /// Events per second.
@@ -207,15 +209,16 @@ pub fn run(
     Ok((start.elapsed().as_secs_f64(), op.stats().rows_out))
 }
 
-/// Runs the suite: every window × key count × backend, then the example workloads; only
-/// the cases whose name starts with one of `only` when it names any. The reference
-/// backend, which keeps every event, runs on at most `reference_events`.
+/// Runs the suite: every window × key count × backend, then the example workloads, each
+/// at every thread count of `threads` (a sweep); only the cases whose name starts with one
+/// of `only` when it names any. The reference backend, which keeps every event, runs on at
+/// most `reference_events`.
 pub fn suite(
     events: u64,
     reference_events: u64,
     keys: &[u64],
     backends: &[BackendKind],
-    threads: usize,
+    threads: &[usize],
     only: &[String],
     mut on_case: impl FnMut(&Case),
 ) -> Result<Vec<Case>> {
@@ -243,9 +246,20 @@ pub fn suite(
                 _ => None,
             };
             for (name, job) in windows {
-                let case = measure(name, &job, &batches, *backend, threads, kernels.clone())?;
-                on_case(&case);
-                cases.push(case);
+                let mut base = None;
+                for &t in threads {
+                    let case = measure(
+                        name,
+                        &job,
+                        &batches,
+                        *backend,
+                        t,
+                        kernels.clone(),
+                        &mut base,
+                    )?;
+                    on_case(&case);
+                    cases.push(case);
+                }
             }
         }
     }
@@ -253,15 +267,19 @@ pub fn suite(
         for backend in backends.iter().filter(|b| **b != BackendKind::Gpu) {
             let job = workload(name, text, events_for(*backend))?;
             let batches = input(&job, 64 * 1024)?;
-            let case = measure(name, &job, &batches, *backend, threads, None)?;
-            on_case(&case);
-            cases.push(case);
+            let mut base = None;
+            for &t in threads {
+                let case = measure(name, &job, &batches, *backend, t, None, &mut base)?;
+                on_case(&case);
+                cases.push(case);
+            }
         }
     }
     Ok(cases)
 }
 
-/// Runs one case and describes it; `kernels` are the GPU's kernel-only figures.
+/// Runs one case and describes it; `kernels` are the GPU's kernel-only figures, `base` the
+/// events per second of the sweep's first run of this case (set by that run).
 fn measure(
     name: &str,
     job: &Job,
@@ -269,9 +287,12 @@ fn measure(
     backend: BackendKind,
     threads: usize,
     kernels: Option<(f64, String, String)>,
+    base: &mut Option<f64>,
 ) -> Result<Case> {
     let (seconds, rows_out) = run(job, batches, backend, threads)?;
     let events = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+    let events_per_sec = events as f64 / seconds.max(1e-9);
+    let base = *base.get_or_insert(events_per_sec);
     let (kernel_events_per_sec, kernel_timer, adapter) = match kernels {
         Some((rate, timer, adapter)) => (Some(rate), Some(timer), Some(adapter)),
         None => (None, None, None),
@@ -282,8 +303,9 @@ fn measure(
         backend: backend.to_string(),
         events,
         threads,
+        speedup: events_per_sec / base,
         seconds,
-        events_per_sec: events as f64 / seconds.max(1e-9),
+        events_per_sec,
         rows_out,
         kernel_events_per_sec,
         kernel_timer,

@@ -35,8 +35,8 @@ enum Command {
         /// Rows per source micro-batch.
         #[arg(long, default_value_t = 64 * 1024)]
         batch_rows: usize,
-        /// Worker threads for the cpu backend's key partitions (default: all cores but the
-        /// one that reads the source).
+        /// Threads that aggregate, each owning a shard of the keys (default: every core).
+        /// `1` is a plain serial path; the gpu backend runs one shard.
         #[arg(long)]
         threads: Option<usize>,
         /// Resume from this checkpoint directory (`DIR/chk-NNNNNN`) instead of the newest
@@ -94,9 +94,10 @@ enum Command {
         /// device).
         #[arg(long, value_delimiter = ',', default_value = "reference,cpu")]
         backend: Vec<BackendKind>,
-        /// Worker threads (default: all cores).
-        #[arg(long)]
-        threads: Option<usize>,
+        /// Thread counts to run each case at, comma separated: a sweep, with a speed-up
+        /// column against the first (default: every core).
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
         /// Run only the cases whose name starts with one of these, comma separated
         /// (`hop`, `tumble`, `nexmark`, ...; default: every case).
         #[arg(long, value_delimiter = ',')]
@@ -258,7 +259,11 @@ impl Command {
                 cases: only,
                 json,
             } => {
-                let threads = threads.unwrap_or_else(rayon::current_num_threads).max(1);
+                let threads = match threads {
+                    t if t.is_empty() => vec![panes::engine::run::default_threads()],
+                    t if t.contains(&0) => bail!("--threads: a thread count must be at least 1"),
+                    t => t,
+                };
                 let names = bench::case_names();
                 if let Some(bad) = only
                     .iter()
@@ -271,8 +276,15 @@ impl Command {
                 }
                 if !json {
                     println!(
-                        "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14} {:>14}",
-                        "window", "keys", "backend", "events", "threads", "events/s", "kernel ev/s"
+                        "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14} {:>9} {:>14}",
+                        "window",
+                        "keys",
+                        "backend",
+                        "events",
+                        "threads",
+                        "events/s",
+                        "speed-up",
+                        "kernel ev/s"
                     );
                 }
                 let mut adapters = std::collections::BTreeSet::new();
@@ -281,7 +293,7 @@ impl Command {
                     reference_events,
                     &keys,
                     &backend,
-                    threads,
+                    &threads,
                     &only,
                     |c| {
                         if json {
@@ -291,13 +303,14 @@ impl Command {
                             .kernel_events_per_sec
                             .map_or("-".into(), |k| format!("{k:.0}"));
                         println!(
-                            "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14.0} {:>14}",
+                            "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14.0} {:>8.2}x {:>14}",
                             c.window,
                             c.keys,
                             c.backend,
                             c.events,
                             c.threads,
                             c.events_per_sec,
+                            c.speedup,
                             kernel
                         );
                         if let (Some(a), Some(t)) = (&c.adapter, &c.kernel_timer) {

@@ -504,7 +504,7 @@ fn top_k_keeps_the_largest_rows_of_each_window_in_rank_order() {
         int(&full, "article_id"),
         int(&full, "views"),
     );
-    // Per window, in output (key id) order: a stable sort by views, largest first.
+    // Per window: views, largest first; ties go to the smaller article id.
     let mut want: Vec<(i64, i64, i64, i64)> = Vec::new();
     let mut start = 0;
     while start < windows.len() {
@@ -512,7 +512,7 @@ fn top_k_keeps_the_largest_rows_of_each_window_in_rank_order() {
             .find(|&i| windows[i] != windows[start])
             .unwrap_or(windows.len());
         let mut rows: Vec<usize> = (start..end).collect();
-        rows.sort_by_key(|&i| std::cmp::Reverse(views[i]));
+        rows.sort_by_key(|&i| (std::cmp::Reverse(views[i]), articles[i]));
         for (rank, &i) in rows.iter().take(3).enumerate() {
             want.push((windows[i], articles[i], views[i], rank as i64 + 1));
         }

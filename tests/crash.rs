@@ -546,11 +546,65 @@ fn a_restart_resumes_from_the_newest_checkpoint_and_a_changed_job_is_refused() {
     assert_eq!(published(&dir.path().join("out")), want[0]);
 }
 
+/// A checkpoint does not depend on the thread count: a job killed (SIGKILL at a
+/// checkpoint's failpoint) at 4 threads resumes at 3, is killed again, and finishes at 1.
+/// Its published rows are those of an uninterrupted single-thread run (as a set: shards
+/// emit their rows one shard after another).
+#[test]
+fn checkpoints_taken_at_4_threads_resume_at_3_and_1() {
+    let sorted = |mut rows: Vec<String>| {
+        rows.sort();
+        rows
+    };
+    for (template, seed) in [(HOP, 0u64), (SESSION, 1), (TUMBLE, 2), (ANOMALY, 3)] {
+        let (want, _) = uninterrupted(template, &["--threads", "1"]);
+        let (dir, job) = job_in(template);
+        let first = 1 + seed % 3;
+        for (threads, failpoint) in [
+            (
+                "4",
+                Some(format!("{}:{first}", FAILPOINTS[seed as usize % 4])),
+            ),
+            ("3", Some(format!("manifest:{}", first + 1))),
+            ("1", None),
+        ] {
+            let mut cmd = panes();
+            cmd.arg("run")
+                .arg(&job)
+                .args(BATCH)
+                .args(["--threads", threads]);
+            if let Some(f) = &failpoint {
+                cmd.env("PANES_FAILPOINT", f);
+            }
+            let out = cmd.output().expect("panes runs");
+            // Killed at its failpoint (SIGKILL), or finished: never failed on its own.
+            use std::os::unix::process::ExitStatusExt;
+            let (ok, killed) = (out.status.success(), out.status.signal() == Some(9));
+            assert!(
+                if failpoint.is_some() { killed } else { ok },
+                "{threads} threads, failpoint {failpoint:?}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for (o, want) in outputs(template).iter().zip(want) {
+            let got = published(&dir.path().join(o));
+            assert!(!want.is_empty() || *o != "out");
+            assert_eq!(sorted(got), sorted(want), "{template}: {o}");
+        }
+    }
+}
+
 /// The GPU backend (lavapipe in CI) checkpoints its device state and restores it: the
 /// published output equals the uninterrupted cpu run's, bit for bit.
 #[test]
 fn gpu_output_survives_crashes_exactly_once() {
     let gpu = ["--backend", "gpu"];
-    assert_eq!(uninterrupted(TUMBLE, &gpu).0, uninterrupted(TUMBLE, &[]).0);
+    // One shard, as the gpu backend runs: rows in the same order.
+    let serial = ["--threads", "1"];
+    assert_eq!(
+        uninterrupted(TUMBLE, &gpu).0,
+        uninterrupted(TUMBLE, &serial).0
+    );
     assert!(crash_until_done_on(TUMBLE, 500..503, &gpu) >= 2);
 }

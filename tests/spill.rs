@@ -151,12 +151,20 @@ fn a_hop_job_over_5m_keys_spills_within_its_budget_and_matches_the_in_memory_run
     let dir = TempDir::new().expect("temp dir");
     write_input(&dir.path().join("input.parquet"));
 
-    let in_memory = run(dir.path(), "memory", &[]);
+    // Two shards (threads), each within half the budget.
+    let in_memory = run(dir.path(), "memory", &["--threads", "2"]);
     let budget = 512 * MIB;
     let spilled = run(
         dir.path(),
         "spilled",
-        &["--memory-budget", "512MiB", "--batch-rows", "16384"],
+        &[
+            "--threads",
+            "2",
+            "--memory-budget",
+            "512MiB",
+            "--batch-rows",
+            "16384",
+        ],
     );
     let rows = same_rows(
         &dir.path().join("memory.parquet"),
@@ -309,13 +317,15 @@ fn open_sessions_beyond_the_budget_spill_and_the_output_is_unchanged() {
 /// budget, and the spilled run's peak state within the budget plus a quarter. Returns the
 /// figure of the summary line `counter`, which must be there.
 fn spills_within_budget(template: &str, dir: &Path, mib_budget: u64, counter: &str) -> u64 {
-    let in_memory = run_job(template, dir, "memory", &[]);
+    // Two shards (threads), cut into the same batches: rows in the same order.
+    let args = ["--threads", "2", "--batch-rows", "16384"];
+    let in_memory = run_job(template, dir, "memory", &args);
     let flag = format!("{mib_budget}MiB");
     let spilled = run_job(
         template,
         dir,
         "spilled",
-        &["--memory-budget", &flag, "--batch-rows", "16384"],
+        &[&args[..], &["--memory-budget", &flag]].concat(),
     );
     assert_no_spill_files(dir);
     let rows = same_rows(&dir.join("memory.parquet"), &dir.join("spilled.parquet"));

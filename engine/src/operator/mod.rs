@@ -10,9 +10,9 @@
 //! fires a window when the watermark passes it. Which events are late and what each
 //! (key, window) holds do not depend on the thread count or the batching.
 //!
-//! Outputs are gathered after each batch, shard by shard: for a given input and thread
-//! count their order is always the same, and the set of rows never depends on the thread
-//! count. Top-k lists of one firing are merged across shards ([`topk`]). A job without keys
+//! Outputs are gathered after each batch: window by window, and within a window shard by
+//! shard. For a given input and thread count their order is always the same, and the set
+//! of rows never depends on the thread count. Top-k lists of one firing are merged across shards ([`topk`]). A job without keys
 //! has one group and runs on one shard, as does the GPU backend (one device).
 
 mod plan;
@@ -304,6 +304,12 @@ impl WindowOperator {
         }
         let rows = match self.top_k.filter(|_| self.shards.len() > 1) {
             Some(t) => self.merge_top_k(fired, t)?,
+            None if self.shards.len() > 1 => {
+                // Window by window, shard by shard within a window, however the windows
+                // fell into batches (sessions: shard by shard).
+                fired.sort_by_key(|f| f.window);
+                fired.into_iter().map(|f| f.rows).collect()
+            }
             None => fired.into_iter().map(|f| f.rows).collect(),
         };
         self.rows_out += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
