@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, UInt32Array};
+use arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -39,7 +39,6 @@ use crate::job::{Job, TopK};
 use crate::time::event_times;
 use crate::watermark::WatermarkTracker;
 use plan::Plan;
-use route::Split;
 use shard::{Fired, Shard};
 
 /// What the operator has counted so far.
@@ -85,7 +84,11 @@ pub struct WindowOperator {
     shards: Vec<Shard>,
     /// Runs the shards, when there are several.
     pool: Option<rayon::ThreadPool>,
-    split: Split,
+    /// The shard of each row of the batch; per slice of the batch, the rows of each shard
+    /// in it; and each shard's rows.
+    owners: Vec<u16>,
+    slices: Vec<Vec<Vec<u32>>>,
+    rows: Vec<Vec<u32>>,
     /// Event times of the batch, and the watermark each event met.
     ts: Vec<i64>,
     met: Vec<i64>,
@@ -120,7 +123,8 @@ impl WindowOperator {
             .into_iter()
             .map(|b| Shard::new(job, plan.clone(), b))
             .collect::<Result<Vec<_>>>()?;
-        let pool = match shards.len() {
+        let n = shards.len();
+        let pool = match n {
             1 => None,
             n => Some(
                 rayon::ThreadPoolBuilder::new()
@@ -141,7 +145,9 @@ impl WindowOperator {
             ),
             shards,
             pool,
-            split: Split::default(),
+            owners: Vec::new(),
+            slices: vec![vec![Vec::new(); n]; n],
+            rows: vec![Vec::new(); n],
             ts: Vec::new(),
             met: Vec::new(),
             output: Vec::new(),
@@ -261,29 +267,99 @@ impl WindowOperator {
         self.tracker
             .observe(partition, &self.ts, Instant::now(), &mut self.met);
         let w = self.tracker.current();
-        if self.shards.len() == 1 {
-            self.shards[0].process(batch, &self.ts, &self.met, w, origin)?;
-            return self.collect();
-        }
-        let keys: Vec<ArrayRef> = plan
-            .key_indices
-            .iter()
-            .map(|&i| batch.column(i).clone())
-            .collect();
-        self.split.split(&keys, n, self.shards.len())?;
-        let (split, ts, met) = (&self.split, &self.ts, &self.met);
-        let run = |(s, shard): (usize, &mut Shard)| {
-            let rows = split.of(s);
-            let gather = |v: &[i64]| -> Vec<i64> { rows.iter().map(|&r| v[r as usize]).collect() };
-            let part = take_record_batch(batch, &UInt32Array::from(rows.to_vec()))
-                .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
-            shard.process(&part, &gather(ts), &gather(met), w, origin)
+        // Shards see the columns they read; late events keep every column.
+        let read = batch
+            .project(&plan.columns)
+            .map_err(|e| Error::arrow("projecting a batch", e))?;
+        let late: Vec<u32> = if self.shards.len() == 1 {
+            self.shards[0].process(&read, &self.ts, &self.met, w, origin)?;
+            self.shards[0].take_late()
+        } else {
+            self.split(&read, w, origin)?;
+            let mut late = Vec::new();
+            for (shard, rows) in self.shards.iter_mut().zip(&self.rows) {
+                late.extend(shard.take_late().into_iter().map(|i| rows[i as usize]));
+            }
+            late.sort_unstable();
+            late
         };
-        match &self.pool {
-            Some(pool) => pool.install(|| self.shards.par_iter_mut().enumerate().try_for_each(run)),
-            None => self.shards.iter_mut().enumerate().try_for_each(run),
-        }?;
+        if !late.is_empty() {
+            let rows = self.late_rows(batch, late)?;
+            self.late.push(rows);
+        }
         self.collect()
+    }
+
+    /// Splits `read` (the plan's columns of a batch) among the shards, which process their
+    /// rows in parallel. First each thread takes a slice of the rows and lists the rows of
+    /// each shard in it (a radix partition by the hash of the key values); then each shard
+    /// gathers its rows from those lists and processes them.
+    fn split(&mut self, read: &RecordBatch, w: i64, origin: &str) -> Result<()> {
+        let pool = self
+            .pool
+            .as_ref()
+            .ok_or_else(|| Error::Internal("several shards without threads".into()))?;
+        let (n, shards) = (read.num_rows(), self.shards.len());
+        let keys = &read.columns()[..self.plan.key_indices.len()];
+        self.owners.resize(n, 0);
+        let chunk = n.div_ceil(shards);
+        let (owners, slices) = (&mut self.owners, &mut self.slices);
+        let (ts, met) = (&self.ts, &self.met);
+        pool.install(|| {
+            owners
+                .par_chunks_mut(chunk)
+                .zip(slices.par_iter_mut())
+                .enumerate()
+                .try_for_each(|(c, (out, lists))| {
+                    let keys: Vec<ArrayRef> =
+                        keys.iter().map(|k| k.slice(c * chunk, out.len())).collect();
+                    route::shards_of(&keys, shards, out)?;
+                    lists.iter_mut().for_each(Vec::clear);
+                    for (i, &s) in out.iter().enumerate() {
+                        lists[usize::from(s)].push((c * chunk + i) as u32);
+                    }
+                    Ok::<_, Error>(())
+                })?;
+            let slices = &slices[..n.div_ceil(chunk)];
+            self.shards
+                .par_iter_mut()
+                .zip(self.rows.par_iter_mut())
+                .enumerate()
+                .try_for_each(|(s, (shard, rows))| {
+                    rows.clear();
+                    for lists in slices {
+                        rows.extend_from_slice(&lists[s]);
+                    }
+                    let gather = |v: &[i64]| -> Vec<i64> {
+                        let v = &v[..n];
+                        rows.iter().map(|&r| v[r as usize]).collect()
+                    };
+                    let at = UInt32Array::from(rows.clone());
+                    let part = take_record_batch(read, &at)
+                        .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
+                    shard.process(&part, &gather(ts), &gather(met), w, origin)
+                })
+        })
+    }
+
+    /// The late events among `rows` of `batch`, with the watermark each met and why.
+    fn late_rows(&self, batch: &RecordBatch, rows: Vec<u32>) -> Result<RecordBatch> {
+        let wm: TimestampMillisecondArray = rows
+            .iter()
+            .map(|&r| Some(self.met[r as usize]).filter(|&w| w != i64::MIN))
+            .collect();
+        let n = rows.len();
+        let late = take_record_batch(batch, &UInt32Array::from(rows))
+            .map_err(|e| Error::arrow("selecting late events", e))?;
+        let reason = StringArray::from(vec![
+            "all windows of the event had expired (end - 1 + allowed_lateness <= watermark)";
+            n
+        ]);
+        let mut columns = late.columns().to_vec();
+        columns.push(Arc::new(wm));
+        columns.push(Arc::new(reason));
+        RecordBatch::try_new(self.plan.late_schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("building a late-event batch: {e}")))
     }
 
     /// Runs `f` on every shard, in parallel when there are several.
@@ -299,7 +375,6 @@ impl WindowOperator {
         let mut fired: Vec<Fired> = Vec::new();
         for shard in &mut self.shards {
             fired.extend(shard.take_output());
-            self.late.extend(shard.take_late());
             self.alerts.extend(shard.take_alerts());
         }
         let rows = match self.top_k.filter(|_| self.shards.len() > 1) {

@@ -19,10 +19,15 @@ pub(crate) struct Input {
 }
 
 /// A job resolved against its input schema. See the module docs.
+///
+/// Shards see only the columns they read: `columns` are their indices in the input, and
+/// `key_indices` and the inputs' `index` are positions in that projection.
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub time_index: usize,
     pub time_name: String,
+    /// The input columns that shards read: key columns, then aggregate inputs.
+    pub columns: Vec<usize>,
     pub key_indices: Vec<usize>,
     /// Names and types of the key columns.
     pub key_fields: Vec<(String, DataType)>,
@@ -116,6 +121,18 @@ impl Plan {
             });
         }
         let agg_types: Vec<OutType> = specs.iter().map(AggSpec::output).collect();
+        // The shards' projection of the input.
+        let mut columns: Vec<usize> = key_indices.clone();
+        for input in &mut inputs {
+            input.index = match columns.iter().position(|&c| c == input.index) {
+                Some(at) => at,
+                None => {
+                    columns.push(input.index);
+                    columns.len() - 1
+                }
+            };
+        }
+        let key_indices = (0..key_indices.len()).collect();
 
         let mut fields: Vec<Field> = key_fields
             .iter()
@@ -149,6 +166,7 @@ impl Plan {
         Ok(Plan {
             time_index,
             time_name: job.time_column.clone(),
+            columns,
             key_indices,
             key_fields,
             inputs,

@@ -1,5 +1,5 @@
 //! Which shard owns a key: a hash of the key columns' values, computed column by column,
-//! and the split of a batch's rows among shards (a counting sort of row indices).
+//! and the rows of a batch that each shard owns.
 //!
 //! The hash depends only on the values (not on key ids, the batch or the thread count) and
 //! is the same in every process, so a checkpoint's keys find their shards again at any
@@ -41,35 +41,45 @@ fn hash_bytes(b: &[u8]) -> u64 {
     h
 }
 
-/// Folds one value hash per row of `col` into `hashes`.
+/// Folds the hash of each value of `col` into `hashes` (one per row).
 fn fold_column(col: &ArrayRef, hashes: &mut [u64]) -> Result<()> {
-    let each = |hashes: &mut [u64], value: &dyn Fn(usize) -> u64| {
-        for (i, h) in hashes.iter_mut().enumerate() {
-            *h = mix(*h, if col.is_null(i) { NULL } else { value(i) });
+    fn each(col: &ArrayRef, hashes: &mut [u64], value: impl Fn(usize) -> u64) {
+        match col.logical_nulls() {
+            None => hashes
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, h)| *h = mix(*h, value(i))),
+            Some(nulls) => hashes.iter_mut().enumerate().for_each(|(i, h)| {
+                *h = mix(*h, if nulls.is_null(i) { NULL } else { value(i) });
+            }),
         }
-    };
+    }
     match col.data_type() {
+        DataType::Int64 => {
+            let v = col.as_primitive::<Int64Type>().values();
+            each(col, hashes, |i| v[i] as u64);
+        }
         DataType::UInt64 => {
             let v = col.as_primitive::<UInt64Type>().values();
-            each(hashes, &|i| v[i]);
+            each(col, hashes, |i| v[i]);
         }
         DataType::Utf8 => {
             let v = col.as_string::<i32>();
-            each(hashes, &|i| hash_bytes(v.value(i).as_bytes()));
+            each(col, hashes, |i| hash_bytes(v.value(i).as_bytes()));
         }
         DataType::LargeUtf8 => {
             let v = col.as_string::<i64>();
-            each(hashes, &|i| hash_bytes(v.value(i).as_bytes()));
+            each(col, hashes, |i| hash_bytes(v.value(i).as_bytes()));
         }
         DataType::Utf8View => {
             let v = col.as_string_view();
-            each(hashes, &|i| hash_bytes(v.value(i).as_bytes()));
+            each(col, hashes, |i| hash_bytes(v.value(i).as_bytes()));
         }
         t if t.is_integer() => {
             let ints = cast(col, &DataType::Int64)
                 .map_err(|e| Error::Internal(format!("hashing a key column: {e}")))?;
             let v = ints.as_primitive::<Int64Type>().values();
-            each(hashes, &|i| v[i] as u64);
+            each(col, hashes, |i| v[i] as u64);
         }
         t => {
             return Err(Error::Internal(format!(
@@ -80,48 +90,18 @@ fn fold_column(col: &ArrayRef, hashes: &mut [u64]) -> Result<()> {
     Ok(())
 }
 
-/// The rows of a batch grouped by shard: shard `s` owns `rows[bounds[s]..bounds[s + 1]]`,
-/// in their order in the batch.
-#[derive(Debug, Default)]
-pub(crate) struct Split {
-    hashes: Vec<u64>,
-    pub rows: Vec<u32>,
-    pub bounds: Vec<usize>,
-}
-
-impl Split {
-    /// Splits `rows` rows with key columns `cols` among `shards` shards.
-    pub fn split(&mut self, cols: &[ArrayRef], rows: usize, shards: usize) -> Result<()> {
-        self.hashes.clear();
-        self.hashes.resize(rows, 0);
-        for col in cols {
-            fold_column(col, &mut self.hashes)?;
-        }
-        // The shard is the hash's place in [0, shards): its high bits.
-        let shard_of = |h: u64| ((u128::from(h) * shards as u128) >> 64) as usize;
-        self.bounds.clear();
-        self.bounds.resize(shards + 1, 0);
-        for &h in &self.hashes {
-            self.bounds[shard_of(h) + 1] += 1;
-        }
-        for s in 0..shards {
-            self.bounds[s + 1] += self.bounds[s];
-        }
-        let mut next = self.bounds.clone();
-        self.rows.clear();
-        self.rows.resize(rows, 0);
-        for (i, &h) in self.hashes.iter().enumerate() {
-            let s = shard_of(h);
-            self.rows[next[s]] = i as u32;
-            next[s] += 1;
-        }
-        Ok(())
+/// Writes the shard (of `shards`) that owns each row of key columns `cols` into `out`,
+/// which has one entry per row.
+pub(crate) fn shards_of(cols: &[ArrayRef], shards: usize, out: &mut [u16]) -> Result<()> {
+    let mut hashes = vec![0u64; out.len()];
+    for col in cols {
+        fold_column(col, &mut hashes)?;
     }
-
-    /// The rows of shard `s`.
-    pub fn of(&self, s: usize) -> &[u32] {
-        &self.rows[self.bounds[s]..self.bounds[s + 1]]
+    // The shard is the hash's place in [0, shards): its high bits.
+    for (o, &h) in out.iter_mut().zip(&hashes) {
+        *o = ((u128::from(h) * shards as u128) >> 64) as u16;
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -131,15 +111,9 @@ mod tests {
     use std::sync::Arc;
 
     fn owners(cols: &[ArrayRef], shards: usize) -> Vec<usize> {
-        let mut split = Split::default();
-        split.split(cols, cols[0].len(), shards).unwrap();
-        let mut owner = vec![usize::MAX; cols[0].len()];
-        for s in 0..shards {
-            for &r in split.of(s) {
-                owner[r as usize] = s;
-            }
-        }
-        owner
+        let mut out = vec![u16::MAX; cols[0].len()];
+        shards_of(cols, shards, &mut out).unwrap();
+        out.into_iter().map(usize::from).collect()
     }
 
     #[test]
@@ -159,19 +133,14 @@ mod tests {
     }
 
     #[test]
-    fn keys_spread_over_shards_and_rows_keep_their_order() {
+    fn keys_spread_evenly_over_shards() {
         let names: Vec<String> = (0..10_000).map(|i| format!("art-{i:06}")).collect();
         let col: ArrayRef = Arc::new(StringArray::from(names));
-        let mut split = Split::default();
-        split.split(&[col], 10_000, 4).unwrap();
+        let mut owners = vec![0; 10_000];
+        shards_of(&[col], 4, &mut owners).unwrap();
         for s in 0..4 {
-            let rows = split.of(s);
-            assert!(
-                (2_300..2_700).contains(&rows.len()),
-                "shard {s}: {}",
-                rows.len()
-            );
-            assert!(rows.windows(2).all(|w| w[0] < w[1]));
+            let rows = owners.iter().filter(|&&o| o == s).count();
+            assert!((2_300..2_700).contains(&rows), "shard {s}: {rows}");
         }
     }
 }

@@ -17,10 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray,
-    TimestampMillisecondArray, UInt32Array,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, TimestampMillisecondArray, UInt32Array,
 };
-use arrow::compute::{CastOptions, cast_with_options, filter_record_batch};
+use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use panes_kernels::{Backend, Column, Domain, Events, Keys, OutColumn, Values, WindowRows};
@@ -80,7 +79,8 @@ pub(crate) struct Shard {
     /// Windows to re-fire at the end of the batch, with the keys that changed.
     dirty: BTreeMap<i64, BTreeSet<u32>>,
     output: Vec<Fired>,
-    late_output: Vec<RecordBatch>,
+    /// Positions of late events in the batches processed since they were taken.
+    late: Vec<u32>,
     stats: Stats,
     scratch: Scratch,
     /// Spilled panes, with a memory budget.
@@ -122,7 +122,7 @@ impl Shard {
             revisions: HashMap::new(),
             dirty: BTreeMap::new(),
             output: Vec::new(),
-            late_output: Vec::new(),
+            late: Vec::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),
             spill: None,
@@ -150,9 +150,10 @@ impl Shard {
         std::mem::take(&mut self.output)
     }
 
-    /// Takes the late events produced so far.
-    pub fn take_late(&mut self) -> Vec<RecordBatch> {
-        std::mem::take(&mut self.late_output)
+    /// Takes the positions of the late events of the last batch (in the batch given to
+    /// [`Shard::process`]).
+    pub fn take_late(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.late)
     }
 
     /// Takes the anomaly alerts produced so far.
@@ -160,9 +161,10 @@ impl Shard {
         std::mem::take(&mut self.alerts)
     }
 
-    /// Processes this shard's events of one batch: `ts` are their event times, `met` the
-    /// watermark each met, and `w` the job watermark after the whole batch; `origin` says
-    /// where they came from, for errors. An empty batch only moves the watermark.
+    /// Processes this shard's events of one batch (the plan's columns only): `ts` are their
+    /// event times, `met` the watermark each met, and `w` the job watermark after the whole
+    /// batch; `origin` says where they came from, for errors. An empty batch only moves the
+    /// watermark. The late events' positions wait in [`Shard::take_late`].
     pub fn process(
         &mut self,
         batch: &RecordBatch,
@@ -274,13 +276,10 @@ impl Shard {
             }));
             self.aggregate_windows(keys, panes, ts, met, &s.late, &columns)?;
         }
-        let late_count = s.late.iter().filter(|&&l| l).count();
-        if late_count > 0 {
-            self.stats.late_events += late_count as u64;
-            let late_mask = BooleanArray::from(s.late.clone());
-            self.late_output
-                .push(self.late_rows(batch, &late_mask, met)?);
-        }
+        let before = self.late.len();
+        let late = s.late.iter().enumerate().filter(|(_, l)| **l);
+        self.late.extend(late.map(|(i, _)| i as u32));
+        self.stats.late_events += (self.late.len() - before) as u64;
         Ok(())
     }
 
@@ -825,32 +824,6 @@ impl Shard {
         self.stats.alerts += n as u64;
         self.alerts.push(batch);
         Ok(())
-    }
-
-    fn late_rows(
-        &self,
-        batch: &RecordBatch,
-        mask: &BooleanArray,
-        met: &[i64],
-    ) -> Result<RecordBatch> {
-        let late = filter_record_batch(batch, mask)
-            .map_err(|e| Error::arrow("selecting late events", e))?;
-        let wm: TimestampMillisecondArray = met
-            .iter()
-            .zip(mask.values().iter())
-            .filter(|(_, l)| *l)
-            .map(|(&w, _)| (w != i64::MIN).then_some(w))
-            .collect();
-        let n = late.num_rows();
-        let reason = StringArray::from(vec![
-            "all windows of the event had expired (end - 1 + allowed_lateness <= watermark)";
-            n
-        ]);
-        let mut columns = late.columns().to_vec();
-        columns.push(Arc::new(wm));
-        columns.push(Arc::new(reason));
-        RecordBatch::try_new(self.plan.late_schema.clone(), columns)
-            .map_err(|e| Error::Internal(format!("building a late-event batch: {e}")))
     }
 
     /// The state it holds (panes, the key dictionary, open sessions), in bytes.

@@ -13,7 +13,7 @@ use arrow::datatypes::{Int64Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 use std::time::Instant;
 
-use super::route::Split;
+use super::route;
 use super::shard::Shard;
 use super::{OperatorState, WindowOperator};
 use crate::checkpoint::{CheckpointWriter, Restore};
@@ -208,17 +208,20 @@ impl WindowOperator {
         let n = self.shards.len();
         // The shard of each global key id, and its id there.
         let mut owner: Vec<(u32, u32)> = Vec::with_capacity(st.keys);
-        let (mut split, mut ids) = (Split::default(), Vec::new());
+        let (mut owners, mut ids) = (Vec::new(), Vec::new());
         for batch in from.read("keys.arrow")? {
             let first = owner.len();
             owner.resize(first + batch.num_rows(), (0, 0));
-            split.split(batch.columns(), batch.num_rows(), n)?;
+            owners.resize(batch.num_rows(), 0);
+            route::shards_of(batch.columns(), n, &mut owners)?;
             for (s, shard) in self.shards.iter_mut().enumerate() {
-                let rows = split.of(s);
+                let rows: Vec<u32> = (0..owners.len() as u32)
+                    .filter(|&r| usize::from(owners[r as usize]) == s)
+                    .collect();
                 if rows.is_empty() {
                     continue;
                 }
-                let at = UInt32Array::from(rows.to_vec());
+                let at = UInt32Array::from(rows.clone());
                 let columns = batch
                     .columns()
                     .iter()
