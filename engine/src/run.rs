@@ -370,6 +370,9 @@ fn take_checkpoint(
         return Ok(());
     };
     let started = Instant::now();
+    // The rows of every batch before `position` go into this checkpoint's parts.
+    op.sync()?;
+    outputs.drain(op)?;
     let mut sinks = Vec::new();
     for sink in outputs.sinks.iter_mut() {
         let parts = sink.stage(id)?.into_iter().collect();

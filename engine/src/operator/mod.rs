@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{StringArray, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -81,14 +81,19 @@ pub struct WindowOperator {
     plan: Arc<Plan>,
     top_k: Option<TopK>,
     tracker: WatermarkTracker,
+    /// The shards; empty while they process a batch on their threads.
     shards: Vec<Shard>,
     /// Runs the shards, when there are several.
     pool: Option<rayon::ThreadPool>,
-    /// The shard of each row of the batch; per slice of the batch, the rows of each shard
-    /// in it; and each shard's rows.
-    owners: Vec<u16>,
-    slices: Vec<Vec<Vec<u32>>>,
+    /// The batch the shards are processing, when they are.
+    in_flight: Option<InFlight>,
+    /// Buffers for each shard's rows, lent to the shards' threads with a batch.
     rows: Vec<Vec<u32>>,
+    /// The backend as a summary names it, and the number of shards.
+    backend: (&'static str, String),
+    shard_count: usize,
+    /// The shards' counters at the last batch gathered.
+    shard_stats: Stats,
     /// Event times of the batch, and the watermark each event met.
     ts: Vec<i64>,
     met: Vec<i64>,
@@ -124,6 +129,13 @@ impl WindowOperator {
             .map(|b| Shard::new(job, plan.clone(), b))
             .collect::<Result<Vec<_>>>()?;
         let n = shards.len();
+        let backend = match n {
+            1 => (shards[0].backend_name(), shards[0].backend()),
+            n => (
+                shards[0].backend_name(),
+                format!("{}, {n} shards", shards[0].backend()),
+            ),
+        };
         let pool = match n {
             1 => None,
             n => Some(
@@ -145,9 +157,11 @@ impl WindowOperator {
             ),
             shards,
             pool,
-            owners: Vec::new(),
-            slices: vec![vec![Vec::new(); n]; n],
+            in_flight: None,
             rows: vec![Vec::new(); n],
+            backend,
+            shard_count: n,
+            shard_stats: Stats::default(),
             ts: Vec::new(),
             met: Vec::new(),
             output: Vec::new(),
@@ -176,31 +190,26 @@ impl WindowOperator {
 
     /// The backend's name, as `--backend` spells it.
     pub fn backend_name(&self) -> &'static str {
-        self.shards[0].backend_name()
+        self.backend.0
     }
 
     /// The backend, as a run summary shows it, with the number of shards.
     pub fn backend(&self) -> String {
-        match self.shards.len() {
-            1 => self.shards[0].backend(),
-            n => format!("{}, {n} shards", self.shards[0].backend()),
-        }
+        self.backend.1.clone()
     }
 
     /// Shards (threads) that aggregate.
     pub fn shards(&self) -> usize {
-        self.shards.len()
+        self.shard_count
     }
 
-    /// Counters so far.
+    /// Counters so far (of the batches gathered: see [`WindowOperator::sync`]).
     pub fn stats(&self) -> Stats {
         let mut s = self.base;
-        for shard in &self.shards {
-            let t = shard.stats();
-            s.events_in += t.events_in;
-            s.late_events += t.late_events;
-            s.alerts += t.alerts;
-        }
+        let t = self.shard_stats;
+        s.events_in += t.events_in;
+        s.late_events += t.late_events;
+        s.alerts += t.alerts;
         s.rows_out += self.rows_out;
         s.peak_state_bytes = s.peak_state_bytes.max(self.peak_state_bytes);
         s
@@ -271,99 +280,79 @@ impl WindowOperator {
         let read = batch
             .project(&plan.columns)
             .map_err(|e| Error::arrow("projecting a batch", e))?;
-        let late: Vec<u32> = if self.shards.len() == 1 {
+        if self.shard_count == 1 {
             self.shards[0].process(&read, &self.ts, &self.met, w, origin)?;
-            self.shards[0].take_late()
-        } else {
-            self.split(&read, w, origin)?;
-            let mut late = Vec::new();
-            for (shard, rows) in self.shards.iter_mut().zip(&self.rows) {
-                late.extend(shard.take_late().into_iter().map(|i| rows[i as usize]));
+            let late = self.shards[0].take_late();
+            if !late.is_empty() {
+                let rows = late_rows(&self.plan, batch, late, &self.met)?;
+                self.late.push(rows);
             }
-            late.sort_unstable();
-            late
+            return self.collect();
+        }
+        // The shards' threads take this batch once they are done with the last one, which
+        // they processed while this thread prepared this one.
+        self.sync()?;
+        let pool = self
+            .pool
+            .as_ref()
+            .ok_or_else(|| Error::Internal("several shards without threads".into()))?;
+        let mut work = Work {
+            shards: std::mem::take(&mut self.shards),
+            read,
+            ts: std::mem::take(&mut self.ts),
+            met: std::mem::take(&mut self.met),
+            w,
+            origin: origin.to_string(),
+            keys: self.plan.key_indices.len(),
+            rows: std::mem::take(&mut self.rows),
         };
+        let (tx, done) = std::sync::mpsc::sync_channel(1);
+        pool.spawn(move || {
+            let result = work.run();
+            // When the operator went away, nobody waits for the batch.
+            let _ = tx.send((work, result));
+        });
+        self.in_flight = Some(InFlight {
+            done,
+            batch: batch.clone(),
+        });
+        Ok(())
+    }
+
+    /// Waits for the shards to finish the batch they are processing, if any, and gathers
+    /// its output. With several shards, [`WindowOperator::process_batch`] returns while
+    /// the shards still work on the batch; its output comes with the next call, this one,
+    /// or any call that ends the input. Call it before a checkpoint.
+    pub fn sync(&mut self) -> Result<()> {
+        let Some(f) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (work, result) = f
+            .done
+            .recv()
+            .map_err(|_| Error::Internal("a shard's thread stopped with a panic".into()))?;
+        let Work {
+            shards, met, rows, ..
+        } = work;
+        self.shards = shards;
+        self.rows = rows;
+        result?;
+        let mut late = Vec::new();
+        for (shard, rows) in self.shards.iter_mut().zip(&self.rows) {
+            late.extend(shard.take_late().into_iter().map(|i| rows[i as usize]));
+        }
         if !late.is_empty() {
-            let rows = self.late_rows(batch, late)?;
+            late.sort_unstable();
+            let rows = late_rows(&self.plan, &f.batch, late, &met)?;
             self.late.push(rows);
         }
         self.collect()
     }
 
-    /// Splits `read` (the plan's columns of a batch) among the shards, which process their
-    /// rows in parallel. First each thread takes a slice of the rows and lists the rows of
-    /// each shard in it (a radix partition by the hash of the key values); then each shard
-    /// gathers its rows from those lists and processes them.
-    fn split(&mut self, read: &RecordBatch, w: i64, origin: &str) -> Result<()> {
-        let pool = self
-            .pool
-            .as_ref()
-            .ok_or_else(|| Error::Internal("several shards without threads".into()))?;
-        let (n, shards) = (read.num_rows(), self.shards.len());
-        let keys = &read.columns()[..self.plan.key_indices.len()];
-        self.owners.resize(n, 0);
-        let chunk = n.div_ceil(shards);
-        let (owners, slices) = (&mut self.owners, &mut self.slices);
-        let (ts, met) = (&self.ts, &self.met);
-        pool.install(|| {
-            owners
-                .par_chunks_mut(chunk)
-                .zip(slices.par_iter_mut())
-                .enumerate()
-                .try_for_each(|(c, (out, lists))| {
-                    let keys: Vec<ArrayRef> =
-                        keys.iter().map(|k| k.slice(c * chunk, out.len())).collect();
-                    route::shards_of(&keys, shards, out)?;
-                    lists.iter_mut().for_each(Vec::clear);
-                    for (i, &s) in out.iter().enumerate() {
-                        lists[usize::from(s)].push((c * chunk + i) as u32);
-                    }
-                    Ok::<_, Error>(())
-                })?;
-            let slices = &slices[..n.div_ceil(chunk)];
-            self.shards
-                .par_iter_mut()
-                .zip(self.rows.par_iter_mut())
-                .enumerate()
-                .try_for_each(|(s, (shard, rows))| {
-                    rows.clear();
-                    for lists in slices {
-                        rows.extend_from_slice(&lists[s]);
-                    }
-                    let gather = |v: &[i64]| -> Vec<i64> {
-                        let v = &v[..n];
-                        rows.iter().map(|&r| v[r as usize]).collect()
-                    };
-                    let at = UInt32Array::from(rows.clone());
-                    let part = take_record_batch(read, &at)
-                        .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
-                    shard.process(&part, &gather(ts), &gather(met), w, origin)
-                })
-        })
-    }
-
-    /// The late events among `rows` of `batch`, with the watermark each met and why.
-    fn late_rows(&self, batch: &RecordBatch, rows: Vec<u32>) -> Result<RecordBatch> {
-        let wm: TimestampMillisecondArray = rows
-            .iter()
-            .map(|&r| Some(self.met[r as usize]).filter(|&w| w != i64::MIN))
-            .collect();
-        let n = rows.len();
-        let late = take_record_batch(batch, &UInt32Array::from(rows))
-            .map_err(|e| Error::arrow("selecting late events", e))?;
-        let reason = StringArray::from(vec![
-            "all windows of the event had expired (end - 1 + allowed_lateness <= watermark)";
-            n
-        ]);
-        let mut columns = late.columns().to_vec();
-        columns.push(Arc::new(wm));
-        columns.push(Arc::new(reason));
-        RecordBatch::try_new(self.plan.late_schema.clone(), columns)
-            .map_err(|e| Error::Internal(format!("building a late-event batch: {e}")))
-    }
-
-    /// Runs `f` on every shard, in parallel when there are several.
+    /// Runs `f` on every shard (after the batch in flight), in parallel when there are
+    /// several.
     fn each(&mut self, f: impl Fn(&mut Shard) -> Result<()> + Send + Sync) -> Result<()> {
+        self.sync()?;
         match &self.pool {
             Some(pool) => pool.install(|| self.shards.par_iter_mut().try_for_each(f)),
             None => self.shards.iter_mut().try_for_each(f),
@@ -391,6 +380,14 @@ impl WindowOperator {
         self.output.extend(rows);
         let held = self.shards.iter().map(Shard::state_bytes).sum();
         self.peak_state_bytes = self.peak_state_bytes.max(held);
+        let mut t = Stats::default();
+        for shard in &self.shards {
+            let s = shard.stats();
+            t.events_in += s.events_in;
+            t.late_events += s.late_events;
+            t.alerts += s.alerts;
+        }
+        self.shard_stats = t;
         Ok(())
     }
 
@@ -424,6 +421,7 @@ impl WindowOperator {
     /// calls keeps it from piling up: a job with many keys and long hop windows has one
     /// window's rows in memory at a time, not all the windows the end of input fires.
     pub fn finish_step(&mut self) -> Result<bool> {
+        self.sync()?;
         match self.shards.iter().filter_map(Shard::next_firing).min() {
             Some(w) => {
                 self.each(|s| s.advance_to(w))?;
@@ -451,7 +449,7 @@ impl WindowOperator {
 
     /// Spills state to `dir` whenever it exceeds `budget` bytes after a batch, closed
     /// panes first, then the key dictionary, then open sessions. Each of n shards holds to
-    /// budget / n, in a directory of its own beside `dir`.
+    /// budget / n, in a directory of its own beside `dir`. Set it before the first batch.
     pub fn set_memory_budget(&mut self, budget: u64, dir: PathBuf) {
         let n = self.shards.len();
         for (s, shard) in self.shards.iter_mut().enumerate() {
@@ -463,7 +461,7 @@ impl WindowOperator {
         }
     }
 
-    /// Panes spilled so far, and their bytes on disk.
+    /// Panes spilled so far, and their bytes on disk (of the batches gathered).
     pub fn spilled(&self) -> (u64, u64) {
         self.shards
             .iter()
@@ -483,6 +481,73 @@ impl WindowOperator {
     pub fn sessions_spilled(&self) -> u64 {
         self.shards.iter().map(Shard::sessions_spilled).sum()
     }
+}
+
+/// A batch the shards are processing on their threads.
+struct InFlight {
+    done: std::sync::mpsc::Receiver<(Work, Result<()>)>,
+    /// The whole batch, for its late events.
+    batch: RecordBatch,
+}
+
+/// One batch for the shards' threads, with everything they need.
+struct Work {
+    shards: Vec<Shard>,
+    /// The plan's columns of the batch; key columns first.
+    read: RecordBatch,
+    ts: Vec<i64>,
+    met: Vec<i64>,
+    w: i64,
+    origin: String,
+    keys: usize,
+    /// The rows of each shard.
+    rows: Vec<Vec<u32>>,
+}
+
+impl Work {
+    /// Each shard, in parallel, finds its rows (by the hash of their key values), gathers
+    /// them and processes them.
+    fn run(&mut self) -> Result<()> {
+        let (read, ts, met) = (&self.read, &self.ts, &self.met);
+        let (w, origin) = (self.w, &self.origin);
+        let (keys, shards) = (&read.columns()[..self.keys], self.shards.len());
+        self.shards
+            .par_iter_mut()
+            .zip(&mut self.rows)
+            .enumerate()
+            .try_for_each(|(s, (shard, rows))| {
+                route::rows_of(keys, shards, s, rows)?;
+                let gather = |v: &[i64]| -> Vec<i64> {
+                    let v = &v[..read.num_rows()];
+                    rows.iter().map(|&r| v[r as usize]).collect()
+                };
+                let at = UInt32Array::from(rows.clone());
+                let part = take_record_batch(read, &at)
+                    .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
+                shard.process(&part, &gather(ts), &gather(met), w, origin)
+            })
+    }
+}
+
+/// The late events among `rows` of `batch`, with the watermark each met (`met`, per row
+/// of the batch) and why.
+fn late_rows(plan: &Plan, batch: &RecordBatch, rows: Vec<u32>, met: &[i64]) -> Result<RecordBatch> {
+    let wm: TimestampMillisecondArray = rows
+        .iter()
+        .map(|&r| Some(met[r as usize]).filter(|&w| w != i64::MIN))
+        .collect();
+    let n = rows.len();
+    let late = take_record_batch(batch, &UInt32Array::from(rows))
+        .map_err(|e| Error::arrow("selecting late events", e))?;
+    let reason = StringArray::from(vec![
+        "all windows of the event had expired (end - 1 + allowed_lateness <= watermark)";
+        n
+    ]);
+    let mut columns = late.columns().to_vec();
+    columns.push(Arc::new(wm));
+    columns.push(Arc::new(reason));
+    RecordBatch::try_new(plan.late_schema.clone(), columns)
+        .map_err(|e| Error::Internal(format!("building a late-event batch: {e}")))
 }
 
 #[cfg(test)]

@@ -138,8 +138,14 @@ const KEYED: [(&str, Export, Import); 3] = [
 
 impl WindowOperator {
     /// Writes the operator's keyed state to checkpoint files and returns its scalar state.
-    /// Called between batches, with the output taken.
+    /// Called between batches, after [`WindowOperator::sync`], with the output taken.
     pub fn snapshot(&mut self, to: &mut CheckpointWriter) -> Result<OperatorState> {
+        if self.in_flight.is_some() {
+            return Err(Error::Internal(
+                "a checkpoint while shards process a batch (sync and drain the output first)"
+                    .into(),
+            ));
+        }
         let mut bases = Vec::with_capacity(self.shards.len());
         let mut keys = 0u32;
         for shard in &self.shards {
