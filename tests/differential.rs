@@ -38,6 +38,8 @@ impl Rng {
 /// One random case: a job and its input stream.
 struct Case {
     job: Job,
+    /// The job file it was made from.
+    toml: String,
     schema: SchemaRef,
     /// Per event: id, ts, key label (for the model).
     events: Vec<(i64, i64, String)>,
@@ -229,6 +231,7 @@ fn case(seed: u64) -> Case {
     let events = (0..n).map(|i| (i as i64, ts[i], label(i))).collect();
     Case {
         job,
+        toml,
         schema,
         events,
         batch,
@@ -571,6 +574,114 @@ fn check(seed: u64, backend: BackendKind) {
     for ((k, w), g) in want_final.iter().zip(got_final.values()) {
         assert_eq!(*w, *g, "{ctx}: final row of {k:?}");
     }
+}
+
+/// Every output of `job` over the case's input cut into batches of `lengths`, at
+/// `threads` threads: result rows, late events and alerts, each row as text, sorted.
+fn outputs(c: &Case, job: &Job, threads: usize, lengths: &[usize]) -> [Vec<String>; 3] {
+    let mut op = WindowOperator::new(job, &c.schema, 1, |aggs| {
+        BackendKind::Cpu.build_shards(aggs, threads)
+    })
+    .expect("operator");
+    let mut start = 0;
+    let mut got: [Vec<RecordBatch>; 3] = Default::default();
+    let mut take = |op: &mut WindowOperator| {
+        got[0].extend(op.take_output());
+        got[1].extend(op.take_late());
+        got[2].extend(op.take_alerts());
+    };
+    for &len in lengths {
+        op.process_batch(0, &c.batch.slice(start, len), "test", start as u64)
+            .expect("process");
+        take(&mut op);
+        start += len;
+    }
+    while !op.finish_step().expect("finish step") {
+        take(&mut op);
+    }
+    take(&mut op);
+    got.map(|batches| {
+        let mut rows: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                (0..b.num_rows()).map(move |r| {
+                    let cells: Vec<String> = b
+                        .columns()
+                        .iter()
+                        .map(|col| array_value_to_string(col, r).unwrap_or_default())
+                        .collect();
+                    cells.join("|")
+                })
+            })
+            .collect();
+        rows.sort();
+        rows
+    })
+}
+
+/// Shards split the keys: at 2, 3 and 8 threads a job gives the rows, late events and
+/// alerts of one thread (as sets), bit for bit, with and without keys, with top-k and with
+/// anomaly alerts, on random batchings (the same at every thread count: intermediate
+/// revisions depend on batching).
+#[test]
+fn every_thread_count_gives_the_rows_of_one_thread() {
+    let mut checked = [0; 4];
+    for seed in 0..120u64 {
+        let c = case(seed);
+        let mut rng = Rng(seed ^ 0x5EED);
+        let (n, mut lengths) = (c.batch.num_rows(), Vec::new());
+        while lengths.iter().sum::<usize>() < n {
+            let len = 1 + rng.below(700) as usize;
+            lengths.push(len.min(n - lengths.iter().sum::<usize>()));
+        }
+        let fixed = c.session.is_none();
+        let variants = [
+            Some(c.toml.clone()),
+            Some(
+                c.toml
+                    .replace("[key]\ncolumns = [\"k\"]\n", "")
+                    .replace("[key]\ncolumns = [\"k\", \"k2\"]\n", ""),
+            ),
+            (fixed && c.lateness == 0)
+                .then(|| format!("{}[top_k]\nby = \"sum_x\"\nk = 3\n", c.toml)),
+            fixed.then(|| {
+                format!(
+                    "{}[anomaly]\nvalue = \"sum_x\"\nbaseline_windows = 4\nthreshold = 0.5\n\
+                     min_history = 2\n[anomaly.sink]\nkind = \"jsonl\"\n",
+                    c.toml
+                )
+            }),
+        ];
+        for (v, toml) in variants.into_iter().enumerate() {
+            let Some(toml) = toml else { continue };
+            let job = Job::from_toml(&toml, &format!("seed {seed}")).expect("valid variant");
+            if v == 1 {
+                assert!(job.keys.is_empty(), "seed {seed}: the variant has no keys");
+            }
+            let one = outputs(&c, &job, 1, &lengths);
+            assert!(!one[0].is_empty(), "seed {seed} variant {v}: rows");
+            for threads in [2, 3, 8] {
+                let many = outputs(&c, &job, threads, &lengths);
+                for (what, (a, b)) in ["rows", "late events", "alerts"]
+                    .iter()
+                    .zip(one.iter().zip(&many))
+                {
+                    if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+                        panic!(
+                            "seed {seed} variant {v}, {threads} threads: {what} differ at {i}: {:?} vs {:?}",
+                            a.get(i),
+                            b.get(i)
+                        );
+                    }
+                }
+            }
+            checked[v] += 1;
+        }
+    }
+    assert!(
+        checked.iter().all(|&n| n >= 20),
+        "variants checked: {checked:?}"
+    );
 }
 
 macro_rules! differential_tests {

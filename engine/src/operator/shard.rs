@@ -646,9 +646,12 @@ impl Shard {
         self.refire_dirty(clamp(expire))?;
         let expire = clamp(expire);
         let first_kept = self.spec.panes_of_window(expire).start;
-        // An expired window never fires again, even if a pane it shares with a later window
-        // receives events: those events were late for it.
-        self.next_fire = Some(self.next_fire.map_or(expire, |n| n.max(expire)));
+        // Every window the watermark closed has had its first firing, or had no events
+        // (here: in this shard) when it closed. Either way it does not fire for every key
+        // again: an event that reaches it later (allowed lateness) re-fires it for its key,
+        // with a revision, and an expired one never fires again (its events were late).
+        let fired = clamp(fire);
+        self.next_fire = Some(self.next_fire.map_or(fired, |n| n.max(fired)));
         if self.live_panes.first().is_some_and(|&j| j < first_kept) {
             self.live_panes = self.live_panes.split_off(&first_kept);
             self.evict_before(first_kept)?;
