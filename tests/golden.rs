@@ -106,7 +106,7 @@ fn golden_jobs_restored_from_every_checkpoint_give_the_expected_rows() {
         let taken = run().checkpoints;
         assert!(
             taken > 5,
-            "{}: a checkpoint after every event",
+            "{}: a checkpoint after every event, {taken} taken",
             dir.display()
         );
         // As if the job had crashed right after checkpoint k: later checkpoints are gone,

@@ -517,7 +517,8 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         return Ok(summary(&op, 0));
     }
     let mut next_id = restored_from.unwrap_or(0) + 1;
-    let mut last_checkpoint = (Instant::now(), op.stats().events_in);
+    let mut events_read = op.stats().events_in;
+    let mut last_checkpoint = (Instant::now(), events_read);
     let total = source.total_rows();
     // The source reads and decodes the next batches on a thread of its own while this
     // one aggregates: a pipeline, which is what a second core is best used for.
@@ -539,23 +540,26 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?;
             outputs.drain(&mut op)?;
             position = b.after;
+            // Counted here: the shards' counters lag a batch behind (see `sync`).
+            events_read += b.batch.num_rows() as u64;
             if let Some(c) = &job.checkpoint {
                 let due = match c.trigger {
                     Trigger::Interval(d) => last_checkpoint.0.elapsed() >= d,
-                    Trigger::Events(n) => op.stats().events_in - last_checkpoint.1 >= n,
+                    Trigger::Events(n) => events_read - last_checkpoint.1 >= n,
                 };
                 if due {
                     take_checkpoint(job, next_id, &mut op, &mut outputs, &position, false)?;
                     next_id += 1;
-                    last_checkpoint = (Instant::now(), op.stats().events_in);
+                    last_checkpoint = (Instant::now(), events_read);
                 }
             }
             if let Some(progress) = opts.progress.as_mut() {
-                progress(op.stats().events_in, total);
+                progress(events_read, total);
             }
         }
         Ok(())
     })?;
+    op.sync()?;
     if op.stats().events_in == 0 {
         return Err(Error::input(
             job.source.to_string(),
