@@ -9,7 +9,7 @@ use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, Refere
 
 use crate::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore};
 use crate::connect::sink::{open_parts, publish};
-use crate::connect::{Position, Sink, SourceBatch, open_sink, open_source};
+use crate::connect::{Position, SinkThread, SourceBatch, open_sink, open_source};
 use crate::error::{Error, Result};
 use crate::job::{Job, Trigger};
 use crate::operator::{Stats, WindowOperator};
@@ -300,9 +300,10 @@ fn starting_point(job: &Job, start: &StartFrom) -> Result<Option<Restore>> {
     Ok(restore)
 }
 
-/// The job's outputs: results, and late events and alerts when the job keeps them.
+/// The job's outputs: results, and late events and alerts when the job keeps them, written
+/// on a thread of their own.
 struct Outputs {
-    sinks: Vec<Sink>,
+    sinks: SinkThread,
     late: Option<usize>,
     alerts: Option<usize>,
 }
@@ -333,7 +334,7 @@ impl Outputs {
         let late = add(job.late.as_ref(), op.late_schema())?;
         let alerts = add(job.anomaly.as_ref().map(|a| &a.sink), op.alert_schema())?;
         Ok(Outputs {
-            sinks,
+            sinks: SinkThread::spawn(sinks)?,
             late,
             alerts,
         })
@@ -348,7 +349,7 @@ impl Outputs {
         {
             if let Some(i) = to {
                 for batch in batches {
-                    self.sinks[i].write(&batch)?;
+                    self.sinks.write(i, batch)?;
                 }
             }
         }
@@ -373,12 +374,15 @@ fn take_checkpoint(
     // The rows of every batch before `position` go into this checkpoint's parts.
     op.sync()?;
     outputs.drain(op)?;
-    let mut sinks = Vec::new();
-    for sink in outputs.sinks.iter_mut() {
-        let parts = sink.stage(id)?.into_iter().collect();
-        let dir = sink.dir().map(Path::to_path_buf).unwrap_or_default();
-        sinks.push(Commit { dir, parts });
-    }
+    let sinks = outputs.sinks.call(move |sinks| {
+        let mut commits = Vec::new();
+        for sink in sinks {
+            let parts = sink.stage(id)?.into_iter().collect();
+            let dir = sink.dir().map(Path::to_path_buf).unwrap_or_default();
+            commits.push(Commit { dir, parts });
+        }
+        Ok(commits)
+    })?;
     failpoint("staged", id);
     let mut writer = CheckpointWriter::begin(&c.dir, id)?;
     let operator = op.snapshot(&mut writer)?;
@@ -574,8 +578,10 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     if job.checkpoint.is_some() {
         take_checkpoint(job, next_id, &mut op, &mut outputs, &position, true)?;
         next_id += 1;
+        // Every part is published; the sinks hold nothing more.
+        outputs.sinks.stop()?;
     } else {
-        for s in outputs.sinks {
+        for s in outputs.sinks.stop()? {
             s.finish()?;
         }
     }

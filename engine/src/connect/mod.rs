@@ -4,6 +4,7 @@ mod csv;
 mod generator;
 mod parquet;
 pub mod sink;
+pub mod writer;
 
 use std::path::PathBuf;
 
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::job::Source as SourceSpec;
 
 pub use sink::{Sink, open_sink};
+pub use writer::SinkThread;
 
 /// How far a source has been read: where a restored job resumes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,101 @@
+//! Sinks on a thread of their own: result rows are encoded (Parquet, CSV, JSON lines)
+//! while the operator goes on with the next batches. Batches are written in the order
+//! they are sent; a bounded queue keeps at most a few of them waiting.
+
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use arrow::record_batch::RecordBatch;
+
+use super::Sink;
+use crate::error::{Error, Result};
+
+/// Batches that may wait to be written; more block the sender (backpressure).
+const QUEUE: usize = 2;
+
+type Call = Box<dyn FnOnce(&mut [Sink]) + Send>;
+
+enum Msg {
+    /// Write a batch to sink `.0`.
+    Write(usize, RecordBatch),
+    /// Run a function on the sinks (after every batch before it is written).
+    Call(Call),
+}
+
+/// The job's sinks, written on a thread of their own. See the module docs.
+pub struct SinkThread {
+    tx: Option<SyncSender<Msg>>,
+    thread: Option<JoinHandle<Result<Vec<Sink>>>>,
+}
+
+fn serve(mut sinks: Vec<Sink>, rx: Receiver<Msg>) -> Result<Vec<Sink>> {
+    for msg in rx {
+        match msg {
+            Msg::Write(i, batch) => sinks[i].write(&batch)?,
+            Msg::Call(f) => f(&mut sinks),
+        }
+    }
+    Ok(sinks)
+}
+
+impl SinkThread {
+    /// Starts the thread that writes to `sinks`.
+    pub fn spawn(sinks: Vec<Sink>) -> Result<SinkThread> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("panes-sink".into())
+            .spawn(move || serve(sinks, rx))
+            .map_err(|e| Error::Internal(format!("starting the sink thread: {e}")))?;
+        Ok(SinkThread {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&mut self, msg: Msg) -> Result<()> {
+        let sent = self.tx.as_ref().map(|tx| tx.send(msg));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The thread stopped: at a write that failed, whose error it returns.
+            _ => Err(self.stop().err().unwrap_or_else(|| {
+                Error::Internal("the sink thread stopped without an error".into())
+            })),
+        }
+    }
+
+    /// Queues `batch` for sink `sink`.
+    pub fn write(&mut self, sink: usize, batch: RecordBatch) -> Result<()> {
+        self.send(Msg::Write(sink, batch))
+    }
+
+    /// Runs `f` on the sinks once every batch queued before has been written, and returns
+    /// what it returns.
+    pub fn call<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut [Sink]) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = sync_channel(1);
+        self.send(Msg::Call(Box::new(move |sinks| {
+            let _ = reply.send(f(sinks));
+        })))?;
+        match answer.recv() {
+            Ok(result) => result,
+            Err(_) => Err(self.stop().err().unwrap_or_else(|| {
+                Error::Internal("the sink thread stopped without an answer".into())
+            })),
+        }
+    }
+
+    /// Writes what is queued, stops the thread and returns the sinks (or the first error
+    /// of a write).
+    pub fn stop(&mut self) -> Result<Vec<Sink>> {
+        self.tx = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Internal("the sink thread panicked".into())),
+            None => Err(Error::Internal(
+                "the sink thread was already stopped".into(),
+            )),
+        }
+    }
+}
