@@ -214,8 +214,10 @@ fn a_hop_job_over_5m_keys_spills_within_its_budget_and_matches_the_in_memory_run
     );
     // The stated overhead over the budget does not grow with the panes held: one new pane
     // and one pane read back (dense over all 5M key ids, about 128 MiB each, plus the
-    // Arrow batch it is read from), one window's result rows, and the process itself.
-    let overhead = 600 * MIB;
+    // Arrow batch it is read from), one window's result rows, and the process itself;
+    // plus the freed memory that the sink thread's allocator arena keeps for reuse (up to
+    // 64 MiB, `keep_freed_memory`).
+    let overhead = 664 * MIB;
     assert!(
         rss < budget + overhead,
         "peak RSS {} MiB exceeds the budget of {} MiB plus {} MiB",

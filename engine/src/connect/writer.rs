@@ -1,17 +1,23 @@
 //! Sinks on a thread of their own: result rows are encoded (Parquet, CSV, JSON lines)
 //! while the operator goes on with the next batches. Batches are written in the order
-//! they are sent; a bounded queue keeps at most a few of them waiting.
+//! they are sent. A bounded queue of slices of at most [`SLICE`] rows keeps what waits
+//! small: a window of millions of rows is copied out slice by slice and freed once sent,
+//! so memory holds one window's rows at a time, as when the sinks wrote in place.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use arrow::compute::concat_batches;
 use arrow::record_batch::RecordBatch;
 
 use super::Sink;
 use crate::error::{Error, Result};
 
-/// Batches that may wait to be written; more block the sender (backpressure).
+/// Slices that may wait to be written; more block the sender (backpressure).
 const QUEUE: usize = 2;
+
+/// Rows of the largest slice sent at once.
+pub const SLICE: usize = 64 * 1024;
 
 type Call = Box<dyn FnOnce(&mut [Sink]) + Send>;
 
@@ -65,7 +71,17 @@ impl SinkThread {
 
     /// Queues `batch` for sink `sink`.
     pub fn write(&mut self, sink: usize, batch: RecordBatch) -> Result<()> {
-        self.send(Msg::Write(sink, batch))
+        if batch.num_rows() <= SLICE {
+            return self.send(Msg::Write(sink, batch));
+        }
+        for from in (0..batch.num_rows()).step_by(SLICE) {
+            let slice = batch.slice(from, SLICE.min(batch.num_rows() - from));
+            // A copy, so that the whole batch is not kept alive by its slices.
+            let copy = concat_batches(&batch.schema(), [&slice])
+                .map_err(|e| Error::arrow("copying result rows for the sink thread", e))?;
+            self.send(Msg::Write(sink, copy))?;
+        }
+        Ok(())
     }
 
     /// Runs `f` on the sinks once every batch queued before has been written, and returns
