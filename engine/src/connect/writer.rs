@@ -115,3 +115,13 @@ impl SinkThread {
         }
     }
 }
+
+impl Drop for SinkThread {
+    /// A job that stops early (an error) still waits for its sinks, which remove their
+    /// unfinished files when dropped.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
