@@ -46,6 +46,11 @@ impl WatermarkTracker {
         }
     }
 
+    /// The number of source partitions.
+    pub fn partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
     /// The job watermark: never goes back; `i64::MIN` before any.
     pub fn current(&self) -> i64 {
         self.current

@@ -248,7 +248,7 @@ impl WindowOperator {
         if n == 0 {
             return Ok(());
         }
-        let partitions = self.tracker.state().len();
+        let partitions = self.tracker.partitions();
         if partition >= partitions {
             return Err(Error::input(
                 origin,
