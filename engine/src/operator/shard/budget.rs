@@ -1,0 +1,148 @@
+//! A shard's memory budget: the state it holds, closed panes spilled to disk (then the key
+//! dictionary, then open sessions), and spilled panes read back when events or firings
+//! need them.
+
+use super::*;
+
+impl Shard {
+    /// Keeps state within the memory budget, if there is one, by spilling closed panes
+    /// (oldest first) to disk, then the key dictionary, then open sessions.
+    pub(crate) fn enforce_budget(&mut self) -> Result<()> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Ok(());
+        };
+        let sessions = |s: &Option<Sessions>| s.as_ref().map_or(0, Sessions::bytes) as u64;
+        let held = |b: &dyn Backend, k: &KeyInterner, s: &Option<Sessions>| {
+            (b.state_bytes() + k.bytes()) as u64 + sessions(s)
+        };
+        // The index of open sessions grows by doubling (a hash map and heaps): room is left
+        // for it to double before the next spill.
+        if held(self.backend.as_ref(), &self.interner, &self.sessions) + sessions(&self.sessions)
+            <= spill.budget
+        {
+            return Ok(());
+        }
+        // The watermark has passed the end of panes before this one: on-time events no
+        // longer reach them.
+        let closed = match self.watermark {
+            i64::MIN => i64::MIN,
+            w => self.spec.pane_of(w.saturating_add(1)),
+        };
+        for j in self.backend.panes() {
+            if j >= closed
+                || held(self.backend.as_ref(), &self.interner, &self.sessions) <= spill.budget
+            {
+                break;
+            }
+            if let Some(state) = self.backend.export_pane(j)? {
+                spill.write(j, &state)?;
+            }
+            self.backend.drop_pane(j);
+        }
+        // Each spill of the dictionary or the sessions writes a file, so it waits for a
+        // share of the budget.
+        let share = spill.budget / 16;
+        if held(self.backend.as_ref(), &self.interner, &self.sessions) > spill.budget
+            && self.interner.spillable_bytes() as u64 >= share
+        {
+            self.interner.spill(|| spill.subdir("keys"))?;
+        }
+        while held(self.backend.as_ref(), &self.interner, &self.sessions) + sessions(&self.sessions)
+            > spill.budget
+            && let Some(s) = self.sessions.as_mut().filter(|s| s.bytes() as u64 >= share)
+            && s.spill(|| spill.subdir("sessions"))?
+        {}
+        let now = held(self.backend.as_ref(), &self.interner, &self.sessions);
+        if now > spill.budget && !self.over_budget_warned {
+            self.over_budget_warned = true;
+            tracing::warn!(
+                "the state of open panes and the indexes of the key dictionary and of \
+                 spilled sessions ({:.1} MiB) exceeds the memory budget ({:.1} MiB): only \
+                 closed panes, the key dictionary and open sessions spill",
+                now as f64 / (1 << 20) as f64,
+                spill.budget as f64 / (1 << 20) as f64
+            );
+        }
+        Ok(())
+    }
+
+    /// Spills state to `dir` whenever it exceeds `budget` bytes after a batch.
+    pub(crate) fn set_memory_budget(&mut self, budget: u64, dir: PathBuf) {
+        self.spill = Some(Spill::new(budget, dir));
+    }
+
+    /// Panes spilled so far, and their bytes on disk.
+    pub(crate) fn spilled(&self) -> (u64, u64) {
+        self.spill.as_ref().map_or((0, 0), |s| (s.written, s.bytes))
+    }
+
+    /// Keys of the dictionary on disk, and all its keys.
+    pub(crate) fn keys_spilled(&self) -> (usize, usize) {
+        (self.interner.spilled(), self.interner.len())
+    }
+
+    /// Open sessions spilled to disk so far.
+    pub(crate) fn sessions_spilled(&self) -> u64 {
+        self.sessions.as_ref().map_or(0, |s| s.spilled)
+    }
+
+    /// Reads back, for good, the spilled panes among `panes` (events are about to update
+    /// them).
+    pub(super) fn unspill(&mut self, panes: &[i64]) -> Result<()> {
+        let Some(spill) = self.spill.as_mut().filter(|s| !s.is_empty()) else {
+            return Ok(());
+        };
+        let mut last = None;
+        for &j in panes {
+            if last != Some(j) && spill.holds(j) {
+                let state = spill.read(j)?;
+                self.backend.import_pane(j, &state)?;
+                spill.remove(j)?;
+            }
+            last = Some(j);
+        }
+        Ok(())
+    }
+
+    /// Reads back, for good, the spilled panes within `ranges`.
+    pub(super) fn unspill_for(&mut self, ranges: impl Iterator<Item = Range<i64>>) -> Result<()> {
+        let Some(spill) = self.spill.as_ref().filter(|s| !s.is_empty()) else {
+            return Ok(());
+        };
+        let mut needed: Vec<i64> = ranges.flat_map(|r| spill.within(r)).collect();
+        needed.sort_unstable();
+        needed.dedup();
+        self.unspill(&needed)
+    }
+
+    /// Combines panes `panes` per key, reading spilled ones back while they are merged.
+    pub(super) fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows> {
+        let Some(spill) = &self.spill else {
+            return Ok(self.backend.combine(panes, keys)?);
+        };
+        let spilled = spill.within(panes.clone());
+        let mut load = |j| {
+            spill
+                .read(j)
+                .map_err(|e| panes_kernels::Error::Spill(e.to_string()))
+        };
+        Ok(self
+            .backend
+            .combine_spilled(panes, keys, &spilled, &mut load)?)
+    }
+
+    /// Frees the panes before `j`, held or spilled.
+    pub(super) fn evict_before(&mut self, j: i64) -> Result<()> {
+        self.backend.evict_before(j);
+        match self.spill.as_mut() {
+            Some(spill) => spill.evict_before(j),
+            None => Ok(()),
+        }
+    }
+
+    /// The state it holds (panes, the key dictionary, open sessions), in bytes.
+    pub(crate) fn state_bytes(&self) -> u64 {
+        let sessions = self.sessions.as_ref().map_or(0, Sessions::bytes);
+        (self.backend.state_bytes() + self.interner.bytes() + sessions) as u64
+    }
+}

@@ -1,0 +1,309 @@
+//! One shard of the window operator: the events of its keys in, window results and late
+//! events out. Event times and the watermark each event meets are decided before a batch
+//! is split among shards (see [`super::WindowOperator`]); a shard interns its keys, finds
+//! each event's pane and splits off late events. It then cuts its batch where the
+//! watermark crosses a window's firing or expiry point, so that a window fires with
+//! exactly the events that met a watermark before its end, whatever the batch boundaries.
+//! Between cuts the kernels aggregate; at each cut windows fire (revision 0) or expire.
+//!
+//! With allowed lateness, an event that arrives after its window fired but before it
+//! expired is added and the window re-fires for that key at the end of the batch. The
+//! `revision` of a (key, window) row is the number of such events so far: it never depends
+//! on batching, and the highest revision holds every event.
+//!
+//! This file holds the shard and its batch loop; its other parts are `windows` (fixed
+//! windows: cuts, revisions, firing), `sessions` (session windows), `output` (result rows
+//! and alerts as Arrow batches), `budget` (state held, spill and read-back) and `state`
+//! (checkpoint batches and restore).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, TimestampMillisecondArray, UInt32Array,
+};
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, UInt32Type};
+use arrow::record_batch::RecordBatch;
+use panes_kernels::{Backend, Column, Domain, Events, Keys, OutColumn, Values, WindowRows};
+
+use super::Stats;
+use super::plan::Plan;
+use super::topk;
+use crate::anomaly::Detector;
+use crate::error::{Error, Result};
+use crate::job::{Job, TopK};
+use crate::key::KeyInterner;
+use crate::session::{Emit, Sessions};
+use crate::spill::Spill;
+use crate::window::WindowSpec;
+
+mod budget;
+mod output;
+mod sessions;
+mod state;
+mod windows;
+
+/// Buffers reused from batch to batch, so the hot path does not allocate per event.
+#[derive(Default)]
+struct Scratch {
+    keys: Vec<u32>,
+    panes: Vec<i64>,
+    late: Vec<bool>,
+    zeros: Vec<i64>,
+}
+
+/// Result rows of one firing, with the window that fired (for merging top-k lists).
+pub(crate) struct Fired {
+    /// The window index (`i64::MIN` for sessions).
+    pub window: i64,
+    /// A first firing for every key (not a re-firing of some keys).
+    pub all: bool,
+    pub rows: RecordBatch,
+}
+
+/// A shard of the window operator. See the module docs.
+pub(crate) struct Shard {
+    plan: Arc<Plan>,
+    spec: WindowSpec,
+    lateness: i64,
+    top_k: Option<TopK>,
+    /// Session windows: the open sessions.
+    sessions: Option<Sessions>,
+    /// Panes before this one have been evicted (session windows).
+    first_kept: i64,
+    /// The anomaly detector and the aggregate it watches.
+    anomaly: Option<(Detector, usize)>,
+    alerts: Vec<RecordBatch>,
+    interner: KeyInterner,
+    backend: Box<dyn Backend>,
+    /// The job watermark after the last batch.
+    watermark: i64,
+    /// Windows before this index have been considered for firing.
+    next_fire: Option<i64>,
+    /// Panes holding data that no window has expired yet.
+    live_panes: BTreeSet<i64>,
+    /// Revision of each (key, window) that received events after it fired.
+    revisions: HashMap<(u32, i64), i64>,
+    /// Windows to re-fire at the end of the batch, with the keys that changed.
+    dirty: BTreeMap<i64, BTreeSet<u32>>,
+    output: Vec<Fired>,
+    /// Positions of late events in the batches processed since they were taken.
+    late: Vec<u32>,
+    stats: Stats,
+    scratch: Scratch,
+    /// Spilled panes, with a memory budget.
+    spill: Option<Spill>,
+    over_budget_warned: bool,
+}
+
+fn no_sessions() -> Error {
+    Error::Internal("session state missing for a session window".into())
+}
+
+impl Shard {
+    /// A shard of `job` as `plan` resolves it, aggregating on `backend`.
+    pub fn new(job: &Job, plan: Arc<Plan>, mut backend: Box<dyn Backend>) -> Result<Self> {
+        let interner =
+            KeyInterner::new(&plan.key_fields).map_err(|e| Error::input(&plan.origin, e))?;
+        // Overlapping windows (hop, cumulate) share blocks of panes folded once.
+        backend.set_fold_block(panes_kernels::fold_block(job.window.panes_per_window()));
+        Ok(Shard {
+            plan,
+            spec: job.window,
+            lateness: job.allowed_lateness,
+            top_k: job.top_k,
+            sessions: job
+                .window
+                .session_gap()
+                .map(|gap| Sessions::new(gap, job.allowed_lateness)),
+            first_kept: i64::MIN,
+            anomaly: job
+                .anomaly
+                .as_ref()
+                .map(|a| (Detector::new(a.clone()), a.value)),
+            alerts: Vec::new(),
+            interner,
+            backend,
+            watermark: i64::MIN,
+            next_fire: None,
+            live_panes: BTreeSet::new(),
+            revisions: HashMap::new(),
+            dirty: BTreeMap::new(),
+            output: Vec::new(),
+            late: Vec::new(),
+            stats: Stats::default(),
+            scratch: Scratch::default(),
+            spill: None,
+            over_budget_warned: false,
+        })
+    }
+
+    /// The backend's name, as `--backend` spells it.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// The backend, as a run summary shows it.
+    pub fn backend(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Takes the window results produced so far.
+    pub fn take_output(&mut self) -> Vec<Fired> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// Takes the positions of the late events of the last batch (in the batch given to
+    /// [`Shard::process`]).
+    pub fn take_late(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.late)
+    }
+
+    /// Takes the anomaly alerts produced so far.
+    pub fn take_alerts(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.alerts)
+    }
+
+    /// Processes this shard's events of one batch (the plan's columns only): `ts` are their
+    /// event times, `met` the watermark each met, and `w` the job watermark after the whole
+    /// batch; `origin` says where they came from, for errors. An empty batch only moves the
+    /// watermark. The late events' positions wait in [`Shard::take_late`].
+    pub fn process(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        met: &[i64],
+        w: i64,
+        origin: &str,
+    ) -> Result<()> {
+        let mut s = std::mem::take(&mut self.scratch);
+        let result = if batch.num_rows() == 0 {
+            Ok(())
+        } else {
+            self.aggregate(batch, ts, met, origin, &mut s)
+        };
+        self.scratch = s;
+        result?;
+        self.watermark = self.watermark.max(w);
+        self.advance(self.watermark)?;
+        self.refire_dirty(i64::MAX)?;
+        self.enforce_budget()
+    }
+
+    fn aggregate(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        met: &[i64],
+        origin: &str,
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let n = batch.num_rows();
+        let key_cols: Vec<ArrayRef> = self
+            .plan
+            .key_indices
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        self.interner.intern(&key_cols, n, &mut s.keys)?;
+        self.stats.events_in += n as u64;
+
+        let spec = self.spec;
+        s.panes.clear();
+        s.panes.extend(ts.iter().map(|&t| spec.pane_of(t)));
+
+        // Value columns in their kernel domains; an overflowing cast is an error, not a null.
+        let strict = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.plan.inputs.len());
+        for input in &self.plan.inputs {
+            let col = batch.column(input.index);
+            let cast_to = |to: &DataType| {
+                let name = batch.schema().field(input.index).name().clone();
+                cast_with_options(col, to, &strict)
+                    .map_err(|e| Error::arrow(format!("{origin}: column {name:?}"), e))
+            };
+            arrays.push(match input.domain {
+                Some(Domain::I64) => cast_to(&DataType::Int64)?,
+                Some(Domain::F64) => cast_to(&DataType::Float64)?,
+                None => col.clone(),
+            });
+        }
+
+        let (keys, panes) = (&s.keys, &s.panes);
+
+        let m = keys.len();
+        if s.zeros.len() < m {
+            s.zeros.resize(m, 0);
+        }
+        let zeros = &s.zeros;
+        let valid: Vec<Option<Vec<bool>>> = arrays
+            .iter()
+            .map(|a| a.logical_nulls().map(|nulls| nulls.iter().collect()))
+            .collect();
+        let columns: Vec<Column<'_>> = arrays
+            .iter()
+            .zip(&valid)
+            .map(|(a, v)| Column {
+                values: match a.data_type() {
+                    DataType::Float64 => Values::F64(a.as_primitive::<Float64Type>().values()),
+                    DataType::Int64 => Values::I64(a.as_primitive::<Int64Type>().values()),
+                    _ => Values::I64(&zeros[..m]),
+                },
+                valid: v.as_deref(),
+            })
+            .collect();
+
+        if self.sessions.is_some() {
+            let events = Events {
+                keys,
+                panes,
+                ts,
+                columns: &columns,
+            };
+            self.aggregate_sessions(&events, met, &mut s.late)?;
+        } else {
+            // Late: even the last window of the event's pane has expired. Consecutive
+            // events mostly share a pane, so its expiry is computed once per run of a pane.
+            let expiry =
+                |j: i64| (spec.end(spec.last_window_of_pane(j)) - 1).saturating_add(self.lateness);
+            let mut last = (i64::MIN, i64::MIN);
+            s.late.clear();
+            s.late.extend(s.panes.iter().zip(met).map(|(&j, &w)| {
+                if j != last.0 {
+                    last = (j, expiry(j));
+                }
+                last.1 <= w
+            }));
+            self.aggregate_windows(keys, panes, ts, met, &s.late, &columns)?;
+        }
+        let before = self.late.len();
+        let late = s.late.iter().enumerate().filter(|(_, l)| **l);
+        self.late.extend(late.map(|(i, _)| i as u32));
+        self.stats.late_events += (self.late.len() - before) as u64;
+        Ok(())
+    }
+
+    /// Moves the watermark to `w`: fires the windows it closes and expires those past
+    /// their allowed lateness.
+    pub fn advance_to(&mut self, w: i64) -> Result<()> {
+        self.watermark = self.watermark.max(w);
+        self.advance(self.watermark)
+    }
+
+    /// End of a bounded input: the watermark jumps to +∞ and every window fires.
+    pub fn finish(&mut self) -> Result<()> {
+        self.advance_to(i64::MAX)?;
+        self.refire_dirty(i64::MAX)
+    }
+}
