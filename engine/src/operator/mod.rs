@@ -87,7 +87,9 @@ pub struct WindowOperator {
     pool: Option<rayon::ThreadPool>,
     /// The batch the shards are processing, when they are.
     in_flight: Option<InFlight>,
-    /// Buffers for each shard's rows, lent to the shards' threads with a batch.
+    /// Buffers for the shard of each row (when it is listed) and for each shard's rows,
+    /// lent to the shards' threads with a batch.
+    owners: Vec<u16>,
     rows: Vec<Vec<u32>>,
     /// The backend as a summary names it, and the number of shards.
     backend: (&'static str, String),
@@ -158,6 +160,7 @@ impl WindowOperator {
             shards,
             pool,
             in_flight: None,
+            owners: Vec::new(),
             rows: vec![Vec::new(); n],
             backend,
             shard_count: n,
@@ -289,6 +292,14 @@ impl WindowOperator {
             }
             return self.collect();
         }
+        // Keys other than one integer column are hashed once, here.
+        let mut owners = std::mem::take(&mut self.owners);
+        owners.clear();
+        let keys = &read.columns()[..plan.key_indices.len()];
+        if route::one_int_key(keys).is_none() {
+            owners.resize(n, 0);
+            route::shards_of(keys, self.shard_count, &mut owners)?;
+        }
         // The shards' threads take this batch once they are done with the last one, which
         // they processed while this thread prepared this one.
         self.sync()?;
@@ -304,6 +315,7 @@ impl WindowOperator {
             w,
             origin: origin.to_string(),
             keys: self.plan.key_indices.len(),
+            owners,
             rows: std::mem::take(&mut self.rows),
         };
         let (tx, done) = std::sync::mpsc::sync_channel(1);
@@ -332,9 +344,14 @@ impl WindowOperator {
             .recv()
             .map_err(|_| Error::Internal("a shard's thread stopped with a panic".into()))?;
         let Work {
-            shards, met, rows, ..
+            shards,
+            met,
+            owners,
+            rows,
+            ..
         } = work;
         self.shards = shards;
+        self.owners = owners;
         self.rows = rows;
         result?;
         let mut late = Vec::new();
@@ -500,6 +517,8 @@ struct Work {
     w: i64,
     origin: String,
     keys: usize,
+    /// The shard of each row, when listed (see [`route::one_int_key`]).
+    owners: Vec<u16>,
     /// The rows of each shard.
     rows: Vec<Vec<u32>>,
 }
@@ -510,13 +529,14 @@ impl Work {
     fn run(&mut self) -> Result<()> {
         let (read, ts, met) = (&self.read, &self.ts, &self.met);
         let (w, origin) = (self.w, &self.origin);
-        let (keys, shards) = (&read.columns()[..self.keys], self.shards.len());
+        let (keys, owners) = (&read.columns()[..self.keys], &self.owners);
+        let shards = self.shards.len();
         self.shards
             .par_iter_mut()
             .zip(&mut self.rows)
             .enumerate()
             .try_for_each(|(s, (shard, rows))| {
-                route::rows_of(keys, shards, s, rows)?;
+                route::rows_of(keys, owners, shards, s, rows);
                 let gather = |v: &[i64]| -> Vec<i64> {
                     let v = &v[..read.num_rows()];
                     rows.iter().map(|&r| v[r as usize]).collect()

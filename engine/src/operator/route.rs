@@ -94,15 +94,29 @@ fn shard_of(h: u32, shards: usize) -> usize {
     ((u64::from(h) * shards as u64) >> 32) as usize
 }
 
-/// Writes the rows of key columns `cols` that shard `s` (of `shards`) owns into `rows`,
-/// ascending.
+/// One Int64 key column without nulls (the common case): its values, which every shard
+/// hashes for itself (a multiply per row), so that no thread hashes for all of them.
+/// Other keys (strings, several columns) are hashed once, by [`shards_of`].
+pub(crate) fn one_int_key(cols: &[ArrayRef]) -> Option<&[i64]> {
+    match cols {
+        [col] if col.null_count() == 0 => col
+            .as_primitive_opt::<Int64Type>()
+            .map(|v| v.values().as_ref()),
+        _ => None,
+    }
+}
+
+/// Writes the rows that shard `s` (of `shards`) owns into `rows`, ascending: by hashing
+/// key columns `cols` when [`one_int_key`] takes them, else from `owners` (one shard per
+/// row, from [`shards_of`]).
 pub(crate) fn rows_of(
     cols: &[ArrayRef],
+    owners: &[u16],
     shards: usize,
     s: usize,
     rows: &mut Vec<u32>,
-) -> Result<()> {
-    let n = cols.first().map_or(0, |c| c.len());
+) {
+    let n = cols.first().map_or(owners.len(), |c| c.len());
     rows.clear();
     rows.resize(n, 0);
     let mut k = 0;
@@ -114,25 +128,19 @@ pub(crate) fn rows_of(
             k += usize::from(usize::from(o) == s);
         }
     };
-    // One Int64 key column without nulls (the common case): hashed a block at a time.
-    if let [col] = cols
-        && col.null_count() == 0
-        && let Some(v) = col.as_primitive_opt::<Int64Type>()
-    {
-        let mut owners = [0u16; 1024];
-        for (b, block) in v.values().chunks(owners.len()).enumerate() {
-            for (o, &v) in owners.iter_mut().zip(block) {
-                *o = shard_of(mix(0, v as u64), shards) as u16;
+    match one_int_key(cols) {
+        Some(values) => {
+            let mut block = [0u16; 1024];
+            for (b, chunk) in values.chunks(block.len()).enumerate() {
+                for (o, &v) in block.iter_mut().zip(chunk) {
+                    *o = shard_of(mix(0, v as u64), shards) as u16;
+                }
+                keep(b * block.len(), &block[..chunk.len()]);
             }
-            keep(b * owners.len(), &owners[..block.len()]);
         }
-    } else {
-        let mut owners = vec![0u16; n];
-        shards_of(cols, shards, &mut owners)?;
-        keep(0, &owners);
+        None => keep(0, owners),
     }
     rows.truncate(k);
-    Ok(())
 }
 
 /// Writes the shard (of `shards`) that owns each row of key columns `cols` into `out`,
@@ -192,7 +200,7 @@ mod tests {
         shards_of(&[ints.clone()], 3, &mut owners).unwrap();
         let mut rows = Vec::new();
         for s in 0..3 {
-            rows_of(&[ints.clone()], 3, s, &mut rows).unwrap();
+            rows_of(&[ints.clone()], &[], 3, s, &mut rows);
             assert!(
                 (3_000..3_700).contains(&rows.len()),
                 "shard {s}: {}",
