@@ -320,7 +320,14 @@ impl WindowOperator {
         };
         let (tx, done) = std::sync::mpsc::sync_channel(1);
         pool.spawn(move || {
-            let result = work.run();
+            // A panic would abort the process from a pool's spawned job: it becomes an
+            // error of the batch instead.
+            let run = std::panic::AssertUnwindSafe(|| work.run());
+            let result = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "a shard panicked while processing a batch".into(),
+                ))
+            });
             // When the operator went away, nobody waits for the batch.
             let _ = tx.send((work, result));
         });
