@@ -472,16 +472,18 @@ impl WindowOperator {
     }
 
     /// Spills state to `dir` whenever it exceeds `budget` bytes after a batch, closed
-    /// panes first, then the key dictionary, then open sessions. Each of n shards holds to
-    /// budget / n, in a directory of its own beside `dir`. Set it before the first batch.
+    /// panes first, then the key dictionary, then open sessions. The shards share the
+    /// budget: each may hold what the others leave of it, and spills in a directory of its
+    /// own beside `dir`. Set it before the first batch.
     pub fn set_memory_budget(&mut self, budget: u64, dir: PathBuf) {
         let n = self.shards.len();
+        let shared = shard::SharedBudget::new(budget, n);
         for (s, shard) in self.shards.iter_mut().enumerate() {
             let dir = match n {
                 1 => dir.clone(),
                 _ => PathBuf::from(format!("{}-shard-{s}", dir.display())),
             };
-            shard.set_memory_budget(budget / n as u64, dir);
+            shard.set_memory_budget(shared.clone(), s, dir);
         }
     }
 

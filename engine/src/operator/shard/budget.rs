@@ -2,7 +2,36 @@
 //! dictionary, then open sessions), and spilled panes read back when events or firings
 //! need them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::*;
+
+/// One memory budget shared by a job's shards: each may hold what the others leave.
+#[derive(Debug)]
+pub(crate) struct SharedBudget {
+    total: u64,
+    /// The state each shard held after its last batch.
+    held: Vec<AtomicU64>,
+}
+
+impl SharedBudget {
+    /// A budget of `total` bytes for `shards` shards.
+    pub(crate) fn new(total: u64, shards: usize) -> Arc<SharedBudget> {
+        Arc::new(SharedBudget {
+            total,
+            held: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// What shard `s` may hold now: the budget less what the other shards hold.
+    fn allowance(&self, s: usize) -> u64 {
+        let others: u64 = (self.held.iter().enumerate())
+            .filter(|&(t, _)| t != s)
+            .map(|(_, h)| h.load(Ordering::Relaxed))
+            .sum();
+        self.total.saturating_sub(others)
+    }
+}
 
 impl Shard {
     /// Keeps state within the memory budget, if there is one, by spilling closed panes
@@ -11,6 +40,10 @@ impl Shard {
         let Some(spill) = self.spill.as_mut() else {
             return Ok(());
         };
+        let Some((shared, me)) = &self.budget else {
+            return Ok(());
+        };
+        let budget = shared.allowance(*me);
         let sessions = |s: &Option<Sessions>| s.as_ref().map_or(0, Sessions::bytes) as u64;
         let held = |b: &dyn Backend, k: &KeyInterner, s: &Option<Sessions>| {
             (b.state_bytes() + k.bytes()) as u64 + sessions(s)
@@ -18,9 +51,9 @@ impl Shard {
         // The index of open sessions grows by doubling (a hash map and heaps): room is left
         // for it to double before the next spill.
         if held(self.backend.as_ref(), &self.interner, &self.sessions) + sessions(&self.sessions)
-            <= spill.budget
+            <= budget
         {
-            return Ok(());
+            return self.note_held();
         }
         // The watermark has passed the end of panes before this one: on-time events no
         // longer reach them.
@@ -29,8 +62,7 @@ impl Shard {
             w => self.spec.pane_of(w.saturating_add(1)),
         };
         for j in self.backend.panes() {
-            if j >= closed
-                || held(self.backend.as_ref(), &self.interner, &self.sessions) <= spill.budget
+            if j >= closed || held(self.backend.as_ref(), &self.interner, &self.sessions) <= budget
             {
                 break;
             }
@@ -40,35 +72,46 @@ impl Shard {
             self.backend.drop_pane(j);
         }
         // Each spill of the dictionary or the sessions writes a file, so it waits for a
-        // share of the budget.
+        // share of the shard's part of the budget.
         let share = spill.budget / 16;
-        if held(self.backend.as_ref(), &self.interner, &self.sessions) > spill.budget
+        if held(self.backend.as_ref(), &self.interner, &self.sessions) > budget
             && self.interner.spillable_bytes() as u64 >= share
         {
             self.interner.spill(|| spill.subdir("keys"))?;
         }
         while held(self.backend.as_ref(), &self.interner, &self.sessions) + sessions(&self.sessions)
-            > spill.budget
+            > budget
             && let Some(s) = self.sessions.as_mut().filter(|s| s.bytes() as u64 >= share)
             && s.spill(|| spill.subdir("sessions"))?
         {}
         let now = held(self.backend.as_ref(), &self.interner, &self.sessions);
-        if now > spill.budget && !self.over_budget_warned {
+        if now > budget && !self.over_budget_warned {
             self.over_budget_warned = true;
             tracing::warn!(
                 "the state of open panes and the indexes of the key dictionary and of \
                  spilled sessions ({:.1} MiB) exceeds the memory budget ({:.1} MiB): only \
                  closed panes, the key dictionary and open sessions spill",
                 now as f64 / (1 << 20) as f64,
-                spill.budget as f64 / (1 << 20) as f64
+                budget as f64 / (1 << 20) as f64
             );
+        }
+        self.note_held()
+    }
+
+    /// Tells the other shards what this one holds now.
+    fn note_held(&self) -> Result<()> {
+        if let Some((shared, me)) = &self.budget {
+            shared.held[*me].store(self.state_bytes(), Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Spills state to `dir` whenever it exceeds `budget` bytes after a batch.
-    pub(crate) fn set_memory_budget(&mut self, budget: u64, dir: PathBuf) {
-        self.spill = Some(Spill::new(budget, dir));
+    /// Spills state to `dir` whenever it exceeds its allowance of `budget` after a batch,
+    /// as shard `me` of the budget's shards.
+    pub(crate) fn set_memory_budget(&mut self, budget: Arc<SharedBudget>, me: usize, dir: PathBuf) {
+        let share = budget.total / budget.held.len() as u64;
+        self.spill = Some(Spill::new(share, dir));
+        self.budget = Some((budget, me));
     }
 
     /// Panes spilled so far, and their bytes on disk.

@@ -41,6 +41,7 @@ use crate::spill::Spill;
 use crate::window::WindowSpec;
 
 mod budget;
+pub(crate) use budget::SharedBudget;
 mod output;
 mod sessions;
 mod state;
@@ -96,6 +97,8 @@ pub(crate) struct Shard {
     scratch: Scratch,
     /// Spilled panes, with a memory budget.
     spill: Option<Spill>,
+    /// The job's memory budget, and this shard's place among those sharing it.
+    budget: Option<(Arc<budget::SharedBudget>, usize)>,
     over_budget_warned: bool,
 }
 
@@ -137,6 +140,7 @@ impl Shard {
             stats: Stats::default(),
             scratch: Scratch::default(),
             spill: None,
+            budget: None,
             over_budget_warned: false,
         })
     }
