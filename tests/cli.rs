@@ -623,3 +623,39 @@ fn bench_names_a_case_it_does_not_have() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `--threads 1,2,3` runs each case at each thread count, with the speed-up against the
+/// first; the rows do not depend on the thread count; 0 threads is an error.
+#[test]
+fn bench_sweeps_thread_counts() {
+    let out = run(&[
+        "bench",
+        "--events",
+        "30000",
+        "--keys",
+        "100",
+        "--backend",
+        "cpu",
+        "--threads",
+        "1,2,3",
+        "--cases",
+        "tumble",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let cases = cases.as_array().expect("an array of cases");
+    let threads: Vec<u64> = cases
+        .iter()
+        .map(|c| c["threads"].as_u64().unwrap())
+        .collect();
+    assert_eq!(threads, [1, 2, 3]);
+    assert_eq!(cases[0]["speedup"].as_f64(), Some(1.0));
+    for case in cases {
+        assert!(case["speedup"].as_f64().unwrap() > 0.0, "{case}");
+        assert_eq!(case["rows_out"], cases[0]["rows_out"], "{case}");
+    }
+    let out = run(&["bench", "--threads", "2,0", "--cases", "tumble"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--threads"), "{}", stderr(&out));
+}
