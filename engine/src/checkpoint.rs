@@ -19,7 +19,6 @@ use crate::connect::Position;
 use crate::connect::sink::sync_dir;
 use crate::error::{Error, Result};
 use crate::ipc;
-use crate::operator::OperatorState;
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
@@ -42,6 +41,41 @@ pub struct Commit {
     pub dir: PathBuf,
     /// Part files staged for this checkpoint, by their published names.
     pub parts: Vec<String>,
+}
+
+/// What the window operator has counted so far (kept in checkpoints).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Events read.
+    pub events_in: u64,
+    /// Events that were late for every window (sent to the late output).
+    pub late_events: u64,
+    /// Window result rows emitted (revisions included).
+    pub rows_out: u64,
+    /// Largest state (panes plus key dictionary) held, in bytes.
+    pub peak_state_bytes: u64,
+    /// Anomaly alerts raised.
+    pub alerts: u64,
+}
+
+/// The operator's scalar state, kept in a checkpoint's manifest; its keyed state (key
+/// dictionary, panes, revisions, sessions, baselines) goes to Arrow files beside it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OperatorState {
+    /// Per source partition: largest event time seen, and whether it finished.
+    pub partitions: Vec<(Option<i64>, bool)>,
+    /// The job watermark.
+    pub watermark: i64,
+    /// Windows before this one were considered for firing.
+    pub next_fire: Option<i64>,
+    /// Panes before this one were evicted (session windows).
+    pub first_kept: i64,
+    /// Panes with data that no window has expired yet.
+    pub live_panes: Vec<i64>,
+    /// Keys in the dictionary.
+    pub keys: usize,
+    /// Counters so far.
+    pub stats: Stats,
 }
 
 /// What a checkpoint holds besides its state files.

@@ -32,49 +32,14 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use panes_kernels::{AggSpec, Backend};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
+pub use crate::checkpoint::{OperatorState, Stats};
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
 use crate::time::event_times;
 use crate::watermark::WatermarkTracker;
 use plan::Plan;
 use shard::{Fired, Shard};
-
-/// What the operator has counted so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stats {
-    /// Events read.
-    pub events_in: u64,
-    /// Events that were late for every window (sent to the late output).
-    pub late_events: u64,
-    /// Window result rows emitted (revisions included).
-    pub rows_out: u64,
-    /// Largest state (panes plus key dictionary) held, in bytes.
-    pub peak_state_bytes: u64,
-    /// Anomaly alerts raised.
-    pub alerts: u64,
-}
-
-/// The operator's scalar state, kept in a checkpoint's manifest; its keyed state (key
-/// dictionary, panes, revisions, sessions, baselines) goes to Arrow files beside it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct OperatorState {
-    /// Per source partition: largest event time seen, and whether it finished.
-    pub partitions: Vec<(Option<i64>, bool)>,
-    /// The job watermark.
-    pub watermark: i64,
-    /// Windows before this one were considered for firing.
-    pub next_fire: Option<i64>,
-    /// Panes before this one were evicted (session windows).
-    pub first_kept: i64,
-    /// Panes with data that no window has expired yet.
-    pub live_panes: Vec<i64>,
-    /// Keys in the dictionary.
-    pub keys: usize,
-    /// Counters so far.
-    pub stats: Stats,
-}
 
 /// The window operator. See the module docs.
 pub struct WindowOperator {
