@@ -58,6 +58,19 @@ pub struct Stats {
     pub alerts: u64,
 }
 
+impl Stats {
+    /// Adds the counts of `other` (the peak is the larger one): the counters of shards, or
+    /// of a restored checkpoint and the run since.
+    pub fn add(mut self, other: &Stats) -> Stats {
+        self.events_in += other.events_in;
+        self.late_events += other.late_events;
+        self.rows_out += other.rows_out;
+        self.alerts += other.alerts;
+        self.peak_state_bytes = self.peak_state_bytes.max(other.peak_state_bytes);
+        self
+    }
+}
+
 /// The operator's scalar state, kept in a checkpoint's manifest; its keyed state (key
 /// dictionary, panes, revisions, sessions, baselines) goes to Arrow files beside it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -69,8 +69,8 @@ pub struct WindowOperator {
     alerts: Vec<RecordBatch>,
     /// Counters restored from a checkpoint; the shards count from zero.
     base: Stats,
-    rows_out: u64,
-    peak_state_bytes: u64,
+    /// What the operator counts itself: rows out (after top-k merges) and peak state.
+    own: Stats,
 }
 
 impl WindowOperator {
@@ -136,8 +136,7 @@ impl WindowOperator {
             late: Vec::new(),
             alerts: Vec::new(),
             base: Stats::default(),
-            rows_out: 0,
-            peak_state_bytes: 0,
+            own: Stats::default(),
         })
     }
 
@@ -173,14 +172,7 @@ impl WindowOperator {
 
     /// Counters so far (of the batches gathered: see [`WindowOperator::sync`]).
     pub fn stats(&self) -> Stats {
-        let mut s = self.base;
-        let t = self.shard_stats;
-        s.events_in += t.events_in;
-        s.late_events += t.late_events;
-        s.alerts += t.alerts;
-        s.rows_out += self.rows_out;
-        s.peak_state_bytes = s.peak_state_bytes.max(self.peak_state_bytes);
-        s
+        self.base.add(&self.shard_stats).add(&self.own)
     }
 
     /// The current job watermark (`i64::MIN` before any).
@@ -355,28 +347,23 @@ impl WindowOperator {
             fired.extend(shard.take_output());
             self.alerts.extend(shard.take_alerts());
         }
-        let rows = match self.top_k.filter(|_| self.shards.len() > 1) {
+        let several = self.shards.len() > 1;
+        if several {
+            // Window by window, shard by shard within a window, however the windows fell
+            // into batches (sessions: shard by shard).
+            fired.sort_by_key(|f| f.window);
+        }
+        let rows = match self.top_k.filter(|_| several) {
             Some(t) => self.merge_top_k(fired, t)?,
-            None if self.shards.len() > 1 => {
-                // Window by window, shard by shard within a window, however the windows
-                // fell into batches (sessions: shard by shard).
-                fired.sort_by_key(|f| f.window);
-                fired.into_iter().map(|f| f.rows).collect()
-            }
             None => fired.into_iter().map(|f| f.rows).collect(),
         };
-        self.rows_out += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        self.own.rows_out += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         self.output.extend(rows);
         let held = self.shards.iter().map(Shard::state_bytes).sum();
-        self.peak_state_bytes = self.peak_state_bytes.max(held);
-        let mut t = Stats::default();
-        for shard in &self.shards {
-            let s = shard.stats();
-            t.events_in += s.events_in;
-            t.late_events += s.late_events;
-            t.alerts += s.alerts;
-        }
-        self.shard_stats = t;
+        self.own.peak_state_bytes = self.own.peak_state_bytes.max(held);
+        // Shards count events, late events and alerts (not rows: see `own`).
+        self.shard_stats =
+            (self.shards.iter().map(Shard::stats)).fold(Stats::default(), |t, s| t.add(&s));
         Ok(())
     }
 
