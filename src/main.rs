@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use panes::bench;
 use panes::datasets::{Dataset, GenConfig};
 use panes::engine::Job;
-use panes::engine::checkpoint;
+use panes::engine::state::checkpoint;
 use panes::engine::connect::open_sink;
 use panes::engine::job::{Sink, parse_bytes};
 use panes::engine::run::{BackendKind, RunOptions, StartFrom, run_job};

@@ -5,21 +5,21 @@
 //! [`panes_kernels::Backend`] through the [`operator::WindowOperator`]; results and late
 //! events go to sinks. [`run::run_job`] ties it together for the CLI.
 
-pub mod anomaly;
-pub mod checkpoint;
+//!
+//! The modules follow the data: [`connect`] reads sources, [`time`] gives each event its
+//! time and the watermark it met, [`window`] says which panes and windows it falls in, the
+//! [`operator`] splits batches among shards that aggregate and fire, and [`connect`] writes
+//! results to sinks. Beside the flow, [`state`] holds what survives a batch on disk: the key
+//! dictionary, spill files and checkpoints. [`job`] is the job model; [`run`] drives a job
+//! end to end.
+
 pub mod connect;
 pub mod error;
-mod ipc;
 pub mod job;
-pub mod key;
-mod keyspill;
 pub mod operator;
 pub mod run;
-pub mod session;
-mod sessionspill;
-pub mod spill;
+pub mod state;
 pub mod time;
-pub mod watermark;
 pub mod window;
 
 pub use error::{Error, Result};

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
-use crate::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore};
+use crate::state::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore};
 use crate::connect::sink::{open_parts, publish};
 use crate::connect::{Position, SinkThread, SourceBatch, open_sink, open_source};
 use crate::error::{Error, Result};
@@ -459,7 +459,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     })?;
     if let Some(budget) = budget {
         let dir = job.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
-        crate::spill::remove_stale(&dir);
+        crate::state::spill::remove_stale(&dir);
         op.set_memory_budget(
             budget,
             dir.join(format!("panes-spill-{}", std::process::id())),

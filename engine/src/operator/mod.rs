@@ -15,6 +15,7 @@
 //! of rows never depends on the thread count. Top-k lists of one firing are merged across shards ([`topk`]). A job without keys
 //! has one group and runs on one shard, as does the GPU backend (one device).
 
+pub mod anomaly;
 mod plan;
 mod route;
 mod shard;
@@ -33,11 +34,11 @@ use arrow::record_batch::RecordBatch;
 use panes_kernels::{AggSpec, Backend};
 use rayon::prelude::*;
 
-pub use crate::checkpoint::{OperatorState, Stats};
+pub use crate::state::checkpoint::{OperatorState, Stats};
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
 use crate::time::event_times;
-use crate::watermark::WatermarkTracker;
+use crate::time::watermark::WatermarkTracker;
 use plan::Plan;
 use shard::{Fired, Shard};
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::route;
 use super::shard::Shard;
 use super::{OperatorState, WindowOperator};
-use crate::checkpoint::{CheckpointWriter, Restore};
+use crate::state::checkpoint::{CheckpointWriter, Restore};
 use crate::error::{Error, Result};
 
 /// Keys per batch of the checkpointed key dictionary.

@@ -32,12 +32,12 @@ use panes_kernels::{Backend, Column, Domain, Events, Keys, OutColumn, Values, Wi
 use super::Stats;
 use super::plan::Plan;
 use super::topk;
-use crate::anomaly::Detector;
+use crate::operator::anomaly::Detector;
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
-use crate::key::KeyInterner;
-use crate::session::{Emit, Sessions};
-use crate::spill::Spill;
+use crate::state::key::KeyInterner;
+use crate::window::session::{Emit, Sessions};
+use crate::state::spill::Spill;
 use crate::window::WindowSpec;
 
 mod budget;

@@ -17,7 +17,7 @@ use std::hash::BuildHasher;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::keyspill::DiskKeys;
+use crate::state::keyspill::DiskKeys;
 
 enum Interner {
     /// No key columns: every event is in the one global group.

@@ -19,7 +19,7 @@
 //!   number of events the session gained after its first row with that start.
 //!
 //! Under a memory budget the index can [spill](Sessions::spill) the keys whose sessions end
-//! latest to disk (see [`crate::sessionspill`]); they come back when an event of the key
+//! latest to disk (see [`crate::state::sessionspill`]); they come back when an event of the key
 //! arrives or the watermark nears their end.
 
 use std::cmp::Reverse;
@@ -32,7 +32,7 @@ use arrow::datatypes::{Int64Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
-use crate::sessionspill::{Record, SessionDisk};
+use crate::state::sessionspill::{Record, SessionDisk};
 
 /// A session to emit: its key, first and last event times, and revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

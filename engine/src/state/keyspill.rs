@@ -1,6 +1,6 @@
 //! The part of the key dictionary that is on disk, once it outgrew the memory budget.
 //!
-//! A [`crate::key::KeyInterner`] under a budget flushes the keys it gained since its last
+//! A [`crate::state::key::KeyInterner`] under a budget flushes the keys it gained since its last
 //! flush here, as bytes with their ids, and keeps in memory only these files' indexes:
 //! - *Runs*, to find a key's id: entries `(hash, id, key)` sorted by hash, in blocks of
 //!   about 4 KiB. In memory: a Bloom filter (10 bits per key) and each block's first hash,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use arrow::record_batch::RecordBatch;
 
 use crate::error::{Error, Result};
-use crate::ipc;
+use crate::state::ipc;
 
 /// Spilled panes and where they are. See the module docs.
 pub struct Spill {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::connect::Position;
 use crate::connect::sink::sync_dir;
 use crate::error::{Error, Result};
-use crate::ipc;
+use crate::state::ipc;
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";

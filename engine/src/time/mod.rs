@@ -1,5 +1,7 @@
 //! Event time: reading the time column of a batch as milliseconds since the epoch.
 
+pub mod watermark;
+
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{
     DataType, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,

@@ -1,6 +1,6 @@
 //! Open sessions on disk, once the index of open sessions outgrew the memory budget.
 //!
-//! [`crate::session::Sessions`] spills whole keys, those whose sessions end latest first,
+//! [`crate::window::session::Sessions`] spills whole keys, those whose sessions end latest first,
 //! into a *segment*: a file of fixed-size records sorted by key, read in blocks of about
 //! 4 KiB. In memory stay each block's first key, the segment's earliest end and earliest
 //! start, and one byte per key id naming the segment that holds the key's sessions.
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
-/// One open session, as [`crate::session`] keeps it: first and last event time, events,
+/// One open session, as [`crate::window::session`] keeps it: first and last event time, events,
 /// events at its first emission, whether it waits to fire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {

@@ -12,6 +12,8 @@
 //!
 //! Either way, window ids increase with the window end, and `end(k)` is linear in `k`.
 
+pub mod session;
+
 use std::ops::{Range, RangeInclusive};
 
 /// The geometry of tumbling, hop or cumulate windows, in milliseconds.

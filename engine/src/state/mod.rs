@@ -1,0 +1,9 @@
+//! State beside the data flow: the key dictionary and what goes to disk (spilled panes,
+//! keys and sessions under a memory budget; checkpoints), all as Arrow IPC files.
+
+pub mod checkpoint;
+pub(crate) mod ipc;
+pub mod key;
+pub(crate) mod keyspill;
+pub(crate) mod sessionspill;
+pub mod spill;
