@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
-use crate::state::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore};
 use crate::connect::sink::{open_parts, publish};
 use crate::connect::{Position, SinkThread, SourceBatch, open_sink, open_source};
 use crate::error::{Error, Result};
 use crate::job::{Job, Trigger};
 use crate::operator::{Stats, WindowOperator};
+use crate::state::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore};
 
 /// Batches the source may read ahead of the operator.
 const READ_AHEAD: usize = 2;

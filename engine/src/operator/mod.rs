@@ -34,9 +34,9 @@ use arrow::record_batch::RecordBatch;
 use panes_kernels::{AggSpec, Backend};
 use rayon::prelude::*;
 
-pub use crate::state::checkpoint::{OperatorState, Stats};
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
+pub use crate::state::checkpoint::{OperatorState, Stats};
 use crate::time::event_times;
 use crate::time::watermark::WatermarkTracker;
 use plan::Plan;

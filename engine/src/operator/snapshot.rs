@@ -16,8 +16,8 @@ use std::time::Instant;
 use super::route;
 use super::shard::Shard;
 use super::{OperatorState, WindowOperator};
-use crate::state::checkpoint::{CheckpointWriter, Restore};
 use crate::error::{Error, Result};
+use crate::state::checkpoint::{CheckpointWriter, Restore};
 
 /// Keys per batch of the checkpointed key dictionary.
 const KEYS_PER_BATCH: u32 = 1 << 20;

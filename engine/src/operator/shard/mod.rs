@@ -32,13 +32,13 @@ use panes_kernels::{Backend, Column, Domain, Events, Keys, OutColumn, Values, Wi
 use super::Stats;
 use super::plan::Plan;
 use super::topk;
-use crate::operator::anomaly::Detector;
 use crate::error::{Error, Result};
 use crate::job::{Job, TopK};
+use crate::operator::anomaly::Detector;
 use crate::state::key::KeyInterner;
-use crate::window::session::{Emit, Sessions};
 use crate::state::spill::Spill;
 use crate::window::WindowSpec;
+use crate::window::session::{Emit, Sessions};
 
 mod budget;
 pub(crate) use budget::SharedBudget;
