@@ -5,9 +5,9 @@
 struct Params {
     // Events in the batch (update), keys or listed keys to visit (combine, emit).
     n: u32,
-    // The sort's padded power-of-two length.
+    // The sort: histogram length (256 per tile), the digit's shift, tiles.
+    // The fold: m events of each key's run from its j-th.
     m: u32,
-    // Bitonic stage: the compared distance and the sorted-run length.
     j: u32,
     k: u32,
     // The pane (0-based within the batch) that a fold dispatch applies.

@@ -1,8 +1,9 @@
 // Update: folds a batch of events into the state of one pane, for the keys of one state
 // chunk. The batch is sorted by (key, arrival) first (sort.wgsl), so one invocation owns a
 // key: it walks that key's events in arrival order, exactly as the CPU backend does, and
-// no atomics are needed. Every number is folded with the same IEEE operations as on the
-// CPU (soft f64 from f64.wgsl), so results do not depend on the order threads run in.
+// no atomics are needed; a long run is walked in rounds, one dispatch each. Every number
+// is folded with the same IEEE operations as on the CPU (soft f64 from f64.wgsl), so
+// results do not depend on the order threads run in.
 
 @group(1) @binding(0) var<storage, read> sorted: array<vec2<u32>>;
 @group(1) @binding(1) var<storage, read> pane_of: array<u32>;
@@ -96,8 +97,15 @@ fn fold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         || key - params.key_base >= params.key_count) {
         return;
     }
+    // This dispatch folds events `params.j .. params.j + params.m` of the run (a hot key's
+    // run is folded in rounds, so that no invocation loops for too long).
+    let start = i + params.j;
+    if (start >= params.n || sorted[start].x != key) {
+        return;
+    }
     let row = (key - params.key_base) * params.stride;
-    for (var j = i; j < params.n && sorted[j].x == key; j++) {
+    let end = min(start + params.m, params.n);
+    for (var j = start; j < end && sorted[j].x == key; j++) {
         let e = sorted[j].y;
         if (pane_of[e] == params.pane) {
             fold_event(row, e);

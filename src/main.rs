@@ -9,10 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use panes::bench;
 use panes::datasets::{Dataset, GenConfig};
 use panes::engine::Job;
-use panes::engine::state::checkpoint;
 use panes::engine::connect::open_sink;
 use panes::engine::job::{Sink, parse_bytes};
 use panes::engine::run::{BackendKind, RunOptions, StartFrom, run_job};
+use panes::engine::state::checkpoint;
 
 /// Event-time windowing over streams: tumbling and hop windows, columnar CPU kernels.
 #[derive(Parser)]

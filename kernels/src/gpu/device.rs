@@ -238,7 +238,9 @@ impl Gpu {
     pub fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
+            // At least one `vec2<u32>`: the smallest element a kernel binds (a job that only
+            // counts rows has no input values, and its empty value buffer is bound still).
+            size: bytes.max(8).next_multiple_of(4),
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
@@ -249,7 +251,7 @@ impl Gpu {
     /// A storage buffer holding `data`.
     pub fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
         let mut padded = data.to_vec();
-        padded.resize(data.len().max(4).next_multiple_of(4), 0);
+        padded.resize(data.len().max(8).next_multiple_of(4), 0);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),

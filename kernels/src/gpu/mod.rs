@@ -156,6 +156,34 @@ impl Layout {
         }
         Ok(layout)
     }
+
+    /// Most events of one key's run that a fold invocation walks in one dispatch. Long runs
+    /// (hot keys) are folded in rounds, one dispatch each, in arrival order, so that no
+    /// invocation loops without bound. Mesa's lavapipe ends the loops of an invocation
+    /// after 65 535 iterations in all, which silently dropped the rest of a hot key's
+    /// events. An event costs 3 + 2 per op of them there, and 55 more per moments op when
+    /// the soft-f64 division's loop is not unrolled (it is in small shaders, not in large
+    /// ones: measured); this allows half the limit, at 4 + 3 per op + 60 per moments op.
+    fn fold_round(&self) -> u32 {
+        let moments = self.ops.iter().filter(|o| o[0] == OP_MOMENTS).count() as u32;
+        32_768 / (4 + 3 * self.ops.len() as u32 + 60 * moments)
+    }
+}
+
+/// The most events of one key among `keys` (whose largest is `max_key`), counted in
+/// `counts`, which is all zero before and after.
+fn longest_run(counts: &mut Vec<u32>, keys: &[u32], max_key: u32) -> u32 {
+    if counts.len() <= max_key as usize {
+        counts.resize(max_key as usize + 1, 0);
+    }
+    let mut longest = 0;
+    for &k in keys {
+        let c = &mut counts[k as usize];
+        *c += 1;
+        longest = longest.max(*c);
+    }
+    keys.iter().for_each(|&k| counts[k as usize] = 0);
+    longest
 }
 
 /// The state of one pane: chunks of key rows, chunk `c` holding keys from `c * chunk_keys`.
@@ -168,6 +196,8 @@ struct PaneState {
 struct Scratch {
     buffers: BTreeMap<&'static str, wgpu::Buffer>,
     poison: bool,
+    /// Events per key id in the batch being uploaded; all zero between batches.
+    runs: Vec<u32>,
 }
 
 impl Scratch {
@@ -203,6 +233,8 @@ struct Batch {
     sums: wgpu::Buffer,
     /// The largest key id: how many 8-bit digits the sort needs.
     max_key: u32,
+    /// The most events of any one key: how many rounds the fold needs.
+    max_run: u32,
 }
 
 /// The GPU backend. See the module documentation.
@@ -366,6 +398,7 @@ impl GpuBackend {
             pane_of.push((p - first) as u32);
         }
         let max_key = ev.keys.iter().copied().max().unwrap_or(0);
+        let max_run = longest_run(&mut self.scratch.runs, ev.keys, max_key);
         self.reserve_keys(max_key + 1, commands);
         for &p in &panes {
             self.open_pane(p, commands);
@@ -429,6 +462,7 @@ impl GpuBackend {
             hist,
             sums,
             max_key,
+            max_run,
         }
     }
 
@@ -448,6 +482,7 @@ impl GpuBackend {
             ref hist,
             ref sums,
             max_key,
+            max_run,
         } = *b;
         let max_groups = self.opts.max_groups;
         let tiles = (n as u64).div_ceil(device::WORKGROUP as u64);
@@ -478,24 +513,27 @@ impl GpuBackend {
             commands.dispatch(Kernel::RadixScatter, group, over_pairs, p);
         }
         let sorted = &pairs[passes as usize % 2];
+        let round = self.layout.fold_round();
         for &p in panes {
             for (c, chunk) in self.panes[&p].chunks.iter().enumerate() {
                 let group = gpu.bind(
                     Kernel::Fold,
                     &[sorted, panes_buf, ts, vals, valid, &self.ops, chunk],
                 );
-                let params = Params {
-                    pane: (p - first) as u32,
-                    key_base: c as u32 * self.chunk_keys,
-                    key_count: self.chunk_len(c),
-                    ..base
-                };
-                commands.dispatch(
-                    Kernel::Fold,
-                    &group,
-                    gpu.groups(n as u64, max_groups),
-                    params,
-                );
+                // Round r folds events r·round .. (r+1)·round of each key's run.
+                for from in (0..max_run).step_by(round as usize) {
+                    let params = Params {
+                        pane: (p - first) as u32,
+                        key_base: c as u32 * self.chunk_keys,
+                        key_count: self.chunk_len(c),
+                        j: from,
+                        m: round,
+                        ..base
+                    };
+                    // Only runs that start before n - from have events left to fold.
+                    let starts = gpu.groups(n as u64 - from as u64, max_groups);
+                    commands.dispatch(Kernel::Fold, &group, starts, params);
+                }
             }
         }
     }
