@@ -625,3 +625,32 @@ fn counting_rows_alone_runs_on_the_gpu() {
     };
     assert_eq!(rows.columns[0], want);
 }
+
+/// A service runs job after job: 500 backends created and dropped in one process share
+/// one device (drivers run out of devices: on an H200 no adapter was found after some
+/// dozens), and every tenth one still computes.
+#[test]
+fn five_hundred_gpu_backends_in_one_process() {
+    let aggs = [spec(AggFn::Sum, 0, Domain::I64)];
+    for i in 0..500i64 {
+        let mut g = gpu(&aggs, GpuOptions::default());
+        if i % 10 == 0 {
+            g.update(&Events {
+                keys: &[0, 0],
+                panes: &[0, 0],
+                ts: &[0, 0],
+                columns: &[Column {
+                    values: Values::I64(&[i, 1]),
+                    valid: None,
+                }],
+            })
+            .unwrap();
+            let rows = g.combine(0..1, Keys::All).unwrap();
+            let want = OutColumn::I64 {
+                values: vec![i + 1],
+                valid: vec![true],
+            };
+            assert_eq!(rows.columns[0], want, "backend {i}");
+        }
+    }
+}

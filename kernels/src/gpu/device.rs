@@ -1,7 +1,13 @@
 //! The device side of the GPU backend: opening an adapter, compiling the kernels, recording
 //! dispatches with their parameters, and reading buffers back, with every wgpu error turned
 //! into an [`Error`] that names what panes was doing.
+//!
+//! The device, its queue and the compiled kernels are opened once per process (per set of
+//! optional features) and shared by every backend: a service that runs job after job does
+//! not open a device each time (drivers run out of them). A device that is lost is
+//! replaced by a fresh one for the next backend opened.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use wgpu::util::DeviceExt;
@@ -112,8 +118,40 @@ struct Pipeline {
     storage: wgpu::BindGroupLayout,
 }
 
-/// An open GPU: device, queue, compiled kernels and an error slot that wgpu's callbacks
-/// fill instead of panicking.
+/// What the backends of a process share: the device and queue, the compiled kernels, and
+/// an error slot that wgpu's callbacks fill instead of panicking.
+struct Context {
+    /// The optional features asked for when it was opened.
+    wanted: wgpu::Features,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: String,
+    software: bool,
+    pipelines: Vec<Pipeline>,
+    params_layout: wgpu::BindGroupLayout,
+    errors: Arc<Mutex<Vec<String>>>,
+    /// Set by the device-lost callback: the next backend opens a fresh context.
+    lost: Arc<AtomicBool>,
+}
+
+/// The contexts opened so far in this process.
+static CONTEXTS: Mutex<Vec<Arc<Context>>> = Mutex::new(Vec::new());
+
+/// The process's context for `wanted` features: the open one, or a new one (in place of
+/// one whose device was lost). `hardware_only` refuses to open a software adapter.
+fn context(wanted: wgpu::Features, hardware_only: bool) -> Result<Arc<Context>> {
+    let mut contexts = CONTEXTS.lock().unwrap_or_else(|e| e.into_inner());
+    contexts.retain(|c| !c.lost.load(Ordering::Acquire));
+    if let Some(c) = contexts.iter().find(|c| c.wanted == wanted) {
+        return Ok(c.clone());
+    }
+    let c = Arc::new(Context::open(wanted, hardware_only)?);
+    contexts.push(c.clone());
+    Ok(c)
+}
+
+/// A GPU as one backend uses it: the shared context, plus the buffer of dispatch
+/// parameters that this backend's submissions write.
 pub struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -122,18 +160,16 @@ pub struct Gpu {
     /// Largest storage binding and workgroups per dimension the device allows.
     pub max_binding: u64,
     pub max_groups: u32,
-    pipelines: Vec<Pipeline>,
-    params_layout: wgpu::BindGroupLayout,
+    context: Arc<Context>,
     params: wgpu::Buffer,
     params_group: wgpu::BindGroup,
-    errors: Arc<Mutex<Vec<String>>>,
 }
 
-impl Gpu {
+impl Context {
     /// Opens the first adapter wgpu finds (honouring `WGPU_BACKEND`) with those of `wanted`
     /// features it offers, and compiles the kernels. `hardware_only` refuses a software
-    /// adapter.
-    pub fn open(wanted: wgpu::Features, hardware_only: bool) -> Result<Gpu> {
+    /// adapter before anything is compiled on it.
+    fn open(wanted: wgpu::Features, hardware_only: bool) -> Result<Context> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter =
@@ -146,9 +182,7 @@ impl Gpu {
         let info = adapter.get_info();
         let name = format!("{} ({:?}, {})", info.name, info.backend, info.driver);
         if hardware_only && info.device_type == wgpu::DeviceType::Cpu {
-            return Err(Error::NoAdapter(format!(
-                "only a software adapter, {name} (--backend gpu runs on it, slowly)"
-            )));
+            return Err(software_only(&name));
         }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("panes"),
@@ -160,30 +194,34 @@ impl Gpu {
         let errors = Arc::new(Mutex::new(Vec::new()));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e| push(&sink, e.to_string())));
-        let sink = errors.clone();
+        let (sink, lost) = (errors.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
+            flag.store(true, Ordering::Release);
             push(&sink, format!("device lost ({reason:?}): {message}"))
         });
-        let limits = device.limits();
         let params_layout = layout(&device, "params", &[], true);
-        let (params, params_group) = params_buffer(&device, &params_layout, 64);
-        let mut gpu = Gpu {
+        let mut context = Context {
+            wanted,
             adapter: name,
-            max_binding: limits
-                .max_storage_buffer_binding_size
-                .min(limits.max_buffer_size),
-            max_groups: limits.max_compute_workgroups_per_dimension,
+            software: info.device_type == wgpu::DeviceType::Cpu,
             pipelines: Vec::new(),
             params_layout,
-            params,
-            params_group,
             errors,
+            lost,
             device,
             queue,
         };
-        gpu.pipelines = KERNELS.iter().map(|&k| gpu.pipeline(k)).collect();
-        gpu.check("compiling the kernels")?;
-        Ok(gpu)
+        context.pipelines = KERNELS.iter().map(|&k| context.pipeline(k)).collect();
+        let errors = std::mem::take(&mut *context.errors.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(message) = errors.into_iter().next() {
+            return Err(Error::Gpu {
+                context: "compiling the kernels".into(),
+                adapter: context.adapter,
+                message,
+            });
+        }
+        Ok(context)
     }
 
     fn pipeline(&self, kernel: Kernel) -> Pipeline {
@@ -215,10 +253,40 @@ impl Gpu {
             });
         Pipeline { pipeline, storage }
     }
+}
 
-    /// Fails with the first error wgpu reported since the last check.
+impl Gpu {
+    /// The process's GPU (opened on first use, see the module docs) with those of `wanted`
+    /// features it offers. `hardware_only` refuses a software adapter.
+    pub fn open(wanted: wgpu::Features, hardware_only: bool) -> Result<Gpu> {
+        let context = context(wanted, hardware_only)?;
+        if hardware_only && context.software {
+            return Err(software_only(&context.adapter));
+        }
+        let limits = context.device.limits();
+        let (params, params_group) = params_buffer(&context.device, &context.params_layout, 64);
+        Ok(Gpu {
+            device: context.device.clone(),
+            queue: context.queue.clone(),
+            adapter: context.adapter.clone(),
+            max_binding: limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size),
+            max_groups: limits.max_compute_workgroups_per_dimension,
+            context,
+            params,
+            params_group,
+        })
+    }
+
+    /// Fails with the first error wgpu reported since the last check (on this device: with
+    /// backends on several threads, another's error may show here).
     pub fn check(&self, context: &str) -> Result<()> {
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let mut errors = self
+            .context
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match errors.drain(..).next() {
             None => Ok(()),
             Some(message) => Err(self.error(context, message)),
@@ -274,7 +342,7 @@ impl Gpu {
         let Commands { steps, params } = commands;
         let need = params.len().max(1) as u64 * PARAMS_STRIDE;
         if need > self.params.size() {
-            let (b, g) = params_buffer(&self.device, &self.params_layout, params.len() * 2);
+            let (b, g) = params_buffer(&self.device, &self.context.params_layout, params.len() * 2);
             (self.params, self.params_group) = (b, g);
         }
         let mut bytes = vec![0u8; need as usize];
@@ -316,7 +384,7 @@ impl Gpu {
                             })
                             .forget_lifetime()
                     });
-                    pass.set_pipeline(&self.pipelines[kernel as usize].pipeline);
+                    pass.set_pipeline(&self.context.pipelines[kernel as usize].pipeline);
                     pass.set_bind_group(
                         0,
                         &self.params_group,
@@ -416,7 +484,7 @@ impl Gpu {
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.shape().1),
-            layout: &self.pipelines[kernel as usize].storage,
+            layout: &self.context.pipelines[kernel as usize].storage,
             entries: &entries,
         })
     }
@@ -522,6 +590,13 @@ impl Commands {
             bytes,
         });
     }
+}
+
+/// The error of `--backend auto` on a machine whose only adapter is `name`, a software one.
+fn software_only(name: &str) -> Error {
+    Error::NoAdapter(format!(
+        "only a software adapter, {name} (--backend gpu runs on it, slowly)"
+    ))
 }
 
 fn push(errors: &Mutex<Vec<String>>, message: String) {
