@@ -28,8 +28,8 @@ enum Command {
     Run {
         /// The job file (TOML).
         job: PathBuf,
-        /// Data plane: `auto` (a hardware GPU if there is one, else `cpu`), `gpu`, `cpu`,
-        /// or `reference` (the scalar oracle).
+        /// Data plane: `auto` (`cpu` for now, with one line saying why: the `gpu` backend is
+        /// not faster than `cpu` yet), `gpu`, `cpu`, or `reference` (the scalar oracle).
         #[arg(long, default_value = "auto")]
         backend: BackendKind,
         /// Rows per source micro-batch.

@@ -170,20 +170,8 @@ impl Context {
     /// features it offers, and compiles the kernels. `hardware_only` refuses a software
     /// adapter before anything is compiled on it.
     fn open(wanted: wgpu::Features, hardware_only: bool) -> Result<Context> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter =
-            pollster::block_on(instance.request_adapter(&Default::default())).map_err(|e| {
-                Error::NoAdapter(format!(
-                    "{e} (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers \
-                     libvulkan1` for the software one, or use --backend cpu)"
-                ))
-            })?;
+        let (adapter, name) = find_adapter(hardware_only)?;
         let info = adapter.get_info();
-        let name = format!("{} ({:?}, {})", info.name, info.backend, info.driver);
-        if hardware_only && info.device_type == wgpu::DeviceType::Cpu {
-            return Err(software_only(&name));
-        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("panes"),
             required_features: wanted & adapter.features(),
@@ -590,6 +578,31 @@ impl Commands {
             bytes,
         });
     }
+}
+
+/// The first adapter wgpu finds (honouring `WGPU_BACKEND`), and its name as
+/// "name (backend, driver)". `hardware_only` refuses a software adapter.
+fn find_adapter(hardware_only: bool) -> Result<(wgpu::Adapter, String)> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&Default::default())).map_err(|e| {
+            Error::NoAdapter(format!(
+                "{e} (install a Vulkan driver, e.g. `apt-get install mesa-vulkan-drivers \
+                 libvulkan1` for the software one, or use --backend cpu)"
+            ))
+        })?;
+    let info = adapter.get_info();
+    let name = format!("{} ({:?}, {})", info.name, info.backend, info.driver);
+    if hardware_only && info.device_type == wgpu::DeviceType::Cpu {
+        return Err(software_only(&name));
+    }
+    Ok((adapter, name))
+}
+
+/// The name of the hardware GPU that `--backend gpu` would run on, without opening it.
+pub fn hardware_adapter() -> Result<String> {
+    find_adapter(true).map(|(_, name)| name)
 }
 
 /// The error of `--backend auto` on a machine whose only adapter is `name`, a software one.

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use device::{Commands, Gpu, Kernel, Params, Timer};
-pub use device::{SHADERS, shader_source};
+pub use device::{SHADERS, hardware_adapter, shader_source};
 
 use crate::agg::{AggFn, AggSpec, Domain, Moments};
 use crate::error::{Error, Result};
