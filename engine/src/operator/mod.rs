@@ -540,6 +540,15 @@ mod tests {
     use panes_kernels::CpuBackend;
 
     fn operator(partitions: usize) -> (WindowOperator, SchemaRef) {
+        let (job, schema) = job_and_schema();
+        let op = WindowOperator::new(&job, &schema, partitions, |aggs| {
+            Ok(vec![Box::new(CpuBackend::new(aggs, 1))])
+        })
+        .expect("operator");
+        (op, schema)
+    }
+
+    fn job_and_schema() -> (Job, SchemaRef) {
         let job = Job::from_toml(
             r#"
             [source]
@@ -560,11 +569,7 @@ mod tests {
         )
         .expect("valid job");
         let schema = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, false)]));
-        let op = WindowOperator::new(&job, &schema, partitions, |aggs| {
-            Ok(vec![Box::new(CpuBackend::new(aggs, 1))])
-        })
-        .expect("operator");
-        (op, schema)
+        (job, schema)
     }
 
     fn batch(schema: &SchemaRef, ts: Vec<i64>) -> RecordBatch {
@@ -625,5 +630,18 @@ mod tests {
         .unwrap();
         let err = op.process_batch(0, &two, "p0", 0).unwrap_err();
         assert!(err.to_string().contains("2 columns"), "{err}");
+    }
+
+    #[test]
+    fn a_job_built_in_code_that_ranks_by_no_aggregate_is_an_error() {
+        let (mut job, schema) = job_and_schema();
+        job.top_k = Some(TopK { by: 5, k: 3 });
+        let err = WindowOperator::new(&job, &schema, 1, |aggs| {
+            Ok(vec![Box::new(CpuBackend::new(aggs, 1)) as Box<dyn Backend>])
+        })
+        .err()
+        .expect("top_k names no aggregate")
+        .to_string();
+        assert!(err.contains("[top_k] by is aggregate 5"), "{err}");
     }
 }

@@ -49,6 +49,18 @@ impl Plan {
     /// source.
     pub fn new(job: &Job, schema: &SchemaRef) -> Result<Plan> {
         let origin = job.source.to_string();
+        // A job built in code skips the job file's checks of what these name.
+        let n = job.aggregates.len();
+        let refers = [
+            job.top_k.map(|t| ("[top_k] by", t.by)),
+            job.anomaly.as_ref().map(|a| ("[anomaly] value", a.value)),
+        ];
+        if let Some((what, i)) = refers.into_iter().flatten().find(|&(_, i)| i >= n) {
+            return Err(Error::Job {
+                file: "<job>".into(),
+                message: format!("{what} is aggregate {i}, and the job has {n} aggregates"),
+            });
+        }
         let missing = |what: &str, name: &str| {
             let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
             Error::input(
