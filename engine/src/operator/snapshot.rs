@@ -14,7 +14,7 @@ use arrow::record_batch::RecordBatch;
 use std::time::Instant;
 
 use super::route;
-use super::shard::Shard;
+use super::shard::{Firing, Shard};
 use super::{OperatorState, WindowOperator};
 use crate::error::{Error, Result};
 use crate::state::checkpoint::{CheckpointWriter, Restore};
@@ -188,7 +188,10 @@ impl WindowOperator {
             to.write(file, batches)?;
         }
         let firing: Vec<_> = self.shards.iter().map(Shard::firing).collect();
-        let mut live_panes: Vec<i64> = firing.iter().flat_map(|f| f.2.iter().copied()).collect();
+        let mut live_panes: Vec<i64> = firing
+            .iter()
+            .flat_map(|f| f.live_panes.iter().copied())
+            .collect();
         live_panes.sort_unstable();
         live_panes.dedup();
         Ok(OperatorState {
@@ -196,8 +199,12 @@ impl WindowOperator {
             watermark: self.tracker.current(),
             // Every shard fired each closed window that it held data for; one that is behind
             // has no data before the furthest.
-            next_fire: firing.iter().filter_map(|f| f.0).max(),
-            first_kept: firing.iter().map(|f| f.1).min().unwrap_or(i64::MIN),
+            next_fire: firing.iter().filter_map(|f| f.next_fire).max(),
+            first_kept: firing
+                .iter()
+                .map(|f| f.first_kept)
+                .min()
+                .unwrap_or(i64::MIN),
             live_panes,
             keys: keys as usize,
             stats: self.stats(),
@@ -281,7 +288,12 @@ impl WindowOperator {
             .restore(&st.partitions, st.watermark, Instant::now())
             .map_err(bad)?;
         for shard in &mut self.shards {
-            shard.restore_firing(st.next_fire, st.first_kept, &st.live_panes, st.watermark)?;
+            let firing = Firing {
+                next_fire: st.next_fire,
+                first_kept: st.first_kept,
+                live_panes: st.live_panes.clone(),
+            };
+            shard.restore_firing(firing, st.watermark)?;
         }
         self.base = st.stats;
         Ok(())

@@ -37,56 +37,54 @@ impl Shard {
     /// Keeps state within the memory budget, if there is one, by spilling closed panes
     /// (oldest first) to disk, then the key dictionary, then open sessions.
     pub(crate) fn enforce_budget(&mut self) -> Result<()> {
-        let Some(spill) = self.spill.as_mut() else {
+        let (core, index) = (&mut self.core, self.kind.index());
+        let Some(spill) = core.spill.as_mut() else {
             return Ok(());
         };
-        let Some((shared, me)) = &self.budget else {
+        let Some((shared, me)) = &core.budget else {
             return Ok(());
         };
         let budget = shared.allowance(*me);
-        let sessions = |s: &Option<Sessions>| s.as_ref().map_or(0, Sessions::bytes) as u64;
-        let held = |b: &dyn Backend, k: &KeyInterner, s: &Option<Sessions>| {
+        let sessions = |s: &Option<&mut Sessions>| s.as_ref().map_or(0, |s| s.bytes()) as u64;
+        let held = |b: &dyn Backend, k: &KeyInterner, s: &Option<&mut Sessions>| {
             (b.state_bytes() + k.bytes()) as u64 + sessions(s)
         };
+        let mut index = index;
         // The index of open sessions grows by doubling (a hash map and heaps): room is left
         // for it to double before the next spill.
-        if held(self.backend.as_ref(), &self.interner, &self.sessions) + sessions(&self.sessions)
-            <= budget
-        {
+        if held(core.backend.as_ref(), &core.interner, &index) + sessions(&index) <= budget {
             return self.note_held();
         }
         // The watermark has passed the end of panes before this one: on-time events no
         // longer reach them.
-        let closed = match self.watermark {
+        let closed = match core.watermark {
             i64::MIN => i64::MIN,
-            w => self.spec.pane_of(w.saturating_add(1)),
+            w => core.spec.pane_of(w.saturating_add(1)),
         };
-        for j in self.backend.panes() {
-            if j >= closed || held(self.backend.as_ref(), &self.interner, &self.sessions) <= budget
-            {
+        for j in core.backend.panes() {
+            if j >= closed || held(core.backend.as_ref(), &core.interner, &index) <= budget {
                 break;
             }
-            if let Some(state) = self.backend.export_pane(j)? {
+            if let Some(state) = core.backend.export_pane(j)? {
                 spill.write(j, &state)?;
             }
-            self.backend.drop_pane(j);
+            core.backend.drop_pane(j);
         }
         // Each spill of the dictionary or the sessions writes a file, so it waits for a
         // share of the shard's part of the budget.
         let share = spill.budget / 16;
-        if held(self.backend.as_ref(), &self.interner, &self.sessions) > budget
-            && self.interner.spillable_bytes() as u64 >= share
+        if held(core.backend.as_ref(), &core.interner, &index) > budget
+            && core.interner.spillable_bytes() as u64 >= share
         {
-            self.interner.spill(|| spill.subdir("keys"))?;
+            core.interner.spill(|| spill.subdir("keys"))?;
         }
-        while held(self.backend.as_ref(), &self.interner, &self.sessions) + sessions(&self.sessions)
-            > budget
-            && let Some(s) = self.sessions.as_mut().filter(|s| s.bytes() as u64 >= share)
+        while held(core.backend.as_ref(), &core.interner, &index) + sessions(&index) > budget
+            && let Some(s) = index.as_mut().filter(|s| s.bytes() as u64 >= share)
             && s.spill(|| spill.subdir("sessions"))?
         {}
-        let now = held(self.backend.as_ref(), &self.interner, &self.sessions);
-        if now > budget && !self.over_budget_warned {
-            self.over_budget_warned = true;
+        let now = held(core.backend.as_ref(), &core.interner, &index);
+        if now > budget && !core.over_budget_warned {
+            core.over_budget_warned = true;
             tracing::warn!(
                 "the state of open panes and the indexes of the key dictionary and of \
                  spilled sessions ({:.1} MiB) exceeds the memory budget ({:.1} MiB): only \
@@ -100,35 +98,47 @@ impl Shard {
 
     /// Tells the other shards what this one holds now.
     fn note_held(&self) -> Result<()> {
-        if let Some((shared, me)) = &self.budget {
+        if let Some((shared, me)) = &self.core.budget {
             shared.held[*me].store(self.state_bytes(), Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The state it holds (panes, the key dictionary, open sessions), in bytes.
+    pub(crate) fn state_bytes(&self) -> u64 {
+        let sessions = self.kind.index_ref().map_or(0, Sessions::bytes);
+        let core = &self.core;
+        (core.backend.state_bytes() + core.interner.bytes() + sessions) as u64
+    }
+
+    /// Open sessions spilled to disk so far.
+    pub(crate) fn sessions_spilled(&self) -> u64 {
+        self.kind.index_ref().map_or(0, |s| s.spilled)
     }
 
     /// Spills state to `dir` whenever it exceeds its allowance of `budget` after a batch,
     /// as shard `me` of the budget's shards.
     pub(crate) fn set_memory_budget(&mut self, budget: Arc<SharedBudget>, me: usize, dir: PathBuf) {
         let share = budget.total / budget.held.len() as u64;
-        self.spill = Some(Spill::new(share, dir));
-        self.budget = Some((budget, me));
+        self.core.spill = Some(Spill::new(share, dir));
+        self.core.budget = Some((budget, me));
     }
 
     /// Panes spilled so far, and their bytes on disk.
     pub(crate) fn spilled(&self) -> (u64, u64) {
-        self.spill.as_ref().map_or((0, 0), |s| (s.written, s.bytes))
+        self.core
+            .spill
+            .as_ref()
+            .map_or((0, 0), |s| (s.written, s.bytes))
     }
 
     /// Keys of the dictionary on disk, and all its keys.
     pub(crate) fn keys_spilled(&self) -> (usize, usize) {
-        (self.interner.spilled(), self.interner.len())
+        (self.core.interner.spilled(), self.core.interner.len())
     }
+}
 
-    /// Open sessions spilled to disk so far.
-    pub(crate) fn sessions_spilled(&self) -> u64 {
-        self.sessions.as_ref().map_or(0, |s| s.spilled)
-    }
-
+impl Core {
     /// Reads back, for good, the spilled panes among `panes` (events are about to update
     /// them).
     pub(super) fn unspill(&mut self, panes: &[i64]) -> Result<()> {
@@ -181,11 +191,5 @@ impl Shard {
             Some(spill) => spill.evict_before(j),
             None => Ok(()),
         }
-    }
-
-    /// The state it holds (panes, the key dictionary, open sessions), in bytes.
-    pub(crate) fn state_bytes(&self) -> u64 {
-        let sessions = self.sessions.as_ref().map_or(0, Sessions::bytes);
-        (self.backend.state_bytes() + self.interner.bytes() + sessions) as u64
     }
 }

@@ -11,10 +11,12 @@
 //! `revision` of a (key, window) row is the number of such events so far: it never depends
 //! on batching, and the highest revision holds every event.
 //!
-//! This file holds the shard and its batch loop; its other parts are `windows` (fixed
-//! windows: cuts, revisions, firing), `sessions` (session windows), `output` (result rows
-//! and alerts as Arrow batches), `budget` (state held, spill and read-back) and `state`
-//! (checkpoint batches and restore).
+//! This file holds the shard, its batch loop and the [`WindowKind`] trait, behind which
+//! `windows` (fixed windows: cuts, revisions, firing) and `sessions` (session windows)
+//! keep their own state and drive the shard's [`Core`]: its key dictionary, backend,
+//! outputs and budget. The core's other parts are `output` (result rows and alerts as
+//! Arrow batches), `budget` (state held, spill and read-back) and `state` (checkpoint
+//! batches and restore).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -47,6 +49,80 @@ mod sessions;
 mod state;
 mod windows;
 
+use sessions::SessionWindows;
+use windows::Fixed;
+
+/// What differs between kinds of windows in a shard. Fixed windows (tumble, hop,
+/// cumulate: [`Fixed`]) cut a batch where the watermark closes a window and re-fire the
+/// windows that allowed-late events reach; session windows ([`SessionWindows`]) take
+/// events one at a time into their key's sessions. Both aggregate and fire through the
+/// shard's [`Core`], and keep their own state for checkpoints.
+trait WindowKind: Send {
+    /// Aggregates a batch's events, firing the windows that the watermark each event met
+    /// closes before it, and marks the late events in `late`.
+    fn aggregate(
+        &mut self,
+        core: &mut Core,
+        events: &Events<'_>,
+        met: &[i64],
+        late: &mut Vec<bool>,
+    ) -> Result<()>;
+
+    /// Fires the windows that watermark `w` closes, and expires those past their lateness.
+    fn advance(&mut self, core: &mut Core, w: i64) -> Result<()>;
+
+    /// Re-fires, before window `before`, windows that events reached after they fired.
+    fn refire(&mut self, _core: &mut Core, _before: i64) -> Result<()> {
+        Ok(())
+    }
+
+    /// The watermark at which the earliest window that has not fired yet fires, where
+    /// that is known ahead (fixed windows).
+    fn next_firing(&self, _core: &Core) -> Option<i64> {
+        None
+    }
+
+    /// The index of open windows, which the memory budget counts and may spill (sessions).
+    fn index(&mut self) -> Option<&mut Sessions> {
+        None
+    }
+
+    fn index_ref(&self) -> Option<&Sessions> {
+        None
+    }
+
+    /// What decides which windows fire next, for a checkpoint.
+    fn firing(&self) -> Firing;
+
+    fn restore_firing(&mut self, firing: Firing);
+
+    /// Revisions of windows that re-fired (key, window, revision), for a checkpoint.
+    fn revisions_batch(&self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+
+    fn restore_revisions(&mut self, _batch: &RecordBatch) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Open sessions, spilled ones included, for a checkpoint.
+    fn sessions_batch(&self) -> Result<Option<RecordBatch>> {
+        Ok(None)
+    }
+
+    fn restore_sessions(&mut self, _batch: &RecordBatch) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What decides which windows a shard fires next: the next window to consider (fixed
+/// windows), the first pane kept (sessions) and the panes with data (fixed windows).
+pub(crate) struct Firing {
+    pub next_fire: Option<i64>,
+    pub first_kept: i64,
+    pub live_panes: Vec<i64>,
+}
+
 /// Buffers reused from batch to batch, so the hot path does not allocate per event.
 #[derive(Default)]
 struct Scratch {
@@ -67,14 +143,17 @@ pub(crate) struct Fired {
 
 /// A shard of the window operator. See the module docs.
 pub(crate) struct Shard {
+    core: Core,
+    kind: Box<dyn WindowKind>,
+}
+
+/// What every kind of window uses in a shard: the key dictionary, the backend, the
+/// outputs, the counters and the memory budget.
+struct Core {
     plan: Arc<Plan>,
     spec: WindowSpec,
     lateness: i64,
     top_k: Option<TopK>,
-    /// Session windows: the open sessions.
-    sessions: Option<Sessions>,
-    /// Panes before this one have been evicted (session windows).
-    first_kept: i64,
     /// The anomaly detector and the aggregate it watches.
     anomaly: Option<(Detector, usize)>,
     alerts: Vec<RecordBatch>,
@@ -82,14 +161,6 @@ pub(crate) struct Shard {
     backend: Box<dyn Backend>,
     /// The job watermark after the last batch.
     watermark: i64,
-    /// Windows before this index have been considered for firing.
-    next_fire: Option<i64>,
-    /// Panes holding data that no window has expired yet.
-    live_panes: BTreeSet<i64>,
-    /// Revision of each (key, window) that received events after it fired.
-    revisions: HashMap<(u32, i64), i64>,
-    /// Windows to re-fire at the end of the batch, with the keys that changed.
-    dirty: BTreeMap<i64, BTreeSet<u32>>,
     output: Vec<Fired>,
     /// Positions of late events in the batches processed since they were taken.
     late: Vec<u32>,
@@ -102,10 +173,6 @@ pub(crate) struct Shard {
     over_budget_warned: bool,
 }
 
-fn no_sessions() -> Error {
-    Error::Internal("session state missing for a session window".into())
-}
-
 impl Shard {
     /// A shard of `job` as `plan` resolves it, aggregating on `backend`.
     pub fn new(job: &Job, plan: Arc<Plan>, mut backend: Box<dyn Backend>) -> Result<Self> {
@@ -113,16 +180,15 @@ impl Shard {
             KeyInterner::new(&plan.key_fields).map_err(|e| Error::input(&plan.origin, e))?;
         // Overlapping windows (hop, cumulate) share blocks of panes folded once.
         backend.set_fold_block(panes_kernels::fold_block(job.window.panes_per_window()));
-        Ok(Shard {
+        let kind: Box<dyn WindowKind> = match job.window.session_gap() {
+            Some(gap) => Box::new(SessionWindows::new(gap, job.allowed_lateness)),
+            None => Box::new(Fixed::default()),
+        };
+        let core = Core {
             plan,
             spec: job.window,
             lateness: job.allowed_lateness,
             top_k: job.top_k,
-            sessions: job
-                .window
-                .session_gap()
-                .map(|gap| Sessions::new(gap, job.allowed_lateness)),
-            first_kept: i64::MIN,
             anomaly: job
                 .anomaly
                 .as_ref()
@@ -131,10 +197,6 @@ impl Shard {
             interner,
             backend,
             watermark: i64::MIN,
-            next_fire: None,
-            live_panes: BTreeSet::new(),
-            revisions: HashMap::new(),
-            dirty: BTreeMap::new(),
             output: Vec::new(),
             late: Vec::new(),
             stats: Stats::default(),
@@ -142,38 +204,39 @@ impl Shard {
             spill: None,
             budget: None,
             over_budget_warned: false,
-        })
+        };
+        Ok(Shard { core, kind })
     }
 
     /// The backend's name, as `--backend` spells it.
     pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+        self.core.backend.name()
     }
 
     /// The backend, as a run summary shows it.
     pub fn backend(&self) -> String {
-        self.backend.describe()
+        self.core.backend.describe()
     }
 
     /// Counters so far.
     pub fn stats(&self) -> Stats {
-        self.stats
+        self.core.stats
     }
 
     /// Takes the window results produced so far.
     pub fn take_output(&mut self) -> Vec<Fired> {
-        std::mem::take(&mut self.output)
+        std::mem::take(&mut self.core.output)
     }
 
     /// Takes the positions of the late events of the last batch (in the batch given to
     /// [`Shard::process`]).
     pub fn take_late(&mut self) -> Vec<u32> {
-        std::mem::take(&mut self.late)
+        std::mem::take(&mut self.core.late)
     }
 
     /// Takes the anomaly alerts produced so far.
     pub fn take_alerts(&mut self) -> Vec<RecordBatch> {
-        std::mem::take(&mut self.alerts)
+        std::mem::take(&mut self.core.alerts)
     }
 
     /// Processes this shard's events of one batch (the plan's columns only): `ts` are their
@@ -188,22 +251,46 @@ impl Shard {
         w: i64,
         origin: &str,
     ) -> Result<()> {
-        let mut s = std::mem::take(&mut self.scratch);
+        let core = &mut self.core;
+        let mut s = std::mem::take(&mut core.scratch);
         let result = if batch.num_rows() == 0 {
             Ok(())
         } else {
-            self.aggregate(batch, ts, met, origin, &mut s)
+            core.aggregate(self.kind.as_mut(), batch, ts, met, origin, &mut s)
         };
-        self.scratch = s;
+        core.scratch = s;
         result?;
-        self.watermark = self.watermark.max(w);
-        self.advance(self.watermark)?;
-        self.refire_dirty(i64::MAX)?;
+        core.watermark = core.watermark.max(w);
+        self.kind.advance(core, core.watermark)?;
+        self.kind.refire(core, i64::MAX)?;
         self.enforce_budget()
     }
 
+    /// Moves the watermark to `w`: fires the windows it closes and expires those past
+    /// their allowed lateness.
+    pub fn advance_to(&mut self, w: i64) -> Result<()> {
+        let core = &mut self.core;
+        core.watermark = core.watermark.max(w);
+        self.kind.advance(core, core.watermark)
+    }
+
+    /// End of a bounded input: the watermark jumps to +∞ and every window fires.
+    pub fn finish(&mut self) -> Result<()> {
+        self.advance_to(i64::MAX)?;
+        self.kind.refire(&mut self.core, i64::MAX)
+    }
+
+    /// The watermark at which the earliest window that has not fired yet fires (fixed
+    /// windows); `None` when no window is left or for sessions.
+    pub(crate) fn next_firing(&self) -> Option<i64> {
+        self.kind.next_firing(&self.core)
+    }
+}
+
+impl Core {
     fn aggregate(
         &mut self,
+        kind: &mut dyn WindowKind,
         batch: &RecordBatch,
         ts: &[i64],
         met: &[i64],
@@ -268,46 +355,17 @@ impl Shard {
             })
             .collect();
 
-        if self.sessions.is_some() {
-            let events = Events {
-                keys,
-                panes,
-                ts,
-                columns: &columns,
-            };
-            self.aggregate_sessions(&events, met, &mut s.late)?;
-        } else {
-            // Late: even the last window of the event's pane has expired. Consecutive
-            // events mostly share a pane, so its expiry is computed once per run of a pane.
-            let expiry =
-                |j: i64| (spec.end(spec.last_window_of_pane(j)) - 1).saturating_add(self.lateness);
-            let mut last = (i64::MIN, i64::MIN);
-            s.late.clear();
-            s.late.extend(s.panes.iter().zip(met).map(|(&j, &w)| {
-                if j != last.0 {
-                    last = (j, expiry(j));
-                }
-                last.1 <= w
-            }));
-            self.aggregate_windows(keys, panes, ts, met, &s.late, &columns)?;
-        }
+        let events = Events {
+            keys,
+            panes,
+            ts,
+            columns: &columns,
+        };
+        kind.aggregate(self, &events, met, &mut s.late)?;
         let before = self.late.len();
         let late = s.late.iter().enumerate().filter(|(_, l)| **l);
         self.late.extend(late.map(|(i, _)| i as u32));
         self.stats.late_events += (self.late.len() - before) as u64;
         Ok(())
-    }
-
-    /// Moves the watermark to `w`: fires the windows it closes and expires those past
-    /// their allowed lateness.
-    pub fn advance_to(&mut self, w: i64) -> Result<()> {
-        self.watermark = self.watermark.max(w);
-        self.advance(self.watermark)
-    }
-
-    /// End of a bounded input: the watermark jumps to +∞ and every window fires.
-    pub fn finish(&mut self) -> Result<()> {
-        self.advance_to(i64::MAX)?;
-        self.refire_dirty(i64::MAX)
     }
 }

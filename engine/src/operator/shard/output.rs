@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Shard {
+impl Core {
     /// Appends result rows to the output: key columns, window bounds, aggregates, then the
     /// rank (with top-k) and the revision (with allowed lateness). `fired` is the window
     /// and whether it fired for every key.

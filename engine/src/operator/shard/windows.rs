@@ -3,19 +3,146 @@
 
 use super::*;
 
-impl Shard {
-    /// Hop and cumulate windows: updates the backend segment by segment, cut where the
-    /// watermark crosses the next firing or expiry point, and around late events (already
-    /// sent to the late output; rare, so the batch is not compacted).
-    pub(super) fn aggregate_windows(
+/// Fixed windows' state in a shard: which windows fire next, and the revisions of windows
+/// that events reached after they fired.
+#[derive(Default)]
+pub(super) struct Fixed {
+    /// Windows before this index have been considered for firing.
+    next_fire: Option<i64>,
+    /// Panes holding data that no window has expired yet.
+    live_panes: BTreeSet<i64>,
+    /// Revision of each (key, window) that received events after it fired.
+    revisions: HashMap<(u32, i64), i64>,
+    /// Windows to re-fire at the end of the batch, with the keys that changed.
+    dirty: BTreeMap<i64, BTreeSet<u32>>,
+}
+
+impl WindowKind for Fixed {
+    /// Late: even the last window of the event's pane has expired. The others go to the
+    /// backend segment by segment (see [`Fixed::aggregate_windows`]).
+    fn aggregate(
         &mut self,
-        keys: &[u32],
-        panes: &[i64],
-        ts: &[i64],
+        core: &mut Core,
+        events: &Events<'_>,
+        met: &[i64],
+        late: &mut Vec<bool>,
+    ) -> Result<()> {
+        // Consecutive events mostly share a pane, so its expiry is computed once per run.
+        let (spec, lateness) = (core.spec, core.lateness);
+        let expiry = |j: i64| (spec.end(spec.last_window_of_pane(j)) - 1).saturating_add(lateness);
+        let mut last = (i64::MIN, i64::MIN);
+        late.clear();
+        late.extend(events.panes.iter().zip(met).map(|(&j, &w)| {
+            if j != last.0 {
+                last = (j, expiry(j));
+            }
+            last.1 <= w
+        }));
+        self.aggregate_windows(core, events, met, late)
+    }
+
+    fn advance(&mut self, core: &mut Core, w: i64) -> Result<()> {
+        self.fire(core, w)
+    }
+
+    fn refire(&mut self, core: &mut Core, before: i64) -> Result<()> {
+        self.refire_dirty(core, before)
+    }
+
+    fn next_firing(&self, core: &Core) -> Option<i64> {
+        let spec = core.spec;
+        let next = self.live_panes.iter().find_map(|&j| {
+            let windows = spec.windows_of_pane(j);
+            let k = self
+                .next_fire
+                .map_or(*windows.start(), |n| n.max(*windows.start()));
+            (k <= *windows.end()).then_some(k)
+        })?;
+        Some(spec.end(next).saturating_sub(1)).filter(|&w| w < i64::MAX)
+    }
+
+    fn firing(&self) -> Firing {
+        Firing {
+            next_fire: self.next_fire,
+            first_kept: i64::MIN,
+            live_panes: self.live_panes.iter().copied().collect(),
+        }
+    }
+
+    fn restore_firing(&mut self, firing: Firing) {
+        self.next_fire = firing.next_fire;
+        self.live_panes = firing.live_panes.into_iter().collect();
+    }
+
+    /// Revisions of windows that re-fired: key, window, revision.
+    fn revisions_batch(&self) -> Result<Option<RecordBatch>> {
+        if !self.dirty.is_empty() {
+            return Err(Error::Internal(
+                "a checkpoint with windows to re-fire".into(),
+            ));
+        }
+        if self.revisions.is_empty() {
+            return Ok(None);
+        }
+        let mut revisions: Vec<(&(u32, i64), &i64)> = self.revisions.iter().collect();
+        revisions.sort_unstable();
+        RecordBatch::try_from_iter([
+            (
+                "key",
+                Arc::new(UInt32Array::from_iter_values(
+                    revisions.iter().map(|r| r.0.0),
+                )) as ArrayRef,
+            ),
+            (
+                "window",
+                Arc::new(Int64Array::from_iter_values(
+                    revisions.iter().map(|r| r.0.1),
+                )),
+            ),
+            (
+                "revision",
+                Arc::new(Int64Array::from_iter_values(revisions.iter().map(|r| *r.1))),
+            ),
+        ])
+        .map(Some)
+        .map_err(|e| Error::Internal(format!("building checkpoint state: {e}")))
+    }
+
+    fn restore_revisions(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let cols = (
+            batch
+                .column_by_name("key")
+                .and_then(|c| c.as_primitive_opt::<UInt32Type>()),
+            batch
+                .column_by_name("window")
+                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+            batch
+                .column_by_name("revision")
+                .and_then(|c| c.as_primitive_opt::<Int64Type>()),
+        );
+        let (Some(keys), Some(windows), Some(revs)) = cols else {
+            return Err("revisions.arrow: missing or mistyped columns".into());
+        };
+        for i in 0..batch.num_rows() {
+            self.revisions
+                .insert((keys.value(i), windows.value(i)), revs.value(i));
+        }
+        Ok(())
+    }
+}
+
+impl Fixed {
+    /// Updates the backend segment by segment, cut where the watermark crosses the next
+    /// firing or expiry point, and around late events (already sent to the late output;
+    /// rare, so the batch is not compacted).
+    fn aggregate_windows(
+        &mut self,
+        core: &mut Core,
+        events: &Events<'_>,
         met: &[i64],
         late: &[bool],
-        columns: &[Column<'_>],
     ) -> Result<()> {
+        let (keys, panes, ts, columns) = (events.keys, events.panes, events.ts, events.columns);
         let m = keys.len();
         let mut start = 0;
         while start < m {
@@ -24,13 +151,18 @@ impl Shard {
                 continue;
             }
             let w = met[start];
-            self.advance(w)?;
-            let next = self.next_threshold(w);
+            self.fire(core, w)?;
+            let next = next_threshold(core, w);
             let end = (start + 1..m)
                 .find(|&i| met[i] >= next || late[i])
                 .unwrap_or(m);
-            if self.lateness > 0 {
-                self.count_revisions(&keys[start..end], &panes[start..end], &met[start..end]);
+            if core.lateness > 0 {
+                self.count_revisions(
+                    core,
+                    &keys[start..end],
+                    &panes[start..end],
+                    &met[start..end],
+                );
             }
             let events = Events {
                 keys: &keys[start..end],
@@ -41,8 +173,8 @@ impl Shard {
                     .map(|c| c.slice(start..end))
                     .collect::<Vec<_>>(),
             };
-            self.unspill(&panes[start..end])?;
-            self.backend.update(&events)?;
+            core.unspill(&panes[start..end])?;
+            core.backend.update(&events)?;
             let mut last = None;
             for &j in &panes[start..end] {
                 if last != Some(j) {
@@ -55,26 +187,15 @@ impl Shard {
         Ok(())
     }
 
-    /// The smallest watermark at which some window fires or expires, after `w`.
-    pub(super) fn next_threshold(&self, w: i64) -> i64 {
-        let spec = &self.spec;
-        let at = |delay: i64| {
-            let k = spec.windows_closed_by(w, delay);
-            let end = k * i128::from(spec.end_step()) + i128::from(spec.end(0));
-            i64::try_from(end - 1 + i128::from(delay)).unwrap_or(i64::MAX)
-        };
-        at(0).min(at(self.lateness))
-    }
-
     /// Marks windows that already fired, and have not expired, and receive these events.
-    pub(super) fn count_revisions(&mut self, keys: &[u32], panes: &[i64], met: &[i64]) {
+    fn count_revisions(&mut self, core: &Core, keys: &[u32], panes: &[i64], met: &[i64]) {
         for ((&key, &j), &w) in keys.iter().zip(panes).zip(met) {
-            for k in self.spec.windows_of_pane(j) {
-                let end = self.spec.end(k);
+            for k in core.spec.windows_of_pane(j) {
+                let end = core.spec.end(k);
                 if end - 1 > w {
                     break;
                 }
-                if (end - 1).saturating_add(self.lateness) <= w {
+                if (end - 1).saturating_add(core.lateness) <= w {
                     continue; // expired: the event is late for this window
                 }
                 *self.revisions.entry((key, k)).or_insert(0) += 1;
@@ -85,33 +206,30 @@ impl Shard {
 
     /// Fires windows whose end the watermark `w` has reached, and expires those past their
     /// allowed lateness (re-firing their pending revisions first).
-    pub(super) fn advance(&mut self, w: i64) -> Result<()> {
-        if self.sessions.is_some() {
-            return self.fire_sessions(w);
-        }
-        let fire = self.spec.windows_closed_by(w, 0);
+    fn fire(&mut self, core: &mut Core, w: i64) -> Result<()> {
+        let fire = core.spec.windows_closed_by(w, 0);
         loop {
             let from = self
                 .next_fire
-                .map_or(i64::MIN, |k| self.spec.panes_of_window(k).start);
+                .map_or(i64::MIN, |k| core.spec.panes_of_window(k).start);
             let Some(&j) = self.live_panes.range(from..).next() else {
                 break;
             };
-            let first = *self.spec.windows_of_pane(j).start();
+            let first = *core.spec.windows_of_pane(j).start();
             let k = self.next_fire.map_or(first, |n| n.max(first));
             if i128::from(k) >= fire {
                 break;
             }
-            self.emit(k, Keys::All)?;
+            self.emit(core, k, Keys::All)?;
             self.next_fire = Some(k + 1);
         }
-        let expire = self.spec.windows_closed_by(w, self.lateness);
+        let expire = core.spec.windows_closed_by(w, core.lateness);
         let clamp = |x: i128| {
             i64::try_from(x.clamp(i128::from(i64::MIN), i128::from(i64::MAX))).unwrap_or(0)
         };
-        self.refire_dirty(clamp(expire))?;
+        self.refire_dirty(core, clamp(expire))?;
         let expire = clamp(expire);
-        let first_kept = self.spec.panes_of_window(expire).start;
+        let first_kept = core.spec.panes_of_window(expire).start;
         // Every window the watermark closed has had its first firing, or had no events
         // (here: in this shard) when it closed. Either way it does not fire for every key
         // again: an event that reaches it later (allowed lateness) re-fires it for its key,
@@ -120,67 +238,58 @@ impl Shard {
         self.next_fire = Some(self.next_fire.map_or(fired, |n| n.max(fired)));
         if self.live_panes.first().is_some_and(|&j| j < first_kept) {
             self.live_panes = self.live_panes.split_off(&first_kept);
-            self.evict_before(first_kept)?;
+            core.evict_before(first_kept)?;
             self.revisions.retain(|&(_, k), _| k >= expire);
         }
         Ok(())
     }
 
     /// Re-fires dirty windows before window index `before`.
-    pub(super) fn refire_dirty(&mut self, before: i64) -> Result<()> {
-        if self.sessions.is_some() {
-            return Ok(()); // sessions re-fire as they change
-        }
+    fn refire_dirty(&mut self, core: &mut Core, before: i64) -> Result<()> {
         while let Some(entry) = self.dirty.first_entry() {
             if *entry.key() >= before {
                 break;
             }
             let (k, keys) = entry.remove_entry();
             let keys: Vec<u32> = keys.into_iter().collect();
-            self.emit(k, Keys::Only(&keys))?;
+            self.emit(core, k, Keys::Only(&keys))?;
         }
         Ok(())
     }
 
     /// Combines window `k` for `keys` and appends the rows to the output.
-    pub(super) fn emit(&mut self, k: i64, keys: Keys<'_>) -> Result<()> {
-        let mut rows = self.combine(self.spec.panes_of_window(k), keys)?;
+    fn emit(&self, core: &mut Core, k: i64, keys: Keys<'_>) -> Result<()> {
+        let mut rows = core.combine(core.spec.panes_of_window(k), keys)?;
         if rows.keys.is_empty() {
             return Ok(());
         }
         if matches!(keys, Keys::All) {
-            self.detect_anomalies(k, &rows)?;
+            core.detect_anomalies(k, &rows)?;
         }
-        if let Some(t) = self.top_k {
+        if let Some(t) = core.top_k {
             // Every row that ties with the k-th: ranks break ties by key value below.
             rows = rows.top_k_ties(t.by, t.k);
         }
         let n = rows.keys.len();
-        let revisions = (self.lateness > 0).then(|| {
+        let revisions = (core.lateness > 0).then(|| {
             rows.keys
                 .iter()
                 .map(|&key| self.revisions.get(&(key, k)).copied().unwrap_or(0))
                 .collect()
         });
-        let (start, end) = (self.spec.start(k), self.spec.end(k));
+        let (start, end) = (core.spec.start(k), core.spec.end(k));
         let all = matches!(keys, Keys::All);
-        self.push_rows(rows, vec![start; n], vec![end; n], revisions, (k, all))
+        core.push_rows(rows, vec![start; n], vec![end; n], revisions, (k, all))
     }
+}
 
-    /// The watermark at which the earliest window that has not fired yet fires (fixed
-    /// windows); `None` when no window is left or for sessions.
-    pub(crate) fn next_firing(&self) -> Option<i64> {
-        if self.sessions.is_some() {
-            return None;
-        }
-        let spec = self.spec;
-        let next = self.live_panes.iter().find_map(|&j| {
-            let windows = spec.windows_of_pane(j);
-            let k = self
-                .next_fire
-                .map_or(*windows.start(), |n| n.max(*windows.start()));
-            (k <= *windows.end()).then_some(k)
-        })?;
-        Some(spec.end(next).saturating_sub(1)).filter(|&w| w < i64::MAX)
-    }
+/// The smallest watermark at which some window fires or expires, after `w`.
+fn next_threshold(core: &Core, w: i64) -> i64 {
+    let spec = &core.spec;
+    let at = |delay: i64| {
+        let k = spec.windows_closed_by(w, delay);
+        let end = k * i128::from(spec.end_step()) + i128::from(spec.end(0));
+        i64::try_from(end - 1 + i128::from(delay)).unwrap_or(i64::MAX)
+    };
+    at(0).min(at(core.lateness))
 }
