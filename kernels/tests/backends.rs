@@ -654,3 +654,27 @@ fn five_hundred_gpu_backends_in_one_process() {
         }
     }
 }
+
+/// The default options take the device's own f64 where the adapter has it (lavapipe
+/// does, so the tests above run the native path; the tiny-limits test runs the software
+/// one), and say which in the backend's description.
+#[test]
+fn the_gpu_uses_native_f64_where_the_adapter_has_it() {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+        .expect("the GPU tests need an adapter (lavapipe in CI)");
+    let has = adapter.features().contains(panes_kernels::gpu::NATIVE_F64);
+    let aggs = [spec(AggFn::Sum, 1, Domain::F64)];
+    let native = gpu(&aggs, GpuOptions::default()).describe();
+    assert!(
+        native.ends_with(if has { "native f64" } else { "software f64" }),
+        "{native}"
+    );
+    let options = GpuOptions {
+        features: wgpu::Features::empty(),
+        ..GpuOptions::default()
+    };
+    let soft = gpu(&aggs, options).describe();
+    assert!(soft.ends_with("software f64"), "{soft}");
+}

@@ -1,29 +1,37 @@
 //! Every WGSL kernel file, with the prelude it is compiled with, parses and validates with
-//! naga, on the CPU alone, and needs no optional capability (no f64, no 64-bit integers,
-//! no 64-bit atomics): the GPU backend runs on any adapter.
+//! naga, on the CPU alone. With the software f64 it needs no optional capability (no f64,
+//! no 64-bit integers, no 64-bit atomics): the GPU backend runs on any adapter. With the
+//! native f64 it needs FLOAT64 and SHADER_INT64 and nothing more.
 
-use panes_kernels::gpu::{SHADERS, shader_source};
+use naga::valid::Capabilities;
+use panes_kernels::gpu::{LIBRARIES, SHADERS, shader_source};
 
 #[test]
-fn every_kernel_validates_without_capabilities() {
+fn every_kernel_validates_with_each_f64_library() {
     let kernels: Vec<&str> = SHADERS
         .iter()
         .map(|(file, _)| *file)
-        .filter(|f| !matches!(*f, "common.wgsl" | "f64.wgsl"))
+        .filter(|f| !LIBRARIES.contains(f))
         .collect();
     assert_eq!(kernels.len(), 4, "sort, update, combine and emit");
-    for file in kernels {
-        let source = shader_source(file).expect("listed");
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));
-        let mut validator = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        );
-        if let Err(e) = validator.validate(&module) {
-            panic!("{file}: {}", e.emit_to_string(&source));
+    for (native, capabilities) in [
+        (false, Capabilities::empty()),
+        (true, Capabilities::FLOAT64 | Capabilities::SHADER_INT64),
+    ] {
+        for &file in &kernels {
+            let source = shader_source(file, native).expect("listed");
+            let module = naga::front::wgsl::parse_str(&source)
+                .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(&source)));
+            let mut validator =
+                naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities);
+            if let Err(e) = validator.validate(&module) {
+                panic!(
+                    "{file} (native f64: {native}): {}",
+                    e.emit_to_string(&source)
+                );
+            }
+            assert!(!module.entry_points.is_empty(), "{file} has no entry point");
         }
-        assert!(!module.entry_points.is_empty(), "{file} has no entry point");
     }
 }
 

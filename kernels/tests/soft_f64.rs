@@ -12,7 +12,16 @@ use std::time::Instant;
 use wgpu::util::DeviceExt;
 
 /// The library under test.
-const LIB: &str = include_str!("../../shaders/f64.wgsl");
+const LIB: &str = concat!(
+    include_str!("../../shaders/u64.wgsl"),
+    include_str!("../../shaders/f64.wgsl")
+);
+
+/// The library that takes its place on adapters with `SHADER_F64`.
+const NATIVE: &str = concat!(
+    include_str!("../../shaders/u64.wgsl"),
+    include_str!("../../shaders/f64_native.wgsl")
+);
 
 /// Test kernel appended to the library: one invocation per input pair
 /// `(a.lo, a.hi, b.lo, b.hi)`, writing `(add, sub)` and `(mul, div)`.
@@ -342,7 +351,7 @@ fn inputs() -> Vec<(f64, f64)> {
 // GPU plumbing
 // ---------------------------------------------------------------------------
 
-fn create_device() -> (wgpu::Device, wgpu::Queue) {
+fn create_device(features: wgpu::Features) -> (wgpu::Device, wgpu::Queue) {
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapter =
@@ -361,7 +370,7 @@ fn create_device() -> (wgpu::Device, wgpu::Queue) {
     );
     let desc = wgpu::DeviceDescriptor {
         label: Some("soft_f64"),
-        required_features: wgpu::Features::empty(),
+        required_features: features,
         required_limits: adapter.limits(),
         ..Default::default()
     };
@@ -371,8 +380,8 @@ fn create_device() -> (wgpu::Device, wgpu::Queue) {
     }
 }
 
-fn create_pipeline(device: &wgpu::Device) -> wgpu::ComputePipeline {
-    let source = format!("{LIB}\n{KERNEL}");
+fn create_pipeline(device: &wgpu::Device, lib: &str) -> wgpu::ComputePipeline {
+    let source = format!("{lib}\n{KERNEL}");
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("soft_f64 test"),
@@ -486,11 +495,26 @@ fn hexf(x: f64) -> String {
 
 #[test]
 fn gpu_matches_native_f64() {
+    matches_rust_f64(LIB, wgpu::Features::empty());
+}
+
+/// The device's own f64 (lavapipe has `SHADER_F64`) through the same functions: add, sub
+/// and mul are correctly rounded there too. (Division is only checked as the driver does
+/// it: Vulkan allows it to be less than correctly rounded; lavapipe's is.)
+#[test]
+fn the_native_library_matches_rust_f64() {
+    matches_rust_f64(
+        NATIVE,
+        wgpu::Features::SHADER_F64 | wgpu::Features::SHADER_INT64,
+    );
+}
+
+fn matches_rust_f64(lib: &str, features: wgpu::Features) {
     let t0 = Instant::now();
     let pairs = inputs();
     let t_gen = t0.elapsed();
-    let (device, queue) = create_device();
-    let pipeline = create_pipeline(&device);
+    let (device, queue) = create_device(features);
+    let pipeline = create_pipeline(&device, lib);
 
     type Op = (&'static str, fn(f64, f64) -> f64);
     let ops: [Op; 4] = [

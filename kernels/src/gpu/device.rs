@@ -70,10 +70,16 @@ const KERNELS: [Kernel; 12] = [
     Kernel::EmitScatter,
 ];
 
-/// The WGSL sources: every kernel file is compiled after `common.wgsl` and `f64.wgsl`.
-pub const SHADERS: [(&str, &str); 6] = [
+/// The WGSL sources: every kernel file is compiled after `common.wgsl`, `u64.wgsl` and
+/// one of the two f64 libraries, `f64.wgsl` (software) or `f64_native.wgsl`.
+pub const SHADERS: [(&str, &str); 8] = [
     ("common.wgsl", include_str!("../../../shaders/common.wgsl")),
+    ("u64.wgsl", include_str!("../../../shaders/u64.wgsl")),
     ("f64.wgsl", include_str!("../../../shaders/f64.wgsl")),
+    (
+        "f64_native.wgsl",
+        include_str!("../../../shaders/f64_native.wgsl"),
+    ),
     ("sort.wgsl", include_str!("../../../shaders/sort.wgsl")),
     ("update.wgsl", include_str!("../../../shaders/update.wgsl")),
     (
@@ -83,10 +89,24 @@ pub const SHADERS: [(&str, &str); 6] = [
     ("emit.wgsl", include_str!("../../../shaders/emit.wgsl")),
 ];
 
-/// The full source of a kernel file: the shared prelude, then the file.
-pub fn shader_source(file: &str) -> Option<String> {
-    let body = SHADERS.iter().find(|(f, _)| *f == file)?.1;
-    Some(format!("{}\n{}\n{}", SHADERS[0].1, SHADERS[1].1, body))
+/// The features the native f64 library needs: f64, and 64-bit integers to move its bits.
+pub const NATIVE_F64: wgpu::Features =
+    wgpu::Features::SHADER_F64.union(wgpu::Features::SHADER_INT64);
+
+/// The files that are libraries, compiled in front of the kernel files.
+pub const LIBRARIES: [&str; 4] = ["common.wgsl", "u64.wgsl", "f64.wgsl", "f64_native.wgsl"];
+
+/// The full source of a kernel file: the shared prelude (with the device's own f64 when
+/// `native`, else the software one), then the file.
+pub fn shader_source(file: &str, native: bool) -> Option<String> {
+    let text = |name: &str| SHADERS.iter().find(|(f, _)| *f == name).map(|s| s.1);
+    let f64 = if native {
+        "f64_native.wgsl"
+    } else {
+        "f64.wgsl"
+    };
+    let prelude = ["common.wgsl", "u64.wgsl", f64].map(|f| text(f).unwrap_or_default());
+    Some(format!("{}\n{}", prelude.join("\n"), text(file)?))
 }
 
 impl Kernel {
@@ -127,6 +147,8 @@ struct Context {
     queue: wgpu::Queue,
     adapter: String,
     software: bool,
+    /// Floats run on the device's own f64 (`SHADER_F64`), not the software library.
+    native: bool,
     pipelines: Vec<Pipeline>,
     params_layout: wgpu::BindGroupLayout,
     errors: Arc<Mutex<Vec<String>>>,
@@ -160,6 +182,8 @@ pub struct Gpu {
     /// Largest storage binding and workgroups per dimension the device allows.
     pub max_binding: u64,
     pub max_groups: u32,
+    /// Floats run on the device's own f64, not the software library.
+    pub native_f64: bool,
     context: Arc<Context>,
     params: wgpu::Buffer,
     params_group: wgpu::BindGroup,
@@ -193,6 +217,7 @@ impl Context {
             wanted,
             adapter: name,
             software: info.device_type == wgpu::DeviceType::Cpu,
+            native: device.features().contains(NATIVE_F64),
             pipelines: Vec::new(),
             params_layout,
             errors,
@@ -214,7 +239,7 @@ impl Context {
 
     fn pipeline(&self, kernel: Kernel) -> Pipeline {
         let (file, entry, read_only) = kernel.shape();
-        let source = shader_source(file).unwrap_or_default();
+        let source = shader_source(file, self.native).unwrap_or_default();
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -261,6 +286,7 @@ impl Gpu {
                 .max_storage_buffer_binding_size
                 .min(limits.max_buffer_size),
             max_groups: limits.max_compute_workgroups_per_dimension,
+            native_f64: context.native,
             context,
             params,
             params_group,

@@ -7,9 +7,13 @@
 //! merges the window's panes into an accumulator on the device, compacts it to the keys
 //! that saw events, and reads back only those rows.
 //!
-//! Floats are folded with software IEEE-754 binary64 arithmetic built from 32-bit integer
-//! operations (`shaders/f64.wgsl`), in the same order and with the same operations as the
-//! CPU backend, so results equal the CPU's on any adapter, with no optional GPU feature.
+//! Floats are folded in the same order and with the same operations as the CPU backend:
+//! with the device's own f64 where it has `SHADER_F64` and `SHADER_INT64`
+//! (`shaders/f64_native.wgsl`), else
+//! with software IEEE-754 binary64 arithmetic built from 32-bit integer operations
+//! (`shaders/f64.wgsl`), which needs no optional GPU feature. The software path equals the
+//! CPU to the bit; the native one does too for counts, sums, min, max, first and last, and
+//! its moments may differ in the last bits (a driver may fuse a product into a sum).
 //!
 //! State larger than one storage binding is split into chunks of keys, each its own buffer;
 //! batches are split so that no binding and no dispatch exceeds the device's limits.
@@ -22,7 +26,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use device::{Commands, Gpu, Kernel, Params, Timer};
-pub use device::{SHADERS, hardware_adapter, shader_source};
+pub use device::{LIBRARIES, NATIVE_F64, SHADERS, hardware_adapter, shader_source};
 
 use crate::agg::{AggFn, AggSpec, Domain, Moments};
 use crate::error::{Error, Result};
@@ -34,8 +38,9 @@ use crate::{Backend, Keys, fold_plan};
 /// the paths that split batches, state and dispatches.
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
-    /// Optional features to ask for when the adapter has them (only `TIMESTAMP_QUERY` is
-    /// used, by `panes bench`). `Features::empty()` runs the baseline path.
+    /// Optional features to ask for when the adapter has them: [`NATIVE_F64`] (floats on
+    /// the device's own f64) and `TIMESTAMP_QUERY` (used by `panes bench`).
+    /// `Features::empty()` runs the baseline path, software f64.
     pub features: wgpu::Features,
     /// Most events sorted and folded in one pass.
     pub max_batch_events: usize,
@@ -53,7 +58,7 @@ pub struct GpuOptions {
 impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
-            features: wgpu::Features::TIMESTAMP_QUERY,
+            features: wgpu::Features::TIMESTAMP_QUERY.union(NATIVE_F64),
             max_batch_events: 1 << 20,
             max_binding_bytes: u64::MAX,
             max_groups: u32::MAX,
@@ -728,7 +733,12 @@ impl Backend for GpuBackend {
     }
 
     fn describe(&self) -> String {
-        format!("gpu on {}", self.gpu.adapter)
+        let f64 = if self.gpu.native_f64 {
+            "native f64"
+        } else {
+            "software f64"
+        };
+        format!("gpu on {}, {f64}", self.gpu.adapter)
     }
 
     fn set_fold_block(&mut self, block: i64) {
