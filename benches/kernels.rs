@@ -117,7 +117,7 @@ fn operator(c: &mut Criterion) {
     for (name, size, slide) in panes::bench::WINDOWS {
         let j = job(size, slide, events, 100_000);
         g.bench_function(BenchmarkId::new(name, "100k keys"), |b| {
-            b.iter(|| run(&j, &batches, BackendKind::Cpu, 1).expect("bench run"))
+            b.iter(|| run(&j, &batches, BackendKind::Cpu, 1, false).expect("bench run"))
         });
     }
     g.finish();

@@ -9,7 +9,7 @@ use panes_engine::job::{Aggregate, GeneratorSpec, Job, Sink, Source};
 use panes_engine::run::BackendKind;
 use panes_engine::window::WindowSpec;
 use panes_engine::{Result, WindowOperator};
-use panes_kernels::AggFn;
+use panes_kernels::{AggFn, Backend, GpuBackend, GpuOptions};
 
 /// One case of the suite.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -39,6 +39,18 @@ pub struct Case {
     pub kernel_timer: Option<String>,
     /// GPU only: the adapter, its API and driver.
     pub adapter: Option<String>,
+    /// With `--profile`, GPU only: seconds per stage (`host:` by the host's clock,
+    /// `device:` by GPU timestamps).
+    pub profile: Option<Vec<Stage>>,
+}
+
+/// One stage of a profile.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Stage {
+    /// The stage, `host: …` or `device: …`.
+    pub stage: String,
+    /// Seconds spent in it over the whole case.
+    pub seconds: f64,
 }
 
 /// The GPU's update kernels alone, on the device: count, sum, min and max of one float
@@ -185,13 +197,15 @@ pub fn input(job: &Job, batch_rows: usize) -> Result<Vec<RecordBatch>> {
     Ok(batches.collect())
 }
 
-/// Runs one job over in-memory batches and measures the operator alone.
+/// Runs one job over in-memory batches and measures the operator alone; with `profile`,
+/// the GPU backend times its stages too (and returns them).
 pub fn run(
     job: &Job,
     batches: &[RecordBatch],
     backend: BackendKind,
     threads: usize,
-) -> Result<(f64, u64)> {
+    profile: bool,
+) -> Result<(f64, u64, Vec<Stage>)> {
     let Source::Generator(g) = &job.source else {
         return Err(panes_engine::Error::Internal(
             "bench jobs read a generator".into(),
@@ -199,29 +213,63 @@ pub fn run(
     };
     let schema = panes_datasets::schema(g.dataset);
     let start = Instant::now();
-    let mut op = WindowOperator::new(job, &schema, 1, |aggs| backend.build_shards(aggs, threads))?;
+    let mut op = WindowOperator::new(job, &schema, 1, |aggs| match backend {
+        BackendKind::Gpu if profile => {
+            let opts = GpuOptions {
+                profile: true,
+                ..GpuOptions::default()
+            };
+            Ok(vec![
+                Box::new(GpuBackend::new(aggs, opts)?) as Box<dyn Backend>
+            ])
+        }
+        _ => backend.build_shards(aggs, threads),
+    })?;
     for (i, b) in batches.iter().enumerate() {
         op.process_batch(0, b, "bench", i as u64)?;
         op.take_output();
     }
     op.finish()?;
     op.take_output();
-    Ok((start.elapsed().as_secs_f64(), op.stats().rows_out))
+    let seconds = start.elapsed().as_secs_f64();
+    let stages = op.profile().into_iter();
+    let stages = stages.map(|(stage, seconds)| Stage {
+        stage: stage.into(),
+        seconds,
+    });
+    Ok((seconds, op.stats().rows_out, stages.collect()))
+}
+
+/// What a suite runs: events per case, backends, key counts, thread counts, which cases.
+pub struct Suite<'a> {
+    /// Events per case.
+    pub events: u64,
+    /// Events for the reference backend, which keeps every event.
+    pub reference_events: u64,
+    /// Key counts.
+    pub keys: &'a [u64],
+    /// Backends.
+    pub backends: &'a [BackendKind],
+    /// Thread counts to run each case at: a sweep.
+    pub threads: &'a [usize],
+    /// Only the cases whose name starts with one of these, when it names any.
+    pub only: &'a [String],
+    /// Time the GPU backend's stages.
+    pub profile: bool,
 }
 
 /// Runs the suite: every window × key count × backend, then the example workloads, each
-/// at every thread count of `threads` (a sweep); only the cases whose name starts with one
-/// of `only` when it names any. The reference backend, which keeps every event, runs on at
-/// most `reference_events`.
-pub fn suite(
-    events: u64,
-    reference_events: u64,
-    keys: &[u64],
-    backends: &[BackendKind],
-    threads: &[usize],
-    only: &[String],
-    mut on_case: impl FnMut(&Case),
-) -> Result<Vec<Case>> {
+/// at every thread count (a sweep).
+pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Case>> {
+    let Suite {
+        events,
+        reference_events,
+        keys,
+        backends,
+        threads,
+        only,
+        profile,
+    } = *suite;
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
     let events_for = |backend: BackendKind| match backend {
         BackendKind::Reference => events.min(reference_events),
@@ -252,8 +300,7 @@ pub fn suite(
                         name,
                         &job,
                         &batches,
-                        *backend,
-                        t,
+                        (*backend, t, profile),
                         kernels.clone(),
                         &mut base,
                     )?;
@@ -269,7 +316,7 @@ pub fn suite(
             let batches = input(&job, 64 * 1024)?;
             let mut base = None;
             for &t in threads {
-                let case = measure(name, &job, &batches, *backend, t, None, &mut base)?;
+                let case = measure(name, &job, &batches, (*backend, t, false), None, &mut base)?;
                 on_case(&case);
                 cases.push(case);
             }
@@ -278,18 +325,18 @@ pub fn suite(
     Ok(cases)
 }
 
-/// Runs one case and describes it; `kernels` are the GPU's kernel-only figures, `base` the
-/// events per second of the sweep's first run of this case (set by that run).
+/// Runs one case on (backend, threads, profile) and describes it; `kernels` are the GPU's
+/// kernel-only figures, `base` the events per second of the sweep's first run of this
+/// case (set by that run).
 fn measure(
     name: &str,
     job: &Job,
     batches: &[RecordBatch],
-    backend: BackendKind,
-    threads: usize,
+    (backend, threads, profile): (BackendKind, usize, bool),
     kernels: Option<(f64, String, String)>,
     base: &mut Option<f64>,
 ) -> Result<Case> {
-    let (seconds, rows_out) = run(job, batches, backend, threads)?;
+    let (seconds, rows_out, stages) = run(job, batches, backend, threads, profile)?;
     let events = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
     let events_per_sec = events as f64 / seconds.max(1e-9);
     let base = *base.get_or_insert(events_per_sec);
@@ -310,6 +357,7 @@ fn measure(
         kernel_events_per_sec,
         kernel_timer,
         adapter,
+        profile: (!stages.is_empty()).then_some(stages),
     })
 }
 

@@ -105,6 +105,12 @@ enum Command {
         /// Print the results as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// GPU cases: time each stage (host preparation and upload, recording, submits,
+        /// device sort and fold, combine with its waits and readback, evaluation; device
+        /// stages by GPU timestamps where the adapter has them, which waits for each
+        /// submission) and print them under the case (and in `--json`).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -258,6 +264,7 @@ impl Command {
                 threads,
                 cases: only,
                 json,
+                profile,
             } => {
                 let threads = match threads {
                     t if t.is_empty() => vec![panes::engine::run::default_threads()],
@@ -288,38 +295,43 @@ impl Command {
                     );
                 }
                 let mut adapters = std::collections::BTreeSet::new();
-                let cases = bench::suite(
+                let suite = bench::Suite {
                     events,
                     reference_events,
-                    &keys,
-                    &backend,
-                    &threads,
-                    &only,
-                    |c| {
-                        if json {
-                            return;
+                    keys: &keys,
+                    backends: &backend,
+                    threads: &threads,
+                    only: &only,
+                    profile,
+                };
+                let cases = bench::suite(&suite, |c| {
+                    if json {
+                        return;
+                    }
+                    let kernel = c
+                        .kernel_events_per_sec
+                        .map_or("-".into(), |k| format!("{k:.0}"));
+                    println!(
+                        "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14.0} {:>8.2}x {:>14}",
+                        c.window,
+                        c.keys,
+                        c.backend,
+                        c.events,
+                        c.threads,
+                        c.events_per_sec,
+                        c.speedup,
+                        kernel
+                    );
+                    if let (Some(a), Some(t)) = (&c.adapter, &c.kernel_timer) {
+                        if adapters.insert(a.clone()) {
+                            println!("  gpu: {a}; kernels timed by {t}");
                         }
-                        let kernel = c
-                            .kernel_events_per_sec
-                            .map_or("-".into(), |k| format!("{k:.0}"));
-                        println!(
-                            "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14.0} {:>8.2}x {:>14}",
-                            c.window,
-                            c.keys,
-                            c.backend,
-                            c.events,
-                            c.threads,
-                            c.events_per_sec,
-                            c.speedup,
-                            kernel
-                        );
-                        if let (Some(a), Some(t)) = (&c.adapter, &c.kernel_timer) {
-                            if adapters.insert(a.clone()) {
-                                println!("  gpu: {a}; kernels timed by {t}");
-                            }
-                        }
-                    },
-                )?;
+                    }
+                    for s in c.profile.iter().flatten() {
+                        let share = s.seconds / c.seconds.max(1e-9) * 100.0;
+                        println!("    {:<44} {:>9.3} s {:>6.1}%", s.stage, s.seconds, share);
+                    }
+                })?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&cases)?);
                 }

@@ -659,3 +659,44 @@ fn bench_sweeps_thread_counts() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--threads"), "{}", stderr(&out));
 }
+
+/// `panes bench --profile` times the GPU backend's stages (lavapipe in CI has timestamp
+/// queries): host and device stages, each within the case's time, in the JSON.
+#[test]
+fn bench_profiles_the_gpu_stages() {
+    let out = run(&[
+        "bench",
+        "--events",
+        "20000",
+        "--keys",
+        "500",
+        "--backend",
+        "cpu,gpu",
+        "--cases",
+        "hop",
+        "--profile",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let cases = cases.as_array().expect("an array of cases");
+    let cpu = cases.iter().find(|c| c["backend"] == "cpu").expect("a cpu case");
+    assert!(cpu["profile"].is_null(), "the cpu backend keeps no profile: {cpu}");
+    let gpu = cases.iter().find(|c| c["backend"] == "gpu").expect("a gpu case");
+    assert_eq!(gpu["rows_out"], cpu["rows_out"], "{gpu}");
+    let stages = gpu["profile"].as_array().expect("a profile");
+    let names: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    for stage in [
+        "host: prepare and upload",
+        "device: sort and fold",
+        "device: merge and emit",
+        "host: evaluate rows",
+    ] {
+        assert!(names.contains(&stage), "{stage} missing from {names:?}");
+    }
+    let total = gpu["seconds"].as_f64().unwrap();
+    for s in stages {
+        let seconds = s["seconds"].as_f64().unwrap();
+        assert!((0.0..=total).contains(&seconds), "{s} in a case of {total} s");
+    }
+}

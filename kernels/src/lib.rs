@@ -21,7 +21,7 @@ pub use agg::{AggFn, AggSpec, Domain, OutType};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use events::{Column, Events, OutColumn, Values, WindowRows, rank_f64, rank_i64};
-pub use gpu::{GpuBackend, GpuOptions};
+pub use gpu::{GpuBackend, GpuOptions, Profile};
 pub use reference::ReferenceBackend;
 
 use std::ops::Range;
@@ -98,6 +98,11 @@ pub trait Backend: Send {
     fn clear_key(&mut self, panes: Range<i64>, key: u32) -> Result<()>;
     /// Bytes of state currently held.
     fn state_bytes(&self) -> usize;
+    /// Seconds spent per stage so far, where the backend keeps a profile (the GPU's, with
+    /// `GpuOptions::profile`); empty otherwise.
+    fn profile(&self) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
     /// The panes that hold state, ascending.
     fn panes(&self) -> Vec<i64>;
     /// The state of pane `pane` as an Arrow batch of partial state in this backend's own

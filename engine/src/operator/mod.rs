@@ -176,6 +176,19 @@ impl WindowOperator {
         self.base.add(&self.shard_stats).add(&self.own)
     }
 
+    /// Seconds the backends spent per stage, summed over shards, where they keep a profile
+    /// (the GPU's with `GpuOptions::profile`). Call it after [`WindowOperator::sync`].
+    pub fn profile(&self) -> Vec<(&'static str, f64)> {
+        let mut total: Vec<(&'static str, f64)> = Vec::new();
+        for (stage, seconds) in self.shards.iter().flat_map(Shard::profile) {
+            match total.iter_mut().find(|t| t.0 == stage) {
+                Some(t) => t.1 += seconds,
+                None => total.push((stage, seconds)),
+            }
+        }
+        total
+    }
+
     /// The current job watermark (`i64::MIN` before any).
     pub fn watermark(&self) -> i64 {
         self.tracker.current()

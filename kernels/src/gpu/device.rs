@@ -370,11 +370,15 @@ impl Gpu {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some(context),
             });
-        let passes = steps
-            .iter()
-            .filter(|s| matches!(s, Step::Copy { .. }))
-            .count()
-            + 1;
+        // The compute pass of the last dispatch (passes are split by copies) takes the end
+        // timestamp.
+        let last_dispatch = steps.iter().rposition(|s| matches!(s, Step::Dispatch { .. }));
+        let last_pass = last_dispatch.map_or(0, |d| {
+            steps[..d]
+                .iter()
+                .filter(|s| matches!(s, Step::Copy { .. }))
+                .count()
+        });
         let mut pass_index = 0;
         let mut pass: Option<wgpu::ComputePass<'static>> = None;
         for step in steps {
@@ -386,10 +390,13 @@ impl Gpu {
                     groups,
                 } => {
                     let pass = pass.get_or_insert_with(|| {
-                        let timestamp_writes = timer.map(|t| wgpu::ComputePassTimestampWrites {
-                            query_set: &t.queries,
-                            beginning_of_pass_write_index: (pass_index == 0).then_some(0),
-                            end_of_pass_write_index: (pass_index + 1 == passes).then_some(1),
+                        let (first, last) = (pass_index == 0, pass_index == last_pass);
+                        let timestamp_writes = timer.filter(|_| first || last).map(|t| {
+                            wgpu::ComputePassTimestampWrites {
+                                query_set: &t.queries,
+                                beginning_of_pass_write_index: first.then_some(0),
+                                end_of_pass_write_index: last.then_some(1),
+                            }
                         });
                         encoder
                             .begin_compute_pass(&wgpu::ComputePassDescriptor {

@@ -24,6 +24,7 @@ use arrow::datatypes::UInt32Type;
 use arrow::record_batch::RecordBatch;
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::time::Instant;
 
 use device::{Commands, Gpu, Kernel, Params, Timer};
 pub use device::{LIBRARIES, NATIVE_F64, SHADERS, hardware_adapter, shader_source};
@@ -53,6 +54,9 @@ pub struct GpuOptions {
     /// Fill every new scratch buffer with a sentinel pattern, so that a kernel reading
     /// what it did not write shows up in tests.
     pub poison: bool,
+    /// Time each stage ([`GpuBackend::profile`]); with `TIMESTAMP_QUERY`, every update and
+    /// combine is also timed on the device, which waits for each one (slower overall).
+    pub profile: bool,
 }
 
 impl Default for GpuOptions {
@@ -64,6 +68,7 @@ impl Default for GpuOptions {
             max_groups: u32::MAX,
             hardware_only: false,
             poison: false,
+            profile: false,
         }
     }
 }
@@ -258,6 +263,28 @@ pub struct GpuBackend {
     scratch: Scratch,
     /// The block length of [`fold_plan`].
     fold_block: i64,
+    profile: Option<Profile>,
+}
+
+/// Seconds a GPU backend spent per stage: host stages by the host's clock, `device:`
+/// stages by GPU timestamps (with `TIMESTAMP_QUERY`).
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    stages: Vec<(&'static str, f64)>,
+}
+
+impl Profile {
+    fn add(&mut self, stage: &'static str, seconds: f64) {
+        match self.stages.iter_mut().find(|s| s.0 == stage) {
+            Some(s) => s.1 += seconds,
+            None => self.stages.push((stage, seconds)),
+        }
+    }
+
+    /// The stages in the order they first ran, with their seconds.
+    pub fn stages(&self) -> &[(&'static str, f64)] {
+        &self.stages
+    }
 }
 
 impl GpuBackend {
@@ -283,7 +310,26 @@ impl GpuBackend {
                 ..Scratch::default()
             },
             fold_block: 1,
+            profile: opts.profile.then(Profile::default),
         })
+    }
+
+    /// Adds the time since `since` to `stage` of the profile, if one is kept.
+    fn time(&mut self, stage: &'static str, since: Instant) {
+        if let Some(p) = self.profile.as_mut() {
+            p.add(stage, since.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Runs `commands`; when profiling with timestamps, waits for them and adds their
+    /// device time to `stage`.
+    fn submit(&mut self, context: &str, commands: Commands, stage: &'static str) -> Result<()> {
+        let timer = self.profile.as_ref().and_then(|_| self.gpu.timer());
+        self.gpu.run(context, commands, timer.as_ref(), false)?;
+        if let (Some(t), Some(p)) = (timer, self.profile.as_mut()) {
+            p.add(stage, self.gpu.elapsed(&t)?);
+        }
+        Ok(())
     }
 
     /// The adapter: "name (backend, driver)".
@@ -386,8 +432,12 @@ impl GpuBackend {
 
     /// Uploads one batch and records its sort and its fold into its panes.
     fn update_batch(&mut self, ev: &Events<'_>, commands: &mut Commands) {
+        let t = Instant::now();
         let batch = self.upload(ev, commands);
+        self.time("host: prepare and upload", t);
+        let t = Instant::now();
         self.record_fold(&batch, commands);
+        self.time("host: record sort and fold", t);
     }
 
     /// Uploads one batch (and makes room for its keys and panes).
@@ -632,7 +682,7 @@ impl GpuBackend {
             commands.dispatch(Kernel::EmitScatter, &emit, groups, p);
             // The total sits after the block offsets.
             commands.copy_from(&blocks, n_blocks as u64 * 4, &total_read, 4);
-            self.gpu.run(ctx, commands, None, false)?;
+            self.submit(ctx, commands, "device: merge and emit")?;
             let total = self.gpu.map(ctx, &total_read, 4)?;
             let total = u32::from_le_bytes([total[0], total[1], total[2], total[3]]) as u64;
             let k = self.gpu.read(ctx, &out_k, total * 4)?;
@@ -754,15 +804,28 @@ impl Backend for GpuBackend {
             let ev = events.slice(start..end, &columns);
             let mut commands = Commands::default();
             self.update_batch(&ev, &mut commands);
-            self.gpu.run("updating pane state", commands, None, false)?;
+            let t = Instant::now();
+            self.submit("updating pane state", commands, "device: sort and fold")?;
+            self.time("host: submit update (and wait, when timed)", t);
             start = end;
         }
         Ok(())
     }
 
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows> {
+        let t = Instant::now();
         let (k, rows) = self.combine_rows(panes, keys)?;
-        Ok(self.evaluate(k, &rows))
+        self.time("host: combine, wait and read back", t);
+        let t = Instant::now();
+        let rows = self.evaluate(k, &rows);
+        self.time("host: evaluate rows", t);
+        Ok(rows)
+    }
+
+    fn profile(&self) -> Vec<(&'static str, f64)> {
+        self.profile
+            .as_ref()
+            .map_or(Vec::new(), |p| p.stages.clone())
     }
 
     fn evict_before(&mut self, pane: i64) {

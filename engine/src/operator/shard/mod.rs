@@ -218,6 +218,11 @@ impl Shard {
         self.core.backend.describe()
     }
 
+    /// Seconds its backend spent per stage, where it keeps a profile.
+    pub fn profile(&self) -> Vec<(&'static str, f64)> {
+        self.core.backend.profile()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> Stats {
         self.core.stats
