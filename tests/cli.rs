@@ -680,12 +680,24 @@ fn bench_profiles_the_gpu_stages() {
     assert!(out.status.success(), "{}", stderr(&out));
     let cases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let cases = cases.as_array().expect("an array of cases");
-    let cpu = cases.iter().find(|c| c["backend"] == "cpu").expect("a cpu case");
-    assert!(cpu["profile"].is_null(), "the cpu backend keeps no profile: {cpu}");
-    let gpu = cases.iter().find(|c| c["backend"] == "gpu").expect("a gpu case");
+    let cpu = cases
+        .iter()
+        .find(|c| c["backend"] == "cpu")
+        .expect("a cpu case");
+    assert!(
+        cpu["profile"].is_null(),
+        "the cpu backend keeps no profile: {cpu}"
+    );
+    let gpu = cases
+        .iter()
+        .find(|c| c["backend"] == "gpu")
+        .expect("a gpu case");
     assert_eq!(gpu["rows_out"], cpu["rows_out"], "{gpu}");
     let stages = gpu["profile"].as_array().expect("a profile");
-    let names: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
     for stage in [
         "host: prepare and upload",
         "device: sort and fold",
@@ -697,6 +709,9 @@ fn bench_profiles_the_gpu_stages() {
     let total = gpu["seconds"].as_f64().unwrap();
     for s in stages {
         let seconds = s["seconds"].as_f64().unwrap();
-        assert!((0.0..=total).contains(&seconds), "{s} in a case of {total} s");
+        assert!(
+            (0.0..=total).contains(&seconds),
+            "{s} in a case of {total} s"
+        );
     }
 }

@@ -608,3 +608,48 @@ fn gpu_output_survives_crashes_exactly_once() {
     );
     assert!(crash_until_done_on(TUMBLE, 500..503, &gpu) >= 2);
 }
+
+/// A job whose GPU is gone resumes on the CPU from its last checkpoint, and back: killed
+/// at a checkpoint on `gpu`, killed again on `cpu` at 2 threads, finished on `gpu`. The
+/// published rows are those of an uninterrupted cpu run (as a set: shards emit theirs one
+/// after another).
+#[test]
+fn checkpoints_move_between_gpu_and_cpu() {
+    let sorted = |mut rows: Vec<String>| {
+        rows.sort();
+        rows
+    };
+    let (want, _) = uninterrupted(TUMBLE, &["--threads", "1"]);
+    let (dir, job) = job_in(TUMBLE);
+    for (backend, threads, failpoint) in [
+        ("gpu", "1", Some("manifest:2")),
+        ("cpu", "2", Some("publish:3")),
+        ("gpu", "1", None),
+    ] {
+        let mut cmd = panes();
+        cmd.arg("run")
+            .arg(&job)
+            .args(BATCH)
+            .args(["--backend", backend, "--threads", threads]);
+        if let Some(f) = failpoint {
+            cmd.env("PANES_FAILPOINT", f);
+        }
+        let out = cmd.output().expect("panes runs");
+        use std::os::unix::process::ExitStatusExt;
+        let (ok, killed) = (out.status.success(), out.status.signal() == Some(9));
+        assert!(
+            if failpoint.is_some() { killed } else { ok },
+            "{backend}, failpoint {failpoint:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if failpoint.is_none() {
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(said.contains("restored from"), "{said}");
+        }
+    }
+    for (o, want) in outputs(TUMBLE).iter().zip(want) {
+        let got = published(&dir.path().join(o));
+        assert_eq!(sorted(got), sorted(want), "{o}");
+    }
+}

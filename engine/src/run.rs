@@ -468,12 +468,15 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     }
     let mut position = Position::Start;
     if let Some(r) = &restore {
-        if r.manifest.backend != op.backend_name() {
+        // The cpu and gpu backends write one format of pane state; the reference keeps
+        // its events.
+        let portable = |b: &str| matches!(b, "cpu" | "gpu");
+        let (from, to) = (r.manifest.backend.as_str(), op.backend_name());
+        if from != to && !(portable(from) && portable(to)) {
             return Err(Error::Checkpoint {
                 path: r.dir.clone(),
                 message: format!(
-                    "it holds state of the {} backend; resume with --backend {}",
-                    r.manifest.backend, r.manifest.backend
+                    "it holds state of the {from} backend; resume with --backend {from}"
                 ),
             });
         }

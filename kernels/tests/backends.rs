@@ -678,3 +678,24 @@ fn the_gpu_uses_native_f64_where_the_adapter_has_it() {
     let soft = gpu(&aggs, options).describe();
     assert!(soft.ends_with("software f64"), "{soft}");
 }
+
+/// A checkpoint moves between backends: before each combine every pane is exported and
+/// imported into a fresh backend, by turns the CPU (in 2 key partitions) and the GPU, and
+/// the rows still equal the reference's.
+#[test]
+fn pane_state_moves_between_cpu_and_gpu() {
+    check_against_reference(0..36, false, &|aggs| {
+        let a = aggs.to_vec();
+        let turn = std::sync::atomic::AtomicUsize::new(0);
+        vec![Box::new(RoundTrip {
+            inner: gpu(aggs, GpuOptions::default()),
+            fresh: Box::new(move || {
+                match turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 {
+                    0 => Box::new(CpuBackend::new(&a, 2)),
+                    _ => gpu(&a, GpuOptions::default()),
+                }
+            }),
+            fold_block: 1,
+        })]
+    });
+}

@@ -9,8 +9,9 @@ use crate::state;
 use arrow::array::{ArrayRef, BinaryArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type, UInt32Type, UInt64Type};
 
-/// One state column of a pane, gathered at its keys with rows (for a state batch).
-enum Gather {
+/// One state column of a pane, gathered at its keys with rows (for a state batch). Other
+/// backends convert their state to and from these to write and read the same batches.
+pub(crate) enum Gather {
     Count(Vec<u64>),
     Rows(Vec<u64>, [Vec<f64>; 3]),
     /// Values, and event times for first/last.
@@ -98,6 +99,83 @@ impl Gather {
             )),
         }
     }
+}
+
+/// The state columns of the CPU backend for `aggs`: the layout of every backend's state
+/// batches (checkpoints move between backends).
+pub(crate) fn layout(aggs: &[crate::AggSpec]) -> Vec<StateCol> {
+    CpuBackend::new(aggs, 1).layout
+}
+
+/// A state batch from `keys` and one gathered column per state column of the layout.
+pub(crate) fn state_batch(keys: Vec<u32>, columns: Vec<Gather>) -> crate::Result<RecordBatch> {
+    state::batch(state_columns(keys, columns))
+}
+
+/// The keys of a state batch and its columns, read for the state columns of `layout`.
+pub(crate) fn read_state_batch(
+    layout: &[StateCol],
+    batch: &RecordBatch,
+) -> crate::Result<(Vec<u32>, Vec<Gather>)> {
+    check_columns(layout, batch)?;
+    let keys = state::values::<UInt32Type>(batch, "key")?.to_vec();
+    let columns = layout
+        .iter()
+        .enumerate()
+        .map(|(j, &col)| {
+            let name = |suffix: &str| format!("c{j}{suffix}");
+            let ts = || -> crate::Result<Option<Vec<i64>>> {
+                Ok(match col {
+                    StateCol::Typed(Op::First | Op::Last, ..) => {
+                        Some(state::values::<Int64Type>(batch, &name("_ts"))?.to_vec())
+                    }
+                    _ => None,
+                })
+            };
+            let floats = |k: usize| {
+                state::values::<Float64Type>(batch, &name(&format!("_{k}"))).map(<[f64]>::to_vec)
+            };
+            let counts = || state::values::<UInt64Type>(batch, &name("")).map(<[u64]>::to_vec);
+            Ok(match col {
+                StateCol::Rows | StateCol::NonNull(_) => Gather::Count(counts()?),
+                StateCol::Typed(_, _, Domain::I64) => Gather::Int(
+                    state::values::<Int64Type>(batch, &name(""))?.to_vec(),
+                    ts()?,
+                ),
+                StateCol::Typed(_, _, Domain::F64) => Gather::Float(
+                    state::values::<Float64Type>(batch, &name(""))?.to_vec(),
+                    ts()?,
+                ),
+                StateCol::RowStats(_) => {
+                    Gather::Rows(counts()?, [floats(0)?, floats(1)?, floats(2)?])
+                }
+                StateCol::Moments(_) => Gather::Triple([floats(0)?, floats(1)?, floats(2)?]),
+                StateCol::Distinct(_) => Gather::Distinct(
+                    state::binary(batch, &name(""))?
+                        .iter()
+                        .map(|b| b.unwrap_or_default().to_vec())
+                        .collect(),
+                ),
+            })
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    Ok((keys, columns))
+}
+
+/// Fails unless `batch` has exactly the columns of a state batch of `layout`.
+fn check_columns(layout: &[StateCol], batch: &RecordBatch) -> crate::Result<()> {
+    let expected: Vec<String> = state_columns(Vec::new(), gathers(layout))
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+    let schema = batch.schema();
+    let found: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
+    if !found.iter().copied().eq(&expected) {
+        return Err(Error::BadState(format!(
+            "expected the columns {expected:?}, found {found:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// An empty gather for each state column of `layout`.
@@ -195,17 +273,7 @@ fn scatter(
 impl CpuBackend {
     /// A pane's state from a batch that `export_pane` wrote (of any partition count).
     pub(super) fn parts_from(&self, batch: &RecordBatch) -> crate::Result<Vec<Part>> {
-        let expected: Vec<String> = state_columns(Vec::new(), gathers(&self.layout))
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
-        let schema = batch.schema();
-        let found: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
-        if !found.iter().copied().eq(&expected) {
-            return Err(Error::BadState(format!(
-                "expected the columns {expected:?}, found {found:?}"
-            )));
-        }
+        check_columns(&self.layout, batch)?;
         let keys = state::values::<UInt32Type>(batch, "key")?;
         let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
         let at: Vec<(usize, usize)> = keys

@@ -32,6 +32,9 @@ use combine::Eval;
 use state::{Acc, Op, Part, StateCol};
 use update::{RUN_MIN_ROWS, Sel, group_by_pane};
 
+pub(crate) use codec::{Gather, layout, read_state_batch, state_batch};
+pub(crate) use state::{Op as StateOp, StateCol as StateColumn};
+
 /// The CPU backend. See the module docs.
 pub struct CpuBackend {
     layout: Vec<StateCol>,

@@ -8,7 +8,7 @@ pub(super) const SPARSE_RATIO: usize = 4;
 
 /// What one state array accumulates. State column 0 is always the row count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum StateCol {
+pub(crate) enum StateCol {
     Rows,
     /// The row count with the sum, min and max of a float column beside it, in one
     /// [`StatsRow`] a key: one cache line per update.
@@ -80,7 +80,7 @@ impl Counts<'_> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Op {
+pub(crate) enum Op {
     Sum,
     Min,
     Max,
@@ -98,7 +98,7 @@ impl Op {
     }
 
     /// Initial event time: `First` keeps the smallest, `Last` the largest.
-    pub(super) fn ts_identity(self) -> i64 {
+    pub(crate) fn ts_identity(self) -> i64 {
         if self == Op::First {
             i64::MAX
         } else {

@@ -372,7 +372,9 @@ impl Gpu {
             });
         // The compute pass of the last dispatch (passes are split by copies) takes the end
         // timestamp.
-        let last_dispatch = steps.iter().rposition(|s| matches!(s, Step::Dispatch { .. }));
+        let last_dispatch = steps
+            .iter()
+            .rposition(|s| matches!(s, Step::Dispatch { .. }));
         let last_pass = last_dispatch.map_or(0, |d| {
             steps[..d]
                 .iter()

@@ -19,8 +19,8 @@
 //! batches are split so that no binding and no dispatch exceeds the device's limits.
 
 mod device;
+mod portable;
 
-use arrow::datatypes::UInt32Type;
 use arrow::record_batch::RecordBatch;
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -32,7 +32,6 @@ pub use device::{LIBRARIES, NATIVE_F64, SHADERS, hardware_adapter, shader_source
 use crate::agg::{AggFn, AggSpec, Domain, Moments};
 use crate::error::{Error, Result};
 use crate::events::{Events, OutColumn, Values, WindowRows};
-use crate::state;
 use crate::{Backend, Keys, fold_plan};
 
 /// Knobs of the GPU backend. The defaults suit real use; tests shrink the limits to force
@@ -852,8 +851,8 @@ impl Backend for GpuBackend {
         self.panes.keys().copied().collect()
     }
 
-    /// The pane's rows as the device holds them (keys with rows only): `key`, then one
-    /// `UInt32` column `w{i}` per word of the row layout.
+    /// The pane's rows (keys with rows only) in the CPU backend's format of state batches,
+    /// so that checkpoints move between the two backends.
     fn export_pane(&mut self, pane: i64) -> Result<Option<RecordBatch>> {
         if !self.panes.contains_key(&pane) {
             return Ok(None);
@@ -864,27 +863,12 @@ impl Backend for GpuBackend {
         if keys.is_empty() {
             return Ok(None);
         }
-        let stride = self.layout.stride as usize;
-        let mut columns = vec![("key".to_string(), state::array::<UInt32Type>(keys))];
-        for w in 0..stride {
-            let word: Vec<u32> = rows.iter().skip(w).step_by(stride).copied().collect();
-            columns.push((format!("w{w}"), state::array::<UInt32Type>(word)));
-        }
-        state::batch(columns).map(Some)
+        self.to_state_batch(keys, &rows).map(Some)
     }
 
     fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> Result<()> {
         let stride = self.layout.stride as usize;
-        let keys = state::values::<UInt32Type>(batch, "key")?;
-        let words = (0..stride)
-            .map(|w| state::values::<UInt32Type>(batch, &format!("w{w}")))
-            .collect::<Result<Vec<_>>>()?;
-        if batch.num_columns() != stride + 1 {
-            return Err(Error::BadState(format!(
-                "{} columns, the row layout has {stride} words and a key",
-                batch.num_columns()
-            )));
-        }
+        let (keys, words) = self.from_state_batch(batch)?;
         let mut commands = Commands::default();
         self.reserve_keys(keys.iter().max().map_or(0, |&k| k + 1), &mut commands);
         self.panes.remove(&pane);
@@ -910,9 +894,7 @@ impl Backend for GpuBackend {
             let mut rows = empty.repeat(len as usize);
             for r in here {
                 let at = (keys[r] - base) as usize * stride;
-                for (w, word) in words.iter().enumerate() {
-                    rows[at + w] = word[r];
-                }
+                rows[at..at + stride].copy_from_slice(&words[r * stride..(r + 1) * stride]);
             }
             let chunk = &self.panes[&pane].chunks[c];
             self.gpu
