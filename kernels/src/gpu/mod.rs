@@ -868,7 +868,7 @@ impl Backend for GpuBackend {
 
     fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> Result<()> {
         let stride = self.layout.stride as usize;
-        let (keys, words) = self.from_state_batch(batch)?;
+        let (keys, words) = self.rows_from_state_batch(batch)?;
         let mut commands = Commands::default();
         self.reserve_keys(keys.iter().max().map_or(0, |&k| k + 1), &mut commands);
         self.panes.remove(&pane);
