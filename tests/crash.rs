@@ -546,6 +546,26 @@ fn a_restart_resumes_from_the_newest_checkpoint_and_a_changed_job_is_refused() {
     assert_eq!(published(&dir.path().join("out")), want[0]);
 }
 
+/// Runs `job` with `args` until it is killed (SIGKILL) at `failpoint`, or to its end
+/// without one; anything else (a failure of its own) fails the test.
+fn run_to_failpoint(job: &Path, args: &[&str], failpoint: Option<&str>) -> Output {
+    let mut cmd = panes();
+    cmd.arg("run").arg(job).args(BATCH).args(args);
+    if let Some(f) = failpoint {
+        cmd.env("PANES_FAILPOINT", f);
+    }
+    let out = cmd.output().expect("panes runs");
+    use std::os::unix::process::ExitStatusExt;
+    let (ok, killed) = (out.status.success(), out.status.signal() == Some(9));
+    assert!(
+        if failpoint.is_some() { killed } else { ok },
+        "{args:?}, failpoint {failpoint:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A checkpoint does not depend on the thread count: a job killed (SIGKILL at a
 /// checkpoint's failpoint) at 4 threads resumes at 3, is killed again, and finishes at 1.
 /// Its published rows are those of an uninterrupted single-thread run (as a set: shards
@@ -568,24 +588,7 @@ fn checkpoints_taken_at_4_threads_resume_at_3_and_1() {
             ("3", Some(format!("manifest:{}", first + 1))),
             ("1", None),
         ] {
-            let mut cmd = panes();
-            cmd.arg("run")
-                .arg(&job)
-                .args(BATCH)
-                .args(["--threads", threads]);
-            if let Some(f) = &failpoint {
-                cmd.env("PANES_FAILPOINT", f);
-            }
-            let out = cmd.output().expect("panes runs");
-            // Killed at its failpoint (SIGKILL), or finished: never failed on its own.
-            use std::os::unix::process::ExitStatusExt;
-            let (ok, killed) = (out.status.success(), out.status.signal() == Some(9));
-            assert!(
-                if failpoint.is_some() { killed } else { ok },
-                "{threads} threads, failpoint {failpoint:?}: {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            run_to_failpoint(&job, &["--threads", threads], failpoint.as_deref());
         }
         for (o, want) in outputs(template).iter().zip(want) {
             let got = published(&dir.path().join(o));
@@ -626,23 +629,8 @@ fn checkpoints_move_between_gpu_and_cpu() {
         ("cpu", "2", Some("publish:3")),
         ("gpu", "1", None),
     ] {
-        let mut cmd = panes();
-        cmd.arg("run")
-            .arg(&job)
-            .args(BATCH)
-            .args(["--backend", backend, "--threads", threads]);
-        if let Some(f) = failpoint {
-            cmd.env("PANES_FAILPOINT", f);
-        }
-        let out = cmd.output().expect("panes runs");
-        use std::os::unix::process::ExitStatusExt;
-        let (ok, killed) = (out.status.success(), out.status.signal() == Some(9));
-        assert!(
-            if failpoint.is_some() { killed } else { ok },
-            "{backend}, failpoint {failpoint:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let args = ["--backend", backend, "--threads", threads];
+        let out = run_to_failpoint(&job, &args, failpoint);
         if failpoint.is_none() {
             let said = String::from_utf8_lossy(&out.stderr);
             assert!(said.contains("restored from"), "{said}");
