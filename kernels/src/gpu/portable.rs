@@ -118,7 +118,10 @@ impl GpuBackend {
     }
 
     /// The keys and key rows of a state batch.
-    pub(super) fn rows_from_state_batch(&self, batch: &RecordBatch) -> Result<(Vec<u32>, Vec<u32>)> {
+    pub(super) fn rows_from_state_batch(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
         let (keys, columns) = read_state_batch(&layout(&self.aggs), batch)?;
         let stride = self.layout.stride as usize;
         let mut rows = vec![0u32; keys.len() * stride];
