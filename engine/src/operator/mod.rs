@@ -210,13 +210,27 @@ impl WindowOperator {
     }
 
     /// Processes one batch from source partition `partition`; `origin` and `first_row` say
-    /// where it came from, for errors.
+    /// where it came from, for errors. The batch arrives now, by the processing-time clock
+    /// that idleness is measured on.
     pub fn process_batch(
         &mut self,
         partition: usize,
         batch: &RecordBatch,
         origin: &str,
         first_row: u64,
+    ) -> Result<()> {
+        self.process_batch_at(partition, batch, origin, first_row, Instant::now())
+    }
+
+    /// [`WindowOperator::process_batch`] for a batch that arrived at processing time `now`
+    /// (a caller that keeps its own clock, or a test).
+    pub fn process_batch_at(
+        &mut self,
+        partition: usize,
+        batch: &RecordBatch,
+        origin: &str,
+        first_row: u64,
+        now: Instant,
     ) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
@@ -248,7 +262,7 @@ impl WindowOperator {
             &mut self.ts,
         )?;
         self.tracker
-            .observe(partition, &self.ts, Instant::now(), &mut self.met);
+            .observe(partition, &self.ts, now, &mut self.met);
         let w = self.tracker.current();
         // Shards see the columns they read; late events keep every column.
         let read = batch
@@ -396,6 +410,21 @@ impl WindowOperator {
                 topk::rank(&all, &self.plan, t)
             })
             .collect()
+    }
+
+    /// Processing time passes without a batch: partitions that sent nothing for the job's
+    /// `idle_timeout` stop holding the watermark back, and the windows that the others
+    /// completed fire. Without ticks, idleness is only noticed when a batch arrives, so
+    /// windows would not close while the input is quiet.
+    pub fn tick(&mut self, now: Instant) -> Result<()> {
+        self.sync()?;
+        let before = self.tracker.current();
+        let w = self.tracker.advance(now);
+        if w > before {
+            self.each(|s| s.advance_to(w))?;
+            self.collect()?;
+        }
+        Ok(())
     }
 
     /// Partition `p` is exhausted: it no longer holds the watermark back.
@@ -643,6 +672,40 @@ mod tests {
         .unwrap();
         let err = op.process_batch(0, &two, "p0", 0).unwrap_err();
         assert!(err.to_string().contains("2 columns"), "{err}");
+    }
+
+    /// One of two partitions goes quiet: ticks of processing time past the idle timeout
+    /// fire the windows the other completed, without a batch and without sleeping.
+    #[test]
+    fn ticks_past_the_idle_timeout_close_windows_while_a_partition_is_quiet() {
+        let (mut job, schema) = job_and_schema();
+        job.idle_timeout = std::time::Duration::from_secs(30);
+        let mut op = WindowOperator::new(&job, &schema, 2, |aggs| {
+            Ok(vec![Box::new(CpuBackend::new(aggs, 1)) as Box<dyn Backend>])
+        })
+        .unwrap();
+        let t0 = Instant::now();
+        op.process_batch_at(1, &batch(&schema, vec![1_000]), "p1", 0, t0)
+            .unwrap();
+        // Partition 0 runs a minute ahead, 20 s later: partition 1 holds the watermark at
+        // 1 s.
+        let times = (0..60).map(|s| s * 1_000).collect();
+        let later = t0 + std::time::Duration::from_secs(20);
+        op.process_batch_at(0, &batch(&schema, times), "p0", 0, later)
+            .unwrap();
+        op.sync().unwrap();
+        assert!(op.take_output().is_empty(), "no window closed yet");
+        op.tick(t0 + std::time::Duration::from_secs(29)).unwrap();
+        assert!(op.take_output().is_empty(), "partition 1 is not idle yet");
+        // Partition 1 has been quiet for 31 s, partition 0 for 11 s.
+        op.tick(t0 + std::time::Duration::from_secs(31)).unwrap();
+        let fired = fired_windows(&mut op);
+        // Windows of 10 s up to the watermark of partition 0 (59 s less its bound).
+        assert_eq!(
+            fired, 5,
+            "the windows partition 0 completed fire on the tick"
+        );
+        assert_eq!(op.watermark(), 58_999);
     }
 
     #[test]
