@@ -184,6 +184,8 @@ pub struct Gpu {
     pub max_groups: u32,
     /// Floats run on the device's own f64, not the software library.
     pub native_f64: bool,
+    /// A software adapter (Mesa's lavapipe): its invocations loop a limited number of times.
+    pub software: bool,
     context: Arc<Context>,
     params: wgpu::Buffer,
     params_group: wgpu::BindGroup,
@@ -287,6 +289,7 @@ impl Gpu {
                 .min(limits.max_buffer_size),
             max_groups: limits.max_compute_workgroups_per_dimension,
             native_f64: context.native,
+            software: context.software,
             context,
             params,
             params_group,

@@ -166,13 +166,14 @@ impl Layout {
         Ok(layout)
     }
 
-    /// Most events of one key's run that a fold invocation walks in one dispatch. Long runs
-    /// (hot keys) are folded in rounds, one dispatch each, in arrival order, so that no
-    /// invocation loops without bound. Mesa's lavapipe ends the loops of an invocation
-    /// after 65 535 iterations in all, which silently dropped the rest of a hot key's
-    /// events. An event costs 3 + 2 per op of them there, and 55 more per moments op when
-    /// the soft-f64 division's loop is not unrolled (it is in small shaders, not in large
-    /// ones: measured); this allows half the limit, at 4 + 3 per op + 60 per moments op.
+    /// Most events of one key's run that a fold invocation walks in one dispatch on a
+    /// software adapter. There long runs (hot keys) are folded in rounds, one dispatch each,
+    /// in arrival order: Mesa's lavapipe ends the loops of an invocation after 65 535
+    /// iterations in all, which silently dropped the rest of a hot key's events. An event
+    /// costs 3 + 2 per op of them there, and 55 more per moments op when the soft-f64
+    /// division's loop is not unrolled (it is in small shaders, not in large ones:
+    /// measured); this allows half the limit, at 4 + 3 per op + 60 per moments op.
+    /// Hardware GPUs have no such limit and fold each run in one dispatch.
     fn fold_round(&self) -> u32 {
         let moments = self.ops.iter().filter(|o| o[0] == OP_MOMENTS).count() as u32;
         32_768 / (4 + 3 * self.ops.len() as u32 + 60 * moments)
@@ -567,7 +568,10 @@ impl GpuBackend {
             commands.dispatch(Kernel::RadixScatter, group, over_pairs, p);
         }
         let sorted = &pairs[passes as usize % 2];
-        let round = self.layout.fold_round();
+        let round = match self.gpu.software {
+            true => self.layout.fold_round(),
+            false => max_run.max(1),
+        };
         for &p in panes {
             for (c, chunk) in self.panes[&p].chunks.iter().enumerate() {
                 let group = gpu.bind(
