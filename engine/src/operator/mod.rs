@@ -60,6 +60,8 @@ pub struct WindowOperator {
     /// The backend as a summary names it, and the number of shards.
     backend: (&'static str, String),
     shard_count: usize,
+    /// The end of input was reached: no batch may follow.
+    finished: bool,
     /// The shards' counters at the last batch gathered.
     shard_stats: Stats,
     /// Event times of the batch, and the watermark each event met.
@@ -130,6 +132,7 @@ impl WindowOperator {
             rows: vec![Vec::new(); n],
             backend,
             shard_count: n,
+            finished: false,
             shard_stats: Stats::default(),
             ts: Vec::new(),
             met: Vec::new(),
@@ -232,6 +235,12 @@ impl WindowOperator {
         first_row: u64,
         now: Instant,
     ) -> Result<()> {
+        if self.finished {
+            return Err(Error::input(
+                origin,
+                "a batch after the end of input: the operator has finished every window",
+            ));
+        }
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
@@ -456,6 +465,7 @@ impl WindowOperator {
 
     /// End of a bounded input: the watermark jumps to +∞ and every window fires.
     pub fn finish(&mut self) -> Result<()> {
+        self.finished = true;
         self.each(Shard::finish)?;
         self.collect()
     }
@@ -706,6 +716,19 @@ mod tests {
             "the windows partition 0 completed fire on the tick"
         );
         assert_eq!(op.watermark(), 58_999);
+    }
+
+    #[test]
+    fn a_batch_after_the_end_of_input_is_an_error() {
+        let (mut op, schema) = operator(1);
+        op.process_batch(0, &batch(&schema, vec![1_000]), "p0", 0)
+            .unwrap();
+        op.finish().unwrap();
+        assert_eq!(fired_windows(&mut op), 1);
+        let err = op
+            .process_batch(0, &batch(&schema, vec![2_000]), "p0", 1)
+            .unwrap_err();
+        assert!(err.to_string().contains("after the end of input"), "{err}");
     }
 
     #[test]
