@@ -606,23 +606,98 @@ fn outputs(
         take(&mut op);
     }
     take(&mut op);
-    got.map(|batches| {
-        let mut rows: Vec<String> = batches
-            .iter()
-            .flat_map(|b| {
-                (0..b.num_rows()).map(move |r| {
-                    let cells: Vec<String> = b
-                        .columns()
-                        .iter()
-                        .map(|col| array_value_to_string(col, r).unwrap_or_default())
-                        .collect();
-                    cells.join("|")
-                })
+    got.map(|batches| rows_as_text(&batches))
+}
+
+/// Every row of `batches` as text, cells joined by `|`, sorted.
+fn rows_as_text(batches: &[RecordBatch]) -> Vec<String> {
+    let mut rows: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            (0..b.num_rows()).map(move |r| {
+                let cells: Vec<String> = b
+                    .columns()
+                    .iter()
+                    .map(|col| array_value_to_string(col, r).unwrap_or_default())
+                    .collect();
+                cells.join("|")
             })
-            .collect();
-        rows.sort();
-        rows
-    })
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// A job's state taken in memory at a random batch and restored into a fresh operator at
+/// another thread count continues exactly: the rows, late events and alerts before and
+/// after equal an uninterrupted run's (as sets), for every window kind, with and without
+/// keys.
+#[test]
+fn a_snapshot_in_memory_restores_at_another_thread_count_and_continues_exactly() {
+    for seed in 0..60u64 {
+        let c = case(seed);
+        let mut rng = Rng(seed ^ 0x5AFE);
+        let (n, mut lengths) = (c.batch.num_rows(), Vec::new());
+        while lengths.iter().sum::<usize>() < n {
+            let len = 1 + rng.below(500) as usize;
+            lengths.push(len.min(n - lengths.iter().sum::<usize>()));
+        }
+        let cut = rng.below(lengths.len() as u64) as usize;
+        let (before, after) = (
+            [1, 2, 3][seed as usize % 3],
+            [1, 2, 8][seed as usize / 3 % 3],
+        );
+        // Every other seed without keys: one global group.
+        let job = match seed % 2 {
+            0 => c.job.clone(),
+            _ => {
+                let toml = c
+                    .toml
+                    .replace("[key]\ncolumns = [\"k\"]\n", "")
+                    .replace("[key]\ncolumns = [\"k\", \"k2\"]\n", "");
+                Job::from_toml(&toml, "keyless").expect("valid variant")
+            }
+        };
+        let want = outputs(&c.batch, &job, BackendKind::Cpu, 1, &lengths);
+        let make = |threads: usize| {
+            WindowOperator::new(&job, &c.schema, 1, |aggs| {
+                BackendKind::Cpu.build_shards(aggs, threads)
+            })
+            .expect("operator")
+        };
+        let mut got: [Vec<RecordBatch>; 3] = Default::default();
+        let mut take = |op: &mut WindowOperator| {
+            got[0].extend(op.take_output());
+            got[1].extend(op.take_late());
+            got[2].extend(op.take_alerts());
+        };
+        let mut op = make(before);
+        let mut start = 0;
+        for (i, &len) in lengths.iter().enumerate() {
+            if i == cut {
+                let snapshot = op.snapshot_in_memory().expect("snapshot");
+                take(&mut op);
+                op = make(after);
+                op.restore(&snapshot).expect("restore");
+            }
+            op.process_batch(0, &c.batch.slice(start, len), "test", start as u64)
+                .expect("process");
+            take(&mut op);
+            start += len;
+        }
+        op.finish().expect("finish");
+        take(&mut op);
+        let got = got.map(|batches| rows_as_text(&batches));
+        for (what, (w, g)) in ["rows", "late events", "alerts"]
+            .iter()
+            .zip(want.iter().zip(&got))
+        {
+            assert_eq!(
+                w, g,
+                "seed {seed}: {what} differ after a snapshot at batch {cut} ({before} -> {after} threads)"
+            );
+        }
+    }
 }
 
 /// Shards split the keys: at 2, 3 and 8 threads a job gives the rows, late events and

@@ -17,7 +17,7 @@ use super::route;
 use super::shard::{Firing, Shard};
 use super::{OperatorState, WindowOperator};
 use crate::error::{Error, Result};
-use crate::state::checkpoint::{CheckpointWriter, Restore};
+use crate::state::checkpoint::{Snapshot, StateReader, StateWriter};
 
 /// Keys per batch of the checkpointed key dictionary.
 const KEYS_PER_BATCH: u32 = 1 << 20;
@@ -137,9 +137,10 @@ const KEYED: [(&str, Export, Import); 3] = [
 ];
 
 impl WindowOperator {
-    /// Writes the operator's keyed state to checkpoint files and returns its scalar state.
-    /// Called between batches, after [`WindowOperator::sync`], with the output taken.
-    pub fn snapshot(&mut self, to: &mut CheckpointWriter) -> Result<OperatorState> {
+    /// Writes the operator's keyed state to state files (a checkpoint directory, or a
+    /// [`Snapshot`]) and returns its scalar state. Called between batches, after
+    /// [`WindowOperator::sync`], with the output taken.
+    pub fn snapshot(&mut self, to: &mut impl StateWriter) -> Result<OperatorState> {
         if self.in_flight.is_some() {
             return Err(Error::Internal(
                 "a checkpoint while shards process a batch (sync and drain the output first)"
@@ -211,13 +212,22 @@ impl WindowOperator {
         })
     }
 
-    /// Restores a fresh operator to a checkpoint's state, at any number of shards.
-    pub fn restore(&mut self, from: &Restore) -> Result<()> {
+    /// The operator's whole state in memory (see [`WindowOperator::snapshot`]).
+    pub fn snapshot_in_memory(&mut self) -> Result<Snapshot> {
+        self.sync()?;
+        let mut snapshot = Snapshot::default();
+        snapshot.operator = self.snapshot(&mut snapshot)?;
+        Ok(snapshot)
+    }
+
+    /// Restores a fresh operator to a checkpoint's or a [`Snapshot`]'s state, at any
+    /// number of shards.
+    pub fn restore(&mut self, from: &impl StateReader) -> Result<()> {
         let bad = |message: String| Error::Checkpoint {
-            path: from.dir.clone(),
+            path: from.origin(),
             message,
         };
-        let st = &from.manifest.operator;
+        let st = from.operator();
         let n = self.shards.len();
         // The shard of each global key id, and its id there.
         let mut owner: Vec<(u32, u32)> = Vec::with_capacity(st.keys);

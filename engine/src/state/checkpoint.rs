@@ -125,6 +125,65 @@ fn id_of(name: &str) -> Option<u64> {
     name.strip_prefix("chk-")?.parse().ok()
 }
 
+/// Where an operator's state files go: a checkpoint directory, or memory ([`Snapshot`]).
+pub trait StateWriter {
+    /// Writes state file `name` (nothing when `batches` is empty).
+    fn write(
+        &mut self,
+        name: &str,
+        batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    ) -> Result<()>;
+}
+
+/// Where an operator's state files come from on restore.
+pub trait StateReader {
+    /// The operator's scalar state.
+    fn operator(&self) -> &OperatorState;
+    /// The batches of state file `name` (none when there is no such file).
+    fn read(&self, name: &str) -> Result<Vec<RecordBatch>>;
+    /// Where the state is, for errors.
+    fn origin(&self) -> PathBuf;
+}
+
+/// An operator's state in memory: what a checkpoint holds, without files. Restoring it
+/// into a fresh operator of the same job (at any thread count) continues exactly.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The operator's scalar state.
+    pub operator: OperatorState,
+    /// The state files, by name, as Arrow batches.
+    pub files: Vec<(String, Vec<RecordBatch>)>,
+}
+
+impl StateWriter for Snapshot {
+    fn write(
+        &mut self,
+        name: &str,
+        batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    ) -> Result<()> {
+        let batches = batches.into_iter().collect::<Result<Vec<_>>>()?;
+        if !batches.is_empty() {
+            self.files.push((name.to_string(), batches));
+        }
+        Ok(())
+    }
+}
+
+impl StateReader for Snapshot {
+    fn operator(&self) -> &OperatorState {
+        &self.operator
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<RecordBatch>> {
+        let file = self.files.iter().find(|f| f.0 == name);
+        Ok(file.map_or(Vec::new(), |f| f.1.clone()))
+    }
+
+    fn origin(&self) -> PathBuf {
+        PathBuf::from("<snapshot in memory>")
+    }
+}
+
 /// Writes the files of one checkpoint; [`CheckpointWriter::commit`] makes it complete.
 pub struct CheckpointWriter {
     dir: PathBuf,
@@ -147,7 +206,7 @@ impl CheckpointWriter {
 
     /// Writes state file `name` (Arrow IPC) from `batches`, which share a schema, and
     /// syncs it. No batches, no file.
-    pub fn write(
+    fn write_file(
         &mut self,
         name: &str,
         batches: impl IntoIterator<Item = Result<RecordBatch>>,
@@ -272,6 +331,17 @@ fn verify(dir: &Path, id: u64) -> std::result::Result<Manifest, String> {
     Ok(manifest)
 }
 
+impl StateWriter for CheckpointWriter {
+    /// Writes state file `name`, synced, and lists it for the manifest.
+    fn write(
+        &mut self,
+        name: &str,
+        batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    ) -> Result<()> {
+        self.write_file(name, batches)
+    }
+}
+
 /// A complete checkpoint to restore from.
 #[derive(Debug)]
 pub struct Restore {
@@ -321,13 +391,22 @@ impl Restore {
             manifest,
         })
     }
+}
 
-    /// The batches of state file `name` (none when the checkpoint has no such file).
-    pub fn read(&self, name: &str) -> Result<Vec<RecordBatch>> {
+impl StateReader for Restore {
+    fn operator(&self) -> &OperatorState {
+        &self.manifest.operator
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<RecordBatch>> {
         if !self.manifest.files.iter().any(|f| f.name == name) {
             return Ok(Vec::new());
         }
         ipc::read(&self.dir.join(name), "reading checkpoint file")
+    }
+
+    fn origin(&self) -> PathBuf {
+        self.dir.clone()
     }
 }
 
