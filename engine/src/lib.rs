@@ -11,12 +11,13 @@
 //! [`operator`] splits batches among shards that aggregate and fire, and [`connect`] writes
 //! results to sinks. Beside the flow, [`state`] holds what survives a batch on disk: the key
 //! dictionary, spill files and checkpoints. [`job`] is the job model; [`run`] drives a job
-//! end to end.
+//! end to end; [`pipeline`] is the same engine for a service that pushes its own batches.
 
 pub mod connect;
 pub mod error;
 pub mod job;
 pub mod operator;
+pub mod pipeline;
 pub mod run;
 pub mod state;
 pub mod time;

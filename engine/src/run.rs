@@ -251,7 +251,7 @@ fn needed_columns(job: &Job) -> Vec<String> {
 
 /// A fingerprint of what decides a job's state and output, so that a checkpoint is never
 /// restored into a different job.
-fn fingerprint(job: &Job) -> String {
+pub(crate) fn fingerprint(job: &Job) -> String {
     let decisive = format!(
         "{:?}",
         (

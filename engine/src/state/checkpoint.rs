@@ -149,6 +149,8 @@ pub trait StateReader {
 /// into a fresh operator of the same job (at any thread count) continues exactly.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// The job it belongs to, when a [`crate::pipeline::Pipeline`] took it.
+    pub job: String,
     /// The operator's scalar state.
     pub operator: OperatorState,
     /// The state files, by name, as Arrow batches.

@@ -1,0 +1,506 @@
+//! panes as a library: a window pipeline built in code, fed Arrow batches by the service
+//! that embeds it, and polled for window rows, late events and anomaly alerts.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use arrow::array::{Float64Array, Int64Array, RecordBatch, TimestampMillisecondArray};
+//! use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+//! use panes_engine::pipeline::{Output, Pipeline};
+//! use panes_kernels::AggFn;
+//!
+//! let schema = Arc::new(Schema::new(vec![
+//!     Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+//!     Field::new("article", DataType::Int64, false),
+//!     Field::new("depth", DataType::Float64, true),
+//! ]));
+//! let mut pipeline = Pipeline::builder()
+//!     .event_time("ts", Duration::from_secs(5))
+//!     .hop(Duration::from_secs(60), Duration::from_secs(10))
+//!     .key(&["article"])
+//!     .aggregate("views", AggFn::CountRows, None)
+//!     .aggregate("depth", AggFn::Avg, Some("depth"))
+//!     .build(schema.clone())?;
+//! let batch = RecordBatch::try_new(schema, vec![
+//!     Arc::new(TimestampMillisecondArray::from(vec![1_000, 2_000, 75_000])),
+//!     Arc::new(Int64Array::from(vec![7, 7, 9])),
+//!     Arc::new(Float64Array::from(vec![0.5, 1.0, 0.25])),
+//! ])?;
+//! pipeline.push(0, &batch)?;
+//! let mut rows = 0;
+//! for output in pipeline.finish()? {
+//!     if let Output::Rows(batch) = output {
+//!         rows += batch.num_rows();
+//!     }
+//! }
+//! assert_eq!(rows, 12); // articles 7 and 9 in the 6 windows that hold their events
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The builder writes the same job a job file would and validates it the same way, so
+//! its errors read like a job file's (`job file <pipeline>: …`).
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use panes_kernels::AggFn;
+
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::operator::WindowOperator;
+use crate::run::{BackendKind, default_threads};
+use crate::state::checkpoint::Snapshot;
+
+/// What a pipeline gives back.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Window results: key columns, window bounds, aggregates (with `rank` for top-k and
+    /// `revision` with allowed lateness).
+    Rows(RecordBatch),
+    /// Events too late for every window they fall in, with the watermark they met.
+    Late(RecordBatch),
+    /// Anomaly alerts.
+    Alerts(RecordBatch),
+}
+
+/// Builds a [`Pipeline`]. Every setting has the job file's default; the event-time
+/// column, a window and one aggregate are required.
+#[derive(Clone, Debug)]
+pub struct PipelineBuilder {
+    time: Option<(String, Duration)>,
+    allowed_lateness: Duration,
+    idle_timeout: Option<Duration>,
+    window: Option<String>,
+    keys: Vec<String>,
+    aggregates: Vec<(String, AggFn, Option<String>)>,
+    top_k: Option<(String, usize)>,
+    partitions: usize,
+    backend: BackendKind,
+    threads: usize,
+}
+
+/// A TOML string (quoted and escaped).
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// A duration as the job file writes it.
+fn millis(d: Duration) -> String {
+    quoted(&format!("{}ms", d.as_millis()))
+}
+
+impl PipelineBuilder {
+    /// The event-time column and its bounded out-of-orderness.
+    pub fn event_time(mut self, column: &str, max_out_of_orderness: Duration) -> Self {
+        self.time = Some((column.to_string(), max_out_of_orderness));
+        self
+    }
+
+    /// How long a window keeps its state after it fired (default none): later events
+    /// re-fire it with a higher `revision`.
+    pub fn allowed_lateness(mut self, lateness: Duration) -> Self {
+        self.allowed_lateness = lateness;
+        self
+    }
+
+    /// How long a partition may send nothing before it stops holding the watermark back
+    /// (default 30 s; see [`Pipeline::tick`]).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Tumbling windows of `size`.
+    pub fn tumble(mut self, size: Duration) -> Self {
+        self.window = Some(format!("kind = \"tumble\"\nsize = {}\n", millis(size)));
+        self
+    }
+
+    /// Hop (sliding) windows of `size`, one every `slide`.
+    pub fn hop(mut self, size: Duration, slide: Duration) -> Self {
+        self.window = Some(format!(
+            "kind = \"hop\"\nsize = {}\nslide = {}\n",
+            millis(size),
+            millis(slide)
+        ));
+        self
+    }
+
+    /// Cumulate windows: every `size`, windows that grow by `step`.
+    pub fn cumulate(mut self, step: Duration, size: Duration) -> Self {
+        self.window = Some(format!(
+            "kind = \"cumulate\"\nsize = {}\nstep = {}\n",
+            millis(size),
+            millis(step)
+        ));
+        self
+    }
+
+    /// Session windows per key, closed by a `gap` without events.
+    pub fn session(mut self, gap: Duration) -> Self {
+        self.window = Some(format!("kind = \"session\"\ngap = {}\n", millis(gap)));
+        self
+    }
+
+    /// The key columns (default: none, one global group).
+    pub fn key(mut self, columns: &[&str]) -> Self {
+        self.keys = columns.iter().map(|c| c.to_string()).collect();
+        self
+    }
+
+    /// An aggregate named `name`: `func` over `column` (`None` for `CountRows`).
+    pub fn aggregate(mut self, name: &str, func: AggFn, column: Option<&str>) -> Self {
+        self.aggregates
+            .push((name.to_string(), func, column.map(str::to_string)));
+        self
+    }
+
+    /// Only the `k` rows of each window with the largest value of aggregate `by`.
+    pub fn top_k(mut self, by: &str, k: usize) -> Self {
+        self.top_k = Some((by.to_string(), k));
+        self
+    }
+
+    /// Source partitions, each with its own watermark (default 1).
+    pub fn partitions(mut self, partitions: usize) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// The data plane (default `cpu`).
+    pub fn backend(mut self, backend: BackendKind) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Threads, each owning a shard of the keys (default every core).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// The job this builder describes, as a job file would write it.
+    fn job_file(&self) -> Result<String> {
+        let missing = |what: &str| Error::Job {
+            file: "<pipeline>".into(),
+            message: format!("{what} is missing"),
+        };
+        let (column, bound) = self.time.as_ref().ok_or_else(|| missing("event_time"))?;
+        let window = self.window.as_ref().ok_or_else(|| missing("a window"))?;
+        let mut text = String::from(
+            "[source]\nkind = \"parquet\"\npath = \"pushed batches\"\n[sink]\nkind = \"jsonl\"\n",
+        );
+        let _ = write!(
+            text,
+            "[time]\ncolumn = {}\nmax_out_of_orderness = {}\nallowed_lateness = {}\n",
+            quoted(column),
+            millis(*bound),
+            millis(self.allowed_lateness)
+        );
+        if let Some(idle) = self.idle_timeout {
+            let _ = writeln!(text, "idle_timeout = {}", millis(idle));
+        }
+        let _ = write!(text, "[window]\n{window}");
+        if !self.keys.is_empty() {
+            let keys: Vec<String> = self.keys.iter().map(|k| quoted(k)).collect();
+            let _ = writeln!(text, "[key]\ncolumns = [{}]", keys.join(", "));
+        }
+        for (name, func, column) in &self.aggregates {
+            let fname = match func {
+                AggFn::Count => "count",
+                f => AggFn::ALL.iter().find(|a| a.1 == *f).map_or("?", |a| a.0),
+            };
+            let _ = write!(
+                text,
+                "[[aggregate]]\nname = {}\nfn = {}\n",
+                quoted(name),
+                quoted(fname)
+            );
+            if let Some(c) = column {
+                let _ = writeln!(text, "column = {}", quoted(c));
+            }
+        }
+        if let Some((by, k)) = &self.top_k {
+            let _ = write!(text, "[top_k]\nby = {}\nk = {k}\n", quoted(by));
+        }
+        Ok(text)
+    }
+
+    /// The pipeline over batches of `schema`: the job is validated, and every column it
+    /// names resolved, before any batch.
+    pub fn build(self, schema: SchemaRef) -> Result<Pipeline> {
+        let job = Job::from_toml(&self.job_file()?, "<pipeline>")?;
+        let (backend, threads) = (self.backend, self.threads.max(1));
+        let op = WindowOperator::new(&job, &schema, self.partitions.max(1), |aggs| {
+            backend.build_shards(aggs, threads)
+        })?;
+        Ok(Pipeline {
+            fingerprint: crate::run::fingerprint(&job),
+            op,
+            schema,
+            pushed: 0,
+            finished: false,
+        })
+    }
+}
+
+/// A window pipeline: push batches, tick processing time, poll outputs. See the module docs.
+pub struct Pipeline {
+    op: WindowOperator,
+    schema: SchemaRef,
+    /// Which job its snapshots belong to.
+    fingerprint: String,
+    /// Rows pushed so far (positions in errors).
+    pushed: u64,
+    finished: bool,
+}
+
+impl Pipeline {
+    /// A builder with the job file's defaults.
+    pub fn builder() -> PipelineBuilder {
+        PipelineBuilder {
+            time: None,
+            allowed_lateness: Duration::ZERO,
+            idle_timeout: None,
+            window: None,
+            keys: Vec::new(),
+            aggregates: Vec::new(),
+            top_k: None,
+            partitions: 1,
+            backend: BackendKind::Cpu,
+            threads: default_threads(),
+        }
+    }
+
+    /// Pushes a batch from source partition `partition`, arriving now. A batch whose
+    /// schema is not the pipeline's, or a partition out of range, is an error.
+    pub fn push(&mut self, partition: usize, batch: &RecordBatch) -> Result<()> {
+        self.push_at(partition, batch, Instant::now())
+    }
+
+    /// [`Pipeline::push`] of a batch that arrived at processing time `now`.
+    pub fn push_at(&mut self, partition: usize, batch: &RecordBatch, now: Instant) -> Result<()> {
+        let origin = format!(
+            "pushed batch at row {} of partition {partition}",
+            self.pushed
+        );
+        let (want, got) = (self.schema.fields(), batch.schema_ref().fields());
+        if let Some(i) = (0..want.len().max(got.len())).find(|&i| {
+            want.get(i).map(|f| (f.name(), f.data_type()))
+                != got.get(i).map(|f| (f.name(), f.data_type()))
+        }) {
+            let describe = |f: Option<&std::sync::Arc<arrow::datatypes::Field>>| {
+                f.map_or("nothing".to_string(), |f| {
+                    format!("{:?} ({})", f.name(), f.data_type())
+                })
+            };
+            return Err(Error::input(
+                origin,
+                format!(
+                    "column {i} is {}, the pipeline's schema has {}",
+                    describe(got.get(i)),
+                    describe(want.get(i))
+                ),
+            ));
+        }
+        self.op
+            .process_batch_at(partition, batch, &origin, self.pushed, now)?;
+        self.pushed += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Processing time passes without a batch: partitions quiet for the idle timeout stop
+    /// holding the watermark back, and the windows the others completed fire.
+    pub fn tick(&mut self, now: Instant) -> Result<()> {
+        self.op.tick(now)
+    }
+
+    /// The outputs produced so far: window rows, then late events, then alerts.
+    pub fn poll(&mut self) -> Result<Vec<Output>> {
+        self.op.sync()?;
+        let rows = self.op.take_output().into_iter().map(Output::Rows);
+        let late = self.op.take_late().into_iter().map(Output::Late);
+        let alerts = self.op.take_alerts().into_iter().map(Output::Alerts);
+        Ok(rows.chain(late).chain(alerts).collect())
+    }
+
+    /// The end of input: every window fires; returns the last outputs. No batch may follow.
+    pub fn finish(&mut self) -> Result<Vec<Output>> {
+        if !self.finished {
+            self.finished = true;
+            self.op.finish()?;
+        }
+        self.poll()
+    }
+
+    /// The pipeline's state in memory. Poll first: outputs are not part of it.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        let mut snapshot = self.op.snapshot_in_memory()?;
+        snapshot.job = self.fingerprint.clone();
+        Ok(snapshot)
+    }
+
+    /// Restores a snapshot of a pipeline of the same job (at any thread count) into this
+    /// fresh one; a snapshot of another job is an error.
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        if snapshot.job != self.fingerprint {
+            return Err(Error::Checkpoint {
+                path: "<snapshot in memory>".into(),
+                message: "it belongs to another job (window, keys, aggregates or time differ)"
+                    .into(),
+            });
+        }
+        self.op.restore(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("k", DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(ts: Vec<i64>, keys: Vec<i64>) -> RecordBatch {
+        RecordBatch::try_new(
+            schema(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from(ts)),
+                Arc::new(Int64Array::from(keys)),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn builder() -> PipelineBuilder {
+        Pipeline::builder()
+            .event_time("ts", Duration::from_secs(1))
+            .tumble(Duration::from_secs(10))
+            .key(&["k"])
+            .aggregate("n", AggFn::CountRows, None)
+            .threads(2)
+    }
+
+    fn rows(outputs: Vec<Output>) -> Vec<String> {
+        let mut rows: Vec<String> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Rows(b) => Some(b),
+                _ => None,
+            })
+            .flat_map(|b| {
+                (0..b.num_rows()).map(move |r| {
+                    let cells: Vec<String> = b
+                        .columns()
+                        .iter()
+                        .map(|c| arrow::util::display::array_value_to_string(c, r).unwrap())
+                        .collect();
+                    cells.join("|")
+                })
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn bad_calls_are_errors_that_say_what_is_wrong() {
+        let err = Pipeline::builder()
+            .build(schema())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("event_time is missing"), "{err}");
+        let err = builder()
+            .aggregate("m", AggFn::Sum, Some("nope"))
+            .build(schema())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("\"nope\" does not exist"), "{err}");
+
+        let mut p = builder().build(schema()).unwrap();
+        let other = Arc::new(Schema::new(vec![
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("k", DataType::Utf8, false),
+        ]));
+        let wrong = RecordBatch::try_new(
+            other,
+            vec![
+                Arc::new(TimestampMillisecondArray::from(vec![1])),
+                Arc::new(arrow::array::StringArray::from(vec!["a"])),
+            ],
+        )
+        .unwrap();
+        let err = p.push(0, &wrong).unwrap_err().to_string();
+        assert!(err.contains("column 1 is \"k\" (Utf8)"), "{err}");
+        let err = p.push(3, &batch(vec![1], vec![1])).unwrap_err().to_string();
+        assert!(err.contains("partition 3 does not exist"), "{err}");
+        p.push(0, &batch(vec![1_000, 2_000], vec![1, 2])).unwrap();
+        assert_eq!(rows(p.finish().unwrap()).len(), 2);
+        let err = p.push(0, &batch(vec![1], vec![1])).unwrap_err().to_string();
+        assert!(err.contains("after the end of input"), "{err}");
+
+        let snapshot = builder().build(schema()).unwrap().snapshot().unwrap();
+        let mut hop = builder()
+            .hop(Duration::from_secs(10), Duration::from_secs(5))
+            .build(schema())
+            .unwrap();
+        let err = hop.restore(&snapshot).unwrap_err().to_string();
+        assert!(err.contains("another job"), "{err}");
+    }
+
+    /// A snapshot taken between pushes, restored into a fresh pipeline at one thread,
+    /// continues to the rows of an uninterrupted run.
+    #[test]
+    fn a_snapshot_restores_into_a_new_pipeline_and_continues() {
+        let batches: Vec<RecordBatch> = (0..6)
+            .map(|b| {
+                let ts = (0..50).map(|i| b * 5_000 + i * 100).collect();
+                let keys = (0..50).map(|i| (i * 7 + b) % 5).collect();
+                batch(ts, keys)
+            })
+            .collect();
+        let mut whole = builder().build(schema()).unwrap();
+        let mut want = Vec::new();
+        for b in &batches {
+            whole.push(0, b).unwrap();
+            want.extend(whole.poll().unwrap());
+        }
+        want.extend(whole.finish().unwrap());
+
+        let mut first = builder().build(schema()).unwrap();
+        let mut got = Vec::new();
+        for b in &batches[..3] {
+            first.push(0, b).unwrap();
+        }
+        got.extend(first.poll().unwrap());
+        let snapshot = first.snapshot().unwrap();
+        let mut second = builder().threads(1).build(schema()).unwrap();
+        second.restore(&snapshot).unwrap();
+        for b in &batches[3..] {
+            second.push(0, b).unwrap();
+        }
+        got.extend(second.finish().unwrap());
+        let want = rows(want);
+        assert!(want.len() > 10);
+        assert_eq!(rows(got), want);
+    }
+}
