@@ -406,7 +406,7 @@ mod tests {
                     let cells: Vec<String> = b
                         .columns()
                         .iter()
-                        .map(|c| arrow::util::display::array_value_to_string(c, r).unwrap())
+                        .map(|c| arrow::util::display::array_value_to_string(c, r).expect("cell"))
                         .collect();
                     cells.join("|")
                 })
@@ -421,14 +421,14 @@ mod tests {
         let err = Pipeline::builder()
             .build(schema())
             .err()
-            .unwrap()
+            .expect("an error")
             .to_string();
         assert!(err.contains("event_time is missing"), "{err}");
         let err = builder()
             .aggregate("m", AggFn::Sum, Some("nope"))
             .build(schema())
             .err()
-            .unwrap()
+            .expect("an error")
             .to_string();
         assert!(err.contains("\"nope\" does not exist"), "{err}");
 
