@@ -3,7 +3,7 @@
 //!
 //! Time is decided once per batch, before anything else: the event times, and the watermark
 //! each event meets (from its source partition's events before it). Then the batch is split
-//! among shards by a hash of its key values ([`route`]): each [`shard::Shard`] owns a
+//! among shards by a hash of its key values (`route`): each shard (`shard::Shard`) owns a
 //! disjoint set of keys with all their state (key dictionary, panes, open sessions,
 //! baselines, revisions, spill files), and the shards run on threads of their own without
 //! sharing any state. Every shard moves to the job watermark after each batch, so each
@@ -12,10 +12,11 @@
 //!
 //! Outputs are gathered after each batch: window by window, and within a window shard by
 //! shard. For a given input and thread count their order is always the same, and the set
-//! of rows never depends on the thread count. Top-k lists of one firing are merged across shards ([`topk`]). A job without keys
-//! has one group and runs on one shard, as does the GPU backend (one device).
+//! of rows never depends on the thread count. Top-k lists of one firing are merged across
+//! shards (`topk`). A job without keys has one group and runs on one shard, as does the
+//! GPU backend (one device).
 
-pub mod anomaly;
+pub(crate) mod anomaly;
 mod plan;
 mod route;
 mod shard;

@@ -148,11 +148,6 @@ impl KeyInterner {
         self.len as usize
     }
 
-    /// Whether no key has been seen.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Keys on disk.
     pub fn spilled(&self) -> usize {
         self.disk.as_ref().map_or(0, |d| d.len() as usize)

@@ -3,7 +3,7 @@
 
 pub mod checkpoint;
 pub(crate) mod ipc;
-pub mod key;
+pub(crate) mod key;
 pub(crate) mod keyspill;
 pub(crate) mod sessionspill;
-pub mod spill;
+pub(crate) mod spill;

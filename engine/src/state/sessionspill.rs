@@ -265,6 +265,7 @@ impl SessionDisk {
     }
 
     /// Keys with sessions on disk.
+    #[cfg(test)]
     pub fn keys(&self) -> usize {
         self.segments.iter().flatten().map(|s| s.keys).sum()
     }

@@ -12,7 +12,7 @@
 //!
 //! Either way, window ids increase with the window end, and `end(k)` is linear in `k`.
 
-pub mod session;
+pub(crate) mod session;
 
 use std::ops::{Range, RangeInclusive};
 

@@ -365,6 +365,7 @@ impl Sessions {
     }
 
     /// Keys whose sessions are on disk.
+    #[cfg(test)]
     pub fn keys_on_disk(&self) -> usize {
         self.disk.as_ref().map_or(0, SessionDisk::keys)
     }
