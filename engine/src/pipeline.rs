@@ -38,7 +38,8 @@
 //! ```
 //!
 //! The builder writes the same job a job file would and validates it the same way, so
-//! its errors read like a job file's (`job file <pipeline>: …`).
+//! its errors read like a job file's (`job file <pipeline>: …`). [`Pipeline::spawn`]
+//! drives a pipeline from a tokio channel of batches.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -246,6 +247,18 @@ impl PipelineBuilder {
     }
 }
 
+/// What [`Pipeline::spawn`] runs on: where its batches come from and how it paces itself.
+#[derive(Debug)]
+pub struct Driver {
+    /// Batches, each with its source partition. When every sender is dropped, the input
+    /// has ended and the pipeline finishes.
+    pub input: tokio::sync::mpsc::Receiver<(usize, RecordBatch)>,
+    /// How often processing time ticks while no batch arrives (idleness).
+    pub tick: Duration,
+    /// Outputs in flight at most: a consumer that falls behind slows the pipeline down.
+    pub capacity: usize,
+}
+
 /// A window pipeline: push batches, tick processing time, poll outputs. See the module docs.
 pub struct Pipeline {
     op: WindowOperator,
@@ -340,6 +353,59 @@ impl Pipeline {
         let mut snapshot = self.op.snapshot_in_memory()?;
         snapshot.job = self.fingerprint.clone();
         Ok(snapshot)
+    }
+
+    /// Runs the pipeline inside a tokio runtime, on one of its blocking threads (the CPU
+    /// kernels, or a GPU's waits, never hold up the runtime's workers): batches from
+    /// `driver.input` are pushed as they arrive, processing time ticks every `driver.tick`
+    /// while none does, and outputs go to the returned receiver, at most
+    /// `driver.capacity` in flight. Wrap the receivers in `tokio_stream`'s
+    /// `ReceiverStream` for streams.
+    ///
+    /// When the input ends, every window fires and the task ends. When the output
+    /// receiver is dropped, the task stops between two batches. Either way the join
+    /// handle gives the pipeline back, in a consistent state to [`Pipeline::snapshot`].
+    /// An error is sent as the last output, and the pipeline is still given back.
+    pub fn spawn(
+        mut self,
+        driver: Driver,
+    ) -> (
+        tokio::sync::mpsc::Receiver<Result<Output>>,
+        tokio::task::JoinHandle<Pipeline>,
+    ) {
+        let Driver {
+            mut input,
+            tick,
+            capacity,
+        } = driver;
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let handle = tokio::runtime::Handle::current();
+        let task = tokio::task::spawn_blocking(move || {
+            // Sends outputs; false when the receiver is gone.
+            let send = |outputs: Result<Vec<Output>>| match outputs {
+                Ok(outputs) => outputs.into_iter().all(|o| tx.blocking_send(Ok(o)).is_ok()),
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    false
+                }
+            };
+            loop {
+                let next = handle.block_on(tokio::time::timeout(tick, input.recv()));
+                let step = match next {
+                    Ok(Some((partition, batch))) => self.push(partition, &batch),
+                    Ok(None) => {
+                        send(self.finish());
+                        return self;
+                    }
+                    Err(_elapsed) => self.tick(Instant::now()),
+                };
+                let outputs = step.and_then(|()| self.poll());
+                if !send(outputs) {
+                    return self;
+                }
+            }
+        });
+        (rx, task)
     }
 
     /// Restores a snapshot of a pipeline of the same job (at any thread count) into this
@@ -465,6 +531,64 @@ mod tests {
             .unwrap();
         let err = hop.restore(&snapshot).unwrap_err().to_string();
         assert!(err.contains("another job"), "{err}");
+    }
+
+    /// Driven by tokio: batches through a channel give the rows of pushing them by hand;
+    /// dropping the output receiver stops the task, which gives the pipeline back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spawned_pipeline_gives_the_rows_of_one_driven_by_hand() {
+        let batches: Vec<RecordBatch> = (0..8)
+            .map(|b| {
+                let ts = (0..40).map(|i| b * 4_000 + i * 100).collect();
+                batch(ts, (0..40).map(|i| (i + b) % 3).collect())
+            })
+            .collect();
+        let mut by_hand = builder().build(schema()).unwrap();
+        let mut want = Vec::new();
+        for b in &batches {
+            by_hand.push(0, b).unwrap();
+            want.extend(by_hand.poll().unwrap());
+        }
+        want.extend(by_hand.finish().unwrap());
+
+        let (tx, input) = tokio::sync::mpsc::channel(2);
+        let driver = Driver {
+            input,
+            tick: Duration::from_millis(5),
+            capacity: 1,
+        };
+        let (mut outputs, task) = builder().build(schema()).unwrap().spawn(driver);
+        let feed = tokio::spawn(async move {
+            for b in batches {
+                tx.send((0, b)).await.expect("the pipeline takes batches");
+            }
+        });
+        let mut got = Vec::new();
+        while let Some(output) = outputs.recv().await {
+            got.push(output.expect("no error"));
+        }
+        feed.await.unwrap();
+        task.await.unwrap();
+        let want = rows(want);
+        assert!(want.len() > 8);
+        assert_eq!(rows(got), want);
+
+        // A consumer that goes away stops the pipeline; it comes back to snapshot.
+        let (tx, input) = tokio::sync::mpsc::channel(1);
+        let driver = Driver {
+            input,
+            tick: Duration::from_millis(5),
+            capacity: 1,
+        };
+        let (outputs, task) = builder().build(schema()).unwrap().spawn(driver);
+        tx.send((0, batch(vec![1_000, 30_000], vec![1, 2])))
+            .await
+            .unwrap();
+        drop(outputs);
+        let _ = tx.send((0, batch(vec![60_000], vec![1]))).await;
+        drop(tx);
+        let mut back = task.await.unwrap();
+        assert!(back.snapshot().is_ok());
     }
 
     /// A snapshot taken between pushes, restored into a fresh pipeline at one thread,
