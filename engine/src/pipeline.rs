@@ -243,6 +243,7 @@ impl PipelineBuilder {
             schema,
             pushed: 0,
             finished: false,
+            pending: Vec::new(),
         })
     }
 }
@@ -268,6 +269,9 @@ pub struct Pipeline {
     /// Rows pushed so far (positions in errors).
     pushed: u64,
     finished: bool,
+    /// Outputs a spawned pipeline could not deliver (its receiver was gone): the next
+    /// poll returns them first.
+    pending: Vec<Output>,
 }
 
 impl Pipeline {
@@ -336,7 +340,9 @@ impl Pipeline {
         let rows = self.op.take_output().into_iter().map(Output::Rows);
         let late = self.op.take_late().into_iter().map(Output::Late);
         let alerts = self.op.take_alerts().into_iter().map(Output::Alerts);
-        Ok(rows.chain(late).chain(alerts).collect())
+        let mut outputs = std::mem::take(&mut self.pending);
+        outputs.extend(rows.chain(late).chain(alerts));
+        Ok(outputs)
     }
 
     /// The end of input: every window fires; returns the last outputs. No batch may follow.
@@ -363,8 +369,9 @@ impl Pipeline {
     /// `ReceiverStream` for streams.
     ///
     /// When the input ends, every window fires and the task ends. When the output
-    /// receiver is dropped, the task stops between two batches. Either way the join
-    /// handle gives the pipeline back, in a consistent state to [`Pipeline::snapshot`].
+    /// receiver is dropped, the task stops between two batches, and the outputs it could
+    /// not deliver wait for the next [`Pipeline::poll`]. Either way the join handle gives
+    /// the pipeline back, in a consistent state to [`Pipeline::snapshot`].
     /// An error is sent as the last output, and the pipeline is still given back.
     pub fn spawn(
         mut self,
@@ -381,9 +388,19 @@ impl Pipeline {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
         let handle = tokio::runtime::Handle::current();
         let task = tokio::task::spawn_blocking(move || {
-            // Sends outputs; false when the receiver is gone.
-            let send = |outputs: Result<Vec<Output>>| match outputs {
-                Ok(outputs) => outputs.into_iter().all(|o| tx.blocking_send(Ok(o)).is_ok()),
+            // Sends outputs; false when the receiver is gone, with what it could not take
+            // kept for the next poll: nothing produced is lost.
+            let send = |pipeline: &mut Pipeline, outputs: Result<Vec<Output>>| match outputs {
+                Ok(outputs) => {
+                    let mut outputs = outputs.into_iter();
+                    while let Some(o) = outputs.next() {
+                        if let Err(unsent) = tx.blocking_send(Ok(o)) {
+                            pipeline.pending = unsent.0.into_iter().chain(outputs).collect();
+                            return false;
+                        }
+                    }
+                    true
+                }
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
                     false
@@ -394,13 +411,14 @@ impl Pipeline {
                 let step = match next {
                     Ok(Some((partition, batch))) => self.push(partition, &batch),
                     Ok(None) => {
-                        send(self.finish());
+                        let last = self.finish();
+                        send(&mut self, last);
                         return self;
                     }
                     Err(_elapsed) => self.tick(Instant::now()),
                 };
                 let outputs = step.and_then(|()| self.poll());
-                if !send(outputs) {
+                if !send(&mut self, outputs) {
                     return self;
                 }
             }
@@ -581,13 +599,17 @@ mod tests {
             capacity: 1,
         };
         let (outputs, task) = builder().build(schema()).unwrap().spawn(driver);
+        drop(outputs);
         tx.send((0, batch(vec![1_000, 30_000], vec![1, 2])))
             .await
             .unwrap();
-        drop(outputs);
         let _ = tx.send((0, batch(vec![60_000], vec![1]))).await;
         drop(tx);
         let mut back = task.await.unwrap();
+        // The first window (0-10 s) fired on that batch and could not be delivered: the
+        // pipeline keeps it for the next poll.
+        let kept = rows(back.poll().unwrap());
+        assert!(kept.iter().any(|r| r.starts_with("1|")), "{kept:?}");
         assert!(back.snapshot().is_ok());
     }
 
