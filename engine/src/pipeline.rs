@@ -613,6 +613,64 @@ mod tests {
         assert!(back.snapshot().is_ok());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(200))]
+        /// Whatever a builder is given (columns that do not exist, zero or odd durations,
+        /// names that repeat, partitions out of range), building and driving a pipeline
+        /// gives errors, never a panic.
+        #[test]
+        fn random_builders_and_calls_never_panic(
+            time in 0usize..8,
+            bound in 0u64..20_000,
+            window in 0usize..4,
+            a in 0u64..40,
+            b in 0u64..40,
+            keys in proptest::collection::vec(0usize..8, 0..3),
+            aggs in proptest::collection::vec((0usize..13, 0usize..8), 1..4),
+            top in proptest::option::weighted(0.2, (0usize..4, 0usize..5)),
+            lateness in 0u64..120_000,
+            partitions in 0usize..3,
+            threads in 1usize..4,
+            pushes in proptest::collection::vec((0usize..3, proptest::collection::vec(-100_000i64..400_000, 0..50)), 0..4),
+        ) {
+            // Mostly valid settings, now and then a column that does not exist, a zero
+            // duration or a repeated name.
+            let column = |i: usize| ["ts", "ts", "ts", "ts", "k", "k", "k", "nope"][i];
+            let secs = |n: u64| Duration::from_millis(n * 1_000);
+            let mut builder = Pipeline::builder()
+                .event_time(["ts", "ts", "ts", "ts", "ts", "ts", "k", "nope"][time], Duration::from_millis(bound))
+                .allowed_lateness(Duration::from_millis(lateness.saturating_sub(60_000)))
+                .partitions(partitions)
+                .threads(threads)
+                .key(&keys.iter().map(|&k| ["k", "k", "k", "k", "k", "k", "ts", "nope"][k]).collect::<Vec<_>>());
+            builder = match window {
+                0 => builder.tumble(secs(a)),
+                1 => builder.hop(secs(a * (b % 5 + 1)), secs(a)),
+                2 => builder.cumulate(secs(a), secs(a * (b % 5 + 1))),
+                _ => builder.session(secs(a)),
+            };
+            for (i, &(f, c)) in aggs.iter().enumerate() {
+                let func = AggFn::ALL[f].1;
+                let input = (func != AggFn::CountRows).then(|| column(c));
+                builder = builder.aggregate(&format!("a{}", i % 3), func, input);
+            }
+            if let Some((by, k)) = top {
+                builder = builder.top_k(&format!("a{by}"), k);
+            }
+            if let Ok(mut p) = builder.build(schema()) {
+                for (partition, ts) in pushes {
+                    let keys = ts.iter().map(|t| t % 7).collect();
+                    let _ = p.push(partition, &batch(ts, keys));
+                    let _ = p.poll();
+                    let _ = p.tick(Instant::now() + Duration::from_secs(60));
+                }
+                let _ = p.snapshot();
+                let _ = p.finish();
+                let _ = p.push(0, &batch(vec![1], vec![1]));
+            }
+        }
+    }
+
     /// A snapshot taken between pushes, restored into a fresh pipeline at one thread,
     /// continues to the rows of an uninterrupted run.
     #[test]
