@@ -24,6 +24,21 @@ fn views() -> PipelineBuilder {
         .aggregate("views", AggFn::CountRows, None)
 }
 
+/// The rows of an output (window rows, late events or alerts) as text.
+fn text(output: Output) -> Result<Vec<String>, arrow::error::ArrowError> {
+    let (Output::Rows(batch) | Output::Late(batch) | Output::Alerts(batch)) = output;
+    (0..batch.num_rows())
+        .map(|r| {
+            let cells = batch
+                .columns()
+                .iter()
+                .map(|c| arrow::util::display::array_value_to_string(c, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(cells.join(" | "))
+        })
+        .collect()
+}
+
 /// Runs `pipeline` over `batches` through channels; returns its outputs as text and the
 /// pipeline, given back when its input ended.
 async fn drive(
@@ -46,18 +61,7 @@ async fn drive(
     });
     let mut lines = Vec::new();
     while let Some(output) = outputs.recv().await {
-        match output? {
-            Output::Rows(batch) | Output::Late(batch) | Output::Alerts(batch) => {
-                for r in 0..batch.num_rows() {
-                    let cells: Vec<String> = batch
-                        .columns()
-                        .iter()
-                        .map(|c| arrow::util::display::array_value_to_string(c, r))
-                        .collect::<Result<_, _>>()?;
-                    lines.push(cells.join(" | "));
-                }
-            }
-        }
+        lines.extend(text(output?)?);
     }
     producer.await?;
     Ok((lines, task.await?))
@@ -87,15 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         first.push(0, batch)?;
     }
     for output in first.poll()? {
-        let (Output::Rows(b) | Output::Late(b) | Output::Alerts(b)) = output;
-        for r in 0..b.num_rows() {
-            let cells: Vec<String> = b
-                .columns()
-                .iter()
-                .map(|c| arrow::util::display::array_value_to_string(c, r))
-                .collect::<Result<_, _>>()?;
-            got.push(cells.join(" | "));
-        }
+        got.extend(text(output)?);
     }
     let snapshot = first.snapshot()?;
     let mut second = views().threads(1).build(schema)?;

@@ -182,10 +182,6 @@ pub struct Gpu {
     /// Largest storage binding and workgroups per dimension the device allows.
     pub max_binding: u64,
     pub max_groups: u32,
-    /// Floats run on the device's own f64, not the software library.
-    pub native_f64: bool,
-    /// A software adapter (Mesa's lavapipe): its invocations loop a limited number of times.
-    pub software: bool,
     context: Arc<Context>,
     params: wgpu::Buffer,
     params_group: wgpu::BindGroup,
@@ -288,12 +284,21 @@ impl Gpu {
                 .max_storage_buffer_binding_size
                 .min(limits.max_buffer_size),
             max_groups: limits.max_compute_workgroups_per_dimension,
-            native_f64: context.native,
-            software: context.software,
             context,
             params,
             params_group,
         })
+    }
+
+    /// Whether floats run on the device's own f64, not the software library.
+    pub fn native_f64(&self) -> bool {
+        self.context.native
+    }
+
+    /// Whether the adapter is a software one (Mesa's lavapipe): its invocations loop a
+    /// limited number of times.
+    pub fn software(&self) -> bool {
+        self.context.software
     }
 
     /// Fails with the first error wgpu reported since the last check (on this device: with

@@ -243,7 +243,7 @@ struct Batch {
     sums: wgpu::Buffer,
     /// The largest key id: how many 8-bit digits the sort needs.
     max_key: u32,
-    /// The most events of any one key: how many rounds the fold needs.
+    /// The most events of any one key (at most): how many rounds the fold needs.
     max_run: u32,
 }
 
@@ -453,7 +453,11 @@ impl GpuBackend {
             pane_of.push((p - first) as u32);
         }
         let max_key = ev.keys.iter().copied().max().unwrap_or(0);
-        let max_run = longest_run(&mut self.scratch.runs, ev.keys, max_key);
+        // Only a software adapter folds a key's run in rounds, and needs the longest.
+        let max_run = match self.gpu.software() {
+            true => longest_run(&mut self.scratch.runs, ev.keys, max_key),
+            false => n as u32,
+        };
         self.reserve_keys(max_key + 1, commands);
         for &p in &panes {
             self.open_pane(p, commands);
@@ -568,7 +572,7 @@ impl GpuBackend {
             commands.dispatch(Kernel::RadixScatter, group, over_pairs, p);
         }
         let sorted = &pairs[passes as usize % 2];
-        let round = match self.gpu.software {
+        let round = match self.gpu.software() {
             true => self.layout.fold_round(),
             false => max_run.max(1),
         };
@@ -786,7 +790,7 @@ impl Backend for GpuBackend {
     }
 
     fn describe(&self) -> String {
-        let f64 = if self.gpu.native_f64 {
+        let f64 = if self.gpu.native_f64() {
             "native f64"
         } else {
             "software f64"
