@@ -1,10 +1,14 @@
 // Combine: `fill` puts `key_count` key rows from row `key_base` of a chunk in the empty
-// state (new panes, a window's accumulator, a session's key when it closes); `merge` folds one pane's rows into the accumulator, one invocation per key.
+// state (new panes, a window's accumulator, a session's key when it closes); `merge` folds
+// one pane's rows into the accumulator, one invocation per key; `merge_pieces` adds the
+// pieces of a hot key's run that update.wgsl's `fold_pieces` folded apart to its row.
 // The engine merges a window's panes in pane order with the same rules as the CPU backend.
 
 @group(1) @binding(0) var<storage, read_write> state: array<u32>;
 @group(1) @binding(1) var<storage, read> pane: array<u32>;
 @group(1) @binding(2) var<storage, read> ops: array<vec4<u32>>;
+// merge_pieces only: the batch's sorted (key, arrival) pairs.
+@group(1) @binding(3) var<storage, read> sorted: array<vec2<u32>>;
 
 fn load2(i: u32) -> vec2<u32> {
     return vec2<u32>(state[i], state[i + 1u]);
@@ -59,54 +63,65 @@ fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
-fn merge_op(kind: u32, a: u32) {
+fn merge_op(kind: u32, a: u32, b: u32) {
     let v = a + 2u;
+    let w = b + 2u;
     switch kind {
         case OP_SUM_F: {
-            store2(v, f64_add(load2(v), pane2(v)));
+            store2(v, f64_add(load2(v), pane2(w)));
         }
         case OP_SUM_I: {
-            store2(v, u64_add(load2(v), pane2(v)));
+            store2(v, u64_add(load2(v), pane2(w)));
         }
         case OP_MIN_F, OP_MAX_F, OP_MIN_I, OP_MAX_I: {
-            if (extreme_replaces(kind, pane2(v), load2(v))) {
-                store2(v, pane2(v));
+            if (extreme_replaces(kind, pane2(w), load2(v))) {
+                store2(v, pane2(w));
             }
         }
         case OP_MOMENTS: {
             // Chan et al., operation for operation as agg::Moments::merge.
-            let on = pane2(v);
+            let on = pane2(w);
             let sn = load2(v);
-            if (u64_is_zero(pane2(a))) {
+            if (u64_is_zero(pane2(b))) {
                 return;
             }
             if (u64_is_zero(load2(a))) {
                 store2(v, on);
-                store2(v + 2u, pane2(v + 2u));
-                store2(v + 4u, pane2(v + 4u));
+                store2(v + 2u, pane2(w + 2u));
+                store2(v + 4u, pane2(w + 4u));
                 return;
             }
             let n = f64_add(sn, on);
-            let d = f64_sub(pane2(v + 2u), load2(v + 2u));
+            let d = f64_sub(pane2(w + 2u), load2(v + 2u));
             store2(v + 2u, f64_add(load2(v + 2u), f64_mul(d, f64_div(on, n))));
             let spread = f64_mul(f64_mul(d, d), f64_div(f64_mul(sn, on), n));
-            store2(v + 4u, f64_add(load2(v + 4u), f64_add(pane2(v + 4u), spread)));
+            store2(v + 4u, f64_add(load2(v + 4u), f64_add(pane2(w + 4u), spread)));
             store2(v, n);
         }
         case OP_FIRST: {
-            if (i64_less(pane2(v), load2(v))) {
-                store2(v, pane2(v));
-                store2(v + 2u, pane2(v + 2u));
+            if (i64_less(pane2(w), load2(v))) {
+                store2(v, pane2(w));
+                store2(v + 2u, pane2(w + 2u));
             }
         }
         case OP_LAST: {
-            let t = pane2(v);
+            let t = pane2(w);
             if (!(t.x == I64_MIN.x && t.y == I64_MIN.y) && !i64_less(t, load2(v))) {
                 store2(v, t);
-                store2(v + 2u, pane2(v + 2u));
+                store2(v + 2u, pane2(w + 2u));
             }
         }
         default: {}
+    }
+}
+
+// Merges row `b` of `pane` into row `a` of `state`.
+fn merge_row(a: u32, b: u32) {
+    for (var o = 0u; o < params.n_ops; o++) {
+        let op = ops[o];
+        // Moments read both counts before they are added.
+        merge_op(op.x, a + op.z, b + op.z);
+        store2(a + op.z, u64_add(load2(a + op.z), pane2(b + op.z)));
     }
 }
 
@@ -116,12 +131,31 @@ fn merge(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index)
     if (i >= params.key_count) {
         return;
     }
-    let row = i * params.stride;
-    for (var o = 0u; o < params.n_ops; o++) {
-        let op = ops[o];
-        let a = row + op.z;
-        // Moments read both counts before they are added.
-        merge_op(op.x, a);
-        store2(a, u64_add(load2(a), pane2(a)));
+    merge_row(i * params.stride, i * params.stride);
+}
+
+// After update.wgsl's fold_pieces, with `pane` bound to its pieces and `state` to the
+// pane's chunk: invocation t, when a key's run starts in piece t and goes on past it, adds
+// the rows of the run's later pieces (rows t+1, t+2, ... of `pane`) to the key's row, in
+// order. params.n: events in the batch; params.m: events per piece.
+@compute @workgroup_size(256)
+fn merge_pieces(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = global_index(wid, lid);
+    let lo = t * params.m;
+    let hi = lo + params.m;
+    if (hi >= params.n) {
+        return;
+    }
+    let key = sorted[hi - 1u].x;
+    if (sorted[hi].x != key || key < params.key_base || key - params.key_base >= params.key_count) {
+        return;
+    }
+    // The run started in an earlier piece when this one is all its key, as is the event before.
+    if (lo > 0u && sorted[lo].x == key && sorted[lo - 1u].x == key) {
+        return;
+    }
+    let row = (key - params.key_base) * params.stride;
+    for (var s = t + 1u; s * params.m < params.n && sorted[s * params.m].x == key; s++) {
+        merge_row(row, s * params.stride);
     }
 }

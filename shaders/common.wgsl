@@ -6,7 +6,7 @@ struct Params {
     // Events in the batch (update), keys or listed keys to visit (combine, emit).
     n: u32,
     // The sort: histogram length (256 per tile), the digit's shift, tiles.
-    // The fold: m events of each key's run from its j-th.
+    // The fold: m events of each key's run from its j-th; fold_pieces: m events a piece.
     m: u32,
     j: u32,
     k: u32,
@@ -18,7 +18,8 @@ struct Params {
     // Number of state ops and words of state per key.
     n_ops: u32,
     stride: u32,
-    // emit: 0 = every key of the chunk, 1 = the keys in `list`.
+    // emit: 0 = every key of the chunk, 1 = the keys in `list`; fold_pieces: 0 = into
+    // the keys' rows, 1 = into the pieces' rows.
     mode: u32,
     // Workgroups per row of a 2-D dispatch.
     groups_x: u32,

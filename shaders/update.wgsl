@@ -4,6 +4,11 @@
 // no atomics are needed; a long run is walked in rounds, one dispatch each. Every number
 // is folded with the same IEEE operations as on the CPU (soft f64 from f64.wgsl), so
 // results do not depend on the order threads run in.
+//
+// `fold_pieces` shares a hot key's run among invocations instead (hardware GPUs): each
+// folds one fixed-length piece of the sorted batch, and combine.wgsl's `merge_pieces` adds
+// a run's later pieces to its row in order. Counts, integer sums, min, max, first and last
+// are the same either way; float sums and moments are added in another grouping.
 
 @group(1) @binding(0) var<storage, read> sorted: array<vec2<u32>>;
 @group(1) @binding(1) var<storage, read> pane_of: array<u32>;
@@ -110,5 +115,45 @@ fn fold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (pane_of[e] == params.pane) {
             fold_event(row, e);
         }
+    }
+}
+
+fn fold_in_pane(row: u32, j: u32) {
+    let e = sorted[j].y;
+    if (pane_of[e] == params.pane) {
+        fold_event(row, e);
+    }
+}
+
+// Invocation t folds the sorted events t·m .. (t+1)·m (params.m: events per piece). The
+// piece's first key continues a run when the piece before ends with it. params.mode = 0:
+// every other event folds into its key's row of `state`, which no other invocation
+// touches (a long run's first piece included). params.mode = 1, with `state` bound to the
+// pieces buffer (rows empty): the continuing run's events fold into row t of it.
+@compute @workgroup_size(256)
+fn fold_pieces(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let t = global_index(wid, lid);
+    let lo = t * params.m;
+    if (lo >= params.n) {
+        return;
+    }
+    let hi = min(lo + params.m, params.n);
+    let first = sorted[lo].x;
+    let continues = lo > 0u && sorted[lo - 1u].x == first;
+    if (params.mode == 1u) {
+        if (continues && first >= params.key_base && first - params.key_base < params.key_count) {
+            for (var j = lo; j < hi && sorted[j].x == first; j++) {
+                fold_in_pane(t * params.stride, j);
+            }
+        }
+        return;
+    }
+    for (var j = lo; j < hi; j++) {
+        let key = sorted[j].x;
+        if ((continues && key == first) || key < params.key_base
+            || key - params.key_base >= params.key_count) {
+            continue;
+        }
+        fold_in_pane((key - params.key_base) * params.stride, j);
     }
 }

@@ -103,6 +103,11 @@ pub trait Backend: Send {
     fn profile(&self) -> Vec<(&'static str, f64)> {
         Vec::new()
     }
+    /// Whether float sums and moments equal the reference's bit for bit (they add in the
+    /// same order); otherwise each stays within 1e-9 of it, relative to the larger.
+    fn exact_floats(&self) -> bool {
+        true
+    }
     /// The panes that hold state, ascending.
     fn panes(&self) -> Vec<i64>;
     /// The state of pane `pane` as an Arrow batch of partial state in this backend's own

@@ -48,14 +48,16 @@ pub enum Kernel {
     ScanAdd,
     RadixScatter,
     Fold,
+    FoldPieces,
     Fill,
     Merge,
+    MergePieces,
     EmitCount,
     EmitScan,
     EmitScatter,
 }
 
-const KERNELS: [Kernel; 12] = [
+const KERNELS: [Kernel; 14] = [
     Kernel::RadixInit,
     Kernel::RadixCount,
     Kernel::ScanBlocks,
@@ -63,8 +65,10 @@ const KERNELS: [Kernel; 12] = [
     Kernel::ScanAdd,
     Kernel::RadixScatter,
     Kernel::Fold,
+    Kernel::FoldPieces,
     Kernel::Fill,
     Kernel::Merge,
+    Kernel::MergePieces,
     Kernel::EmitCount,
     Kernel::EmitScan,
     Kernel::EmitScatter,
@@ -114,6 +118,7 @@ impl Kernel {
     fn shape(self) -> (&'static str, &'static str, &'static [bool]) {
         const UPDATE: &[bool] = &[true, true, true, true, true, true, false];
         const COMBINE: &[bool] = &[false, true, true];
+        const MERGE_PIECES: &[bool] = &[false, true, true, true];
         const EMIT: &[bool] = &[true, true, false, false, false];
         const SORT: &[bool] = &[true, false, false, false, true];
         match self {
@@ -124,8 +129,10 @@ impl Kernel {
             Kernel::ScanAdd => ("sort.wgsl", "scan_add", SORT),
             Kernel::RadixScatter => ("sort.wgsl", "radix_scatter", SORT),
             Kernel::Fold => ("update.wgsl", "fold", UPDATE),
+            Kernel::FoldPieces => ("update.wgsl", "fold_pieces", UPDATE),
             Kernel::Fill => ("combine.wgsl", "fill", COMBINE),
             Kernel::Merge => ("combine.wgsl", "merge", COMBINE),
+            Kernel::MergePieces => ("combine.wgsl", "merge_pieces", MERGE_PIECES),
             Kernel::EmitCount => ("emit.wgsl", "emit_count", EMIT),
             Kernel::EmitScan => ("emit.wgsl", "emit_scan", EMIT),
             Kernel::EmitScatter => ("emit.wgsl", "emit_scatter", EMIT),

@@ -56,7 +56,17 @@ pub struct GpuOptions {
     /// Time each stage ([`GpuBackend::profile`]); with `TIMESTAMP_QUERY`, every update and
     /// combine is also timed on the device, which waits for each one (slower overall).
     pub profile: bool,
+    /// Events of the sorted batch that one invocation folds: a hot key's run is shared
+    /// among invocations piece by piece, and the pieces merged in order. `Some(0)` walks
+    /// each key's run in one invocation instead (in rounds on a software adapter): float
+    /// sums then add in the CPU's order. `None`: pieces of [`PIECE_EVENTS`] on hardware
+    /// GPUs, whole runs on software adapters (whose loops are capped, see `fold_round`).
+    pub piece_events: Option<u32>,
 }
+
+/// Events a piece by default: enough to hide the cost of merging a piece, few enough to
+/// keep thousands of invocations busy on a batch of 64Ki events.
+pub const PIECE_EVENTS: u32 = 64;
 
 impl Default for GpuOptions {
     fn default() -> Self {
@@ -68,6 +78,7 @@ impl Default for GpuOptions {
             hardware_only: false,
             poison: false,
             profile: false,
+            piece_events: None,
         }
     }
 }
@@ -245,6 +256,8 @@ struct Batch {
     max_key: u32,
     /// The most events of any one key (at most): how many rounds the fold needs.
     max_run: u32,
+    /// Rows for the pieces of long runs, when folding in pieces.
+    pieces: Option<wgpu::Buffer>,
 }
 
 /// The GPU backend. See the module documentation.
@@ -335,6 +348,15 @@ impl GpuBackend {
     /// The adapter: "name (backend, driver)".
     pub fn adapter(&self) -> &str {
         &self.gpu.adapter
+    }
+
+    /// Events a fold invocation takes from the sorted batch (0: a key's whole run).
+    fn piece_events(&self) -> u32 {
+        match self.opts.piece_events {
+            Some(p) => p,
+            None if self.gpu.software() => 0,
+            None => PIECE_EVENTS,
+        }
     }
 
     /// Keys of chunk `c` at the current capacity.
@@ -453,8 +475,10 @@ impl GpuBackend {
             pane_of.push((p - first) as u32);
         }
         let max_key = ev.keys.iter().copied().max().unwrap_or(0);
-        // Only a software adapter folds a key's run in rounds, and needs the longest.
-        let max_run = match self.gpu.software() {
+        let piece = self.piece_events();
+        // Only a software adapter walking whole runs folds them in rounds, and needs the
+        // longest.
+        let max_run = match piece == 0 && self.gpu.software() {
             true => longest_run(&mut self.scratch.runs, ev.keys, max_key),
             false => n as u32,
         };
@@ -481,6 +505,14 @@ impl GpuBackend {
         ];
         let hist = s.get(gpu, "histogram", 256 * tiles * 4);
         let sums = s.get(gpu, "block sums", tiles * 4);
+        let stride = self.layout.stride as u64;
+        let pieces = (piece > 0).then(|| {
+            s.get(
+                gpu,
+                "pieces",
+                (n as u64).div_ceil(piece as u64) * stride * 4,
+            )
+        });
         let q = &gpu.queue;
         q.write_buffer(&keys, 0, bytemuck::cast_slice(ev.keys));
         q.write_buffer(&panes_buf, 0, bytemuck::cast_slice(&pane_of));
@@ -522,11 +554,12 @@ impl GpuBackend {
             sums,
             max_key,
             max_run,
+            pieces,
         }
     }
 
     /// Records the sort of an uploaded batch and its fold into its panes.
-    fn record_fold(&self, b: &Batch, commands: &mut Commands) {
+    fn record_fold(&self, batch: &Batch, commands: &mut Commands) {
         let gpu = &self.gpu;
         let Batch {
             n,
@@ -542,7 +575,8 @@ impl GpuBackend {
             ref sums,
             max_key,
             max_run,
-        } = *b;
+            ref pieces,
+        } = *batch;
         let max_groups = self.opts.max_groups;
         let tiles = (n as u64).div_ceil(device::WORKGROUP as u64);
         let base = Params {
@@ -572,6 +606,10 @@ impl GpuBackend {
             commands.dispatch(Kernel::RadixScatter, group, over_pairs, p);
         }
         let sorted = &pairs[passes as usize % 2];
+        if let Some(pieces) = pieces {
+            self.record_fold_pieces(batch, sorted, pieces, commands);
+            return;
+        }
         let round = match self.gpu.software() {
             true => self.layout.fold_round(),
             false => max_run.max(1),
@@ -596,6 +634,43 @@ impl GpuBackend {
                     let starts = gpu.groups(n as u64 - from as u64, max_groups);
                     commands.dispatch(Kernel::Fold, &group, starts, params);
                 }
+            }
+        }
+    }
+
+    /// Records the fold of a sorted batch in pieces (see `shaders/update.wgsl`): per pane
+    /// and chunk, the pieces' own keys into their rows, the runs that continue from the
+    /// piece before into the piece rows, then those merged into their keys' rows in order.
+    fn record_fold_pieces(
+        &self,
+        b: &Batch,
+        sorted: &wgpu::Buffer,
+        pieces: &wgpu::Buffer,
+        commands: &mut Commands,
+    ) {
+        let gpu = &self.gpu;
+        let piece = self.piece_events();
+        let n_pieces = (b.n as u32).div_ceil(piece);
+        let over_pieces = gpu.groups(n_pieces as u64, self.opts.max_groups);
+        let inputs = [sorted, &b.panes_buf, &b.ts, &b.vals, &b.valid, &self.ops];
+        let into_pieces = gpu.bind(Kernel::FoldPieces, &[&inputs[..], &[pieces]].concat());
+        for &p in &b.panes {
+            for (c, chunk) in self.panes[&p].chunks.iter().enumerate() {
+                let params = Params {
+                    n: b.n as u32,
+                    m: piece,
+                    pane: (p - b.first) as u32,
+                    key_base: c as u32 * self.chunk_keys,
+                    key_count: self.chunk_len(c),
+                    ..self.params()
+                };
+                let into_keys = gpu.bind(Kernel::FoldPieces, &[&inputs[..], &[chunk]].concat());
+                commands.dispatch(Kernel::FoldPieces, &into_keys, over_pieces, params);
+                self.fill(commands, pieces, 0..n_pieces);
+                let params_pieces = Params { mode: 1, ..params };
+                commands.dispatch(Kernel::FoldPieces, &into_pieces, over_pieces, params_pieces);
+                let merge = gpu.bind(Kernel::MergePieces, &[chunk, pieces, &self.ops, sorted]);
+                commands.dispatch(Kernel::MergePieces, &merge, over_pieces, params);
             }
         }
     }
@@ -787,6 +862,12 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     fn name(&self) -> &'static str {
         "gpu"
+    }
+
+    /// Exact on a software adapter that walks whole runs. Pieces add a hot key's run in
+    /// another grouping, and a hardware driver may fuse the moments' multiply-adds.
+    fn exact_floats(&self) -> bool {
+        self.gpu.software() && self.piece_events() == 0
     }
 
     fn describe(&self) -> String {
