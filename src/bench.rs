@@ -173,6 +173,7 @@ pub fn job(size: i64, slide: i64, events: u64, keys: u64) -> Job {
         ],
         sink: Sink::JsonLines(None),
         late: None,
+        dead_letter: None,
         top_k: None,
         anomaly: None,
         checkpoint: None,

@@ -455,6 +455,100 @@ fn csv_and_json_lines_sinks_write_headers_and_objects() {
     }
 }
 
+/// A CSV file with a short line, a value that is not a number in a float column (which
+/// must not make the whole column text), a bad time and a quoted comma: the good records
+/// are aggregated, the others go to `[dead_letter]` with file, line, reason and text, and
+/// are counted in the summary; with `on_malformed = "fail"` the first stops the job,
+/// named by file, line and column.
+#[test]
+fn malformed_csv_records_go_to_the_dead_letter_output_or_stop_the_job() {
+    let case = Case::new();
+    let mut text = String::from("ts,article_id,scroll_depth,user_id\n");
+    let mut good = 0;
+    for i in 0..60u64 {
+        let ts = 1_700_000_000_000 + i * 2_000;
+        match i {
+            7 => text.push_str(&format!("{ts},3,0.5\n")),
+            20 => text.push_str(&format!("{ts},3,abc,12\n")),
+            33 => text.push_str("yesterday,3,0.5,12\n"),
+            _ => {
+                text.push_str(&format!("{ts},{},\"0.{i}\",{}\n", i % 4, 10 + i % 3));
+                good += 1;
+            }
+        }
+    }
+    let csv = case.file("in.csv", &text);
+    let from_csv = (
+        "kind = \"parquet\"\npath = 'INPUT'",
+        "kind = \"csv\"\npath = 'INPUT'",
+    );
+    let late = "[late]\nkind = \"parquet\"\npath = 'DIR/late.parquet'";
+    let dead_letter = "[dead_letter]\nkind = \"jsonl\"\npath = 'DIR/bad.jsonl'";
+    let job = case.job(&csv, &[(late, dead_letter), from_csv]);
+    let out = case.run_job(&job, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The summary goes to stderr, as the log does.
+    let summary = stderr(&out);
+    assert!(summary.contains("malformed input  3"), "{summary}");
+    assert!(
+        summary.contains(&format!("events in        {good}")),
+        "{summary}"
+    );
+    let views = read_parquet(&case.path("out.parquet"));
+    let views = views
+        .column_by_name("views")
+        .expect("a views column")
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .expect("views are Int64")
+        .iter()
+        .map(|v| v.unwrap_or(0))
+        .sum::<i64>();
+    assert_eq!(views, good as i64, "every good record counted once");
+    let bad = std::fs::read_to_string(case.path("bad.jsonl")).expect("reading bad.jsonl");
+    let rows: Vec<serde_json::Value> = bad
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e} in {l:?}")))
+        .collect();
+    // Data record i is on line i + 2 (the header is line 1).
+    let expected = [
+        (9, "3 fields where the header has 4", "1700000014000,3,0.5"),
+        (22, "column \"scroll_depth\"", "1700000040000,3,abc,12"),
+        (35, "column \"ts\"", "yesterday,3,0.5,12"),
+    ];
+    assert_eq!(rows.len(), expected.len(), "{bad}");
+    for (row, (line, reason, raw)) in rows.iter().zip(expected) {
+        assert!(
+            row["file"].as_str().is_some_and(|f| f.ends_with("in.csv")),
+            "{row}"
+        );
+        assert_eq!(row["line"], line, "{row}");
+        assert!(
+            row["reason"].as_str().is_some_and(|r| r.contains(reason)),
+            "{row}"
+        );
+        assert_eq!(row["raw"], raw, "{row}");
+    }
+
+    std::fs::remove_file(case.path("out.parquet")).expect("removing out.parquet");
+    let job = case.job(
+        &csv,
+        &[
+            (late, ""),
+            (
+                "kind = \"parquet\"\npath = 'INPUT'",
+                "kind = \"csv\"\non_malformed = \"fail\"\npath = 'INPUT'",
+            ),
+        ],
+    );
+    case.assert_fails(&case.run_job(&job, &[]), &["in.csv", "line 9", "3 fields"]);
+
+    // A dead-letter output for a source that has none is a mistake in the job.
+    let parquet = case.generate("in.parquet", 100);
+    let job = case.job(&parquet, &[(late, dead_letter)]);
+    case.assert_fails(&case.run_job(&job, &[]), &["[dead_letter]", "csv"]);
+}
+
 #[test]
 fn a_missing_job_file_is_named() {
     let case = Case::new();

@@ -32,6 +32,9 @@ pub struct JobFile {
     pub sink: SinkConfig,
     /// Where late events go. Without it late events are counted and reported, not kept.
     pub late: Option<SinkConfig>,
+    /// Where CSV records that do not decode go (file, line, reason, raw text). Without it
+    /// they are counted, and the first ones logged with their text.
+    pub dead_letter: Option<SinkConfig>,
     /// Keep only the k largest rows of each window by one aggregate.
     pub top_k: Option<TopKConfig>,
     /// Alerts when a key's window value strays from its own recent baseline.
@@ -240,6 +243,10 @@ pub struct SourceConfig {
     pub late_share: Option<f64>,
     /// generator: number of source partitions, batches dealt round-robin (default 1).
     pub partitions: Option<u32>,
+    /// csv: what a record that does not decode (too few or too many fields, a value not of
+    /// its column's type) does: `"dead_letter"` (default: it goes to `[dead_letter]`, the
+    /// job goes on) or `"fail"` (the job stops, naming file, line and column).
+    pub on_malformed: Option<String>,
 }
 
 /// `[time]`.
@@ -333,8 +340,8 @@ fn parquet() -> String {
 pub enum Source {
     /// Parquet files.
     Parquet(String),
-    /// CSV files with a header row.
-    Csv(String),
+    /// CSV files with a header row, and what a malformed record does.
+    Csv(String, OnMalformed),
     /// A built-in generator.
     Generator(GeneratorSpec),
 }
@@ -343,10 +350,20 @@ impl std::fmt::Display for Source {
     /// How errors name the source: its path, or the generator's dataset.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Parquet(p) | Source::Csv(p) => f.write_str(p),
+            Source::Parquet(p) | Source::Csv(p, _) => f.write_str(p),
             Source::Generator(g) => write!(f, "generator {:?}", g.dataset),
         }
     }
+}
+
+/// What a CSV record that does not decode does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnMalformed {
+    /// It goes to the dead-letter output; the job goes on.
+    #[default]
+    DeadLetter,
+    /// The job stops with an error naming file, line and column.
+    Fail,
 }
 
 /// A validated generator source.
@@ -405,6 +422,8 @@ pub struct Job {
     pub sink: Sink,
     /// Late events to.
     pub late: Option<Sink>,
+    /// Malformed CSV records to.
+    pub dead_letter: Option<Sink>,
     /// Top-k rows per window, if the job asks for them.
     pub top_k: Option<TopK>,
     /// Anomaly alerts, if the job asks for them.
@@ -546,6 +565,17 @@ impl JobFile {
             });
         }
         let late = self.late.map(|l| l.validate("late")).transpose()?;
+        let dead_letter = self
+            .dead_letter
+            .map(|l| l.validate("dead_letter"))
+            .transpose()?;
+        if dead_letter.is_some() && !matches!(source, Source::Csv(_, OnMalformed::DeadLetter)) {
+            return Err(
+                "[dead_letter] receives the records of a csv source that do not decode; \
+                 this job has none (a parquet or generator source, or on_malformed = \"fail\")"
+                    .into(),
+            );
+        }
         let checkpoint = self.checkpoint.map(|c| c.validate()).transpose()?;
         let anomaly = self.anomaly.map(|a| a.validate(&aggregates)).transpose()?;
         if window.session_gap().is_some() && (self.top_k.is_some() || anomaly.is_some()) {
@@ -588,6 +618,7 @@ impl JobFile {
         let sinks: Vec<(&str, &Sink)> = [
             ("sink", Some(&sink)),
             ("late", late.as_ref()),
+            ("dead_letter", dead_letter.as_ref()),
             ("anomaly.sink", anomaly.as_ref().map(|a| &a.sink)),
         ]
         .into_iter()
@@ -624,6 +655,7 @@ impl JobFile {
             aggregates,
             sink,
             late,
+            dead_letter,
             top_k,
             anomaly,
             checkpoint,
@@ -648,7 +680,7 @@ impl SourceConfig {
             ("late_share", self.late_share.is_some()),
             ("partitions", self.partitions.is_some()),
         ];
-        let file_source = |make: fn(String) -> Source| {
+        let file_source = |make: &dyn Fn(String) -> Source| {
             if let Some((k, _)) = generator_keys.iter().find(|(_, set)| *set) {
                 return Err(format!("source.{k} is only for kind = \"generator\""));
             }
@@ -657,9 +689,24 @@ impl SourceConfig {
                 _ => Err(format!("source kind {:?} needs a path", self.kind)),
             }
         };
+        if self.on_malformed.is_some() && self.kind != "csv" {
+            return Err("source.on_malformed is only for kind = \"csv\"".into());
+        }
         match self.kind.as_str() {
-            "parquet" => file_source(Source::Parquet),
-            "csv" => file_source(Source::Csv),
+            "parquet" => file_source(&Source::Parquet),
+            "csv" => {
+                let on_malformed = match self.on_malformed.as_deref() {
+                    None | Some("dead_letter") => OnMalformed::DeadLetter,
+                    Some("fail") => OnMalformed::Fail,
+                    Some(other) => {
+                        return Err(format!(
+                            "source.on_malformed = {other:?} is unknown; use \"dead_letter\" \
+                             or \"fail\""
+                        ));
+                    }
+                };
+                file_source(&|p| Source::Csv(p, on_malformed))
+            }
             "generator" => {
                 if self.path.is_some() {
                     return Err("source.path is not used by kind = \"generator\"".into());

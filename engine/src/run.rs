@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
 use crate::connect::sink::{open_parts, publish};
-use crate::connect::{Position, SinkThread, SourceBatch, open_sink, open_source};
+use crate::connect::{
+    Malformed, Position, SinkThread, SourceBatch, dead_letter_batch, dead_letter_schema, open_sink,
+    open_source,
+};
 use crate::error::{Error, Result};
 use crate::job::{Job, Trigger};
 use crate::operator::{Stats, WindowOperator};
@@ -16,6 +19,9 @@ use crate::state::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore
 
 /// Batches the source may read ahead of the operator.
 const READ_AHEAD: usize = 2;
+
+/// Malformed records logged when the job has no `[dead_letter]` to keep them.
+const MALFORMED_LOGGED: u64 = 10;
 
 /// Which data plane aggregates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +164,8 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Late events that no `[late]` sink kept.
     pub late_not_kept: u64,
+    /// Source records that did not decode (CSV) in this run.
+    pub malformed: u64,
     /// Checkpoints taken by this run.
     pub checkpoints: u64,
     /// The checkpoint this run resumed from.
@@ -194,6 +202,9 @@ impl fmt::Display for Summary {
         writeln!(f, "events in        {}", s.events_in)?;
         writeln!(f, "window rows out  {}", s.rows_out)?;
         writeln!(f, "late events      {}", s.late_events)?;
+        if self.malformed > 0 {
+            writeln!(f, "malformed input  {}", self.malformed)?;
+        }
         if s.alerts > 0 {
             writeln!(f, "anomaly alerts   {}", s.alerts)?;
         }
@@ -307,6 +318,9 @@ struct Outputs {
     sinks: SinkThread,
     late: Option<usize>,
     alerts: Option<usize>,
+    dead_letter: Option<usize>,
+    /// Malformed records seen, kept or not.
+    malformed: u64,
 }
 
 impl Outputs {
@@ -334,11 +348,40 @@ impl Outputs {
         };
         let late = add(job.late.as_ref(), op.late_schema())?;
         let alerts = add(job.anomaly.as_ref().map(|a| &a.sink), op.alert_schema())?;
+        let dead_letter = add(job.dead_letter.as_ref(), &dead_letter_schema())?;
         Ok(Outputs {
             sinks: SinkThread::spawn(sinks)?,
             late,
             alerts,
+            dead_letter,
+            malformed: 0,
         })
+    }
+
+    /// Writes records that did not decode to `[dead_letter]`, or logs the first ones.
+    fn dead_letters(&mut self, records: &[Malformed]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self.dead_letter {
+            Some(i) => self.sinks.write(i, dead_letter_batch(records))?,
+            None => {
+                for r in records
+                    .iter()
+                    .take(MALFORMED_LOGGED.saturating_sub(self.malformed) as usize)
+                {
+                    tracing::warn!(
+                        "{} line {}: {}; skipped: {:?}",
+                        r.file,
+                        r.line,
+                        r.reason,
+                        r.raw
+                    );
+                }
+            }
+        }
+        self.malformed += records.len() as u64;
+        Ok(())
     }
 
     /// Writes what the operator produced.
@@ -496,7 +539,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     }
     let mut outputs = Outputs::open(job, &op, restore.as_ref())?;
     let restored_from = restore.as_ref().map(|r| r.manifest.id);
-    let summary = |op: &WindowOperator, checkpoints| {
+    let summary = |op: &WindowOperator, checkpoints, malformed| {
         let stats = op.stats();
         let late_not_kept = if job.late.is_none() {
             stats.late_events
@@ -508,6 +551,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             stats,
             elapsed: start.elapsed(),
             late_not_kept,
+            malformed,
             checkpoints,
             restored_from,
             spilled: op.spilled(),
@@ -522,7 +566,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
              --fresh to run it again",
             restored_from.unwrap_or(0)
         );
-        return Ok(summary(&op, 0));
+        return Ok(summary(&op, 0, 0));
     }
     let mut next_id = restored_from.unwrap_or(0) + 1;
     let mut events_read = op.stats().events_in;
@@ -547,6 +591,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             let Some(b) = next? else { break };
             op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?;
             outputs.drain(&mut op)?;
+            outputs.dead_letters(&b.malformed)?;
             position = b.after;
             // Counted here: the shards' counters lag a batch behind (see `sync`).
             events_read += b.batch.num_rows() as u64;
@@ -589,11 +634,18 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             s.finish()?;
         }
     }
-    let summary = summary(&op, next_id - first_id);
+    let summary = summary(&op, next_id - first_id, outputs.malformed);
     if summary.late_not_kept > 0 {
         tracing::warn!(
             "{} late events were counted but not kept: add a [late] section to keep them",
             summary.late_not_kept
+        );
+    }
+    if summary.malformed > 0 && job.dead_letter.is_none() {
+        tracing::warn!(
+            "{} malformed records were skipped, the first {MALFORMED_LOGGED} logged: add a \
+             [dead_letter] section to keep them",
+            summary.malformed
         );
     }
     Ok(summary)

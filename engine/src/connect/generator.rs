@@ -70,6 +70,7 @@ impl Source for GeneratorSource {
                 batches: self.index,
                 batch_rows: self.batch_rows,
             },
+            malformed: Vec::new(),
         }))
     }
 

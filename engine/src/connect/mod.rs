@@ -58,6 +58,64 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// A record that did not decode, kept for the dead-letter output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Malformed {
+    /// The file it is in.
+    pub file: String,
+    /// Its line in the file (the header is line 1).
+    pub line: u64,
+    /// Why it did not decode, naming the column where one is at fault.
+    pub reason: String,
+    /// Its text, fields re-joined as CSV.
+    pub raw: String,
+}
+
+/// The schema of the dead-letter output: file, line, reason, raw text.
+pub fn dead_letter_schema() -> SchemaRef {
+    use arrow::datatypes::{DataType, Field, Schema};
+    std::sync::Arc::new(Schema::new(vec![
+        Field::new("file", DataType::Utf8, false),
+        Field::new("line", DataType::UInt64, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+    ]))
+}
+
+/// Malformed records as a batch of [`dead_letter_schema`].
+pub fn dead_letter_batch(records: &[Malformed]) -> RecordBatch {
+    use arrow::array::{StringArray, UInt64Array};
+    let text = |f: fn(&Malformed) -> &str| {
+        std::sync::Arc::new(records.iter().map(f).map(Some).collect::<StringArray>())
+    };
+    let lines: UInt64Array = records.iter().map(|r| Some(r.line)).collect();
+    RecordBatch::try_new(
+        dead_letter_schema(),
+        vec![
+            text(|r| &r.file),
+            std::sync::Arc::new(lines),
+            text(|r| &r.reason),
+            text(|r| &r.raw),
+        ],
+    )
+    .expect("the columns match the dead-letter schema")
+}
+
+/// What a file reader decoded: a batch, and the records that did not decode.
+pub(crate) struct Decoded {
+    pub(crate) batch: RecordBatch,
+    pub(crate) malformed: Vec<Malformed>,
+}
+
+impl From<RecordBatch> for Decoded {
+    fn from(batch: RecordBatch) -> Decoded {
+        Decoded {
+            batch,
+            malformed: Vec::new(),
+        }
+    }
+}
+
 /// A batch and where it came from.
 pub struct SourceBatch {
     /// The source partition it belongs to.
@@ -70,6 +128,8 @@ pub struct SourceBatch {
     pub first_row: u64,
     /// The source's position after this batch.
     pub after: Position,
+    /// Records of this stretch of the source that did not decode (CSV), in file order.
+    pub malformed: Vec<Malformed>,
 }
 
 /// A bounded source of event batches.
@@ -98,7 +158,11 @@ pub fn open_source(
             columns,
             batch_rows,
         )?),
-        SourceSpec::Csv(path) => Box::new(csv::CsvSource::open(files(path, "csv")?, batch_rows)?),
+        SourceSpec::Csv(path, on_malformed) => Box::new(csv::CsvSource::open(
+            files(path, "csv")?,
+            batch_rows,
+            *on_malformed,
+        )?),
         SourceSpec::Generator(g) => Box::new(generator::GeneratorSource::new(g, batch_rows)?),
     })
 }
@@ -139,11 +203,12 @@ pub(crate) struct FileSequence<R> {
     skip: u64,
     /// Rows the open reader still has to drop before its first batch.
     discard: u64,
-    /// The open reader, its file name and the number of rows it has given.
+    /// The open reader, its file name and the number of rows it has consumed (decoded
+    /// or malformed).
     reader: Option<(R, String, u64)>,
 }
 
-impl<R: Iterator<Item = Result<RecordBatch, ArrowError>>> FileSequence<R> {
+impl<R: Iterator<Item = Result<Decoded, ArrowError>>> FileSequence<R> {
     /// A sequence over `files` of a `kind` ("CSV", "Parquet") named in errors.
     pub(crate) fn new(kind: &'static str, files: Vec<PathBuf>) -> Self {
         FileSequence {
@@ -192,19 +257,20 @@ impl<R: Iterator<Item = Result<RecordBatch, ArrowError>>> FileSequence<R> {
     ) -> Result<Option<SourceBatch>> {
         loop {
             if let Some((reader, origin, row)) = &mut self.reader {
+                // Only readers that decode every row (Parquet) leave rows to discard.
                 match reader.next() {
-                    Some(Ok(batch)) if (batch.num_rows() as u64) <= self.discard => {
-                        self.discard -= batch.num_rows() as u64;
+                    Some(Ok(d)) if (d.batch.num_rows() as u64) <= self.discard => {
+                        self.discard -= d.batch.num_rows() as u64;
                         continue;
                     }
-                    Some(Ok(batch)) => {
+                    Some(Ok(Decoded { batch, malformed })) => {
                         let batch = batch.slice(
                             self.discard as usize,
                             batch.num_rows() - self.discard as usize,
                         );
                         self.discard = 0;
                         let first_row = *row;
-                        *row += batch.num_rows() as u64;
+                        *row += (batch.num_rows() + malformed.len()) as u64;
                         return Ok(Some(SourceBatch {
                             partition: 0,
                             batch,
@@ -215,6 +281,7 @@ impl<R: Iterator<Item = Result<RecordBatch, ArrowError>>> FileSequence<R> {
                                 path: origin.clone(),
                                 rows: *row,
                             },
+                            malformed,
                         }));
                     }
                     Some(Err(e)) => {

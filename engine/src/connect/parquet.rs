@@ -4,19 +4,33 @@
 use std::fs::File;
 use std::path::PathBuf;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use super::{FileSequence, Position, Source, SourceBatch};
+use super::{Decoded, FileSequence, Position, Source, SourceBatch};
 use crate::error::{Error, Result};
+
+/// The batches of one file, every row decoded.
+type Batches = std::iter::Map<
+    ParquetRecordBatchReader,
+    fn(std::result::Result<RecordBatch, ArrowError>) -> std::result::Result<Decoded, ArrowError>,
+>;
+
+fn decoded(
+    b: std::result::Result<RecordBatch, ArrowError>,
+) -> std::result::Result<Decoded, ArrowError> {
+    b.map(Decoded::from)
+}
 
 pub(super) struct ParquetSource {
     columns: Option<Vec<String>>,
     batch_rows: usize,
     schema: SchemaRef,
     total: u64,
-    files: FileSequence<ParquetRecordBatchReader>,
+    files: FileSequence<Batches>,
 }
 
 fn builder(path: &PathBuf) -> Result<ParquetRecordBatchReaderBuilder<File>> {
@@ -134,7 +148,7 @@ impl Source for ParquetSource {
                 .with_offset(rest as usize)
                 .build()
                 .map_err(|e| Error::parquet(path.clone(), e))?;
-            Ok((reader, skip))
+            Ok((reader.map(decoded as fn(_) -> _), skip))
         })
     }
 
