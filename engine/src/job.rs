@@ -343,6 +343,7 @@ pub enum Source {
     /// CSV files with a header row, and what a malformed record does.
     Csv(String, OnMalformed),
     /// A built-in generator.
+    #[cfg(feature = "datasets")]
     Generator(GeneratorSpec),
 }
 
@@ -351,6 +352,7 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Parquet(p) | Source::Csv(p, _) => f.write_str(p),
+            #[cfg(feature = "datasets")]
             Source::Generator(g) => write!(f, "generator {:?}", g.dataset),
         }
     }
@@ -367,6 +369,7 @@ pub enum OnMalformed {
 }
 
 /// A validated generator source.
+#[cfg(feature = "datasets")]
 #[derive(Clone, Debug, PartialEq)]
 pub struct GeneratorSpec {
     /// Which dataset.
@@ -707,39 +710,51 @@ impl SourceConfig {
                 };
                 file_source(&|p| Source::Csv(p, on_malformed))
             }
-            "generator" => {
-                if self.path.is_some() {
-                    return Err("source.path is not used by kind = \"generator\"".into());
-                }
-                let dataset = self
-                    .dataset
-                    .as_deref()
-                    .unwrap_or("clickstream")
-                    .parse()
-                    .map_err(|e| format!("source.dataset: {e}"))?;
-                let defaults = panes_datasets::GenConfig::default();
-                let config = panes_datasets::GenConfig {
-                    events: self.events.unwrap_or(1_000_000),
-                    keys: self.keys.unwrap_or(10_000),
-                    seed: self.seed.unwrap_or(42),
-                    late_share: self.late_share.unwrap_or(defaults.late_share),
-                    ..defaults
-                };
-                config.validate().map_err(|e| format!("source: {e}"))?;
-                let partitions = self.partitions.unwrap_or(1);
-                if partitions == 0 {
-                    return Err("source.partitions must be at least 1".into());
-                }
-                Ok(Source::Generator(GeneratorSpec {
-                    dataset,
-                    config,
-                    partitions,
-                }))
-            }
+            "generator" => self.generator(),
             other => Err(format!(
                 "source.kind = {other:?} is unknown; use \"parquet\", \"csv\" or \"generator\""
             )),
         }
+    }
+
+    #[cfg(feature = "datasets")]
+    fn generator(&self) -> Result<Source, String> {
+        if self.path.is_some() {
+            return Err("source.path is not used by kind = \"generator\"".into());
+        }
+        let dataset = self
+            .dataset
+            .as_deref()
+            .unwrap_or("clickstream")
+            .parse()
+            .map_err(|e| format!("source.dataset: {e}"))?;
+        let defaults = panes_datasets::GenConfig::default();
+        let config = panes_datasets::GenConfig {
+            events: self.events.unwrap_or(1_000_000),
+            keys: self.keys.unwrap_or(10_000),
+            seed: self.seed.unwrap_or(42),
+            late_share: self.late_share.unwrap_or(defaults.late_share),
+            ..defaults
+        };
+        config.validate().map_err(|e| format!("source: {e}"))?;
+        let partitions = self.partitions.unwrap_or(1);
+        if partitions == 0 {
+            return Err("source.partitions must be at least 1".into());
+        }
+        Ok(Source::Generator(GeneratorSpec {
+            dataset,
+            config,
+            partitions,
+        }))
+    }
+
+    #[cfg(not(feature = "datasets"))]
+    fn generator(&self) -> Result<Source, String> {
+        Err(
+            "source.kind = \"generator\" needs panes-engine's `datasets` feature, which \
+             this build leaves out"
+                .into(),
+        )
     }
 }
 

@@ -361,7 +361,11 @@ mod tests {
         let open = || CsvSource::open(vec![path.clone()], 4, OnMalformed::DeadLetter).unwrap();
         let (rows, bad, after) = read_rest(&mut open());
         assert_eq!(rows.len() + bad.len(), 40);
-        assert_eq!(bad, [5, 7, 12, 19, 20, 26, 33, 40], "the lines of records 3, 5, 10, ...");
+        assert_eq!(
+            bad,
+            [5, 7, 12, 19, 20, 26, 33, 40],
+            "the lines of records 3, 5, 10, ..."
+        );
         for (i, at) in after.iter().enumerate() {
             let mut resumed = open();
             resumed.seek(at).unwrap();
@@ -389,7 +393,10 @@ mod tests {
         }
         let mut fail = CsvSource::open(vec![path.clone()], 4, OnMalformed::Fail).unwrap();
         let err = read_rest_err(&mut fail);
-        assert!(err.contains("line 5: 1 field where the header has 2"), "{err}");
+        assert!(
+            err.contains("line 5: 1 field where the header has 2"),
+            "{err}"
+        );
     }
 
     fn read_rest_err(source: &mut CsvSource) -> String {

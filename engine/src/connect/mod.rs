@@ -1,6 +1,7 @@
 //! Connectors: sources that yield Arrow batches by partition, and sinks that write them.
 
 mod csv;
+#[cfg(feature = "datasets")]
 mod generator;
 mod parquet;
 pub mod sink;
@@ -163,6 +164,7 @@ pub fn open_source(
             batch_rows,
             *on_malformed,
         )?),
+        #[cfg(feature = "datasets")]
         SourceSpec::Generator(g) => Box::new(generator::GeneratorSource::new(g, batch_rows)?),
     })
 }
