@@ -5,10 +5,15 @@
 //!   pane, over 10k / 100k / 1M uniformly drawn keys, beside `hand_loop_baseline`, a plain
 //!   loop over four dense arrays: the scatter-update floor of this machine.
 //! - `operator/*`: the whole window operator (event time, watermarks, key interning, panes,
-//!   firing, result batches) on generated clickstream data, tumbling 1m versus hop 15m/1m.
+//!   firing, result batches) on generated clickstream data, tumbling 1m versus hop 15m/1m;
+//!   `operator/pipeline` is the tumbling job through the embedding API (`Pipeline::push`
+//!   and `poll`), which must cost what the operator does.
+
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use panes::bench::{input, job, run};
+use panes::engine::pipeline::Pipeline;
 use panes::engine::run::BackendKind;
 use panes::kernels::{AggFn, AggSpec, Backend, Column, CpuBackend, Domain, Events, Values};
 
@@ -120,6 +125,28 @@ fn operator(c: &mut Criterion) {
             b.iter(|| run(&j, &batches, BackendKind::Cpu, 1, false).expect("bench run"))
         });
     }
+    // The tumbling job of `job(60_000, 60_000, …)`, built through the API.
+    let schema = batches[0].schema();
+    g.bench_function(BenchmarkId::new("pipeline", "100k keys"), |b| {
+        b.iter(|| {
+            let mut p = Pipeline::builder()
+                .event_time("ts", Duration::from_secs(5))
+                .tumble(Duration::from_secs(60))
+                .key(&["article_id"])
+                .aggregate("views", AggFn::CountRows, None)
+                .aggregate("scroll_sum", AggFn::Sum, Some("scroll_depth"))
+                .aggregate("scroll_min", AggFn::Min, Some("scroll_depth"))
+                .aggregate("scroll_max", AggFn::Max, Some("scroll_depth"))
+                .threads(1)
+                .build(schema.clone())
+                .expect("a valid pipeline");
+            for batch in &batches {
+                p.push(0, batch).expect("a batch of the schema");
+                std::hint::black_box(p.poll().expect("outputs"));
+            }
+            std::hint::black_box(p.finish().expect("the last windows"))
+        })
+    });
     g.finish();
 }
 
