@@ -15,6 +15,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::array_value_to_string;
+use panes::engine::pipeline::{Output, Pipeline};
 use panes::engine::run::BackendKind;
 use panes::engine::{Job, WindowOperator};
 
@@ -267,7 +268,8 @@ impl PartialEq for Value {
     }
 }
 
-/// Runs the operator over the case's batch cut into random pieces.
+/// Runs the case's job through the embedding API over its batch cut into random pieces,
+/// polling after a random share of them.
 fn run(
     c: &Case,
     backend: BackendKind,
@@ -275,27 +277,31 @@ fn run(
     max_batch: u64,
     rng: &mut Rng,
 ) -> (Vec<Row>, Vec<i64>) {
-    let mut op = WindowOperator::new(&c.job, &c.schema, 1, |aggs| {
-        backend.build_shards(aggs, threads)
-    })
-    .expect("operator");
+    let mut pipeline =
+        Pipeline::from_job(&c.job, c.schema.clone(), 1, backend, threads).expect("pipeline");
+    let mut outputs = Vec::new();
     let n = c.batch.num_rows();
     let mut start = 0;
     while start < n {
         let len = (1 + rng.below(max_batch) as usize).min(n - start);
-        op.process_batch(0, &c.batch.slice(start, len), "test", start as u64)
-            .expect("process");
+        pipeline.push(0, &c.batch.slice(start, len)).expect("push");
+        if rng.below(3) == 0 {
+            outputs.extend(pipeline.poll().expect("poll"));
+        }
         start += len;
     }
-    // The end of input all at once, or a window at a time as `panes run` does it.
-    if rng.below(2) == 0 {
-        op.finish().expect("finish");
-    } else {
-        while !op.finish_step().expect("finish step") {}
+    outputs.extend(pipeline.finish().expect("finish"));
+    let (mut results, mut late_batches) = (Vec::new(), Vec::new());
+    for output in outputs {
+        match output {
+            Output::Rows(b) => results.push(b),
+            Output::Late(b) => late_batches.push(b),
+            Output::Alerts(_) => {}
+        }
     }
     let key_cols = if c.job.keys.len() == 2 { 2 } else { 1 };
     let mut rows = Vec::new();
-    for b in op.take_output() {
+    for b in results {
         let revision = b
             .column_by_name("revision")
             .map(|r| r.as_primitive::<Int64Type>().clone());
@@ -344,8 +350,7 @@ fn run(
             ));
         }
     }
-    let late: Vec<i64> = op
-        .take_late()
+    let late: Vec<i64> = late_batches
         .iter()
         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
         .collect();
@@ -628,7 +633,7 @@ fn rows_as_text(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
-/// A job's state taken in memory at a random batch and restored into a fresh operator at
+/// A pipeline's snapshot taken at a random batch and restored into a fresh pipeline at
 /// another thread count continues exactly: the rows, late events and alerts before and
 /// after equal an uninterrupted run's (as sets), for every window kind, with and without
 /// keys.
@@ -660,33 +665,33 @@ fn a_snapshot_in_memory_restores_at_another_thread_count_and_continues_exactly()
         };
         let want = outputs(&c.batch, &job, BackendKind::Cpu, 1, &lengths);
         let make = |threads: usize| {
-            WindowOperator::new(&job, &c.schema, 1, |aggs| {
-                BackendKind::Cpu.build_shards(aggs, threads)
-            })
-            .expect("operator")
+            Pipeline::from_job(&job, c.schema.clone(), 1, BackendKind::Cpu, threads)
+                .expect("pipeline")
         };
         let mut got: [Vec<RecordBatch>; 3] = Default::default();
-        let mut take = |op: &mut WindowOperator| {
-            got[0].extend(op.take_output());
-            got[1].extend(op.take_late());
-            got[2].extend(op.take_alerts());
+        let mut take = |outputs: Vec<Output>| {
+            for output in outputs {
+                match output {
+                    Output::Rows(b) => got[0].push(b),
+                    Output::Late(b) => got[1].push(b),
+                    Output::Alerts(b) => got[2].push(b),
+                }
+            }
         };
-        let mut op = make(before);
+        let mut pipeline = make(before);
         let mut start = 0;
         for (i, &len) in lengths.iter().enumerate() {
             if i == cut {
-                let snapshot = op.snapshot_in_memory().expect("snapshot");
-                take(&mut op);
-                op = make(after);
-                op.restore(&snapshot).expect("restore");
+                let snapshot = pipeline.snapshot().expect("snapshot");
+                take(pipeline.poll().expect("poll"));
+                pipeline = make(after);
+                pipeline.restore(&snapshot).expect("restore");
             }
-            op.process_batch(0, &c.batch.slice(start, len), "test", start as u64)
-                .expect("process");
-            take(&mut op);
+            pipeline.push(0, &c.batch.slice(start, len)).expect("push");
+            take(pipeline.poll().expect("poll"));
             start += len;
         }
-        op.finish().expect("finish");
-        take(&mut op);
+        take(pipeline.finish().expect("finish"));
         let got = got.map(|batches| rows_as_text(&batches));
         for (what, (w, g)) in ["rows", "late events", "alerts"]
             .iter()

@@ -233,18 +233,7 @@ impl PipelineBuilder {
     /// names resolved, before any batch.
     pub fn build(self, schema: SchemaRef) -> Result<Pipeline> {
         let job = Job::from_toml(&self.job_file()?, "<pipeline>")?;
-        let (backend, threads) = (self.backend, self.threads.max(1));
-        let op = WindowOperator::new(&job, &schema, self.partitions.max(1), |aggs| {
-            backend.build_shards(aggs, threads)
-        })?;
-        Ok(Pipeline {
-            fingerprint: crate::run::fingerprint(&job),
-            op,
-            schema,
-            pushed: 0,
-            finished: false,
-            pending: Vec::new(),
-        })
+        Pipeline::from_job(&job, schema, self.partitions, self.backend, self.threads)
     }
 }
 
@@ -289,6 +278,31 @@ impl Pipeline {
             backend: BackendKind::Cpu,
             threads: default_threads(),
         }
+    }
+
+    /// A pipeline running a job that a job file (or SQL) describes, over batches of
+    /// `schema` from `partitions` source partitions, on `threads` shards of `backend`. The
+    /// job's source and sinks are not used: batches come from [`Pipeline::push`], results
+    /// go to [`Pipeline::poll`].
+    pub fn from_job(
+        job: &Job,
+        schema: SchemaRef,
+        partitions: usize,
+        backend: BackendKind,
+        threads: usize,
+    ) -> Result<Pipeline> {
+        let threads = threads.max(1);
+        let op = WindowOperator::new(job, &schema, partitions.max(1), |aggs| {
+            backend.build_shards(aggs, threads)
+        })?;
+        Ok(Pipeline {
+            fingerprint: crate::run::fingerprint(job),
+            op,
+            schema,
+            pushed: 0,
+            finished: false,
+            pending: Vec::new(),
+        })
     }
 
     /// Pushes a batch from source partition `partition`, arriving now. A batch whose
