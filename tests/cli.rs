@@ -549,6 +549,105 @@ fn malformed_csv_records_go_to_the_dead_letter_output_or_stop_the_job() {
     case.assert_fails(&case.run_job(&job, &[]), &["[dead_letter]", "csv"]);
 }
 
+/// A JSON-lines source with a declared schema: a line that is not JSON and one whose
+/// value has the wrong type go to `[dead_letter]`, the rest are aggregated; without a
+/// schema the types are inferred. A CSV source's declared types override inference, and a
+/// declared column the header lacks is named.
+#[test]
+fn json_lines_and_declared_schemas() {
+    let case = Case::new();
+    let mut text = String::new();
+    let mut good = 0;
+    for i in 0..50u64 {
+        let ts = 1_700_000_000_000 + i * 2_000;
+        match i {
+            4 => text.push_str("not json at all\n"),
+            9 => text.push_str(&format!(
+                "{{\"ts\": {ts}, \"article_id\": 1, \"scroll_depth\": \"deep\", \"user_id\": 3}}\n"
+            )),
+            // Blank lines are no records.
+            12 => text.push('\n'),
+            _ => {
+                text.push_str(&format!(
+                    "{{\"ts\": {ts}, \"article_id\": {}, \"scroll_depth\": 0.{i}, \"user_id\": {}, \"extra\": \"x\"}}\n",
+                    i % 3,
+                    10 + i % 4
+                ));
+                good += 1;
+            }
+        }
+    }
+    let input = case.file("in.jsonl", &text);
+    let late = "[late]\nkind = \"parquet\"\npath = 'DIR/late.parquet'";
+    let dead_letter = "[dead_letter]\nkind = \"jsonl\"\npath = 'DIR/bad.jsonl'";
+    let schema = "schema = { ts = \"timestamp_ms\", article_id = \"int64\", scroll_depth = \"float64\", user_id = \"int64\" }\n";
+    for declared in [schema, ""] {
+        let _ = std::fs::remove_file(case.path("out.parquet"));
+        let job = case.job(
+            &input,
+            &[
+                (late, dead_letter),
+                (
+                    "kind = \"parquet\"\npath = 'INPUT'",
+                    &format!("kind = \"jsonl\"\n{declared}path = 'INPUT'"),
+                ),
+            ],
+        );
+        let out = case.run_job(&job, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let summary = stderr(&out);
+        assert!(summary.contains(&format!("events in        {good}")), "{summary}");
+        assert!(summary.contains("malformed input  2"), "{summary}");
+        let bad = std::fs::read_to_string(case.path("bad.jsonl")).expect("reading bad.jsonl");
+        let rows: Vec<serde_json::Value> = bad
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e} in {l:?}")))
+            .collect();
+        assert_eq!(rows.len(), 2, "{bad}");
+        assert_eq!(rows[0]["line"], 5, "{bad}");
+        assert_eq!(rows[0]["raw"], "not json at all", "{bad}");
+        assert_eq!(rows[1]["line"], 10, "{bad}");
+        assert!(
+            rows[1]["reason"].as_str().is_some_and(|r| r.contains("scroll_depth")),
+            "{bad}"
+        );
+        let out = read_parquet(&case.path("out.parquet"));
+        let views = out.column_by_name("views").expect("views");
+        let views = views.as_any().downcast_ref::<arrow::array::Int64Array>();
+        let total: i64 = views.expect("Int64 views").iter().flatten().sum();
+        assert_eq!(total, good as i64, "declared {declared:?}");
+    }
+
+    let csv = case.file(
+        "in.csv",
+        "ts,article_id,scroll_depth,user_id\n1700000000000,1,0.5,10\n1700000001000,2,0.25,11\n",
+    );
+    let from_csv = |schema: &str| {
+        (
+            "kind = \"parquet\"\npath = 'INPUT'".to_string(),
+            format!("kind = \"csv\"\nschema = {schema}\npath = 'INPUT'"),
+        )
+    };
+    let (from, to) = from_csv("{ user_id = \"float64\" }");
+    let job = case.job(&csv, &[(late, ""), (&from, &to)]);
+    let _ = std::fs::remove_file(case.path("out.parquet"));
+    let out = case.run_job(&job, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = read_parquet(&case.path("out.parquet"));
+    assert_eq!(
+        out.column_by_name("first_user").expect("first_user").data_type(),
+        &arrow::datatypes::DataType::Float64,
+        "the declared type wins over the inferred Int64"
+    );
+    std::fs::remove_file(case.path("out.parquet")).expect("removing out.parquet");
+    let (from, to) = from_csv("{ nope = \"int64\" }");
+    let job = case.job(&csv, &[(late, ""), (&from, &to)]);
+    case.assert_fails(&case.run_job(&job, &[]), &["\"nope\"", "scroll_depth"]);
+    let (from, to) = from_csv("{ ts = \"date\" }");
+    let job = case.job(&csv, &[(late, ""), (&from, &to)]);
+    case.assert_fails(&case.run_job(&job, &[]), &["source.schema.ts", "\"date\""]);
+}
+
 #[test]
 fn a_missing_job_file_is_named() {
     let case = Case::new();

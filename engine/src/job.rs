@@ -226,10 +226,10 @@ pub struct TopK {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// `parquet`, `csv` or `generator`.
+    /// `parquet`, `csv`, `jsonl` or `generator`.
     pub kind: String,
-    /// parquet/csv: a file, a directory (its `*.parquet`/`*.csv` files, sorted by name) or a
-    /// glob. The files are read in name order as one partition.
+    /// parquet/csv/jsonl: a file, a directory (its `*.parquet`/`*.csv`/`*.jsonl` files,
+    /// sorted by name) or a glob. The files are read in name order as one partition.
     pub path: Option<String>,
     /// generator: `clickstream`, `iot`, `nexmark` or `transactions`.
     pub dataset: Option<String>,
@@ -243,10 +243,13 @@ pub struct SourceConfig {
     pub late_share: Option<f64>,
     /// generator: number of source partitions, batches dealt round-robin (default 1).
     pub partitions: Option<u32>,
-    /// csv: what a record that does not decode (too few or too many fields, a value not of
-    /// its column's type) does: `"dead_letter"` (default: it goes to `[dead_letter]`, the
-    /// job goes on) or `"fail"` (the job stops, naming file, line and column).
+    /// csv/jsonl: what a record that does not decode (too few or too many fields, a value
+    /// not of its column's type, a line that is not a JSON object) does: `"dead_letter"`
+    /// (default: it goes to `[dead_letter]`, the job goes on) or `"fail"` (the job stops,
+    /// naming file, line and column).
     pub on_malformed: Option<String>,
+    /// csv/jsonl: column types by name, e.g. `{ ts = "timestamp_ms", price = "float64" }`.
+    pub schema: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `[time]`.
@@ -340,8 +343,8 @@ fn parquet() -> String {
 pub enum Source {
     /// Parquet files.
     Parquet(String),
-    /// CSV files with a header row, and what a malformed record does.
-    Csv(String, OnMalformed),
+    /// Text files: CSV with a header row, or JSON lines.
+    Text(TextSource),
     /// A built-in generator.
     #[cfg(feature = "datasets")]
     Generator(GeneratorSpec),
@@ -351,14 +354,58 @@ impl std::fmt::Display for Source {
     /// How errors name the source: its path, or the generator's dataset.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Parquet(p) | Source::Csv(p, _) => f.write_str(p),
+            Source::Parquet(p) | Source::Text(TextSource { path: p, .. }) => f.write_str(p),
             #[cfg(feature = "datasets")]
             Source::Generator(g) => write!(f, "generator {:?}", g.dataset),
         }
     }
 }
 
-/// What a CSV record that does not decode does.
+/// A validated source of text files.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextSource {
+    /// CSV or JSON lines.
+    pub format: TextFormat,
+    /// A file, a directory or a glob.
+    pub path: String,
+    /// Declared column types, by name (`[source] schema`); the others are inferred (CSV)
+    /// or not read (JSON lines).
+    pub schema: Vec<(String, arrow::datatypes::DataType)>,
+    /// What a record that does not decode does.
+    pub on_malformed: OnMalformed,
+}
+
+/// The format of a text source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextFormat {
+    /// CSV with a header row.
+    Csv,
+    /// One JSON object a line.
+    JsonLines,
+}
+
+/// The column type a `[source] schema` entry names.
+pub fn parse_type(column: &str, name: &str) -> Result<arrow::datatypes::DataType, String> {
+    use arrow::datatypes::{DataType, TimeUnit};
+    Ok(match name {
+        "int64" => DataType::Int64,
+        "float64" => DataType::Float64,
+        "string" => DataType::Utf8,
+        "bool" => DataType::Boolean,
+        "timestamp_s" => DataType::Timestamp(TimeUnit::Second, None),
+        "timestamp_ms" => DataType::Timestamp(TimeUnit::Millisecond, None),
+        "timestamp_us" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        "timestamp_ns" => DataType::Timestamp(TimeUnit::Nanosecond, None),
+        other => {
+            return Err(format!(
+                "source.schema.{column} = {other:?} is not a type; use \"int64\", \
+                 \"float64\", \"string\", \"bool\" or \"timestamp_s\", \"_ms\", \"_us\", \"_ns\""
+            ));
+        }
+    })
+}
+
+/// What a text record that does not decode does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum OnMalformed {
     /// It goes to the dead-letter output; the job goes on.
@@ -572,10 +619,15 @@ impl JobFile {
             .dead_letter
             .map(|l| l.validate("dead_letter"))
             .transpose()?;
-        if dead_letter.is_some() && !matches!(source, Source::Csv(_, OnMalformed::DeadLetter)) {
+        let dead_letters = matches!(
+            &source,
+            Source::Text(t) if t.on_malformed == OnMalformed::DeadLetter
+        );
+        if dead_letter.is_some() && !dead_letters {
             return Err(
-                "[dead_letter] receives the records of a csv source that do not decode; \
-                 this job has none (a parquet or generator source, or on_malformed = \"fail\")"
+                "[dead_letter] receives the records of a csv or jsonl source that do not \
+                 decode; this job has none (a parquet or generator source, or on_malformed = \
+                 \"fail\")"
                     .into(),
             );
         }
@@ -692,12 +744,22 @@ impl SourceConfig {
                 _ => Err(format!("source kind {:?} needs a path", self.kind)),
             }
         };
-        if self.on_malformed.is_some() && self.kind != "csv" {
-            return Err("source.on_malformed is only for kind = \"csv\"".into());
+        let text = matches!(self.kind.as_str(), "csv" | "jsonl");
+        if !text
+            && let Some(key) = [
+                ("on_malformed", self.on_malformed.is_some()),
+                ("schema", self.schema.is_some()),
+            ]
+            .iter()
+            .find_map(|(k, set)| set.then_some(k))
+        {
+            return Err(format!(
+                "source.{key} is only for kind = \"csv\" or \"jsonl\""
+            ));
         }
         match self.kind.as_str() {
             "parquet" => file_source(&Source::Parquet),
-            "csv" => {
+            "csv" | "jsonl" => {
                 let on_malformed = match self.on_malformed.as_deref() {
                     None | Some("dead_letter") => OnMalformed::DeadLetter,
                     Some("fail") => OnMalformed::Fail,
@@ -708,11 +770,26 @@ impl SourceConfig {
                         ));
                     }
                 };
-                file_source(&|p| Source::Csv(p, on_malformed))
+                let schema = (self.schema.iter().flatten())
+                    .map(|(c, t)| Ok((c.clone(), parse_type(c, t)?)))
+                    .collect::<Result<Vec<_>, String>>()?;
+                let format = match self.kind.as_str() {
+                    "csv" => TextFormat::Csv,
+                    _ => TextFormat::JsonLines,
+                };
+                file_source(&|path| {
+                    Source::Text(TextSource {
+                        format,
+                        path,
+                        schema: schema.clone(),
+                        on_malformed,
+                    })
+                })
             }
             "generator" => self.generator(),
             other => Err(format!(
-                "source.kind = {other:?} is unknown; use \"parquet\", \"csv\" or \"generator\""
+                "source.kind = {other:?} is unknown; use \"parquet\", \"csv\", \"jsonl\" or \
+                 \"generator\""
             )),
         }
     }

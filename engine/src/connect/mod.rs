@@ -1,10 +1,10 @@
 //! Connectors: sources that yield Arrow batches by partition, and sinks that write them.
 
-mod csv;
 #[cfg(feature = "datasets")]
 mod generator;
 mod parquet;
 pub mod sink;
+mod text;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::job::Source as SourceSpec;
+use crate::job::{Source as SourceSpec, TextFormat};
 
 pub use sink::{Sink, open_sink};
 pub use writer::SinkThread;
@@ -159,11 +159,13 @@ pub fn open_source(
             columns,
             batch_rows,
         )?),
-        SourceSpec::Csv(path, on_malformed) => Box::new(csv::CsvSource::open(
-            files(path, "csv")?,
-            batch_rows,
-            *on_malformed,
-        )?),
+        SourceSpec::Text(t) => {
+            let ext = match t.format {
+                TextFormat::Csv => "csv",
+                TextFormat::JsonLines => "jsonl",
+            };
+            Box::new(text::TextSource::open(t, files(&t.path, ext)?, batch_rows)?)
+        }
         #[cfg(feature = "datasets")]
         SourceSpec::Generator(g) => Box::new(generator::GeneratorSource::new(g, batch_rows)?),
     })

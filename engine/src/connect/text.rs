@@ -1,0 +1,579 @@
+//! Text sources: CSV files with a header row, or JSON lines (one object a line), read in
+//! name order as one partition.
+//!
+//! Column types come from `[source] schema` where it names them. The rest of a CSV
+//! file's columns are inferred from its first 1000 records; a column that arrow infers as
+//! text because a few of its values are not numbers is numeric when at least 90% of its
+//! sampled values are: the others are malformed records, not a reason to stop. A JSON-lines
+//! source without a schema infers one from its first 1000 lines that are objects.
+//! A record with another number of fields than the header, a line that is not a JSON
+//! object, or a value that is not of its column's type, goes to the dead-letter output with
+//! its line and the reason ([`OnMalformed::DeadLetter`]), or stops the job naming file,
+//! line and column ([`OnMalformed::Fail`]).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::csv::reader::Format;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+
+use super::{Decoded, FileSequence, Malformed, Position, Source, SourceBatch};
+use crate::error::{Error, Result};
+use crate::job::{OnMalformed, TextFormat, TextSource as Spec};
+
+/// Records sampled to infer the schema.
+const SAMPLE: usize = 1000;
+
+pub(super) struct TextSource {
+    format: TextFormat,
+    batch_rows: usize,
+    schema: SchemaRef,
+    on_malformed: OnMalformed,
+    files: FileSequence<Records>,
+}
+
+impl TextSource {
+    pub(super) fn open(spec: &Spec, files: Vec<PathBuf>, batch_rows: usize) -> Result<Self> {
+        let schema = match spec.format {
+            TextFormat::Csv => csv_schema(&files[0], &spec.schema)?,
+            TextFormat::JsonLines if !spec.schema.is_empty() => Schema::new(
+                (spec.schema.iter())
+                    .map(|(name, t)| Field::new(name, t.clone(), true))
+                    .collect::<Vec<_>>(),
+            ),
+            TextFormat::JsonLines => json_schema(&files[0])?,
+        };
+        Ok(TextSource {
+            format: spec.format,
+            batch_rows,
+            schema: Arc::new(schema),
+            on_malformed: spec.on_malformed,
+            files: FileSequence::new(spec.format.name(), files),
+        })
+    }
+}
+
+impl TextFormat {
+    /// As errors name it.
+    fn name(self) -> &'static str {
+        match self {
+            TextFormat::Csv => "CSV",
+            TextFormat::JsonLines => "JSON-lines",
+        }
+    }
+}
+
+impl Source for TextSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    fn total_rows(&self) -> Option<u64> {
+        None
+    }
+
+    fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        let (format, schema, batch_rows, on_malformed) = (
+            self.format,
+            self.schema.clone(),
+            self.batch_rows,
+            self.on_malformed,
+        );
+        self.files.next(|path, skip| {
+            let mut records =
+                Records::open(format, path, schema.clone(), batch_rows, on_malformed)?;
+            // Text has no index: the records to skip are read and dropped.
+            records.skip_records(skip)?;
+            Ok((records, skip))
+        })
+    }
+
+    fn seek(&mut self, to: &Position) -> Result<()> {
+        self.files.seek(to)
+    }
+}
+
+/// The header's columns: typed as `declared` says where it names them, else inferred
+/// by arrow from the first records that have the header's number of fields, with text
+/// columns whose values are mostly numbers made numeric.
+fn csv_schema(path: &Path, declared: &[(String, DataType)]) -> Result<Schema> {
+    let context = || format!("inferring the schema of CSV file {}", path.display());
+    let csv_error = |e: csv::Error| Error::arrow(context(), ArrowError::CsvError(e.to_string()));
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let mut reader = csv_reader(file);
+    let header = reader.byte_headers().map_err(csv_error)?.clone();
+    let mut sample = Vec::new();
+    for record in reader.byte_records().take(SAMPLE) {
+        let record = record.map_err(csv_error)?;
+        if record.len() == header.len() {
+            sample.push(record);
+        }
+    }
+    let mut text = csv_text(&header.iter().collect::<Vec<_>>());
+    for r in &sample {
+        text.extend(csv_text(&r.iter().collect::<Vec<_>>()));
+    }
+    let (schema, _) = Format::default()
+        .with_header(true)
+        .infer_schema(std::io::Cursor::new(text), None)
+        .map_err(|e| Error::arrow(context(), e))?;
+    if let Some((name, _)) = declared
+        .iter()
+        .find(|(name, _)| schema.column_with_name(name).is_none())
+    {
+        let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(Error::input(
+            path.display().to_string(),
+            format!(
+                "source.schema names column {name:?}, which the header does not have (it has {})",
+                have.join(", ")
+            ),
+        ));
+    }
+    let fields = schema.fields().iter().enumerate().map(|(c, f)| {
+        if let Some((_, t)) = declared.iter().find(|(name, _)| name == f.name()) {
+            return Field::new(f.name(), t.clone(), true);
+        }
+        if f.data_type() != &DataType::Utf8 {
+            return f.as_ref().clone();
+        }
+        let values: Vec<&[u8]> = sample
+            .iter()
+            .filter_map(|r| r.get(c))
+            .filter(|v| !v.is_empty())
+            .collect();
+        let share = |ok: fn(&str) -> bool| {
+            let n = values
+                .iter()
+                .filter(|v| std::str::from_utf8(v).is_ok_and(ok))
+                .count();
+            n > 0 && n * 10 >= values.len() * 9
+        };
+        let numeric = if share(|v| v.trim().parse::<i64>().is_ok()) {
+            DataType::Int64
+        } else if share(|v| v.trim().parse::<f64>().is_ok()) {
+            DataType::Float64
+        } else {
+            return f.as_ref().clone();
+        };
+        Field::new(f.name(), numeric, true)
+    });
+    Ok(Schema::new(fields.collect::<Vec<_>>()))
+}
+
+/// Arrow's inference over the first lines of a JSON-lines file that are JSON objects,
+/// with text fields whose values are mostly numbers made numeric (as CSV columns are).
+fn json_schema(path: &Path) -> Result<Schema> {
+    type Object = serde_json::Map<String, serde_json::Value>;
+    let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let (mut text, mut sample) = (Vec::new(), Vec::new());
+    for line in BufReader::new(file).split(b'\n').take(SAMPLE) {
+        let line = line.map_err(|e| Error::io("reading", path, e))?;
+        if let Ok(object) = serde_json::from_slice::<Object>(&line) {
+            text.extend_from_slice(&line);
+            text.push(b'\n');
+            sample.push(object);
+        }
+    }
+    let (schema, _) = arrow::json::reader::infer_json_schema(std::io::Cursor::new(text), None)
+        .map_err(|e| {
+            Error::arrow(
+                format!("inferring the schema of JSON-lines file {}", path.display()),
+                e,
+            )
+        })?;
+    let fields = schema.fields().iter().map(|f| {
+        if f.data_type() != &DataType::Utf8 {
+            return f.as_ref().clone();
+        }
+        let values: Vec<&serde_json::Value> = (sample.iter())
+            .filter_map(|o| o.get(f.name()).filter(|v| !v.is_null()))
+            .collect();
+        let share = |ok: fn(&serde_json::Value) -> bool| {
+            let n = values.iter().filter(|v| ok(v)).count();
+            n > 0 && n * 10 >= values.len() * 9
+        };
+        let numeric = if share(|v| v.is_i64()) {
+            DataType::Int64
+        } else if share(serde_json::Value::is_number) {
+            DataType::Float64
+        } else {
+            return f.as_ref().clone();
+        };
+        Field::new(f.name(), numeric, true)
+    });
+    Ok(Schema::new(fields.collect::<Vec<_>>()))
+}
+
+/// The csv crate's reader as panes reads: a header row, any number of fields a record.
+fn csv_reader(file: File) -> csv::Reader<File> {
+    csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(file)
+}
+
+/// Where a file's records come from.
+enum Lines {
+    Csv(csv::Reader<File>),
+    /// A JSON-lines file and the number of the last line read.
+    Json(BufReader<File>, u64),
+}
+
+/// One record as read: its line, its text (CSV fields re-joined), and for CSV its fields.
+struct Record {
+    line: u64,
+    text: Vec<u8>,
+    fields: Option<csv::ByteRecord>,
+}
+
+impl Lines {
+    fn next(&mut self) -> std::result::Result<Option<Record>, ArrowError> {
+        match self {
+            Lines::Csv(reader) => {
+                let mut fields = csv::ByteRecord::new();
+                if !(reader.read_byte_record(&mut fields))
+                    .map_err(|e| ArrowError::CsvError(e.to_string()))?
+                {
+                    return Ok(None);
+                }
+                Ok(Some(Record {
+                    line: fields.position().map_or(0, |p| p.line()),
+                    text: csv_text(&fields.iter().collect::<Vec<_>>()),
+                    fields: Some(fields),
+                }))
+            }
+            Lines::Json(reader, line) => loop {
+                let mut text = Vec::new();
+                if reader
+                    .read_until(b'\n', &mut text)
+                    .map_err(|e| ArrowError::JsonError(e.to_string()))?
+                    == 0
+                {
+                    return Ok(None);
+                }
+                *line += 1;
+                // Blank lines hold no record.
+                if text.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                if text.last() != Some(&b'\n') {
+                    text.push(b'\n');
+                }
+                return Ok(Some(Record {
+                    line: *line,
+                    text,
+                    fields: None,
+                }));
+            },
+        }
+    }
+}
+
+/// The records of one file, decoded into batches of the schema: each record is checked
+/// (its fields counted, its values decoded) so that one bad record costs only itself.
+struct Records {
+    format: TextFormat,
+    lines: Lines,
+    file: String,
+    schema: SchemaRef,
+    batch_rows: usize,
+    on_malformed: OnMalformed,
+    done: bool,
+}
+
+impl Records {
+    fn open(
+        format: TextFormat,
+        path: &Path,
+        schema: SchemaRef,
+        batch_rows: usize,
+        on_malformed: OnMalformed,
+    ) -> Result<Records> {
+        let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        let lines = match format {
+            TextFormat::Csv => Lines::Csv(csv_reader(file)),
+            TextFormat::JsonLines => Lines::Json(BufReader::new(file), 0),
+        };
+        Ok(Records {
+            format,
+            lines,
+            file: path.display().to_string(),
+            schema,
+            batch_rows,
+            on_malformed,
+            done: false,
+        })
+    }
+
+    /// Reads and drops `n` records (a restored position).
+    fn skip_records(&mut self, n: u64) -> Result<()> {
+        for _ in 0..n {
+            let record = self.lines.next().map_err(|e| {
+                Error::arrow(
+                    format!("skipping to a checkpoint's row {n} of {}", self.file),
+                    e,
+                )
+            })?;
+            if record.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes headerless CSV, or JSON lines, into a batch of `schema`.
+    fn decode(
+        format: TextFormat,
+        schema: SchemaRef,
+        text: &[u8],
+        rows: usize,
+    ) -> std::result::Result<RecordBatch, ArrowError> {
+        let rows = rows.max(1);
+        let batch = match format {
+            TextFormat::Csv => {
+                let mut decoder = arrow::csv::ReaderBuilder::new(schema.clone())
+                    .with_header(false)
+                    .with_batch_size(rows)
+                    .build_decoder();
+                let mut at = 0;
+                while at < text.len() {
+                    match decoder.decode(&text[at..])? {
+                        0 => break,
+                        read => at += read,
+                    }
+                }
+                decoder.flush()?
+            }
+            TextFormat::JsonLines => {
+                let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+                    .with_batch_size(rows)
+                    .build_decoder()?;
+                let mut at = 0;
+                while at < text.len() {
+                    match decoder.decode(&text[at..])? {
+                        0 => break,
+                        read => at += read,
+                    }
+                }
+                decoder.flush()?
+            }
+        };
+        Ok(batch.unwrap_or_else(|| RecordBatch::new_empty(schema)))
+    }
+
+    /// Why one record does not decode: for CSV the first column whose value does not;
+    /// for JSON lines what the decoder says (it names the field).
+    fn reason(&self, record: &Record) -> String {
+        let Some(fields) = &record.fields else {
+            return match Self::decode(self.format, self.schema.clone(), &record.text, 1) {
+                Err(e) => e.to_string(),
+                Ok(_) => "the line does not decode".into(),
+            };
+        };
+        for (c, f) in self.schema.fields().iter().enumerate() {
+            let value = fields.get(c).unwrap_or_default();
+            let one = Arc::new(Schema::new(vec![f.as_ref().clone()]));
+            if Self::decode(TextFormat::Csv, one, &csv_text(&[value]), 1).is_err() {
+                return format!(
+                    "column {:?}: {:?} is not a valid {}",
+                    f.name(),
+                    String::from_utf8_lossy(value),
+                    f.data_type()
+                );
+            }
+        }
+        "the record does not decode".into()
+    }
+
+    /// A malformed record: kept, or the error that stops the job.
+    fn malformed(
+        &self,
+        record: &Record,
+        reason: String,
+    ) -> std::result::Result<Malformed, ArrowError> {
+        let line = record.line;
+        if self.on_malformed == OnMalformed::Fail {
+            return Err(ArrowError::ParseError(format!(
+                "line {line}: {reason} (source.on_malformed = \"fail\"; with \"dead_letter\" \
+                 such records go to [dead_letter] and the job goes on)"
+            )));
+        }
+        let raw = String::from_utf8_lossy(&record.text);
+        Ok(Malformed {
+            file: self.file.clone(),
+            line,
+            reason,
+            raw: raw.trim_end_matches(['\r', '\n']).to_string(),
+        })
+    }
+
+    fn next_decoded(&mut self) -> std::result::Result<Option<Decoded>, ArrowError> {
+        let width = self.schema.fields().len();
+        let (mut text, mut good, mut malformed) = (Vec::new(), Vec::new(), Vec::new());
+        while good.len() < self.batch_rows {
+            let Some(record) = self.lines.next()? else {
+                self.done = true;
+                break;
+            };
+            if let Some(n) = record.fields.as_ref().map(csv::ByteRecord::len)
+                && n != width
+            {
+                let s = if n == 1 { "" } else { "s" };
+                let reason = format!("{n} field{s} where the header has {width}");
+                malformed.push(self.malformed(&record, reason)?);
+                continue;
+            }
+            text.extend_from_slice(&record.text);
+            good.push(record);
+        }
+        if good.is_empty() && malformed.is_empty() {
+            return Ok(None);
+        }
+        let batch = match Self::decode(self.format, self.schema.clone(), &text, good.len()) {
+            Ok(batch) => batch,
+            // Some record does not decode: find which, keep the others.
+            Err(_) => {
+                let mut kept = Vec::new();
+                for record in &good {
+                    match Self::decode(self.format, self.schema.clone(), &record.text, 1) {
+                        Ok(_) => kept.extend_from_slice(&record.text),
+                        Err(_) => malformed.push(self.malformed(record, self.reason(record))?),
+                    }
+                }
+                Self::decode(self.format, self.schema.clone(), &kept, good.len())?
+            }
+        };
+        malformed.sort_by_key(|m| m.line);
+        Ok(Some(Decoded { batch, malformed }))
+    }
+}
+
+impl Iterator for Records {
+    type Item = std::result::Result<Decoded, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let next = self.next_decoded();
+        if next.is_err() {
+            self.done = true;
+        }
+        next.transpose()
+    }
+}
+
+/// Fields as one line of CSV, quoted where they must be.
+fn csv_text(fields: &[&[u8]]) -> Vec<u8> {
+    let mut w = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_writer(Vec::new());
+    // Writing to memory cannot fail.
+    let _ = w.write_record(fields);
+    w.into_inner().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array};
+
+    fn spec(on_malformed: OnMalformed) -> Spec {
+        Spec {
+            format: TextFormat::Csv,
+            path: String::new(),
+            schema: Vec::new(),
+            on_malformed,
+        }
+    }
+
+    /// (first column of every decoded row, lines of every malformed record) from here on.
+    fn read_rest(source: &mut TextSource) -> (Vec<i64>, Vec<u64>, Vec<Position>) {
+        let (mut rows, mut bad, mut after) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(b) = source.next_batch().expect("a batch") {
+            let ts = b.batch.column(0);
+            let ts = ts.as_any().downcast_ref::<Int64Array>().expect("Int64 ts");
+            rows.extend(ts.values().iter());
+            bad.extend(b.malformed.iter().map(|m| m.line));
+            after.push(b.after);
+        }
+        (rows, bad, after)
+    }
+
+    /// A source resumed at any position it gave reads exactly the rest, malformed records
+    /// counted as read: a checkpoint neither repeats nor drops a record.
+    #[test]
+    fn a_resumed_source_reads_exactly_the_rest() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("in.csv");
+        let mut text = String::from("ts,x\n");
+        for i in 0..40 {
+            match i {
+                _ if i % 7 == 3 => text.push_str(&format!("{i}\n")),
+                // Few enough (2 in 34) for x to stay a float column.
+                _ if i % 13 == 5 => text.push_str(&format!("{i},oops\n")),
+                _ => text.push_str(&format!("{i},{i}.5\n")),
+            }
+        }
+        std::fs::write(&path, text).expect("writing the file");
+        let open =
+            || TextSource::open(&spec(OnMalformed::DeadLetter), vec![path.clone()], 4).unwrap();
+        let (rows, bad, after) = read_rest(&mut open());
+        assert_eq!(rows.len() + bad.len(), 40);
+        assert_eq!(
+            bad,
+            [5, 7, 12, 19, 20, 26, 33, 40],
+            "the lines of records 3, 5, 10, ..."
+        );
+        for (i, at) in after.iter().enumerate() {
+            let mut resumed = open();
+            resumed.seek(at).unwrap();
+            let (r, b, _) = read_rest(&mut resumed);
+            let Position::File { rows: read, .. } = at else {
+                panic!("a file position: {at:?}")
+            };
+            let read = *read as i64;
+            assert_eq!(
+                r,
+                rows.iter()
+                    .copied()
+                    .filter(|&t| t >= read)
+                    .collect::<Vec<_>>(),
+                "after batch {i}"
+            );
+            assert_eq!(
+                b,
+                bad.iter()
+                    .copied()
+                    .filter(|&l| l as i64 - 2 >= read)
+                    .collect::<Vec<_>>(),
+                "after batch {i}"
+            );
+        }
+        let mut fail = TextSource::open(&spec(OnMalformed::Fail), vec![path.clone()], 4).unwrap();
+        let err = read_rest_err(&mut fail);
+        assert!(
+            err.contains("line 5: 1 field where the header has 2"),
+            "{err}"
+        );
+    }
+
+    fn read_rest_err(source: &mut TextSource) -> String {
+        loop {
+            match source.next_batch() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("no error"),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+}
