@@ -596,7 +596,10 @@ fn json_lines_and_declared_schemas() {
         let out = case.run_job(&job, &[]);
         assert!(out.status.success(), "{}", stderr(&out));
         let summary = stderr(&out);
-        assert!(summary.contains(&format!("events in        {good}")), "{summary}");
+        assert!(
+            summary.contains(&format!("events in        {good}")),
+            "{summary}"
+        );
         assert!(summary.contains("malformed input  2"), "{summary}");
         let bad = std::fs::read_to_string(case.path("bad.jsonl")).expect("reading bad.jsonl");
         let rows: Vec<serde_json::Value> = bad
@@ -608,7 +611,9 @@ fn json_lines_and_declared_schemas() {
         assert_eq!(rows[0]["raw"], "not json at all", "{bad}");
         assert_eq!(rows[1]["line"], 10, "{bad}");
         assert!(
-            rows[1]["reason"].as_str().is_some_and(|r| r.contains("scroll_depth")),
+            rows[1]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("scroll_depth")),
             "{bad}"
         );
         let out = read_parquet(&case.path("out.parquet"));
@@ -635,7 +640,9 @@ fn json_lines_and_declared_schemas() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = read_parquet(&case.path("out.parquet"));
     assert_eq!(
-        out.column_by_name("first_user").expect("first_user").data_type(),
+        out.column_by_name("first_user")
+            .expect("first_user")
+            .data_type(),
         &arrow::datatypes::DataType::Float64,
         "the declared type wins over the inferred Int64"
     );
@@ -646,6 +653,74 @@ fn json_lines_and_declared_schemas() {
     let (from, to) = from_csv("{ ts = \"date\" }");
     let job = case.job(&csv, &[(late, ""), (&from, &to)]);
     case.assert_fails(&case.run_job(&job, &[]), &["source.schema.ts", "\"date\""]);
+}
+
+/// Two CSV files over the same three minutes: read one after another as one partition,
+/// the second file's first two minutes come after their windows fired and are late; with
+/// `partition_by = "file"` each file has its own watermark, read side by side, and no
+/// event is late.
+#[test]
+fn files_as_partitions_keep_their_own_watermarks() {
+    let case = Case::new();
+    let dir = case.path("in");
+    std::fs::create_dir(&dir).expect("creating the input directory");
+    for (name, offset) in [("a.csv", 0), ("b.csv", 500)] {
+        let mut text = String::from("ts,article_id,scroll_depth,user_id\n");
+        for i in 0..180u64 {
+            let ts = 1_700_000_000_000 + i * 1_000 + offset;
+            text.push_str(&format!("{ts},{},0.5,{}\n", i % 5, 10 + i % 3));
+        }
+        std::fs::write(dir.join(name), text).expect("writing an input file");
+    }
+    let late = "[late]\nkind = \"parquet\"\npath = 'DIR/late.parquet'";
+    let run = |partition_by: &str| {
+        let _ = std::fs::remove_file(case.path("out.parquet"));
+        let job = case.job(
+            &dir,
+            &[
+                (late, ""),
+                (
+                    "kind = \"parquet\"\npath = 'INPUT'",
+                    &format!("kind = \"csv\"\n{partition_by}path = 'INPUT'"),
+                ),
+            ],
+        );
+        let out = case.run_job(&job, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let one = run("");
+    assert!(one.contains("events in        360"), "{one}");
+    assert!(
+        !one.contains("late events      0\n"),
+        "the second file is late:\n{one}"
+    );
+    let per_file = run("partition_by = \"file\"\n");
+    assert!(per_file.contains("events in        360"), "{per_file}");
+    assert!(per_file.contains("late events      0\n"), "{per_file}");
+    let out = read_parquet(&case.path("out.parquet"));
+    let views = out.column_by_name("views").expect("views");
+    let views = views.as_any().downcast_ref::<arrow::array::Int64Array>();
+    assert_eq!(
+        views.expect("Int64 views").iter().flatten().sum::<i64>(),
+        360
+    );
+
+    std::fs::remove_file(case.path("out.parquet")).expect("removing out.parquet");
+    let job = case.job(
+        &dir,
+        &[
+            (late, ""),
+            (
+                "kind = \"parquet\"\npath = 'INPUT'",
+                "kind = \"csv\"\npartition_by = \"row\"\npath = 'INPUT'",
+            ),
+        ],
+    );
+    case.assert_fails(
+        &case.run_job(&job, &[]),
+        &["partition_by", "\"row\"", "\"file\""],
+    );
 }
 
 #[test]

@@ -250,6 +250,9 @@ pub struct SourceConfig {
     pub on_malformed: Option<String>,
     /// csv/jsonl: column types by name, e.g. `{ ts = "timestamp_ms", price = "float64" }`.
     pub schema: Option<std::collections::BTreeMap<String, String>>,
+    /// parquet/csv/jsonl: `"file"` makes each file a source partition of its own, read
+    /// side by side with its own watermark (default: the files one after another, as one).
+    pub partition_by: Option<String>,
 }
 
 /// `[time]`.
@@ -342,7 +345,7 @@ fn parquet() -> String {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
     /// Parquet files.
-    Parquet(String),
+    Parquet(ParquetSpec),
     /// Text files: CSV with a header row, or JSON lines.
     Text(TextSource),
     /// A built-in generator.
@@ -354,11 +357,21 @@ impl std::fmt::Display for Source {
     /// How errors name the source: its path, or the generator's dataset.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Parquet(p) | Source::Text(TextSource { path: p, .. }) => f.write_str(p),
+            Source::Parquet(ParquetSpec { path: p, .. })
+            | Source::Text(TextSource { path: p, .. }) => f.write_str(p),
             #[cfg(feature = "datasets")]
             Source::Generator(g) => write!(f, "generator {:?}", g.dataset),
         }
     }
+}
+
+/// A validated source of Parquet files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParquetSpec {
+    /// A file, a directory or a glob.
+    pub path: String,
+    /// Each file a source partition of its own (`partition_by = "file"`).
+    pub per_file: bool,
 }
 
 /// A validated source of text files.
@@ -373,6 +386,8 @@ pub struct TextSource {
     pub schema: Vec<(String, arrow::datatypes::DataType)>,
     /// What a record that does not decode does.
     pub on_malformed: OnMalformed,
+    /// Each file a source partition of its own (`partition_by = "file"`).
+    pub per_file: bool,
 }
 
 /// The format of a text source.
@@ -735,6 +750,21 @@ impl SourceConfig {
             ("late_share", self.late_share.is_some()),
             ("partitions", self.partitions.is_some()),
         ];
+        let per_file = match self.partition_by.as_deref() {
+            None => false,
+            Some("file") if self.kind != "generator" => true,
+            Some("file") => {
+                return Err("source.partition_by is for file sources; a generator has \
+                     source.partitions"
+                    .into());
+            }
+            Some(other) => {
+                return Err(format!(
+                    "source.partition_by = {other:?} is unknown; use \"file\" (each file a \
+                     partition) or leave it out (the files one after another)"
+                ));
+            }
+        };
         let file_source = |make: &dyn Fn(String) -> Source| {
             if let Some((k, _)) = generator_keys.iter().find(|(_, set)| *set) {
                 return Err(format!("source.{k} is only for kind = \"generator\""));
@@ -758,7 +788,7 @@ impl SourceConfig {
             ));
         }
         match self.kind.as_str() {
-            "parquet" => file_source(&Source::Parquet),
+            "parquet" => file_source(&|path| Source::Parquet(ParquetSpec { path, per_file })),
             "csv" | "jsonl" => {
                 let on_malformed = match self.on_malformed.as_deref() {
                     None | Some("dead_letter") => OnMalformed::DeadLetter,
@@ -783,6 +813,7 @@ impl SourceConfig {
                         path,
                         schema: schema.clone(),
                         on_malformed,
+                        per_file,
                     })
                 })
             }

@@ -97,7 +97,7 @@ impl Source for GeneratorSource {
                      the partition of each event; resume with --batch-rows {batch_rows}"
                 ),
             )),
-            Position::File { .. } => Err(Error::input(
+            Position::File { .. } | Position::PerFile { .. } => Err(Error::input(
                 &self.name,
                 "the checkpoint resumes a file source, not a generator: the job changed; run \
                  with --fresh",

@@ -3,6 +3,7 @@
 #[cfg(feature = "datasets")]
 mod generator;
 mod parquet;
+mod per_file;
 pub mod sink;
 mod text;
 pub mod writer;
@@ -37,6 +38,11 @@ pub enum Position {
         /// Rows of it read.
         rows: u64,
     },
+    /// Files as partitions: the position in each file.
+    PerFile {
+        /// Per file, in name order.
+        files: Vec<Position>,
+    },
     /// A generator: its first `batches` batches of `batch_rows` rows.
     Generator {
         /// Batches produced.
@@ -51,6 +57,10 @@ impl std::fmt::Display for Position {
         match self {
             Position::Start => f.write_str("start"),
             Position::File { path, rows, .. } => write!(f, "{path} row {rows}"),
+            Position::PerFile { files } => {
+                let each: Vec<String> = files.iter().map(ToString::to_string).collect();
+                write!(f, "{}", each.join(", "))
+            }
             Position::Generator {
                 batches,
                 batch_rows,
@@ -153,22 +163,44 @@ pub fn open_source(
     columns: Option<&[String]>,
     batch_rows: usize,
 ) -> Result<Box<dyn Source>> {
-    Ok(match spec {
-        SourceSpec::Parquet(path) => Box::new(parquet::ParquetSource::open(
-            &files(path, "parquet")?,
-            columns,
-            batch_rows,
-        )?),
+    let per_file = |files: Vec<PathBuf>, open: &dyn Fn(Vec<PathBuf>) -> Result<Box<dyn Source>>| {
+        let sources = (files.into_iter())
+            .map(|f| Ok((open(vec![f.clone()])?, f.display().to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Box::new(per_file::PerFile::new(sources)?) as Box<dyn Source>)
+    };
+    match spec {
+        SourceSpec::Parquet(p) => {
+            let open = |files: Vec<PathBuf>| -> Result<Box<dyn Source>> {
+                Ok(Box::new(parquet::ParquetSource::open(
+                    &files, columns, batch_rows,
+                )?))
+            };
+            let files = files(&p.path, "parquet")?;
+            if p.per_file {
+                per_file(files, &open)
+            } else {
+                open(files)
+            }
+        }
         SourceSpec::Text(t) => {
             let ext = match t.format {
                 TextFormat::Csv => "csv",
                 TextFormat::JsonLines => "jsonl",
             };
-            Box::new(text::TextSource::open(t, files(&t.path, ext)?, batch_rows)?)
+            let open = |files: Vec<PathBuf>| -> Result<Box<dyn Source>> {
+                Ok(Box::new(text::TextSource::open(t, files, batch_rows)?))
+            };
+            let files = files(&t.path, ext)?;
+            if t.per_file {
+                per_file(files, &open)
+            } else {
+                open(files)
+            }
         }
         #[cfg(feature = "datasets")]
-        SourceSpec::Generator(g) => Box::new(generator::GeneratorSource::new(g, batch_rows)?),
-    })
+        SourceSpec::Generator(g) => Ok(Box::new(generator::GeneratorSource::new(g, batch_rows)?)),
+    }
 }
 
 /// The files a source path names: a file, a directory's `*.ext` files, or a glob; sorted.
@@ -246,10 +278,16 @@ impl<R: Iterator<Item = Result<Decoded, ArrowError>>> FileSequence<R> {
                 self.skip = *rows;
                 Ok(())
             }
-            Position::Generator { .. } => Err(Error::Internal(format!(
-                "a {} source cannot resume at a generator position",
-                self.kind
-            ))),
+            other => Err(Error::input(
+                self.files
+                    .first()
+                    .map_or(String::new(), |f| f.display().to_string()),
+                format!(
+                    "the checkpoint resumes a {} source at {other}, not at one file position: \
+                     the source changed; run with --fresh",
+                    self.kind
+                ),
+            )),
         }
     }
 

@@ -493,6 +493,7 @@ mod tests {
             path: String::new(),
             schema: Vec::new(),
             on_malformed,
+            per_file: false,
         }
     }
 
