@@ -301,7 +301,9 @@ impl<R: Iterator<Item = Result<Decoded, ArrowError>>> FileSequence<R> {
             if let Some((reader, origin, row)) = &mut self.reader {
                 // Only readers that decode every row (Parquet) leave rows to discard.
                 match reader.next() {
-                    Some(Ok(d)) if (d.batch.num_rows() as u64) <= self.discard => {
+                    Some(Ok(d))
+                        if self.discard > 0 && (d.batch.num_rows() as u64) <= self.discard =>
+                    {
                         self.discard -= d.batch.num_rows() as u64;
                         continue;
                     }
