@@ -519,10 +519,12 @@ fn malformed_csv_records_go_to_the_dead_letter_output_or_stop_the_job() {
     assert_eq!(rows.len(), expected.len(), "{bad}");
     for (row, (line, reason, raw)) in rows.iter().zip(expected) {
         assert!(
-            row["file"].as_str().is_some_and(|f| f.ends_with("in.csv")),
+            row["origin"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("in.csv")),
             "{row}"
         );
-        assert_eq!(row["line"], line, "{row}");
+        assert_eq!(row["position"], line, "{row}");
         assert!(
             row["reason"].as_str().is_some_and(|r| r.contains(reason)),
             "{row}"
@@ -607,9 +609,9 @@ fn json_lines_and_declared_schemas() {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e} in {l:?}")))
             .collect();
         assert_eq!(rows.len(), 2, "{bad}");
-        assert_eq!(rows[0]["line"], 5, "{bad}");
+        assert_eq!(rows[0]["position"], 5, "{bad}");
         assert_eq!(rows[0]["raw"], "not json at all", "{bad}");
-        assert_eq!(rows[1]["line"], 10, "{bad}");
+        assert_eq!(rows[1]["position"], 10, "{bad}");
         assert!(
             rows[1]["reason"]
                 .as_str()

@@ -371,9 +371,9 @@ impl Outputs {
                     .take(MALFORMED_LOGGED.saturating_sub(self.malformed) as usize)
                 {
                     tracing::warn!(
-                        "{} line {}: {}; skipped: {:?}",
-                        r.file,
-                        r.line,
+                        "{} at {}: {}; skipped: {:?}",
+                        r.origin,
+                        r.position,
                         r.reason,
                         r.raw
                     );

@@ -72,22 +72,23 @@ impl std::fmt::Display for Position {
 /// A record that did not decode, kept for the dead-letter output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Malformed {
-    /// The file it is in.
-    pub file: String,
-    /// Its line in the file (the header is line 1).
-    pub line: u64,
+    /// Where it is from: a file, or a Kafka topic and partition (`clicks/2`).
+    pub origin: String,
+    /// Where it is there: its line in a file (a CSV header is line 1), its offset in a
+    /// Kafka partition.
+    pub position: u64,
     /// Why it did not decode, naming the column where one is at fault.
     pub reason: String,
     /// Its text, fields re-joined as CSV.
     pub raw: String,
 }
 
-/// The schema of the dead-letter output: file, line, reason, raw text.
+/// The schema of the dead-letter output: origin, position, reason, raw text.
 pub fn dead_letter_schema() -> SchemaRef {
     use arrow::datatypes::{DataType, Field, Schema};
     std::sync::Arc::new(Schema::new(vec![
-        Field::new("file", DataType::Utf8, false),
-        Field::new("line", DataType::UInt64, false),
+        Field::new("origin", DataType::Utf8, false),
+        Field::new("position", DataType::UInt64, false),
         Field::new("reason", DataType::Utf8, false),
         Field::new("raw", DataType::Utf8, false),
     ]))
@@ -99,12 +100,12 @@ pub fn dead_letter_batch(records: &[Malformed]) -> RecordBatch {
     let text = |f: fn(&Malformed) -> &str| {
         std::sync::Arc::new(records.iter().map(f).map(Some).collect::<StringArray>())
     };
-    let lines: UInt64Array = records.iter().map(|r| Some(r.line)).collect();
+    let positions: UInt64Array = records.iter().map(|r| Some(r.position)).collect();
     RecordBatch::try_new(
         dead_letter_schema(),
         vec![
-            text(|r| &r.file),
-            std::sync::Arc::new(lines),
+            text(|r| &r.origin),
+            std::sync::Arc::new(positions),
             text(|r| &r.reason),
             text(|r| &r.raw),
         ],

@@ -237,13 +237,6 @@ enum Lines {
     Json(BufReader<File>, u64),
 }
 
-/// One record as read: its line, its text (CSV fields re-joined), and for CSV its fields.
-struct Record {
-    line: u64,
-    text: Vec<u8>,
-    fields: Option<csv::ByteRecord>,
-}
-
 impl Lines {
     fn next(&mut self) -> std::result::Result<Option<Record>, ArrowError> {
         match self {
@@ -290,13 +283,30 @@ impl Lines {
 /// The records of one file, decoded into batches of the schema: each record is checked
 /// (its fields counted, its values decoded) so that one bad record costs only itself.
 struct Records {
-    format: TextFormat,
     lines: Lines,
-    file: String,
-    schema: SchemaRef,
+    /// The file, as dead letters name it.
+    origin: String,
+    decoder: RecordDecoder,
     batch_rows: usize,
-    on_malformed: OnMalformed,
     done: bool,
+}
+
+/// Decodes records of one format into batches of a schema, setting aside those that do
+/// not decode (or failing on the first, with [`OnMalformed::Fail`]).
+pub(super) struct RecordDecoder {
+    pub(super) format: TextFormat,
+    pub(super) schema: SchemaRef,
+    pub(super) on_malformed: OnMalformed,
+    /// What a record's position is, as errors name it: "line", "offset".
+    pub(super) position_name: &'static str,
+}
+
+/// One record as read: where it is (a line, an offset), its text (CSV fields re-joined,
+/// a JSON object and its newline), and for CSV its fields.
+pub(super) struct Record {
+    pub(super) line: u64,
+    pub(super) text: Vec<u8>,
+    pub(super) fields: Option<csv::ByteRecord>,
 }
 
 impl Records {
@@ -313,12 +323,15 @@ impl Records {
             TextFormat::JsonLines => Lines::Json(BufReader::new(file), 0),
         };
         Ok(Records {
-            format,
             lines,
-            file: path.display().to_string(),
-            schema,
+            origin: path.display().to_string(),
+            decoder: RecordDecoder {
+                format,
+                schema,
+                on_malformed,
+                position_name: "line",
+            },
             batch_rows,
-            on_malformed,
             done: false,
         })
     }
@@ -326,12 +339,10 @@ impl Records {
     /// Reads and drops `n` records (a restored position).
     fn skip_records(&mut self, n: u64) -> Result<()> {
         for _ in 0..n {
-            let record = self.lines.next().map_err(|e| {
-                Error::arrow(
-                    format!("skipping to a checkpoint's row {n} of {}", self.file),
-                    e,
-                )
-            })?;
+            let record = self
+                .lines
+                .next()
+                .map_err(|e| Error::arrow(format!("skipping to a checkpoint's row {n}"), e))?;
             if record.is_none() {
                 break;
             }
@@ -339,6 +350,33 @@ impl Records {
         Ok(())
     }
 
+    fn next_decoded(&mut self) -> std::result::Result<Option<Decoded>, ArrowError> {
+        let d = &self.decoder;
+        let width = d.schema.fields().len();
+        let (mut good, mut malformed) = (Vec::new(), Vec::new());
+        while good.len() < self.batch_rows {
+            let Some(record) = self.lines.next()? else {
+                self.done = true;
+                break;
+            };
+            if let Some(n) = record.fields.as_ref().map(csv::ByteRecord::len)
+                && n != width
+            {
+                let s = if n == 1 { "" } else { "s" };
+                let reason = format!("{n} field{s} where the header has {width}");
+                malformed.push(d.malformed(&self.origin, &record, reason)?);
+                continue;
+            }
+            good.push(record);
+        }
+        if good.is_empty() && malformed.is_empty() {
+            return Ok(None);
+        }
+        d.decode_records(&self.origin, &good, malformed).map(Some)
+    }
+}
+
+impl RecordDecoder {
     /// Decodes `records` records of headerless CSV, or JSON lines, into a batch of
     /// `schema`: an error unless every byte decodes and every record gives one row.
     fn decode(
@@ -416,68 +454,59 @@ impl Records {
     }
 
     /// A malformed record: kept, or the error that stops the job.
-    fn malformed(
+    pub(super) fn malformed(
         &self,
+        origin: &str,
         record: &Record,
         reason: String,
     ) -> std::result::Result<Malformed, ArrowError> {
-        let line = record.line;
+        let at = record.line;
         if self.on_malformed == OnMalformed::Fail {
             return Err(ArrowError::ParseError(format!(
-                "line {line}: {reason} (source.on_malformed = \"fail\"; with \"dead_letter\" \
-                 such records go to [dead_letter] and the job goes on)"
+                "{} {at}: {reason} (source.on_malformed = \"fail\"; with \"dead_letter\" \
+                 such records go to [dead_letter] and the job goes on)",
+                self.position_name
             )));
         }
         let raw = String::from_utf8_lossy(&record.text);
         Ok(Malformed {
-            file: self.file.clone(),
-            line,
+            origin: origin.to_string(),
+            position: at,
             reason,
             raw: raw.trim_end_matches(['\r', '\n']).to_string(),
         })
     }
 
-    fn next_decoded(&mut self) -> std::result::Result<Option<Decoded>, ArrowError> {
-        let width = self.schema.fields().len();
-        let (mut text, mut good, mut malformed) = (Vec::new(), Vec::new(), Vec::new());
-        while good.len() < self.batch_rows {
-            let Some(record) = self.lines.next()? else {
-                self.done = true;
-                break;
-            };
-            if let Some(n) = record.fields.as_ref().map(csv::ByteRecord::len)
-                && n != width
-            {
-                let s = if n == 1 { "" } else { "s" };
-                let reason = format!("{n} field{s} where the header has {width}");
-                malformed.push(self.malformed(&record, reason)?);
-                continue;
-            }
-            text.extend_from_slice(&record.text);
-            good.push(record);
-        }
-        if good.is_empty() && malformed.is_empty() {
-            return Ok(None);
-        }
+    /// Decodes `good` (records that passed the reader's own checks) into a batch; the
+    /// records that do not decode join `malformed`, in position order.
+    pub(super) fn decode_records(
+        &self,
+        origin: &str,
+        good: &[Record],
+        mut malformed: Vec<Malformed>,
+    ) -> std::result::Result<Decoded, ArrowError> {
+        let text: Vec<u8> = good.iter().flat_map(|r| r.text.iter().copied()).collect();
         let batch = match Self::decode(self.format, self.schema.clone(), &text, good.len()) {
             Ok(batch) => batch,
             // Some record does not decode: find which, keep the others.
             Err(_) => {
                 let (mut kept, mut n) = (Vec::new(), 0);
-                for record in &good {
+                for record in good {
                     match Self::decode(self.format, self.schema.clone(), &record.text, 1) {
                         Ok(_) => {
                             kept.extend_from_slice(&record.text);
                             n += 1;
                         }
-                        Err(_) => malformed.push(self.malformed(record, self.reason(record))?),
+                        Err(_) => {
+                            malformed.push(self.malformed(origin, record, self.reason(record))?)
+                        }
                     }
                 }
                 Self::decode(self.format, self.schema.clone(), &kept, n)?
             }
         };
-        malformed.sort_by_key(|m| m.line);
-        Ok(Some(Decoded { batch, malformed }))
+        malformed.sort_by_key(|m| m.position);
+        Ok(Decoded { batch, malformed })
     }
 }
 
@@ -528,7 +557,7 @@ mod tests {
             let ts = b.batch.column(0);
             let ts = ts.as_any().downcast_ref::<Int64Array>().expect("Int64 ts");
             rows.extend(ts.values().iter());
-            bad.extend(b.malformed.iter().map(|m| m.line));
+            bad.extend(b.malformed.iter().map(|m| m.position));
             after.push(b.after);
         }
         (rows, bad, after)
