@@ -226,7 +226,7 @@ pub struct TopK {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// `parquet`, `csv`, `jsonl` or `generator`.
+    /// `parquet`, `csv`, `jsonl`, `kafka` or `generator`.
     pub kind: String,
     /// parquet/csv/jsonl: a file, a directory (its `*.parquet`/`*.csv`/`*.jsonl` files,
     /// sorted by name) or a glob. The files are read in name order as one partition.
@@ -253,6 +253,20 @@ pub struct SourceConfig {
     /// parquet/csv/jsonl: `"file"` makes each file a source partition of its own, read
     /// side by side with its own watermark (default: the files one after another, as one).
     pub partition_by: Option<String>,
+    /// kafka: brokers, `host:port[,host:port...]`.
+    pub bootstrap: Option<String>,
+    /// kafka: the topic; each of its partitions is a source partition.
+    pub topic: Option<String>,
+    /// kafka: the consumer group (default `"panes"`).
+    pub group: Option<String>,
+    /// kafka: the messages' format: `"json"` (one object a message; the default).
+    pub format: Option<String>,
+    /// kafka: where a partition starts when no checkpoint says: `"earliest"` (default) or
+    /// `"latest"`.
+    pub start: Option<String>,
+    /// kafka: `"end"` stops at the offsets that ended each partition when the job started
+    /// (a bounded run); by default the job runs until stopped.
+    pub stop: Option<String>,
 }
 
 /// `[time]`.
@@ -348,6 +362,8 @@ pub enum Source {
     Parquet(ParquetSpec),
     /// Text files: CSV with a header row, or JSON lines.
     Text(TextSource),
+    /// A Kafka topic.
+    Kafka(KafkaSpec),
     /// A built-in generator.
     #[cfg(feature = "datasets")]
     Generator(GeneratorSpec),
@@ -359,6 +375,7 @@ impl std::fmt::Display for Source {
         match self {
             Source::Parquet(ParquetSpec { path: p, .. })
             | Source::Text(TextSource { path: p, .. }) => f.write_str(p),
+            Source::Kafka(k) => write!(f, "kafka topic {:?} at {}", k.topic, k.bootstrap),
             #[cfg(feature = "datasets")]
             Source::Generator(g) => write!(f, "generator {:?}", g.dataset),
         }
@@ -388,6 +405,26 @@ pub struct TextSource {
     pub on_malformed: OnMalformed,
     /// Each file a source partition of its own (`partition_by = "file"`).
     pub per_file: bool,
+}
+
+/// A validated Kafka source: every partition of one topic, each a source partition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaSpec {
+    /// Brokers, `host:port[,host:port...]`.
+    pub bootstrap: String,
+    /// The topic.
+    pub topic: String,
+    /// The consumer group.
+    pub group: String,
+    /// Column types by name: messages are JSON objects.
+    pub schema: Vec<(String, arrow::datatypes::DataType)>,
+    /// Where a partition starts when no checkpoint says: its first offset, or its end.
+    pub start_at_end: bool,
+    /// Stop at the offsets that ended each partition when the job started (a bounded
+    /// run); otherwise run until stopped.
+    pub stop_at_end: bool,
+    /// What a message that does not decode does.
+    pub on_malformed: OnMalformed,
 }
 
 /// The format of a text source.
@@ -634,14 +671,15 @@ impl JobFile {
             .dead_letter
             .map(|l| l.validate("dead_letter"))
             .transpose()?;
-        let dead_letters = matches!(
-            &source,
-            Source::Text(t) if t.on_malformed == OnMalformed::DeadLetter
-        );
+        let dead_letters = match &source {
+            Source::Text(t) => t.on_malformed == OnMalformed::DeadLetter,
+            Source::Kafka(k) => k.on_malformed == OnMalformed::DeadLetter,
+            _ => false,
+        };
         if dead_letter.is_some() && !dead_letters {
             return Err(
-                "[dead_letter] receives the records of a csv or jsonl source that do not \
-                 decode; this job has none (a parquet or generator source, or on_malformed = \
+                "[dead_letter] receives the records of a csv, jsonl or kafka source that do \
+                 not decode; this job has none (a parquet or generator source, or on_malformed = \
                  \"fail\")"
                     .into(),
             );
@@ -774,6 +812,20 @@ impl SourceConfig {
                 _ => Err(format!("source kind {:?} needs a path", self.kind)),
             }
         };
+        let kafka_keys = [
+            ("bootstrap", self.bootstrap.is_some()),
+            ("topic", self.topic.is_some()),
+            ("group", self.group.is_some()),
+            ("format", self.format.is_some()),
+            ("start", self.start.is_some()),
+            ("stop", self.stop.is_some()),
+        ];
+        if self.kind == "kafka" {
+            return self.kafka(&generator_keys);
+        }
+        if let Some((key, _)) = kafka_keys.iter().find(|(_, set)| *set) {
+            return Err(format!("source.{key} is only for kind = \"kafka\""));
+        }
         let text = matches!(self.kind.as_str(), "csv" | "jsonl");
         if !text
             && let Some(key) = [
@@ -784,25 +836,14 @@ impl SourceConfig {
             .find_map(|(k, set)| set.then_some(k))
         {
             return Err(format!(
-                "source.{key} is only for kind = \"csv\" or \"jsonl\""
+                "source.{key} is only for kind = \"csv\", \"jsonl\" or \"kafka\""
             ));
         }
         match self.kind.as_str() {
             "parquet" => file_source(&|path| Source::Parquet(ParquetSpec { path, per_file })),
             "csv" | "jsonl" => {
-                let on_malformed = match self.on_malformed.as_deref() {
-                    None | Some("dead_letter") => OnMalformed::DeadLetter,
-                    Some("fail") => OnMalformed::Fail,
-                    Some(other) => {
-                        return Err(format!(
-                            "source.on_malformed = {other:?} is unknown; use \"dead_letter\" \
-                             or \"fail\""
-                        ));
-                    }
-                };
-                let schema = (self.schema.iter().flatten())
-                    .map(|(c, t)| Ok((c.clone(), parse_type(c, t)?)))
-                    .collect::<Result<Vec<_>, String>>()?;
+                let on_malformed = self.on_malformed()?;
+                let schema = self.declared_schema()?;
                 let format = match self.kind.as_str() {
                     "csv" => TextFormat::Csv,
                     _ => TextFormat::JsonLines,
@@ -819,10 +860,98 @@ impl SourceConfig {
             }
             "generator" => self.generator(),
             other => Err(format!(
-                "source.kind = {other:?} is unknown; use \"parquet\", \"csv\", \"jsonl\" or \
-                 \"generator\""
+                "source.kind = {other:?} is unknown; use \"parquet\", \"csv\", \"jsonl\", \
+                 \"kafka\" or \"generator\""
             )),
         }
+    }
+
+    fn on_malformed(&self) -> Result<OnMalformed, String> {
+        match self.on_malformed.as_deref() {
+            None | Some("dead_letter") => Ok(OnMalformed::DeadLetter),
+            Some("fail") => Ok(OnMalformed::Fail),
+            Some(other) => Err(format!(
+                "source.on_malformed = {other:?} is unknown; use \"dead_letter\" or \"fail\""
+            )),
+        }
+    }
+
+    fn declared_schema(&self) -> Result<Vec<(String, arrow::datatypes::DataType)>, String> {
+        (self.schema.iter().flatten())
+            .map(|(c, t)| Ok((c.clone(), parse_type(c, t)?)))
+            .collect()
+    }
+
+    fn kafka(&self, generator_keys: &[(&str, bool)]) -> Result<Source, String> {
+        let other_keys = [
+            ("path", self.path.is_some()),
+            ("partition_by", self.partition_by.is_some()),
+        ];
+        if let Some((k, _)) = (generator_keys.iter().chain(&other_keys)).find(|(_, set)| *set) {
+            return Err(format!("source.{k} is not used by kind = \"kafka\""));
+        }
+        let needs = |key: &str, v: &Option<String>| match v.as_deref() {
+            Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+            _ => Err(format!("source kind \"kafka\" needs {key}")),
+        };
+        let bootstrap = needs(
+            "bootstrap (brokers, e.g. \"127.0.0.1:9092\")",
+            &self.bootstrap,
+        )?;
+        let topic = needs("a topic", &self.topic)?;
+        match self.format.as_deref() {
+            None | Some("json") => {}
+            Some(other) => {
+                return Err(format!(
+                    "source.format = {other:?} is not supported; use \"json\" (one object a \
+                     message)"
+                ));
+            }
+        }
+        let schema = self.declared_schema()?;
+        if schema.is_empty() {
+            return Err(
+                "source kind \"kafka\" needs a schema, e.g. schema = { ts = \
+                 \"timestamp_ms\", user = \"int64\" }: messages arrive over time, so their \
+                 columns cannot be inferred up front"
+                    .into(),
+            );
+        }
+        let start_at_end = match self.start.as_deref() {
+            None | Some("earliest") => false,
+            Some("latest") => true,
+            Some(other) => {
+                return Err(format!(
+                    "source.start = {other:?} is unknown; use \"earliest\" or \"latest\""
+                ));
+            }
+        };
+        let stop_at_end = match self.stop.as_deref() {
+            None => false,
+            Some("end") => true,
+            Some(other) => {
+                return Err(format!(
+                    "source.stop = {other:?} is unknown; use \"end\" (stop at the end the \
+                     topic had when the job started) or leave it out (run until stopped)"
+                ));
+            }
+        };
+        if !cfg!(feature = "kafka") {
+            return Err(
+                "source.kind = \"kafka\" needs panes-engine's `kafka` feature, which \
+                 this build leaves out"
+                    .into(),
+            );
+        }
+        Ok(Source::Kafka(KafkaSpec {
+            bootstrap,
+            topic,
+            group: self.group.clone().unwrap_or_else(|| "panes".into()),
+            schema,
+            start_at_end,
+            stop_at_end,
+            on_malformed: self.on_malformed()?,
+        }))
     }
 
     #[cfg(feature = "datasets")]

@@ -589,7 +589,12 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         // `rx` is consumed here, so an early error return closes the channel.
         for next in rx {
             let Some(b) = next? else { break };
-            op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?;
+            match b.batch.num_rows() {
+                // Nothing arrived (a quiet Kafka topic) or nothing decoded: processing
+                // time still advances, for idle partitions.
+                0 => op.tick(Instant::now())?,
+                _ => op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?,
+            }
             outputs.drain(&mut op)?;
             outputs.dead_letters(&b.malformed)?;
             position = b.after;

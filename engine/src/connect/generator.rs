@@ -97,11 +97,13 @@ impl Source for GeneratorSource {
                      the partition of each event; resume with --batch-rows {batch_rows}"
                 ),
             )),
-            Position::File { .. } | Position::PerFile { .. } => Err(Error::input(
-                &self.name,
-                "the checkpoint resumes a file source, not a generator: the job changed; run \
-                 with --fresh",
-            )),
+            Position::File { .. } | Position::PerFile { .. } | Position::Kafka { .. } => {
+                Err(Error::input(
+                    &self.name,
+                    "the checkpoint resumes another kind of source, not a generator: the job \
+                     changed; run with --fresh",
+                ))
+            }
         }
     }
 }

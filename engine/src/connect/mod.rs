@@ -2,6 +2,8 @@
 
 #[cfg(feature = "datasets")]
 mod generator;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod parquet;
 mod per_file;
 pub mod sink;
@@ -43,6 +45,11 @@ pub enum Position {
         /// Per file, in name order.
         files: Vec<Position>,
     },
+    /// A Kafka topic: the next offset of each partition.
+    Kafka {
+        /// (partition, next offset), by partition.
+        offsets: Vec<(i32, i64)>,
+    },
     /// A generator: its first `batches` batches of `batch_rows` rows.
     Generator {
         /// Batches produced.
@@ -59,6 +66,12 @@ impl std::fmt::Display for Position {
             Position::File { path, rows, .. } => write!(f, "{path} row {rows}"),
             Position::PerFile { files } => {
                 let each: Vec<String> = files.iter().map(ToString::to_string).collect();
+                write!(f, "{}", each.join(", "))
+            }
+            Position::Kafka { offsets } => {
+                let each: Vec<String> = (offsets.iter())
+                    .map(|(p, o)| format!("partition {p} offset {o}"))
+                    .collect();
                 write!(f, "{}", each.join(", "))
             }
             Position::Generator {
@@ -199,6 +212,12 @@ pub fn open_source(
                 open(files)
             }
         }
+        #[cfg(feature = "kafka")]
+        SourceSpec::Kafka(k) => Ok(Box::new(kafka::KafkaSource::open(k, batch_rows)?)),
+        #[cfg(not(feature = "kafka"))]
+        SourceSpec::Kafka(_) => Err(Error::Internal(
+            "a kafka source in a build without the kafka feature".into(),
+        )),
         #[cfg(feature = "datasets")]
         SourceSpec::Generator(g) => Ok(Box::new(generator::GeneratorSource::new(g, batch_rows)?)),
     }

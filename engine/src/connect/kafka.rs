@@ -1,0 +1,280 @@
+//! Kafka source: every partition of one topic, each a source partition with its own
+//! watermark. Messages are JSON objects, decoded column-wise into batches of the declared
+//! schema; one that does not decode goes to the dead-letter output with its partition,
+//! offset and reason.
+//!
+//! Offsets live in the job's checkpoints, not in the consumer group: the position after a
+//! batch holds each partition's next offset, and a restored job assigns the partitions at
+//! those offsets (no auto-commit). A partition without one starts at its first offset or
+//! its end (`start`). With `stop = "end"` the source ends once every partition reached the
+//! end it had when the job started; otherwise it runs until the process is stopped, and
+//! while no message arrives it hands on empty batches, which let the job's processing time
+//! advance (idle partitions, windows that close when the input goes quiet).
+
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::text::{Record, RecordDecoder};
+use super::{Decoded, Position, Source, SourceBatch};
+use crate::error::{Error, Result};
+use crate::job::{KafkaSpec, TextFormat};
+
+/// How long a request to the brokers may take at start (metadata, offsets).
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a batch waits for messages before it goes out smaller (or empty).
+const LINGER: Duration = Duration::from_millis(200);
+
+pub(super) struct KafkaSource {
+    consumer: BaseConsumer,
+    spec: KafkaSpec,
+    schema: SchemaRef,
+    decoder: RecordDecoder,
+    batch_rows: usize,
+    /// The topic's partitions, ascending: source partition i is Kafka partition ids[i].
+    ids: Vec<i32>,
+    /// Per partition, the offset of the next message to hand on.
+    next: Vec<i64>,
+    /// Per partition, the offset to stop at (`stop = "end"`).
+    end: Option<Vec<i64>>,
+    /// Per partition, messages polled and not yet handed on.
+    pending: Vec<Vec<Record>>,
+    /// Whether the partitions are assigned to the consumer (at the first batch, after a
+    /// possible seek).
+    assigned: bool,
+}
+
+impl KafkaSource {
+    pub(super) fn open(spec: &KafkaSpec, batch_rows: usize) -> Result<KafkaSource> {
+        let at = || format!("kafka {}", spec.bootstrap);
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &spec.bootstrap)
+            .set("group.id", &spec.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(|e| Error::input(at(), format!("cannot create a consumer: {e}")))?;
+        let metadata = consumer
+            .fetch_metadata(Some(&spec.topic), TIMEOUT)
+            .map_err(|e| {
+                Error::input(
+                    at(),
+                    format!("cannot reach the brokers (in {TIMEOUT:?}): {e}"),
+                )
+            })?;
+        let topic = metadata.topics().iter().find(|t| t.name() == spec.topic);
+        let mut ids: Vec<i32> = topic
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            return Err(Error::input(
+                at(),
+                format!(
+                    "source.topic = {:?}: no such topic (or it has no partitions)",
+                    spec.topic
+                ),
+            ));
+        }
+        ids.sort_unstable();
+        let (mut next, mut end) = (Vec::new(), Vec::new());
+        for &p in &ids {
+            let (low, high) = consumer
+                .fetch_watermarks(&spec.topic, p, TIMEOUT)
+                .map_err(|e| Error::input(at(), format!("offsets of partition {p}: {e}")))?;
+            next.push(if spec.start_at_end { high } else { low });
+            end.push(high);
+        }
+        let schema = std::sync::Arc::new(Schema::new(
+            (spec.schema.iter())
+                .map(|(name, t)| Field::new(name, t.clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        Ok(KafkaSource {
+            consumer,
+            decoder: RecordDecoder {
+                format: TextFormat::JsonLines,
+                schema: schema.clone(),
+                on_malformed: spec.on_malformed,
+                position_name: "offset",
+            },
+            schema,
+            spec: spec.clone(),
+            batch_rows,
+            pending: ids.iter().map(|_| Vec::new()).collect(),
+            ids,
+            next,
+            end: spec.stop_at_end.then_some(end),
+            assigned: false,
+        })
+    }
+
+    fn position(&self) -> Position {
+        Position::Kafka {
+            offsets: self
+                .ids
+                .iter()
+                .copied()
+                .zip(self.next.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// Whether partition `i` has nothing more to give in a bounded run.
+    fn finished(&self, i: usize) -> bool {
+        self.end.as_ref().is_some_and(|end| self.next[i] >= end[i])
+    }
+
+    fn assign(&mut self) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        for (&p, &offset) in self.ids.iter().zip(&self.next) {
+            list.add_partition_offset(&self.spec.topic, p, Offset::Offset(offset))
+                .map_err(|e| self.error(format!("assigning partition {p}: {e}")))?;
+        }
+        self.consumer
+            .assign(&list)
+            .map_err(|e| self.error(format!("assigning the partitions: {e}")))?;
+        self.assigned = true;
+        Ok(())
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::input(format!("kafka topic {}", self.spec.topic), message)
+    }
+
+    /// Hands on up to a batch of partition `i`'s pending messages.
+    fn take(&mut self, i: usize) -> Result<SourceBatch> {
+        let n = self.pending[i].len().min(self.batch_rows);
+        let records: Vec<Record> = self.pending[i].drain(..n).collect();
+        let origin = format!("{}/{}", self.spec.topic, self.ids[i]);
+        let first = records.first().map_or(self.next[i], |r| r.line as i64);
+        let Decoded { batch, malformed } = self
+            .decoder
+            .decode_records(&origin, &records, Vec::new())
+            .map_err(|e| Error::arrow(format!("decoding messages of {origin}"), e))?;
+        if let Some(last) = records.last() {
+            self.next[i] = last.line as i64 + 1;
+        }
+        Ok(SourceBatch {
+            partition: i,
+            batch,
+            origin,
+            first_row: first.max(0) as u64,
+            after: self.position(),
+            malformed,
+        })
+    }
+}
+
+impl Source for KafkaSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn partitions(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn total_rows(&self) -> Option<u64> {
+        let end = self.end.as_ref()?;
+        Some(
+            end.iter()
+                .zip(&self.next)
+                .map(|(e, n)| (e - n).max(0) as u64)
+                .sum(),
+        )
+    }
+
+    fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        if !self.assigned {
+            self.assign()?;
+        }
+        let started = Instant::now();
+        loop {
+            let (bounded, n) = (self.end.is_some(), self.ids.len());
+            let done = |s: &Self, i: usize| s.finished(i) && s.pending[i].is_empty();
+            if bounded && (0..n).all(|i| done(self, i)) {
+                return Ok(None);
+            }
+            // A full batch goes at once; after the linger, the fullest one; in a bounded
+            // run, one whose partition reached its end.
+            let full = (0..n).find(|&i| self.pending[i].len() >= self.batch_rows);
+            let ended = (0..n).find(|&i| {
+                let polled = self.next[i] + self.pending[i].len() as i64;
+                !self.pending[i].is_empty() && self.end.as_ref().is_some_and(|e| polled >= e[i])
+            });
+            if let Some(i) = full.or(ended) {
+                return self.take(i).map(Some);
+            }
+            if started.elapsed() >= LINGER {
+                let fullest = (0..n).max_by_key(|&i| self.pending[i].len());
+                return match fullest.filter(|&i| !self.pending[i].is_empty()) {
+                    Some(i) => self.take(i).map(Some),
+                    // Nothing arrived: an empty batch lets processing time advance.
+                    None => Ok(Some(SourceBatch {
+                        partition: 0,
+                        batch: arrow::array::RecordBatch::new_empty(self.schema.clone()),
+                        origin: format!("kafka topic {}", self.spec.topic),
+                        first_row: 0,
+                        after: self.position(),
+                        malformed: Vec::new(),
+                    })),
+                };
+            }
+            let Some(polled) = self.consumer.poll(LINGER / 4) else {
+                continue;
+            };
+            let message = match polled {
+                Ok(m) => m,
+                Err(e) => {
+                    // librdkafka retries on its own (a broker that went away comes back).
+                    tracing::warn!("kafka topic {}: {e}; retrying", self.spec.topic);
+                    continue;
+                }
+            };
+            let Some(i) = self.ids.iter().position(|&p| p == message.partition()) else {
+                continue;
+            };
+            let offset = message.offset();
+            let polled_to = self.next[i] + self.pending[i].len() as i64;
+            let beyond = self.end.as_ref().is_some_and(|e| offset >= e[i]);
+            if offset < polled_to || beyond {
+                continue;
+            }
+            let mut text = message.payload().unwrap_or_default().to_vec();
+            text.push(b'\n');
+            self.pending[i].push(Record {
+                line: offset as u64,
+                text,
+                fields: None,
+            });
+        }
+    }
+
+    fn seek(&mut self, to: &Position) -> Result<()> {
+        match to {
+            Position::Start => Ok(()),
+            Position::Kafka { offsets } => {
+                for &(p, offset) in offsets {
+                    let Some(i) = self.ids.iter().position(|&id| id == p) else {
+                        return Err(self.error(format!(
+                            "the checkpoint resumes partition {p}, which the topic no longer \
+                             has; run with --fresh"
+                        )));
+                    };
+                    self.next[i] = offset;
+                }
+                Ok(())
+            }
+            other => Err(self.error(format!(
+                "the checkpoint resumes at {other}, not at Kafka offsets: the source changed; \
+                 run with --fresh"
+            ))),
+        }
+    }
+}

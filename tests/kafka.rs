@@ -1,0 +1,257 @@
+//! The Kafka source against a real Kafka-protocol broker on loopback (noida-db from PyPI,
+//! started by `tests/kafka/broker.sh`, or the one `KAFKA_BOOTSTRAP` names).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::util::display::array_value_to_string;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// The broker's address: `KAFKA_BOOTSTRAP`, or one started for this test binary.
+fn broker() -> &'static str {
+    static BROKER: OnceLock<String> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
+            return b;
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafka");
+        let out = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/broker.sh"))
+            .arg(&dir)
+            .output()
+            .expect("running tests/kafka/broker.sh");
+        assert!(
+            out.status.success(),
+            "the broker did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("an address")
+            .trim()
+            .to_string()
+    })
+}
+
+/// Creates `topic` with `partitions` partitions.
+fn create_topic(topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .expect("an admin client");
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let results = runtime
+        .block_on(admin.create_topics([&new], &AdminOptions::new()))
+        .expect("creating the topic");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+/// Sends each (partition, payload) to `topic`.
+fn produce(topic: &str, messages: &[(i32, String)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .expect("a producer");
+    for (p, payload) in messages {
+        producer
+            .send(
+                BaseRecord::<(), _>::to(topic)
+                    .partition(*p)
+                    .payload(payload),
+            )
+            .unwrap_or_else(|(e, _)| panic!("sending to {topic}/{p}: {e}"));
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushing");
+}
+
+fn run(job: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_panes"))
+        .arg("run")
+        .arg(job)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running panes")
+}
+
+/// Every row of a Parquet file as text, sorted.
+fn rows(path: &Path) -> Vec<String> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
+        .expect("a Parquet file");
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch: RecordBatch = batch.expect("a batch");
+        for r in 0..batch.num_rows() {
+            let cells: Vec<String> = (batch.columns().iter())
+                .map(|c| array_value_to_string(c, r).expect("a value"))
+                .collect();
+            rows.push(cells.join(","));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+const JOB: &str = r#"
+[source]
+SOURCE
+schema = { ts = "timestamp_ms", sensor = "int64", value = "float64" }
+
+[time]
+column = "ts"
+max_out_of_orderness = "5s"
+
+[window]
+kind = "tumble"
+size = "1m"
+
+[key]
+columns = ["sensor"]
+
+[[aggregate]]
+name = "n"
+fn = "count"
+
+[[aggregate]]
+name = "total"
+fn = "sum"
+column = "value"
+
+[[aggregate]]
+name = "top"
+fn = "max"
+column = "value"
+
+[sink]
+kind = "parquet"
+path = 'OUT'
+
+[dead_letter]
+kind = "jsonl"
+path = 'BAD'
+"#;
+
+fn job(dir: &Path, name: &str, source: &str) -> PathBuf {
+    let text = JOB
+        .replace("SOURCE", source)
+        .replace(
+            "OUT",
+            &dir.join(format!("{name}.parquet")).display().to_string(),
+        )
+        .replace(
+            "BAD",
+            &dir.join(format!("{name}-bad.jsonl")).display().to_string(),
+        );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("writing a job");
+    path
+}
+
+/// 4 partitions of JSON sensor readings over 5 minutes, two malformed messages among them:
+/// `stop = "end"` reads the topic to the end it had at start, each partition with its own
+/// watermark, and gives the rows the same job gives over the same readings as a JSON-lines
+/// file; the malformed messages are dead letters naming partition and offset.
+#[test]
+fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topic = format!("readings-{}", std::process::id());
+    create_topic(&topic, 4);
+    let (mut messages, mut lines) = (Vec::new(), String::new());
+    for i in 0..4_000i64 {
+        let ts = 1_700_000_000_000 + i * 75;
+        let line = format!(
+            "{{\"ts\": {ts}, \"sensor\": {}, \"value\": {}.25}}",
+            i % 7,
+            i % 100
+        );
+        lines.push_str(&line);
+        lines.push('\n');
+        messages.push(((i % 4) as i32, line));
+        if i == 1_000 {
+            messages.push((1, "not json".into()));
+        }
+        if i == 2_000 {
+            messages.push((2, "{\"ts\": 5, \"sensor\": \"seven\", \"value\": 1}".into()));
+        }
+    }
+    produce(&topic, &messages);
+    let file = dir.path().join("readings.jsonl");
+    std::fs::write(&file, lines).expect("writing the file");
+
+    let from_file = job(
+        dir.path(),
+        "file",
+        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
+    );
+    let out = run(&from_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_topic = job(
+        dir.path(),
+        "topic",
+        &format!(
+            "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"",
+            broker()
+        ),
+    );
+    let out = run(&from_topic);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("events in        4000"), "{log}");
+    assert!(log.contains("malformed input  2"), "{log}");
+    assert!(log.contains("late events      0"), "{log}");
+    let want = rows(&dir.path().join("file.parquet"));
+    assert!(want.len() > 30, "{want:?}");
+    assert_eq!(rows(&dir.path().join("topic.parquet")), want);
+    let bad = std::fs::read_to_string(dir.path().join("topic-bad.jsonl")).expect("dead letters");
+    let bad: Vec<serde_json::Value> = bad
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    let origins: Vec<&str> = bad.iter().filter_map(|b| b["origin"].as_str()).collect();
+    assert!(origins.contains(&format!("{topic}/1").as_str()), "{bad:?}");
+    assert!(origins.contains(&format!("{topic}/2").as_str()), "{bad:?}");
+    let raws: Vec<&str> = bad.iter().filter_map(|b| b["raw"].as_str()).collect();
+    assert!(raws.contains(&"not json"), "{bad:?}");
+    // Partition 1 got readings 1, 5, ..., 997 (offsets 0 to 249), then the bad one.
+    assert!(
+        bad.iter()
+            .any(|b| b["origin"] == format!("{topic}/1") && b["position"] == 250),
+        "{bad:?}"
+    );
+}
+
+/// Bad addresses and topics are errors that name them.
+#[test]
+fn an_unknown_topic_is_named() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let job = job(
+        dir.path(),
+        "nothing",
+        &format!(
+            "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"no-such-topic-{}\"\nstop = \"end\"",
+            broker(),
+            std::process::id()
+        ),
+    );
+    let out = run(&job);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("no-such-topic") && log.contains("no such topic"),
+        "{log}"
+    );
+}
