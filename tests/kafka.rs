@@ -74,16 +74,32 @@ fn produce(topic: &str, messages: &[(i32, String)]) {
 }
 
 fn run(job: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_panes"))
-        .arg("run")
-        .arg(job)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running panes")
+    run_with(job, &[], None)
 }
 
-/// Every row of a Parquet file as text, sorted.
+/// `panes run job args`, killed at `failpoint` (a checkpoint's named point) when given.
+fn run_with(job: &Path, args: &[&str], failpoint: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
+    cmd.arg("run").arg(job).args(args).env("RUST_LOG", "warn");
+    if let Some(f) = failpoint {
+        cmd.env("PANES_FAILPOINT", f);
+    }
+    cmd.output().expect("running panes")
+}
+
+/// Every row of a Parquet file, or of every Parquet file in a directory, as text, sorted.
 fn rows(path: &Path) -> Vec<String> {
+    if path.is_dir() {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(path).expect("listing the parts") {
+            let p = entry.expect("a part").path();
+            if p.extension().is_some_and(|x| x == "parquet") {
+                all.extend(rows(&p));
+            }
+        }
+        all.sort();
+        return all;
+    }
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 1024)
         .expect("a Parquet file");
@@ -231,6 +247,71 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
         bad.iter()
             .any(|b| b["origin"] == format!("{topic}/1") && b["position"] == 250),
         "{bad:?}"
+    );
+}
+
+/// A job over a topic with checkpoints, killed in the middle of its third checkpoint,
+/// resumes from the second at its offsets and publishes exactly the rows of an
+/// uninterrupted run over the same readings.
+#[test]
+fn a_topic_job_killed_mid_checkpoint_resumes_at_its_offsets_exactly_once() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topic = format!("crash-{}", std::process::id());
+    create_topic(&topic, 3);
+    let (mut messages, mut lines) = (Vec::new(), String::new());
+    for i in 0..3_000i64 {
+        let line = format!(
+            "{{\"ts\": {}, \"sensor\": {}, \"value\": {}.5}}",
+            1_700_000_000_000 + i * 100,
+            i % 5,
+            i % 40
+        );
+        lines.push_str(&line);
+        lines.push('\n');
+        messages.push(((i % 3) as i32, line));
+    }
+    produce(&topic, &messages);
+    let file = dir.path().join("readings.jsonl");
+    std::fs::write(&file, lines).expect("writing the file");
+    let out = run(&job(
+        dir.path(),
+        "file",
+        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let source = format!(
+        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"",
+        broker()
+    );
+    let job = job(dir.path(), "topic", &source);
+    let text = std::fs::read_to_string(&job).expect("the job");
+    let checkpoints = dir.path().join("checkpoints");
+    let text = text.replace("topic.parquet", "topic-parts")
+        + &format!(
+            "\n[checkpoint]\ndir = '{}'\nevery_events = 400\n",
+            checkpoints.display()
+        );
+    std::fs::write(&job, text).expect("writing the job");
+    use std::os::unix::process::ExitStatusExt;
+    let killed = run_with(&job, &["--batch-rows", "150"], Some("state:3"));
+    assert_eq!(
+        killed.status.signal(),
+        Some(9),
+        "killed at the failpoint: {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+    let resumed = run_with(&job, &["--batch-rows", "150"], None);
+    let log = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{log}");
+    assert!(log.contains("restored from    checkpoint 2"), "{log}");
+    assert_eq!(
+        rows(&dir.path().join("topic-parts")),
+        rows(&dir.path().join("file.parquet"))
     );
 }
 
