@@ -114,6 +114,19 @@ enum Command {
     },
 }
 
+/// A flag that SIGINT and SIGTERM set, so that a job stops between two batches (see
+/// `RunOptions::stop`); a second signal while it stops ends the process at once.
+fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        // The first signal sets the flag; one more, with the flag set, exits.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    Ok(stop)
+}
+
 fn main() -> ExitCode {
     panes::keep_freed_memory();
     tracing_subscriber::fmt()
@@ -177,6 +190,7 @@ impl Command {
                         }
                         progress_bar.set_position(done);
                     })),
+                    stop: Some(stop_on_signals()?),
                 };
                 let summary = run_job(&job, opts);
                 bar.finish_and_clear();

@@ -87,13 +87,17 @@ fn run_with(job: &Path, args: &[&str], failpoint: Option<&str>) -> Output {
     cmd.output().expect("running panes")
 }
 
-/// Every row of a Parquet file, or of every Parquet file in a directory, as text, sorted.
+/// Every row of a Parquet file, or of the published parts in a directory, as text, sorted.
 fn rows(path: &Path) -> Vec<String> {
     if path.is_dir() {
         let mut all = Vec::new();
         for entry in std::fs::read_dir(path).expect("listing the parts") {
             let p = entry.expect("a part").path();
-            if p.extension().is_some_and(|x| x == "parquet") {
+            // Published parts only: staged ones (`.staged-…`) are still being written.
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if !hidden && p.extension().is_some_and(|x| x == "parquet") {
                 all.extend(rows(&p));
             }
         }
@@ -312,6 +316,78 @@ fn a_topic_job_killed_mid_checkpoint_resumes_at_its_offsets_exactly_once() {
     assert_eq!(
         rows(&dir.path().join("topic-parts")),
         rows(&dir.path().join("file.parquet"))
+    );
+}
+
+/// A job that runs until stopped: one of three partitions never gets a message, yet after
+/// `idle_timeout` of processing time it stops holding the watermark back, and the window the
+/// others completed is published by a checkpoint while the job runs; SIGINT then stops it
+/// with a last checkpoint and exit status 0.
+#[test]
+fn a_quiet_partition_goes_idle_and_sigint_stops_the_job_cleanly() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topic = format!("quiet-{}", std::process::id());
+    create_topic(&topic, 3);
+    // Two minutes of readings on partitions 0 and 1 only.
+    let messages: Vec<(i32, String)> = (0..1_200i64)
+        .map(|i| {
+            let ts = 1_700_000_040_000 + i * 100;
+            let line = format!("{{\"ts\": {ts}, \"sensor\": {}, \"value\": 1.0}}", i % 3);
+            ((i % 2) as i32, line)
+        })
+        .collect();
+    produce(&topic, &messages);
+    let source = format!(
+        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"",
+        broker()
+    );
+    let job = job(dir.path(), "live", &source);
+    let text = std::fs::read_to_string(&job).expect("the job");
+    let parts = dir.path().join("live-parts");
+    let text = text.replace("live.parquet", "live-parts").replace(
+        "max_out_of_orderness = \"5s\"",
+        "max_out_of_orderness = \"5s\"\nidle_timeout = \"2s\"",
+    ) + &format!(
+        "\n[checkpoint]\ndir = '{}'\ninterval = \"500ms\"\n",
+        dir.path().join("checkpoints").display()
+    );
+    std::fs::write(&job, text).expect("writing the job");
+    let log = std::fs::File::create(dir.path().join("log")).expect("a log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_panes"))
+        .arg("run")
+        .arg(&job)
+        .env("RUST_LOG", "warn")
+        .stderr(log)
+        .spawn()
+        .expect("starting panes");
+    // The first minute ends at 1_700_000_100_000 - the start of the readings' second
+    // minute: its window fires once partition 2 is idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let published = loop {
+        let rows = if parts.is_dir() {
+            rows(&parts)
+        } else {
+            Vec::new()
+        };
+        if !rows.is_empty() || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stopped = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let status = child.wait().expect("panes ends");
+    let log = std::fs::read_to_string(dir.path().join("log")).expect("the log");
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("stopped at"), "{log}");
+    // 600 readings in that minute, 200 per sensor.
+    assert_eq!(published.len(), 3, "{published:?}\n{log}");
+    assert!(
+        published.iter().all(|r| r.contains(",200,200.0,")),
+        "{published:?}"
     );
 }
 

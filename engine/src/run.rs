@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
@@ -133,6 +135,11 @@ pub struct RunOptions {
     pub memory_budget: Option<u64>,
     /// Called after each batch with (events read, total events if known).
     pub progress: Option<Box<dyn FnMut(u64, Option<u64>)>>,
+    /// Set it to stop the job (the CLI does on SIGINT and SIGTERM): the source stops
+    /// between two batches. With `[checkpoint]`, a last checkpoint keeps the open windows
+    /// for the next run, which resumes there; without, the windows fire as at the end of
+    /// the input.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for RunOptions {
@@ -144,6 +151,7 @@ impl Default for RunOptions {
             start: StartFrom::Newest,
             memory_budget: None,
             progress: None,
+            stop: None,
         }
     }
 }
@@ -575,10 +583,15 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     // The source reads and decodes the next batches on a thread of its own while this
     // one aggregates: a pipeline, which is what a second core is best used for.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<SourceBatch>>>(READ_AHEAD);
+    let stop = opts.stop.clone().unwrap_or_default();
+    let stopping = stop.clone();
     std::thread::scope(|scope| -> Result<()> {
         scope.spawn(move || {
             loop {
-                let next = source.next_batch();
+                let next = match stopping.load(Ordering::Relaxed) {
+                    true => Ok(None),
+                    false => source.next_batch(),
+                };
                 let more = matches!(next, Ok(Some(_)));
                 // A closed channel means the job stopped early: stop reading.
                 if tx.send(next).is_err() || !more {
@@ -618,6 +631,17 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         Ok(())
     })?;
     op.sync()?;
+    let first_id = restored_from.unwrap_or(0) + 1;
+    if stop.load(Ordering::Relaxed) && job.checkpoint.is_some() {
+        // Stopped: the open windows wait in a last checkpoint for the next run.
+        take_checkpoint(job, next_id, &mut op, &mut outputs, &position, false)?;
+        outputs.sinks.stop()?;
+        tracing::warn!(
+            "stopped at {position}: checkpoint {next_id} holds the open windows; run the job \
+             again to go on"
+        );
+        return Ok(summary(&op, next_id + 1 - first_id, outputs.malformed));
+    }
     if op.stats().events_in == 0 {
         return Err(Error::input(
             job.source.to_string(),
@@ -628,7 +652,6 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         outputs.drain(&mut op)?;
     }
     outputs.drain(&mut op)?;
-    let first_id = restored_from.unwrap_or(0) + 1;
     if job.checkpoint.is_some() {
         take_checkpoint(job, next_id, &mut op, &mut outputs, &position, true)?;
         next_id += 1;
