@@ -292,6 +292,7 @@ fn a_topic_job_killed_mid_checkpoint_resumes_at_its_offsets_exactly_once() {
         "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"",
         broker()
     );
+    let afresh = job(dir.path(), "afresh", &source);
     let job = job(dir.path(), "topic", &source);
     let text = std::fs::read_to_string(&job).expect("the job");
     let checkpoints = dir.path().join("checkpoints");
@@ -317,6 +318,23 @@ fn a_topic_job_killed_mid_checkpoint_resumes_at_its_offsets_exactly_once() {
         rows(&dir.path().join("topic-parts")),
         rows(&dir.path().join("file.parquet"))
     );
+
+    // The checkpoints committed their offsets to the group: a job without checkpoints in
+    // the same group starts where it left off, and reads only what came since.
+    let more: Vec<(i32, String)> = (0..30i64)
+        .map(|i| {
+            let ts = 1_700_000_400_000 + i * 100;
+            (
+                (i % 3) as i32,
+                format!("{{\"ts\": {ts}, \"sensor\": 1, \"value\": 2.0}}"),
+            )
+        })
+        .collect();
+    produce(&topic, &more);
+    let out = run(&afresh);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("events in        30\n"), "{log}");
 }
 
 /// A job that runs until stopped: one of three partitions never gets a message, yet after

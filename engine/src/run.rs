@@ -11,8 +11,8 @@ use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, Refere
 
 use crate::connect::sink::{open_parts, publish};
 use crate::connect::{
-    Malformed, Position, SinkThread, SourceBatch, dead_letter_batch, dead_letter_schema, open_sink,
-    open_source,
+    Malformed, Position, SinkThread, Source, SourceBatch, dead_letter_batch, dead_letter_schema,
+    open_sink, open_source,
 };
 use crate::error::{Error, Result};
 use crate::job::{Job, Trigger};
@@ -583,11 +583,16 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     // The source reads and decodes the next batches on a thread of its own while this
     // one aggregates: a pipeline, which is what a second core is best used for.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Option<SourceBatch>>>(READ_AHEAD);
+    // Completed checkpoints' positions, for the source (see `Source::checkpointed`).
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Position>();
     let stop = opts.stop.clone().unwrap_or_default();
     let stopping = stop.clone();
-    std::thread::scope(|scope| -> Result<()> {
-        scope.spawn(move || {
+    let mut source = std::thread::scope(|scope| -> Result<Box<dyn Source>> {
+        let reader = scope.spawn(move || {
             loop {
+                for at in done_rx.try_iter() {
+                    source.checkpointed(&at);
+                }
                 let next = match stopping.load(Ordering::Relaxed) {
                     true => Ok(None),
                     false => source.next_batch(),
@@ -598,6 +603,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
                     break;
                 }
             }
+            source
         });
         // `rx` is consumed here, so an early error return closes the channel.
         for next in rx {
@@ -620,6 +626,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
                 };
                 if due {
                     take_checkpoint(job, next_id, &mut op, &mut outputs, &position, false)?;
+                    let _ = done_tx.send(position.clone());
                     next_id += 1;
                     last_checkpoint = (Instant::now(), events_read);
                 }
@@ -628,13 +635,17 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
                 progress(events_read, total);
             }
         }
-        Ok(())
+        // The reader ended (its source is exhausted or stopped): it gives the source back.
+        reader
+            .join()
+            .map_err(|_| Error::Internal("the source's thread panicked".into()))
     })?;
     op.sync()?;
     let first_id = restored_from.unwrap_or(0) + 1;
     if stop.load(Ordering::Relaxed) && job.checkpoint.is_some() {
         // Stopped: the open windows wait in a last checkpoint for the next run.
         take_checkpoint(job, next_id, &mut op, &mut outputs, &position, false)?;
+        source.checkpointed(&position);
         outputs.sinks.stop()?;
         tracing::warn!(
             "stopped at {position}: checkpoint {next_id} holds the open windows; run the job \
@@ -654,6 +665,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     outputs.drain(&mut op)?;
     if job.checkpoint.is_some() {
         take_checkpoint(job, next_id, &mut op, &mut outputs, &position, true)?;
+        source.checkpointed(&position);
         next_id += 1;
         // Every part is published; the sinks hold nothing more.
         outputs.sinks.stop()?;

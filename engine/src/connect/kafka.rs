@@ -3,10 +3,12 @@
 //! schema; one that does not decode goes to the dead-letter output with its partition,
 //! offset and reason.
 //!
-//! Offsets live in the job's checkpoints, not in the consumer group: the position after a
-//! batch holds each partition's next offset, and a restored job assigns the partitions at
-//! those offsets (no auto-commit). A partition without one starts at its first offset or
-//! its end (`start`). With `stop = "end"` the source ends once every partition reached the
+//! Offsets live in the job's checkpoints: the position after a batch holds each
+//! partition's next offset, and a restored job assigns the partitions at those offsets (no
+//! auto-commit). Once a checkpoint completes, its offsets are committed to the consumer
+//! group too, for lag monitoring and for a job started afresh: without a checkpoint a
+//! partition starts where the group left it, else at its first offset or its end
+//! (`start`). With `stop = "end"` the source ends once every partition reached the
 //! end it had when the job started; otherwise it runs until the process is stopped, and
 //! while no message arrives it hands on empty batches, which let the job's processing time
 //! advance (idle partitions, windows that close when the input goes quiet).
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -82,12 +84,27 @@ impl KafkaSource {
             ));
         }
         ids.sort_unstable();
+        // Where the group left off, where it did (a checkpoint, when the job restores one,
+        // overrides it in `seek`).
+        let mut list = TopicPartitionList::new();
+        for &p in &ids {
+            list.add_partition(&spec.topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(list, TIMEOUT)
+            .map_err(|e| Error::input(at(), format!("the group's offsets: {e}")))?;
         let (mut next, mut end) = (Vec::new(), Vec::new());
         for &p in &ids {
             let (low, high) = consumer
                 .fetch_watermarks(&spec.topic, p, TIMEOUT)
                 .map_err(|e| Error::input(at(), format!("offsets of partition {p}: {e}")))?;
-            next.push(if spec.start_at_end { high } else { low });
+            let group = committed
+                .find_partition(&spec.topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            next.push(group.unwrap_or(if spec.start_at_end { high } else { low }));
             end.push(high);
         }
         let schema = std::sync::Arc::new(Schema::new(
@@ -275,6 +292,30 @@ impl Source for KafkaSource {
                 "the checkpoint resumes at {other}, not at Kafka offsets: the source changed; \
                  run with --fresh"
             ))),
+        }
+    }
+
+    /// Commits a completed checkpoint's offsets to the group (a failure is logged: it only
+    /// delays what the group shows).
+    fn checkpointed(&mut self, at: &Position) {
+        let Position::Kafka { offsets } = at else {
+            return;
+        };
+        let mut list = TopicPartitionList::new();
+        for &(p, offset) in offsets {
+            if list
+                .add_partition_offset(&self.spec.topic, p, Offset::Offset(offset))
+                .is_err()
+            {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&list, CommitMode::Sync) {
+            tracing::warn!(
+                "kafka topic {}: committing offsets to group {:?}: {e}",
+                self.spec.topic,
+                self.spec.group
+            );
         }
     }
 }

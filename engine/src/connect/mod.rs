@@ -169,6 +169,10 @@ pub trait Source: Send {
     fn next_batch(&mut self) -> Result<Option<SourceBatch>>;
     /// Moves a source that has not been read yet to `to`, a position it gave before.
     fn seek(&mut self, to: &Position) -> Result<()>;
+    /// Told that a checkpoint at `at` completed: a source that keeps offsets elsewhere
+    /// too (a Kafka consumer group) records them there. Only a hint: restores read the
+    /// checkpoint.
+    fn checkpointed(&mut self, _at: &Position) {}
 }
 
 /// Opens the source of a job. `columns`: the columns to read (`None`: all of them).
