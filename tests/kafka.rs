@@ -409,6 +409,53 @@ fn a_quiet_partition_goes_idle_and_sigint_stops_the_job_cleanly() {
     );
 }
 
+/// With `[time] column = "_kafka_timestamp"` the messages' own timestamps are the event
+/// time: readings without a time field fall into the windows their messages were stamped
+/// for.
+#[test]
+fn message_timestamps_can_be_the_event_time() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topic = format!("stamped-{}", std::process::id());
+    create_topic(&topic, 2);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .create()
+        .expect("a producer");
+    // 3 minutes, 10 readings a second: 600 a minute, of sensors 0 and 1 alike.
+    for i in 0..1_800i64 {
+        let payload = format!("{{\"sensor\": {}, \"value\": 1.0}}", i % 2);
+        let record = BaseRecord::<(), _>::to(&topic)
+            .partition((i % 2) as i32)
+            .payload(&payload)
+            .timestamp(1_700_000_040_000 + i * 100);
+        producer
+            .send(record)
+            .unwrap_or_else(|(e, _)| panic!("sending: {e}"));
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushing");
+    let source = format!(
+        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"",
+        broker()
+    );
+    let job = job(dir.path(), "stamped", &source);
+    let text = std::fs::read_to_string(&job).expect("the job");
+    let text = text
+        .replace("ts = \"timestamp_ms\", ", "")
+        .replace("column = \"ts\"", "column = \"_kafka_timestamp\"");
+    std::fs::write(&job, text).expect("writing the job");
+    let out = run(&job);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let rows = rows(&dir.path().join("stamped.parquet"));
+    // Sensors 0 and 1 in 3 minutes (starting at a minute's start): 300 readings each.
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(
+        rows.iter().all(|r| r.contains(",300,300.0,1.0")),
+        "{rows:?}"
+    );
+}
+
 /// Bad addresses and topics are errors that name them.
 #[test]
 fn an_unknown_topic_is_named() {

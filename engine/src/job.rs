@@ -425,7 +425,13 @@ pub struct KafkaSpec {
     pub stop_at_end: bool,
     /// What a message that does not decode does.
     pub on_malformed: OnMalformed,
+    /// Add the messages' own timestamps as column [`KAFKA_TIMESTAMP`] (when it is the
+    /// event time).
+    pub timestamp: bool,
 }
+
+/// The column that holds a Kafka message's timestamp, when `[time] column` names it.
+pub const KAFKA_TIMESTAMP: &str = "_kafka_timestamp";
 
 /// The format of a text source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -575,8 +581,18 @@ pub fn parse_millis(field: &str, text: &str) -> Result<i64, String> {
 
 impl JobFile {
     fn validate(self) -> Result<Job, String> {
-        let source = self.source.validate()?;
+        let mut source = self.source.validate()?;
         let t = &self.time;
+        match &mut source {
+            Source::Kafka(k) => k.timestamp = t.column == KAFKA_TIMESTAMP,
+            _ if t.column == KAFKA_TIMESTAMP => {
+                return Err(format!(
+                    "time.column = {KAFKA_TIMESTAMP:?} is the timestamp of a Kafka message: \
+                     only for kind = \"kafka\""
+                ));
+            }
+            _ => {}
+        }
         let max_out_of_orderness =
             parse_millis("time.max_out_of_orderness", &t.max_out_of_orderness)?;
         let allowed_lateness = parse_millis("time.allowed_lateness", &t.allowed_lateness)?;
@@ -951,6 +967,7 @@ impl SourceConfig {
             start_at_end,
             stop_at_end,
             on_malformed: self.on_malformed()?,
+            timestamp: false,
         }))
     }
 

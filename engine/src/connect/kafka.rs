@@ -1,7 +1,8 @@
 //! Kafka source: every partition of one topic, each a source partition with its own
 //! watermark. Messages are JSON objects, decoded column-wise into batches of the declared
 //! schema; one that does not decode goes to the dead-letter output with its partition,
-//! offset and reason.
+//! offset and reason. With `[time] column = "_kafka_timestamp"`, the messages' own
+//! timestamps are that column.
 //!
 //! Offsets live in the job's checkpoints: the position after a batch holds each
 //! partition's next offset, and a restored job assigns the partitions at those offsets (no
@@ -15,7 +16,8 @@
 
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::array::{RecordBatch, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
@@ -24,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::text::{Record, RecordDecoder};
 use super::{Decoded, Position, Source, SourceBatch};
 use crate::error::{Error, Result};
-use crate::job::{KafkaSpec, TextFormat};
+use crate::job::{KAFKA_TIMESTAMP, KafkaSpec, TextFormat};
 
 /// How long a request to the brokers may take at start (metadata, offsets).
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,8 +46,10 @@ pub(super) struct KafkaSource {
     next: Vec<i64>,
     /// Per partition, the offset to stop at (`stop = "end"`).
     end: Option<Vec<i64>>,
-    /// Per partition, messages polled and not yet handed on.
+    /// Per partition, messages polled and not yet handed on, with their timestamps
+    /// (when the job reads them).
     pending: Vec<Vec<Record>>,
+    stamps: Vec<Vec<Option<i64>>>,
     /// Whether the partitions are assigned to the consumer (at the first batch, after a
     /// possible seek).
     assigned: bool,
@@ -107,16 +111,21 @@ impl KafkaSource {
             next.push(group.unwrap_or(if spec.start_at_end { high } else { low }));
             end.push(high);
         }
-        let schema = std::sync::Arc::new(Schema::new(
-            (spec.schema.iter())
-                .map(|(name, t)| Field::new(name, t.clone(), true))
-                .collect::<Vec<_>>(),
-        ));
+        let fields: Vec<Field> = (spec.schema.iter())
+            .map(|(name, t)| Field::new(name, t.clone(), true))
+            .collect();
+        let decoded = std::sync::Arc::new(Schema::new(fields.clone()));
+        let mut schema = fields;
+        if spec.timestamp {
+            let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+            schema.push(Field::new(KAFKA_TIMESTAMP, ms, true));
+        }
+        let schema = std::sync::Arc::new(Schema::new(schema));
         Ok(KafkaSource {
             consumer,
             decoder: RecordDecoder {
                 format: TextFormat::JsonLines,
-                schema: schema.clone(),
+                schema: decoded,
                 on_malformed: spec.on_malformed,
                 position_name: "offset",
             },
@@ -124,6 +133,7 @@ impl KafkaSource {
             spec: spec.clone(),
             batch_rows,
             pending: ids.iter().map(|_| Vec::new()).collect(),
+            stamps: ids.iter().map(|_| Vec::new()).collect(),
             ids,
             next,
             end: spec.stop_at_end.then_some(end),
@@ -170,10 +180,27 @@ impl KafkaSource {
         let records: Vec<Record> = self.pending[i].drain(..n).collect();
         let origin = format!("{}/{}", self.spec.topic, self.ids[i]);
         let first = records.first().map_or(self.next[i], |r| r.line as i64);
-        let Decoded { batch, malformed } = self
+        let Decoded {
+            mut batch,
+            malformed,
+        } = self
             .decoder
             .decode_records(&origin, &records, Vec::new())
             .map_err(|e| Error::arrow(format!("decoding messages of {origin}"), e))?;
+        if self.spec.timestamp {
+            // The timestamps of the messages that decoded (those not among the malformed).
+            let stamps: Vec<Option<i64>> = self.stamps[i].drain(..n).collect();
+            let bad: std::collections::HashSet<u64> =
+                malformed.iter().map(|m| m.position).collect();
+            let kept = (records.iter().zip(stamps))
+                .filter(|(r, _)| !bad.contains(&r.line))
+                .map(|(_, t)| t);
+            let column = TimestampMillisecondArray::from_iter(kept);
+            let mut columns = batch.columns().to_vec();
+            columns.push(std::sync::Arc::new(column));
+            batch = RecordBatch::try_new(self.schema.clone(), columns)
+                .map_err(|e| Error::arrow(format!("timestamps of {origin}"), e))?;
+        }
         if let Some(last) = records.last() {
             self.next[i] = last.line as i64 + 1;
         }
@@ -235,7 +262,7 @@ impl Source for KafkaSource {
                     // Nothing arrived: an empty batch lets processing time advance.
                     None => Ok(Some(SourceBatch {
                         partition: 0,
-                        batch: arrow::array::RecordBatch::new_empty(self.schema.clone()),
+                        batch: RecordBatch::new_empty(self.schema.clone()),
                         origin: format!("kafka topic {}", self.spec.topic),
                         first_row: 0,
                         after: self.position(),
@@ -265,6 +292,9 @@ impl Source for KafkaSource {
             }
             let mut text = message.payload().unwrap_or_default().to_vec();
             text.push(b'\n');
+            if self.spec.timestamp {
+                self.stamps[i].push(message.timestamp().to_millis());
+            }
             self.pending[i].push(Record {
                 line: offset as u64,
                 text,
