@@ -456,6 +456,115 @@ fn message_timestamps_can_be_the_event_time() {
     );
 }
 
+/// Every message of a topic, from its first offset to its end, as text, sorted.
+fn messages(topic: &str, partitions: i32) -> Vec<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker())
+        .set("group.id", "tests-read")
+        .create()
+        .expect("a consumer");
+    let mut list = rdkafka::TopicPartitionList::new();
+    let mut total = 0;
+    for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("offsets");
+        total += high - low;
+        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .expect("a partition");
+    }
+    consumer.assign(&list).expect("assigning");
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (out.len() as i64) < total && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Window rows to a Kafka topic, a JSON object a message: the same objects as a JSON-lines
+/// file sink writes; with [checkpoint] the kafka sink (not exactly-once yet) is refused.
+#[test]
+fn window_rows_go_to_a_topic() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topic = format!("rows-{}", std::process::id());
+    create_topic(&topic, 2);
+    let lines: String = (0..2_000i64)
+        .map(|i| {
+            let ts = 1_700_000_000_000 + i * 150;
+            format!(
+                "{{\"ts\": {ts}, \"sensor\": {}, \"value\": {}.5}}\n",
+                i % 4,
+                i % 9
+            )
+        })
+        .collect();
+    let file = dir.path().join("readings.jsonl");
+    std::fs::write(&file, lines).expect("writing the file");
+    let source = format!("kind = \"jsonl\"\npath = '{}'", file.display());
+    let sink = |name: &str, to: &str| {
+        let job = job(dir.path(), name, &source);
+        let text = std::fs::read_to_string(&job).expect("the job");
+        let out = dir
+            .path()
+            .join(format!("{name}.parquet"))
+            .display()
+            .to_string();
+        let text = text.replace(&format!("[sink]\nkind = \"parquet\"\npath = '{out}'"), to);
+        assert!(text.contains(to), "{text}");
+        std::fs::write(&job, text).expect("writing the job");
+        job
+    };
+    let to_file = sink(
+        "file",
+        &format!(
+            "[sink]\nkind = \"jsonl\"\npath = '{}'",
+            dir.path().join("rows.jsonl").display()
+        ),
+    );
+    let to_topic = sink(
+        "topic",
+        &format!(
+            "[sink]\nkind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"",
+            broker()
+        ),
+    );
+    for job in [&to_file, &to_topic] {
+        let out = run(job);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut want: Vec<String> = std::fs::read_to_string(dir.path().join("rows.jsonl"))
+        .expect("rows.jsonl")
+        .lines()
+        .map(String::from)
+        .collect();
+    want.sort();
+    assert!(want.len() > 10, "{want:?}");
+    assert_eq!(messages(&topic, 2), want);
+
+    let text = std::fs::read_to_string(&to_topic).expect("the job")
+        + &format!(
+            "\n[checkpoint]\ndir = '{}'\n",
+            dir.path().join("chk").display()
+        );
+    std::fs::write(&to_topic, text).expect("writing the job");
+    let out = run(&to_topic);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && log.contains("sink is a kafka topic"),
+        "{log}"
+    );
+}
+
 /// Bad addresses and topics are errors that name them.
 #[test]
 fn an_unknown_topic_is_named() {

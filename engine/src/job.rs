@@ -344,11 +344,16 @@ pub struct AggregateConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    /// `parquet`, `csv` or `jsonl` (JSON lines; to stdout when `path` is absent or `-`).
+    /// `parquet`, `csv`, `jsonl` (JSON lines; to stdout when `path` is absent or `-`) or
+    /// `kafka` (a JSON object a message).
     #[serde(default = "parquet")]
     pub kind: String,
     /// Output file. Written under a temporary name and renamed when complete.
     pub path: Option<String>,
+    /// kafka: brokers, `host:port[,host:port...]`.
+    pub bootstrap: Option<String>,
+    /// kafka: the topic the rows go to.
+    pub topic: Option<String>,
 }
 
 fn parquet() -> String {
@@ -494,6 +499,13 @@ pub enum Sink {
     Csv(PathBuf),
     /// JSON lines to a file, or to stdout when `None`.
     JsonLines(Option<PathBuf>),
+    /// JSON objects to a Kafka topic, one message a row.
+    Kafka {
+        /// Brokers.
+        bootstrap: String,
+        /// The topic.
+        topic: String,
+    },
 }
 
 /// A validated aggregate.
@@ -759,6 +771,15 @@ impl JobFile {
                     ));
                 }
             }
+        }
+        if let Some((name, _)) = (sinks.iter()).find(|(_, s)| matches!(s, Sink::Kafka { .. }))
+            && checkpoint.is_some()
+        {
+            return Err(format!(
+                "{name} is a kafka topic: with [checkpoint] output must be committed exactly \
+                 once, which the kafka sink cannot do yet (it is at-least-once); write to files \
+                 or run without [checkpoint]"
+            ));
         }
         let to_stdout = sinks.iter().any(|(_, s)| **s == Sink::JsonLines(None));
         if checkpoint.is_some() && to_stdout {
@@ -1096,6 +1117,25 @@ impl SinkConfig {
             .as_ref()
             .filter(|p| !p.is_empty() && *p != "-")
             .map(PathBuf::from);
+        if self.kind == "kafka" {
+            let needs = |key: &str, v: &Option<String>| match v.as_deref().map(str::trim) {
+                Some(v) if !v.is_empty() => Ok(v.to_string()),
+                _ => Err(format!("{section}.kind = \"kafka\" needs {key}")),
+            };
+            if self.path.is_some() {
+                return Err(format!("{section}.path is not used by kind = \"kafka\""));
+            }
+            return Ok(Sink::Kafka {
+                bootstrap: needs("bootstrap", &self.bootstrap)?,
+                topic: needs("a topic", &self.topic)?,
+            });
+        }
+        if let Some(key) = [("bootstrap", &self.bootstrap), ("topic", &self.topic)]
+            .iter()
+            .find_map(|(k, v)| v.is_some().then_some(k))
+        {
+            return Err(format!("{section}.{key} is only for kind = \"kafka\""));
+        }
         match (self.kind.as_str(), path) {
             ("parquet", Some(p)) => Ok(Sink::Parquet(p)),
             ("csv", Some(p)) => Ok(Sink::Csv(p)),
@@ -1104,7 +1144,8 @@ impl SinkConfig {
                 Err(format!("{section}.kind = {:?} needs a path", self.kind))
             }
             (other, _) => Err(format!(
-                "{section}.kind = {other:?} is unknown; use \"parquet\", \"csv\" or \"jsonl\""
+                "{section}.kind = {other:?} is unknown; use \"parquet\", \"csv\", \"jsonl\" or \
+                 \"kafka\""
             )),
         }
     }

@@ -4,6 +4,8 @@
 mod generator;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "kafka")]
+mod kafka_sink;
 mod parquet;
 mod per_file;
 pub mod sink;

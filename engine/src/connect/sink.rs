@@ -1,4 +1,4 @@
-//! Sinks: Parquet, CSV and JSON-lines files.
+//! Sinks: Parquet, CSV and JSON-lines files, stdout, and Kafka topics (`kafka_sink`).
 //!
 //! Without checkpoints a sink is one file, written under a temporary name and renamed into
 //! place only when complete, so a failed run never leaves a file that looks finished. JSON
@@ -28,6 +28,8 @@ enum Writer {
     Parquet(ArrowWriter<BufWriter<File>>),
     Csv(arrow::csv::Writer<BufWriter<File>>),
     Json(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
+    #[cfg(feature = "kafka")]
+    Kafka(super::kafka_sink::KafkaWriter),
 }
 
 /// What a sink writes into.
@@ -76,6 +78,9 @@ fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef) -> Result<Writer> {
             let out: Box<dyn Write + Send> = Box::new(BufWriter::new(file));
             Writer::Json(arrow::json::LineDelimitedWriter::new(out))
         }
+        SinkSpec::Kafka { .. } => {
+            return Err(Error::Internal("a kafka sink has no file".into()));
+        }
     })
 }
 
@@ -89,6 +94,11 @@ fn close(writer: Writer, target: &str) -> Result<()> {
                 .map_err(|e| Error::arrow(format!("writing {target}"), e))?;
             let mut out = w.into_inner();
             out.flush().map_err(|e| Error::io("writing", target, e))?;
+            None
+        }
+        #[cfg(feature = "kafka")]
+        Writer::Kafka(w) => {
+            w.close()?;
             None
         }
     };
@@ -111,6 +121,21 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Opens a sink for batches of `schema`: one file, or stdout.
 pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
+    if let SinkSpec::Kafka { bootstrap, topic } = spec {
+        #[cfg(feature = "kafka")]
+        return Ok(Sink {
+            spec: spec.clone(),
+            schema: schema.clone(),
+            writer: Some(Writer::Kafka(super::kafka_sink::KafkaWriter::open(
+                bootstrap, topic,
+            )?)),
+            target: Target::Stdout,
+        });
+        #[cfg(not(feature = "kafka"))]
+        return Err(Error::Internal(format!(
+            "kafka sink {topic} at {bootstrap} in a build without the kafka feature"
+        )));
+    }
     let (writer, target) = match spec.path() {
         Some(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -214,7 +239,7 @@ impl SinkSpec {
     pub fn path(&self) -> Option<&Path> {
         match self {
             SinkSpec::Parquet(p) | SinkSpec::Csv(p) | SinkSpec::JsonLines(Some(p)) => Some(p),
-            SinkSpec::JsonLines(None) => None,
+            SinkSpec::JsonLines(None) | SinkSpec::Kafka { .. } => None,
         }
     }
 
@@ -222,16 +247,18 @@ impl SinkSpec {
         match self {
             SinkSpec::Parquet(_) => "parquet",
             SinkSpec::Csv(_) => "csv",
-            SinkSpec::JsonLines(_) => "jsonl",
+            SinkSpec::JsonLines(_) | SinkSpec::Kafka { .. } => "jsonl",
         }
     }
 }
 
 impl Sink {
     fn name(&self) -> String {
-        self.spec
-            .path()
-            .map_or("stdout".into(), |p| p.display().to_string())
+        match (&self.spec, self.spec.path()) {
+            (SinkSpec::Kafka { topic, .. }, _) => format!("kafka topic {topic}"),
+            (_, Some(p)) => p.display().to_string(),
+            (_, None) => "stdout".into(),
+        }
     }
 
     /// Writes a batch.
@@ -249,6 +276,8 @@ impl Sink {
             Some(Writer::Json(w)) => w
                 .write(batch)
                 .map_err(|e| Error::arrow(format!("writing {target}"), e)),
+            #[cfg(feature = "kafka")]
+            Some(Writer::Kafka(w)) => w.write(batch),
             None => Err(Error::Internal("write to a finished sink".into())),
         }
     }
