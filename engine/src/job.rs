@@ -772,15 +772,6 @@ impl JobFile {
                 }
             }
         }
-        if let Some((name, _)) = (sinks.iter()).find(|(_, s)| matches!(s, Sink::Kafka { .. }))
-            && checkpoint.is_some()
-        {
-            return Err(format!(
-                "{name} is a kafka topic: with [checkpoint] output must be committed exactly \
-                 once, which the kafka sink cannot do yet (it is at-least-once); write to files \
-                 or run without [checkpoint]"
-            ));
-        }
         let to_stdout = sinks.iter().any(|(_, s)| **s == Sink::JsonLines(None));
         if checkpoint.is_some() && to_stdout {
             return Err(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
-use crate::connect::sink::{open_parts, publish};
+use crate::connect::sink::{open_parts, parts_dir};
 use crate::connect::{
     Malformed, Position, SinkThread, Source, SourceBatch, dead_letter_batch, dead_letter_schema,
     open_sink, open_source,
@@ -336,16 +336,15 @@ impl Outputs {
     /// job takes checkpoints.
     fn open(job: &Job, op: &WindowOperator, restore: Option<&Restore>) -> Result<Outputs> {
         let committed = restore.map_or(0, |r| r.manifest.id);
-        let open = |spec: &crate::job::Sink, schema| match job.checkpoint {
+        let open = |spec: &crate::job::Sink, schema| match &job.checkpoint {
             None => open_sink(spec, schema),
-            Some(_) => {
+            Some(c) => {
+                let dir = parts_dir(spec, &c.dir)
+                    .ok_or_else(|| Error::Internal("a part-file sink without a path".into()))?;
                 let staged = restore
-                    .and_then(|r| {
-                        let dir = spec.path()?;
-                        r.manifest.sinks.iter().find(|c| c.dir == dir)
-                    })
+                    .and_then(|r| r.manifest.sinks.iter().find(|c| c.dir == dir))
                     .map_or(&[][..], |c| &c.parts[..]);
-                open_parts(spec, schema, committed, staged)
+                open_parts(spec, schema, committed, staged, dir)
             }
         };
         let mut sinks = vec![open(&job.sink, op.output_schema())?];
@@ -452,12 +451,15 @@ fn take_checkpoint(
         files: Vec::new(),
     })?;
     failpoint("manifest", id);
-    for (i, commit) in sinks.iter().enumerate() {
-        publish(&commit.dir, &commit.parts)?;
-        if i == 0 {
-            failpoint("publish", id);
+    outputs.sinks.call(move |all| {
+        for (i, (sink, commit)) in all.iter_mut().zip(&sinks).enumerate() {
+            sink.publish(&commit.parts)?;
+            if i == 0 {
+                failpoint("publish", id);
+            }
         }
-    }
+        Ok(())
+    })?;
     checkpoint::prune(&c.dir, c.keep)?;
     tracing::info!(
         "checkpoint {id} at {position} in {:.1} ms",
@@ -469,10 +471,15 @@ fn take_checkpoint(
 /// Crash tests kill the job at a named point of checkpoint `id`: `PANES_FAILPOINT=state:3`
 /// sends SIGKILL to this process after checkpoint 3 wrote its state, before its manifest.
 fn failpoint(name: &str, id: u64) {
+    failpoint_named(&format!("{name}:{id}"));
+}
+
+/// Kills the process when `PANES_FAILPOINT` is `point` (crash tests).
+pub(crate) fn failpoint_named(point: &str) {
     let Ok(at) = std::env::var("PANES_FAILPOINT") else {
         return;
     };
-    if at == format!("{name}:{id}") {
+    if at == point {
         let pid = std::process::id().to_string();
         let _ = std::process::Command::new("kill")
             .args(["-KILL", &pid])

@@ -65,18 +65,11 @@ impl KafkaWriter {
             .and_then(|()| w.finish())
             .map_err(|e| Error::arrow(format!("writing {}", self.name), e))?;
         for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let mut record = BaseRecord::<(), [u8]>::to(&self.topic).payload(line);
-            // A full queue waits for the brokers to take some.
-            while let Err((e, r)) = self.producer.send(record) {
-                if !matches!(
-                    e.rdkafka_error_code(),
-                    Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                ) {
-                    return Err(Error::input(&self.name, format!("sending a row: {e}")));
-                }
-                self.producer.poll(Duration::from_millis(10));
-                record = r;
-            }
+            send(
+                &self.producer,
+                BaseRecord::to(&self.topic).payload(line),
+                &self.name,
+            )?;
         }
         self.producer.poll(Duration::ZERO);
         self.failed()
@@ -103,4 +96,171 @@ impl KafkaWriter {
             None => Ok(()),
         }
     }
+}
+
+/// Publishes a checkpoint's staged rows to a topic exactly once: each staged part goes out
+/// in one transaction, with a marker naming the part sent to the control topic
+/// (`<topic>.panes-commits`) in the same transaction. A part whose marker a
+/// `read_committed` reader finds was published; any other is sent again. Opening the
+/// publisher fences (aborts) a transaction that a crashed run left open, under the same
+/// transactional id.
+pub(crate) struct Publisher {
+    producer: BaseProducer<Deliveries>,
+    topic: String,
+    control: String,
+    name: String,
+    /// The markers of the parts published so far.
+    published: std::collections::HashSet<String>,
+}
+
+impl Publisher {
+    pub(crate) fn open(bootstrap: &str, topic: &str, transactional_id: &str) -> Result<Publisher> {
+        let name = format!("kafka topic {topic} at {bootstrap}");
+        let control = format!("{topic}.panes-commits");
+        let producer: BaseProducer<Deliveries> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("transactional.id", transactional_id)
+            .set("transaction.timeout.ms", "10000")
+            .create_with_context(Deliveries::default())
+            .map_err(|e| Error::input(&name, format!("cannot create a producer: {e}")))?;
+        producer
+            .init_transactions(FLUSH)
+            .map_err(|e| Error::input(&name, format!("starting transactions: {e}")))?;
+        let published = committed_markers(bootstrap, &control)
+            .map_err(|e| Error::input(&name, format!("reading {control}: {e}")))?;
+        Ok(Publisher {
+            producer,
+            topic: topic.to_string(),
+            control,
+            name,
+            published,
+        })
+    }
+
+    /// Sends the rows of staged part `path` (JSON lines) in one transaction with `marker`,
+    /// unless a transaction with that marker committed before.
+    fn send_part(&mut self, path: &std::path::Path, name: &str, marker: &str) -> Result<()> {
+        if self.published.contains(marker) {
+            return Ok(());
+        }
+        let text = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+        let fail = |e: rdkafka::error::KafkaError| Error::input(&self.name, format!("{e}"));
+        self.producer.begin_transaction().map_err(fail)?;
+        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            send(
+                &self.producer,
+                BaseRecord::to(&self.topic).payload(line),
+                &self.name,
+            )?;
+        }
+        let mark = BaseRecord::<(), [u8]>::to(&self.control).payload(marker.as_bytes());
+        send(&self.producer, mark, &self.name)?;
+        // Crash tests: killed with the rows and the marker sent, before the commit.
+        crate::run::failpoint_named(&format!("kafka-commit:{name}"));
+        self.producer.commit_transaction(FLUSH).map_err(fail)?;
+        let failed = self.producer.context().failed.lock();
+        if let Some(e) = failed.unwrap_or_else(|e| e.into_inner()).as_deref() {
+            return Err(Error::input(
+                &self.name,
+                format!("a row was not delivered: {e}"),
+            ));
+        }
+        self.published.insert(marker.to_string());
+        Ok(())
+    }
+}
+
+/// Sends a record, waiting while the producer's queue is full.
+fn send(
+    producer: &BaseProducer<Deliveries>,
+    mut record: BaseRecord<'_, (), [u8]>,
+    name: &str,
+) -> Result<()> {
+    while let Err((e, r)) = producer.send(record) {
+        if !matches!(
+            e.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+        ) {
+            return Err(Error::input(name, format!("sending a row: {e}")));
+        }
+        producer.poll(Duration::from_millis(10));
+        record = r;
+    }
+    Ok(())
+}
+
+impl super::sink::Publish for Publisher {
+    /// Sends each staged part still on disk (a part whose file is gone was sent and its
+    /// transaction committed), then removes it.
+    fn publish(&mut self, dir: &std::path::Path, parts: &[String]) -> Result<()> {
+        for name in parts {
+            let staged = dir.join(format!(".staged-{name}"));
+            if staged.exists() {
+                self.send_part(&staged, name, &format!("{}/{name}", dir.display()))?;
+                // Crash tests: killed with the transaction committed, the part still here.
+                crate::run::failpoint_named(&format!("kafka-committed:{name}"));
+                std::fs::remove_file(&staged).map_err(|e| Error::io("removing", &staged, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The markers that committed transactions wrote to `control` (none when it does not
+/// exist yet), read with `read_committed`.
+fn committed_markers(
+    bootstrap: &str,
+    control: &str,
+) -> std::result::Result<std::collections::HashSet<String>, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "panes-commits")
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(control), FLUSH)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == control && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut markers = std::collections::HashSet::new();
+    let mut list = rdkafka::TopicPartitionList::new();
+    let mut ends = Vec::new();
+    for &p in &partitions {
+        // The last stable offset: committed transactions end before it.
+        let (_, high) = consumer.fetch_watermarks(control, p, FLUSH)?;
+        ends.push((p, high));
+        list.add_partition_offset(control, p, rdkafka::Offset::Beginning)?;
+    }
+    if ends.iter().all(|&(_, h)| h == 0) {
+        return Ok(markers);
+    }
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + FLUSH;
+    let mut done: std::collections::HashSet<i32> = ends
+        .iter()
+        .filter(|&&(_, h)| h == 0)
+        .map(|&(p, _)| p)
+        .collect();
+    while done.len() < ends.len() && std::time::Instant::now() < deadline {
+        // Where each partition's reader got to: past the end once the markers are read.
+        if let Ok(positions) = consumer.position() {
+            for &(p, high) in &ends {
+                if let Some(rdkafka::Offset::Offset(o)) =
+                    positions.find_partition(control, p).map(|e| e.offset())
+                    && o >= high
+                {
+                    done.insert(p);
+                }
+            }
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            markers.insert(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    Ok(markers)
 }

@@ -47,12 +47,21 @@ enum Target {
     },
 }
 
+/// Where a checkpoint's staged parts go once it is durable: without one, they are
+/// renamed into place (files); a Kafka topic sends them on.
+pub(crate) trait Publish: Send {
+    /// Publishes staged parts `parts` (published names) of `dir`; those already
+    /// published are left alone.
+    fn publish(&mut self, dir: &Path, parts: &[String]) -> Result<()>;
+}
+
 /// An open sink. Dropping it without [`Sink::finish`] removes its temporary file.
 pub struct Sink {
     spec: SinkSpec,
     schema: SchemaRef,
     writer: Option<Writer>,
     target: Target,
+    publisher: Option<Box<dyn Publish>>,
 }
 
 /// The prefix of a staged part's file name.
@@ -74,12 +83,10 @@ fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef) -> Result<Writer> {
             Writer::Parquet(w)
         }
         SinkSpec::Csv(_) => Writer::Csv(arrow::csv::Writer::new(BufWriter::new(file))),
-        SinkSpec::JsonLines(_) => {
+        // A Kafka topic's rows are staged as JSON lines until a checkpoint sends them.
+        SinkSpec::JsonLines(_) | SinkSpec::Kafka { .. } => {
             let out: Box<dyn Write + Send> = Box::new(BufWriter::new(file));
             Writer::Json(arrow::json::LineDelimitedWriter::new(out))
-        }
-        SinkSpec::Kafka { .. } => {
-            return Err(Error::Internal("a kafka sink has no file".into()));
         }
     })
 }
@@ -130,6 +137,7 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
                 bootstrap, topic,
             )?)),
             target: Target::Stdout,
+            publisher: None,
         });
         #[cfg(not(feature = "kafka"))]
         return Err(Error::Internal(format!(
@@ -159,24 +167,43 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
         schema: schema.clone(),
         writer,
         target,
+        publisher: None,
     })
 }
 
-/// Opens a sink of part files in the directory its path names, after checkpoint
-/// `committed` (0: none) whose manifest lists `staged` for this sink: those parts are
-/// published, other staged parts and parts after `committed` are removed.
+/// The directory of a sink's part files: its path, or for a Kafka topic a staging
+/// directory in the checkpoint directory `checkpoints`.
+pub fn parts_dir(spec: &SinkSpec, checkpoints: &Path) -> Option<PathBuf> {
+    match spec {
+        SinkSpec::Kafka { topic, .. } => Some(checkpoints.join(format!("kafka-sink-{topic}"))),
+        _ => spec.path().map(Path::to_path_buf),
+    }
+}
+
+/// Opens a sink of part files in `dir` (see [`parts_dir`]), after checkpoint `committed`
+/// (0: none) whose manifest lists `staged` for this sink: those parts are published, other
+/// staged parts and parts after `committed` are removed.
 pub fn open_parts(
     spec: &SinkSpec,
     schema: &SchemaRef,
     committed: u64,
     staged: &[String],
+    dir: PathBuf,
 ) -> Result<Sink> {
-    let dir = spec
-        .path()
-        .ok_or_else(|| Error::Internal("a part-file sink without a path".into()))?
-        .to_path_buf();
     create_dir(&dir)?;
-    publish(&dir, staged)?;
+    let mut publisher: Option<Box<dyn Publish>> = match spec {
+        #[cfg(feature = "kafka")]
+        SinkSpec::Kafka { bootstrap, topic } => Some(Box::new(super::kafka_sink::Publisher::open(
+            bootstrap,
+            topic,
+            &format!("panes:{}", dir.display()),
+        )?)),
+        _ => None,
+    };
+    match publisher.as_mut() {
+        Some(p) => p.publish(&dir, staged)?,
+        None => publish(&dir, staged)?,
+    }
     let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("listing", &dir, e))?;
     for entry in entries {
         let path = entry.map_err(|e| Error::io("listing", &dir, e))?.path();
@@ -201,6 +228,7 @@ pub fn open_parts(
             dir,
             next: committed + 1,
         },
+        publisher,
     })
 }
 
@@ -300,6 +328,17 @@ impl Sink {
         };
         close(w, &target)?;
         Ok(Some(format!("part-{id:06}.{}", self.spec.extension())))
+    }
+
+    /// Publishes the parts a durable checkpoint listed for this sink.
+    pub fn publish(&mut self, parts: &[String]) -> Result<()> {
+        let Target::Parts { dir, .. } = &self.target else {
+            return Ok(());
+        };
+        match self.publisher.as_mut() {
+            Some(p) => p.publish(dir, parts),
+            None => publish(dir, parts),
+        }
     }
 
     /// The directory of a part-file sink.
