@@ -64,15 +64,9 @@ impl KafkaWriter {
         w.write(batch)
             .and_then(|()| w.finish())
             .map_err(|e| Error::arrow(format!("writing {}", self.name), e))?;
-        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            send(
-                &self.producer,
-                BaseRecord::to(&self.topic).payload(line),
-                &self.name,
-            )?;
-        }
+        send_lines(&self.producer, &self.topic, &text, &self.name)?;
         self.producer.poll(Duration::ZERO);
-        self.failed()
+        delivery_error(&self.producer, &self.name)
     }
 
     /// Waits until the brokers acknowledged every message.
@@ -83,19 +77,30 @@ impl KafkaWriter {
                 format!("rows not acknowledged in {FLUSH:?}: {e}"),
             )
         })?;
-        self.failed()
+        delivery_error(&self.producer, &self.name)
     }
+}
 
-    fn failed(&self) -> Result<()> {
-        let failed = self.producer.context().failed.lock();
-        match failed.unwrap_or_else(|e| e.into_inner()).as_deref() {
-            Some(e) => Err(Error::input(
-                &self.name,
-                format!("a row was not delivered: {e}"),
-            )),
-            None => Ok(()),
-        }
+/// The first delivery that failed, as an error.
+fn delivery_error(producer: &BaseProducer<Deliveries>, name: &str) -> Result<()> {
+    let failed = producer.context().failed.lock();
+    match failed.unwrap_or_else(|e| e.into_inner()).as_deref() {
+        Some(e) => Err(Error::input(name, format!("a row was not delivered: {e}"))),
+        None => Ok(()),
     }
+}
+
+/// Sends each line of `text` (JSON lines) to `topic`, a message each.
+fn send_lines(
+    producer: &BaseProducer<Deliveries>,
+    topic: &str,
+    text: &[u8],
+    name: &str,
+) -> Result<()> {
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        send(producer, BaseRecord::to(topic).payload(line), name)?;
+    }
+    Ok(())
 }
 
 /// Publishes a checkpoint's staged rows to a topic exactly once: each staged part goes out
@@ -146,25 +151,13 @@ impl Publisher {
         let text = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
         let fail = |e: rdkafka::error::KafkaError| Error::input(&self.name, format!("{e}"));
         self.producer.begin_transaction().map_err(fail)?;
-        for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            send(
-                &self.producer,
-                BaseRecord::to(&self.topic).payload(line),
-                &self.name,
-            )?;
-        }
+        send_lines(&self.producer, &self.topic, &text, &self.name)?;
         let mark = BaseRecord::<(), [u8]>::to(&self.control).payload(marker.as_bytes());
         send(&self.producer, mark, &self.name)?;
         // Crash tests: killed with the rows and the marker sent, before the commit.
         crate::run::failpoint_named(&format!("kafka-commit:{name}"));
         self.producer.commit_transaction(FLUSH).map_err(fail)?;
-        let failed = self.producer.context().failed.lock();
-        if let Some(e) = failed.unwrap_or_else(|e| e.into_inner()).as_deref() {
-            return Err(Error::input(
-                &self.name,
-                format!("a row was not delivered: {e}"),
-            ));
-        }
+        delivery_error(&self.producer, &self.name)?;
         self.published.insert(marker.to_string());
         Ok(())
     }
