@@ -11,7 +11,7 @@ use panes::datasets::{Dataset, GenConfig};
 use panes::engine::Job;
 use panes::engine::connect::open_sink;
 use panes::engine::job::{Sink, parse_bytes};
-use panes::engine::run::{BackendKind, RunOptions, StartFrom, run_job};
+use panes::engine::run::{BackendKind, Progress, RunOptions, StartFrom, run_job};
 use panes::engine::state::checkpoint;
 
 /// Event-time windowing over streams: tumbling and hop windows, columnar CPU kernels.
@@ -145,6 +145,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// A job whose source runs on: events and their rate, then [`event_time`].
+fn unbounded_style() -> ProgressStyle {
+    let template = "{spinner} {elapsed_precise} {human_pos} events ({per_sec}) {msg}";
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+/// The watermark, how far it trails the clock, and the late events.
+fn event_time(p: &Progress) -> String {
+    if p.watermark == i64::MIN {
+        return format!("no watermark yet, {} late", p.late);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(p.watermark.max(0) as u64);
+    format!(
+        "watermark {} ({:.1} s behind the clock), {} late",
+        humantime::format_rfc3339_millis(at),
+        (now - p.watermark) as f64 / 1e3,
+        p.late
+    )
+}
+
 fn progress_bar(total: Option<u64>) -> ProgressBar {
     let bar = ProgressBar::new(total.unwrap_or(0));
     let template = "{spinner} {elapsed_precise} [{bar:30}] {human_pos}/{human_len} events ({per_sec}, eta {eta})";
@@ -184,11 +207,19 @@ impl Command {
                         (None, false) => StartFrom::Newest,
                     },
                     memory_budget,
-                    progress: Some(Box::new(move |done, total| {
-                        if let Some(t) = total {
-                            progress_bar.set_length(t);
+                    progress: Some(Box::new(move |p: &Progress| {
+                        match p.total {
+                            Some(t) => progress_bar.set_length(t),
+                            // A source that runs on (a topic): where event time is instead.
+                            None => {
+                                if progress_bar.length() != Some(u64::MAX) {
+                                    progress_bar.set_length(u64::MAX);
+                                    progress_bar.set_style(unbounded_style());
+                                }
+                                progress_bar.set_message(event_time(p));
+                            }
                         }
-                        progress_bar.set_position(done);
+                        progress_bar.set_position(p.events);
                     })),
                     stop: Some(stop_on_signals()?),
                 };

@@ -133,8 +133,8 @@ pub struct RunOptions {
     pub start: StartFrom,
     /// Memory budget of the state in bytes (overrides the job's).
     pub memory_budget: Option<u64>,
-    /// Called after each batch with (events read, total events if known).
-    pub progress: Option<Box<dyn FnMut(u64, Option<u64>)>>,
+    /// Called after each batch with where the run is.
+    pub progress: Option<Box<dyn FnMut(&Progress)>>,
     /// Set it to stop the job (the CLI does on SIGINT and SIGTERM): the source stops
     /// between two batches. With `[checkpoint]`, a last checkpoint keeps the open windows
     /// for the next run, which resumes there; without, the windows fire as at the end of
@@ -154,6 +154,19 @@ impl Default for RunOptions {
             stop: None,
         }
     }
+}
+
+/// Where a run is, after a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Events read.
+    pub events: u64,
+    /// Events the source holds, when it knows (files; not a topic that runs on).
+    pub total: Option<u64>,
+    /// The job's watermark (ms since the epoch), `i64::MIN` before the first.
+    pub watermark: i64,
+    /// Late events so far (as of the batch before).
+    pub late: u64,
 }
 
 /// Every core of the machine (as the OS grants them to this process).
@@ -639,7 +652,12 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
                 }
             }
             if let Some(progress) = opts.progress.as_mut() {
-                progress(events_read, total);
+                progress(&Progress {
+                    events: events_read,
+                    total,
+                    watermark: op.watermark(),
+                    late: op.stats().late_events,
+                });
             }
         }
         // The reader ended (its source is exhausted or stopped): it gives the source back.
