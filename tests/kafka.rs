@@ -40,8 +40,12 @@ fn broker() -> &'static str {
 
 /// Creates `topic` with `partitions` partitions.
 fn create_topic(topic: &str, partitions: i32) {
+    create_topic_at(broker(), topic, partitions)
+}
+
+fn create_topic_at(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("an admin client");
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -56,8 +60,12 @@ fn create_topic(topic: &str, partitions: i32) {
 
 /// Sends each (partition, payload) to `topic`.
 fn produce(topic: &str, messages: &[(i32, String)]) {
+    produce_at(broker(), topic, messages)
+}
+
+fn produce_at(bootstrap: &str, topic: &str, messages: &[(i32, String)]) {
     let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", broker())
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("a producer");
     for (p, payload) in messages {
@@ -605,6 +613,135 @@ fn window_rows_go_to_a_topic() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("restored from    checkpoint 4"), "{log}");
     assert_eq!(messages(&exactly, 2), want);
+}
+
+/// Starts (or, with `keep`, restarts with its data) a broker of our own on `port`.
+fn own_broker(port: u16, keep: bool) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("tests/kafka/broker.sh"))
+        .arg(root.join("target/kafka"))
+        .env("PORT", port.to_string())
+        .env("KEEP_DATA", if keep { "1" } else { "0" })
+        .output()
+        .expect("running tests/kafka/broker.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("an address")
+        .trim()
+        .to_string()
+}
+
+fn stop_own_broker(port: u16) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pid = std::fs::read_to_string(root.join(format!("target/kafka/broker-{port}.pid")))
+        .expect("the broker's pid");
+    let stopped = Command::new("kill").args(["-TERM", pid.trim()]).status();
+    assert!(stopped.is_ok_and(|s| s.success()), "stopping the broker");
+}
+
+/// The sum of the offsets the newest checkpoint in `dir` holds (0 before the first).
+fn checkpointed_offsets(dir: &Path) -> i64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_panes"))
+        .arg("checkpoints")
+        .arg(dir)
+        .output()
+        .expect("panes checkpoints");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .lines()
+        .filter(|l| l.contains("offset"))
+        .last()
+        .unwrap_or("");
+    last.split("offset ")
+        .skip(1)
+        .filter_map(|s| {
+            s.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// A broker that goes away while a job runs and comes back on its port with its data:
+/// the job waits, logs it, and reads every message, before and after.
+#[test]
+fn a_broker_that_goes_away_and_comes_back_loses_nothing() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = own_broker(port, false);
+    let topic = "comeback";
+    create_topic_at(&addr, topic, 2);
+    let readings = |from: i64| -> Vec<(i32, String)> {
+        (from..from + 1_000)
+            .map(|i| {
+                let ts = 1_700_000_000_000 + i * 100;
+                (
+                    (i % 2) as i32,
+                    format!("{{\"ts\": {ts}, \"sensor\": 1, \"value\": 1.0}}"),
+                )
+            })
+            .collect()
+    };
+    produce_at(&addr, topic, &readings(0));
+    let job = job(
+        dir.path(),
+        "comeback",
+        &format!("kind = \"kafka\"\nbootstrap = \"{addr}\"\ntopic = \"{topic}\""),
+    );
+    let checkpoints = dir.path().join("checkpoints");
+    let text = std::fs::read_to_string(&job)
+        .expect("the job")
+        .replace("comeback.parquet", "comeback-parts")
+        .replace("comeback-bad.jsonl", "comeback-bad")
+        + &format!(
+            "\n[checkpoint]\ndir = '{}'\ninterval = \"300ms\"\n",
+            checkpoints.display()
+        );
+    std::fs::write(&job, text).expect("writing the job");
+    let log = std::fs::File::create(dir.path().join("log")).expect("a log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_panes"))
+        .arg("run")
+        .arg(&job)
+        .env("RUST_LOG", "warn")
+        .stderr(log)
+        .spawn()
+        .expect("starting panes");
+    let wait_for = |offsets: i64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while checkpointed_offsets(&checkpoints) < offsets {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint at {offsets}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    wait_for(1_000);
+    stop_own_broker(port);
+    std::thread::sleep(Duration::from_secs(2));
+    let again = own_broker(port, true);
+    assert_eq!(again, addr);
+    produce_at(&addr, topic, &readings(1_000));
+    wait_for(2_000);
+    let stopped = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let status = child.wait().expect("panes ends");
+    stop_own_broker(port);
+    let log = std::fs::read_to_string(dir.path().join("log")).expect("the log");
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("events in        2000"), "{log}");
 }
 
 /// Bad addresses and topics are errors that name them.
