@@ -1296,4 +1296,79 @@ mod tests {
         let e = error_of(&cumulate(""));
         assert!(e.contains("needs a step"), "{e}");
     }
+
+    #[test]
+    fn kafka_sources_and_sinks_name_what_is_wrong() {
+        let kafka = |keys: &str| {
+            JOB.replace(
+                "kind = \"parquet\"\n        path = \"data/clicks.parquet\"",
+                &format!("kind = \"kafka\"\n{keys}"),
+            )
+        };
+        let ok = "bootstrap = \"h:9092\"\ntopic = \"clicks\"\nschema = { ts = \"timestamp_ms\" }";
+        let job = Job::from_toml(&kafka(ok), "job.toml").expect("a kafka job");
+        let Source::Kafka(k) = &job.source else {
+            panic!("a kafka source: {:?}", job.source)
+        };
+        assert_eq!(
+            (k.group.as_str(), k.stop_at_end, k.start_at_end),
+            ("panes", false, false)
+        );
+        for (keys, want) in [
+            (
+                "topic = \"t\"\nschema = { ts = \"int64\" }",
+                "needs bootstrap",
+            ),
+            (
+                "bootstrap = \"h:1\"\nschema = { ts = \"int64\" }",
+                "needs a topic",
+            ),
+            ("bootstrap = \"h:1\"\ntopic = \"t\"", "needs a schema"),
+            (
+                &format!("{ok}\nformat = \"avro\""),
+                "source.format = \"avro\"",
+            ),
+            (
+                &format!("{ok}\nstart = \"middle\""),
+                "source.start = \"middle\"",
+            ),
+            (
+                &format!("{ok}\nstop = \"never\""),
+                "source.stop = \"never\"",
+            ),
+            (&format!("{ok}\npath = \"x\""), "source.path is not used"),
+            (
+                &format!("{ok}\npartition_by = \"file\""),
+                "source.partition_by is not used",
+            ),
+        ] {
+            let e = error_of(&kafka(keys));
+            assert!(e.contains(want), "{keys:?}: {e}");
+        }
+        let e = error_of(&JOB.replace(
+            "path = \"data/clicks.parquet\"",
+            "path = \"data/clicks.parquet\"\ntopic = \"t\"",
+        ));
+        assert!(
+            e.contains("source.topic is only for kind = \"kafka\""),
+            "{e}"
+        );
+        let e = error_of(&JOB.replace("column = \"ts\"", "column = \"_kafka_timestamp\""));
+        assert!(e.contains("only for kind = \"kafka\""), "{e}");
+        let sink = |keys: &str| {
+            JOB.replace(
+                "kind = \"parquet\"\n        path = \"out/trending.parquet\"",
+                &format!("kind = \"kafka\"\n{keys}"),
+            )
+        };
+        let e = error_of(&sink("topic = \"out\""));
+        assert!(e.contains("sink.kind = \"kafka\" needs bootstrap"), "{e}");
+        let e = error_of(&sink("bootstrap = \"h:1\"\ntopic = \"out\"\npath = \"x\""));
+        assert!(e.contains("sink.path is not used"), "{e}");
+        let job = Job::from_toml(&sink("bootstrap = \"h:1\"\ntopic = \"out\""), "job.toml");
+        assert!(matches!(
+            job.expect("a kafka sink").sink,
+            Sink::Kafka { .. }
+        ));
+    }
 }
