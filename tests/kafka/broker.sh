@@ -8,11 +8,16 @@
 set -euo pipefail
 dir="${1:?usage: broker.sh DIR}"
 mkdir -p "$dir"
-if [[ ! -x "$dir/venv/bin/python" ]]; then
-    python3 -m venv "$dir/venv"
-fi
-"$dir/venv/bin/python" -c 'import noida_db' 2>/dev/null ||
-    "$dir/venv/bin/pip" install -q noida-db==0.2.3
+# Tests start brokers side by side: one of them sets up the virtualenv, the others wait.
+(
+    flock 9
+    if [[ ! -x "$dir/venv/bin/pip" ]]; then
+        rm -rf "$dir/venv"
+        python3 -m venv "$dir/venv"
+    fi
+    "$dir/venv/bin/python" -c 'import noida_db' 2>/dev/null ||
+        "$dir/venv/bin/pip" install -q noida-db==0.2.3
+) 9> "$dir/.setup.lock"
 bin=$("$dir/venv/bin/python" -c 'import noida_db,os;print(os.path.join(os.path.dirname(noida_db.__file__),"noida-db"))')
 chmod +x "$bin"
 port="${PORT:-$("$dir/venv/bin/python" -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')}"
