@@ -21,9 +21,11 @@ fn broker() -> &'static str {
             return b;
         }
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafka");
+        // A lifetime a little longer than these tests take: no broker idles on afterwards.
         let out = Command::new("bash")
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/broker.sh"))
             .arg(&dir)
+            .env("LIFETIME", "180")
             .output()
             .expect("running tests/kafka/broker.sh");
         assert!(
@@ -623,6 +625,7 @@ fn own_broker(port: u16, keep: bool) -> String {
         .arg(root.join("target/kafka"))
         .env("PORT", port.to_string())
         .env("KEEP_DATA", if keep { "1" } else { "0" })
+        .env("LIFETIME", "180")
         .output()
         .expect("running tests/kafka/broker.sh");
     assert!(
