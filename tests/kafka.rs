@@ -20,23 +20,7 @@ fn broker() -> &'static str {
         if let Ok(b) = std::env::var("KAFKA_BOOTSTRAP") {
             return b;
         }
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kafka");
-        // A lifetime a little longer than these tests take: no broker idles on afterwards.
-        let out = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/broker.sh"))
-            .arg(&dir)
-            .env("LIFETIME", "180")
-            .output()
-            .expect("running tests/kafka/broker.sh");
-        assert!(
-            out.status.success(),
-            "the broker did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("an address")
-            .trim()
-            .to_string()
+        start_broker(&[])
     })
 }
 
@@ -619,18 +603,24 @@ fn window_rows_go_to_a_topic() {
 
 /// Starts (or, with `keep`, restarts with its data) a broker of our own on `port`.
 fn own_broker(port: u16, keep: bool) -> String {
+    let keep = if keep { "1" } else { "0" };
+    start_broker(&[("PORT", &port.to_string()), ("KEEP_DATA", keep)])
+}
+
+/// Runs `tests/kafka/broker.sh` with `env` and returns the broker's address. Its
+/// lifetime is a little longer than these tests take: no broker idles on afterwards.
+fn start_broker(env: &[(&str, &str)]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(root.join("tests/kafka/broker.sh"))
         .arg(root.join("target/kafka"))
-        .env("PORT", port.to_string())
-        .env("KEEP_DATA", if keep { "1" } else { "0" })
         .env("LIFETIME", "180")
+        .envs(env.iter().copied())
         .output()
         .expect("running tests/kafka/broker.sh");
     assert!(
         out.status.success(),
-        "{}",
+        "the broker did not start: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout)
