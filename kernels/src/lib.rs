@@ -18,7 +18,7 @@ pub mod reference;
 mod state;
 
 pub use agg::{AggFn, AggSpec, Domain, OutType};
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, SparsePanes};
 pub use error::{Error, Result};
 pub use events::{Column, Events, OutColumn, Values, WindowRows, rank_f64, rank_i64};
 pub use gpu::{GpuBackend, GpuOptions, Profile};
@@ -35,6 +35,25 @@ pub enum Keys<'a> {
     All,
     /// Only these keys (ascending), for re-fired windows; keys without events are skipped.
     Only(&'a [u32]),
+    /// Every key id in `start..end` with at least one event: one slice of a window whose
+    /// rows are combined and emitted a slice at a time (see [`Backend::key_slice`]).
+    Range {
+        /// The first key id.
+        start: u32,
+        /// Past the last key id.
+        end: u32,
+    },
+}
+
+impl Keys<'_> {
+    /// Whether key id `k` is one of these (where it has events).
+    pub fn contains(&self, k: u32) -> bool {
+        match *self {
+            Keys::All => true,
+            Keys::Only(only) => only.binary_search(&k).is_ok(),
+            Keys::Range { start, end } => (start..end).contains(&k),
+        }
+    }
 }
 
 /// The order in which every backend folds a window's panes, as consecutive ranges: left to
@@ -89,6 +108,12 @@ pub trait Backend: Send {
     /// default, folds pane by pane). Every backend of a job must be given the same length
     /// for their results to agree to the bit.
     fn set_fold_block(&mut self, block: i64);
+    /// How many key ids a window's combine should take at a time, where its panes hold so
+    /// many keys that combining them all at once would hold a row per key for the whole
+    /// window; `None` (the default): combine every key at once.
+    fn key_slice(&self) -> Option<u32> {
+        None
+    }
     /// Combines panes `panes` per key into one row per key with data, keys ascending,
     /// folding them in the order of [`fold_plan`].
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> Result<WindowRows>;

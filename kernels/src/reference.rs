@@ -213,9 +213,7 @@ impl Backend for ReferenceBackend {
             by_key.entry(*key).or_default().push((*j, evs));
         }
         let plan = crate::fold_plan(panes, self.fold_block);
-        if let Keys::Only(only) = keys {
-            by_key.retain(|k, _| only.binary_search(k).is_ok());
-        }
+        by_key.retain(|&k, _| keys.contains(k));
         let mut rows = WindowRows {
             keys: by_key.keys().copied().collect(),
             columns: self

@@ -7,7 +7,7 @@
 
 use panes_kernels::{
     AggFn, AggSpec, Backend, Column, CpuBackend, Domain, Events, GpuBackend, GpuOptions, Keys,
-    OutColumn, ReferenceBackend, Values, WindowRows, fold_block,
+    OutColumn, ReferenceBackend, SparsePanes, Values, WindowRows, fold_block,
 };
 
 use arrow::record_batch::RecordBatch;
@@ -191,6 +191,7 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
                 assert_same(&want, &got, seed, b.as_ref());
                 let got = b.combine(window.clone(), Keys::Only(&only)).unwrap();
                 assert_same(&want_only, &got, seed, b.as_ref());
+                assert_slices_same(&want, b.as_mut(), window.clone(), n_keys, seed);
             }
         }
         // A session that ended empties its key's panes.
@@ -238,6 +239,9 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
                 assert_same(&want, &got, seed, b.as_ref());
                 let got = b.combine(window.clone(), Keys::Only(&only)).unwrap();
                 assert_same(&want_only, &got, seed, b.as_ref());
+                if last % 3 == 0 {
+                    assert_slices_same(&want, b.as_mut(), window.clone(), n_keys, seed);
+                }
             }
             if rng.next() % 3 == 0 {
                 let late = 1 + (rng.next() % 50) as usize;
@@ -249,6 +253,30 @@ fn check_against_reference(seeds: std::ops::Range<u64>, distinct: bool, make: &M
                 .iter_mut()
                 .for_each(|b| b.evict_before(window.start - 1));
         }
+    }
+}
+
+/// A window combined in three slices of the key ids (cut at a third and at the middle of
+/// `n_keys`, which need not fall on a partition's keys) gives the rows of `want` in those
+/// slices.
+fn assert_slices_same(
+    want: &WindowRows,
+    b: &mut dyn Backend,
+    window: std::ops::Range<i64>,
+    n_keys: u64,
+    seed: u64,
+) {
+    let cuts = [0, (n_keys / 3) as u32, (n_keys / 2) as u32 + 1, u32::MAX];
+    for slice in cuts.windows(2) {
+        let (start, end) = (slice[0], slice[1]);
+        let rows: Vec<usize> = (want.keys.iter().enumerate())
+            .filter(|&(_, k)| (start..end).contains(k))
+            .map(|(r, _)| r)
+            .collect();
+        let got = b
+            .combine(window.clone(), Keys::Range { start, end })
+            .unwrap();
+        assert_same(&want.take(&rows), &got, seed, b);
     }
 }
 
@@ -301,6 +329,37 @@ fn cpu_equals_reference_on_random_segments() {
         vec![
             Box::new(CpuBackend::new(aggs, 1)),
             Box::new(CpuBackend::new(aggs, 4)),
+            // Panes that turn sparse after a pane that saw few keys, and dense again once
+            // they see many.
+            Box::new(CpuBackend::new(aggs, 2).with_sparse_panes(SparsePanes::Auto { min_keys: 0 })),
+        ]
+    });
+}
+
+/// Sparse panes (a slot per key seen) everywhere, whatever the pane sees, with 1 and 4 key
+/// partitions; and state moving between sparse and dense panes through export and import.
+#[test]
+fn cpu_with_sparse_panes_equals_reference_on_random_segments() {
+    fn sparse(aggs: &[AggSpec], parts: usize) -> CpuBackend {
+        CpuBackend::new(aggs, parts).with_sparse_panes(SparsePanes::Always)
+    }
+    check_against_reference(0..120, true, &|aggs| {
+        let (a, b) = (aggs.to_vec(), aggs.to_vec());
+        vec![
+            Box::new(sparse(aggs, 1)),
+            Box::new(sparse(aggs, 4)),
+            Box::new(RoundTrip {
+                inner: Box::new(sparse(aggs, 2)),
+                fresh: Box::new(move || Box::new(CpuBackend::new(&a, 1))),
+                fold_block: 1,
+                exact: true,
+            }),
+            Box::new(RoundTrip {
+                inner: Box::new(CpuBackend::new(aggs, 1)),
+                fresh: Box::new(move || Box::new(sparse(&b, 1 + b.len() % 2 * 3))),
+                fold_block: 1,
+                exact: true,
+            }),
         ]
     });
 }

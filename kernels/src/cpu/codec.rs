@@ -2,7 +2,7 @@
 //! into named columns, and scattered back into partitions from such a batch.
 
 use super::CpuBackend;
-use super::state::{Acc, Op, Part, StateCol, StatsRow};
+use super::state::{Acc, Op, Part, SPARSE_RATIO, Slots, SparsePanes, StateCol, StatsRow};
 use crate::agg::{Distinct, Domain, Moments};
 use crate::error::Error;
 use crate::state;
@@ -276,17 +276,44 @@ impl CpuBackend {
         check_columns(&self.layout, batch)?;
         let keys = state::values::<UInt32Type>(batch, "key")?;
         let (shift, mask) = (self.shift, (self.parts() - 1) as u32);
-        let at: Vec<(usize, usize)> = keys
-            .iter()
-            .map(|&k| ((k & mask) as usize, (k >> shift) as usize))
-            .collect();
+        let local = |p: usize| {
+            (keys.iter())
+                .filter(move |&&k| (k & mask) as usize == p)
+                .map(move |&k| (k >> shift) as usize)
+        };
         let mut parts = vec![Part::new(&self.layout); self.parts()];
         for (p, part) in parts.iter_mut().enumerate() {
-            let local = at.iter().filter(|a| a.0 == p).map(|a| a.1);
-            part.reset(&self.layout, local.clone().max().map_or(0, |i| i + 1));
-            part.lo = local.min().unwrap_or(usize::MAX);
+            let (count, span) = (local(p).count(), local(p).max().map_or(0, |i| i + 1));
+            let sparse = match self.sparse {
+                SparsePanes::Never => false,
+                SparsePanes::Always => true,
+                SparsePanes::Auto { min_keys } => {
+                    count * SPARSE_RATIO < span && span << shift >= min_keys
+                }
+            };
+            if sparse {
+                let mut slots = Box::<Slots>::default();
+                local(p).for_each(|i| {
+                    slots.slot(i as u32);
+                });
+                *part = Part::new_sparse(&self.layout);
+                part.grow(slots.keys.len());
+                part.slots = Some(slots);
+            } else {
+                part.reset(&self.layout, span);
+            }
+            part.lo = local(p).min().unwrap_or(usize::MAX);
             part.materialize(|_| true);
         }
+        // Each row's (partition, row in the state arrays).
+        let at = (keys.iter())
+            .map(|&k| {
+                let (p, i) = ((k & mask) as usize, (k >> shift) as usize);
+                let row = parts[p].slot(i);
+                row.map(|r| (p, r))
+                    .ok_or_else(|| Error::BadState(format!("key {k} has no row")))
+            })
+            .collect::<crate::Result<Vec<(usize, usize)>>>()?;
         for (j, &col) in self.layout.iter().enumerate() {
             scatter(&mut parts, j, col, batch, &at)?;
         }
@@ -304,10 +331,12 @@ impl CpuBackend {
         let mut gathers = gathers(&self.layout);
         for (p, part) in parts.iter_mut().enumerate() {
             part.refresh_present();
-            for &i in &part.present {
+            let (present, slots) = part.present_in(0..usize::MAX);
+            for (n, &i) in present.iter().enumerate() {
                 keys.push((i << shift) | p as u32);
+                let row = slots.map_or(i as usize, |s| s[n] as usize);
                 for (j, g) in gathers.iter_mut().enumerate() {
-                    g.push(part, j, i as usize);
+                    g.push(part, j, row);
                 }
             }
         }

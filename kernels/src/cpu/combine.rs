@@ -59,106 +59,66 @@ impl<T: Value> Typed<T> {
         }
     }
 
-    /// Merges a later pane at the keys `keys`.
-    fn merge_keys(&mut self, src: &Typed<T>, keys: &[u32]) {
+    /// Merges element `s` of a later pane's state into element `d`, for each `(d, s)`.
+    fn merge_pairs(&mut self, src: &Typed<T>, pairs: impl Iterator<Item = (usize, usize)>) {
         let (d, s) = (&mut self.v[..], &src.v[..]);
         match self.op {
-            Op::Sum => keys
-                .iter()
-                .for_each(|&i| d[i as usize] = d[i as usize].add(s[i as usize])),
-            Op::Min => keys
-                .iter()
-                .for_each(|&i| d[i as usize] = agg::min(d[i as usize], s[i as usize])),
-            Op::Max => keys
-                .iter()
-                .for_each(|&i| d[i as usize] = agg::max(d[i as usize], s[i as usize])),
-            Op::First | Op::Last => keys
-                .iter()
-                .for_each(|&i| self.merge_at(i as usize, src, i as usize)),
+            Op::Sum => pairs.for_each(|(i, j)| d[i] = d[i].add(s[j])),
+            Op::Min => pairs.for_each(|(i, j)| d[i] = agg::min(d[i], s[j])),
+            Op::Max => pairs.for_each(|(i, j)| d[i] = agg::max(d[i], s[j])),
+            Op::First | Op::Last => pairs.for_each(|(i, j)| self.merge_at(i, src, j)),
         }
     }
 
-    /// Merges a whole later pane, element by element (vectorizes for sum/min/max).
-    fn merge_all(&mut self, src: &Typed<T>) {
-        let n = src.v.len();
+    /// Merges elements `from..from + n` of a later pane's state into elements `0..n`,
+    /// element by element (vectorizes for sum/min/max).
+    fn merge_range(&mut self, src: &Typed<T>, from: usize, n: usize) {
+        let (d, s) = (&mut self.v[..n], &src.v[from..from + n]);
         match self.op {
-            Op::Sum => self.v[..n]
-                .iter_mut()
-                .zip(&src.v)
-                .for_each(|(d, &s)| *d = d.add(s)),
-            Op::Min => self.v[..n]
-                .iter_mut()
-                .zip(&src.v)
-                .for_each(|(d, &s)| *d = agg::min(*d, s)),
-            Op::Max => self.v[..n]
-                .iter_mut()
-                .zip(&src.v)
-                .for_each(|(d, &s)| *d = agg::max(*d, s)),
-            Op::First | Op::Last => (0..n).for_each(|i| self.merge_at(i, src, i)),
+            Op::Sum => d.iter_mut().zip(s).for_each(|(d, &s)| *d = d.add(s)),
+            Op::Min => d.iter_mut().zip(s).for_each(|(d, &s)| *d = agg::min(*d, s)),
+            Op::Max => d.iter_mut().zip(s).for_each(|(d, &s)| *d = agg::max(*d, s)),
+            Op::First | Op::Last => (0..n).for_each(|i| self.merge_at(i, src, from + i)),
         }
     }
 }
 
 impl Acc {
-    fn merge_all(&mut self, src: &Acc) {
+    /// Merges elements `from..from + n` of a later pane's state into elements `0..n`.
+    fn merge_range(&mut self, src: &Acc, from: usize, n: usize) {
+        fn zip<'a, D, S>(
+            d: &'a mut [D],
+            s: &'a [S],
+            from: usize,
+            n: usize,
+        ) -> impl Iterator<Item = (&'a mut D, &'a S)> {
+            d[..n].iter_mut().zip(&s[from..from + n])
+        }
         match (self, src) {
-            (Acc::Count(d), Acc::Count(s)) => {
-                d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| *d += s)
-            }
-            (Acc::Int(d), Acc::Int(s)) => d.merge_all(s),
-            (Acc::Float(d), Acc::Float(s)) => d.merge_all(s),
-            (Acc::Moments(d), Acc::Moments(s)) => {
-                d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| d.merge(s))
-            }
+            (Acc::Count(d), Acc::Count(s)) => zip(d, s, from, n).for_each(|(d, s)| *d += s),
+            (Acc::Int(d), Acc::Int(s)) => d.merge_range(s, from, n),
+            (Acc::Float(d), Acc::Float(s)) => d.merge_range(s, from, n),
+            (Acc::Moments(d), Acc::Moments(s)) => zip(d, s, from, n).for_each(|(d, s)| d.merge(s)),
             (Acc::Distinct(d), Acc::Distinct(s)) => {
-                d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| d.merge(s))
+                zip(d, s, from, n).for_each(|(d, s)| d.merge(s))
             }
-            (Acc::Rows(d), Acc::Rows(s)) => d[..s.len()]
-                .iter_mut()
-                .zip(s)
-                .for_each(|(d, s)| row_merge(d, s)),
-            (Acc::Count(d), Acc::Rows(s)) => {
-                d[..s.len()].iter_mut().zip(s).for_each(|(d, s)| *d += s.n)
-            }
+            (Acc::Rows(d), Acc::Rows(s)) => zip(d, s, from, n).for_each(|(d, s)| row_merge(d, s)),
+            (Acc::Count(d), Acc::Rows(s)) => zip(d, s, from, n).for_each(|(d, s)| *d += s.n),
             (Acc::SameAsRows, Acc::SameAsRows) => {}
             _ => unreachable!("bug in panes: merging states of different layouts"),
         }
     }
 
-    /// Merges a later pane's state at the local keys `keys`.
-    fn merge_keys(&mut self, src: &Acc, keys: &[u32]) {
+    /// Merges element `s` of a later pane's state into element `d`, for each `(d, s)`.
+    fn merge_pairs(&mut self, src: &Acc, pairs: impl Iterator<Item = (usize, usize)>) {
         match (self, src) {
-            (Acc::Count(d), Acc::Count(s)) => {
-                keys.iter().for_each(|&i| d[i as usize] += s[i as usize])
-            }
-            (Acc::Int(d), Acc::Int(s)) => d.merge_keys(s, keys),
-            (Acc::Float(d), Acc::Float(s)) => d.merge_keys(s, keys),
-            (Acc::Moments(d), Acc::Moments(s)) => keys
-                .iter()
-                .for_each(|&i| d[i as usize].merge(&s[i as usize])),
-            (Acc::Distinct(d), Acc::Distinct(s)) => keys
-                .iter()
-                .for_each(|&i| d[i as usize].merge(&s[i as usize])),
-            (Acc::Rows(d), Acc::Rows(s)) => keys
-                .iter()
-                .for_each(|&i| row_merge(&mut d[i as usize], &s[i as usize])),
-            (Acc::Count(d), Acc::Rows(s)) => {
-                keys.iter().for_each(|&i| d[i as usize] += s[i as usize].n)
-            }
-            (Acc::SameAsRows, Acc::SameAsRows) => {}
-            _ => unreachable!("bug in panes: merging states of different layouts"),
-        }
-    }
-
-    fn merge_at(&mut self, di: usize, src: &Acc, si: usize) {
-        match (self, src) {
-            (Acc::Count(d), Acc::Count(s)) => d[di] += s[si],
-            (Acc::Int(d), Acc::Int(s)) => d.merge_at(di, s, si),
-            (Acc::Float(d), Acc::Float(s)) => d.merge_at(di, s, si),
-            (Acc::Moments(d), Acc::Moments(s)) => d[di].merge(&s[si]),
-            (Acc::Distinct(d), Acc::Distinct(s)) => d[di].merge(&s[si]),
-            (Acc::Rows(d), Acc::Rows(s)) => row_merge(&mut d[di], &s[si]),
-            (Acc::Count(d), Acc::Rows(s)) => d[di] += s[si].n,
+            (Acc::Count(d), Acc::Count(s)) => pairs.for_each(|(i, j)| d[i] += s[j]),
+            (Acc::Int(d), Acc::Int(s)) => d.merge_pairs(s, pairs),
+            (Acc::Float(d), Acc::Float(s)) => d.merge_pairs(s, pairs),
+            (Acc::Moments(d), Acc::Moments(s)) => pairs.for_each(|(i, j)| d[i].merge(&s[j])),
+            (Acc::Distinct(d), Acc::Distinct(s)) => pairs.for_each(|(i, j)| d[i].merge(&s[j])),
+            (Acc::Rows(d), Acc::Rows(s)) => pairs.for_each(|(i, j)| row_merge(&mut d[i], &s[j])),
+            (Acc::Count(d), Acc::Rows(s)) => pairs.for_each(|(i, j)| d[i] += s[j].n),
             (Acc::SameAsRows, Acc::SameAsRows) => {}
             _ => unreachable!("bug in panes: merging states of different layouts"),
         }
@@ -166,36 +126,61 @@ impl Acc {
 }
 
 impl Part {
-    /// Merges a later pane at the keys it holds only (its `present` list must be current).
-    fn merge_present(&mut self, src: &Part) {
+    /// Merges each element `s` of a later pane's state into element `d`, for each `(d, s)`.
+    pub(super) fn merge_pairs(
+        &mut self,
+        src: &Part,
+        pairs: impl Iterator<Item = (usize, usize)> + Clone,
+    ) {
         self.materialize(|i| matches!(src.accs[i], Acc::Count(_)));
         for (d, s) in self.accs.iter_mut().zip(&src.accs) {
             match (&mut *d, s) {
-                (Acc::Count(_), Acc::SameAsRows) => d.merge_keys(&src.accs[0], &src.present),
-                _ => d.merge_keys(s, &src.present),
+                (Acc::Count(_), Acc::SameAsRows) => d.merge_pairs(&src.accs[0], pairs.clone()),
+                _ => d.merge_pairs(s, pairs.clone()),
             }
         }
     }
 
-    /// Merges a later pane's whole state into this one.
-    fn merge_all(&mut self, src: &Part) {
+    /// Merges rows `from..from + n` of a dense later pane into rows `0..n`.
+    fn merge_range(&mut self, src: &Part, from: usize, n: usize) {
         self.materialize(|i| matches!(src.accs[i], Acc::Count(_)));
         for (d, s) in self.accs.iter_mut().zip(&src.accs) {
             match (&mut *d, s) {
-                (Acc::Count(_), Acc::SameAsRows) => d.merge_all(&src.accs[0]),
-                _ => d.merge_all(s),
+                (Acc::Count(_), Acc::SameAsRows) => d.merge_range(&src.accs[0], from, n),
+                _ => d.merge_range(s, from, n),
             }
         }
     }
 
-    /// Merges local key `si` of a later pane into local key `di` of this state.
+    /// Merges local keys `keys` of a later state into rows `keys.start..` of this one,
+    /// at the keys it lists only where it is sparse.
+    fn merge_keys_of(&mut self, src: &Part, keys: Range<usize>) {
+        let keys = keys.start..keys.end.min(src.span());
+        if keys.is_empty() {
+            return;
+        }
+        let base = keys.start;
+        self.grow(keys.end - base);
+        self.lo = self.lo.min(src.lo.max(base) - base);
+        if !src.sparse() {
+            return self.merge_range(src, base, keys.end - base);
+        }
+        match src.present_in(keys) {
+            (present, None) => self.merge_pairs(
+                src,
+                present.iter().map(|&k| (k as usize - base, k as usize)),
+            ),
+            (present, Some(slots)) => self.merge_pairs(
+                src,
+                (present.iter().zip(slots)).map(|(&k, &s)| (k as usize - base, s as usize)),
+            ),
+        }
+    }
+
+    /// Merges local key `si` of a later pane into row `di` of this state, if it has it.
     fn merge_key(&mut self, di: usize, src: &Part, si: usize) {
-        self.materialize(|i| matches!(src.accs[i], Acc::Count(_)));
-        for (d, s) in self.accs.iter_mut().zip(&src.accs) {
-            match (&mut *d, s) {
-                (Acc::Count(_), Acc::SameAsRows) => d.merge_at(di, &src.accs[0], si),
-                _ => d.merge_at(di, s, si),
-            }
+        if let Some(si) = src.slot(si) {
+            self.merge_pairs(src, std::iter::once((di, si)));
         }
     }
 }
@@ -298,27 +283,31 @@ fn typed_valid<T>(t: &Typed<T>, i: usize, n: u64) -> bool {
     }
 }
 
+/// The local keys of partition `p` (of `1 << shift`) whose key ids `keys` takes, for
+/// `Keys::All` and `Keys::Range`: those ids are `local << shift | p`.
+pub(super) fn local_keys(keys: Keys<'_>, p: usize, shift: u32) -> Range<usize> {
+    match keys {
+        Keys::Range { start, end } => {
+            let first = |k: u32| (k as usize + (1 << shift) - 1 - p) >> shift;
+            first(start)..first(end)
+        }
+        _ => 0..usize::MAX,
+    }
+}
+
 /// Merges a later state (a pane's or a block's, one state per partition) into `acc`: whole
-/// partitions for `Keys::All` (a sparse one at its listed keys only), or one single-key
-/// state per key asked for.
+/// partitions for `Keys::All` (a sparse one at its listed keys only), the keys of a slice
+/// for `Keys::Range` (into rows from 0: the slice's first key of each partition), or one
+/// single-key state per key asked for.
 fn fold_into(acc: &mut [Part], src: &[Part], keys: Keys<'_>, shift: u32) {
     match keys {
-        Keys::All => acc.par_iter_mut().zip(src).for_each(|(acc, src)| {
-            acc.grow(src.len());
-            acc.lo = acc.lo.min(src.lo);
-            if src.sparse() {
-                acc.merge_present(src);
-            } else {
-                acc.merge_all(src);
-            }
-        }),
+        Keys::All | Keys::Range { .. } => (acc.par_iter_mut().zip(src).enumerate())
+            .for_each(|(p, (acc, src))| acc.merge_keys_of(src, local_keys(keys, p, shift))),
         Keys::Only(only) => {
             let mask = (src.len() - 1) as u32;
             for (acc, &key) in acc.iter_mut().zip(only) {
                 let (p, i) = ((key & mask) as usize, (key >> shift) as usize);
-                if i < src[p].len() {
-                    acc.merge_key(0, &src[p], i);
-                }
+                acc.merge_key(0, &src[p], i);
             }
         }
     }
@@ -357,13 +346,13 @@ impl CpuBackend {
                 let was = part.rows().get(i);
                 part.clear_key(i);
                 for src in panes.range(start..end).map(|(_, s)| &s[p]) {
-                    if i < src.len() {
-                        part.merge_key(i, src, i);
-                    }
+                    part.merge_key(i, src, i);
                 }
                 if part.present_at.is_some() {
                     if was == 0 && part.rows().get(i) > 0 {
-                        part.present.push(i as u32);
+                        // The list stays sorted: slices of it are found by key.
+                        let at = part.present.partition_point(|&k| (k as usize) < i);
+                        part.present.insert(at, i as u32);
                     }
                     part.present_at = Some(part.version);
                 }
@@ -383,7 +372,7 @@ impl CpuBackend {
     ) -> crate::Result<WindowRows> {
         let parts = self.parts();
         let shift = self.shift;
-        if matches!(keys, Keys::All) {
+        if !matches!(keys, Keys::Only(_)) {
             for part in self
                 .panes
                 .range_mut(panes.clone())
@@ -413,13 +402,22 @@ impl CpuBackend {
             vec![acc; n]
         };
         let mut singles = match keys {
-            Keys::All => Vec::new(),
             Keys::Only(only) => single(only.len()),
+            _ => Vec::new(),
         };
         let mut window = std::mem::take(&mut self.window);
+        if let Keys::Range { .. } = keys {
+            // A slice needs rows for its keys only: no more the whole key space that an
+            // earlier window combined at once may have left.
+            for (p, part) in window.iter_mut().enumerate() {
+                if part.len() > local_keys(keys, p, shift).len() {
+                    *part = Part::new(&self.layout);
+                }
+            }
+        }
         let acc = match keys {
-            Keys::All => &mut window,
             Keys::Only(_) => &mut singles,
+            _ => &mut window,
         };
         let mut kept = Vec::new();
         let mut pool = std::mem::take(&mut self.pool);
@@ -429,7 +427,7 @@ impl CpuBackend {
                 return Ok(Cow::Borrowed(held));
             }
             let mut state = this.parts_from(&load(j)?)?;
-            if matches!(keys, Keys::All) {
+            if !matches!(keys, Keys::Only(_)) {
                 state.iter_mut().for_each(Part::refresh_present);
             }
             Ok(Cow::Owned(state))
@@ -452,6 +450,7 @@ impl CpuBackend {
             // single-key state per key asked for, which then merge into `acc` one to one.
             let mut block = match keys {
                 Keys::All => reuse(&mut pool, &this.layout, parts),
+                Keys::Range { .. } => vec![Part::new(&this.layout); parts],
                 Keys::Only(only) => single(only.len()),
             };
             // A block whose panes are all sparse in a partition lists their keys there.
@@ -484,21 +483,22 @@ impl CpuBackend {
         self.window = window;
         self.pool = pool;
         match keys {
-            Keys::All => {
+            Keys::All | Keys::Range { .. } => {
                 let combined = &mut self.window;
-                // (partition, local key) of each key with data, in the order of the keys:
-                // key = local << shift | partition.
+                // (partition, row) of each key with data, in the order of the keys: key =
+                // local << shift | partition, where row = local - the slice's first local
+                // key of the partition.
+                let key = |p: usize, i: usize| {
+                    (((i + local_keys(keys, p, shift).start) as u32) << shift) | p as u32
+                };
                 let mut at = Vec::with_capacity(self.last_rows + self.last_rows / 8);
                 for (p, acc) in combined.iter().enumerate() {
                     acc.rows().each_nonzero(acc.lo, |i| at.push((p, i)));
                 }
                 if parts > 1 {
-                    at.sort_unstable_by_key(|&(p, i)| (i, p));
+                    at.sort_unstable_by_key(|&(p, i)| key(p, i));
                 }
-                rows.keys = at
-                    .iter()
-                    .map(|&(p, i)| ((i as u32) << shift) | p as u32)
-                    .collect();
+                rows.keys = at.iter().map(|&(p, i)| key(p, i)).collect();
                 self.last_rows = at.len();
                 evaluate(&self.evals, combined, &at, &mut rows.columns);
                 // Leave the window state empty for the next window: key by key when few

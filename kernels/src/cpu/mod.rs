@@ -29,11 +29,15 @@ use arrow::array::RecordBatch;
 use crate::events::{Events, WindowRows};
 use crate::{Backend, Keys};
 use combine::Eval;
-use state::{Acc, Op, Part, StateCol};
+use state::{Op, Part, StateCol};
 use update::{RUN_MIN_ROWS, Sel, group_by_pane};
 
 pub(crate) use codec::{Gather, layout, read_state_batch, state_batch};
 pub(crate) use state::{Op as StateOp, StateCol as StateColumn};
+pub use state::{SPARSE_MIN_KEYS, SparsePanes};
+
+/// Local key ids a window combines at a time where its panes are sparse (per partition).
+const KEY_SLICE: u32 = 1 << 18;
 
 /// The CPU backend. See the module docs.
 pub struct CpuBackend {
@@ -56,6 +60,10 @@ pub struct CpuBackend {
     last_rows: usize,
     /// The block length of [`crate::fold_plan`].
     fold_block: i64,
+    /// Which panes are sparse.
+    sparse: SparsePanes,
+    /// Per-partition slots of the rows of an update of sparse panes, reused.
+    slots: Vec<Vec<u32>>,
 }
 
 impl CpuBackend {
@@ -131,7 +139,15 @@ impl CpuBackend {
             scratch: vec![Vec::new(); parts],
             last_rows: 0,
             fold_block: 1,
+            sparse: SparsePanes::default(),
+            slots: Vec::new(),
         }
+    }
+
+    /// Which panes keep sparse state from now on (the default: [`SparsePanes::default`]).
+    pub fn with_sparse_panes(mut self, sparse: SparsePanes) -> Self {
+        self.sparse = sparse;
+        self
     }
 
     fn parts(&self) -> usize {
@@ -179,6 +195,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// Windows of sparse panes (many keys, few in each pane) combine a slice of the keys
+    /// at a time: the window's state is then a row per key of the slice, not of all keys.
+    fn key_slice(&self) -> Option<u32> {
+        let sparse = self.panes.values().flatten().any(|p| p.slots.is_some());
+        sparse.then_some(KEY_SLICE << self.shift)
+    }
+
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> crate::Result<WindowRows> {
         self.combine_spilled(panes, keys, &[], &mut |_| {
             unreachable!("no pane is spilled")
@@ -204,9 +227,7 @@ impl Backend for CpuBackend {
         let mask = (self.parts() - 1) as u32;
         let (p, i) = ((key & mask) as usize, (key >> self.shift) as usize);
         for (_, parts) in self.panes.range_mut(panes) {
-            if i < parts[p].len() {
-                parts[p].clear_key(i);
-            }
+            parts[p].clear_key(i);
         }
         Ok(())
     }
@@ -234,8 +255,7 @@ impl Backend for CpuBackend {
             .chain(&self.pool)
             .flatten()
             .chain(&self.window)
-            .flat_map(|p| &p.accs)
-            .map(Acc::bytes)
+            .map(Part::bytes)
             .sum()
     }
 

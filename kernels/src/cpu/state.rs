@@ -1,10 +1,73 @@
 //! The state representation: the state columns of a job, the state arrays of one key
-//! partition of a pane (`Part`), and their sizing, clearing and listing of keys with rows.
+//! partition of a pane (`Part`), dense over the key ids or sparse (a slot per key it saw),
+//! and their sizing, clearing and listing of keys with rows.
+
+use std::ops::Range;
+
+use hashbrown::HashMap;
 
 use crate::agg::{Distinct, Domain, Moments, Value};
 
-/// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
+/// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only, and a
+/// sparse pane that sees more becomes dense.
 pub(super) const SPARSE_RATIO: usize = 4;
+
+/// Which panes keep their state sparse: a slot per key they saw instead of a row per key id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SparsePanes {
+    /// A new pane is sparse when there are at least `min_keys` key ids and the pane before
+    /// it saw under 1/4 of them; a sparse pane that sees more becomes dense. The default
+    /// `min_keys` is [`SPARSE_MIN_KEYS`].
+    Auto {
+        /// Key spaces below this many ids keep dense panes.
+        min_keys: usize,
+    },
+    /// Every pane is sparse, whatever it sees (for tests: the sparse path on small inputs).
+    Always,
+    /// Every pane is dense.
+    Never,
+}
+
+impl Default for SparsePanes {
+    fn default() -> Self {
+        SparsePanes::Auto {
+            min_keys: SPARSE_MIN_KEYS,
+        }
+    }
+}
+
+/// Key spaces below this many ids keep dense panes, by default: their panes are small.
+pub const SPARSE_MIN_KEYS: usize = 1 << 14;
+
+/// The slots of a sparse part: its arrays hold one row per key it saw, in the order it
+/// saw them.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Slots {
+    /// The slot of each local key seen.
+    index: HashMap<u32, u32>,
+    /// The local key of each slot.
+    pub(super) keys: Vec<u32>,
+    /// The key space seen: every local key is below this.
+    span: usize,
+}
+
+impl Slots {
+    /// The slot of local key `i`, made if it is new.
+    #[inline(always)]
+    pub(super) fn slot(&mut self, i: u32) -> u32 {
+        let next = self.keys.len() as u32;
+        let slot = *self.index.entry(i).or_insert(next);
+        if slot == next {
+            self.keys.push(i);
+            self.span = self.span.max(i as usize + 1);
+        }
+        slot
+    }
+
+    fn bytes(&self) -> usize {
+        self.index.capacity() * (size_of::<(u32, u32)>() + 1) + self.keys.capacity() * 4
+    }
+}
 
 /// What one state array accumulates. State column 0 is always the row count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,11 +285,15 @@ pub(super) struct Part {
     pub(super) version: u64,
     /// The local keys with rows, as of version `present_at`.
     pub(super) present: Vec<u32>,
+    /// The slot of each key of `present`, where the part is sparse.
+    pub(super) present_slots: Vec<u32>,
     pub(super) present_at: Option<u64>,
     /// No local key below this one holds data (`usize::MAX`: none does). Key spaces that
     /// keep growing (new auctions, new sessions) use only their newest ids, so scans of
     /// the rows start here.
     pub(super) lo: usize,
+    /// Sparse state: the arrays are indexed by slot, not by local key.
+    pub(super) slots: Option<Box<Slots>>,
 }
 
 impl Part {
@@ -235,13 +302,65 @@ impl Part {
             accs: layout.iter().map(|&c| Acc::new(c)).collect(),
             version: 0,
             present: Vec::new(),
+            present_slots: Vec::new(),
             present_at: None,
             lo: usize::MAX,
+            slots: None,
         }
     }
 
+    /// An empty sparse part.
+    pub(super) fn new_sparse(layout: &[StateCol]) -> Part {
+        Part {
+            slots: Some(Box::default()),
+            ..Part::new(layout)
+        }
+    }
+
+    /// Rows in the state arrays: one per local key when dense, one per slot when sparse.
     pub(super) fn len(&self) -> usize {
         self.accs[0].len()
+    }
+
+    /// The key space it covers: every local key with state is below this.
+    pub(super) fn span(&self) -> usize {
+        self.slots.as_ref().map_or(self.len(), |s| s.span)
+    }
+
+    /// Where local key `i` is in the state arrays, if it has a row there.
+    #[inline]
+    pub(super) fn slot(&self, i: usize) -> Option<usize> {
+        match &self.slots {
+            None => (i < self.len()).then_some(i),
+            Some(s) => s.index.get(&(i as u32)).map(|&s| s as usize),
+        }
+    }
+
+    /// Bytes held: the state arrays, the slots and the key lists.
+    pub(super) fn bytes(&self) -> usize {
+        self.accs.iter().map(Acc::bytes).sum::<usize>()
+            + self.slots.as_ref().map_or(0, |s| s.bytes())
+            + (self.present.capacity() + self.present_slots.capacity()) * 4
+    }
+
+    /// A sparse part whose keys fill at least 1/`SPARSE_RATIO` of its span becomes dense:
+    /// a row per key id is then cheaper than slots, and faster.
+    pub(super) fn densify_if_full(&mut self, layout: &[StateCol]) {
+        let Some(slots) = self.slots.as_ref() else {
+            return;
+        };
+        if slots.keys.len() * SPARSE_RATIO < slots.span {
+            return;
+        }
+        let mut dense = Part::new(layout);
+        dense.grow(slots.span);
+        dense.lo = self.lo;
+        dense.version = self.version + 1;
+        dense.merge_pairs(
+            self,
+            slots.keys.iter().enumerate().map(|(s, &k)| (k as usize, s)),
+        );
+        *self = dense;
     }
 
     pub(super) fn grow(&mut self, n: usize) {
@@ -250,20 +369,47 @@ impl Part {
         }
     }
 
-    /// Lists the keys with rows, unless the list is current.
+    /// Lists the keys with rows, ascending (with their slots, where sparse), unless the
+    /// list is current.
     pub(super) fn refresh_present(&mut self) {
-        if self.present_at != Some(self.version) {
-            self.present.clear();
-            let present = &mut self.present;
-            rows_of(&self.accs).each_nonzero(self.lo, |i| present.push(i as u32));
-            self.present_at = Some(self.version);
+        if self.present_at == Some(self.version) {
+            return;
         }
+        self.present.clear();
+        self.present_slots.clear();
+        let rows = rows_of(&self.accs);
+        match &self.slots {
+            None => {
+                let present = &mut self.present;
+                rows.each_nonzero(self.lo, |i| present.push(i as u32));
+            }
+            Some(slots) => {
+                let mut at: Vec<(u32, u32)> = (slots.keys.iter().enumerate())
+                    .filter(|&(s, _)| rows.get(s) > 0)
+                    .map(|(s, &k)| (k, s as u32))
+                    .collect();
+                at.sort_unstable();
+                self.present.extend(at.iter().map(|a| a.0));
+                self.present_slots.extend(at.iter().map(|a| a.1));
+            }
+        }
+        self.present_at = Some(self.version);
     }
 
     /// Whether a merge visits this pane at its `present` keys only, not whole (never
-    /// when the keys are not listed).
+    /// when the keys are not listed; always when it is sparse).
     pub(super) fn sparse(&self) -> bool {
-        self.present_at.is_some() && self.present.len() * SPARSE_RATIO < self.len()
+        self.present_at.is_some()
+            && (self.slots.is_some() || self.present.len() * SPARSE_RATIO < self.len())
+    }
+
+    /// The listed keys with rows among local keys `range`, each with its row in the state
+    /// arrays (the list must be current).
+    pub(super) fn present_in(&self, range: Range<usize>) -> (&[u32], Option<&[u32]>) {
+        let at = |i: usize| self.present.partition_point(|&k| (k as usize) < i);
+        let (from, to) = (at(range.start), at(range.end));
+        let slots = self.slots.as_ref().map(|_| &self.present_slots[from..to]);
+        (&self.present[from..to], slots)
     }
 
     /// Makes the `present` list current where a merge reads it: a pane last listed as
@@ -277,6 +423,13 @@ impl Part {
 
     /// Puts local key `i` back to the empty state.
     pub(super) fn clear_key(&mut self, i: usize) {
+        if let Some(s) = self.slot(i) {
+            self.clear_slot(s);
+        }
+    }
+
+    /// Puts row `i` of the state arrays back to the empty state.
+    pub(super) fn clear_slot(&mut self, i: usize) {
         self.version += 1;
         for a in self.accs.iter_mut() {
             match a {
@@ -291,11 +444,12 @@ impl Part {
         }
     }
 
-    /// Empties the state and sizes it for `n` keys, keeping the memory it has.
+    /// Empties the state and sizes it for `n` keys, dense, keeping the memory it has.
     pub(super) fn reset(&mut self, layout: &[StateCol], n: usize) {
         self.version += 1;
         self.present_at = None;
         self.lo = usize::MAX;
+        self.slots = None;
         for (a, &col) in self.accs.iter_mut().zip(layout) {
             if let StateCol::NonNull(_) = col {
                 *a = Acc::SameAsRows;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use super::state::{Acc, Op, Part, StateCol, Typed, reuse};
+use super::state::{Acc, Op, Part, SPARSE_RATIO, SparsePanes, StateCol, Typed, reuse};
 use crate::agg::{self, Value};
 use crate::events::{Events, Values};
 
@@ -181,8 +181,8 @@ impl<T: Value> Typed<T> {
 }
 
 impl Acc {
-    fn update(&mut self, col: StateCol, ev: &Events<'_>, sel: Sel<'_>, shift: u32) {
-        let keys = ev.keys;
+    /// Aggregates the selected rows of `ev` at `keys` (key ids, or slots of a sparse part).
+    fn update(&mut self, col: StateCol, ev: &Events<'_>, keys: &[u32], sel: Sel<'_>, shift: u32) {
         match (self, col) {
             (Acc::Count(c), StateCol::Rows) => each(sel, keys, shift, |_, k| c[k] += 1),
             (Acc::SameAsRows, StateCol::NonNull(_)) => {}
@@ -267,6 +267,33 @@ pub(super) fn group_by_pane(panes: &[i64]) -> Vec<(i64, Vec<u32>)> {
 }
 
 impl CpuBackend {
+    /// Whether a new pane starts sparse, where the events of the update that makes it have
+    /// key ids up to `max_key`. See [`SparsePanes`].
+    fn new_pane_sparse(&self, max_key: u32) -> bool {
+        match self.sparse {
+            SparsePanes::Never => false,
+            SparsePanes::Always => true,
+            SparsePanes::Auto { min_keys } => {
+                let Some((_, newest)) = self.panes.last_key_value() else {
+                    return false;
+                };
+                let space = newest.iter().map(Part::span).max().unwrap_or(0) * newest.len();
+                let space = space.max(max_key as usize + 1);
+                let seen: usize = (newest.iter())
+                    .map(|p| match &p.slots {
+                        Some(s) => s.keys.len(),
+                        None => {
+                            let mut n = 0;
+                            p.rows().each_nonzero(p.lo, |_| n += 1);
+                            n
+                        }
+                    })
+                    .sum();
+                space >= min_keys && seen * SPARSE_RATIO < space
+            }
+        }
+    }
+
     /// Updates one pane with the selected rows, and the block folds that hold it.
     pub(super) fn update_pane(
         &mut self,
@@ -277,15 +304,20 @@ impl CpuBackend {
     ) {
         let (min_key, max_key) = keys;
         let (shift, parts) = (self.shift, self.parts());
+        let sparse = !self.panes.contains_key(&pane) && self.new_pane_sparse(max_key);
+        let densify = matches!(self.sparse, SparsePanes::Auto { .. });
         let layout = &self.layout;
-        // A new pane is sized for the keys the newest pane has: they will mostly come again,
-        // and growing arrays step by step costs copies and page faults.
+        // A new dense pane is sized for the keys the newest pane has: they will mostly come
+        // again, and growing arrays step by step costs copies and page faults.
         let known: Vec<usize> = self
             .panes
             .last_key_value()
-            .map_or(vec![0; parts], |(_, p)| p.iter().map(Part::len).collect());
+            .map_or(vec![0; parts], |(_, p)| p.iter().map(Part::span).collect());
         let pool = &mut self.pool;
         let state = self.panes.entry(pane).or_insert_with(|| {
+            if sparse {
+                return vec![Part::new_sparse(layout); parts];
+            }
             let mut new = reuse(pool, layout, parts);
             new.iter_mut().zip(known).for_each(|(p, n)| p.grow(n));
             new
@@ -297,21 +329,40 @@ impl CpuBackend {
             } else {
                 0
             } + (max_key >> shift) as usize;
-            part.grow(needed);
+            if part.slots.is_none() {
+                part.grow(needed);
+            }
         }
-        let update = |part: &mut Part, sel: Sel<'_>| {
+        let update = |part: &mut Part, sel: Sel<'_>, slots: &mut Vec<u32>| {
             part.version += 1;
             part.lo = part.lo.min((min_key >> shift) as usize);
             // A null in a column makes its non-null count diverge from the row count.
             part.materialize(
                 |i| matches!(layout[i], StateCol::NonNull(c) if ev.columns[c].valid.is_some()),
             );
+            let Some(map) = part.slots.as_mut() else {
+                for (acc, &col) in part.accs.iter_mut().zip(layout) {
+                    acc.update(col, ev, ev.keys, sel, shift);
+                }
+                return;
+            };
+            // Sparse: each row's key to its slot (a new one for a key not seen yet), then
+            // the same kernels over slots.
+            slots.resize(ev.len(), 0);
+            each(sel, ev.keys, shift, |r, k| slots[r] = map.slot(k as u32));
+            let n = map.keys.len();
+            part.grow(n);
             for (acc, &col) in part.accs.iter_mut().zip(layout) {
-                acc.update(col, ev, sel, shift);
+                acc.update(col, ev, slots, sel, 0);
+            }
+            if densify {
+                part.densify_if_full(layout);
             }
         };
+        let mut slots = std::mem::take(&mut self.slots);
+        slots.resize_with(parts, Vec::new);
         if parts == 1 {
-            update(&mut state[0], sel);
+            update(&mut state[0], sel, &mut slots[0]);
         } else {
             for rows in self.scratch.iter_mut() {
                 rows.clear();
@@ -324,18 +375,16 @@ impl CpuBackend {
                     .iter()
                     .for_each(|&r| self.scratch[(ev.keys[r as usize] & mask) as usize].push(r)),
             }
+            let each = |((part, rows), slots): ((&mut Part, &Vec<u32>), &mut Vec<u32>)| {
+                update(part, Sel::Rows(rows), slots)
+            };
             if sel.len() >= PARALLEL_MIN_ROWS {
-                state
-                    .par_iter_mut()
-                    .zip(&self.scratch)
-                    .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
+                (state.par_iter_mut().zip(&self.scratch).zip(&mut slots)).for_each(each);
             } else {
-                state
-                    .iter_mut()
-                    .zip(&self.scratch)
-                    .for_each(|(part, rows)| update(part, Sel::Rows(rows)));
+                (state.iter_mut().zip(&self.scratch).zip(&mut slots)).for_each(each);
             }
         }
+        self.slots = slots;
         self.patch_blocks(pane, ev.keys, sel);
     }
 }

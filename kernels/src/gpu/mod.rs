@@ -698,6 +698,11 @@ impl GpuBackend {
                     let n = l.len() as u32;
                     (1, l, n)
                 }
+                Keys::Range { start, end } => {
+                    let l: Vec<u32> = (start.max(key_base)..end.min(key_base + len)).collect();
+                    let n = l.len() as u32;
+                    (1, l, n)
+                }
             };
             if n == 0 {
                 continue;
