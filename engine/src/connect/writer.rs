@@ -5,6 +5,7 @@
 //! so memory holds one window's rows at a time, as when the sinks wrote in place.
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use arrow::compute::concat_batches;
@@ -28,9 +29,50 @@ enum Msg {
     Call(Call),
 }
 
+/// Calls `send` with `batch` in slices of at most [`SLICE`] rows.
+fn for_each_slice(
+    batch: RecordBatch,
+    mut send: impl FnMut(RecordBatch) -> Result<()>,
+) -> Result<()> {
+    if batch.num_rows() <= SLICE {
+        return send(batch);
+    }
+    for from in (0..batch.num_rows()).step_by(SLICE) {
+        let slice = batch.slice(from, SLICE.min(batch.num_rows() - from));
+        // A copy, so that the whole batch is not kept alive by its slices.
+        let copy = concat_batches(&batch.schema(), [&slice])
+            .map_err(|e| Error::arrow("copying result rows for the sink thread", e))?;
+        send(copy)?;
+    }
+    Ok(())
+}
+
+/// Queues batches for one sink of a [`SinkThread`] from any thread.
+pub struct RowSender {
+    /// The thread's queue, until the thread is stopped.
+    tx: Arc<Mutex<Option<SyncSender<Msg>>>>,
+    sink: usize,
+}
+
+impl RowSender {
+    /// Queues `batch` (waits while the queue is full). A write that failed stopped the
+    /// thread: the error is then the [`SinkThread`]'s to return.
+    pub fn send(&self, batch: RecordBatch) -> Result<()> {
+        let stopped = || Error::Internal("the sink thread has stopped".into());
+        for_each_slice(batch, |slice| {
+            let tx = self.tx.lock().map_err(|_| stopped())?;
+            let tx = tx.as_ref().ok_or_else(stopped)?;
+            tx.send(Msg::Write(self.sink, slice)).map_err(|_| stopped())
+        })
+    }
+}
+
 /// The job's sinks, written on a thread of their own. See the module docs.
 pub struct SinkThread {
     tx: Option<SyncSender<Msg>>,
+    /// The queue as [`RowSender`]s hold it: emptied when the thread stops, so that the
+    /// thread's queue closes whoever still holds one.
+    shared: Arc<Mutex<Option<SyncSender<Msg>>>>,
     thread: Option<JoinHandle<Result<Vec<Sink>>>>,
 }
 
@@ -53,6 +95,7 @@ impl SinkThread {
             .spawn(move || serve(sinks, rx))
             .map_err(|e| Error::Internal(format!("starting the sink thread: {e}")))?;
         Ok(SinkThread {
+            shared: Arc::new(Mutex::new(Some(tx.clone()))),
             tx: Some(tx),
             thread: Some(thread),
         })
@@ -71,17 +114,18 @@ impl SinkThread {
 
     /// Queues `batch` for sink `sink`.
     pub fn write(&mut self, sink: usize, batch: RecordBatch) -> Result<()> {
-        if batch.num_rows() <= SLICE {
-            return self.send(Msg::Write(sink, batch));
-        }
-        for from in (0..batch.num_rows()).step_by(SLICE) {
-            let slice = batch.slice(from, SLICE.min(batch.num_rows() - from));
-            // A copy, so that the whole batch is not kept alive by its slices.
-            let copy = concat_batches(&batch.schema(), [&slice])
-                .map_err(|e| Error::arrow("copying result rows for the sink thread", e))?;
-            self.send(Msg::Write(sink, copy))?;
-        }
-        Ok(())
+        for_each_slice(batch, |slice| self.send(Msg::Write(sink, slice)))
+    }
+
+    /// A handle that queues batches for sink `sink` from another thread (the operator's
+    /// shards, as windows fire), in order with what is queued here after it returns. `None`
+    /// once the thread has stopped.
+    pub fn sender(&self, sink: usize) -> Option<RowSender> {
+        self.tx.as_ref()?;
+        Some(RowSender {
+            tx: self.shared.clone(),
+            sink,
+        })
     }
 
     /// Runs `f` on the sinks once every batch queued before has been written, and returns
@@ -106,6 +150,9 @@ impl SinkThread {
     /// of a write).
     pub fn stop(&mut self) -> Result<Vec<Sink>> {
         self.tx = None;
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = None;
+        }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) => Err(Error::Internal("the sink thread panicked".into())),

@@ -11,8 +11,9 @@
 //! (key, window) holds do not depend on the thread count or the batching.
 //!
 //! Outputs are gathered after each batch: window by window, and within a window shard by
-//! shard. For a given input and thread count their order is always the same, and the set
-//! of rows never depends on the thread count. Top-k lists of one firing are merged across
+//! shard; or, with [`WindowOperator::stream_output`], passed on as windows fire, shard by
+//! shard within a batch. For a given input, batching and thread count their order is
+//! always the same, and the set of rows never depends on the thread count. Top-k lists of one firing are merged across
 //! shards (`topk`). A job without keys has one group and runs on one shard, as does the
 //! GPU backend (one device).
 
@@ -41,7 +42,35 @@ pub use crate::state::checkpoint::{OperatorState, Stats};
 use crate::time::event_times;
 use crate::time::watermark::WatermarkTracker;
 use plan::Plan;
-use shard::{Fired, Shard};
+use shard::{Fired, Shard, Stream};
+
+/// Takes result rows as windows fire (see [`WindowOperator::stream_output`]).
+pub type RowConsumer = Box<dyn FnMut(RecordBatch) -> Result<()> + Send>;
+
+/// The shards' streams of result rows, drained shard by shard into the consumer.
+struct Streams {
+    out: RowConsumer,
+    from: Vec<std::sync::mpsc::Receiver<Option<RecordBatch>>>,
+}
+
+impl Streams {
+    /// Passes on each shard's rows until it ends its batch, shard by shard, and returns the
+    /// rows passed on. The first error of the consumer stops it taking more, but every
+    /// stream is still drained, so that no shard waits for ever.
+    fn drain(&mut self) -> Result<u64> {
+        let (mut rows, mut failed) = (0, None);
+        for rx in &self.from {
+            // A shard that stopped (a panic) closed its channel: nothing more comes.
+            while let Ok(Some(batch)) = rx.recv() {
+                rows += batch.num_rows() as u64;
+                if failed.is_none() {
+                    failed = (self.out)(batch).err();
+                }
+            }
+        }
+        failed.map_or(Ok(rows), Err)
+    }
+}
 
 /// The window operator. See the module docs.
 pub struct WindowOperator {
@@ -71,6 +100,10 @@ pub struct WindowOperator {
     output: Vec<RecordBatch>,
     late: Vec<RecordBatch>,
     alerts: Vec<RecordBatch>,
+    /// Where result rows go as windows fire (several shards), if not to `output`.
+    streams: Option<Streams>,
+    /// Rows a single shard passed on as windows fired, not counted yet.
+    streamed: Arc<std::sync::atomic::AtomicU64>,
     /// Counters restored from a checkpoint; the shards count from zero.
     base: Stats,
     /// What the operator counts itself: rows out (after top-k merges) and peak state.
@@ -140,9 +173,42 @@ impl WindowOperator {
             output: Vec::new(),
             late: Vec::new(),
             alerts: Vec::new(),
+            streams: None,
+            streamed: Arc::default(),
             base: Stats::default(),
             own: Stats::default(),
         })
+    }
+
+    /// Passes result rows to `out` as windows fire, instead of holding them until
+    /// [`WindowOperator::take_output`]: a window of millions of keys then never waits whole in
+    /// memory (its rows come a slice of the keys at a time). Rows come window by window,
+    /// and within a batch shard by shard. Jobs with top-k on several shards keep their
+    /// rows for `take_output` (their lists merge across shards).
+    pub fn stream_output(&mut self, mut out: RowConsumer) {
+        if self.top_k.is_some() && self.shards.len() > 1 {
+            return;
+        }
+        if let [shard] = self.shards.as_mut_slice() {
+            let streamed = self.streamed.clone();
+            shard.set_stream(Stream::Direct(Box::new(move |batch: RecordBatch| {
+                streamed.fetch_add(
+                    batch.num_rows() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                out(batch)
+            })));
+            return;
+        }
+        // Two slices may wait per shard: the others wait their turn.
+        let from = (self.shards.iter_mut())
+            .map(|shard| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(2);
+                shard.set_stream(Stream::Channel(tx));
+                rx
+            })
+            .collect();
+        self.streams = Some(Streams { out, from });
     }
 
     /// Schema of the window results.
@@ -341,6 +407,7 @@ impl WindowOperator {
         let Some(f) = self.in_flight.take() else {
             return Ok(());
         };
+        let drained = self.drain_streams();
         let (work, result) = f
             .done
             .recv()
@@ -356,6 +423,7 @@ impl WindowOperator {
         self.owners = owners;
         self.rows = rows;
         result?;
+        drained?;
         let mut late = Vec::new();
         for (shard, rows) in self.shards.iter_mut().zip(&self.rows) {
             late.extend(shard.take_late().into_iter().map(|i| rows[i as usize]));
@@ -369,13 +437,47 @@ impl WindowOperator {
     }
 
     /// Runs `f` on every shard (after the batch in flight), in parallel when there are
-    /// several.
+    /// several, passing on the rows they stream meanwhile.
     fn each(&mut self, f: impl Fn(&mut Shard) -> Result<()> + Send + Sync) -> Result<()> {
         self.sync()?;
-        match &self.pool {
-            Some(pool) => pool.install(|| self.shards.par_iter_mut().try_for_each(f)),
-            None => self.shards.iter_mut().try_for_each(f),
+        let Some(pool) = &self.pool else {
+            return self.shards.iter_mut().try_for_each(f);
+        };
+        let Some(streams) = self.streams.as_mut() else {
+            return pool.install(|| self.shards.par_iter_mut().try_for_each(f));
+        };
+        let results: Vec<std::sync::Mutex<Result<()>>> = (self.shards.iter())
+            .map(|_| std::sync::Mutex::new(Ok(())))
+            .collect();
+        let (f, shards) = (&f, &mut self.shards);
+        let drained = pool.in_place_scope(|scope| {
+            for (shard, result) in shards.iter_mut().zip(&results) {
+                scope.spawn(move |_| {
+                    let r = catch_panic(|| f(shard));
+                    shard.end_output();
+                    if let Ok(mut slot) = result.lock() {
+                        *slot = r;
+                    }
+                });
+            }
+            streams.drain()
+        });
+        self.own.rows_out += drained?;
+        for result in results {
+            result
+                .into_inner()
+                .map_err(|_| Error::Internal("a shard panicked".into()))??;
         }
+        Ok(())
+    }
+
+    /// Passes on the rows the shards stream until each ends its batch (nothing without
+    /// streams).
+    fn drain_streams(&mut self) -> Result<()> {
+        if let Some(streams) = self.streams.as_mut() {
+            self.own.rows_out += streams.drain()?;
+        }
+        Ok(())
     }
 
     /// Gathers what the shards produced, merges top-k lists, and notes the state held.
@@ -396,6 +498,7 @@ impl WindowOperator {
             None => fired.into_iter().map(|f| f.rows).collect(),
         };
         self.own.rows_out += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        self.own.rows_out += (self.streamed).swap(0, std::sync::atomic::Ordering::Relaxed);
         self.output.extend(rows);
         let held = self.shards.iter().map(Shard::state_bytes).sum();
         self.own.peak_state_bytes = self.own.peak_state_bytes.max(held);
@@ -546,22 +649,37 @@ impl Work {
         let (w, origin) = (self.w, &self.origin);
         let (keys, owners) = (&read.columns()[..self.keys], &self.owners);
         let shards = self.shards.len();
-        self.shards
+        // Every shard runs and ends its output, whatever the others do: the operator
+        // drains their streams one after the other.
+        let results: Vec<Result<()>> = self
+            .shards
             .par_iter_mut()
             .zip(&mut self.rows)
             .enumerate()
-            .try_for_each(|(s, (shard, rows))| {
-                route::rows_of(keys, owners, shards, s, rows);
-                let gather = |v: &[i64]| -> Vec<i64> {
-                    let v = &v[..read.num_rows()];
-                    rows.iter().map(|&r| v[r as usize]).collect()
-                };
-                let at = UInt32Array::from(rows.clone());
-                let part = take_record_batch(read, &at)
-                    .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
-                shard.process(&part, &gather(ts), &gather(met), w, origin)
+            .map(|(s, (shard, rows))| {
+                let r = catch_panic(|| {
+                    route::rows_of(keys, owners, shards, s, rows);
+                    let gather = |v: &[i64]| -> Vec<i64> {
+                        let v = &v[..read.num_rows()];
+                        rows.iter().map(|&r| v[r as usize]).collect()
+                    };
+                    let at = UInt32Array::from(rows.clone());
+                    let part = take_record_batch(read, &at)
+                        .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
+                    shard.process(&part, &gather(ts), &gather(met), w, origin)
+                });
+                shard.end_output();
+                r
             })
+            .collect();
+        results.into_iter().collect()
     }
+}
+
+/// Runs `f`, a panic becoming an error (a shard's thread must go on to end its output).
+fn catch_panic(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(Error::Internal("a shard panicked".into())))
 }
 
 /// The late events among `rows` of `batch`, with the watermark each met (`met`, per row

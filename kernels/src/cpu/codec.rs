@@ -2,7 +2,7 @@
 //! into named columns, and scattered back into partitions from such a batch.
 
 use super::CpuBackend;
-use super::state::{Acc, Op, Part, SPARSE_RATIO, Slots, SparsePanes, StateCol, StatsRow};
+use super::state::{Acc, Op, Part, SPARSE_RATIO, SparsePanes, StateCol, StatsRow};
 use crate::agg::{Distinct, Domain, Moments};
 use crate::error::Error;
 use crate::state;
@@ -292,13 +292,7 @@ impl CpuBackend {
                 }
             };
             if sparse {
-                let mut slots = Box::<Slots>::default();
-                local(p).for_each(|i| {
-                    slots.slot(i as u32);
-                });
-                *part = Part::new_sparse(&self.layout);
-                part.grow(slots.keys.len());
-                part.slots = Some(slots);
+                *part = Part::sparse_with(&self.layout, local(p).map(|i| i as u32));
             } else {
                 part.reset(&self.layout, span);
             }

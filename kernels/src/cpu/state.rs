@@ -261,6 +261,19 @@ impl Acc {
         }
     }
 
+    /// Rows it has room for without growing (`usize::MAX` for the row count's copy).
+    fn capacity(&self) -> usize {
+        match self {
+            Acc::Count(c) => c.capacity(),
+            Acc::Rows(v) => v.capacity(),
+            Acc::SameAsRows => usize::MAX,
+            Acc::Int(t) => t.v.capacity(),
+            Acc::Float(t) => t.v.capacity(),
+            Acc::Moments(m) => m.capacity(),
+            Acc::Distinct(d) => d.capacity(),
+        }
+    }
+
     pub(super) fn bytes(&self) -> usize {
         match self {
             Acc::Count(c) => c.capacity() * 8,
@@ -317,6 +330,18 @@ impl Part {
         }
     }
 
+    /// An empty sparse part with a slot for each of `keys` (local keys), in that order.
+    pub(super) fn sparse_with(layout: &[StateCol], keys: impl Iterator<Item = u32>) -> Part {
+        let mut slots = Box::<Slots>::default();
+        keys.for_each(|k| {
+            slots.slot(k);
+        });
+        let mut part = Part::new(layout);
+        part.grow(slots.keys.len());
+        part.slots = Some(slots);
+        part
+    }
+
     /// Rows in the state arrays: one per local key when dense, one per slot when sparse.
     pub(super) fn len(&self) -> usize {
         self.accs[0].len()
@@ -341,6 +366,25 @@ impl Part {
         self.accs.iter().map(Acc::bytes).sum::<usize>()
             + self.slots.as_ref().map_or(0, |s| s.bytes())
             + (self.present.capacity() + self.present_slots.capacity()) * 4
+    }
+
+    /// A dense part that is to grow to `n` keys becomes sparse where its keys with rows
+    /// would fill under 1/`SPARSE_RATIO` of them: a key space that keeps growing (new users,
+    /// new sessions) would otherwise cost a row per key id in every pane.
+    pub(super) fn sparsify_if_thin(&mut self, layout: &[StateCol], n: usize) {
+        if self.slots.is_some() || n <= self.accs.iter().map(Acc::capacity).min().unwrap_or(0) {
+            return;
+        }
+        let mut keys = Vec::new();
+        self.rows().each_nonzero(self.lo, |i| keys.push(i as u32));
+        if keys.len() * SPARSE_RATIO >= n {
+            return;
+        }
+        let mut sparse = Part::sparse_with(layout, keys.iter().copied());
+        sparse.lo = self.lo;
+        sparse.version = self.version + 1;
+        sparse.merge_pairs(self, keys.iter().enumerate().map(|(s, &k)| (s, k as usize)));
+        *self = sparse;
     }
 
     /// A sparse part whose keys fill at least 1/`SPARSE_RATIO` of its span becomes dense:

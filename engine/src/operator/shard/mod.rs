@@ -141,6 +141,15 @@ pub(crate) struct Fired {
     pub rows: RecordBatch,
 }
 
+/// Where a shard's result rows go as windows fire, instead of waiting for
+/// [`Shard::take_output`]: a window of millions of keys is then never held whole.
+pub(crate) enum Stream {
+    /// Straight to the consumer (one shard, on the operator's thread).
+    Direct(Box<dyn FnMut(RecordBatch) -> Result<()> + Send>),
+    /// Into a channel that the operator drains shard by shard; `None` ends a batch.
+    Channel(std::sync::mpsc::SyncSender<Option<RecordBatch>>),
+}
+
 /// A shard of the window operator. See the module docs.
 pub(crate) struct Shard {
     core: Core,
@@ -162,6 +171,8 @@ struct Core {
     /// The job watermark after the last batch.
     watermark: i64,
     output: Vec<Fired>,
+    /// Where rows go as they are made, if not to `output`.
+    stream: Option<Stream>,
     /// Positions of late events in the batches processed since they were taken.
     late: Vec<u32>,
     stats: Stats,
@@ -198,6 +209,7 @@ impl Shard {
             backend,
             watermark: i64::MIN,
             output: Vec::new(),
+            stream: None,
             late: Vec::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),
@@ -231,6 +243,20 @@ impl Shard {
     /// Takes the window results produced so far.
     pub fn take_output(&mut self) -> Vec<Fired> {
         std::mem::take(&mut self.core.output)
+    }
+
+    /// Sends result rows to `stream` as windows fire from now on.
+    pub(crate) fn set_stream(&mut self, stream: Stream) {
+        self.core.stream = Some(stream);
+    }
+
+    /// Tells the operator draining this shard's stream that its rows of the batch, or of
+    /// the step, are all sent.
+    pub(crate) fn end_output(&mut self) {
+        if let Some(Stream::Channel(tx)) = &self.core.stream {
+            // An operator that stopped draining has gone: there is nobody to tell.
+            let _ = tx.send(None);
+        }
     }
 
     /// Takes the positions of the late events of the last batch (in the batch given to

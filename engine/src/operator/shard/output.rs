@@ -50,12 +50,20 @@ impl Core {
         if let Some(t) = self.top_k {
             batch = topk::rank(&batch, &self.plan, t)?;
         }
-        self.output.push(Fired {
-            window: fired.0,
-            all: fired.1,
-            rows: batch,
-        });
-        Ok(())
+        match &mut self.stream {
+            Some(Stream::Direct(out)) => out(batch),
+            Some(Stream::Channel(tx)) => tx
+                .send(Some(batch))
+                .map_err(|_| Error::Internal("the operator stopped taking result rows".into())),
+            None => {
+                self.output.push(Fired {
+                    window: fired.0,
+                    all: fired.1,
+                    rows: batch,
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Checks the watched aggregate of a window's first firing against each key's

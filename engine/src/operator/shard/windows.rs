@@ -257,19 +257,49 @@ impl Fixed {
         Ok(())
     }
 
-    /// Combines window `k` for `keys` and appends the rows to the output.
+    /// Combines window `k` for `keys` and appends the rows to the output: a slice of the
+    /// key ids at a time where the backend asks for it (sparse panes of many keys), so that
+    /// neither the window's state nor its rows are held for every key at once.
     fn emit(&self, core: &mut Core, k: i64, keys: Keys<'_>) -> Result<()> {
-        let mut rows = core.combine(core.spec.panes_of_window(k), keys)?;
-        if rows.keys.is_empty() {
-            return Ok(());
+        let n_keys = core.interner.len() as u64;
+        let slices: Vec<Keys<'_>> = match (keys, core.backend.key_slice()) {
+            (Keys::All, Some(n)) if n_keys > u64::from(n) => (0..n_keys)
+                .step_by(n as usize)
+                .map(|start| Keys::Range {
+                    start: start as u32,
+                    end: u32::try_from(start + u64::from(n)).unwrap_or(u32::MAX),
+                })
+                .collect(),
+            _ => vec![keys],
+        };
+        // With top-k, each slice's list merges into the window's.
+        let mut top: Option<WindowRows> = None;
+        for slice in slices {
+            let rows = core.combine(core.spec.panes_of_window(k), slice)?;
+            if rows.keys.is_empty() {
+                continue;
+            }
+            if !matches!(slice, Keys::Only(_)) {
+                core.detect_anomalies(k, &rows)?;
+            }
+            match core.top_k {
+                // Every row that ties with the k-th: ranks break ties by key value below.
+                Some(t) => {
+                    let mut list = top.take().unwrap_or_default();
+                    list.append(rows);
+                    top = Some(list.top_k_ties(t.by, t.k));
+                }
+                None => self.push(core, k, keys, rows)?,
+            }
         }
-        if matches!(keys, Keys::All) {
-            core.detect_anomalies(k, &rows)?;
+        match top {
+            Some(rows) => self.push(core, k, keys, rows),
+            None => Ok(()),
         }
-        if let Some(t) = core.top_k {
-            // Every row that ties with the k-th: ranks break ties by key value below.
-            rows = rows.top_k_ties(t.by, t.k);
-        }
+    }
+
+    /// Appends rows of window `k`, fired for `keys`, to the output.
+    fn push(&self, core: &mut Core, k: i64, keys: Keys<'_>, rows: WindowRows) -> Result<()> {
         let n = rows.keys.len();
         let revisions = (core.lateness > 0).then(|| {
             rows.keys
