@@ -2,7 +2,7 @@
 //! into named columns, and scattered back into partitions from such a batch.
 
 use super::CpuBackend;
-use super::state::{Acc, Op, Part, SPARSE_RATIO, SparsePanes, StateCol, StatsRow};
+use super::state::{Acc, Op, Part, SparsePanes, StateCol, StatsRow, sparse_pays};
 use crate::agg::{Distinct, Domain, Moments};
 use crate::error::Error;
 use crate::state;
@@ -288,7 +288,8 @@ impl CpuBackend {
                 SparsePanes::Never => false,
                 SparsePanes::Always => true,
                 SparsePanes::Auto { min_keys } => {
-                    count * SPARSE_RATIO < span && span << shift >= min_keys
+                    let row = part.row_bytes();
+                    sparse_pays(count, span, row, 1) && span << shift >= min_keys
                 }
             };
             if sparse {

@@ -8,9 +8,18 @@ use hashbrown::HashMap;
 
 use crate::agg::{Distinct, Domain, Moments, Value};
 
-/// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only, and a
-/// sparse pane that sees more becomes dense.
+/// A pane with fewer than 1/`SPARSE_RATIO` of the keys is merged at its keys only.
 pub(super) const SPARSE_RATIO: usize = 4;
+
+/// What a key costs a sparse part beyond its state row: its slot in the index (with the
+/// index's spare room) and in the list of keys, and its place in the sorted key lists.
+const SLOT_BYTES: usize = 24;
+
+/// Whether `keys` keys with state rows of `row` bytes cost less sparse than a dense part
+/// over `span` key ids does. `margin` (1 or more) asks for that much less.
+pub(super) fn sparse_pays(keys: usize, span: usize, row: usize, margin: usize) -> bool {
+    keys * (row + SLOT_BYTES) * margin < span * row
+}
 
 /// Which panes keep their state sparse: a slot per key they saw instead of a row per key id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +270,19 @@ impl Acc {
         }
     }
 
+    /// Bytes a key's state takes in the arrays (a sketch's heap not counted).
+    fn row_bytes(&self) -> usize {
+        match self {
+            Acc::Count(_) => 8,
+            Acc::Rows(_) => size_of::<StatsRow>(),
+            Acc::SameAsRows => 0,
+            Acc::Int(t) => 8 + 8 * !t.ts.is_empty() as usize,
+            Acc::Float(t) => 8 + 8 * !t.ts.is_empty() as usize,
+            Acc::Moments(_) => size_of::<Moments>(),
+            Acc::Distinct(_) => size_of::<Distinct>(),
+        }
+    }
+
     /// Rows it has room for without growing (`usize::MAX` for the row count's copy).
     fn capacity(&self) -> usize {
         match self {
@@ -361,23 +383,32 @@ impl Part {
         }
     }
 
-    /// Bytes held: the state arrays, the slots and the key lists.
+    /// Bytes of state a key costs (in the state arrays).
+    pub(super) fn row_bytes(&self) -> usize {
+        self.accs.iter().map(Acc::row_bytes).sum()
+    }
+
+    /// Bytes held: the state arrays, and the slots and key lists of a sparse part. (A dense
+    /// part's list of keys with rows is not counted: at most half its arrays' bytes.)
     pub(super) fn bytes(&self) -> usize {
         self.accs.iter().map(Acc::bytes).sum::<usize>()
             + self.slots.as_ref().map_or(0, |s| s.bytes())
-            + (self.present.capacity() + self.present_slots.capacity()) * 4
+            + self.slots.as_ref().map_or(0, |_| {
+                (self.present.capacity() + self.present_slots.capacity()) * 4
+            })
     }
 
-    /// A dense part that is to grow to `n` keys becomes sparse where its keys with rows
-    /// would fill under 1/`SPARSE_RATIO` of them: a key space that keeps growing (new users,
-    /// new sessions) would otherwise cost a row per key id in every pane.
+    /// A dense part that is to grow to `n` keys becomes sparse where that costs half the
+    /// memory or less: a key space that keeps growing (new users, new sessions) would
+    /// otherwise cost a row per key id in every pane. (Half, so that a part does not go
+    /// back and forth: a sparse part becomes dense where dense costs less.)
     pub(super) fn sparsify_if_thin(&mut self, layout: &[StateCol], n: usize) {
         if self.slots.is_some() || n <= self.accs.iter().map(Acc::capacity).min().unwrap_or(0) {
             return;
         }
         let mut keys = Vec::new();
         self.rows().each_nonzero(self.lo, |i| keys.push(i as u32));
-        if keys.len() * SPARSE_RATIO >= n {
+        if !sparse_pays(keys.len(), n, self.row_bytes(), 2) {
             return;
         }
         let mut sparse = Part::sparse_with(layout, keys.iter().copied());
@@ -387,13 +418,13 @@ impl Part {
         *self = sparse;
     }
 
-    /// A sparse part whose keys fill at least 1/`SPARSE_RATIO` of its span becomes dense:
-    /// a row per key id is then cheaper than slots, and faster.
+    /// A sparse part whose keys would cost less dense becomes dense: a row per key id is
+    /// then cheaper than slots, and faster.
     pub(super) fn densify_if_full(&mut self, layout: &[StateCol]) {
         let Some(slots) = self.slots.as_ref() else {
             return;
         };
-        if slots.keys.len() * SPARSE_RATIO < slots.span {
+        if sparse_pays(slots.keys.len(), slots.span, self.row_bytes(), 1) {
             return;
         }
         let mut dense = Part::new(layout);

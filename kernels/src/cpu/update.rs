@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use super::state::{Acc, Op, Part, SPARSE_RATIO, SparsePanes, StateCol, Typed, reuse};
+use super::state::{Acc, Op, Part, SparsePanes, StateCol, Typed, reuse, sparse_pays};
 use crate::agg::{self, Value};
 use crate::events::{Events, Values};
 
@@ -289,7 +289,7 @@ impl CpuBackend {
                         }
                     })
                     .sum();
-                space >= min_keys && seen * SPARSE_RATIO < space
+                space >= min_keys && sparse_pays(seen, space, newest[0].row_bytes(), 1)
             }
         }
     }
