@@ -289,7 +289,7 @@ impl CpuBackend {
                 SparsePanes::Always => true,
                 SparsePanes::Auto { min_keys } => {
                     let row = part.row_bytes();
-                    sparse_pays(count, span, row, 1) && span << shift >= min_keys
+                    sparse_pays(count, span, row, 2) && span << shift >= min_keys
                 }
             };
             if sparse {

@@ -24,9 +24,11 @@ pub(super) fn sparse_pays(keys: usize, span: usize, row: usize, margin: usize) -
 /// Which panes keep their state sparse: a slot per key they saw instead of a row per key id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SparsePanes {
-    /// A new pane is sparse when there are at least `min_keys` key ids and the pane before
-    /// it saw under 1/4 of them; a sparse pane that sees more becomes dense. The default
-    /// `min_keys` is [`SPARSE_MIN_KEYS`].
+    /// A new pane (or one read back) is sparse when there are at least `min_keys` key ids
+    /// and slots for the keys of the pane before it (its own) would cost at most half the
+    /// memory of a row per key id; a sparse pane that would cost less dense becomes dense.
+    /// Dense panes are faster: a pane of most keys stays dense. The default `min_keys` is
+    /// [`SPARSE_MIN_KEYS`].
     Auto {
         /// Key spaces below this many ids keep dense panes.
         min_keys: usize,
@@ -283,19 +285,6 @@ impl Acc {
         }
     }
 
-    /// Rows it has room for without growing (`usize::MAX` for the row count's copy).
-    fn capacity(&self) -> usize {
-        match self {
-            Acc::Count(c) => c.capacity(),
-            Acc::Rows(v) => v.capacity(),
-            Acc::SameAsRows => usize::MAX,
-            Acc::Int(t) => t.v.capacity(),
-            Acc::Float(t) => t.v.capacity(),
-            Acc::Moments(m) => m.capacity(),
-            Acc::Distinct(d) => d.capacity(),
-        }
-    }
-
     pub(super) fn bytes(&self) -> usize {
         match self {
             Acc::Count(c) => c.capacity() * 8,
@@ -396,26 +385,6 @@ impl Part {
             + self.slots.as_ref().map_or(0, |_| {
                 (self.present.capacity() + self.present_slots.capacity()) * 4
             })
-    }
-
-    /// A dense part that is to grow to `n` keys becomes sparse where that costs half the
-    /// memory or less: a key space that keeps growing (new users, new sessions) would
-    /// otherwise cost a row per key id in every pane. (Half, so that a part does not go
-    /// back and forth: a sparse part becomes dense where dense costs less.)
-    pub(super) fn sparsify_if_thin(&mut self, layout: &[StateCol], n: usize) {
-        if self.slots.is_some() || n <= self.accs.iter().map(Acc::capacity).min().unwrap_or(0) {
-            return;
-        }
-        let mut keys = Vec::new();
-        self.rows().each_nonzero(self.lo, |i| keys.push(i as u32));
-        if !sparse_pays(keys.len(), n, self.row_bytes(), 2) {
-            return;
-        }
-        let mut sparse = Part::sparse_with(layout, keys.iter().copied());
-        sparse.lo = self.lo;
-        sparse.version = self.version + 1;
-        sparse.merge_pairs(self, keys.iter().enumerate().map(|(s, &k)| (s, k as usize)));
-        *self = sparse;
     }
 
     /// A sparse part whose keys would cost less dense becomes dense: a row per key id is

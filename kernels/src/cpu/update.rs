@@ -289,7 +289,7 @@ impl CpuBackend {
                         }
                     })
                     .sum();
-                space >= min_keys && sparse_pays(seen, space, newest[0].row_bytes(), 1)
+                space >= min_keys && sparse_pays(seen, space, newest[0].row_bytes(), 2)
             }
         }
     }
@@ -305,8 +305,7 @@ impl CpuBackend {
         let (min_key, max_key) = keys;
         let (shift, parts) = (self.shift, self.parts());
         let sparse = !self.panes.contains_key(&pane) && self.new_pane_sparse(max_key);
-        let sparse_mode = self.sparse;
-        let densify = matches!(sparse_mode, SparsePanes::Auto { .. });
+        let densify = matches!(self.sparse, SparsePanes::Auto { .. });
         let layout = &self.layout;
         // A new dense pane is sized for the keys the newest pane has: they will mostly come
         // again, and growing arrays step by step costs copies and page faults.
@@ -330,11 +329,6 @@ impl CpuBackend {
             } else {
                 0
             } + (max_key >> shift) as usize;
-            if let SparsePanes::Auto { min_keys } = sparse_mode
-                && needed >= min_keys >> shift
-            {
-                part.sparsify_if_thin(layout, needed);
-            }
             if part.slots.is_none() {
                 part.grow(needed);
             }
