@@ -18,6 +18,7 @@ use arrow::util::display::array_value_to_string;
 use panes::engine::pipeline::{Output, Pipeline};
 use panes::engine::run::BackendKind;
 use panes::engine::{Job, WindowOperator};
+use panes::kernels::{AggSpec, Backend, CpuBackend, SparsePanes};
 
 /// xorshift64*: test data only.
 struct Rng(u64);
@@ -590,10 +591,19 @@ fn outputs(
     threads: usize,
     lengths: &[usize],
 ) -> [Vec<String>; 3] {
-    let mut op = WindowOperator::new(job, &input.schema(), 1, |aggs| {
+    outputs_on(input, job, lengths, |aggs| {
         backend.build_shards(aggs, threads)
     })
-    .expect("operator");
+}
+
+/// [`outputs`] on the shards' backends that `backends` builds.
+fn outputs_on(
+    input: &RecordBatch,
+    job: &Job,
+    lengths: &[usize],
+    backends: impl FnOnce(&[AggSpec]) -> panes::engine::Result<Vec<Box<dyn Backend>>>,
+) -> [Vec<String>; 3] {
+    let mut op = WindowOperator::new(job, &input.schema(), 1, backends).expect("operator");
     let mut start = 0;
     let mut got: [Vec<RecordBatch>; 3] = Default::default();
     let mut take = |op: &mut WindowOperator| {
@@ -746,15 +756,33 @@ fn every_thread_count_gives_the_rows_of_one_thread() {
             }
             let one = outputs(&c.batch, &job, BackendKind::Cpu, 1, &lengths);
             assert!(!one[0].is_empty(), "seed {seed} variant {v}: rows");
-            for threads in [2, 3, 8] {
-                let many = outputs(&c.batch, &job, BackendKind::Cpu, threads, &lengths);
+            // Sparse panes, and windows fired in slices of 3 key ids per shard (top-k lists
+            // merged across slices, anomalies checked per slice), give the same rows.
+            let sparse = |threads: usize| {
+                move |aggs: &[AggSpec]| -> panes::engine::Result<Vec<Box<dyn Backend>>> {
+                    Ok((0..threads)
+                        .map(|_| {
+                            let cpu = CpuBackend::new(aggs, 1)
+                                .with_sparse_panes(SparsePanes::Always)
+                                .with_key_slice(3);
+                            Box::new(cpu) as Box<dyn Backend>
+                        })
+                        .collect())
+                }
+            };
+            for (threads, is_sparse) in [(2, false), (3, false), (8, false), (1, true), (3, true)] {
+                let many = match is_sparse {
+                    true => outputs_on(&c.batch, &job, &lengths, sparse(threads)),
+                    false => outputs(&c.batch, &job, BackendKind::Cpu, threads, &lengths),
+                };
                 for (what, (a, b)) in ["rows", "late events", "alerts"]
                     .iter()
                     .zip(one.iter().zip(&many))
                 {
                     if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
                         panic!(
-                            "seed {seed} variant {v}, {threads} threads: {what} differ at {i}: {:?} vs {:?}",
+                            "seed {seed} variant {v}, {threads} threads (sparse: {is_sparse}): \
+                             {what} differ at {i}: {:?} vs {:?}",
                             a.get(i),
                             b.get(i)
                         );

@@ -62,6 +62,8 @@ pub struct CpuBackend {
     fold_block: i64,
     /// Which panes are sparse.
     sparse: SparsePanes,
+    /// Local key ids a window of sparse panes combines at a time.
+    key_slice: u32,
     /// Per-partition slots of the rows of an update of sparse panes, reused.
     slots: Vec<Vec<u32>>,
 }
@@ -140,6 +142,7 @@ impl CpuBackend {
             last_rows: 0,
             fold_block: 1,
             sparse: SparsePanes::default(),
+            key_slice: KEY_SLICE,
             slots: Vec::new(),
         }
     }
@@ -147,6 +150,13 @@ impl CpuBackend {
     /// Which panes keep sparse state from now on (the default: [`SparsePanes::default`]).
     pub fn with_sparse_panes(mut self, sparse: SparsePanes) -> Self {
         self.sparse = sparse;
+        self
+    }
+
+    /// Combines windows of sparse panes `keys` key ids of each partition at a time (the
+    /// default: 262 144; small slices are for tests).
+    pub fn with_key_slice(mut self, keys: u32) -> Self {
+        self.key_slice = keys.max(1);
         self
     }
 
@@ -199,7 +209,7 @@ impl Backend for CpuBackend {
     /// at a time: the window's state is then a row per key of the slice, not of all keys.
     fn key_slice(&self) -> Option<u32> {
         let sparse = self.panes.values().flatten().any(|p| p.slots.is_some());
-        sparse.then_some(KEY_SLICE << self.shift)
+        sparse.then_some(self.key_slice << self.shift)
     }
 
     fn combine(&mut self, panes: Range<i64>, keys: Keys<'_>) -> crate::Result<WindowRows> {
