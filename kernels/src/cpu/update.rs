@@ -375,13 +375,13 @@ impl CpuBackend {
                     .iter()
                     .for_each(|&r| self.scratch[(ev.keys[r as usize] & mask) as usize].push(r)),
             }
-            let each = |((part, rows), slots): ((&mut Part, &Vec<u32>), &mut Vec<u32>)| {
+            let run = |((part, rows), slots): ((&mut Part, &Vec<u32>), &mut Vec<u32>)| {
                 update(part, Sel::Rows(rows), slots)
             };
             if sel.len() >= PARALLEL_MIN_ROWS {
-                (state.par_iter_mut().zip(&self.scratch).zip(&mut slots)).for_each(each);
+                (state.par_iter_mut().zip(&self.scratch).zip(&mut slots)).for_each(run);
             } else {
-                (state.iter_mut().zip(&self.scratch).zip(&mut slots)).for_each(each);
+                (state.iter_mut().zip(&self.scratch).zip(&mut slots)).for_each(run);
             }
         }
         self.slots = slots;
