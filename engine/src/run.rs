@@ -568,7 +568,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let mut outputs = Outputs::open(job, &op, restore.as_ref())?;
     // Result rows go to the sink thread as windows fire, a slice of the keys at a time.
     if let Some(rows) = outputs.sinks.sender(0) {
-        op.stream_output(Box::new(move |batch| rows.send(batch)));
+        op.stream_output(Box::new(move |batch| rows.send(batch)))?;
     }
     let restored_from = restore.as_ref().map(|r| r.manifest.id);
     let summary = |op: &WindowOperator, checkpoints, malformed| {

@@ -13,9 +13,9 @@
 //! Outputs are gathered after each batch: window by window, and within a window shard by
 //! shard; or, with [`WindowOperator::stream_output`], passed on as windows fire, shard by
 //! shard within a batch. For a given input, batching and thread count their order is
-//! always the same, and the set of rows never depends on the thread count. Top-k lists of one firing are merged across
-//! shards (`topk`). A job without keys has one group and runs on one shard, as does the
-//! GPU backend (one device).
+//! always the same, and the set of rows never depends on the thread count. Top-k lists of
+//! one firing are merged across shards (`topk`). A job without keys has one group and runs
+//! on one shard, as does the GPU backend (one device).
 
 pub(crate) mod anomaly;
 mod plan;
@@ -185,9 +185,12 @@ impl WindowOperator {
     /// memory (its rows come a slice of the keys at a time). Rows come window by window,
     /// and within a batch shard by shard. Jobs with top-k on several shards keep their
     /// rows for `take_output` (their lists merge across shards).
-    pub fn stream_output(&mut self, mut out: RowConsumer) {
+    pub fn stream_output(&mut self, mut out: RowConsumer) -> Result<()> {
+        // The shards are at hand (not processing a batch), and what they made so far
+        // waits for `take_output`.
+        self.sync()?;
         if self.top_k.is_some() && self.shards.len() > 1 {
-            return;
+            return Ok(());
         }
         if let [shard] = self.shards.as_mut_slice() {
             let streamed = self.streamed.clone();
@@ -198,7 +201,7 @@ impl WindowOperator {
                 );
                 out(batch)
             })));
-            return;
+            return Ok(());
         }
         // Two slices may wait per shard: the others wait their turn.
         let from = (self.shards.iter_mut())
@@ -209,6 +212,7 @@ impl WindowOperator {
             })
             .collect();
         self.streams = Some(Streams { out, from });
+        Ok(())
     }
 
     /// Schema of the window results.

@@ -1,5 +1,5 @@
-//! The CPU backend: columnar pane state over dense key ids, tight scatter-update loops,
-//! rayon across key partitions.
+//! The CPU backend: columnar pane state over dense key ids (or over the keys a pane saw,
+//! where they are few among many), tight scatter-update loops, rayon across key partitions.
 //!
 //! A pane holds one state array per *state column* (row count, non-null count, sum, min,
 //! max, moments, first, last), shared by the aggregates that need it (`sum` and `avg` of a
@@ -11,6 +11,11 @@
 //! [`crate::fold_plan`], then evaluates keys that had rows. The fold of each block of panes
 //! in that plan is kept while its panes are held: overlapping windows merge it instead of
 //! its panes, and events that reach one of its panes later are folded into it key by key.
+//!
+//! A *sparse* pane (see [`SparsePanes`]) indexes its arrays by a slot per key it saw; the
+//! same kernels update it through the slots, and merges visit its keys in key order. A
+//! window of sparse panes is combined a slice of the key ids at a time (`Keys::Range`), so
+//! its accumulator covers the slice only.
 //!
 //! Submodules: `state` (the state arrays), `update` (the scatter-update of events),
 //! `combine` (merging panes into windows, evaluating them), `codec` (state batches).
