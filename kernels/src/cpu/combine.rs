@@ -313,6 +313,19 @@ fn fold_into(acc: &mut [Part], src: &[Part], keys: Keys<'_>, shift: u32) {
     }
 }
 
+/// The rows of a state batch whose keys `keys` takes: a slice's share of a spilled pane,
+/// so that reading it back costs the slice's keys, not the pane's.
+fn within(batch: RecordBatch, keys: Keys<'_>) -> crate::Result<RecordBatch> {
+    let Keys::Range { start, end } = keys else {
+        return Ok(batch);
+    };
+    let ids = crate::state::values::<arrow::datatypes::UInt32Type>(&batch, "key")?;
+    let keep: arrow::array::BooleanArray =
+        ids.iter().map(|k| Some((start..end).contains(k))).collect();
+    arrow::compute::filter_record_batch(&batch, &keep)
+        .map_err(|e| crate::Error::BadState(format!("selecting a slice of a pane: {e}")))
+}
+
 impl CpuBackend {
     /// Forgets the block folds that hold any of the panes `panes`.
     pub(super) fn forget_blocks(&mut self, panes: Range<i64>) {
@@ -426,7 +439,7 @@ impl CpuBackend {
             if let Some(held) = this.panes.get(&j) {
                 return Ok(Cow::Borrowed(held));
             }
-            let mut state = this.parts_from(&load(j)?)?;
+            let mut state = this.parts_from(&within(load(j)?, keys)?)?;
             if !matches!(keys, Keys::Only(_)) {
                 state.iter_mut().for_each(Part::refresh_present);
             }

@@ -42,7 +42,7 @@ pub(crate) use state::{Op as StateOp, StateCol as StateColumn};
 pub use state::{SPARSE_MIN_KEYS, SparsePanes};
 
 /// Local key ids a window combines at a time where its panes are sparse (per partition).
-const KEY_SLICE: u32 = 1 << 18;
+const KEY_SLICE: u32 = 1 << 16;
 
 /// The CPU backend. See the module docs.
 pub struct CpuBackend {
@@ -159,7 +159,7 @@ impl CpuBackend {
     }
 
     /// Combines windows of sparse panes `keys` key ids of each partition at a time (the
-    /// default: 262 144; small slices are for tests).
+    /// default: 65 536; small slices are for tests).
     pub fn with_key_slice(mut self, keys: u32) -> Self {
         self.key_slice = keys.max(1);
         self
