@@ -342,6 +342,8 @@ struct Outputs {
     dead_letter: Option<usize>,
     /// Malformed records seen, kept or not.
     malformed: u64,
+    /// Under a memory budget: result rows out when memory was last given back.
+    trimmed_at: Option<u64>,
 }
 
 impl Outputs {
@@ -375,6 +377,7 @@ impl Outputs {
             alerts,
             dead_letter,
             malformed: 0,
+            trimmed_at: None,
         })
     }
 
@@ -404,8 +407,30 @@ impl Outputs {
         Ok(())
     }
 
+    /// Under a memory budget, gives the memory freed since the last window's rows back to
+    /// the system once a window's worth of rows went out: the allocator's arenas would
+    /// otherwise keep what the shards' threads freed (result slices, panes read back), and
+    /// the process would hold well over its budget (BENCHMARKS.md §11).
+    fn give_back_freed_memory(&mut self, op: &WindowOperator) {
+        let Some(at) = self.trimmed_at.as_mut() else {
+            return;
+        };
+        let rows = op.stats().rows_out;
+        if rows < *at + crate::connect::writer::SLICE as u64 {
+            return;
+        }
+        *at = rows;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        #[allow(unsafe_code)]
+        // SAFETY: `malloc_trim` only hands free memory back; it is safe at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+
     /// Writes what the operator produced.
     fn drain(&mut self, op: &mut WindowOperator) -> Result<()> {
+        self.give_back_freed_memory(op);
         let to = [Some(0), self.late, self.alerts];
         for (batches, to) in [op.take_output(), op.take_late(), op.take_alerts()]
             .into_iter()
@@ -566,6 +591,9 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         );
     }
     let mut outputs = Outputs::open(job, &op, restore.as_ref())?;
+    if budget.is_some() {
+        outputs.trimmed_at = Some(0);
+    }
     // Result rows go to the sink thread as windows fire, a slice of the keys at a time.
     if let Some(rows) = outputs.sinks.sender(0) {
         op.stream_output(Box::new(move |batch| rows.send(batch)))?;
