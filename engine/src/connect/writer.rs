@@ -69,10 +69,9 @@ impl RowSender {
 
 /// The job's sinks, written on a thread of their own. See the module docs.
 pub struct SinkThread {
-    tx: Option<SyncSender<Msg>>,
-    /// The queue as [`RowSender`]s hold it: emptied when the thread stops, so that the
-    /// thread's queue closes whoever still holds one.
-    shared: Arc<Mutex<Option<SyncSender<Msg>>>>,
+    /// The thread's queue, shared with [`RowSender`]s: emptied when the thread stops, so
+    /// that the queue closes whoever still holds one.
+    tx: Arc<Mutex<Option<SyncSender<Msg>>>>,
     thread: Option<JoinHandle<Result<Vec<Sink>>>>,
 }
 
@@ -95,14 +94,16 @@ impl SinkThread {
             .spawn(move || serve(sinks, rx))
             .map_err(|e| Error::Internal(format!("starting the sink thread: {e}")))?;
         Ok(SinkThread {
-            shared: Arc::new(Mutex::new(Some(tx.clone()))),
-            tx: Some(tx),
+            tx: Arc::new(Mutex::new(Some(tx))),
             thread: Some(thread),
         })
     }
 
     fn send(&mut self, msg: Msg) -> Result<()> {
-        let sent = self.tx.as_ref().map(|tx| tx.send(msg));
+        let sent = match self.tx.lock() {
+            Ok(tx) => tx.as_ref().map(|tx| tx.send(msg)),
+            Err(_) => None,
+        };
         match sent {
             Some(Ok(())) => Ok(()),
             // The thread stopped: at a write that failed, whose error it returns.
@@ -121,9 +122,9 @@ impl SinkThread {
     /// shards, as windows fire), in order with what is queued here after it returns. `None`
     /// once the thread has stopped.
     pub fn sender(&self, sink: usize) -> Option<RowSender> {
-        self.tx.as_ref()?;
-        Some(RowSender {
-            tx: self.shared.clone(),
+        let open = self.tx.lock().is_ok_and(|tx| tx.is_some());
+        open.then(|| RowSender {
+            tx: self.tx.clone(),
             sink,
         })
     }
@@ -149,9 +150,8 @@ impl SinkThread {
     /// Writes what is queued, stops the thread and returns the sinks (or the first error
     /// of a write).
     pub fn stop(&mut self) -> Result<Vec<Sink>> {
-        self.tx = None;
-        if let Ok(mut shared) = self.shared.lock() {
-            *shared = None;
+        if let Ok(mut tx) = self.tx.lock() {
+            *tx = None;
         }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,

@@ -457,8 +457,7 @@ impl WindowOperator {
         let drained = pool.in_place_scope(|scope| {
             for (shard, result) in shards.iter_mut().zip(&results) {
                 scope.spawn(move |_| {
-                    let r = catch_panic(|| f(shard));
-                    shard.end_output();
+                    let r = run_to_end(shard, f);
                     if let Ok(mut slot) = result.lock() {
                         *slot = r;
                     }
@@ -661,7 +660,7 @@ impl Work {
             .zip(&mut self.rows)
             .enumerate()
             .map(|(s, (shard, rows))| {
-                let r = catch_panic(|| {
+                run_to_end(shard, |shard| {
                     route::rows_of(keys, owners, shards, s, rows);
                     let gather = |v: &[i64]| -> Vec<i64> {
                         let v = &v[..read.num_rows()];
@@ -671,19 +670,20 @@ impl Work {
                     let part = take_record_batch(read, &at)
                         .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
                     shard.process(&part, &gather(ts), &gather(met), w, origin)
-                });
-                shard.end_output();
-                r
+                })
             })
             .collect();
         results.into_iter().collect()
     }
 }
 
-/// Runs `f`, a panic becoming an error (a shard's thread must go on to end its output).
-fn catch_panic(f: impl FnOnce() -> Result<()>) -> Result<()> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(Error::Internal("a shard panicked".into())))
+/// Runs `f` on `shard`, then ends the shard's output whatever came of it (the operator
+/// drains each shard's stream until it ends); a panic becomes an error.
+fn run_to_end(shard: &mut Shard, f: impl FnOnce(&mut Shard) -> Result<()>) -> Result<()> {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *shard)))
+        .unwrap_or_else(|_| Err(Error::Internal("a shard panicked".into())));
+    shard.end_output();
+    r
 }
 
 /// The late events among `rows` of `batch`, with the watermark each met (`met`, per row

@@ -501,9 +501,10 @@ impl CpuBackend {
                 // (partition, row) of each key with data, in the order of the keys: key =
                 // local << shift | partition, where row = local - the slice's first local
                 // key of the partition.
-                let key = |p: usize, i: usize| {
-                    (((i + local_keys(keys, p, shift).start) as u32) << shift) | p as u32
-                };
+                let base: Vec<usize> = (0..parts)
+                    .map(|p| local_keys(keys, p, shift).start)
+                    .collect();
+                let key = |p: usize, i: usize| (((i + base[p]) as u32) << shift) | p as u32;
                 let mut at = Vec::with_capacity(self.last_rows + self.last_rows / 8);
                 for (p, acc) in combined.iter().enumerate() {
                     acc.rows().each_nonzero(acc.lo, |i| at.push((p, i)));

@@ -278,8 +278,10 @@ impl Acc {
             Acc::Count(_) => 8,
             Acc::Rows(_) => size_of::<StatsRow>(),
             Acc::SameAsRows => 0,
-            Acc::Int(t) => 8 + 8 * !t.ts.is_empty() as usize,
-            Acc::Float(t) => 8 + 8 * !t.ts.is_empty() as usize,
+            Acc::Int(Typed { op, .. }) | Acc::Float(Typed { op, .. }) => {
+                // First and last keep an event time beside the value.
+                8 + 8 * matches!(op, Op::First | Op::Last) as usize
+            }
             Acc::Moments(_) => size_of::<Moments>(),
             Acc::Distinct(_) => size_of::<Distinct>(),
         }
@@ -330,14 +332,6 @@ impl Part {
             present_at: None,
             lo: usize::MAX,
             slots: None,
-        }
-    }
-
-    /// An empty sparse part.
-    pub(super) fn new_sparse(layout: &[StateCol]) -> Part {
-        Part {
-            slots: Some(Box::default()),
-            ..Part::new(layout)
         }
     }
 

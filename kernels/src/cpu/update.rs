@@ -316,7 +316,7 @@ impl CpuBackend {
         let pool = &mut self.pool;
         let state = self.panes.entry(pane).or_insert_with(|| {
             if sparse {
-                return vec![Part::new_sparse(layout); parts];
+                return vec![Part::sparse_with(layout, std::iter::empty()); parts];
             }
             let mut new = reuse(pool, layout, parts);
             new.iter_mut().zip(known).for_each(|(p, n)| p.grow(n));
