@@ -141,6 +141,15 @@ pub trait Backend: Send {
     /// Sets pane `pane` to a state that [`Backend::export_pane`] of the same backend and
     /// aggregates wrote, replacing what it held.
     fn import_pane(&mut self, pane: i64, state: &RecordBatch) -> Result<()>;
+    /// Adds a state that [`Backend::export_pane`] of a backend like this one wrote to pane
+    /// `pane`, merged with what the pane holds as if its events had come after the pane's
+    /// own: partial states of one pane, aggregated on several shards, become one.
+    fn merge_pane(&mut self, _pane: i64, _state: &RecordBatch) -> Result<()> {
+        Err(Error::Unsupported {
+            backend: self.name(),
+            what: "merging partial pane state (jobs without keys on several threads)".into(),
+        })
+    }
     /// Frees the state of one pane (after it was exported to a spill file).
     fn drop_pane(&mut self, pane: i64);
     /// Like [`Backend::combine`], where panes `spilled` (ascending) are not held but read

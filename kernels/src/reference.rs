@@ -318,6 +318,12 @@ impl Backend for ReferenceBackend {
     }
 
     fn import_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {
+        self.drop_pane(pane);
+        self.merge_pane(pane, batch)
+    }
+
+    /// The state's events follow the pane's own.
+    fn merge_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {
         let keys = state::values::<UInt32Type>(batch, "key")?;
         let ts = state::values::<Int64Type>(batch, "ts")?;
         let mut columns: Vec<Box<dyn Fn(usize) -> Option<Scalar> + '_>> = Vec::new();
@@ -335,7 +341,6 @@ impl Backend for ReferenceBackend {
                 t => return Err(Error::BadState(format!("column {name:?} has type {t}"))),
             });
         }
-        self.drop_pane(pane);
         for (r, (&key, &ts)) in keys.iter().zip(ts).enumerate() {
             let values = columns.iter().map(|get| get(r)).collect();
             self.events

@@ -427,6 +427,136 @@ impl Backend for RoundTrip {
     }
 }
 
+/// A backend that aggregates the events of even and of odd event times on two backends of
+/// its own, and at each combine merges both halves' panes into a fresh one: partial states
+/// of a pane from two shards, as a job without keys has on several threads. (Equal event
+/// times stay in one half, so first and last break ties as one backend would.)
+struct Halves {
+    halves: [Box<dyn Backend>; 2],
+    fresh: Box<dyn Fn() -> Box<dyn Backend> + Send>,
+    fold_block: i64,
+}
+
+impl Backend for Halves {
+    fn name(&self) -> &'static str {
+        self.halves[0].name()
+    }
+    fn exact_floats(&self) -> bool {
+        false
+    }
+    fn set_fold_block(&mut self, block: i64) {
+        self.fold_block = block;
+    }
+    fn update(&mut self, ev: &Events<'_>) -> panes_kernels::Result<()> {
+        for (h, half) in self.halves.iter_mut().enumerate() {
+            let rows: Vec<usize> = (0..ev.keys.len())
+                .filter(|&i| ev.ts[i].rem_euclid(2) as usize == h)
+                .collect();
+            let pick = |v: &[i64]| rows.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let (panes, ts) = (pick(ev.panes), pick(ev.ts));
+            let keys: Vec<u32> = rows.iter().map(|&i| ev.keys[i]).collect();
+            let ints: Vec<Vec<i64>> = (ev.columns.iter())
+                .map(|c| match c.values {
+                    Values::I64(v) => pick(v),
+                    Values::F64(_) => Vec::new(),
+                })
+                .collect();
+            let floats: Vec<Vec<f64>> = (ev.columns.iter())
+                .map(|c| match c.values {
+                    Values::F64(v) => rows.iter().map(|&i| v[i]).collect(),
+                    Values::I64(_) => Vec::new(),
+                })
+                .collect();
+            let valid: Vec<Option<Vec<bool>>> = (ev.columns.iter())
+                .map(|c| c.valid.map(|v| rows.iter().map(|&i| v[i]).collect()))
+                .collect();
+            let columns: Vec<Column<'_>> = (ev.columns.iter().enumerate())
+                .map(|(c, col)| Column {
+                    values: match col.values {
+                        Values::I64(_) => Values::I64(&ints[c]),
+                        Values::F64(_) => Values::F64(&floats[c]),
+                    },
+                    valid: valid[c].as_deref(),
+                })
+                .collect();
+            half.update(&Events {
+                keys: &keys,
+                panes: &panes,
+                ts: &ts,
+                columns: &columns,
+            })?;
+        }
+        Ok(())
+    }
+    fn combine(
+        &mut self,
+        panes: std::ops::Range<i64>,
+        keys: Keys<'_>,
+    ) -> panes_kernels::Result<WindowRows> {
+        let mut merged = (self.fresh)();
+        merged.set_fold_block(self.fold_block);
+        for half in &mut self.halves {
+            for pane in half.panes() {
+                if let Some(state) = half.export_pane(pane)? {
+                    merged.merge_pane(pane, &state)?;
+                }
+            }
+        }
+        merged.combine(panes, keys)
+    }
+    fn evict_before(&mut self, pane: i64) {
+        self.halves.iter_mut().for_each(|h| h.evict_before(pane))
+    }
+    fn clear_key(&mut self, panes: std::ops::Range<i64>, key: u32) -> panes_kernels::Result<()> {
+        (self.halves.iter_mut()).try_for_each(|h| h.clear_key(panes.clone(), key))
+    }
+    fn state_bytes(&self) -> usize {
+        self.halves.iter().map(|h| h.state_bytes()).sum()
+    }
+    fn panes(&self) -> Vec<i64> {
+        unreachable!("not asked of a test backend")
+    }
+    fn export_pane(&mut self, _: i64) -> panes_kernels::Result<Option<RecordBatch>> {
+        unreachable!("not asked of a test backend")
+    }
+    fn import_pane(&mut self, _: i64, _: &RecordBatch) -> panes_kernels::Result<()> {
+        unreachable!("not asked of a test backend")
+    }
+    fn drop_pane(&mut self, _: i64) {
+        unreachable!("not asked of a test backend")
+    }
+}
+
+/// Partial states of a pane from two backends merge into the state of one that saw all its
+/// events: on the cpu backend (dense and sparse, 1 and 4 key partitions) and the reference.
+#[test]
+fn partial_pane_states_merge_into_one() {
+    check_against_reference(0..60, true, &|aggs| {
+        let halves = |make: &dyn Fn() -> Box<dyn Backend>| [make(), make()];
+        let (a, b, c) = (aggs.to_vec(), aggs.to_vec(), aggs.to_vec());
+        let sparse = move || -> Box<dyn Backend> {
+            Box::new(CpuBackend::new(&b, 1).with_sparse_panes(SparsePanes::Always))
+        };
+        vec![
+            Box::new(Halves {
+                halves: halves(&|| Box::new(CpuBackend::new(aggs, 4))),
+                fresh: Box::new(move || Box::new(CpuBackend::new(&a, 1))),
+                fold_block: 1,
+            }) as Box<dyn Backend>,
+            Box::new(Halves {
+                halves: halves(&sparse),
+                fresh: Box::new(sparse.clone()),
+                fold_block: 1,
+            }),
+            Box::new(Halves {
+                halves: halves(&|| Box::new(ReferenceBackend::new(aggs.to_vec()))),
+                fresh: Box::new(move || Box::new(ReferenceBackend::new(c.clone()))),
+                fold_block: 1,
+            }),
+        ]
+    });
+}
+
 #[test]
 fn exported_panes_restore_exactly() {
     check_against_reference(0..60, true, &|aggs| {

@@ -14,10 +14,13 @@
 //! shard; or, with [`WindowOperator::stream_output`], passed on as windows fire, shard by
 //! shard within a batch. For a given input, batching and thread count their order is
 //! always the same, and the set of rows never depends on the thread count. Top-k lists of
-//! one firing are merged across shards (`topk`). A job without keys has one group and runs
-//! on one shard, as does the GPU backend (one device).
+//! one firing are merged across shards (`topk`). A job without keys has one group: with
+//! fixed windows its events are split among the shards by event time and the shards'
+//! partial states merged as windows fire (`keyless`); with sessions, anomaly detection or
+//! top-k it runs on one shard, as does the GPU backend (one device).
 
 pub(crate) mod anomaly;
+mod keyless;
 mod plan;
 mod route;
 mod shard;
@@ -102,6 +105,9 @@ pub struct WindowOperator {
     alerts: Vec<RecordBatch>,
     /// Where result rows go as windows fire (several shards), if not to `output`.
     streams: Option<Streams>,
+    /// A job without keys on several shards: the state of the batches before, and how
+    /// windows' partial states merge.
+    keyless: Option<keyless::Keyless>,
     /// Rows a single shard passed on as windows fired, not counted yet.
     streamed: Arc<std::sync::atomic::AtomicU64>,
     /// Counters restored from a checkpoint; the shards count from zero.
@@ -113,25 +119,52 @@ pub struct WindowOperator {
 impl WindowOperator {
     /// An operator for `job` over inputs with `schema`, from `partitions` source partitions.
     /// `backends` builds the data planes for the aggregates the job resolves to: one shard
-    /// runs on each (a job without keys uses the first only).
+    /// runs on each. A job without keys on several shards calls it once more, for two
+    /// backends that merge the shards' partial states; with sessions, anomaly detection or
+    /// top-k it uses the first backend only.
     pub fn new(
         job: &Job,
         schema: &SchemaRef,
         partitions: usize,
-        backends: impl FnOnce(&[AggSpec]) -> Result<Vec<Box<dyn Backend>>>,
+        backends: impl Fn(&[AggSpec]) -> Result<Vec<Box<dyn Backend>>>,
     ) -> Result<Self> {
         let plan = Arc::new(Plan::new(job, schema)?);
-        let mut backends = backends(&plan.specs)?;
-        if plan.key_indices.is_empty() {
-            backends.truncate(1);
+        let mut made = backends(&plan.specs)?;
+        let one_group = plan.key_indices.is_empty();
+        let partial = one_group
+            && made.len() > 1
+            && job.window.session_gap().is_none()
+            && job.anomaly.is_none()
+            && job.top_k.is_none();
+        if one_group && !partial {
+            made.truncate(1);
         }
-        if backends.is_empty() {
+        if made.is_empty() {
             return Err(Error::Internal("an operator with no backend".into()));
         }
-        let shards = backends
+        let mut shards = made
             .into_iter()
             .map(|b| Shard::new(job, plan.clone(), b))
             .collect::<Result<Vec<_>>>()?;
+        let keyless = match partial {
+            true => {
+                shards.iter_mut().for_each(Shard::set_partial);
+                let mut more = backends(&plan.specs)?.into_iter();
+                let (Some(mut history), Some(mut scratch)) = (more.next(), more.next()) else {
+                    return Err(Error::Internal(
+                        "a job without keys on several shards needs two more backends".into(),
+                    ));
+                };
+                let block = panes_kernels::fold_block(job.window.panes_per_window());
+                history.set_fold_block(block);
+                scratch.set_fold_block(block);
+                let lateness = job.allowed_lateness;
+                Some(keyless::Keyless::new(
+                    history, scratch, job.window, lateness,
+                ))
+            }
+            false => None,
+        };
         let n = shards.len();
         let backend = match n {
             1 => (shards[0].backend_name(), shards[0].backend()),
@@ -174,6 +207,7 @@ impl WindowOperator {
             late: Vec::new(),
             alerts: Vec::new(),
             streams: None,
+            keyless,
             streamed: Arc::default(),
             base: Stats::default(),
             own: Stats::default(),
@@ -183,13 +217,13 @@ impl WindowOperator {
     /// Passes result rows to `out` as windows fire, instead of holding them until
     /// [`WindowOperator::take_output`]: a window of millions of keys then never waits whole in
     /// memory (its rows come a slice of the keys at a time). Rows come window by window,
-    /// and within a batch shard by shard. Jobs with top-k on several shards keep their
-    /// rows for `take_output` (their lists merge across shards).
+    /// and within a batch shard by shard. Jobs with top-k or without keys on several
+    /// shards keep their rows for `take_output` (they merge across shards).
     pub fn stream_output(&mut self, mut out: RowConsumer) -> Result<()> {
         // The shards are at hand (not processing a batch), and what they made so far
         // waits for `take_output`.
         self.sync()?;
-        if self.top_k.is_some() && self.shards.len() > 1 {
+        if (self.top_k.is_some() || self.keyless.is_some()) && self.shards.len() > 1 {
             return Ok(());
         }
         if let [shard] = self.shards.as_mut_slice() {
@@ -361,7 +395,8 @@ impl WindowOperator {
         let mut owners = std::mem::take(&mut self.owners);
         owners.clear();
         let keys = &read.columns()[..plan.key_indices.len()];
-        if route::one_int_key(keys).is_none() {
+        let in_order = self.keyless.is_some();
+        if !in_order && route::one_int_key(keys).is_none() {
             owners.resize(n, 0);
             route::shards_of(keys, self.shard_count, &mut owners)?;
         }
@@ -380,6 +415,7 @@ impl WindowOperator {
             w,
             origin: origin.to_string(),
             keys: self.plan.key_indices.len(),
+            in_order,
             owners,
             rows: std::mem::take(&mut self.rows),
         };
@@ -496,14 +532,20 @@ impl WindowOperator {
             // into batches (sessions: shard by shard).
             fired.sort_by_key(|f| f.window);
         }
-        let rows = match self.top_k.filter(|_| several) {
+        let mut rows = match self.top_k.filter(|_| several) {
             Some(t) => self.merge_top_k(fired, t)?,
             None => fired.into_iter().map(|f| f.rows).collect(),
         };
+        if let Some(keyless) = self.keyless.as_mut() {
+            // The watermark the shards moved to (the tracker may be a batch ahead).
+            let w = self.shards[0].watermark();
+            rows.extend(keyless.gather(&mut self.shards, &self.plan, w)?);
+        }
         self.own.rows_out += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         self.own.rows_out += (self.streamed).swap(0, std::sync::atomic::Ordering::Relaxed);
         self.output.extend(rows);
-        let held = self.shards.iter().map(Shard::state_bytes).sum();
+        let held = self.shards.iter().map(Shard::state_bytes).sum::<u64>()
+            + self.keyless.as_ref().map_or(0, |k| k.state_bytes() as u64);
         self.own.peak_state_bytes = self.own.peak_state_bytes.max(held);
         // Shards count events, late events and alerts (not rows: see `own`).
         self.shard_stats =
@@ -638,6 +680,9 @@ struct Work {
     w: i64,
     origin: String,
     keys: usize,
+    /// A job without keys: each shard takes a run of consecutive rows, the first shard
+    /// the first run (its partial states then merge in arrival order).
+    in_order: bool,
     /// The shard of each row, when listed (see [`route::one_int_key`]).
     owners: Vec<u16>,
     /// The rows of each shard.
@@ -651,7 +696,7 @@ impl Work {
         let (read, ts, met) = (&self.read, &self.ts, &self.met);
         let (w, origin) = (self.w, &self.origin);
         let (keys, owners) = (&read.columns()[..self.keys], &self.owners);
-        let shards = self.shards.len();
+        let (shards, in_order) = (self.shards.len(), self.in_order);
         // Every shard runs and ends its output, whatever the others do: the operator
         // drains their streams one after the other.
         let results: Vec<Result<()>> = self
@@ -661,6 +706,14 @@ impl Work {
             .enumerate()
             .map(|(s, (shard, rows))| {
                 run_to_end(shard, |shard| {
+                    if in_order {
+                        let n = read.num_rows();
+                        let run = n * s / shards..n * (s + 1) / shards;
+                        rows.clear();
+                        rows.extend(run.start as u32..run.end as u32);
+                        let part = read.slice(run.start, run.len());
+                        return shard.process(&part, &ts[run.clone()], &met[run], w, origin);
+                    }
                     route::rows_of(keys, owners, shards, s, rows);
                     let gather = |v: &[i64]| -> Vec<i64> {
                         let v = &v[..read.num_rows()];

@@ -147,6 +147,19 @@ impl WindowOperator {
                     .into(),
             ));
         }
+        // A job without keys on several shards checkpoints as if on one (its state is in
+        // the history between batches: see `keyless`).
+        if let Some(keyless) = self.keyless.as_mut() {
+            keyless.lend(&mut self.shards[0])?;
+        }
+        let state = self.write_state(to);
+        if let Some(keyless) = self.keyless.as_mut() {
+            keyless.absorb(&mut self.shards)?;
+        }
+        state
+    }
+
+    fn write_state(&mut self, to: &mut impl StateWriter) -> Result<OperatorState> {
         let mut bases = Vec::with_capacity(self.shards.len());
         let mut keys = 0u32;
         for shard in &self.shards {
@@ -154,6 +167,9 @@ impl WindowOperator {
             keys += shard.keys() as u32;
         }
         let keyed = !self.plan.key_indices.is_empty();
+        if !keyed {
+            keys = keys.min(1);
+        }
         to.write(
             "keys.arrow",
             self.shards.iter_mut().filter(|_| keyed).flat_map(|shard| {
@@ -306,6 +322,9 @@ impl WindowOperator {
             shard.restore_firing(firing, st.watermark)?;
         }
         self.base = st.stats;
-        Ok(())
+        match self.keyless.as_mut() {
+            Some(keyless) => keyless.absorb(&mut self.shards),
+            None => Ok(()),
+        }
     }
 }

@@ -154,7 +154,7 @@ impl Part {
 
     /// Merges local keys `keys` of a later state into rows `keys.start..` of this one,
     /// at the keys it lists only where it is sparse.
-    fn merge_keys_of(&mut self, src: &Part, keys: Range<usize>) {
+    pub(super) fn merge_keys_of(&mut self, src: &Part, keys: Range<usize>) {
         let keys = keys.start..keys.end.min(src.span());
         if keys.is_empty() {
             return;

@@ -289,6 +289,28 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// The merged pane is dense: partial states are small (a job without keys has one).
+    fn merge_pane(&mut self, pane: i64, batch: &RecordBatch) -> crate::Result<()> {
+        let src = self.parts_from(batch)?;
+        self.forget_blocks(pane..pane + 1);
+        let Some(held) = self.panes.remove(&pane) else {
+            self.panes.insert(pane, src);
+            return Ok(());
+        };
+        let merged = (held.into_iter().zip(src))
+            .map(|(held, src)| {
+                let mut part = Part::new(&self.layout);
+                for mut from in [held, src] {
+                    from.refresh_present();
+                    part.merge_keys_of(&from, 0..usize::MAX);
+                }
+                part
+            })
+            .collect();
+        self.panes.insert(pane, merged);
+        Ok(())
+    }
+
     /// Frees a pane, the block folds that hold it and the pool of evicted panes: panes are
     /// dropped to save memory.
     fn drop_pane(&mut self, pane: i64) {

@@ -45,10 +45,13 @@ use crate::window::session::{Emit, Sessions};
 mod budget;
 pub(crate) use budget::SharedBudget;
 mod output;
+mod partial;
 mod sessions;
 mod state;
 mod windows;
 
+pub(crate) use output::result_batch;
+pub(crate) use partial::Partial;
 use sessions::SessionWindows;
 use windows::Fixed;
 
@@ -113,6 +116,11 @@ trait WindowKind: Send {
     fn restore_sessions(&mut self, _batch: &RecordBatch) -> Result<(), String> {
         Ok(())
     }
+
+    /// Fixed windows' state, for a shard of a job without keys (see `partial`).
+    fn as_fixed(&mut self) -> Option<&mut Fixed> {
+        None
+    }
 }
 
 /// What decides which windows a shard fires next: the next window to consider (fixed
@@ -171,6 +179,9 @@ struct Core {
     /// The job watermark after the last batch.
     watermark: i64,
     output: Vec<Fired>,
+    /// With a job without keys on several shards: the windows' partial states, which the
+    /// operator merges, instead of rows.
+    partials: Option<Vec<Partial>>,
     /// Where rows go as they are made, if not to `output`.
     stream: Option<Stream>,
     /// Positions of late events in the batches processed since they were taken.
@@ -209,6 +220,7 @@ impl Shard {
             backend,
             watermark: i64::MIN,
             output: Vec::new(),
+            partials: None,
             stream: None,
             late: Vec::new(),
             stats: Stats::default(),
@@ -233,6 +245,11 @@ impl Shard {
     /// Seconds its backend spent per stage, where it keeps a profile.
     pub fn profile(&self) -> Vec<(&'static str, f64)> {
         self.core.backend.profile()
+    }
+
+    /// The job watermark after the last batch or step it processed.
+    pub fn watermark(&self) -> i64 {
+        self.core.watermark
     }
 
     /// Counters so far.

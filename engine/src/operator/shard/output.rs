@@ -3,6 +3,47 @@
 
 use super::*;
 
+/// Result rows as a batch of the plan's output schema: the key columns `keys`, window
+/// bounds, aggregates, then the rank (with top-k, ranked here) and the revision (with
+/// allowed lateness).
+pub(crate) fn result_batch(
+    plan: &Plan,
+    mut columns: Vec<ArrayRef>,
+    rows: WindowRows,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    revisions: Option<Vec<i64>>,
+    top_k: Option<TopK>,
+) -> Result<RecordBatch> {
+    let n = rows.keys.len();
+    columns.push(Arc::new(TimestampMillisecondArray::from(starts)));
+    columns.push(Arc::new(TimestampMillisecondArray::from(ends)));
+    // No validity buffer where every row is valid (counts, mostly).
+    let nulls = |valid: Vec<bool>| valid.contains(&false).then(|| valid.into());
+    for col in rows.columns {
+        columns.push(match col {
+            OutColumn::I64 { values, valid } => {
+                Arc::new(Int64Array::new(values.into(), nulls(valid))) as ArrayRef
+            }
+            OutColumn::F64 { values, valid } => {
+                Arc::new(Float64Array::new(values.into(), nulls(valid)))
+            }
+        });
+    }
+    if top_k.is_some() {
+        columns.push(Arc::new(Int64Array::from_iter_values(1..=n as i64)));
+    }
+    if let Some(revisions) = revisions {
+        columns.push(Arc::new(Int64Array::from(revisions)));
+    }
+    let batch = RecordBatch::try_new(plan.out_schema.clone(), columns)
+        .map_err(|e| Error::Internal(format!("building a result batch: {e}")))?;
+    match top_k {
+        Some(t) => topk::rank(&batch, plan, t),
+        None => Ok(batch),
+    }
+}
+
 impl Core {
     /// Appends result rows to the output: key columns, window bounds, aggregates, then the
     /// rank (with top-k) and the revision (with allowed lateness). `fired` is the window
@@ -15,41 +56,13 @@ impl Core {
         revisions: Option<Vec<i64>>,
         fired: (i64, bool),
     ) -> Result<()> {
-        let n = rows.keys.len();
-        if n == 0 {
+        if rows.keys.is_empty() {
             return Ok(());
         }
-        let mut columns: Vec<ArrayRef> = self
-            .interner
-            .columns(&rows.keys)?
-            .into_iter()
+        let keys = (self.interner.columns(&rows.keys)?.into_iter())
             .map(|(_, a)| a)
             .collect();
-        columns.push(Arc::new(TimestampMillisecondArray::from(starts)));
-        columns.push(Arc::new(TimestampMillisecondArray::from(ends)));
-        // No validity buffer where every row is valid (counts, mostly).
-        let nulls = |valid: Vec<bool>| valid.contains(&false).then(|| valid.into());
-        for col in rows.columns {
-            columns.push(match col {
-                OutColumn::I64 { values, valid } => {
-                    Arc::new(Int64Array::new(values.into(), nulls(valid))) as ArrayRef
-                }
-                OutColumn::F64 { values, valid } => {
-                    Arc::new(Float64Array::new(values.into(), nulls(valid)))
-                }
-            });
-        }
-        if self.top_k.is_some() {
-            columns.push(Arc::new(Int64Array::from_iter_values(1..=n as i64)));
-        }
-        if let Some(revisions) = revisions {
-            columns.push(Arc::new(Int64Array::from(revisions)));
-        }
-        let mut batch = RecordBatch::try_new(self.plan.out_schema.clone(), columns)
-            .map_err(|e| Error::Internal(format!("building a result batch: {e}")))?;
-        if let Some(t) = self.top_k {
-            batch = topk::rank(&batch, &self.plan, t)?;
-        }
+        let batch = result_batch(&self.plan, keys, rows, starts, ends, revisions, self.top_k)?;
         match &mut self.stream {
             Some(Stream::Direct(out)) => out(batch),
             Some(Stream::Channel(tx)) => tx

@@ -24,10 +24,7 @@ impl Shard {
 
     /// The state of pane `pane`, from memory or its spill file.
     pub(crate) fn pane_state(&mut self, pane: i64) -> Result<Option<RecordBatch>> {
-        match self.core.spill.as_ref().filter(|s| s.holds(pane)) {
-            Some(s) => s.read(pane).map(Some),
-            None => Ok(self.core.backend.export_pane(pane)?),
-        }
+        self.core.pane_state(pane)
     }
 
     /// Sets pane `pane` to a checkpoint's state.
@@ -51,6 +48,16 @@ impl Shard {
         match self.core.anomaly.as_mut() {
             Some((d, _)) => d.restore(batch),
             None => Ok(()),
+        }
+    }
+}
+
+impl Core {
+    /// The state of pane `pane`, from memory or its spill file.
+    pub(super) fn pane_state(&mut self, pane: i64) -> Result<Option<RecordBatch>> {
+        match self.spill.as_ref().filter(|s| s.holds(pane)) {
+            Some(s) => s.read(pane).map(Some),
+            None => Ok(self.backend.export_pane(pane)?),
         }
     }
 }

@@ -108,6 +108,10 @@ impl WindowKind for Fixed {
         .map_err(|e| Error::Internal(format!("building checkpoint state: {e}")))
     }
 
+    fn as_fixed(&mut self) -> Option<&mut Fixed> {
+        Some(self)
+    }
+
     fn restore_revisions(&mut self, batch: &RecordBatch) -> Result<(), String> {
         let cols = (
             batch
@@ -261,6 +265,9 @@ impl Fixed {
     /// key ids at a time where the backend asks for it (sparse panes of many keys), so that
     /// neither the window's state nor its rows are held for every key at once.
     fn emit(&self, core: &mut Core, k: i64, keys: Keys<'_>) -> Result<()> {
+        if core.partials.is_some() {
+            return self.emit_partial(core, k, keys);
+        }
         let n_keys = core.interner.len() as u64;
         let slices: Vec<Keys<'_>> = match (keys, core.backend.key_slice()) {
             (Keys::All, Some(n)) if n_keys > u64::from(n) => (0..n_keys)
@@ -296,6 +303,30 @@ impl Fixed {
             Some(rows) => self.push(core, k, keys, rows),
             None => Ok(()),
         }
+    }
+
+    /// Fires window `k` as the partial state of its panes (a job without keys on several
+    /// shards: see `partial`).
+    fn emit_partial(&self, core: &mut Core, k: i64, keys: Keys<'_>) -> Result<()> {
+        let mut panes = Vec::new();
+        for j in core.spec.panes_of_window(k) {
+            if let Some(state) = core.pane_state(j)? {
+                panes.push((j, state));
+            }
+        }
+        let partial = Partial {
+            window: k,
+            all: matches!(keys, Keys::All),
+            revision: self.revisions.get(&(0, k)).copied().unwrap_or(0),
+            panes,
+        };
+        core.partials.get_or_insert_default().push(partial);
+        Ok(())
+    }
+
+    /// Takes the revisions counted so far: (window, revision) of the one group.
+    pub(super) fn take_revisions(&mut self) -> Vec<(i64, i64)> {
+        self.revisions.drain().map(|((_, k), r)| (k, r)).collect()
     }
 
     /// Appends rows of window `k`, fired for `keys`, to the output.
