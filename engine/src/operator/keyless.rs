@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, UInt32Array};
 use arrow::record_batch::RecordBatch;
-use panes_kernels::{Backend, Keys};
+use panes_kernels::{Backend, Keys, WindowRows};
 
 use super::plan::Plan;
 use super::shard::{Partial, Shard, result_batch};
@@ -26,25 +26,17 @@ pub(super) struct Keyless {
     history: Box<dyn Backend>,
     /// Revisions of windows that fired, in `history`.
     revisions: BTreeMap<i64, i64>,
-    /// Where a firing's states merge; emptied after each.
-    scratch: Box<dyn Backend>,
     spec: WindowSpec,
     lateness: i64,
 }
 
 impl Keyless {
-    /// Merges into `history` and `scratch`, which must be empty backends like the shards'
-    /// (with their fold block).
-    pub(super) fn new(
-        history: Box<dyn Backend>,
-        scratch: Box<dyn Backend>,
-        spec: WindowSpec,
-        lateness: i64,
-    ) -> Keyless {
+    /// Keeps the history in `history`, an empty backend like the shards' (with their fold
+    /// block).
+    pub(super) fn new(history: Box<dyn Backend>, spec: WindowSpec, lateness: i64) -> Keyless {
         Keyless {
             history,
             revisions: BTreeMap::new(),
-            scratch,
             spec,
             lateness,
         }
@@ -79,24 +71,13 @@ impl Keyless {
                 }
                 parts.sort_by_key(|(s, _)| *s);
             }
-            let panes = self.spec.panes_of_window(k);
-            for j in panes.clone() {
-                if let Some(state) = self.history.export_pane(j)? {
-                    self.scratch.merge_pane(j, &state)?;
-                }
-            }
-            for (j, state) in parts.iter().flat_map(|(_, p)| &p.panes) {
-                self.scratch.merge_pane(*j, state)?;
-            }
-            let merged = self.scratch.combine(panes, Keys::All);
-            self.scratch.evict_before(i64::MAX);
-            let merged = merged?;
-            if merged.keys.is_empty() {
-                continue;
-            }
+            let merged = self.combine_with(k, &parts)?;
             let revisions_here: i64 = parts.iter().map(|(_, p)| p.revision).sum();
             if !refire {
                 firsts.insert(k, parts);
+            }
+            if merged.keys.is_empty() {
+                continue;
             }
             // Every event that reached the window after it fired counts once: on the shard
             // it went to, then in the history.
@@ -128,6 +109,37 @@ impl Keyless {
             .evict_before(self.spec.panes_of_window(expire).start);
         self.revisions = self.revisions.split_off(&expire);
         Ok(rows)
+    }
+
+    /// Window `k` of the history merged with the shards' partial states `parts`: they are
+    /// merged into the history's panes for the window's combine, and those panes set back
+    /// after it (a shard's partial state holds the few panes of its batch, so a window of
+    /// many panes costs a few merges, and combines with the history's folded blocks).
+    fn combine_with(&mut self, k: i64, parts: &[(usize, Partial)]) -> Result<WindowRows> {
+        let mut touched: Vec<i64> = (parts.iter().flat_map(|(_, p)| &p.panes))
+            .map(|(j, _)| *j)
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut saved = Vec::with_capacity(touched.len());
+        for j in touched {
+            saved.push((j, self.history.export_pane(j)?));
+        }
+        let mut merged = Ok(());
+        for (j, state) in parts.iter().flat_map(|(_, p)| &p.panes) {
+            merged = merged.and_then(|_| self.history.merge_pane(*j, state));
+        }
+        let rows = merged.and_then(|_| {
+            self.history
+                .combine(self.spec.panes_of_window(k), Keys::All)
+        });
+        for (j, state) in saved {
+            match state {
+                Some(state) => self.history.import_pane(j, &state)?,
+                None => self.history.drop_pane(j),
+            }
+        }
+        Ok(rows?)
     }
 
     /// Takes every shard's state into the history.
@@ -177,6 +189,6 @@ impl Keyless {
 
     /// Bytes of state the history holds.
     pub(super) fn state_bytes(&self) -> usize {
-        self.history.state_bytes() + self.scratch.state_bytes()
+        self.history.state_bytes()
     }
 }

@@ -119,8 +119,8 @@ pub struct WindowOperator {
 impl WindowOperator {
     /// An operator for `job` over inputs with `schema`, from `partitions` source partitions.
     /// `backends` builds the data planes for the aggregates the job resolves to: one shard
-    /// runs on each. A job without keys on several shards calls it once more, for two
-    /// backends that merge the shards' partial states; with sessions, anomaly detection or
+    /// runs on each. A job without keys on several shards calls it once more, for a
+    /// backend that keeps and merges the shards' partial states; with sessions, anomaly detection or
     /// top-k it uses the first backend only.
     pub fn new(
         job: &Job,
@@ -149,19 +149,14 @@ impl WindowOperator {
         let keyless = match partial {
             true => {
                 shards.iter_mut().for_each(Shard::set_partial);
-                let mut more = backends(&plan.specs)?.into_iter();
-                let (Some(mut history), Some(mut scratch)) = (more.next(), more.next()) else {
+                let Some(mut history) = backends(&plan.specs)?.into_iter().next() else {
                     return Err(Error::Internal(
-                        "a job without keys on several shards needs two more backends".into(),
+                        "a job without keys on several shards needs one more backend".into(),
                     ));
                 };
-                let block = panes_kernels::fold_block(job.window.panes_per_window());
-                history.set_fold_block(block);
-                scratch.set_fold_block(block);
+                history.set_fold_block(panes_kernels::fold_block(job.window.panes_per_window()));
                 let lateness = job.allowed_lateness;
-                Some(keyless::Keyless::new(
-                    history, scratch, job.window, lateness,
-                ))
+                Some(keyless::Keyless::new(history, job.window, lateness))
             }
             false => None,
         };
