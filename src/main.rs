@@ -14,6 +14,8 @@ use panes::engine::job::{Sink, parse_bytes};
 use panes::engine::run::{BackendKind, Progress, RunOptions, StartFrom, run_job};
 use panes::engine::state::checkpoint;
 
+mod metrics;
+
 /// Event-time windowing over streams: tumbling and hop windows, columnar CPU kernels.
 #[derive(Parser)]
 #[command(name = "panes", version, about)]
@@ -50,6 +52,12 @@ enum Command {
         /// panes spill to disk (overrides the job's `[state] memory_budget`).
         #[arg(long, value_name = "SIZE", value_parser = |s: &str| parse_bytes("--memory-budget", s))]
         memory_budget: Option<u64>,
+        /// Serve the run's counters (events read, rows out, late events, alerts,
+        /// checkpoints, watermark and its lag) in Prometheus' text format at
+        /// `http://ADDR/metrics`, e.g. `127.0.0.1:9100` (port 0: any free port; the address
+        /// is printed).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// List the checkpoints in a directory: id, time, watermark, source position, size,
     /// and whether each is complete (or what is wrong with it).
@@ -190,11 +198,20 @@ impl Command {
                 from_checkpoint,
                 fresh,
                 memory_budget,
+                metrics,
             } => {
                 if batch_rows == 0 {
                     bail!("--batch-rows must be at least 1");
                 }
                 let job = Job::from_file(&job)?;
+                let metrics = match metrics {
+                    Some(addr) => {
+                        let (metrics, at) = metrics::serve(&addr)?;
+                        eprintln!("metrics at http://{at}/metrics");
+                        Some(metrics)
+                    }
+                    None => None,
+                };
                 let bar = progress_bar(None);
                 let progress_bar = bar.clone();
                 let opts = RunOptions {
@@ -208,6 +225,9 @@ impl Command {
                     },
                     memory_budget,
                     progress: Some(Box::new(move |p: &Progress| {
+                        if let Some(m) = &metrics {
+                            m.observe(p);
+                        }
                         match p.total {
                             Some(t) => progress_bar.set_length(t),
                             // A source that runs on (a topic): where event time is instead.

@@ -985,3 +985,76 @@ fn bench_profiles_the_gpu_stages() {
         );
     }
 }
+
+/// `--metrics ADDR` serves the run's counters while it runs: the events read grow, and the
+/// watermark and its lag are there.
+#[test]
+fn metrics_are_served_in_prometheus_format_while_a_job_runs() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::process::Stdio;
+
+    let dir = TempDir::new().unwrap();
+    let job = dir.path().join("job.toml");
+    let text = JOB
+        .replace(
+            "kind = \"parquet\"\npath = 'INPUT'",
+            "kind = \"generator\"\ndataset = \"clickstream\"\nevents = 500_000_000\nkeys = 1000",
+        )
+        .replace("DIR", &dir.path().display().to_string());
+    std::fs::write(&job, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_panes"))
+        .args(["run", job.to_str().unwrap(), "--threads", "1"])
+        .args(["--metrics", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("panes runs");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("metrics at http://")
+                .map(|a| a.trim_end_matches("/metrics").to_string())
+        })
+        .expect("the address is printed");
+    // Whatever else it prints must not fill the pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let scrape = || {
+        let mut s = TcpStream::connect(&addr).expect("the metrics address answers");
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: panes\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    let events = |body: &str| -> u64 {
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("panes_events_read_total "))
+            .unwrap_or_else(|| panic!("no event counter in {body}"));
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 2 && started.elapsed() < std::time::Duration::from_secs(60) {
+        let body = scrape();
+        let n = events(&body);
+        if n > 0 && seen.last() != Some(&n) {
+            assert!(body.contains("panes_watermark_lag_seconds "), "{body}");
+            assert!(
+                body.contains("# TYPE panes_window_rows_total counter"),
+                "{body}"
+            );
+            seen.push(n);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        seen.len(),
+        2,
+        "the event counter grew while the job ran: {seen:?}"
+    );
+    assert!(seen[0] < seen[1]);
+}

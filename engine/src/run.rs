@@ -167,6 +167,12 @@ pub struct Progress {
     pub watermark: i64,
     /// Late events so far (as of the batch before).
     pub late: u64,
+    /// Window result rows emitted so far (as of the batch before).
+    pub rows_out: u64,
+    /// Anomaly alerts so far (as of the batch before).
+    pub alerts: u64,
+    /// Checkpoints completed by this run.
+    pub checkpoints: u64,
 }
 
 /// Every core of the machine (as the OS grants them to this process).
@@ -629,6 +635,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         return Ok(summary(&op, 0, 0));
     }
     let mut next_id = restored_from.unwrap_or(0) + 1;
+    let mut checkpoints_taken = 0u64;
     let mut events_read = op.stats().events_in;
     let mut last_checkpoint = (Instant::now(), events_read);
     let total = source.total_rows();
@@ -680,15 +687,20 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
                     take_checkpoint(job, next_id, &mut op, &mut outputs, &position, false)?;
                     let _ = done_tx.send(position.clone());
                     next_id += 1;
+                    checkpoints_taken += 1;
                     last_checkpoint = (Instant::now(), events_read);
                 }
             }
             if let Some(progress) = opts.progress.as_mut() {
+                let stats = op.stats();
                 progress(&Progress {
                     events: events_read,
                     total,
                     watermark: op.watermark(),
-                    late: op.stats().late_events,
+                    late: stats.late_events,
+                    rows_out: stats.rows_out,
+                    alerts: stats.alerts,
+                    checkpoints: checkpoints_taken,
                 });
             }
         }
