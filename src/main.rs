@@ -59,8 +59,9 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
     },
-    /// List the checkpoints in a directory: id, time, watermark, source position, size,
-    /// and whether each is complete (or what is wrong with it).
+    /// List the checkpoints in a directory (or an object store URL, `s3://bucket/prefix`):
+    /// id, time, watermark, source position, size, and whether each is complete (or what is
+    /// wrong with it).
     Checkpoints {
         /// The job's `[checkpoint] dir`.
         dir: PathBuf,
@@ -249,7 +250,8 @@ impl Command {
                 Ok(())
             }
             Command::Checkpoints { dir } => {
-                if !dir.is_dir() {
+                // A URL names checkpoints in an object store.
+                if !dir.is_dir() && !dir.to_string_lossy().contains("://") {
                     bail!("{}: no such directory", dir.display());
                 }
                 let found = checkpoint::list(&dir)?;

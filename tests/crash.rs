@@ -163,10 +163,40 @@ fn outputs(job: &str) -> Vec<&'static str> {
 }
 
 /// `panes` with small batches: many batch boundaries, checkpoints and chances to crash.
+/// Once a test started the object store, every `panes` finds it through the environment.
 fn panes() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
     cmd.env("RUST_LOG", "info");
+    if let Some(endpoint) = S3.get() {
+        cmd.env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "panes")
+            .env("AWS_SECRET_ACCESS_KEY", "panes")
+            .env("AWS_REGION", "us-east-1");
+    }
     cmd
+}
+
+/// The endpoint of the S3-protocol object store the tests start on loopback.
+static S3: OnceLock<String> = OnceLock::new();
+
+/// Starts the object store (moto's server, by `tests/s3/server.sh`, with bucket `panes`)
+/// once, and returns its endpoint.
+fn s3_endpoint() -> &'static str {
+    S3.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(root.join("tests/s3/server.sh"))
+            .arg(root.join("target/s3"))
+            .output()
+            .expect("running tests/s3/server.sh");
+        assert!(
+            out.status.success(),
+            "tests/s3/server.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
 }
 
 /// Arguments of every `panes run`: a generator deals batches to partitions, so every run
@@ -652,4 +682,61 @@ fn checkpoints_move_between_gpu_and_cpu() {
         let got = published(&dir.path().join(o));
         assert_eq!(sorted(got), sorted(want), "{o}");
     }
+}
+
+/// Checkpoints in an S3-protocol object store (moto's server on loopback): a job killed at
+/// each named point of a checkpoint, resumed from the store each time, publishes the rows
+/// of an uninterrupted run; `panes checkpoints URL` lists them there, nothing is on local
+/// disk; and a store that cannot be reached is an error naming it.
+#[test]
+fn checkpoints_in_an_object_store_survive_crashes_exactly_once() {
+    s3_endpoint();
+    let sorted = |mut rows: Vec<String>| {
+        rows.sort();
+        rows
+    };
+    let args = ["--threads", "2"];
+    let (want, _) = uninterrupted(TUMBLE, &args);
+    let (dir, job) = job_in(TUMBLE);
+    let local = format!("dir = '{}/chk'", dir.path().display());
+    let name = dir
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a name");
+    let url = format!("s3://panes/tests/{name}");
+    let text = std::fs::read_to_string(&job).expect("job file");
+    assert!(text.contains(&local));
+    std::fs::write(&job, text.replace(&local, &format!("dir = '{url}'"))).expect("job file");
+    for failpoint in ["staged:1", "state:2", "manifest:3", "publish:4"] {
+        run_to_failpoint(&job, &args, Some(failpoint));
+    }
+    run_to_failpoint(&job, &args, None);
+    assert!(
+        !dir.path().join("chk").exists(),
+        "no checkpoint on local disk"
+    );
+    for (o, want) in outputs(TUMBLE).iter().zip(want) {
+        let got = published(&dir.path().join(o));
+        assert_eq!(sorted(got), sorted(want), "{o}");
+    }
+    let listed = panes()
+        .args(["checkpoints", &url])
+        .output()
+        .expect("panes runs");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && text.contains("complete, job finished"),
+        "{text}"
+    );
+    let out = panes()
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        .arg("run")
+        .arg(&job)
+        .arg("--fresh")
+        .output()
+        .expect("panes runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&url) && !err.contains("panicked"), "{err}");
 }

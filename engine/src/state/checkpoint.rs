@@ -6,6 +6,10 @@
 //! the directory synced. A checkpoint is complete when its manifest exists and every file
 //! it lists has that size and checksum; restore takes the newest complete one and reports
 //! the others it skipped.
+//!
+//! A `dir` that is an object store URL (`s3://bucket/prefix`) keeps the same layout there
+//! (`super::remote`): the manifest is put last, after every state file, and is what makes
+//! a checkpoint complete; the same checks apply on restore.
 
 use std::fs::File;
 use std::io::Write;
@@ -19,6 +23,7 @@ use crate::connect::Position;
 use crate::connect::sink::sync_dir;
 use crate::error::{Error, Result};
 use crate::state::ipc;
+use crate::state::remote::{self, Remote};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "MANIFEST.json";
@@ -116,12 +121,24 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-/// The directory of checkpoint `id` under `root`.
+/// The directory of checkpoint `id` under `root` (a path, or an object store URL).
 pub fn dir_of(root: &Path, id: u64) -> PathBuf {
-    root.join(format!("chk-{id:06}"))
+    match remote::local(root) {
+        Some(root) => root.join(dir_name(id)),
+        None => PathBuf::from(format!(
+            "{}/{}",
+            root.to_string_lossy().trim_end_matches('/'),
+            dir_name(id)
+        )),
+    }
 }
 
-fn id_of(name: &str) -> Option<u64> {
+/// The name of checkpoint `id`'s directory.
+pub(crate) fn dir_name(id: u64) -> String {
+    format!("chk-{id:06}")
+}
+
+pub(crate) fn id_of(name: &str) -> Option<u64> {
     name.strip_prefix("chk-")?.parse().ok()
 }
 
@@ -190,12 +207,22 @@ impl StateReader for Snapshot {
 pub struct CheckpointWriter {
     dir: PathBuf,
     files: Vec<FileEntry>,
+    /// The object store and the checkpoint's id, when it goes there.
+    remote: Option<(Remote, u64)>,
 }
 
 impl CheckpointWriter {
     /// Starts checkpoint `id` under `root`, replacing what a crashed attempt left there.
     pub fn begin(root: &Path, id: u64) -> Result<Self> {
         let dir = dir_of(root, id);
+        if let Some(remote) = Remote::open(root)? {
+            remote.remove(id)?;
+            return Ok(CheckpointWriter {
+                dir,
+                files: Vec::new(),
+                remote: Some((remote, id)),
+            });
+        }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
         }
@@ -203,6 +230,7 @@ impl CheckpointWriter {
         Ok(CheckpointWriter {
             dir,
             files: Vec::new(),
+            remote: None,
         })
     }
 
@@ -214,7 +242,18 @@ impl CheckpointWriter {
         batches: impl IntoIterator<Item = Result<RecordBatch>>,
     ) -> Result<()> {
         let path = self.dir.join(name);
-        if let Some((bytes, crc32)) = ipc::write(&path, "writing checkpoint file", batches)? {
+        let written = match &self.remote {
+            None => ipc::write(&path, "writing checkpoint file", batches)?,
+            Some((remote, id)) => match ipc::to_bytes(&path, batches)? {
+                Some(bytes) => {
+                    let entry = (bytes.len() as u64, crc32fast::hash(&bytes));
+                    remote.put(*id, name, bytes)?;
+                    Some(entry)
+                }
+                None => None,
+            },
+        };
+        if let Some((bytes, crc32)) = written {
             self.files.push(FileEntry {
                 name: name.to_string(),
                 bytes,
@@ -229,6 +268,9 @@ impl CheckpointWriter {
         manifest.files = self.files;
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::Internal(format!("encoding a checkpoint manifest: {e}")))?;
+        if let Some((remote, id)) = &self.remote {
+            return remote.put(*id, MANIFEST, json);
+        }
         let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
         let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         file.write_all(&json)
@@ -256,6 +298,18 @@ pub struct Found {
 
 /// Every checkpoint under `root`, oldest first (none when `root` does not exist).
 pub fn list(root: &Path) -> Result<Vec<Found>> {
+    if let Some(remote) = Remote::open(root)? {
+        let mut found = Vec::new();
+        for id in remote.ids()? {
+            found.push(Found {
+                id,
+                dir: remote.dir(id),
+                status: verify_remote(&remote, id),
+                bytes: remote.size(id)?,
+            });
+        }
+        return Ok(found);
+    }
     let mut found = Vec::new();
     for (id, dir) in dirs(root)? {
         let bytes = std::fs::read_dir(&dir)
@@ -279,6 +333,7 @@ pub fn list(root: &Path) -> Result<Vec<Found>> {
 /// The checkpoint directories under `root` with their ids, oldest first (none when `root`
 /// does not exist).
 fn dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let root = &remote::local(root).unwrap_or_else(|| root.to_path_buf());
     if !root.exists() {
         return Ok(Vec::new());
     }
@@ -296,6 +351,12 @@ fn dirs(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Removes every checkpoint under `root` (`--fresh`).
 pub fn remove_all(root: &Path) -> Result<()> {
+    if let Some(remote) = Remote::open(root)? {
+        return remote
+            .ids()?
+            .into_iter()
+            .try_for_each(|id| remote.remove(id));
+    }
     for (_, dir) in dirs(root)? {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
     }
@@ -304,13 +365,35 @@ pub fn remove_all(root: &Path) -> Result<()> {
 
 /// Reads and checks a checkpoint: its manifest, then each file's size and checksum.
 fn verify(dir: &Path, id: u64) -> std::result::Result<Manifest, String> {
-    let path = dir.join(MANIFEST);
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err("incomplete: no manifest (the job stopped while writing it)".into());
-        }
+    let text = match std::fs::read(dir.join(MANIFEST)) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("reading {MANIFEST}: {e}")),
+    };
+    check(id, text, |name| {
+        ipc::checksum(&dir.join(name)).map_err(|e| e.to_string())
+    })
+}
+
+/// [`verify`] for a checkpoint in an object store.
+fn verify_remote(remote: &Remote, id: u64) -> std::result::Result<Manifest, String> {
+    let text = remote.get(id, MANIFEST).map_err(|e| e.to_string())?;
+    check(id, text, |name| match remote.get(id, name) {
+        Ok(Some(bytes)) => Ok((bytes.len() as u64, crc32fast::hash(&bytes))),
+        Ok(None) => Err("missing".into()),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// Checks checkpoint `id` from its manifest (`None`: there is none) and the size and
+/// CRC-32 of each file it lists, as `checksum` finds them.
+fn check(
+    id: u64,
+    manifest: Option<Vec<u8>>,
+    checksum: impl Fn(&str) -> std::result::Result<(u64, u32), String>,
+) -> std::result::Result<Manifest, String> {
+    let Some(text) = manifest else {
+        return Err("incomplete: no manifest (the job stopped while writing it)".into());
     };
     let manifest: Manifest =
         serde_json::from_slice(&text).map_err(|e| format!("corrupt {MANIFEST}: {e}"))?;
@@ -318,8 +401,7 @@ fn verify(dir: &Path, id: u64) -> std::result::Result<Manifest, String> {
         return Err(format!("{MANIFEST} names checkpoint {}", manifest.id));
     }
     for f in &manifest.files {
-        let (bytes, crc) =
-            ipc::checksum(&dir.join(&f.name)).map_err(|e| format!("file {}: {e}", f.name))?;
+        let (bytes, crc) = checksum(&f.name).map_err(|e| format!("file {}: {e}", f.name))?;
         if bytes != f.bytes {
             return Err(format!(
                 "file {} has {bytes} bytes, the manifest says {}",
@@ -345,23 +427,26 @@ impl StateWriter for CheckpointWriter {
 }
 
 /// A complete checkpoint to restore from.
-#[derive(Debug)]
 pub struct Restore {
     /// Its directory.
     pub dir: PathBuf,
     /// Its manifest.
     pub manifest: Manifest,
+    /// The object store it is in, if it is in one.
+    remote: Option<Remote>,
 }
 
 impl Restore {
     /// The newest complete checkpoint under `root`; the newer ones it skips are reported.
     pub fn newest(root: &Path) -> Result<Option<Restore>> {
+        let remote = Remote::open(root)?;
         for found in list(root)?.into_iter().rev() {
             match found.status {
                 Ok(manifest) => {
                     return Ok(Some(Restore {
                         dir: found.dir,
                         manifest,
+                        remote,
                     }));
                 }
                 Err(why) => tracing::warn!(
@@ -374,23 +459,29 @@ impl Restore {
         Ok(None)
     }
 
-    /// The checkpoint in directory `dir`, which must be complete.
+    /// The checkpoint in directory `dir` (or at that object store URL), which must be
+    /// complete.
     pub fn at(dir: &Path) -> Result<Restore> {
-        let id = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(id_of)
-            .ok_or_else(|| Error::Checkpoint {
-                path: dir.to_path_buf(),
-                message: "not a checkpoint directory (chk-NNNNNN)".into(),
-            })?;
-        let manifest = verify(dir, id).map_err(|message| Error::Checkpoint {
+        let text = dir.to_string_lossy();
+        let text = text.trim_end_matches('/');
+        let (root, name) = text.rsplit_once('/').unwrap_or((".", text));
+        let id = id_of(name).ok_or_else(|| Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: "not a checkpoint directory (chk-NNNNNN)".into(),
+        })?;
+        let remote = Remote::open(Path::new(root))?;
+        let manifest = match &remote {
+            Some(remote) => verify_remote(remote, id),
+            None => verify(dir, id),
+        }
+        .map_err(|message| Error::Checkpoint {
             path: dir.to_path_buf(),
             message,
         })?;
         Ok(Restore {
             dir: dir.to_path_buf(),
             manifest,
+            remote,
         })
     }
 }
@@ -404,7 +495,17 @@ impl StateReader for Restore {
         if !self.manifest.files.iter().any(|f| f.name == name) {
             return Ok(Vec::new());
         }
-        ipc::read(&self.dir.join(name), "reading checkpoint file")
+        let path = self.dir.join(name);
+        match &self.remote {
+            None => ipc::read(&path, "reading checkpoint file"),
+            Some(remote) => match remote.get(self.manifest.id, name)? {
+                Some(bytes) => ipc::from_bytes(&path, bytes),
+                None => Err(Error::Checkpoint {
+                    path,
+                    message: "listed in the manifest, but not there".into(),
+                }),
+            },
+        }
     }
 
     fn origin(&self) -> PathBuf {
@@ -416,6 +517,16 @@ impl StateReader for Restore {
 /// the newest complete one. (Complete here means it has a manifest: these are checkpoints
 /// this run wrote; restore checks the files.)
 pub fn prune(root: &Path, keep: usize) -> Result<()> {
+    if let Some(remote) = Remote::open(root)? {
+        let mut found = Vec::new();
+        for id in remote.ids()? {
+            found.push((id, remote.get(id, MANIFEST)?.is_some()));
+        }
+        for id in stale(&found, keep) {
+            remote.remove(id)?;
+        }
+        return Ok(());
+    }
     let found: Vec<(u64, PathBuf, bool)> = dirs(root)?
         .into_iter()
         .map(|(id, dir)| {
@@ -423,17 +534,28 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
             (id, dir, complete)
         })
         .collect();
-    let complete: Vec<u64> = found.iter().filter(|f| f.2).map(|f| f.0).collect();
-    let Some(&newest) = complete.last() else {
-        return Ok(());
-    };
-    let oldest_kept = complete[complete.len().saturating_sub(keep)];
-    for (id, dir, complete) in found {
-        if id < oldest_kept || (id < newest && !complete) {
+    let complete: Vec<(u64, bool)> = found.iter().map(|f| (f.0, f.2)).collect();
+    let stale = stale(&complete, keep);
+    for (id, dir, _) in found {
+        if stale.contains(&id) {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io("removing", &dir, e))?;
         }
     }
     Ok(())
+}
+
+/// The checkpoints that [`prune`] removes, of `found` (id, whether it has a manifest),
+/// ascending.
+fn stale(found: &[(u64, bool)], keep: usize) -> Vec<u64> {
+    let complete: Vec<u64> = found.iter().filter(|f| f.1).map(|f| f.0).collect();
+    let Some(&newest) = complete.last() else {
+        return Vec::new();
+    };
+    let oldest_kept = complete[complete.len().saturating_sub(keep)];
+    (found.iter())
+        .filter(|&&(id, complete)| id < oldest_kept || (id < newest && !complete))
+        .map(|f| f.0)
+        .collect()
 }
 
 /// Milliseconds since the Unix epoch.

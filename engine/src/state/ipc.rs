@@ -77,6 +77,40 @@ pub(crate) fn write(
     Ok(Some((out.bytes, out.crc.finalize())))
 }
 
+/// `batches` (one schema) as the bytes of an Arrow IPC file, for `path` (named in errors);
+/// `None` when there are no batches.
+pub(crate) fn to_bytes(
+    path: &Path,
+    batches: impl IntoIterator<Item = Result<RecordBatch>>,
+) -> Result<Option<Vec<u8>>> {
+    let action = "encoding checkpoint file";
+    let mut writer = None;
+    for batch in batches {
+        let batch = batch?;
+        let w = match &mut writer {
+            Some(w) => w,
+            None => writer.insert(
+                FileWriter::try_new(Vec::new(), &batch.schema())
+                    .map_err(|e| error(action, path, e))?,
+            ),
+        };
+        w.write(&batch).map_err(|e| error(action, path, e))?;
+    }
+    writer
+        .map(|w| w.into_inner().map_err(|e| error(action, path, e)))
+        .transpose()
+}
+
+/// The batches of an Arrow IPC file's `bytes`, read from `path` (named in errors).
+pub(crate) fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Vec<RecordBatch>> {
+    let action = "reading checkpoint file";
+    let reader = FileReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| error(action, path, e))?;
+    reader
+        .map(|b| b.map_err(|e| error(action, path, e)))
+        .collect()
+}
+
 /// The size and CRC-32 of the file at `path`.
 pub(crate) fn checksum(path: &Path) -> std::io::Result<(u64, u32)> {
     let mut out = Hashing {

@@ -5,5 +5,6 @@ pub mod checkpoint;
 pub(crate) mod ipc;
 pub(crate) mod key;
 pub(crate) mod keyspill;
+pub(crate) mod remote;
 pub(crate) mod sessionspill;
 pub(crate) mod spill;
