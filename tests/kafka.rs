@@ -71,14 +71,29 @@ fn run(job: &Path) -> Output {
     run_with(job, &[], None)
 }
 
-/// `panes run job args`, killed at `failpoint` (a checkpoint's named point) when given.
+/// `panes run job args`, killed at `failpoint` (a checkpoint's named point) when given. A
+/// run that takes more than 5 minutes is killed and fails the test (a job waits for a
+/// broker that went away: the test should not wait with it).
 fn run_with(job: &Path, args: &[&str], failpoint: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
     cmd.arg("run").arg(job).args(args).env("RUST_LOG", "warn");
     if let Some(f) = failpoint {
         cmd.env("PANES_FAILPOINT", f);
     }
-    cmd.output().expect("running panes")
+    let child = (cmd.stdout(std::process::Stdio::piped()))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running panes");
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(Duration::from_secs(300)) {
+        Ok(out) => out.expect("running panes"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("panes run {} did not end within 5 minutes", job.display());
+        }
+    }
 }
 
 /// Every row of a Parquet file, or of the published parts in a directory, as text, sorted.
@@ -608,13 +623,14 @@ fn own_broker(port: u16, keep: bool) -> String {
 }
 
 /// Runs `tests/kafka/broker.sh` with `env` and returns the broker's address. Its
-/// lifetime is a little longer than these tests take: no broker idles on afterwards.
+/// lifetime (15 minutes) is well beyond what these tests take on a slow machine, and no
+/// broker idles on for long afterwards.
 fn start_broker(env: &[(&str, &str)]) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
         .arg(root.join("tests/kafka/broker.sh"))
         .arg(root.join("target/kafka"))
-        .env("LIFETIME", "180")
+        .env("LIFETIME", "900")
         .envs(env.iter().copied())
         .output()
         .expect("running tests/kafka/broker.sh");
@@ -757,4 +773,167 @@ fn an_unknown_topic_is_named() {
         log.contains("no-such-topic") && log.contains("no such topic"),
         "{log}"
     );
+}
+
+/// Topic to topic, exactly once under at least 20 SIGKILLs at random moments (between
+/// batches, while a checkpoint is written, inside a transaction's commit: wherever they
+/// land), each followed by a restart from the newest checkpoint, until the job is done:
+/// a hop job with allowed lateness over 4 partitions, read back with read_committed,
+/// repeats no row, and the last revision of every (sensor, window) holds what the same
+/// job over the same events from a file holds. (Which re-firings happen in between
+/// depends on how the partitions' events interleave, as in any engine: no late event is
+/// dropped here, so the last revisions do not.)
+#[test]
+fn twenty_random_kills_from_topic_to_topic_lose_and_repeat_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (input, output) = (
+        format!("kills-in-{}", std::process::id()),
+        format!("kills-out-{}", std::process::id()),
+    );
+    create_topic(&input, 4);
+    create_topic(&output, 2);
+    // Events 40 ms apart, a few of them 7 s late (within the lateness: revisions).
+    let (mut sent, mut lines) = (Vec::new(), String::new());
+    for i in 0..40_000i64 {
+        let late = if i % 97 == 0 { 7_000 } else { 0 };
+        let line = format!(
+            "{{\"ts\": {}, \"sensor\": {}, \"value\": {}.25}}",
+            1_700_000_000_000 + i * 40 - late,
+            i % 7,
+            i % 13
+        );
+        lines.push_str(&line);
+        lines.push('\n');
+        sent.push(((i % 4) as i32, line));
+    }
+    produce(&input, &sent);
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, lines).expect("writing the file");
+    let hop = |text: String| {
+        text.replace(
+            "[window]\nkind = \"tumble\"\nsize = \"1m\"",
+            "[window]\nkind = \"hop\"\nsize = \"1m\"\nslide = \"20s\"",
+        )
+        .replace(
+            "max_out_of_orderness = \"5s\"",
+            "max_out_of_orderness = \"2s\"\nallowed_lateness = \"10s\"",
+        )
+    };
+    let sink = |job: &Path, to: String| {
+        let text = hop(std::fs::read_to_string(job).expect("the job"));
+        let start = text.find("[sink]").expect("a sink");
+        let end = text.find("[dead_letter]").expect("a dead letter sink");
+        let text = format!("{}{to}\n{}", &text[..start], &text[end..]);
+        assert!(
+            text.contains("allowed_lateness") && text.contains("slide"),
+            "{text}"
+        );
+        std::fs::write(job, text).expect("writing the job");
+    };
+    let from_file = job(
+        dir.path(),
+        "file",
+        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
+    );
+    let rows_file = dir.path().join("rows.jsonl");
+    sink(
+        &from_file,
+        format!("[sink]\nkind = \"jsonl\"\npath = '{}'", rows_file.display()),
+    );
+    let out = run(&from_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want: Vec<String> = (std::fs::read_to_string(&rows_file).expect("rows"))
+        .lines()
+        .map(String::from)
+        .collect();
+    want.sort();
+    assert!(
+        want.iter().any(|r| r.contains("\"revision\":1")),
+        "revisions: {want:?}"
+    );
+
+    let source = format!(
+        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{input}\"\nstop = \"end\"",
+        broker()
+    );
+    let topic_job = job(dir.path(), "topic", &source);
+    sink(
+        &topic_job,
+        format!(
+            "[sink]\nkind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{output}\"\n\
+             [checkpoint]\ndir = '{}'\nevery_events = 500",
+            broker(),
+            dir.path().join("chk").display()
+        ),
+    );
+    let args = ["--batch-rows", "250", "--threads", "2"];
+    let mut rng = 0x5eed_u64;
+    let (mut kills, mut attempts) = (0, 0);
+    loop {
+        attempts += 1;
+        assert!(attempts < 200, "the job did not finish: {kills} kills");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_panes"))
+            .arg("run")
+            .arg(&topic_job)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("panes runs");
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(150 + (rng >> 33) % 500);
+        if kills < 20 {
+            std::thread::sleep(delay);
+            if child.try_wait().expect("waiting").is_none() {
+                child.kill().expect("SIGKILL");
+                let status = child.wait().expect("waiting");
+                assert_eq!(status.signal(), Some(9));
+                kills += 1;
+                continue;
+            }
+        }
+        let out = child.wait_with_output().expect("waiting");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "attempt {attempts}: {log}");
+        if kills >= 20 {
+            break;
+        }
+    }
+    let got = messages(&output, 2);
+    let mut unique = got.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), got.len(), "a row twice after {kills} kills");
+    assert_eq!(
+        last_revisions(&got),
+        last_revisions(&want),
+        "after {kills} kills"
+    );
+}
+
+/// The row of the highest revision of each (sensor, window) among JSON rows `rows`,
+/// without its revision.
+fn last_revisions(rows: &[String]) -> Vec<String> {
+    let mut last: std::collections::BTreeMap<String, (i64, serde_json::Value)> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        let mut v: serde_json::Value = serde_json::from_str(row).expect("a JSON row");
+        let revision = v["revision"].as_i64().expect("a revision");
+        let at = format!("{} {} {}", v["sensor"], v["window_start"], v["window_end"]);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("revision");
+        }
+        let e = last.entry(at).or_insert((revision, v.clone()));
+        if revision >= e.0 {
+            *e = (revision, v);
+        }
+    }
+    last.into_values().map(|(_, v)| v.to_string()).collect()
 }
