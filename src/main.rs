@@ -1,5 +1,6 @@
 //! The `panes` command line: run a job, generate a dataset, run the benchmark suite.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -160,6 +161,39 @@ fn unbounded_style() -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
 }
 
+/// A progress line on stderr every [`ProgressLines::EVERY`], where there is no terminal
+/// for the bar: events read and their rate, rows out, checkpoints, the watermark and how
+/// far it trails the clock, and the late events.
+struct ProgressLines {
+    last: (std::time::Instant, u64),
+}
+
+impl ProgressLines {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn new() -> ProgressLines {
+        ProgressLines {
+            last: (std::time::Instant::now(), 0),
+        }
+    }
+
+    fn observe(&mut self, p: &Progress) {
+        let elapsed = self.last.0.elapsed();
+        if elapsed < Self::EVERY {
+            return;
+        }
+        let rate = p.events.saturating_sub(self.last.1) as f64 / elapsed.as_secs_f64();
+        eprintln!(
+            "progress: {} events ({rate:.0}/s), {} rows out, {} checkpoints, {}",
+            p.events,
+            p.rows_out,
+            p.checkpoints,
+            event_time(p)
+        );
+        self.last = (std::time::Instant::now(), p.events);
+    }
+}
+
 /// The watermark, how far it trails the clock, and the late events.
 fn event_time(p: &Progress) -> String {
     if p.watermark == i64::MIN {
@@ -215,6 +249,9 @@ impl Command {
                 };
                 let bar = progress_bar(None);
                 let progress_bar = bar.clone();
+                // Without a terminal (a service, a log file) there is no bar: a line every
+                // few seconds instead.
+                let mut lines = (!std::io::stderr().is_terminal()).then(ProgressLines::new);
                 let opts = RunOptions {
                     backend,
                     batch_rows,
@@ -228,6 +265,9 @@ impl Command {
                     progress: Some(Box::new(move |p: &Progress| {
                         if let Some(m) = &metrics {
                             m.observe(p);
+                        }
+                        if let Some(lines) = lines.as_mut() {
+                            lines.observe(p);
                         }
                         match p.total {
                             Some(t) => progress_bar.set_length(t),

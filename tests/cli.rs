@@ -987,7 +987,7 @@ fn bench_profiles_the_gpu_stages() {
 }
 
 /// `--metrics ADDR` serves the run's counters while it runs: the events read grow, and the
-/// watermark and its lag are there.
+/// watermark and its lag are there. Without a terminal, progress lines go to stderr.
 #[test]
 fn metrics_are_served_in_prometheus_format_while_a_job_runs() {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -1018,8 +1018,16 @@ fn metrics_are_served_in_prometheus_format_while_a_job_runs() {
                 .map(|a| a.trim_end_matches("/metrics").to_string())
         })
         .expect("the address is printed");
-    // Whatever else it prints must not fill the pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    // The first progress line goes to the test; whatever else it prints must not fill
+    // the pipe.
+    let (tx, progress) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.starts_with("progress: ") {
+                let _ = tx.send(line);
+            }
+        }
+    });
     let scrape = || {
         let mut s = TcpStream::connect(&addr).expect("the metrics address answers");
         write!(s, "GET /metrics HTTP/1.1\r\nHost: panes\r\n\r\n").unwrap();
@@ -1049,6 +1057,8 @@ fn metrics_are_served_in_prometheus_format_while_a_job_runs() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // Without a terminal, a progress line comes every 5 s.
+    let progress = progress.recv_timeout(std::time::Duration::from_secs(30));
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
@@ -1057,4 +1067,9 @@ fn metrics_are_served_in_prometheus_format_while_a_job_runs() {
         "the event counter grew while the job ran: {seen:?}"
     );
     assert!(seen[0] < seen[1]);
+    let progress = progress.expect("a progress line within 30 s");
+    assert!(
+        progress.contains(" events (") && progress.contains("watermark"),
+        "{progress}"
+    );
 }
