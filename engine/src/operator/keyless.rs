@@ -9,7 +9,6 @@
 //! magnitude (integers, min, max, first, last and distinct counts are exact).
 
 use std::collections::BTreeMap;
-
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, UInt32Array};

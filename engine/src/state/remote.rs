@@ -93,7 +93,7 @@ impl Remote {
 
     /// Where checkpoint `id` is, for messages and manifests.
     pub(crate) fn dir(&self, id: u64) -> PathBuf {
-        PathBuf::from(format!("{}/{}", self.url, super::checkpoint::dir_name(id)))
+        super::checkpoint::dir_of(Path::new(&self.url), id)
     }
 
     fn key(&self, id: u64, name: &str) -> Key {
