@@ -179,6 +179,8 @@ pub fn job(size: i64, slide: i64, events: u64, keys: u64) -> Job {
         checkpoint: None,
         memory_budget: None,
         spill_dir: None,
+        filter_events: None,
+        filter_windows: None,
     }
 }
 

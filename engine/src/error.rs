@@ -17,6 +17,18 @@ pub enum Error {
         /// What is wrong and where in the file.
         message: String,
     },
+    /// An SQL script is wrong or outside the subset panes runs.
+    #[error("SQL {file}:{line}:{column}: {message}")]
+    Sql {
+        /// The script (or `<sql>` for text given inline).
+        file: String,
+        /// Line of the construct, from 1.
+        line: u64,
+        /// Column of the construct, from 1.
+        column: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// The input data does not fit the job: a missing column, a wrong type, a bad value.
     #[error("input {origin}: {message}")]
     Input {

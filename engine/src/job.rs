@@ -6,14 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::expr::Filter;
 use crate::window::WindowSpec;
 use panes_kernels::AggFn;
 
 /// A whole job file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobFile {
     /// Where events come from.
@@ -31,29 +32,60 @@ pub struct JobFile {
     /// Where window results go.
     pub sink: SinkConfig,
     /// Where late events go. Without it late events are counted and reported, not kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub late: Option<SinkConfig>,
     /// Where CSV records that do not decode go (file, line, reason, raw text). Without it
     /// they are counted, and the first ones logged with their text.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<SinkConfig>,
     /// Keep only the k largest rows of each window by one aggregate.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<TopKConfig>,
     /// Alerts when a key's window value strays from its own recent baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<AnomalyConfig>,
     /// Periodic snapshots of the job's state, for exactly-once restore after a crash.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointConfig>,
     /// Bounds on the memory the job's state takes.
     #[serde(default)]
     pub state: StateConfig,
+    /// Which events are aggregated, and which window rows come out.
+    #[serde(default, skip_serializing_if = "FilterConfig::is_empty")]
+    pub filter: FilterConfig,
+}
+
+/// `[filter]`: SQL boolean expressions (see [`crate::expr`]); a row is kept where the
+/// expression is true, as with SQL's `WHERE` and `HAVING`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// On input events, by their columns, e.g. `"amount > 0 AND status = 'ok'"`. Events it
+    /// drops still move the watermark (they are dropped after it is computed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<String>,
+    /// On window rows, by their keys, window bounds and aggregates, e.g.
+    /// `"payments >= 5"` (before top-k ranks them). Anomaly alerts see every row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub windows: Option<String>,
+}
+
+impl FilterConfig {
+    fn is_empty(&self) -> bool {
+        self.events.is_none() && self.windows.is_none()
+    }
 }
 
 /// `[state]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
     /// Memory for pane state and the key dictionary, e.g. `512MiB` or `2GB`. Beyond it,
     /// closed panes spill to disk (`--memory-budget` overrides it). Default: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget: Option<String>,
     /// Where spilled panes go (default: a fresh directory in the system's temp dir).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub spill_dir: Option<String>,
 }
 
@@ -91,16 +123,19 @@ pub fn parse_bytes(field: &str, text: &str) -> Result<u64, String> {
 /// `[checkpoint]`. With it, file sinks write part files into a directory (their `path`)
 /// and publish each when the checkpoint that covers it completes, so that output after a
 /// crash and restore equals the output of a run that never crashed.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// Directory of the checkpoints, one sub-directory `chk-NNNNNN` each.
     pub dir: String,
     /// Processing time between checkpoints, e.g. `10s` (the default, unless `every_events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
     /// A checkpoint after every N events instead (at the next batch boundary).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub every_events: Option<u64>,
     /// Complete checkpoints kept (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep: Option<usize>,
 }
 
@@ -154,23 +189,29 @@ impl CheckpointConfig {
 }
 
 /// `[anomaly]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyConfig {
     /// The aggregate (by name) whose window values are watched.
     pub value: String,
     /// Baseline: mean and standard deviation of the key's last N windows (default 30).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_windows: Option<usize>,
     /// Baseline: exponentially weighted mean and variance with this weight, instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ewma: Option<f64>,
     /// Alert when |value − mean| >= threshold · std (default 2.0).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
     /// Windows of history a key needs before it can alert (default 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_history: Option<usize>,
     /// A `count` aggregate (by name): windows with fewer than `min_count` of it are
     /// neither checked nor added to the baseline (a sensor's partial minute).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<String>,
     /// See `count` (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_count: Option<i64>,
     /// Where alert rows go.
     pub sink: SinkConfig,
@@ -203,7 +244,7 @@ pub struct Anomaly {
 }
 
 /// `[top_k]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopKConfig {
     /// The aggregate (by name) that ranks the rows, largest first.
@@ -223,54 +264,70 @@ pub struct TopK {
 }
 
 /// `[source]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `parquet`, `csv`, `jsonl`, `kafka` or `generator`.
     pub kind: String,
     /// parquet/csv/jsonl: a file, a directory (its `*.parquet`/`*.csv`/`*.jsonl` files,
     /// sorted by name) or a glob. The files are read in name order as one partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// generator: `clickstream`, `iot`, `nexmark` or `transactions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
     /// generator: number of events (default 1 000 000).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<u64>,
     /// generator: number of distinct keys (articles, sensors; default 10 000).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keys: Option<u64>,
     /// generator: seed (default 42).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// generator: share of events delayed far beyond the jitter (default 0.001).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub late_share: Option<f64>,
     /// generator: number of source partitions, batches dealt round-robin (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u32>,
     /// csv/jsonl: what a record that does not decode (too few or too many fields, a value
     /// not of its column's type, a line that is not a JSON object) does: `"dead_letter"`
     /// (default: it goes to `[dead_letter]`, the job goes on) or `"fail"` (the job stops,
     /// naming file, line and column).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub on_malformed: Option<String>,
     /// csv/jsonl: column types by name, e.g. `{ ts = "timestamp_ms", price = "float64" }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<std::collections::BTreeMap<String, String>>,
     /// parquet/csv/jsonl: `"file"` makes each file a source partition of its own, read
     /// side by side with its own watermark (default: the files one after another, as one).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partition_by: Option<String>,
     /// kafka: brokers, `host:port[,host:port...]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<String>,
     /// kafka: the topic; each of its partitions is a source partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
     /// kafka: the consumer group (default `"panes"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     /// kafka: the messages' format: `"json"` (one object a message; the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// kafka: where a partition starts when no checkpoint says: `"earliest"` (default) or
     /// `"latest"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
     /// kafka: `"end"` stops at the offsets that ended each partition when the job started
     /// (a bounded run); by default the job runs until stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,
 }
 
 /// `[time]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeConfig {
     /// The event-time column: an Arrow timestamp of any unit, or integer milliseconds.
@@ -298,7 +355,7 @@ fn thirty_seconds() -> String {
 }
 
 /// `[window]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
     /// `tumble`, `hop` or `cumulate`.
@@ -308,17 +365,21 @@ pub struct WindowConfig {
     #[serde(default)]
     pub size: String,
     /// hop: distance between window starts, e.g. `1m`; at most `size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub slide: Option<String>,
     /// cumulate: distance between window ends, e.g. `1m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// session: the inactivity that ends a session, e.g. `30m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gap: Option<String>,
     /// Shift of window starts from the epoch (default `0s`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<String>,
 }
 
 /// `[key]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Key columns: integer or string types. A null key is a group of its own.
@@ -327,7 +388,7 @@ pub struct KeyConfig {
 }
 
 /// One `[[aggregate]]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
     /// Output column name.
@@ -337,11 +398,12 @@ pub struct AggregateConfig {
     #[serde(rename = "fn")]
     pub func: String,
     /// Input column (numeric; any type for `count`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
 }
 
 /// `[sink]` and `[late]`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// `parquet`, `csv`, `jsonl` (JSON lines; to stdout when `path` is absent or `-`) or
@@ -349,10 +411,13 @@ pub struct SinkConfig {
     #[serde(default = "parquet")]
     pub kind: String,
     /// Output file. Written under a temporary name and renamed when complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// kafka: brokers, `host:port[,host:port...]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<String>,
     /// kafka: the topic the rows go to.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
 }
 
@@ -554,6 +619,10 @@ pub struct Job {
     pub memory_budget: Option<u64>,
     /// Where spilled panes go.
     pub spill_dir: Option<PathBuf>,
+    /// Events kept for aggregation (after the watermark saw them).
+    pub filter_events: Option<Filter>,
+    /// Window rows kept.
+    pub filter_windows: Option<Filter>,
 }
 
 impl Job {
@@ -573,6 +642,20 @@ impl Job {
         let parsed: JobFile =
             toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
         parsed.validate().map_err(err)
+    }
+
+    /// Compiles and validates an SQL script (see [`crate::sql`]); `file` names it in
+    /// errors.
+    pub fn from_sql(text: &str, file: &str) -> Result<Job> {
+        Job::from_config(crate::sql::compile(text, file)?.job, file)
+    }
+
+    /// Validates a job made in code or by the SQL front end; `file` names it in errors.
+    pub fn from_config(config: JobFile, file: &str) -> Result<Job> {
+        config.validate().map_err(|message| Error::Job {
+            file: file.to_string(),
+            message,
+        })
     }
 }
 
@@ -802,8 +885,16 @@ impl JobFile {
                 .map(|b| parse_bytes("state.memory_budget", b))
                 .transpose()?,
             spill_dir: self.state.spill_dir.map(PathBuf::from),
+            filter_events: filter("filter.events", &self.filter.events)?,
+            filter_windows: filter("filter.windows", &self.filter.windows)?,
         })
     }
+}
+
+fn filter(field: &str, text: &Option<String>) -> Result<Option<Filter>, String> {
+    text.as_deref()
+        .map(|t| Filter::parse(t).map_err(|e| format!("{field}: {e}")))
+        .transpose()
 }
 
 impl SourceConfig {

@@ -15,10 +15,12 @@
 
 pub mod connect;
 pub mod error;
+pub mod expr;
 pub mod job;
 pub mod operator;
 pub mod pipeline;
 pub mod run;
+pub mod sql;
 pub mod state;
 pub mod time;
 pub mod window;

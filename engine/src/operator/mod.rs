@@ -373,6 +373,19 @@ impl WindowOperator {
         self.tracker
             .observe(partition, &self.ts, now, &mut self.met);
         let w = self.tracker.current();
+        // Filtered events moved the watermark above; they go no further.
+        let filtered;
+        let batch = match &plan.events {
+            Some(filter) => {
+                let keep = filter.keep(batch)?;
+                filtered = arrow::compute::filter_record_batch(batch, &keep)
+                    .map_err(|e| Error::arrow("filtering events", e))?;
+                retain_kept(&mut self.ts, &keep);
+                retain_kept(&mut self.met, &keep);
+                &filtered
+            }
+            None => batch,
+        };
         // Shards see the columns they read; late events keep every column.
         let read = batch
             .project(&plan.columns)
@@ -732,6 +745,16 @@ fn run_to_end(shard: &mut Shard, f: impl FnOnce(&mut Shard) -> Result<()>) -> Re
         .unwrap_or_else(|_| Err(Error::Internal("a shard panicked".into())));
     shard.end_output();
     r
+}
+
+/// Keeps the values of `v` whose row `keep` says true.
+fn retain_kept(v: &mut Vec<i64>, keep: &arrow::array::BooleanArray) {
+    use arrow::array::Array;
+    let mut row = 0;
+    v.retain(|_| {
+        row += 1;
+        keep.is_valid(row - 1) && keep.value(row - 1)
+    });
 }
 
 /// The late events among `rows` of `batch`, with the watermark each met (`met`, per row

@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use panes_kernels::{AggSpec, Domain, OutType};
 
 use crate::error::{Error, Result};
+use crate::expr::Bound;
 use crate::job::Job;
 
 /// An input column that aggregates read: where it is and how it is read.
@@ -38,6 +39,10 @@ pub(crate) struct Plan {
     pub alert_schema: SchemaRef,
     /// Where errors say the input came from.
     pub origin: String,
+    /// `[filter] events`, over the input schema.
+    pub events: Option<Bound>,
+    /// `[filter] windows`, over `out_schema`.
+    pub windows: Option<Bound>,
 }
 
 pub(crate) fn timestamp_ms() -> DataType {
@@ -175,7 +180,13 @@ impl Plan {
         late_fields.push(Field::new("watermark", timestamp_ms(), true));
         late_fields.push(Field::new("reason", DataType::Utf8, false));
 
+        let out_schema = Arc::new(Schema::new(fields));
+        let bind = |f: &Option<crate::expr::Filter>, what: &str, over: &Schema| {
+            f.as_ref().map(|f| f.bind(over, what)).transpose()
+        };
         Ok(Plan {
+            events: bind(&job.filter_events, "[filter] events", schema)?,
+            windows: bind(&job.filter_windows, "[filter] windows", &out_schema)?,
             time_index,
             time_name: job.time_column.clone(),
             columns,
@@ -183,7 +194,7 @@ impl Plan {
             key_fields,
             inputs,
             specs,
-            out_schema: Arc::new(Schema::new(fields)),
+            out_schema,
             late_schema: Arc::new(Schema::new(late_fields)),
             alert_schema: Arc::new(Schema::new(alert_fields)),
             origin,

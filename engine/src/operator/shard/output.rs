@@ -36,8 +36,11 @@ pub(crate) fn result_batch(
     if let Some(revisions) = revisions {
         columns.push(Arc::new(Int64Array::from(revisions)));
     }
-    let batch = RecordBatch::try_new(plan.out_schema.clone(), columns)
+    let mut batch = RecordBatch::try_new(plan.out_schema.clone(), columns)
         .map_err(|e| Error::Internal(format!("building a result batch: {e}")))?;
+    if let Some(having) = &plan.windows {
+        batch = having.apply(&batch)?;
+    }
     match top_k {
         Some(t) => topk::rank(&batch, plan, t),
         None => Ok(batch),
