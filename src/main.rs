@@ -25,40 +25,63 @@ struct Cli {
     command: Command,
 }
 
+/// How `panes run` and `panes sql` run a job.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Data plane: `auto` (`cpu` for now, with one line saying why: the `gpu` backend is
+    /// not faster than `cpu` yet), `gpu`, `cpu`, or `reference` (the scalar oracle).
+    #[arg(long, default_value = "auto")]
+    backend: BackendKind,
+    /// Rows per source micro-batch.
+    #[arg(long, default_value_t = 64 * 1024)]
+    batch_rows: usize,
+    /// Threads that aggregate, each owning a shard of the keys (default: every core).
+    /// `1` is a plain serial path; the gpu backend runs one shard.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Resume from this checkpoint directory (`DIR/chk-NNNNNN`) instead of the newest
+    /// complete one.
+    #[arg(long, value_name = "PATH", conflicts_with = "fresh")]
+    from_checkpoint: Option<PathBuf>,
+    /// Start from the beginning: remove the job's checkpoints and output parts first.
+    #[arg(long)]
+    fresh: bool,
+    /// Memory for pane state and the key dictionary, e.g. `512MiB`; beyond it closed
+    /// panes spill to disk (overrides the job's `[state] memory_budget`).
+    #[arg(long, value_name = "SIZE", value_parser = |s: &str| parse_bytes("--memory-budget", s))]
+    memory_budget: Option<u64>,
+    /// Serve the run's counters (events read, rows out, late events, alerts,
+    /// checkpoints, watermark and its lag) in Prometheus' text format at
+    /// `http://ADDR/metrics`, e.g. `127.0.0.1:9100` (port 0: any free port; the address
+    /// is printed).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a job file to the end of its input and print a summary.
     Run {
         /// The job file (TOML).
         job: PathBuf,
-        /// Data plane: `auto` (`cpu` for now, with one line saying why: the `gpu` backend is
-        /// not faster than `cpu` yet), `gpu`, `cpu`, or `reference` (the scalar oracle).
-        #[arg(long, default_value = "auto")]
-        backend: BackendKind,
-        /// Rows per source micro-batch.
-        #[arg(long, default_value_t = 64 * 1024)]
-        batch_rows: usize,
-        /// Threads that aggregate, each owning a shard of the keys (default: every core).
-        /// `1` is a plain serial path; the gpu backend runs one shard.
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Run a Flink SQL script (CREATE TABLE … WATERMARK FOR …, SET, INSERT INTO … SELECT
+    /// over TUMBLE, HOP, CUMULATE or SESSION) like a job file; `EXPLAIN` or `--explain`
+    /// prints the job file it became instead.
+    Sql {
+        /// The script; `-e` gives it inline instead.
+        #[arg(required_unless_present = "execute", conflicts_with = "execute")]
+        file: Option<PathBuf>,
+        /// The script's text.
+        #[arg(short = 'e', long, value_name = "SQL")]
+        execute: Option<String>,
+        /// Print the job (TOML) the script compiles to, and run nothing.
         #[arg(long)]
-        threads: Option<usize>,
-        /// Resume from this checkpoint directory (`DIR/chk-NNNNNN`) instead of the newest
-        /// complete one.
-        #[arg(long, value_name = "PATH", conflicts_with = "fresh")]
-        from_checkpoint: Option<PathBuf>,
-        /// Start from the beginning: remove the job's checkpoints and output parts first.
-        #[arg(long)]
-        fresh: bool,
-        /// Memory for pane state and the key dictionary, e.g. `512MiB`; beyond it closed
-        /// panes spill to disk (overrides the job's `[state] memory_budget`).
-        #[arg(long, value_name = "SIZE", value_parser = |s: &str| parse_bytes("--memory-budget", s))]
-        memory_budget: Option<u64>,
-        /// Serve the run's counters (events read, rows out, late events, alerts,
-        /// checkpoints, watermark and its lag) in Prometheus' text format at
-        /// `http://ADDR/metrics`, e.g. `127.0.0.1:9100` (port 0: any free port; the address
-        /// is printed).
-        #[arg(long, value_name = "ADDR")]
-        metrics: Option<String>,
+        explain: bool,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// List the checkpoints in a directory (or an object store URL, `s3://bucket/prefix`):
     /// id, time, watermark, source position, size, and whether each is complete (or what is
@@ -222,72 +245,102 @@ fn progress_bar(total: Option<u64>) -> ProgressBar {
     bar
 }
 
+impl RunArgs {
+    /// Runs `job` to the end of its input (or until stopped) and prints its summary.
+    fn run(self, job: &Job) -> Result<()> {
+        let RunArgs {
+            backend,
+            batch_rows,
+            threads,
+            from_checkpoint,
+            fresh,
+            memory_budget,
+            metrics,
+        } = self;
+        if batch_rows == 0 {
+            bail!("--batch-rows must be at least 1");
+        }
+        let metrics = match metrics {
+            Some(addr) => {
+                let (metrics, at) = metrics::serve(&addr)?;
+                eprintln!("metrics at http://{at}/metrics");
+                Some(metrics)
+            }
+            None => None,
+        };
+        let bar = progress_bar(None);
+        let progress_bar = bar.clone();
+        // Without a terminal (a service, a log file) there is no bar: a line every
+        // few seconds instead.
+        let mut lines = (!std::io::stderr().is_terminal()).then(ProgressLines::new);
+        let opts = RunOptions {
+            backend,
+            batch_rows,
+            threads: threads.unwrap_or(RunOptions::default().threads).max(1),
+            start: match (from_checkpoint, fresh) {
+                (Some(path), _) => StartFrom::Checkpoint(path),
+                (None, true) => StartFrom::Fresh,
+                (None, false) => StartFrom::Newest,
+            },
+            memory_budget,
+            progress: Some(Box::new(move |p: &Progress| {
+                if let Some(m) = &metrics {
+                    m.observe(p);
+                }
+                if let Some(lines) = lines.as_mut() {
+                    lines.observe(p);
+                }
+                match p.total {
+                    Some(t) => progress_bar.set_length(t),
+                    // A source that runs on (a topic): where event time is instead.
+                    None => {
+                        if progress_bar.length() != Some(u64::MAX) {
+                            progress_bar.set_length(u64::MAX);
+                            progress_bar.set_style(unbounded_style());
+                        }
+                        progress_bar.set_message(event_time(p));
+                    }
+                }
+                progress_bar.set_position(p.events);
+            })),
+            stop: Some(stop_on_signals()?),
+        };
+        let summary = run_job(job, opts);
+        bar.finish_and_clear();
+        eprintln!("{}", summary?);
+        Ok(())
+    }
+}
+
 impl Command {
     fn execute(self) -> Result<()> {
         match self {
-            Command::Run {
-                job,
-                backend,
-                batch_rows,
-                threads,
-                from_checkpoint,
-                fresh,
-                memory_budget,
-                metrics,
+            Command::Run { job, run } => run.run(&Job::from_file(&job)?),
+            Command::Sql {
+                file,
+                execute,
+                explain,
+                run,
             } => {
-                if batch_rows == 0 {
-                    bail!("--batch-rows must be at least 1");
+                let (text, name) = match (file, execute) {
+                    (Some(f), _) => (
+                        std::fs::read_to_string(&f)
+                            .map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?,
+                        f.display().to_string(),
+                    ),
+                    (None, Some(text)) => (text, "<sql>".to_string()),
+                    (None, None) => bail!("give a script file or -e 'SQL'"),
+                };
+                let compiled = panes::engine::sql::compile(&text, &name)?;
+                let toml = toml::to_string_pretty(&compiled.job)?;
+                // The job file is validated either way: EXPLAIN of a job that cannot run
+                // says why.
+                let job = Job::from_toml(&toml, &name)?;
+                if explain || compiled.explain {
+                    print!("{toml}");
+                    return Ok(());
                 }
-                let job = Job::from_file(&job)?;
-                let metrics = match metrics {
-                    Some(addr) => {
-                        let (metrics, at) = metrics::serve(&addr)?;
-                        eprintln!("metrics at http://{at}/metrics");
-                        Some(metrics)
-                    }
-                    None => None,
-                };
-                let bar = progress_bar(None);
-                let progress_bar = bar.clone();
-                // Without a terminal (a service, a log file) there is no bar: a line every
-                // few seconds instead.
-                let mut lines = (!std::io::stderr().is_terminal()).then(ProgressLines::new);
-                let opts = RunOptions {
-                    backend,
-                    batch_rows,
-                    threads: threads.unwrap_or(RunOptions::default().threads).max(1),
-                    start: match (from_checkpoint, fresh) {
-                        (Some(path), _) => StartFrom::Checkpoint(path),
-                        (None, true) => StartFrom::Fresh,
-                        (None, false) => StartFrom::Newest,
-                    },
-                    memory_budget,
-                    progress: Some(Box::new(move |p: &Progress| {
-                        if let Some(m) = &metrics {
-                            m.observe(p);
-                        }
-                        if let Some(lines) = lines.as_mut() {
-                            lines.observe(p);
-                        }
-                        match p.total {
-                            Some(t) => progress_bar.set_length(t),
-                            // A source that runs on (a topic): where event time is instead.
-                            None => {
-                                if progress_bar.length() != Some(u64::MAX) {
-                                    progress_bar.set_length(u64::MAX);
-                                    progress_bar.set_style(unbounded_style());
-                                }
-                                progress_bar.set_message(event_time(p));
-                            }
-                        }
-                        progress_bar.set_position(p.events);
-                    })),
-                    stop: Some(stop_on_signals()?),
-                };
-                let summary = run_job(&job, opts);
-                bar.finish_and_clear();
-                eprintln!("{}", summary?);
-                Ok(())
+                run.run(&job)
             }
             Command::Checkpoints { dir } => {
                 // A URL names checkpoints in an object store.

@@ -249,12 +249,12 @@ fn prepass(text: &str) -> Compile<Pre> {
     }
     let mut chars: Vec<char> = text.chars().collect();
     let starts = line_starts(text);
+    let n = chars.len();
     for (from, to) in blank {
-        let (a, b) = (char_index(&starts, loc(from)), char_index(&starts, loc(to)));
-        for c in &mut chars[a.min(b)..b.min(text.chars().count())] {
-            if *c != '\n' {
-                *c = ' ';
-            }
+        let a = char_index(&starts, loc(from)).min(n);
+        let b = char_index(&starts, loc(to)).min(n);
+        for c in chars[a..b.max(a)].iter_mut().filter(|c| **c != '\n') {
+            *c = ' ';
         }
     }
     pre.text = chars.into_iter().collect();
@@ -274,7 +274,7 @@ fn line_starts(text: &str) -> Vec<usize> {
 
 fn char_index(starts: &[usize], l: Location) -> usize {
     match starts.get((l.line as usize).wrapping_sub(1)) {
-        Some(s) => s + (l.column as usize).saturating_sub(1),
+        Some(s) => s.saturating_add((l.column as usize).saturating_sub(1)),
         None => usize::MAX,
     }
 }
@@ -683,13 +683,24 @@ fn watermark_bound(w: &Watermark) -> Compile<String> {
     let is_column =
         |e: &Expr| matches!(e, Expr::Identifier(i) if i.value.eq_ignore_ascii_case(&w.column));
     match &expr {
-        e if is_column(e) => Ok("0ms".into()),
+        e if is_column(e) => Ok(duration(0)),
         Expr::BinaryOp {
             left,
             op: BinaryOperator::Minus,
             right,
-        } if is_column(left) => Ok(format!("{}ms", interval_ms(right).map_err(|_| bad())?)),
+        } if is_column(left) => Ok(duration(interval_ms(right).map_err(|_| bad())?)),
         _ => Err(bad()),
+    }
+}
+
+/// A duration as the job file writes it: `15m`, `5s`, `100ms`.
+fn duration(ms: i64) -> String {
+    match ms {
+        0 => "0s".into(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
     }
 }
 
@@ -1281,13 +1292,8 @@ impl Shape {
         self.time = descriptor(timecol)?;
         self.time_at = At(at(timecol));
         let mut w = toml::Table::new();
-        let ms = |n: &str| -> Compile<toml::Value> {
-            Ok(format!("{}ms", interval_ms(need(n)?)?).into())
-        };
-        w.insert(
-            "kind".into(),
-            kind.to_ascii_lowercase().replace("tumble", "tumble").into(),
-        );
+        let ms = |n: &str| -> Compile<toml::Value> { Ok(duration(interval_ms(need(n)?)?).into()) };
+        w.insert("kind".into(), kind.to_ascii_lowercase().into());
         match kind.as_str() {
             "TUMBLE" => {
                 w.insert("size".into(), ms("SIZE")?);
@@ -1384,10 +1390,10 @@ SELECT * FROM (
         ));
         assert_eq!(j.source.kind, "parquet");
         assert_eq!(j.time.column, "ts");
-        assert_eq!(j.time.max_out_of_orderness, "5000ms");
+        assert_eq!(j.time.max_out_of_orderness, "5s");
         assert_eq!(j.window.kind, "hop");
-        assert_eq!(j.window.size, "900000ms");
-        assert_eq!(j.window.slide.as_deref(), Some("60000ms"));
+        assert_eq!(j.window.size, "15m");
+        assert_eq!(j.window.slide.as_deref(), Some("1m"));
         assert_eq!(j.key.columns, ["article_id"]);
         let aggs: Vec<(&str, &str)> = j
             .aggregate
@@ -1417,7 +1423,7 @@ GROUP BY window_start, window_end, article_id
 HAVING COUNT(*) >= 3 OR MAX(scroll_depth) > 0.9"
         ));
         assert_eq!(j.window.kind, "session");
-        assert_eq!(j.window.gap.as_deref(), Some("600000ms"));
+        assert_eq!(j.window.gap.as_deref(), Some("10m"));
         assert_eq!(j.time.allowed_lateness, "30s");
         assert_eq!(
             j.filter.events.as_deref(),
@@ -1431,7 +1437,7 @@ HAVING COUNT(*) >= 3 OR MAX(scroll_depth) > 0.9"
         ));
         assert_eq!(
             (j.window.kind.as_str(), j.window.step.as_deref()),
-            ("cumulate", Some("60000ms"))
+            ("cumulate", Some("1m"))
         );
         assert!(j.key.columns.is_empty());
     }
@@ -1473,5 +1479,110 @@ FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY w
             e.contains("DELETE FROM … is not supported") && e.contains("q.sql:1:1"),
             "{e}"
         );
+    }
+
+    /// Tokens of valid scripts, to build random and mutated ones from.
+    const VOCABULARY: &[&str] = &[
+        "SELECT",
+        "FROM",
+        "WHERE",
+        "GROUP",
+        "BY",
+        "HAVING",
+        "TABLE",
+        "(",
+        ")",
+        ",",
+        "*",
+        "=",
+        "<=",
+        "AND",
+        "OR",
+        "NOT",
+        "TUMBLE",
+        "HOP",
+        "SESSION",
+        "CUMULATE",
+        "DESCRIPTOR",
+        "ts",
+        "INTERVAL",
+        "'1'",
+        "MINUTE",
+        "COUNT",
+        "ROW_NUMBER",
+        "OVER",
+        "PARTITION",
+        "WATERMARK",
+        "FOR",
+        "AS",
+        "-",
+        "CREATE",
+        "WITH",
+        "INSERT",
+        "INTO",
+        "SET",
+        "EXPLAIN",
+        "window_start",
+        "window_end",
+        "clicks",
+        "trending",
+        "rn",
+        "10",
+        "=>",
+        ";",
+        "'x'",
+        "CASE",
+        "WHEN",
+        "END",
+        "\n",
+        "é",
+        "DESC",
+    ];
+
+    fn check_never_panics(sql: &str) {
+        match compile(sql, "fuzz.sql") {
+            Ok(c) => {
+                // A compiled job validates or is refused; it never panics either.
+                let _ = Job::from_config(c.job, "fuzz.sql");
+            }
+            Err(Error::Sql { line, column, .. }) => assert!(line >= 1 && column >= 1),
+            Err(other) => panic!("not an SQL error with a position: {other}"),
+        }
+    }
+
+    use crate::job::Job;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn random_token_streams_compile_or_fail_with_a_position(
+            picks in proptest::collection::vec(0..VOCABULARY.len(), 0..60),
+        ) {
+            let sql: Vec<&str> = picks.iter().map(|&i| VOCABULARY[i]).collect();
+            check_never_panics(&sql.join(" ").replace("\\n", "\n"));
+        }
+
+        #[test]
+        fn mutated_valid_scripts_compile_or_fail_with_a_position(
+            cuts in proptest::collection::vec((0usize..2000, 0usize..40, 0..VOCABULARY.len()), 1..4),
+        ) {
+            let mut sql: Vec<char> = format!(
+                "{CLICKS} INSERT INTO trending SELECT * FROM (SELECT window_start, window_end, \
+                 article_id, COUNT(*) AS views, ROW_NUMBER() OVER (PARTITION BY window_start, \
+                 window_end ORDER BY COUNT(*) DESC) AS rn FROM TABLE(HOP(TABLE clicks, \
+                 DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '15' MINUTE)) WHERE user_id > 3 \
+                 GROUP BY window_start, window_end, article_id HAVING COUNT(*) > 2) WHERE rn <= 10"
+            )
+            .chars()
+            .collect();
+            for (at, len, token) in cuts {
+                let at = at % sql.len();
+                let end = (at + len).min(sql.len());
+                sql.splice(at..end, VOCABULARY[token].chars());
+            }
+            check_never_panics(&sql.into_iter().collect::<String>());
+        }
     }
 }
