@@ -57,6 +57,83 @@ struct Case {
     lateness: i64,
 }
 
+/// The case's job as an SQL script: `aggs` are its `[[aggregate]]` sections, `keys` its
+/// key columns as TOML, windows as in `case`; named or positional arguments at random.
+#[allow(clippy::too_many_arguments)]
+fn sql_twin(
+    rng: &mut Rng,
+    aggs: &str,
+    keys: &str,
+    (size, slide, offset): (i64, i64, i64),
+    cumulate: bool,
+    session: Option<i64>,
+    bound: i64,
+    lateness: i64,
+) -> String {
+    let ms = |v: i64| format!("INTERVAL '{v}' MILLISECOND");
+    let mut select = Vec::new();
+    let mut name = String::new();
+    for line in aggs.lines() {
+        if let Some(n) = line.strip_prefix("name = ") {
+            name = n.trim_matches('"').to_string();
+        } else if let Some(f) = line.strip_prefix("fn = ") {
+            let f = match f.trim_matches('"') {
+                "first" => "FIRST_VALUE".to_string(),
+                "last" => "LAST_VALUE".to_string(),
+                other => other.to_ascii_uppercase(),
+            };
+            select.push(format!("{f}(*) AS {name}"));
+        } else if let Some(c) = line.strip_prefix("column = ") {
+            let last = select.last_mut().expect("an aggregate before its column");
+            *last = last.replace("(*)", &format!("({})", c.trim_matches('"')));
+        }
+    }
+    let keys: Vec<&str> = keys
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .map(|k| k.trim_matches('"'))
+        .collect();
+    let named = rng.chance(50);
+    let arg = |n: &str, v: String| if named { format!("{n} => {v}") } else { v };
+    let data = match session {
+        Some(_) if keys.len() > 1 => format!("TABLE events PARTITION BY ({})", keys.join(", ")),
+        Some(_) => format!("TABLE events PARTITION BY {}", keys[0]),
+        None => "TABLE events".to_string(),
+    };
+    let mut args = vec![arg("DATA", data), arg("TIMECOL", "DESCRIPTOR(ts)".into())];
+    let function = if let Some(gap) = session {
+        args.push(arg("GAP", ms(gap)));
+        "SESSION"
+    } else if cumulate {
+        args.extend([arg("STEP", ms(slide)), arg("SIZE", ms(size))]);
+        "CUMULATE"
+    } else if size == slide {
+        args.push(arg("SIZE", ms(size)));
+        "TUMBLE"
+    } else {
+        args.extend([arg("SLIDE", ms(slide)), arg("SIZE", ms(size))]);
+        "HOP"
+    };
+    if session.is_none() {
+        args.push(arg("OFFSET", ms(offset)));
+    }
+    let watermark = match bound {
+        0 if rng.chance(50) => "ts".to_string(),
+        b => format!("ts - {}", ms(b)),
+    };
+    format!(
+        "CREATE TABLE events (id BIGINT, ts TIMESTAMP(3), WATERMARK FOR ts AS {watermark})
+  WITH ('connector' = 'filesystem', 'path' = 'unused', 'format' = 'parquet');
+SET 'panes.time.allowed-lateness' = '{lateness}ms';
+SELECT {keys}, window_start, window_end, {select}
+FROM TABLE({function}({args}))
+GROUP BY window_start, window_end, {keys};",
+        keys = keys.join(", "),
+        select = select.join(", "),
+        args = args.join(", "),
+    )
+}
+
 fn case(seed: u64) -> Case {
     let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
     let slide = [1000, 2000, 5000, 3000][rng.below(4) as usize];
@@ -215,7 +292,24 @@ fn case(seed: u64) -> Case {
          allowed_lateness = \"{lateness}ms\"\n[window]\n{window}\n[key]\ncolumns = {key_columns}\n{aggs}\
          [sink]\nkind = \"jsonl\"\n"
     );
-    let job = Job::from_toml(&toml, &format!("seed {seed}")).expect("valid test job");
+    // The same job as Flink SQL, picked at random among equivalent spellings: the job the
+    // case runs is the one the SQL front end made, and it must equal the job file's.
+    let sql = sql_twin(
+        &mut rng,
+        &aggs,
+        key_columns,
+        (size, slide, offset),
+        cumulate,
+        session,
+        bound,
+        lateness,
+    );
+    let job = Job::from_sql(&sql, &format!("seed {seed}")).unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    assert_eq!(
+        job,
+        Job::from_toml(&toml, &format!("seed {seed}")).expect("valid test job"),
+        "{sql}"
+    );
     let label = |i: usize| {
         let k = keys[i].map_or("null".to_string(), |k| {
             if string_keys {
