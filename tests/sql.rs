@@ -12,8 +12,9 @@ use panes::engine::job::{JobFile, SinkConfig};
 use panes::engine::run::{BackendKind, RunOptions, run_job};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-const EXAMPLES: [&str; 5] = [
+const EXAMPLES: [&str; 6] = [
     "trending",
+    "fraud_velocity",
     "iot_anomaly",
     "nexmark_q5",
     "nexmark_q7",
@@ -213,4 +214,113 @@ fn panes_sql_names_the_line_and_column_of_what_it_cannot_run() {
             "{script}: {err}"
         );
     }
+}
+
+/// The fraud velocity rule (`examples/fraud_velocity.sql`) against the generator's ground
+/// truth: an alert is right when its card made burst payments in its window; a burst is
+/// found when an alert of its card overlaps it.
+#[test]
+fn the_fraud_velocity_rule_finds_the_bursts_of_the_transactions_dataset() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+    use panes::engine::job::Source;
+    use std::collections::HashMap;
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let sql = std::fs::read_to_string("examples/fraud_velocity.sql").expect("the script");
+    let file = panes::engine::sql::compile(&sql, "fraud_velocity")
+        .expect("compiles")
+        .job;
+    let job = shrink(
+        file.clone(),
+        file.source.events.expect("events"),
+        dir.path(),
+    );
+    run_job(&job, RunOptions::default()).expect("the rule runs");
+
+    let Source::Generator(g) = &job.source else {
+        panic!("the example reads the generator");
+    };
+    // Burst payments per card, in time order.
+    let mut bursts: HashMap<i64, Vec<i64>> = HashMap::new();
+    for b in panes::datasets::generate(g.dataset, &g.config).expect("valid config") {
+        let ts = b
+            .column_by_name("ts")
+            .expect("ts")
+            .as_primitive::<TimestampMillisecondType>();
+        let card = b
+            .column_by_name("card_id")
+            .expect("card")
+            .as_primitive::<Int64Type>();
+        let burst = b.column_by_name("burst").expect("burst").as_boolean();
+        for i in (0..b.num_rows()).filter(|&i| burst.value(i)) {
+            bursts.entry(card.value(i)).or_default().push(ts.value(i));
+        }
+    }
+    let file = std::fs::File::open(job.sink.path().expect("a file")).expect("the alerts");
+    let mut alerts: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+    for b in ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("Parquet")
+        .build()
+        .expect("reader")
+    {
+        let b = b.expect("a batch");
+        let card = b
+            .column_by_name("card_id")
+            .expect("card")
+            .as_primitive::<Int64Type>();
+        let from = b
+            .column_by_name("window_start")
+            .expect("start")
+            .as_primitive::<TimestampMillisecondType>();
+        let to = b
+            .column_by_name("window_end")
+            .expect("end")
+            .as_primitive::<TimestampMillisecondType>();
+        for i in 0..b.num_rows() {
+            alerts
+                .entry(card.value(i))
+                .or_default()
+                .push((from.value(i), to.value(i)));
+        }
+    }
+    let rows: usize = alerts.values().map(Vec::len).sum();
+    let right: usize = alerts
+        .iter()
+        .map(|(card, windows)| {
+            let times = bursts.get(card).map_or(&[][..], Vec::as_slice);
+            windows
+                .iter()
+                .filter(|(from, to)| times.iter().any(|t| from <= t && t < to))
+                .count()
+        })
+        .sum();
+    // A card's burst payments, split where a minute passes without one.
+    let (mut found, mut all) = (0, 0);
+    for (card, times) in &mut bursts {
+        times.sort_unstable();
+        let mut start = 0;
+        for i in 1..=times.len() {
+            if i == times.len() || times[i] - times[i - 1] > 60_000 {
+                let (first, last) = (times[start], times[i - 1]);
+                // A burst the end of the stream cut short has fewer than 10 payments.
+                if i - start >= 10 {
+                    all += 1;
+                    let hit = alerts
+                        .get(card)
+                        .is_some_and(|w| w.iter().any(|&(from, to)| from <= last && first < to));
+                    found += usize::from(hit);
+                }
+                start = i;
+            }
+        }
+    }
+    let precision = right as f64 / rows as f64;
+    let recall = found as f64 / all as f64;
+    println!(
+        "fraud velocity: {rows} alert rows, precision {precision:.4}, {all} bursts, recall {recall:.4}"
+    );
+    assert!(all > 100 && rows > 500, "{all} bursts, {rows} alerts");
+    assert!(precision >= 0.9, "precision {precision}");
+    assert!(recall >= 0.9, "recall {recall}");
 }

@@ -1,6 +1,7 @@
 //! Card payments, with velocity bursts for fraud-style rules.
 //!
-//! Most payments come from `keys` cards (Zipf 0.5: some cards are used far more than others)
+//! Most payments come from `keys` cards (Zipf 0.2: some cards are used a few times more
+//! often than most; with a million cards the busiest pays about 4 times a minute)
 //! at merchants across a few countries, with log-normal amounts (median about $30). Now and
 //! then a card is taken over: it makes a burst of 10 to 40 small payments within seconds, at
 //! many merchants, mostly abroad. The `burst` column is the ground truth.
@@ -73,7 +74,7 @@ impl TransactionsGen {
             schema: schema(),
             clock: Clock::new(cfg),
             rng: Rng::new(cfg.seed),
-            cards: Zipf::new(cfg.keys, 0.5)?,
+            cards: Zipf::new(cfg.keys, 0.2)?,
             bursts: Vec::new(),
             done: 0,
         })
