@@ -302,6 +302,7 @@ pub(crate) fn fingerprint(job: &Job) -> String {
             &job.aggregates,
             (&job.sink, &job.late),
             (&job.top_k, &job.anomaly),
+            [&job.filter_events, &job.filter_windows].map(|f| f.as_ref().map(|f| f.text())),
         )
     );
     format!("{:08x}", crc32fast::hash(decisive.as_bytes()))
