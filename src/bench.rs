@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use panes_datasets::{Dataset, GenConfig};
-use panes_engine::job::{Aggregate, GeneratorSpec, Job, Sink, Source};
+use panes_engine::job::{Aggregate, GeneratorSpec, Job, JobFile, Sink, Source};
 use panes_engine::run::BackendKind;
 use panes_engine::window::WindowSpec;
 use panes_engine::{Result, WindowOperator};
@@ -116,22 +116,47 @@ pub fn case_names() -> Vec<&'static str> {
         .collect()
 }
 
-/// The workloads of the suite: the example jobs, with their own key counts.
-pub const WORKLOADS: [(&str, &str); 5] = [
+/// The workloads of the suite: the example jobs, with their own key counts, and (named
+/// `… sql`) their Flink SQL twins, which must run as fast.
+pub const WORKLOADS: [(&str, &str); 12] = [
     ("trending", include_str!("../examples/trending.toml")),
+    ("trending sql", include_str!("../examples/trending.sql")),
     ("iot anomaly", include_str!("../examples/iot_anomaly.toml")),
+    (
+        "iot anomaly sql",
+        include_str!("../examples/iot_anomaly.sql"),
+    ),
     ("nexmark q5", include_str!("../examples/nexmark_q5.toml")),
+    ("nexmark q5 sql", include_str!("../examples/nexmark_q5.sql")),
     ("nexmark q7", include_str!("../examples/nexmark_q7.toml")),
+    ("nexmark q7 sql", include_str!("../examples/nexmark_q7.sql")),
     ("nexmark q11", include_str!("../examples/nexmark_q11.toml")),
+    (
+        "nexmark q11 sql",
+        include_str!("../examples/nexmark_q11.sql"),
+    ),
+    (
+        "fraud velocity",
+        include_str!("../examples/fraud_velocity.toml"),
+    ),
+    (
+        "fraud velocity sql",
+        include_str!("../examples/fraud_velocity.sql"),
+    ),
 ];
 
-/// Workload `text` (an example job) with `events` events.
+/// Workload `text` (an example job file, or its SQL twin when `name` ends in ` sql`) with
+/// `events` events.
 pub fn workload(name: &str, text: &str, events: u64) -> Result<Job> {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("events = "))
-        .unwrap_or_default();
-    Job::from_toml(&text.replace(line, &format!("events = {events}")), name)
+    let mut file: JobFile = match name.ends_with(" sql") {
+        true => panes_engine::sql::compile(text, name)?.job,
+        false => toml::from_str(text).map_err(|e| panes_engine::Error::Job {
+            file: name.into(),
+            message: e.to_string(),
+        })?,
+    };
+    file.source.events = Some(events);
+    Job::from_config(file, name)
 }
 
 /// The cumulate case: cumulate(15m, 1m) windows over the same job as [`WINDOWS`].

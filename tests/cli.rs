@@ -869,9 +869,22 @@ fn bench_runs_the_cases_asked_for_and_prints_json() {
         .collect();
     assert_eq!(
         names,
-        ["hop(15m,1m)", "nexmark q5", "nexmark q7", "nexmark q11"]
+        [
+            "hop(15m,1m)",
+            "nexmark q5",
+            "nexmark q5 sql",
+            "nexmark q7",
+            "nexmark q7 sql",
+            "nexmark q11",
+            "nexmark q11 sql"
+        ]
     );
-    for case in cases.as_array().unwrap() {
+    // Each SQL twin runs the same job: the same rows.
+    let cases = cases.as_array().unwrap();
+    for pair in cases[1..].chunks(2) {
+        assert_eq!(pair[0]["rows_out"], pair[1]["rows_out"], "{pair:?}");
+    }
+    for case in cases {
         assert_eq!(case["events"], 30000, "{case}");
         assert!(case["events_per_sec"].as_f64().unwrap() > 0.0, "{case}");
         assert!(case["rows_out"].as_u64().unwrap() > 0, "{case}");
