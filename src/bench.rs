@@ -206,6 +206,7 @@ pub fn job(size: i64, slide: i64, events: u64, keys: u64) -> Job {
         spill_dir: None,
         filter_events: None,
         filter_windows: None,
+        output: None,
     }
 }
 

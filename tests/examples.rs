@@ -105,7 +105,7 @@ fn nexmark_q5_finds_the_hottest_auction_of_each_window() {
             "window {w}: auction {a} has that many bids"
         );
     }
-    assert!(ints(&out, "rank").iter().all(|r| *r == Some(1)));
+    assert!(ints(&out, "rownum").iter().all(|r| *r == Some(1)));
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn trending_keeps_ten_articles_per_window_in_rank_order() {
         ints(&out, "window_start"),
         ints(&out, "views"),
         ints(&out, "readers"),
-        ints(&out, "rank"),
+        ints(&out, "rn"),
     );
     assert!(out.num_rows() >= 10);
     let mut per_window: HashMap<i64, Vec<usize>> = HashMap::new();

@@ -336,7 +336,7 @@ fn a_pipeline_from_sql_filters_events_and_windows() {
 
     let sql = "CREATE TABLE t (ts TIMESTAMP(3), k BIGINT, v BIGINT, WATERMARK FOR ts AS ts)
           WITH ('connector' = 'filesystem', 'path' = 'unused');
-        SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS total
+        SELECT window_time, k, COUNT(*) AS n, SUM(v) AS total
         FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '10' SECOND))
         WHERE v > 0
         GROUP BY window_start, window_end, k

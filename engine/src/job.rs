@@ -53,6 +53,70 @@ pub struct JobFile {
     /// Which events are aggregated, and which window rows come out.
     #[serde(default, skip_serializing_if = "FilterConfig::is_empty")]
     pub filter: FilterConfig,
+    /// The columns of window rows and their order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputConfig>,
+}
+
+/// `[output]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// The columns of window rows in order, each a column name or `"name AS alias"`, from:
+    /// the key columns, `window_start`, `window_end`, `window_time` (`window_end` - 1 ms),
+    /// the aggregates, `rank` (with `[top_k]`) and `revision` (with allowed lateness;
+    /// added at the end when not listed, so that re-fired rows stay apart).
+    pub columns: Vec<String>,
+}
+
+/// A column of window rows as `[output]` picks it: `from`, named `name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputColumn {
+    /// A key column, `window_start`, `window_end`, `window_time`, an aggregate, `rank` or
+    /// `revision`.
+    pub from: String,
+    /// Its name in the output.
+    pub name: String,
+}
+
+impl OutputConfig {
+    /// Checks the columns against what window rows have (`have`, in their order).
+    fn validate(&self, have: &[&str]) -> Result<Vec<OutputColumn>, String> {
+        let mut out: Vec<OutputColumn> = Vec::new();
+        for entry in &self.columns {
+            let words: Vec<&str> = entry.split_whitespace().collect();
+            let (from, name) = match words[..] {
+                [from] => (from, from),
+                [from, r#as, name] if r#as.eq_ignore_ascii_case("as") => (from, name),
+                _ => {
+                    return Err(format!(
+                        "output.columns: {entry:?} is not a column name or \"name AS alias\""
+                    ));
+                }
+            };
+            if !have.contains(&from) && from != "window_time" {
+                return Err(format!(
+                    "output.columns: {from:?} is not a column of window rows; they have \
+                     window_time and {}",
+                    have.join(", ")
+                ));
+            }
+            if out.iter().any(|c| c.name == name) {
+                return Err(format!("output.columns: {name:?} comes twice"));
+            }
+            out.push(OutputColumn {
+                from: from.into(),
+                name: name.into(),
+            });
+        }
+        if have.contains(&"revision") && !out.iter().any(|c| c.from == "revision") {
+            out.push(OutputColumn {
+                from: "revision".into(),
+                name: "revision".into(),
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// `[filter]`: SQL boolean expressions (see [`crate::expr`]); a row is kept where the
@@ -623,6 +687,8 @@ pub struct Job {
     pub filter_events: Option<Filter>,
     /// Window rows kept.
     pub filter_windows: Option<Filter>,
+    /// The columns of window rows, when `[output]` picks them.
+    pub output: Option<Vec<OutputColumn>>,
 }
 
 impl Job {
@@ -833,6 +899,21 @@ impl JobFile {
                 Ok(TopK { by, k: t.k })
             })
             .transpose()?;
+        let output = self
+            .output
+            .map(|o| {
+                let mut have: Vec<&str> = self.key.columns.iter().map(String::as_str).collect();
+                have.extend(["window_start", "window_end"]);
+                have.extend(aggregates.iter().map(|a| a.name.as_str()));
+                if top_k.is_some() {
+                    have.push("rank");
+                }
+                if allowed_lateness > 0 {
+                    have.push("revision");
+                }
+                o.validate(&have)
+            })
+            .transpose()?;
         let sink = self.sink.validate("sink")?;
         let sinks: Vec<(&str, &Sink)> = [
             ("sink", Some(&sink)),
@@ -887,6 +968,7 @@ impl JobFile {
             spill_dir: self.state.spill_dir.map(PathBuf::from),
             filter_events: filter("filter.events", &self.filter.events)?,
             filter_windows: filter("filter.windows", &self.filter.windows)?,
+            output,
         })
     }
 }

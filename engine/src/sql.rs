@@ -450,6 +450,11 @@ impl Script {
         if !filter.is_empty() {
             job.insert("filter".into(), filter.into());
         }
+        if let Some(columns) = plan.output() {
+            let columns: Vec<toml::Value> = columns.into_iter().map(Into::into).collect();
+            let output = toml::Table::from_iter([("columns".to_string(), columns.into())]);
+            job.insert("output".into(), output.into());
+        }
         job.insert("sink".into(), self.sink(sink)?.into());
         for (key, value, here) in &self.settings {
             set(&mut job, key, value).map_err(|m| (*here, m))?;
@@ -799,6 +804,8 @@ struct Shape {
     where_: Option<String>,
     having: Option<String>,
     top_k: Option<(String, usize)>,
+    /// The output columns in `SELECT` order: (column of window rows, name).
+    columns: Vec<(String, String)>,
 }
 
 fn select_of(q: &Query) -> Compile<&Select> {
@@ -888,11 +895,13 @@ impl Shape {
                 SelectItem::ExprWithAlias {
                     expr: Expr::Function(f),
                     alias,
-                } if f.over.is_some() => rank = Some((f, alias.value.clone(), at(item))),
+                } if f.over.is_some() => {
+                    rank = Some((f, alias.value.clone(), at(item), items.len()))
+                }
                 other => items.push(other.clone()),
             }
         }
-        let Some((f, rn, rn_at)) = rank else {
+        let Some((f, rn, rn_at, before)) = rank else {
             return fail(
                 at(s),
                 "a window Top-N needs ROW_NUMBER() OVER (…) AS rn in the subquery",
@@ -901,7 +910,7 @@ impl Shape {
         match only_from(s)? {
             TableFactor::TableFunction { .. } => {
                 let mut agg = s.clone();
-                agg.projection = items;
+                agg.projection = items.clone();
                 shape.aggregate_select(&agg, partition_by)?;
             }
             TableFactor::Derived { subquery, .. } => {
@@ -930,7 +939,40 @@ impl Shape {
         let by = shape.row_number(f, rn_at)?;
         let k = rank_limit(filter, &rn)?;
         shape.top_k = Some((by, k));
+        // The row number sits where it was selected: among the aggregation's own columns,
+        // or before or after its `*`.
+        let at = match before {
+            0 => 0,
+            _ if items.iter().all(|i| matches!(i, SelectItem::Wildcard(_))) => shape.columns.len(),
+            n => n.min(shape.columns.len()),
+        };
+        shape.columns.insert(at, ("rank".into(), rn));
         Ok(shape)
+    }
+
+    /// `[output] columns` when the `SELECT` list is not panes' own order and names (keys,
+    /// window bounds, aggregates, rank).
+    fn output(&self) -> Option<Vec<String>> {
+        let mut native: Vec<(String, String)> =
+            self.keys.iter().map(|k| (k.clone(), k.clone())).collect();
+        for bound in ["window_start", "window_end"] {
+            native.push((bound.into(), bound.into()));
+        }
+        for (name, _) in &self.calls {
+            native.push((name.clone(), name.clone()));
+        }
+        if self.top_k.is_some() {
+            native.push(("rank".into(), "rank".into()));
+        }
+        (self.columns != native).then(|| {
+            self.columns
+                .iter()
+                .map(|(from, name)| match from == name {
+                    true => from.clone(),
+                    false => format!("{from} AS {name}"),
+                })
+                .collect()
+        })
     }
 
     /// `ROW_NUMBER() OVER (PARTITION BY window_start, window_end ORDER BY agg DESC)`: the
@@ -1066,27 +1108,22 @@ impl Shape {
             match e {
                 Expr::Identifier(Ident { value, .. }) => {
                     let v = value.to_ascii_lowercase();
-                    if v == "window_time" {
-                        return fail(
-                            at(e),
-                            "window_time is not in panes' output yet: select window_end (window_time is window_end - 1 ms)",
-                        );
-                    }
-                    let known = v == "window_start"
-                        || v == "window_end"
-                        || self.keys.iter().any(|k| k.eq_ignore_ascii_case(&v));
-                    if !known {
+                    let column = match v.as_str() {
+                        "window_start" | "window_end" | "window_time" => Some(v.clone()),
+                        _ => self
+                            .keys
+                            .iter()
+                            .find(|k| k.eq_ignore_ascii_case(&v))
+                            .cloned(),
+                    };
+                    let Some(column) = column else {
                         return fail(
                             at(e),
                             format!("{value} is neither grouped by nor aggregated"),
                         );
-                    }
-                    if alias
-                        .as_ref()
-                        .is_some_and(|a| !a.eq_ignore_ascii_case(value))
-                    {
-                        return fail(at(item), format!("renaming {value} is not supported"));
-                    }
+                    };
+                    let name = alias.unwrap_or_else(|| column.clone());
+                    self.columns.push((column, name));
                 }
                 Expr::Function(f) => self.aggregate(f, alias)?,
                 other => {
@@ -1205,6 +1242,7 @@ impl Shape {
             t.insert("column".into(), c.into());
         }
         self.aggregates.push(t);
+        self.columns.push((name.clone(), name.clone()));
         self.calls.push((name, f.to_string()));
         Ok(())
     }
@@ -1406,6 +1444,19 @@ SELECT * FROM (
         );
         let t = j.top_k.unwrap();
         assert_eq!((t.by.as_str(), t.k), ("views", 10));
+        // Flink's column order and names: the row number where it was selected, as rn.
+        let columns = j.output.expect("an [output] section").columns;
+        assert_eq!(
+            columns,
+            [
+                "window_start",
+                "window_end",
+                "article_id",
+                "views",
+                "readers",
+                "rank AS rn"
+            ]
+        );
         assert_eq!(j.sink.path.as_deref(), Some("out/trending.parquet"));
     }
 

@@ -215,6 +215,9 @@ impl WindowOperator {
     /// and within a batch shard by shard. Jobs with top-k or without keys on several
     /// shards keep their rows for `take_output` (they merge across shards).
     pub fn stream_output(&mut self, mut out: RowConsumer) -> Result<()> {
+        if let Some(p) = self.plan.projection.clone() {
+            out = Box::new(move |batch| out(p.apply(&batch)?));
+        }
         // The shards are at hand (not processing a batch), and what they made so far
         // waits for `take_output`.
         self.sync()?;
@@ -246,7 +249,10 @@ impl WindowOperator {
 
     /// Schema of the window results.
     pub fn output_schema(&self) -> &SchemaRef {
-        &self.plan.out_schema
+        match &self.plan.projection {
+            Some(p) => &p.schema,
+            None => &self.plan.out_schema,
+        }
     }
 
     /// Schema of the late-event output: the input columns plus `watermark` and `reason`.
@@ -551,7 +557,14 @@ impl WindowOperator {
         }
         self.own.rows_out += rows.iter().map(|b| b.num_rows() as u64).sum::<u64>();
         self.own.rows_out += (self.streamed).swap(0, std::sync::atomic::Ordering::Relaxed);
-        self.output.extend(rows);
+        match &self.plan.projection {
+            Some(p) => {
+                for batch in rows {
+                    self.output.push(p.apply(&batch)?);
+                }
+            }
+            None => self.output.extend(rows),
+        }
         let held = self.shards.iter().map(Shard::state_bytes).sum::<u64>()
             + self.keyless.as_ref().map_or(0, |k| k.state_bytes() as u64);
         self.own.peak_state_bytes = self.own.peak_state_bytes.max(held);

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMillisecondType};
 use panes_kernels::{AggSpec, Domain, OutType};
 
 use crate::error::{Error, Result};
@@ -43,6 +44,65 @@ pub(crate) struct Plan {
     pub events: Option<Bound>,
     /// `[filter] windows`, over `out_schema`.
     pub windows: Option<Bound>,
+    /// `[output]`: window rows as they leave the operator.
+    pub projection: Option<Arc<Projection>>,
+}
+
+/// The columns of window rows that `[output]` picks, in its order.
+#[derive(Debug)]
+pub(crate) struct Projection {
+    /// Per output column: the index in `out_schema`, or `None` for `window_time`.
+    picks: Vec<Option<usize>>,
+    end: usize,
+    pub schema: SchemaRef,
+}
+
+impl Projection {
+    fn new(columns: &[crate::job::OutputColumn], from: &Schema) -> Result<Projection> {
+        let end = from
+            .index_of("window_end")
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let mut picks = Vec::new();
+        let mut fields = Vec::new();
+        for c in columns {
+            let (pick, field) = match c.from.as_str() {
+                "window_time" => (None, Field::new(&c.name, timestamp_ms(), false)),
+                name => {
+                    let i = from.index_of(name).map_err(|_| Error::Job {
+                        file: "<job>".into(),
+                        message: format!("[output] names {name:?}, which window rows do not have"),
+                    })?;
+                    (Some(i), from.field(i).clone().with_name(&c.name))
+                }
+            };
+            picks.push(pick);
+            fields.push(field);
+        }
+        Ok(Projection {
+            picks,
+            end,
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// `batch` (of `out_schema`) with the picked columns.
+    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let columns = self
+            .picks
+            .iter()
+            .map(|p| match p {
+                Some(i) => batch.column(*i).clone(),
+                None => {
+                    let end = batch
+                        .column(self.end)
+                        .as_primitive::<TimestampMillisecondType>();
+                    Arc::new(end.unary::<_, TimestampMillisecondType>(|t| t - 1)) as ArrayRef
+                }
+            })
+            .collect();
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("picking the [output] columns: {e}")))
+    }
 }
 
 pub(crate) fn timestamp_ms() -> DataType {
@@ -184,7 +244,12 @@ impl Plan {
         let bind = |f: &Option<crate::expr::Filter>, what: &str, over: &Schema| {
             f.as_ref().map(|f| f.bind(over, what)).transpose()
         };
+        let projection = match &job.output {
+            Some(columns) => Some(Arc::new(Projection::new(columns, &out_schema)?)),
+            None => None,
+        };
         Ok(Plan {
+            projection,
             events: bind(&job.filter_events, "[filter] events", schema)?,
             windows: bind(&job.filter_windows, "[filter] windows", &out_schema)?,
             time_index,
