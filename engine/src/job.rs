@@ -1390,6 +1390,47 @@ mod tests {
     }
 
     #[test]
+    fn output_columns_and_filters_are_checked_when_the_job_is_read() {
+        let with = |section: &str| format!("{JOB}{section}");
+        let job = Job::from_toml(
+            &with("[output]\ncolumns = [\"window_time\", \"article_id AS article\", \"views\"]\n"),
+            "job.toml",
+        )
+        .unwrap();
+        let names: Vec<(&str, &str)> = (job.output.iter().flatten())
+            .map(|c| (c.from.as_str(), c.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("window_time", "window_time"),
+                ("article_id", "article"),
+                ("views", "views")
+            ]
+        );
+        let e = error_of(&with("[output]\ncolumns = [\"rank\"]\n"));
+        assert!(e.contains("\"rank\" is not a column of window rows"), "{e}");
+        let e = error_of(&with(
+            "[output]\ncolumns = [\"views AS x\", \"avg_scroll AS x\"]\n",
+        ));
+        assert!(e.contains("\"x\" comes twice"), "{e}");
+        let e = error_of(&with("[output]\ncolumns = [\"views as\"]\n"));
+        assert!(e.contains("not a column name or"), "{e}");
+        let e = error_of(&with("[filter]\nevents = \"amount >\"\n"));
+        assert!(e.contains("filter.events") && e.contains("amount >"), "{e}");
+        // With allowed lateness, the revision comes along.
+        let late = JOB.replace("allowed_lateness = \"0s\"", "allowed_lateness = \"1m\"");
+        let job = Job::from_toml(&format!("{late}[output]\ncolumns = [\"views\"]\n"), "j").unwrap();
+        let names: Vec<&str> = job
+            .output
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["views", "revision"]);
+    }
+
+    #[test]
     fn the_documented_job_parses() {
         let job = Job::from_toml(JOB, "job.toml").unwrap();
         assert_eq!(job.max_out_of_orderness, 5_000);
