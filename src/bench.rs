@@ -11,10 +11,12 @@ use panes_engine::window::WindowSpec;
 use panes_engine::{Result, WindowOperator};
 use panes_kernels::{AggFn, Backend, GpuBackend, GpuOptions};
 
+use crate::harness::{Rows, Spread};
+
 /// One case of the suite.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Case {
-    /// `tumble(1m)` or `hop(15m,1m)`.
+    /// `tumble(1m)`, `hop(15m,1m)`, a workload (`nexmark q5`, …).
     pub window: String,
     /// Distinct keys (articles).
     pub keys: u64,
@@ -24,14 +26,25 @@ pub struct Case {
     pub events: u64,
     /// Threads (shards) that aggregated.
     pub threads: usize,
-    /// Events per second relative to the same case at the sweep's first thread count.
+    /// Median events per second relative to the same case at the sweep's first thread
+    /// count.
     pub speedup: f64,
-    /// Seconds the operator took (input already decoded in memory).
-    pub seconds: f64,
-    /// Events per second.
+    /// Seconds the operator took per repeat (input already decoded in memory): every
+    /// sample, median, min and quartiles.
+    pub seconds: Spread,
+    /// Events per second at the median.
     pub events_per_sec: f64,
+    /// Bytes of decoded input (its Arrow buffers) per second at the median.
+    pub bytes_per_sec: f64,
     /// Result rows emitted.
     pub rows_out: u64,
+    /// Whether this backend returned the rows the case's first backend and thread count
+    /// did, on a sample of `check_events` events (`None`: not checked).
+    pub agrees: Option<bool>,
+    /// How it differs, when it does not agree.
+    pub disagreement: Option<String>,
+    /// A hash of the sample's sorted rows (floats to 9 digits).
+    pub rows_hash: Option<String>,
     /// GPU only: the update kernels alone (sort and fold of a batch already on the
     /// device), in events per second.
     pub kernel_events_per_sec: Option<f64>,
@@ -45,7 +58,7 @@ pub struct Case {
 }
 
 /// One stage of a profile.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Stage {
     /// The stage, `host: …` or `device: …`.
     pub stage: String,
@@ -235,6 +248,18 @@ pub fn run(
     threads: usize,
     profile: bool,
 ) -> Result<(f64, u64, Vec<Stage>)> {
+    let (seconds, rows_out, stages, _) =
+        run_keeping(job, batches, (backend, threads, profile), false)?;
+    Ok((seconds, rows_out, stages))
+}
+
+/// [`run`], returning the window rows too when `keep` says so.
+fn run_keeping(
+    job: &Job,
+    batches: &[RecordBatch],
+    (backend, threads, profile): (BackendKind, usize, bool),
+    keep: bool,
+) -> Result<(f64, u64, Vec<Stage>, Vec<RecordBatch>)> {
     let Source::Generator(g) = &job.source else {
         return Err(panes_engine::Error::Internal(
             "bench jobs read a generator".into(),
@@ -254,19 +279,62 @@ pub fn run(
         }
         _ => backend.build_shards(aggs, threads),
     })?;
+    let mut rows = Vec::new();
     for (i, b) in batches.iter().enumerate() {
         op.process_batch(0, b, "bench", i as u64)?;
-        op.take_output();
+        let out = op.take_output();
+        if keep {
+            rows.extend(out);
+        }
     }
     op.finish()?;
-    op.take_output();
+    rows.extend(op.take_output().into_iter().filter(|_| keep));
     let seconds = start.elapsed().as_secs_f64();
     let stages = op.profile().into_iter();
     let stages = stages.map(|(stage, seconds)| Stage {
         stage: stage.into(),
         seconds,
     });
-    Ok((seconds, op.stats().rows_out, stages.collect()))
+    Ok((seconds, op.stats().rows_out, stages.collect(), rows))
+}
+
+/// Whether one backend and thread count agreed with the case's first, on a sample.
+#[derive(Clone, Debug)]
+struct Verdict {
+    disagreement: Option<String>,
+    hash: String,
+}
+
+/// Runs `job` (on a sample of the case's events) on every (backend, threads) of `runs`
+/// and compares each one's rows with the first's. `PANES_BENCH_CORRUPT=BACKEND` drops a
+/// row of that backend's output: the harness's own test makes a backend disagree with it.
+fn agreement(job: &Job, runs: &[(BackendKind, usize)]) -> Result<Vec<Verdict>> {
+    // Small batches: more batch boundaries for the backends to get right.
+    let batches = input(job, 16 * 1024)?;
+    let corrupt = std::env::var("PANES_BENCH_CORRUPT").unwrap_or_default();
+    let mut first: Option<Rows> = None;
+    let mut verdicts = Vec::new();
+    for &(backend, threads) in runs {
+        let (_, _, _, mut out) = run_keeping(job, &batches, (backend, threads, false), true)?;
+        if corrupt == backend.to_string() {
+            out.retain(|b| b.num_rows() > 0);
+            if let Some(last) = out.pop() {
+                out.push(last.slice(0, last.num_rows() - 1));
+            }
+        }
+        let rows = Rows::of(&out);
+        let hash = rows.hash();
+        let disagreement = match &first {
+            None => None,
+            Some(f) => f.differs(&rows).map(|d| {
+                let (b0, t0) = runs[0];
+                format!("{backend} on {threads} threads against {b0} on {t0}: {d}")
+            }),
+        };
+        first.get_or_insert(rows);
+        verdicts.push(Verdict { disagreement, hash });
+    }
+    Ok(verdicts)
 }
 
 /// What a suite runs: events per case, backends, key counts, thread counts, which cases.
@@ -285,10 +353,16 @@ pub struct Suite<'a> {
     pub only: &'a [String],
     /// Time the GPU backend's stages.
     pub profile: bool,
+    /// Repeats per case (after one warm-up run, when more than one)...
+    pub repeats: usize,
+    /// ...unless a case's runs took this many seconds first (it runs at least once).
+    pub max_time: f64,
 }
 
 /// Runs the suite: every window × key count × backend, then the example workloads, each
-/// at every thread count (a sweep).
+/// at every thread count (a sweep). Before a case is timed, every backend and thread count
+/// runs it on a sample of `reference_events` events, and each one's rows are checked
+/// against the first's ([`Case::agrees`]).
 pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Case>> {
     let Suite {
         events,
@@ -298,76 +372,133 @@ pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Ca
         threads,
         only,
         profile,
+        repeats,
+        max_time,
     } = *suite;
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
     let events_for = |backend: BackendKind| match backend {
         BackendKind::Reference => events.min(reference_events),
         _ => events,
     };
+    let sample = events.min(reference_events);
+    let runs_of = |backends: &[BackendKind]| -> Vec<(BackendKind, usize)> {
+        let each = |&b: &BackendKind| threads.iter().map(move |&t| (b, t));
+        backends.iter().flat_map(each).collect()
+    };
+    let repeats = (repeats.max(1), max_time);
     let mut cases = Vec::new();
+    let mut emit = |case: Case| {
+        on_case(&case);
+        cases.push(case);
+    };
+    type Shape = (&'static str, Box<dyn Fn(u64) -> Job>);
     for &k in keys {
+        let shapes: Vec<Shape> = WINDOWS
+            .iter()
+            .map(|&(name, size, slide)| {
+                let make: Box<dyn Fn(u64) -> Job> = Box::new(move |n| job(size, slide, n, k));
+                (name, make)
+            })
+            .chain([(
+                CUMULATE,
+                Box::new(move |n| cumulate_job(n, k)) as Box<dyn Fn(u64) -> Job>,
+            )])
+            .filter(|(name, _)| wanted(name))
+            .collect();
+        if shapes.is_empty() {
+            continue;
+        }
+        let runs = runs_of(backends);
+        let verdicts = (shapes.iter())
+            .map(|(_, make)| agreement(&make(sample), &runs))
+            .collect::<Result<Vec<_>>>()?;
         for backend in backends {
             let n = events_for(*backend);
-            let windows: Vec<(&str, Job)> = WINDOWS
-                .iter()
-                .map(|&(name, size, slide)| (name, job(size, slide, n, k)))
-                .chain([(CUMULATE, cumulate_job(n, k))])
-                .filter(|(name, _)| wanted(name))
-                .collect();
-            if windows.is_empty() {
-                continue;
-            }
             let batches = input(&job(60_000, 60_000, n, k), 64 * 1024)?;
             let kernels = match backend {
                 BackendKind::Gpu => Some(gpu_kernels(k, n)?),
                 _ => None,
             };
-            for (name, job) in windows {
+            for ((name, make), verdicts) in shapes.iter().zip(&verdicts) {
+                let job = make(n);
                 let mut base = None;
                 for &t in threads {
+                    let at = runs.iter().position(|r| *r == (*backend, t));
                     let case = measure(
                         name,
                         &job,
                         &batches,
                         (*backend, t, profile),
-                        kernels.clone(),
+                        (kernels.clone(), at.map(|i| verdicts[i].clone())),
                         &mut base,
+                        repeats,
                     )?;
-                    on_case(&case);
-                    cases.push(case);
+                    emit(case);
                 }
             }
         }
     }
+    let on_cpu: Vec<BackendKind> = (backends.iter().copied())
+        .filter(|b| *b != BackendKind::Gpu)
+        .collect();
     for (name, text) in WORKLOADS.into_iter().filter(|(name, _)| wanted(name)) {
-        for backend in backends.iter().filter(|b| **b != BackendKind::Gpu) {
+        let runs = runs_of(&on_cpu);
+        let verdicts = agreement(&workload(name, text, sample)?, &runs)?;
+        for backend in &on_cpu {
             let job = workload(name, text, events_for(*backend))?;
             let batches = input(&job, 64 * 1024)?;
             let mut base = None;
             for &t in threads {
-                let case = measure(name, &job, &batches, (*backend, t, false), None, &mut base)?;
-                on_case(&case);
-                cases.push(case);
+                let at = runs.iter().position(|r| *r == (*backend, t));
+                let verdict = at.map(|i| verdicts[i].clone());
+                let run = (*backend, t, false);
+                let case = measure(
+                    name,
+                    &job,
+                    &batches,
+                    run,
+                    (None, verdict),
+                    &mut base,
+                    repeats,
+                )?;
+                emit(case);
             }
         }
     }
     Ok(cases)
 }
 
-/// Runs one case on (backend, threads, profile) and describes it; `kernels` are the GPU's
-/// kernel-only figures, `base` the events per second of the sweep's first run of this
-/// case (set by that run).
+/// Runs one case on (backend, threads, profile) `repeats.0` times (after a warm-up run
+/// when more than once), or until `repeats.1` seconds have passed, and describes it;
+/// `kernels` are the GPU's kernel-only figures, `verdict` the agreement check's, `base`
+/// the median events per second of the sweep's first run of this case (set by that run).
 fn measure(
     name: &str,
     job: &Job,
     batches: &[RecordBatch],
     (backend, threads, profile): (BackendKind, usize, bool),
-    kernels: Option<(f64, String, String)>,
+    (kernels, verdict): (Option<(f64, String, String)>, Option<Verdict>),
     base: &mut Option<f64>,
+    (repeats, max_time): (usize, f64),
 ) -> Result<Case> {
-    let (seconds, rows_out, stages) = run(job, batches, backend, threads, profile)?;
+    let started = Instant::now();
+    if repeats > 1 {
+        run(job, batches, backend, threads, false)?;
+    }
+    let mut samples = Vec::new();
+    let (seconds, rows_out, stages) = loop {
+        let (seconds, rows_out, stages) = run(job, batches, backend, threads, profile)?;
+        samples.push(seconds);
+        if samples.len() >= repeats || started.elapsed().as_secs_f64() >= max_time {
+            break (Spread::of(samples), rows_out, stages);
+        }
+    };
     let events = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-    let events_per_sec = events as f64 / seconds.max(1e-9);
+    let bytes = batches
+        .iter()
+        .map(|b| b.get_array_memory_size() as u64)
+        .sum::<u64>();
+    let events_per_sec = events as f64 / seconds.median.max(1e-9);
     let base = *base.get_or_insert(events_per_sec);
     let (kernel_events_per_sec, kernel_timer, adapter) = match kernels {
         Some((rate, timer, adapter)) => (Some(rate), Some(timer), Some(adapter)),
@@ -380,9 +511,13 @@ fn measure(
         events,
         threads,
         speedup: events_per_sec / base,
+        bytes_per_sec: bytes as f64 / seconds.median.max(1e-9),
         seconds,
         events_per_sec,
         rows_out,
+        agrees: verdict.as_ref().map(|v| v.disagreement.is_none()),
+        disagreement: verdict.as_ref().and_then(|v| v.disagreement.clone()),
+        rows_hash: verdict.map(|v| v.hash),
         kernel_events_per_sec,
         kernel_timer,
         adapter,

@@ -15,6 +15,7 @@
 //! ```
 
 pub mod bench;
+pub mod harness;
 
 pub use panes_datasets as datasets;
 pub use panes_engine as engine;

@@ -14,6 +14,7 @@ use panes::engine::connect::open_sink;
 use panes::engine::job::{Sink, parse_bytes};
 use panes::engine::run::{BackendKind, Progress, RunOptions, StartFrom, run_job};
 use panes::engine::state::checkpoint;
+use panes::harness::{Machine, Report};
 
 mod metrics;
 
@@ -144,6 +145,32 @@ enum Command {
         /// submission) and print them under the case (and in `--json`).
         #[arg(long)]
         profile: bool,
+        /// Timed runs per case, after one warm-up run (none when 1): the table gives the
+        /// median and the interquartile spread.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Seconds per case after which no further repeat starts (it runs at least once).
+        #[arg(long, default_value_t = 60.0)]
+        max_time: f64,
+        /// Print the results as CSV (one line per case) instead of a table.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        #[command(subcommand)]
+        compare: Option<BenchCommand>,
+    },
+}
+
+/// What `panes bench` does besides running the suite.
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Compare two `panes bench --json` reports: per case, events/s old and new, their
+    /// ratio and noise (the larger interquartile spread), and whether it is a regression or
+    /// an improvement beyond the noise (twice the spread, and at least 5%).
+    Compare {
+        /// The earlier report.
+        old: PathBuf,
+        /// The later report (another commit, or another machine).
+        new: PathBuf,
     },
 }
 
@@ -417,6 +444,10 @@ impl Command {
                 Ok(())
             }
             Command::Bench {
+                compare: Some(BenchCommand::Compare { old, new }),
+                ..
+            } => compare_reports(&old, &new),
+            Command::Bench {
                 events,
                 reference_events,
                 keys,
@@ -425,12 +456,19 @@ impl Command {
                 cases: only,
                 json,
                 profile,
+                repeats,
+                max_time,
+                csv,
+                compare: None,
             } => {
                 let threads = match threads {
                     t if t.is_empty() => vec![panes::engine::run::default_threads()],
                     t if t.contains(&0) => bail!("--threads: a thread count must be at least 1"),
                     t => t,
                 };
+                if repeats == 0 {
+                    bail!("--repeats must be at least 1");
+                }
                 let names = bench::case_names();
                 if let Some(bad) = only
                     .iter()
@@ -441,16 +479,20 @@ impl Command {
                         names.join(", ")
                     );
                 }
-                if !json {
+                let table = !json && !csv;
+                if table {
+                    println!("{}", Machine::here(Vec::new()).line());
                     println!(
-                        "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14} {:>9} {:>14}",
-                        "window",
+                        "{:<18} {:>8} {:<9} {:>9} {:>7} {:>13} {:>7} {:>8} {:>7} {:>13}",
+                        "case",
                         "keys",
                         "backend",
                         "events",
                         "threads",
                         "events/s",
+                        "spread",
                         "speed-up",
+                        "rows",
                         "kernel ev/s"
                     );
                 }
@@ -463,42 +505,145 @@ impl Command {
                     threads: &threads,
                     only: &only,
                     profile,
+                    repeats,
+                    max_time,
                 };
+                // A progress line per case on stderr, where a table does not show it.
+                let bar = ProgressBar::new_spinner().with_style(
+                    ProgressStyle::with_template("{spinner} {elapsed_precise} {pos} cases: {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                let red = std::io::stdout().is_terminal();
                 let cases = bench::suite(&suite, |c| {
-                    if json {
+                    bar.set_message(format!(
+                        "{} {} keys on {} done",
+                        c.window, c.keys, c.backend
+                    ));
+                    bar.inc(1);
+                    if let Some(a) = &c.adapter {
+                        adapters.insert(a.clone());
+                    }
+                    if !table {
                         return;
                     }
-                    let kernel = c
-                        .kernel_events_per_sec
-                        .map_or("-".into(), |k| format!("{k:.0}"));
-                    println!(
-                        "{:<16} {:>9} {:<10} {:>10} {:>8} {:>14.0} {:>8.2}x {:>14}",
-                        c.window,
-                        c.keys,
-                        c.backend,
-                        c.events,
-                        c.threads,
-                        c.events_per_sec,
-                        c.speedup,
-                        kernel
-                    );
-                    if let (Some(a), Some(t)) = (&c.adapter, &c.kernel_timer) {
-                        if adapters.insert(a.clone()) {
-                            println!("  gpu: {a}; kernels timed by {t}");
-                        }
-                    }
-                    for s in c.profile.iter().flatten() {
-                        let share = s.seconds / c.seconds.max(1e-9) * 100.0;
-                        println!("    {:<44} {:>9.3} s {:>6.1}%", s.stage, s.seconds, share);
-                    }
+                    bar.suspend(|| print_case(c, red));
                 })?;
+                bar.finish_and_clear();
+                let report = Report {
+                    schema: panes::harness::SCHEMA.into(),
+                    machine: Machine::here(adapters.into_iter().collect()),
+                    cases,
+                };
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&cases)?);
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else if csv {
+                    print!("{}", panes::harness::csv(&report));
+                }
+                let failed: Vec<&str> = (report.cases.iter())
+                    .filter_map(|c| c.disagreement.as_deref())
+                    .collect();
+                if !failed.is_empty() {
+                    bail!(
+                        "{} case(s) returned other rows than the first backend: {}",
+                        failed.len(),
+                        failed.join("; ")
+                    );
                 }
                 Ok(())
             }
         }
     }
+}
+
+/// One line of the `panes bench` table (and the GPU's profile under it); a case whose
+/// rows disagree with the first backend's is marked, in red on a terminal.
+fn print_case(c: &bench::Case, red: bool) {
+    let kernel = (c.kernel_events_per_sec).map_or("-".into(), |k| format!("{k:.0}"));
+    let agrees = match (c.agrees, red) {
+        (Some(false), true) => "  \x1b[31mDISAGREES\x1b[0m",
+        (Some(false), false) => "  DISAGREES",
+        _ => "",
+    };
+    println!(
+        "{:<18} {:>8} {:<9} {:>9} {:>7} {:>13.0} {:>6.1}% {:>7.2}x {:>7} {:>13}{agrees}",
+        c.window,
+        c.keys,
+        c.backend,
+        c.events,
+        c.threads,
+        c.events_per_sec,
+        c.seconds.noise() * 100.0,
+        c.speedup,
+        c.rows_out,
+        kernel
+    );
+    if let (Some(a), Some(t)) = (&c.adapter, &c.kernel_timer) {
+        println!("  gpu: {a}; kernels timed by {t}");
+    }
+    if let Some(d) = &c.disagreement {
+        println!("  {d}");
+    }
+    for s in c.profile.iter().flatten() {
+        let share = s.seconds / c.seconds.median.max(1e-9) * 100.0;
+        println!("    {:<44} {:>9.3} s {:>6.1}%", s.stage, s.seconds, share);
+    }
+}
+
+/// `panes bench compare OLD NEW`.
+fn compare_reports(old: &Path, new: &Path) -> Result<()> {
+    let read = |path: &Path| -> Result<Report> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let report: Report = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a `panes bench --json` report ({}): {e}",
+                path.display(),
+                panes::harness::SCHEMA
+            )
+        })?;
+        if report.schema != panes::harness::SCHEMA {
+            bail!(
+                "{} has schema {:?}; this panes reads {:?}",
+                path.display(),
+                report.schema,
+                panes::harness::SCHEMA
+            );
+        }
+        Ok(report)
+    };
+    let (old, new) = (read(old)?, read(new)?);
+    println!("old: {}", old.machine.line());
+    println!("new: {}", new.machine.line());
+    let changes = panes::harness::compare(&old, &new);
+    if changes.is_empty() {
+        bail!("the two reports have no case in common (case, keys, backend and threads)");
+    }
+    println!(
+        "{:<52} {:>13} {:>13} {:>7} {:>7}",
+        "case", "old ev/s", "new ev/s", "ratio", "noise"
+    );
+    for c in &changes {
+        let verdict = match (c.regression, c.improvement) {
+            (true, _) => "  regression",
+            (_, true) => "  improvement",
+            _ => "",
+        };
+        println!(
+            "{:<52} {:>13.0} {:>13.0} {:>6.2}x {:>6.1}%{verdict}",
+            c.case,
+            c.old,
+            c.new,
+            c.new / c.old.max(1e-12),
+            c.noise * 100.0
+        );
+    }
+    let regressions = changes.iter().filter(|c| c.regression).count();
+    println!(
+        "{} cases compared, {regressions} regression(s), {} improvement(s)",
+        changes.len(),
+        changes.iter().filter(|c| c.improvement).count()
+    );
+    Ok(())
 }
 
 /// An event time (ms since the epoch) as a UTC date and time; `-` before any.

@@ -860,10 +860,8 @@ fn bench_runs_the_cases_asked_for_and_prints_json() {
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let cases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let cases = bench_cases(&out);
     let names: Vec<&str> = cases
-        .as_array()
-        .expect("an array of cases")
         .iter()
         .map(|c| c["window"].as_str().expect("a window name"))
         .collect();
@@ -880,15 +878,208 @@ fn bench_runs_the_cases_asked_for_and_prints_json() {
         ]
     );
     // Each SQL twin runs the same job: the same rows.
-    let cases = cases.as_array().unwrap();
     for pair in cases[1..].chunks(2) {
         assert_eq!(pair[0]["rows_out"], pair[1]["rows_out"], "{pair:?}");
     }
-    for case in cases {
+    for case in &cases {
         assert_eq!(case["events"], 30000, "{case}");
         assert!(case["events_per_sec"].as_f64().unwrap() > 0.0, "{case}");
         assert!(case["rows_out"].as_u64().unwrap() > 0, "{case}");
     }
+}
+
+/// The cases of a `panes bench --json` report, after checking its schema.
+fn bench_cases(out: &Output) -> Vec<serde_json::Value> {
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(report["schema"], "panes-bench/1", "{report}");
+    report["cases"]
+        .as_array()
+        .expect("an array of cases")
+        .clone()
+}
+
+fn bench_json(extra: &[&str], env: Option<(&str, &str)>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
+    cmd.args([
+        "bench",
+        "--events",
+        "40000",
+        "--reference-events",
+        "20000",
+        "--keys",
+        "300",
+    ])
+    .args(["--cases", "hop", "--json"])
+    .args(extra);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("panes runs")
+}
+
+#[test]
+fn bench_reports_the_machine_the_spread_of_repeats_and_that_backends_agree() {
+    let out = bench_json(
+        &[
+            "--backend",
+            "reference,cpu",
+            "--threads",
+            "1,2",
+            "--repeats",
+            "3",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let machine = &report["machine"];
+    assert!(machine["cores"].as_u64().unwrap() >= 1, "{machine}");
+    assert!(!machine["cpu"].as_str().unwrap().is_empty(), "{machine}");
+    assert!(machine["memory_bytes"].as_u64().unwrap() > 0, "{machine}");
+    assert!(machine["commit"].as_str().unwrap() != "", "{machine}");
+    let cases = bench_cases(&out);
+    assert_eq!(cases.len(), 4, "reference and cpu, at 1 and 2 threads");
+    for c in &cases {
+        let s = &c["seconds"];
+        assert_eq!(s["samples"].as_array().unwrap().len(), 3, "{c}");
+        let f = |k: &str| s[k].as_f64().unwrap();
+        assert!(
+            f("min") <= f("q1") && f("q1") <= f("median") && f("median") <= f("q3"),
+            "{c}"
+        );
+        assert_eq!(c["agrees"], true, "{c}");
+        assert_eq!(c["rows_hash"], cases[0]["rows_hash"], "{c}");
+        assert!(c["bytes_per_sec"].as_f64().unwrap() > c["events_per_sec"].as_f64().unwrap());
+    }
+    // CSV: a header and a line per case.
+    let out = run(&[
+        "bench",
+        "--events",
+        "40000",
+        "--keys",
+        "300",
+        "--cases",
+        "hop",
+        "--backend",
+        "cpu",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--csv",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("case,keys,backend,events,threads,median_seconds"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[1].starts_with("hop(15m,1m),300,cpu,40000,1,"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_backend_that_returns_other_rows_fails_its_case() {
+    let out = bench_json(
+        &[
+            "--backend",
+            "reference,cpu",
+            "--threads",
+            "2",
+            "--repeats",
+            "1",
+        ],
+        Some(("PANES_BENCH_CORRUPT", "cpu")),
+    );
+    assert!(!out.status.success(), "a disagreement is a failure");
+    assert!(
+        stderr(&out).contains("returned other rows"),
+        "{}",
+        stderr(&out)
+    );
+    let cases = bench_cases(&out);
+    let cpu = cases
+        .iter()
+        .find(|c| c["backend"] == "cpu")
+        .expect("a cpu case");
+    let reference = cases
+        .iter()
+        .find(|c| c["backend"] == "reference")
+        .expect("reference");
+    assert_eq!(reference["agrees"], true);
+    assert_eq!(cpu["agrees"], false, "{cpu}");
+    assert!(
+        cpu["disagreement"]
+            .as_str()
+            .unwrap()
+            .contains("rows against"),
+        "{cpu}"
+    );
+}
+
+#[test]
+fn bench_compare_flags_a_regression_beyond_the_noise() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let out = bench_json(
+        &["--backend", "cpu", "--threads", "1", "--repeats", "2"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let old = dir.path().join("old.json");
+    std::fs::write(&old, &out.stdout).expect("write");
+    // The same report, three times slower, with no spread: a regression.
+    let mut slower: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for c in slower["cases"].as_array_mut().unwrap() {
+        let eps = c["events_per_sec"].as_f64().unwrap();
+        c["events_per_sec"] = (eps / 3.0).into();
+        let median = c["seconds"]["median"].clone();
+        for k in ["q1", "q3"] {
+            c["seconds"][k] = median.clone();
+        }
+    }
+    let new = dir.path().join("new.json");
+    std::fs::write(&new, serde_json::to_vec(&slower).unwrap()).expect("write");
+    let out = run(&[
+        "bench",
+        "compare",
+        old.to_str().unwrap(),
+        new.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("0.33x") && text.contains("regression"),
+        "{text}"
+    );
+    let out = run(&[
+        "bench",
+        "compare",
+        old.to_str().unwrap(),
+        old.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1.00x") && text.contains("0 regression(s)"),
+        "{text}"
+    );
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "[1, 2]").expect("write");
+    let out = run(&[
+        "bench",
+        "compare",
+        bad.to_str().unwrap(),
+        old.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not a `panes bench --json` report"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -926,15 +1117,14 @@ fn bench_sweeps_thread_counts() {
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let cases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    let cases = cases.as_array().expect("an array of cases");
+    let cases = bench_cases(&out);
     let threads: Vec<u64> = cases
         .iter()
         .map(|c| c["threads"].as_u64().unwrap())
         .collect();
     assert_eq!(threads, [1, 2, 3]);
     assert_eq!(cases[0]["speedup"].as_f64(), Some(1.0));
-    for case in cases {
+    for case in &cases {
         assert!(case["speedup"].as_f64().unwrap() > 0.0, "{case}");
         assert_eq!(case["rows_out"], cases[0]["rows_out"], "{case}");
     }
@@ -958,11 +1148,12 @@ fn bench_profiles_the_gpu_stages() {
         "--cases",
         "hop",
         "--profile",
+        "--repeats",
+        "1",
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let cases: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    let cases = cases.as_array().expect("an array of cases");
+    let cases = bench_cases(&out);
     let cpu = cases
         .iter()
         .find(|c| c["backend"] == "cpu")
@@ -989,7 +1180,7 @@ fn bench_profiles_the_gpu_stages() {
     ] {
         assert!(names.contains(&stage), "{stage} missing from {names:?}");
     }
-    let total = gpu["seconds"].as_f64().unwrap();
+    let total = gpu["seconds"]["median"].as_f64().unwrap();
     for s in stages {
         let seconds = s["seconds"].as_f64().unwrap();
         assert!(
