@@ -38,6 +38,8 @@ pub struct Case {
     pub bytes_per_sec: f64,
     /// Result rows emitted.
     pub rows_out: u64,
+    /// Rows per input batch.
+    pub batch_rows: usize,
     /// Whether this backend returned the rows the case's first backend and thread count
     /// did, on a sample of `check_events` events (`None`: not checked).
     pub agrees: Option<bool>,
@@ -110,11 +112,40 @@ pub fn gpu_kernels(keys: u64, events: u64) -> Result<(f64, String, String)> {
     Ok((rate, timer.into(), gpu.adapter().into()))
 }
 
-/// The window shapes of the suite: name and (size, slide) in ms.
-pub const WINDOWS: [(&str, i64, i64); 2] = [
+/// The window shapes of the suite: name and (size, slide) in ms; the hop windows sweep
+/// the panes a window covers (4, 15 and 60; a tumbling window is one).
+pub const WINDOWS: [(&str, i64, i64); 4] = [
     ("tumble(1m)", 60_000, 60_000),
+    ("hop(4m,1m)", 240_000, 60_000),
     ("hop(15m,1m)", 900_000, 60_000),
+    ("hop(60m,1m)", 3_600_000, 60_000),
 ];
+
+/// Which part of the suite runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The window shapes (tumble, hop at 4, 15 and 60 panes a window, cumulate) over
+    /// clickstream data, at every key count and batch size.
+    Windows,
+    /// The Nexmark queries (q5, q7, q11) and their SQL twins.
+    Nexmark,
+    /// The IoT anomaly job and its SQL twin.
+    Iot,
+    /// Everything, the trending and fraud velocity jobs included.
+    All,
+}
+
+impl Part {
+    /// Whether case `name` belongs to this part.
+    pub fn has(self, name: &str) -> bool {
+        match self {
+            Part::Windows => name == CUMULATE || WINDOWS.iter().any(|w| w.0 == name),
+            Part::Nexmark => name.starts_with("nexmark"),
+            Part::Iot => name.starts_with("iot"),
+            Part::All => true,
+        }
+    }
+}
 
 /// The name of the suite's cumulate case (see [`cumulate_job`]).
 pub const CUMULATE: &str = "cumulate(15m,1m)";
@@ -351,6 +382,10 @@ pub struct Suite<'a> {
     pub threads: &'a [usize],
     /// Only the cases whose name starts with one of these, when it names any.
     pub only: &'a [String],
+    /// Only the cases of this part.
+    pub part: Part,
+    /// Batch sizes (rows) to run each case at.
+    pub batch_rows: &'a [usize],
     /// Time the GPU backend's stages.
     pub profile: bool,
     /// Repeats per case (after one warm-up run, when more than one)...
@@ -371,11 +406,15 @@ pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Ca
         backends,
         threads,
         only,
+        part,
+        batch_rows,
         profile,
         repeats,
         max_time,
     } = *suite;
-    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str()));
+    let wanted = |name: &str| {
+        part.has(name) && (only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str())))
+    };
     let events_for = |backend: BackendKind| match backend {
         BackendKind::Reference => events.min(reference_events),
         _ => events,
@@ -412,28 +451,31 @@ pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Ca
         let verdicts = (shapes.iter())
             .map(|(_, make)| agreement(&make(sample), &runs))
             .collect::<Result<Vec<_>>>()?;
-        for backend in backends {
-            let n = events_for(*backend);
-            let batches = input(&job(60_000, 60_000, n, k), 64 * 1024)?;
-            let kernels = match backend {
-                BackendKind::Gpu => Some(gpu_kernels(k, n)?),
-                _ => None,
-            };
-            for ((name, make), verdicts) in shapes.iter().zip(&verdicts) {
-                let job = make(n);
-                let mut base = None;
-                for &t in threads {
-                    let at = runs.iter().position(|r| *r == (*backend, t));
-                    let case = measure(
-                        name,
-                        &job,
-                        &batches,
-                        (*backend, t, profile),
-                        (kernels.clone(), at.map(|i| verdicts[i].clone())),
-                        &mut base,
-                        repeats,
-                    )?;
-                    emit(case);
+        for &rows in batch_rows {
+            for backend in backends {
+                let n = events_for(*backend);
+                let batches = input(&job(60_000, 60_000, n, k), rows)?;
+                let kernels = match backend {
+                    BackendKind::Gpu => Some(gpu_kernels(k, n)?),
+                    _ => None,
+                };
+                for ((name, make), verdicts) in shapes.iter().zip(&verdicts) {
+                    let job = make(n);
+                    let mut base = None;
+                    for &t in threads {
+                        let at = runs.iter().position(|r| *r == (*backend, t));
+                        let mut case = measure(
+                            name,
+                            &job,
+                            &batches,
+                            (*backend, t, profile),
+                            (kernels.clone(), at.map(|i| verdicts[i].clone())),
+                            &mut base,
+                            repeats,
+                        )?;
+                        case.batch_rows = rows;
+                        emit(case);
+                    }
                 }
             }
         }
@@ -444,24 +486,27 @@ pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Ca
     for (name, text) in WORKLOADS.into_iter().filter(|(name, _)| wanted(name)) {
         let runs = runs_of(&on_cpu);
         let verdicts = agreement(&workload(name, text, sample)?, &runs)?;
-        for backend in &on_cpu {
-            let job = workload(name, text, events_for(*backend))?;
-            let batches = input(&job, 64 * 1024)?;
-            let mut base = None;
-            for &t in threads {
-                let at = runs.iter().position(|r| *r == (*backend, t));
-                let verdict = at.map(|i| verdicts[i].clone());
-                let run = (*backend, t, false);
-                let case = measure(
-                    name,
-                    &job,
-                    &batches,
-                    run,
-                    (None, verdict),
-                    &mut base,
-                    repeats,
-                )?;
-                emit(case);
+        for &rows in batch_rows {
+            for backend in &on_cpu {
+                let job = workload(name, text, events_for(*backend))?;
+                let batches = input(&job, rows)?;
+                let mut base = None;
+                for &t in threads {
+                    let at = runs.iter().position(|r| *r == (*backend, t));
+                    let verdict = at.map(|i| verdicts[i].clone());
+                    let run = (*backend, t, false);
+                    let mut case = measure(
+                        name,
+                        &job,
+                        &batches,
+                        run,
+                        (None, verdict),
+                        &mut base,
+                        repeats,
+                    )?;
+                    case.batch_rows = rows;
+                    emit(case);
+                }
             }
         }
     }
@@ -515,6 +560,7 @@ fn measure(
         seconds,
         events_per_sec,
         rows_out,
+        batch_rows: batches.first().map_or(0, RecordBatch::num_rows),
         agrees: verdict.as_ref().map(|v| v.disagreement.is_none()),
         disagreement: verdict.as_ref().and_then(|v| v.disagreement.clone()),
         rows_hash: verdict.map(|v| v.hash),

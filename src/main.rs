@@ -145,6 +145,13 @@ enum Command {
         /// submission) and print them under the case (and in `--json`).
         #[arg(long)]
         profile: bool,
+        /// Which part of the suite: `windows` (the window shapes at every key count and
+        /// batch size), `nexmark`, `iot`, or `all`.
+        #[arg(long, value_enum, default_value = "all")]
+        suite: bench::Part,
+        /// Rows per input batch, comma separated: each case runs at each (a sweep).
+        #[arg(long, value_delimiter = ',', default_value = "65536")]
+        batch_rows: Vec<usize>,
         /// Timed runs per case, after one warm-up run (none when 1): the table gives the
         /// median and the interquartile spread.
         #[arg(long, default_value_t = 3)]
@@ -459,8 +466,13 @@ impl Command {
                 repeats,
                 max_time,
                 csv,
+                suite: part,
+                batch_rows,
                 compare: None,
             } => {
+                if batch_rows.contains(&0) {
+                    bail!("--batch-rows: a batch has at least 1 row");
+                }
                 let threads = match threads {
                     t if t.is_empty() => vec![panes::engine::run::default_threads()],
                     t if t.contains(&0) => bail!("--threads: a thread count must be at least 1"),
@@ -504,6 +516,8 @@ impl Command {
                     backends: &backend,
                     threads: &threads,
                     only: &only,
+                    part,
+                    batch_rows: &batch_rows,
                     profile,
                     repeats,
                     max_time,

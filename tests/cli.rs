@@ -856,7 +856,7 @@ fn bench_runs_the_cases_asked_for_and_prints_json() {
         "--threads",
         "1",
         "--cases",
-        "hop,nexmark",
+        "hop(15m,nexmark",
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -909,7 +909,7 @@ fn bench_json(extra: &[&str], env: Option<(&str, &str)>) -> Output {
         "--keys",
         "300",
     ])
-    .args(["--cases", "hop", "--json"])
+    .args(["--cases", "hop(15m", "--json"])
     .args(extra);
     if let Some((k, v)) = env {
         cmd.env(k, v);
@@ -959,7 +959,7 @@ fn bench_reports_the_machine_the_spread_of_repeats_and_that_backends_agree() {
         "--keys",
         "300",
         "--cases",
-        "hop",
+        "hop(15m",
         "--backend",
         "cpu",
         "--threads",
@@ -1083,6 +1083,71 @@ fn bench_compare_flags_a_regression_beyond_the_noise() {
 }
 
 #[test]
+fn bench_suites_sweep_panes_per_window_and_batch_sizes() {
+    let out = run(&[
+        "bench",
+        "--suite",
+        "windows",
+        "--events",
+        "30000",
+        "--keys",
+        "200",
+        "--backend",
+        "cpu",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--batch-rows",
+        "4096,16384",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cases = bench_cases(&out);
+    let names: Vec<(&str, u64)> = cases
+        .iter()
+        .map(|c| {
+            (
+                c["window"].as_str().unwrap(),
+                c["batch_rows"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let shapes = [
+        "tumble(1m)",
+        "hop(4m,1m)",
+        "hop(15m,1m)",
+        "hop(60m,1m)",
+        "cumulate(15m,1m)",
+    ];
+    let want: Vec<(&str, u64)> = [4096, 16384]
+        .into_iter()
+        .flat_map(|b| shapes.iter().map(move |s| (*s, b)))
+        .collect();
+    assert_eq!(names, want, "the windows suite has no workloads");
+    let out = run(&[
+        "bench",
+        "--suite",
+        "iot",
+        "--events",
+        "30000",
+        "--backend",
+        "cpu",
+        "--threads",
+        "1",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names: Vec<String> = bench_cases(&out)
+        .iter()
+        .map(|c| c["window"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["iot anomaly", "iot anomaly sql"]);
+}
+
+#[test]
 fn bench_names_a_case_it_does_not_have() {
     let out = run(&["bench", "--cases", "hop,sliding", "--json"]);
     assert!(!out.status.success());
@@ -1146,7 +1211,7 @@ fn bench_profiles_the_gpu_stages() {
         "--backend",
         "cpu,gpu",
         "--cases",
-        "hop",
+        "hop(15m",
         "--profile",
         "--repeats",
         "1",
