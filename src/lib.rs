@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod harness;
+pub mod report;
 
 pub use panes_datasets as datasets;
 pub use panes_engine as engine;

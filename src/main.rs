@@ -162,6 +162,11 @@ enum Command {
         /// Print the results as CSV (one line per case) instead of a table.
         #[arg(long, conflicts_with = "json")]
         csv: bool,
+        /// Also write an HTML report to this directory (`index.html`: the machine, the
+        /// cases and plots of throughput against keys, panes per window and batch size,
+        /// and thread scaling; no network needed to view it) and the JSON report beside it.
+        #[arg(long, value_name = "DIR")]
+        report: Option<PathBuf>,
         #[command(subcommand)]
         compare: Option<BenchCommand>,
     },
@@ -468,6 +473,7 @@ impl Command {
                 csv,
                 suite: part,
                 batch_rows,
+                report: report_dir,
                 compare: None,
             } => {
                 if batch_rows.contains(&0) {
@@ -548,6 +554,12 @@ impl Command {
                     machine: Machine::here(adapters.into_iter().collect()),
                     cases,
                 };
+                if let Some(dir) = report_dir {
+                    let page = panes::report::write(&report, &dir).map_err(|e| {
+                        anyhow::anyhow!("writing the report to {}: {e}", dir.display())
+                    })?;
+                    eprintln!("report: {}", page.display());
+                }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                 } else if csv {

@@ -1147,6 +1147,103 @@ fn bench_suites_sweep_panes_per_window_and_batch_sizes() {
     assert_eq!(names, ["iot anomaly", "iot anomaly sql"]);
 }
 
+/// The HTML report in a real browser: headless Chromium (Debian's `chromium`, which
+/// `.ci/run` installs) loads it, its DOM has the four plots, and a screenshot is drawn.
+#[test]
+fn bench_report_renders_in_a_headless_browser_with_its_plots() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let report = dir.path().join("report");
+    let out = run(&[
+        "bench",
+        "--suite",
+        "windows",
+        "--events",
+        "30000",
+        "--reference-events",
+        "10000",
+        "--keys",
+        "100,1000",
+        "--backend",
+        "reference,cpu",
+        "--threads",
+        "1,2",
+        "--batch-rows",
+        "4096,16384",
+        "--repeats",
+        "1",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = report.join("index.html");
+    let html = std::fs::read_to_string(&page).expect("the page");
+    // Self-contained: nothing to fetch, nothing to run.
+    for fetch in ["<script", "<link", "src=", "url("] {
+        assert!(!html.contains(fetch), "{fetch} in the page");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["schema"], "panes-bench/1");
+
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a headless browser: install Debian's chromium (.ci/run does)");
+    let url = format!("file://{}", page.display());
+    let browse = |args: &[&str]| {
+        Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("the browser runs")
+    };
+    let dom = browse(&["--dump-dom"]);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for title in [
+        "Throughput against keys",
+        "Throughput against panes per window",
+        "Throughput against batch size",
+        "Thread scaling",
+    ] {
+        assert!(dom.contains(&format!("<h2>{title}")), "{title} missing");
+    }
+    assert_eq!(dom.matches("<svg").count(), 4, "four plots, each drawn");
+    assert!(dom.matches("<polyline").count() >= 8, "lines in the plots");
+    let shot = dir.path().join("shot.png");
+    let out = browse(&[
+        "--window-size=1200,2400",
+        &format!("--screenshot={}", shot.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 50_000,
+        "{} bytes",
+        png.len()
+    );
+}
+
 #[test]
 fn bench_names_a_case_it_does_not_have() {
     let out = run(&["bench", "--cases", "hop,sliding", "--json"]);
