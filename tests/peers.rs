@@ -23,15 +23,25 @@ fn duckdb_and_polars_return_panes_rows_and_a_peer_that_does_not_fails() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let out = peers(dir.path(), None);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("peers.json")).unwrap())
             .expect("peers.json");
     for engine in ["panes", "duckdb", "polars"] {
         assert_eq!(report[engine]["agrees"], true, "{engine}: {report}");
-        assert!(report[engine]["median_seconds"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(
+            report[engine]["median_seconds"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
     }
-    assert!(report["duckdb"]["rows"].as_u64().unwrap() > 1000, "{report}");
+    assert!(
+        report["duckdb"]["rows"].as_u64().unwrap() > 1000,
+        "{report}"
+    );
 
     let out = peers(dir.path(), Some("polars"));
     assert!(!out.status.success(), "a disagreement fails the run");

@@ -336,11 +336,12 @@ fn a_pipeline_from_sql_filters_events_and_windows() {
 
     let sql = "CREATE TABLE t (ts TIMESTAMP(3), k BIGINT, v BIGINT, WATERMARK FOR ts AS ts)
           WITH ('connector' = 'filesystem', 'path' = 'unused');
-        SELECT window_time, k, COUNT(*) AS n, SUM(v) AS total
+        SELECT window_time, k, COUNT(*) AS n, SUM(v) AS total,
+               CAST(SUM(v) AS DOUBLE) / COUNT(*) AS mean
         FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '10' SECOND))
         WHERE v > 0
         GROUP BY window_start, window_end, k
-        HAVING COUNT(*) >= 2";
+        HAVING COUNT(*) >= 2 AND MAX(v) > 6";
     let job = Job::from_sql(sql, "pipeline.sql").expect("compiles");
     let schema = Arc::new(Schema::new(vec![
         Field::new(

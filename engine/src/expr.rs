@@ -1,11 +1,12 @@
-//! Filters: SQL boolean expressions over a batch's columns, evaluated with Arrow's compute
-//! kernels a batch at a time (never row by row).
+//! SQL expressions over a batch's columns, evaluated with Arrow's compute kernels a batch
+//! at a time (never row by row): filters (boolean) and computed output columns.
 //!
 //! A job keeps a filter as its SQL text (`[filter] events` on input events, `[filter]
 //! windows` on window rows, as SQL's `WHERE` and `HAVING`); [`Filter::parse`] checks the
 //! text when the job is read, [`Filter::bind`] resolves its columns against a schema once,
 //! and [`Bound::keep`] selects the rows of a batch for which it is true (false and null drop
-//! the row, as in SQL).
+//! the row, as in SQL). `[output]` columns computed over window rows (`SUM(v) / COUNT(*)`
+//! in SQL) use the same type, through [`Bound::eval`].
 //!
 //! The subset: column names, numbers, strings, `TRUE`/`FALSE`/`NULL`, `+ - * / %`,
 //! comparisons, `AND`/`OR`/`NOT`, `IS [NOT] NULL`, `[NOT] LIKE`, `[NOT] BETWEEN`,
@@ -90,11 +91,16 @@ pub struct Bound {
 }
 
 impl Bound {
+    /// The expression's value for every row of `batch`.
+    pub fn eval(&self, batch: &RecordBatch) -> Result<ArrayRef> {
+        let value = (self.expr.eval(batch)).map_err(|Fail(e)| Error::input(&self.what, e))?;
+        Ok(value.into_array(batch.num_rows()))
+    }
+
     /// The rows of `batch` for which the filter is true.
     pub fn keep(&self, batch: &RecordBatch) -> Result<BooleanArray> {
         let fail = |e: String| Error::input(&self.what, e);
-        let value = self.expr.eval(batch).map_err(|Fail(e)| fail(e))?;
-        let array = value.into_array(batch.num_rows());
+        let array = self.eval(batch)?;
         let mask = array
             .as_any()
             .downcast_ref::<BooleanArray>()

@@ -62,7 +62,8 @@ pub struct JobFile {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
-    /// The columns of window rows in order, each a column name or `"name AS alias"`, from:
+    /// The columns of window rows in order, each a column name or an SQL expression over
+    /// them, optionally renamed (`"name AS alias"`, `"total / payments AS mean"`), from:
     /// the key columns, `window_start`, `window_end`, `window_time` (`window_end` - 1 ms),
     /// the aggregates, `rank` (with `[top_k]`) and `revision` (with allowed lateness;
     /// added at the end when not listed, so that re-fired rows stay apart).
@@ -70,13 +71,15 @@ pub struct OutputConfig {
 }
 
 /// A column of window rows as `[output]` picks it: `from`, named `name`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct OutputColumn {
     /// A key column, `window_start`, `window_end`, `window_time`, an aggregate, `rank` or
-    /// `revision`.
+    /// `revision`; or the text of `computed`.
     pub from: String,
     /// Its name in the output.
     pub name: String,
+    /// An expression over the columns above, evaluated on each batch of window rows.
+    pub computed: Option<Filter>,
 }
 
 impl OutputConfig {
@@ -84,21 +87,33 @@ impl OutputConfig {
     fn validate(&self, have: &[&str]) -> Result<Vec<OutputColumn>, String> {
         let mut out: Vec<OutputColumn> = Vec::new();
         for entry in &self.columns {
+            let entry = entry.trim();
+            // `… AS alias` where the alias is a plain name (CAST(x AS DOUBLE) has none).
+            let is_name =
+                |w: &str| !w.is_empty() && w.chars().all(|c| c.is_alphanumeric() || c == '_');
             let words: Vec<&str> = entry.split_whitespace().collect();
             let (from, name) = match words[..] {
-                [from] => (from, from),
-                [from, r#as, name] if r#as.eq_ignore_ascii_case("as") => (from, name),
-                _ => {
+                [_, .., r#as, alias] if r#as.eq_ignore_ascii_case("as") && is_name(alias) => {
+                    let head = entry[..entry.len() - alias.len()].trim_end();
+                    (head[..head.len() - 2].trim(), alias)
+                }
+                _ => (entry, entry),
+            };
+            let plain = have.contains(&from) || from == "window_time";
+            let computed = match plain {
+                true => None,
+                false if is_name(from) => {
                     return Err(format!(
-                        "output.columns: {entry:?} is not a column name or \"name AS alias\""
+                        "output.columns: {from:?} is not a column of window rows; they have \
+                         window_time and {}",
+                        have.join(", ")
                     ));
                 }
+                false => Some(Filter::parse(from).map_err(|e| format!("output.columns: {e}"))?),
             };
-            if !have.contains(&from) && from != "window_time" {
+            if name.is_empty() || (computed.is_some() && name == from) {
                 return Err(format!(
-                    "output.columns: {from:?} is not a column of window rows; they have \
-                     window_time and {}",
-                    have.join(", ")
+                    "output.columns: give the computed column {from:?} a name: \"{from} AS name\""
                 ));
             }
             if out.iter().any(|c| c.name == name) {
@@ -107,12 +122,14 @@ impl OutputConfig {
             out.push(OutputColumn {
                 from: from.into(),
                 name: name.into(),
+                computed,
             });
         }
         if have.contains(&"revision") && !out.iter().any(|c| c.from == "revision") {
             out.push(OutputColumn {
                 from: "revision".into(),
                 name: "revision".into(),
+                computed: None,
             });
         }
         Ok(out)
@@ -1414,8 +1431,21 @@ mod tests {
             "[output]\ncolumns = [\"views AS x\", \"avg_scroll AS x\"]\n",
         ));
         assert!(e.contains("\"x\" comes twice"), "{e}");
-        let e = error_of(&with("[output]\ncolumns = [\"views as\"]\n"));
-        assert!(e.contains("not a column name or"), "{e}");
+        let e = error_of(&with("[output]\ncolumns = [\"views +\"]\n"));
+        assert!(e.contains("output.columns") && e.contains("views +"), "{e}");
+        let e = error_of(&with("[output]\ncolumns = [\"views * 2\"]\n"));
+        assert!(e.contains("give the computed column"), "{e}");
+        let job = Job::from_toml(
+            &with("[output]\ncolumns = [\"CAST(views AS DOUBLE) / 2 AS half\"]\n"),
+            "job.toml",
+        )
+        .unwrap();
+        let c = &job.output.unwrap()[0];
+        assert_eq!(
+            (c.from.as_str(), c.name.as_str()),
+            ("CAST(views AS DOUBLE) / 2", "half")
+        );
+        assert!(c.computed.is_some());
         let e = error_of(&with("[filter]\nevents = \"amount >\"\n"));
         assert!(e.contains("filter.events") && e.contains("amount >"), "{e}");
         // With allowed lateness, the revision comes along.

@@ -1125,14 +1125,12 @@ impl Shape {
                     let name = alias.unwrap_or_else(|| column.clone());
                     self.columns.push((column, name));
                 }
-                Expr::Function(f) => self.aggregate(f, alias)?,
+                Expr::Function(f) => self.aggregate(f, alias, true)?,
+                // A computed column: over keys, window bounds and aggregates.
                 other => {
-                    return fail(
-                        at(other),
-                        format!(
-                            "{other}: expressions over aggregates are not supported; select the aggregate itself"
-                        ),
-                    );
+                    let computed = self.rewrite(other)?;
+                    let name = alias.unwrap_or_else(|| format!("expr{}", self.columns.len()));
+                    self.columns.push((computed.to_string(), name));
                 }
             }
         }
@@ -1149,18 +1147,22 @@ impl Shape {
         Ok(())
     }
 
-    /// `HAVING` with its aggregate calls replaced by their output names.
-    fn rewrite(&self, e: &Expr) -> Compile<Expr> {
-        if let Expr::Function(_) = e {
-            return match self.aggregate_named(e) {
-                Some(name) => Ok(Expr::Identifier(Ident::new(name))),
-                None => fail(
-                    at(e),
-                    format!("HAVING {e}: use an aggregate of the SELECT list"),
-                ),
+    /// An expression over window rows (`HAVING`, or a computed column of the `SELECT`
+    /// list) with its aggregate calls replaced by their output names; a call the `SELECT`
+    /// list does not have becomes an aggregate of its own that the output leaves out.
+    fn rewrite(&mut self, e: &Expr) -> Compile<Expr> {
+        if let Expr::Function(f) = e {
+            let name = match self.aggregate_named(e) {
+                Some(name) => name,
+                None => {
+                    let name = format!("__agg{}", self.calls.len() + 1);
+                    self.aggregate(f, Some(name.clone()), false)?;
+                    name
+                }
             };
+            return Ok(Expr::Identifier(Ident::new(name)));
         }
-        let r = |x: &Expr| self.rewrite(x).map(Box::new);
+        let mut r = |x: &Expr| self.rewrite(x).map(Box::new);
         Ok(match e {
             Expr::BinaryOp { left, op, right } => Expr::BinaryOp {
                 left: r(left)?,
@@ -1174,6 +1176,17 @@ impl Shape {
             Expr::Nested(x) => Expr::Nested(r(x)?),
             Expr::IsNull(x) => Expr::IsNull(r(x)?),
             Expr::IsNotNull(x) => Expr::IsNotNull(r(x)?),
+            Expr::Cast {
+                kind,
+                expr,
+                data_type,
+                format,
+            } => Expr::Cast {
+                kind: kind.clone(),
+                expr: r(expr)?,
+                data_type: data_type.clone(),
+                format: format.clone(),
+            },
             other => {
                 check_plain(other)?;
                 other.clone()
@@ -1181,7 +1194,13 @@ impl Shape {
         })
     }
 
-    fn aggregate(&mut self, f: &ast::Function, alias: Option<String>) -> Compile<()> {
+    /// Adds the aggregate `f` named `alias`; `visible`: it is a column of the output.
+    fn aggregate(
+        &mut self,
+        f: &ast::Function,
+        alias: Option<String>,
+        visible: bool,
+    ) -> Compile<()> {
         let here = at(f);
         if f.over.is_some() {
             return fail(
@@ -1242,7 +1261,9 @@ impl Shape {
             t.insert("column".into(), c.into());
         }
         self.aggregates.push(t);
-        self.columns.push((name.clone(), name.clone()));
+        if visible {
+            self.columns.push((name.clone(), name.clone()));
+        }
         self.calls.push((name, f.to_string()));
         Ok(())
     }

@@ -51,28 +51,47 @@ pub(crate) struct Plan {
 /// The columns of window rows that `[output]` picks, in its order.
 #[derive(Debug)]
 pub(crate) struct Projection {
-    /// Per output column: the index in `out_schema`, or `None` for `window_time`.
-    picks: Vec<Option<usize>>,
+    picks: Vec<Pick>,
     end: usize,
     pub schema: SchemaRef,
 }
 
+/// One column of a [`Projection`].
+#[derive(Debug)]
+enum Pick {
+    /// A column of `out_schema`.
+    Column(usize),
+    /// `window_end` - 1 ms.
+    WindowTime,
+    /// An expression over `out_schema`.
+    Computed(Bound),
+}
+
 impl Projection {
-    fn new(columns: &[crate::job::OutputColumn], from: &Schema) -> Result<Projection> {
+    fn new(columns: &[crate::job::OutputColumn], from: &SchemaRef) -> Result<Projection> {
         let end = from
             .index_of("window_end")
             .map_err(|e| Error::Internal(e.to_string()))?;
+        let empty = RecordBatch::new_empty(from.clone());
         let mut picks = Vec::new();
         let mut fields = Vec::new();
         for c in columns {
-            let (pick, field) = match c.from.as_str() {
-                "window_time" => (None, Field::new(&c.name, timestamp_ms(), false)),
-                name => {
+            let (pick, field) = match (&c.computed, c.from.as_str()) {
+                (Some(f), _) => {
+                    let bound = f.bind(from, "[output] columns")?;
+                    // The type is the expression's over no rows.
+                    let ty = bound.eval(&empty)?.data_type().clone();
+                    (Pick::Computed(bound), Field::new(&c.name, ty, true))
+                }
+                (None, "window_time") => {
+                    (Pick::WindowTime, Field::new(&c.name, timestamp_ms(), false))
+                }
+                (None, name) => {
                     let i = from.index_of(name).map_err(|_| Error::Job {
                         file: "<job>".into(),
                         message: format!("[output] names {name:?}, which window rows do not have"),
                     })?;
-                    (Some(i), from.field(i).clone().with_name(&c.name))
+                    (Pick::Column(i), from.field(i).clone().with_name(&c.name))
                 }
             };
             picks.push(pick);
@@ -87,19 +106,18 @@ impl Projection {
 
     /// `batch` (of `out_schema`) with the picked columns.
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let columns = self
-            .picks
-            .iter()
+        let columns = (self.picks.iter())
             .map(|p| match p {
-                Some(i) => batch.column(*i).clone(),
-                None => {
+                Pick::Column(i) => Ok(batch.column(*i).clone()),
+                Pick::WindowTime => {
                     let end = batch
                         .column(self.end)
                         .as_primitive::<TimestampMillisecondType>();
-                    Arc::new(end.unary::<_, TimestampMillisecondType>(|t| t - 1)) as ArrayRef
+                    Ok(Arc::new(end.unary::<_, TimestampMillisecondType>(|t| t - 1)) as ArrayRef)
                 }
+                Pick::Computed(bound) => bound.eval(batch),
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         RecordBatch::try_new(self.schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("picking the [output] columns: {e}")))
     }
