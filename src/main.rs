@@ -167,6 +167,10 @@ enum Command {
         /// and thread scaling; no network needed to view it) and the JSON report beside it.
         #[arg(long, value_name = "DIR")]
         report: Option<PathBuf>,
+        /// With `--report`: the `peers.json` of `benches/peers/run.sh`, shown in the report
+        /// beside panes' own cases.
+        #[arg(long, value_name = "FILE", requires = "report")]
+        peers: Option<PathBuf>,
         #[command(subcommand)]
         compare: Option<BenchCommand>,
     },
@@ -474,8 +478,21 @@ impl Command {
                 suite: part,
                 batch_rows,
                 report: report_dir,
+                peers,
                 compare: None,
             } => {
+                let peers = match peers {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path)
+                            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+                        let value: serde_json::Value =
+                            serde_json::from_str(&text).map_err(|e| {
+                                anyhow::anyhow!("{} is not a peers.json: {e}", path.display())
+                            })?;
+                        Some(value)
+                    }
+                    None => None,
+                };
                 if batch_rows.contains(&0) {
                     bail!("--batch-rows: a batch has at least 1 row");
                 }
@@ -555,9 +572,10 @@ impl Command {
                     cases,
                 };
                 if let Some(dir) = report_dir {
-                    let page = panes::report::write(&report, &dir).map_err(|e| {
-                        anyhow::anyhow!("writing the report to {}: {e}", dir.display())
-                    })?;
+                    let page =
+                        panes::report::write(&report, peers.as_ref(), &dir).map_err(|e| {
+                            anyhow::anyhow!("writing the report to {}: {e}", dir.display())
+                        })?;
                     eprintln!("report: {}", page.display());
                 }
                 if json {

@@ -12,13 +12,58 @@ use crate::bench::{CUMULATE, Case, WINDOWS};
 use crate::harness::Report;
 
 /// Writes `DIR/index.html` (and `DIR/report.json`, the same report); returns the page.
-pub fn write(report: &Report, dir: &Path) -> std::io::Result<PathBuf> {
+/// `peers` is the `peers.json` of `benches/peers/run.sh`, shown as a table of its own.
+pub fn write(
+    report: &Report,
+    peers: Option<&serde_json::Value>,
+    dir: &Path,
+) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
     std::fs::write(dir.join("report.json"), json)?;
     let page = dir.join("index.html");
-    std::fs::write(&page, html(report))?;
+    std::fs::write(&page, html(report, peers))?;
     Ok(page)
+}
+
+/// The peers' table: engine, median seconds, events/s, time against panes, agreement.
+fn peers_table(peers: &serde_json::Value) -> String {
+    let Some(engines) = peers.as_object() else {
+        return "<p>The peers file is not an object of engines.</p>".into();
+    };
+    let panes = peers["panes"]["median_seconds"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let mut out = format!(
+        "<h2>Peers on the same file</h2>\n<p>{}</p>\n<table><tr><th>engine</th><th>version</th>\
+         <th>median s</th><th>events/s</th><th>time vs panes</th><th>rows agree</th></tr>\n",
+        escape(
+            peers["panes"]["query"]
+                .as_str()
+                .unwrap_or("benches/peers/run.sh")
+        )
+    );
+    for (name, r) in engines {
+        let seconds = r["median_seconds"].as_f64().unwrap_or(f64::NAN);
+        let events = r["events"].as_f64().unwrap_or(f64::NAN);
+        let agrees = match r["agrees"].as_bool() {
+            Some(true) => "yes".to_string(),
+            _ => format!(
+                "<span class=\"bad\">no: {}</span>",
+                escape(r["disagreement"].as_str().unwrap_or("?"))
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{seconds:.3}</td><td>{:.0}</td><td>{:.2}x</td><td>{agrees}</td></tr>",
+            escape(name),
+            escape(r["version"].as_str().unwrap_or("")),
+            events / seconds,
+            seconds / panes,
+        );
+    }
+    out.push_str("</table>\n");
+    out
 }
 
 /// A plot's points: series name to (x, y) points.
@@ -31,7 +76,7 @@ fn panes_of(window: &str) -> Option<f64> {
 }
 
 /// The page.
-pub fn html(report: &Report) -> String {
+pub fn html(report: &Report, peers: Option<&serde_json::Value>) -> String {
     let cases = &report.cases;
     let first = |f: fn(&Case) -> usize| cases.iter().map(f).min().unwrap_or(0);
     let (threads0, batch0) = (first(|c| c.threads), first(|c| c.batch_rows));
@@ -129,6 +174,9 @@ pub fn html(report: &Report) -> String {
             None => page.push_str("<p>This run has too few points for this plot.</p>"),
         }
         page.push_str("</figure>\n");
+    }
+    if let Some(p) = peers {
+        page.push_str(&peers_table(p));
     }
     page.push_str(
         "<h2>Cases</h2>\n<table><tr><th>case</th><th>keys</th><th>backend</th>\

@@ -14,7 +14,8 @@
 #   PANES (target/release/panes)      the panes binary; build it first: cargo build --release
 #   OUT (target/peers)                where the data, outputs and peers.json go
 #
-# It installs what it needs: DuckDB and Polars from PyPI into a virtualenv under
+# peers.json (in OUT) holds each engine's times and whether it agreed; `panes bench --report
+# DIR --peers OUT/peers.json` puts it in the report. It installs what it needs: DuckDB and Polars from PyPI into a virtualenv under
 # target/peers-venv (python3-venv from Debian). Apache Flink (PyFlink and a JDK) is not run
 # yet. It exits with status 1 when a peer's rows differ from panes'. panes is timed as a
 # whole process (read, window, write Parquet); the peers are timed around the query in
@@ -103,7 +104,10 @@ import json, statistics, sys
 peers = json.load(open(sys.argv[1]))
 events = int(sys.argv[2])
 panes = statistics.median(int(t) / 1e9 for t in sys.argv[3:])
-peers["panes"] = {"median_seconds": panes, "agrees": True}
+peers["panes"] = {"median_seconds": panes, "agrees": True, "disagreement": None}
+for r in peers.values():
+    r["events"] = events
+    r["query"] = "tumble(1m) per article_id: count, sum, min, max of scroll_depth"
 json.dump(peers, open(sys.argv[1], "w"), indent=2)
 print(f"{'engine':<8} {'median s':>9} {'events/s':>12} {'vs panes':>9}  rows agree")
 for name in ["panes", "duckdb", "polars"]:
