@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use panes_datasets::{Dataset, GenConfig};
+use panes_engine::WindowSpec;
 use panes_engine::job::{Aggregate, GeneratorSpec, Job, JobFile, Sink, Source};
 use panes_engine::run::BackendKind;
-use panes_engine::window::WindowSpec;
 use panes_engine::{Result, WindowOperator};
 use panes_kernels::{AggFn, Backend, GpuBackend, GpuOptions};
 

@@ -10,10 +10,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use panes::bench;
 use panes::datasets::{Dataset, GenConfig};
 use panes::engine::Job;
-use panes::engine::connect::open_sink;
+use panes::engine::checkpoints as checkpoint;
 use panes::engine::job::{Sink, parse_bytes};
 use panes::engine::run::{BackendKind, Progress, RunOptions, StartFrom, run_job};
-use panes::engine::state::checkpoint;
+use panes::engine::sinks::open_sink;
 use panes::harness::{Machine, Report};
 
 mod metrics;

@@ -4,16 +4,17 @@
 //! watermarks, interns keys, splits off late events and drives a kernels
 //! [`panes_kernels::Backend`] through the [`operator::WindowOperator`]; results and late
 //! events go to sinks. [`run::run_job`] ties it together for the CLI.
-
 //!
-//! The modules follow the data: [`connect`] reads sources, [`time`] gives each event its
-//! time and the watermark it met, [`window`] says which panes and windows it falls in, the
-//! [`operator`] splits batches among shards that aggregate and fire, and [`connect`] writes
-//! results to sinks. Beside the flow, [`state`] holds what survives a batch on disk: the key
-//! dictionary, spill files and checkpoints. [`job`] is the job model; [`run`] drives a job
-//! end to end; [`pipeline`] is the same engine for a service that pushes its own batches.
+//! The public surface is what an embedder needs: [`job`] (the job model, from a job file,
+//! SQL ([`sql`]) or code) with [`expr`] (its filters and computed columns), [`pipeline`]
+//! (push batches, poll results, snapshots), [`run`] (a job end to end, as `panes run`),
+//! [`operator::WindowOperator`], [`sinks`] and [`checkpoints`], and [`Error`]. Inside,
+//! the modules follow the data: `connect` reads sources and writes sinks, `time` gives each
+//! event its time and the watermark it met, `window` says which panes and windows it falls
+//! in, `operator` splits batches among shards that aggregate and fire, and `state` holds
+//! what survives a batch on disk: the key dictionary, spill files and checkpoints.
 
-pub mod connect;
+mod connect;
 pub mod error;
 pub mod expr;
 pub mod job;
@@ -21,10 +22,21 @@ pub mod operator;
 pub mod pipeline;
 pub mod run;
 pub mod sql;
-pub mod state;
-pub mod time;
-pub mod window;
+mod state;
+mod time;
+mod window;
 
 pub use error::{Error, Result};
+pub use window::WindowSpec;
+
+/// Writing batches where a job's `[sink]` says (the CLI's `panes gen` writes through it).
+pub mod sinks {
+    pub use crate::connect::{Sink, open_sink};
+}
+
+/// A job's checkpoints, on disk or in an object store, as `panes checkpoints` lists them.
+pub mod checkpoints {
+    pub use crate::state::checkpoint::{Found, Manifest, list};
+}
 pub use job::Job;
 pub use operator::{Stats, WindowOperator};

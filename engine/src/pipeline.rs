@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::operator::WindowOperator;
 use crate::run::{BackendKind, default_threads};
-use crate::state::checkpoint::Snapshot;
+pub use crate::state::checkpoint::Snapshot;
 
 /// What a pipeline gives back.
 #[derive(Clone, Debug)]

@@ -138,7 +138,7 @@ const KEYED: [(&str, Export, Import); 3] = [
 
 impl WindowOperator {
     /// Writes the operator's keyed state to state files (a checkpoint directory, or a
-    /// [`Snapshot`]) and returns its scalar state. Called between batches, after
+    /// [`crate::pipeline::Snapshot`]) and returns its scalar state. Called between batches, after
     /// [`WindowOperator::sync`], with the output taken.
     pub fn snapshot(&mut self, to: &mut impl StateWriter) -> Result<OperatorState> {
         if self.in_flight.is_some() {
@@ -236,7 +236,7 @@ impl WindowOperator {
         Ok(snapshot)
     }
 
-    /// Restores a fresh operator to a checkpoint's or a [`Snapshot`]'s state, at any
+    /// Restores a fresh operator to a checkpoint's or a [`crate::pipeline::Snapshot`]'s state, at any
     /// number of shards.
     pub fn restore(&mut self, from: &impl StateReader) -> Result<()> {
         let bad = |message: String| Error::Checkpoint {
