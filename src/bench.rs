@@ -5,10 +5,11 @@ use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use panes_datasets::{Dataset, GenConfig};
+use panes_engine::Result;
 use panes_engine::WindowSpec;
 use panes_engine::job::{Aggregate, GeneratorSpec, Job, JobFile, Sink, Source};
+use panes_engine::pipeline::{Output, Pipeline};
 use panes_engine::run::BackendKind;
-use panes_engine::{Result, WindowOperator};
 use panes_kernels::{AggFn, Backend, GpuBackend, GpuOptions};
 
 use crate::harness::{Rows, Spread};
@@ -298,7 +299,7 @@ fn run_keeping(
     };
     let schema = panes_datasets::schema(g.dataset);
     let start = Instant::now();
-    let mut op = WindowOperator::new(job, &schema, 1, |aggs| match backend {
+    let mut pipeline = Pipeline::with_backends(job, schema, 1, |aggs| match backend {
         BackendKind::Gpu if profile => {
             let opts = GpuOptions {
                 profile: true,
@@ -311,22 +312,25 @@ fn run_keeping(
         _ => backend.build_shards(aggs, threads),
     })?;
     let mut rows = Vec::new();
-    for (i, b) in batches.iter().enumerate() {
-        op.process_batch(0, b, "bench", i as u64)?;
-        let out = op.take_output();
-        if keep {
-            rows.extend(out);
+    let mut keep_rows = |outputs: Vec<Output>| {
+        for output in outputs {
+            if let (true, Output::Rows(batch)) = (keep, output) {
+                rows.push(batch);
+            }
         }
+    };
+    for b in batches {
+        pipeline.push(0, b)?;
+        keep_rows(pipeline.poll_ready());
     }
-    op.finish()?;
-    rows.extend(op.take_output().into_iter().filter(|_| keep));
+    keep_rows(pipeline.finish()?);
     let seconds = start.elapsed().as_secs_f64();
-    let stages = op.profile().into_iter();
+    let stages = pipeline.profile().into_iter();
     let stages = stages.map(|(stage, seconds)| Stage {
         stage: stage.into(),
         seconds,
     });
-    Ok((seconds, op.stats().rows_out, stages.collect(), rows))
+    Ok((seconds, pipeline.stats().rows_out, stages.collect(), rows))
 }
 
 /// Whether one backend and thread count agreed with the case's first, on a sample.

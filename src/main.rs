@@ -347,6 +347,7 @@ impl RunArgs {
                 progress_bar.set_position(p.events);
             })),
             stop: Some(stop_on_signals()?),
+            connectors: Default::default(),
         };
         let summary = run_job(job, opts);
         bar.finish_and_clear();

@@ -15,9 +15,9 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::array_value_to_string;
+use panes::engine::Job;
 use panes::engine::pipeline::{Output, Pipeline};
 use panes::engine::run::BackendKind;
-use panes::engine::{Job, WindowOperator};
 use panes::kernels::{AggFn, AggSpec, Backend, CpuBackend, SparsePanes};
 
 /// xorshift64*: test data only.
@@ -697,24 +697,24 @@ fn outputs_on(
     lengths: &[usize],
     backends: impl Fn(&[AggSpec]) -> panes::engine::Result<Vec<Box<dyn Backend>>>,
 ) -> [Vec<String>; 3] {
-    let mut op = WindowOperator::new(job, &input.schema(), 1, backends).expect("operator");
+    let mut pipeline = Pipeline::with_backends(job, input.schema(), 1, backends).expect("pipeline");
     let mut start = 0;
     let mut got: [Vec<RecordBatch>; 3] = Default::default();
-    let mut take = |op: &mut WindowOperator| {
-        got[0].extend(op.take_output());
-        got[1].extend(op.take_late());
-        got[2].extend(op.take_alerts());
+    let mut take = |outputs: Vec<Output>| {
+        for output in outputs {
+            match output {
+                Output::Rows(b) => got[0].push(b),
+                Output::Late(b) => got[1].push(b),
+                Output::Alerts(b) => got[2].push(b),
+            }
+        }
     };
     for &len in lengths {
-        op.process_batch(0, &input.slice(start, len), "test", start as u64)
-            .expect("process");
-        take(&mut op);
+        pipeline.push(0, &input.slice(start, len)).expect("push");
+        take(pipeline.poll().expect("poll"));
         start += len;
     }
-    while !op.finish_step().expect("finish step") {
-        take(&mut op);
-    }
-    take(&mut op);
+    take(pipeline.finish().expect("finish"));
     got.map(|batches| rows_as_text(&batches))
 }
 

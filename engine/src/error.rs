@@ -71,6 +71,14 @@ pub enum Error {
         /// What is wrong, and what to do.
         message: String,
     },
+    /// A sink refused a batch (a service's own sink, through [`crate::sinks::Callback`]).
+    #[error("sink {sink}: {message}")]
+    Sink {
+        /// The sink, as [`crate::sinks::Sink::id`] names it.
+        sink: String,
+        /// What it said.
+        message: String,
+    },
     /// The data plane failed: no GPU adapter, a lost device, a GPU validation error.
     #[error(transparent)]
     Backend(#[from] panes_kernels::Error),

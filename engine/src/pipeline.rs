@@ -7,7 +7,7 @@
 //! use arrow::array::{Float64Array, Int64Array, RecordBatch, TimestampMillisecondArray};
 //! use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 //! use panes_engine::pipeline::{Output, Pipeline};
-//! use panes_kernels::AggFn;
+//! use panes_kernels::{AggFn, AggSpec, Backend};
 //!
 //! let schema = Arc::new(Schema::new(vec![
 //!     Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
@@ -46,11 +46,11 @@ use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use panes_kernels::AggFn;
+use panes_kernels::{AggFn, AggSpec, Backend};
 
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::operator::WindowOperator;
+use crate::operator::{Stats, WindowOperator};
 use crate::run::{BackendKind, default_threads};
 pub use crate::state::checkpoint::Snapshot;
 
@@ -292,9 +292,21 @@ impl Pipeline {
         threads: usize,
     ) -> Result<Pipeline> {
         let threads = threads.max(1);
-        let op = WindowOperator::new(job, &schema, partitions.max(1), |aggs| {
+        Pipeline::with_backends(job, schema, partitions, |aggs| {
             backend.build_shards(aggs, threads)
-        })?;
+        })
+    }
+
+    /// [`Pipeline::from_job`] on the backends that `backends` builds for the job's
+    /// aggregates, one per shard: a backend with options of its own (a profiled GPU), or
+    /// one of a service's own making.
+    pub fn with_backends(
+        job: &Job,
+        schema: SchemaRef,
+        partitions: usize,
+        backends: impl Fn(&[AggSpec]) -> Result<Vec<Box<dyn Backend>>>,
+    ) -> Result<Pipeline> {
+        let op = WindowOperator::new(job, &schema, partitions.max(1), backends)?;
         Ok(Pipeline {
             fingerprint: crate::run::fingerprint(job),
             op,
@@ -303,6 +315,17 @@ impl Pipeline {
             finished: false,
             pending: Vec::new(),
         })
+    }
+
+    /// What it has done so far: events in, late events, windows fired, rows out.
+    pub fn stats(&self) -> Stats {
+        self.op.stats()
+    }
+
+    /// Seconds spent in each stage of its backend, when the backend profiles (a GPU
+    /// backend with `profile` set); empty otherwise.
+    pub fn profile(&self) -> Vec<(&'static str, f64)> {
+        self.op.profile()
     }
 
     /// Pushes a batch from source partition `partition`, arriving now. A batch whose
@@ -348,15 +371,30 @@ impl Pipeline {
         self.op.tick(now)
     }
 
+    /// Source partition `partition` has ended (a file read to its end, a shard of a
+    /// queue closed): it no longer holds the watermark back, and the windows the other
+    /// partitions completed fire. An unknown partition is an error.
+    pub fn finish_partition(&mut self, partition: usize) -> Result<()> {
+        self.op.finish_partition(partition)
+    }
+
     /// The outputs produced so far: window rows, then late events, then alerts.
     pub fn poll(&mut self) -> Result<Vec<Output>> {
         self.op.sync()?;
+        Ok(self.poll_ready())
+    }
+
+    /// [`Pipeline::poll`] without waiting: on several threads the shards process a pushed
+    /// batch while `push` returns (the caller prepares the next one meanwhile), and this
+    /// returns only what batches before it produced; the rest comes with a later call.
+    /// The way to keep every thread busy: push, then `poll_ready`, batch after batch.
+    pub fn poll_ready(&mut self) -> Vec<Output> {
         let rows = self.op.take_output().into_iter().map(Output::Rows);
         let late = self.op.take_late().into_iter().map(Output::Late);
         let alerts = self.op.take_alerts().into_iter().map(Output::Alerts);
         let mut outputs = std::mem::take(&mut self.pending);
         outputs.extend(rows.chain(late).chain(alerts));
-        Ok(outputs)
+        outputs
     }
 
     /// The end of input: every window fires; returns the last outputs. No batch may follow.
@@ -512,6 +550,27 @@ mod tests {
             .collect();
         rows.sort();
         rows
+    }
+
+    #[test]
+    fn a_finished_partition_no_longer_holds_the_watermark_back() {
+        let mut pipeline = builder().partitions(2).build(schema()).expect("pipeline");
+        // Partition 0 is at 25 s; partition 1 has seen nothing and holds everything back.
+        pipeline
+            .push(0, &batch(vec![1_000, 12_000, 25_000], vec![1, 1, 2]))
+            .expect("push");
+        assert!(rows(pipeline.poll().expect("poll")).is_empty());
+        pipeline.finish_partition(1).expect("partition 1 ends");
+        // Watermark 24 s: windows [0, 10) and [10, 20) fire, [20, 30) is open.
+        assert_eq!(
+            rows(pipeline.poll().expect("poll")),
+            [
+                "1|1970-01-01T00:00:00|1970-01-01T00:00:10|1",
+                "1|1970-01-01T00:00:10|1970-01-01T00:00:20|1"
+            ]
+        );
+        let err = pipeline.finish_partition(2).expect_err("no partition 2");
+        assert!(err.to_string().contains("the source has 2"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, Refere
 
 use crate::connect::sink::{open_parts, parts_dir};
 use crate::connect::{
-    Malformed, Position, SinkThread, Source, SourceBatch, dead_letter_batch, dead_letter_schema,
-    open_sink, open_source,
+    Malformed, Position, Sink, SinkThread, Source, SourceBatch, dead_letter_batch,
+    dead_letter_schema, open_sink, open_source,
 };
 use crate::error::{Error, Result};
 use crate::job::{Job, Trigger};
@@ -140,6 +140,27 @@ pub struct RunOptions {
     /// for the next run, which resumes there; without, the windows fire as at the end of
     /// the input.
     pub stop: Option<Arc<AtomicBool>>,
+    /// A service's own source and sinks, in place of those the job file names.
+    pub connectors: Connectors,
+}
+
+/// A service's own source and sinks for [`run_job`]: each one given replaces the job
+/// file's (its `[source]`, `[sink]`, `[late]`, `[anomaly.sink]`, `[dead_letter]`), and
+/// everything else (time, windows, checkpoints, the memory budget) runs as the job says.
+/// A late or dead-letter sink keeps late events or malformed records even when the job
+/// has no section for them.
+#[derive(Default)]
+pub struct Connectors {
+    /// Where events come from.
+    pub source: Option<Box<dyn Source>>,
+    /// Where window rows go.
+    pub sink: Option<Box<dyn Sink>>,
+    /// Where late events go.
+    pub late: Option<Box<dyn Sink>>,
+    /// Where anomaly alerts go (the job needs `[anomaly]`).
+    pub alerts: Option<Box<dyn Sink>>,
+    /// Where records that do not decode go.
+    pub dead_letter: Option<Box<dyn Sink>>,
 }
 
 impl Default for RunOptions {
@@ -152,6 +173,7 @@ impl Default for RunOptions {
             memory_budget: None,
             progress: None,
             stop: None,
+            connectors: Connectors::default(),
         }
     }
 }
@@ -354,30 +376,56 @@ struct Outputs {
 }
 
 impl Outputs {
-    /// Opens the sinks: single files, or part files after checkpoint `committed` when the
-    /// job takes checkpoints.
-    fn open(job: &Job, op: &WindowOperator, restore: Option<&Restore>) -> Result<Outputs> {
+    /// Opens the sinks: the service's own where it gave them (publishing what a restored
+    /// checkpoint staged for them), else the job's: single files, or part files after
+    /// checkpoint `committed` when the job takes checkpoints.
+    fn open(
+        job: &Job,
+        op: &WindowOperator,
+        restore: Option<&Restore>,
+        own: [Option<Box<dyn Sink>>; 4],
+    ) -> Result<Outputs> {
         let committed = restore.map_or(0, |r| r.manifest.id);
-        let open = |spec: &crate::job::Sink, schema| match &job.checkpoint {
-            None => open_sink(spec, schema),
-            Some(c) => {
-                let dir = parts_dir(spec, &c.dir)
-                    .ok_or_else(|| Error::Internal("a part-file sink without a path".into()))?;
-                let staged = restore
-                    .and_then(|r| r.manifest.sinks.iter().find(|c| c.dir == dir))
-                    .map_or(&[][..], |c| &c.parts[..]);
-                open_parts(spec, schema, committed, staged, dir)
-            }
+        let staged = |id: &Path| {
+            restore
+                .and_then(|r| r.manifest.sinks.iter().find(|c| c.dir == id))
+                .map_or(&[][..], |c| &c.parts[..])
         };
-        let mut sinks = vec![open(&job.sink, op.output_schema())?];
-        let mut add = |spec: Option<&crate::job::Sink>, schema| -> Result<Option<usize>> {
-            let Some(spec) = spec else { return Ok(None) };
-            sinks.push(open(spec, schema)?);
+        let open = |own: Option<Box<dyn Sink>>, spec: Option<&crate::job::Sink>, schema| {
+            let sink = match (own, spec, &job.checkpoint) {
+                (Some(mut sink), _, _) => {
+                    if restore.is_some() {
+                        sink.publish(staged(Path::new(&sink.id())))?;
+                    }
+                    sink
+                }
+                (None, None, _) => return Ok(None),
+                (None, Some(spec), None) => open_sink(spec, schema)?,
+                (None, Some(spec), Some(c)) => {
+                    let dir = parts_dir(spec, &c.dir)
+                        .ok_or_else(|| Error::Internal("a part-file sink without a path".into()))?;
+                    open_parts(spec, schema, committed, staged(&dir), dir)?
+                }
+            };
+            Ok::<_, Error>(Some(sink))
+        };
+        let [sink, late, alerts, dead_letter] = own;
+        let mut sinks = Vec::new();
+        let mut add = |own, spec, schema| -> Result<Option<usize>> {
+            let Some(sink) = open(own, spec, schema)? else {
+                return Ok(None);
+            };
+            sinks.push(sink);
             Ok(Some(sinks.len() - 1))
         };
-        let late = add(job.late.as_ref(), op.late_schema())?;
-        let alerts = add(job.anomaly.as_ref().map(|a| &a.sink), op.alert_schema())?;
-        let dead_letter = add(job.dead_letter.as_ref(), &dead_letter_schema())?;
+        add(sink, Some(&job.sink), op.output_schema())?;
+        let late = add(late, job.late.as_ref(), op.late_schema())?;
+        let alerts = add(
+            alerts,
+            job.anomaly.as_ref().map(|a| &a.sink),
+            op.alert_schema(),
+        )?;
+        let dead_letter = add(dead_letter, job.dead_letter.as_ref(), &dead_letter_schema())?;
         Ok(Outputs {
             sinks: SinkThread::spawn(sinks)?,
             late,
@@ -473,9 +521,11 @@ fn take_checkpoint(
     let sinks = outputs.sinks.call(move |sinks| {
         let mut commits = Vec::new();
         for sink in sinks {
-            let parts = sink.stage(id)?.into_iter().collect();
-            let dir = sink.dir().map(Path::to_path_buf).unwrap_or_default();
-            commits.push(Commit { dir, parts });
+            let parts = sink.stage(id)?;
+            commits.push(Commit {
+                dir: PathBuf::from(sink.id()),
+                parts,
+            });
         }
         Ok(commits)
     })?;
@@ -550,12 +600,33 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let verified = start.elapsed();
     let budget = opts.memory_budget.or(job.memory_budget);
     let backend = opts.backend;
+    let Connectors {
+        source,
+        sink,
+        late,
+        alerts,
+        dead_letter,
+    } = std::mem::take(&mut opts.connectors);
+    if alerts.is_some() && job.anomaly.is_none() {
+        return Err(Error::Job {
+            file: "run options".into(),
+            message: "an alerts sink was given, but the job has no [anomaly] section".into(),
+        });
+    }
+    let keep_late = job.late.is_some() || late.is_some();
+    let source_name = match &source {
+        Some(_) => "the service's source".to_string(),
+        None => job.source.to_string(),
+    };
     let columns = needed_columns(job);
-    let mut source = open_source(
-        &job.source,
-        job.late.is_none().then_some(&columns[..]),
-        opts.batch_rows,
-    )?;
+    let mut source = match source {
+        Some(source) => source,
+        None => open_source(
+            &job.source,
+            (!keep_late).then_some(&columns[..]),
+            opts.batch_rows,
+        )?,
+    };
     let schema = source.schema();
     let threads = opts.threads;
     let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
@@ -597,7 +668,12 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             (restoring.elapsed() - restored).as_secs_f64() * 1e3,
         );
     }
-    let mut outputs = Outputs::open(job, &op, restore.as_ref())?;
+    let mut outputs = Outputs::open(
+        job,
+        &op,
+        restore.as_ref(),
+        [sink, late, alerts, dead_letter],
+    )?;
     if budget.is_some() {
         outputs.trimmed_at = Some(0);
     }
@@ -608,11 +684,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let restored_from = restore.as_ref().map(|r| r.manifest.id);
     let summary = |op: &WindowOperator, checkpoints, malformed| {
         let stats = op.stats();
-        let late_not_kept = if job.late.is_none() {
-            stats.late_events
-        } else {
-            0
-        };
+        let late_not_kept = if !keep_late { stats.late_events } else { 0 };
         Summary {
             backend: op.backend(),
             stats,
@@ -724,10 +796,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         return Ok(summary(&op, next_id + 1 - first_id, outputs.malformed));
     }
     if op.stats().events_in == 0 {
-        return Err(Error::input(
-            job.source.to_string(),
-            "the source holds no events",
-        ));
+        return Err(Error::input(source_name, "the source holds no events"));
     }
     while !op.finish_step()? {
         outputs.drain(&mut op)?;
@@ -751,7 +820,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             summary.late_not_kept
         );
     }
-    if summary.malformed > 0 && job.dead_letter.is_none() {
+    if summary.malformed > 0 && outputs.dead_letter.is_none() {
         tracing::warn!(
             "{} malformed records were skipped, the first {MALFORMED_LOGGED} logged: add a \
              [dead_letter] section to keep them",

@@ -97,13 +97,14 @@ impl Source for GeneratorSource {
                      the partition of each event; resume with --batch-rows {batch_rows}"
                 ),
             )),
-            Position::File { .. } | Position::PerFile { .. } | Position::Kafka { .. } => {
-                Err(Error::input(
-                    &self.name,
-                    "the checkpoint resumes another kind of source, not a generator: the job \
+            Position::File { .. }
+            | Position::PerFile { .. }
+            | Position::Kafka { .. }
+            | Position::Custom { .. } => Err(Error::input(
+                &self.name,
+                "the checkpoint resumes another kind of source, not a generator: the job \
                      changed; run with --fresh",
-                ))
-            }
+            )),
         }
     }
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::job::{Source as SourceSpec, TextFormat};
 
-pub use sink::{Sink, open_sink};
+pub use sink::{Callback, Sink, open_sink};
 pub use writer::SinkThread;
 
 /// How far a source has been read: where a restored job resumes.
@@ -52,6 +52,11 @@ pub enum Position {
         /// (partition, next offset), by partition.
         offsets: Vec<(i32, i64)>,
     },
+    /// A service's own source: whatever it needs to resume (offsets, a cursor), as text.
+    Custom {
+        /// The source's own record of where it is.
+        at: String,
+    },
     /// A generator: its first `batches` batches of `batch_rows` rows.
     Generator {
         /// Batches produced.
@@ -76,6 +81,7 @@ impl std::fmt::Display for Position {
                     .collect();
                 write!(f, "{}", each.join(", "))
             }
+            Position::Custom { at } => f.write_str(at),
             Position::Generator {
                 batches,
                 batch_rows,
@@ -159,7 +165,12 @@ pub struct SourceBatch {
     pub malformed: Vec<Malformed>,
 }
 
-/// A bounded source of event batches.
+/// A source of event batches, by partition: files, a Kafka topic, a generator, or a
+/// service's own (given to [`crate::run::run_job`] in [`crate::run::Connectors`]).
+///
+/// Each batch says where the source is after it ([`SourceBatch::after`]); a checkpoint
+/// keeps that position, and a run restored from it calls [`Source::seek`] before the
+/// first read. A source that cannot seek returns an error there.
 pub trait Source: Send {
     /// Schema of every batch.
     fn schema(&self) -> SchemaRef;

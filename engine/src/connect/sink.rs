@@ -1,4 +1,6 @@
-//! Sinks: Parquet, CSV and JSON-lines files, stdout, and Kafka topics (`kafka_sink`).
+//! Sinks: the [`Sink`] trait, and its implementations: Parquet, CSV and JSON-lines files,
+//! stdout and Kafka topics (`kafka_sink`) in [`FileSink`], a service's own code in
+//! [`Callback`].
 //!
 //! Without checkpoints a sink is one file, written under a temporary name and renamed into
 //! place only when complete, so a failed run never leaves a file that looks finished. JSON
@@ -55,8 +57,94 @@ pub(crate) trait Publish: Send {
     fn publish(&mut self, dir: &Path, parts: &[String]) -> Result<()>;
 }
 
-/// An open sink. Dropping it without [`Sink::finish`] removes its temporary file.
-pub struct Sink {
+/// Where a job's batches go: window rows, late events, alerts or dead letters.
+///
+/// A run writes batches in order, and with `[checkpoint]` commits them in two phases:
+/// [`Sink::stage`] makes what was written since the last checkpoint durable but not yet
+/// visible and says what it staged; the checkpoint's manifest records that under
+/// [`Sink::id`]; once the manifest is durable, [`Sink::publish`] makes it visible. A run
+/// restored from that checkpoint calls `publish` again with the same list (the crash may
+/// have come before it), so publishing must be idempotent. A sink that keeps the default
+/// `stage` and `publish` delivers at least once: rows written after the last checkpoint
+/// are written again after a restore.
+pub trait Sink: Send {
+    /// Names the sink in errors and in checkpoints' manifests.
+    fn id(&self) -> String;
+    /// Writes a batch.
+    fn write(&mut self, batch: &RecordBatch) -> Result<()>;
+    /// Phase one of checkpoint `checkpoint`: stages what was written since the last one
+    /// and returns what to publish once the checkpoint is durable.
+    fn stage(&mut self, checkpoint: u64) -> Result<Vec<String>> {
+        let _ = checkpoint;
+        Ok(Vec::new())
+    }
+    /// Phase two: publishes what a durable checkpoint listed for this sink.
+    fn publish(&mut self, staged: &[String]) -> Result<()> {
+        let _ = staged;
+        Ok(())
+    }
+    /// The end of a run without checkpoints: flushes, and makes the output visible.
+    fn finish(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink that hands every batch to a function: a service's own code, or a channel.
+///
+/// ```
+/// use std::sync::mpsc;
+/// use panes_engine::sinks::{Callback, Sink};
+/// # use std::sync::Arc;
+/// # use arrow::array::{Int64Array, RecordBatch};
+/// let (tx, rx) = mpsc::channel();
+/// let mut sink = Callback::new("rows", move |batch: &RecordBatch| {
+///     tx.send(batch.clone()).map_err(|_| "the receiver is gone".to_string())
+/// });
+/// # let batch = RecordBatch::try_from_iter([("n", Arc::new(Int64Array::from(vec![1, 2])) as _)])?;
+/// sink.write(&batch)?;
+/// assert_eq!(rx.recv()?.num_rows(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// It delivers at least once under checkpoints (see [`Sink`]).
+pub struct Callback<F> {
+    name: String,
+    f: F,
+}
+
+impl<F> Callback<F>
+where
+    F: FnMut(&RecordBatch) -> std::result::Result<(), String> + Send,
+{
+    /// A sink named `name` (in errors) that calls `f` with each batch; an `Err` of `f`
+    /// stops the run with its text.
+    pub fn new(name: &str, f: F) -> Callback<F> {
+        Callback {
+            name: name.to_string(),
+            f,
+        }
+    }
+}
+
+impl<F> Sink for Callback<F>
+where
+    F: FnMut(&RecordBatch) -> std::result::Result<(), String> + Send,
+{
+    fn id(&self) -> String {
+        format!("callback {}", self.name)
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        (self.f)(batch).map_err(|e| Error::Sink {
+            sink: self.id(),
+            message: e,
+        })
+    }
+}
+
+/// A sink of the job file: a file, stdout, part files committed by checkpoints, or a
+/// Kafka topic. Dropping it without [`Sink::finish`] removes its temporary file.
+pub struct FileSink {
     spec: SinkSpec,
     schema: SchemaRef,
     writer: Option<Writer>,
@@ -127,10 +215,10 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Opens a sink for batches of `schema`: one file, or stdout.
-pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
+pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Box<dyn Sink>> {
     if let SinkSpec::Kafka { bootstrap, topic } = spec {
         #[cfg(feature = "kafka")]
-        return Ok(Sink {
+        return Ok(Box::new(FileSink {
             spec: spec.clone(),
             schema: schema.clone(),
             writer: Some(Writer::Kafka(super::kafka_sink::KafkaWriter::open(
@@ -138,7 +226,7 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
             )?)),
             target: Target::Stdout,
             publisher: None,
-        });
+        }));
         #[cfg(not(feature = "kafka"))]
         return Err(Error::Internal(format!(
             "kafka sink {topic} at {bootstrap} in a build without the kafka feature"
@@ -162,13 +250,13 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Sink> {
             (Some(w), Target::Stdout)
         }
     };
-    Ok(Sink {
+    Ok(Box::new(FileSink {
         spec: spec.clone(),
         schema: schema.clone(),
         writer,
         target,
         publisher: None,
-    })
+    }))
 }
 
 /// The directory of a sink's part files: its path, or for a Kafka topic a staging
@@ -189,7 +277,7 @@ pub fn open_parts(
     committed: u64,
     staged: &[String],
     dir: PathBuf,
-) -> Result<Sink> {
+) -> Result<Box<dyn Sink>> {
     create_dir(&dir)?;
     let mut publisher: Option<Box<dyn Publish>> = match spec {
         #[cfg(feature = "kafka")]
@@ -220,7 +308,7 @@ pub fn open_parts(
         }
     }
     sync_dir(&dir)?;
-    Ok(Sink {
+    Ok(Box::new(FileSink {
         spec: spec.clone(),
         schema: schema.clone(),
         writer: None,
@@ -229,7 +317,7 @@ pub fn open_parts(
             next: committed + 1,
         },
         publisher,
-    })
+    }))
 }
 
 /// The checkpoint id of a part file name `part-NNNNNN.ext`.
@@ -280,7 +368,7 @@ impl SinkSpec {
     }
 }
 
-impl Sink {
+impl FileSink {
     fn name(&self) -> String {
         match (&self.spec, self.spec.path()) {
             (SinkSpec::Kafka { topic, .. }, _) => format!("kafka topic {topic}"),
@@ -289,8 +377,26 @@ impl Sink {
         }
     }
 
-    /// Writes a batch.
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+    /// The directory of a part-file sink.
+    fn dir(&self) -> Option<&Path> {
+        match &self.target {
+            Target::Parts { dir, .. } => Some(dir),
+            _ => None,
+        }
+    }
+}
+
+impl Sink for FileSink {
+    /// Its part directory with checkpoints (what restores look it up by), else its file,
+    /// topic or stdout.
+    fn id(&self) -> String {
+        match self.dir() {
+            Some(dir) => dir.display().to_string(),
+            None => self.name(),
+        }
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let target = self.name();
         if let (None, Target::Parts { dir, next }) = (&self.writer, &self.target) {
             let name = format!("{STAGED}part-{next:06}.{}", self.spec.extension());
@@ -311,8 +417,8 @@ impl Sink {
     }
 
     /// Closes and syncs the part written since the last checkpoint, for checkpoint `id`;
-    /// returns its published name, or `None` when no row was written.
-    pub fn stage(&mut self, id: u64) -> Result<Option<String>> {
+    /// returns its published name, none when no row was written.
+    fn stage(&mut self, id: u64) -> Result<Vec<String>> {
         let target = self.name();
         let Target::Parts { next, .. } = &mut self.target else {
             return Err(Error::Internal("staging a sink without parts".into()));
@@ -324,14 +430,13 @@ impl Sink {
         }
         *next += 1;
         let Some(w) = self.writer.take() else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         close(w, &target)?;
-        Ok(Some(format!("part-{id:06}.{}", self.spec.extension())))
+        Ok(vec![format!("part-{id:06}.{}", self.spec.extension())])
     }
 
-    /// Publishes the parts a durable checkpoint listed for this sink.
-    pub fn publish(&mut self, parts: &[String]) -> Result<()> {
+    fn publish(&mut self, parts: &[String]) -> Result<()> {
         let Target::Parts { dir, .. } = &self.target else {
             return Ok(());
         };
@@ -341,16 +446,8 @@ impl Sink {
         }
     }
 
-    /// The directory of a part-file sink.
-    pub fn dir(&self) -> Option<&Path> {
-        match &self.target {
-            Target::Parts { dir, .. } => Some(dir),
-            _ => None,
-        }
-    }
-
     /// Flushes, syncs and renames a single file into place.
-    pub fn finish(mut self) -> Result<()> {
+    fn finish(mut self: Box<Self>) -> Result<()> {
         let target = self.name();
         if let Some(w) = self.writer.take() {
             close(w, &target)?;
@@ -366,7 +463,7 @@ impl Sink {
     }
 }
 
-impl Drop for Sink {
+impl Drop for FileSink {
     fn drop(&mut self) {
         if let Target::File { tmp, .. } = &self.target {
             drop(self.writer.take());

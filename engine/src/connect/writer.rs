@@ -20,7 +20,7 @@ const QUEUE: usize = 2;
 /// Rows of the largest slice sent at once.
 pub const SLICE: usize = 64 * 1024;
 
-type Call = Box<dyn FnOnce(&mut [Sink]) + Send>;
+type Call = Box<dyn FnOnce(&mut [Box<dyn Sink>]) + Send>;
 
 enum Msg {
     /// Write a batch to sink `.0`.
@@ -72,10 +72,10 @@ pub struct SinkThread {
     /// The thread's queue, shared with [`RowSender`]s: emptied when the thread stops, so
     /// that the queue closes whoever still holds one.
     tx: Arc<Mutex<Option<SyncSender<Msg>>>>,
-    thread: Option<JoinHandle<Result<Vec<Sink>>>>,
+    thread: Option<JoinHandle<Result<Vec<Box<dyn Sink>>>>>,
 }
 
-fn serve(mut sinks: Vec<Sink>, rx: Receiver<Msg>) -> Result<Vec<Sink>> {
+fn serve(mut sinks: Vec<Box<dyn Sink>>, rx: Receiver<Msg>) -> Result<Vec<Box<dyn Sink>>> {
     for msg in rx {
         match msg {
             Msg::Write(i, batch) => sinks[i].write(&batch)?,
@@ -87,7 +87,7 @@ fn serve(mut sinks: Vec<Sink>, rx: Receiver<Msg>) -> Result<Vec<Sink>> {
 
 impl SinkThread {
     /// Starts the thread that writes to `sinks`.
-    pub fn spawn(sinks: Vec<Sink>) -> Result<SinkThread> {
+    pub fn spawn(sinks: Vec<Box<dyn Sink>>) -> Result<SinkThread> {
         let (tx, rx) = sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("panes-sink".into())
@@ -133,7 +133,7 @@ impl SinkThread {
     /// what it returns.
     pub fn call<T: Send + 'static>(
         &mut self,
-        f: impl FnOnce(&mut [Sink]) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut [Box<dyn Sink>]) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = sync_channel(1);
         self.send(Msg::Call(Box::new(move |sinks| {
@@ -149,7 +149,7 @@ impl SinkThread {
 
     /// Writes what is queued, stops the thread and returns the sinks (or the first error
     /// of a write).
-    pub fn stop(&mut self) -> Result<Vec<Sink>> {
+    pub fn stop(&mut self) -> Result<Vec<Box<dyn Sink>>> {
         if let Ok(mut tx) = self.tx.lock() {
             *tx = None;
         }

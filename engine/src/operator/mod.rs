@@ -275,11 +275,6 @@ impl WindowOperator {
         self.backend.1.clone()
     }
 
-    /// Shards (threads) that aggregate.
-    pub fn shards(&self) -> usize {
-        self.shard_count
-    }
-
     /// Counters so far (of the batches gathered: see [`WindowOperator::sync`]).
     pub fn stats(&self) -> Stats {
         self.base.add(&self.shard_stats).add(&self.own)
@@ -608,6 +603,13 @@ impl WindowOperator {
 
     /// Partition `p` is exhausted: it no longer holds the watermark back.
     pub fn finish_partition(&mut self, p: usize) -> Result<()> {
+        let partitions = self.tracker.partitions();
+        if p >= partitions {
+            return Err(Error::input(
+                format!("partition {p}"),
+                format!("it does not exist: the source has {partitions}"),
+            ));
+        }
         let w = self.tracker.finish(p, Instant::now());
         self.each(|s| s.advance_to(w))?;
         self.collect()
@@ -638,12 +640,6 @@ impl WindowOperator {
         self.finished = true;
         self.each(Shard::finish)?;
         self.collect()
-    }
-
-    /// Keeps state within the memory budget, if there is one (see
-    /// [`WindowOperator::set_memory_budget`]).
-    pub fn enforce_budget(&mut self) -> Result<()> {
-        self.each(Shard::enforce_budget)
     }
 
     /// Spills state to `dir` whenever it exceeds `budget` bytes after a batch, closed
