@@ -263,6 +263,70 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
     );
 }
 
+/// The same readings as CSV messages (`format = "csv"`, fields in the order of `schema`,
+/// which is not the alphabetical one) give the rows of the JSON-lines file; a short record
+/// and a bad value are dead letters whose reasons say what is wrong.
+#[test]
+fn csv_messages_give_the_rows_of_the_same_events_in_a_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topic = format!("csv-readings-{}", std::process::id());
+    create_topic(&topic, 2);
+    let (mut messages, mut lines) = (Vec::new(), String::new());
+    for i in 0..2_000i64 {
+        let (ts, sensor, value) = (1_700_000_000_000 + i * 75, i % 5, i % 100);
+        lines.push_str(&format!(
+            "{{\"ts\": {ts}, \"sensor\": {sensor}, \"value\": {value}.5}}\n"
+        ));
+        messages.push(((i % 2) as i32, format!("{ts},{sensor},{value}.5")));
+        if i == 500 {
+            messages.push((0, format!("{ts},{sensor}")));
+            messages.push((1, format!("{ts},seven,{value}")));
+        }
+    }
+    produce(&topic, &messages);
+    let file = dir.path().join("readings.jsonl");
+    std::fs::write(&file, lines).expect("writing the file");
+    let from_file = job(
+        dir.path(),
+        "file",
+        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
+    );
+    let out = run(&from_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_topic = job(
+        dir.path(),
+        "topic",
+        &format!(
+            "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nformat = \"csv\"\n\
+             stop = \"end\"",
+            broker()
+        ),
+    );
+    // CSV has no timestamp type: epoch milliseconds are declared int64 (event time
+    // takes them as milliseconds).
+    let text = std::fs::read_to_string(&from_topic).expect("the job");
+    let text = text.replace("ts = \"timestamp_ms\"", "ts = \"int64\"");
+    std::fs::write(&from_topic, text).expect("the job");
+    let out = run(&from_topic);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("events in        2000"), "{log}");
+    assert!(log.contains("malformed input  2"), "{log}");
+    let want = rows(&dir.path().join("file.parquet"));
+    assert!(want.len() > 10, "{want:?}");
+    assert_eq!(rows(&dir.path().join("topic.parquet")), want);
+    let bad = std::fs::read_to_string(dir.path().join("topic-bad.jsonl")).expect("dead letters");
+    assert!(bad.contains("2 fields where the schema has 3"), "{bad}");
+    assert!(
+        bad.contains("column \\\"sensor\\\": \\\"seven\\\" is not a valid Int64"),
+        "{bad}"
+    );
+}
+
 /// A job over a topic with checkpoints, killed in the middle of its third checkpoint,
 /// resumes from the second at its offsets and publishes exactly the rows of an
 /// uninterrupted run over the same readings.

@@ -378,9 +378,10 @@ pub struct SourceConfig {
     /// naming file, line and column).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_malformed: Option<String>,
-    /// csv/jsonl: column types by name, e.g. `{ ts = "timestamp_ms", price = "float64" }`.
+    /// csv/jsonl/kafka: column types by name, e.g. `{ ts = "timestamp_ms", price =
+    /// "float64" }`, in the order of the columns (Kafka messages in CSV have no header).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub schema: Option<std::collections::BTreeMap<String, String>>,
+    pub schema: Option<indexmap::IndexMap<String, String>>,
     /// parquet/csv/jsonl: `"file"` makes each file a source partition of its own, read
     /// side by side with its own watermark (default: the files one after another, as one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -394,7 +395,8 @@ pub struct SourceConfig {
     /// kafka: the consumer group (default `"panes"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// kafka: the messages' format: `"json"` (one object a message; the default).
+    /// kafka: the messages' format: `"json"` (one object a message; the default) or
+    /// `"csv"` (one record a message, the columns in `schema`'s order, no header).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// kafka: where a partition starts when no checkpoint says: `"earliest"` (default) or
@@ -567,8 +569,10 @@ pub struct KafkaSpec {
     pub topic: String,
     /// The consumer group.
     pub group: String,
-    /// Column types by name: messages are JSON objects.
+    /// Column types by name, in the order CSV messages give them.
     pub schema: Vec<(String, arrow::datatypes::DataType)>,
+    /// The messages' format: JSON objects, or CSV records without a header.
+    pub format: TextFormat,
     /// Where a partition starts when no checkpoint says: its first offset, or its end.
     pub start_at_end: bool,
     /// Stop at the offsets that ended each partition when the job started (a bounded
@@ -587,7 +591,7 @@ pub const KAFKA_TIMESTAMP: &str = "_kafka_timestamp";
 /// The format of a text source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TextFormat {
-    /// CSV with a header row.
+    /// CSV: files with a header row; Kafka messages one record each, without.
     Csv,
     /// One JSON object a line.
     JsonLines,
@@ -1117,15 +1121,16 @@ impl SourceConfig {
             &self.bootstrap,
         )?;
         let topic = needs("a topic", &self.topic)?;
-        match self.format.as_deref() {
-            None | Some("json") => {}
+        let format = match self.format.as_deref() {
+            None | Some("json") => TextFormat::JsonLines,
+            Some("csv") => TextFormat::Csv,
             Some(other) => {
                 return Err(format!(
                     "source.format = {other:?} is not supported; use \"json\" (one object a \
-                     message)"
+                     message) or \"csv\" (one record a message, columns in schema order)"
                 ));
             }
-        }
+        };
         let schema = self.declared_schema()?;
         if schema.is_empty() {
             return Err(
@@ -1166,6 +1171,7 @@ impl SourceConfig {
             topic,
             group: self.group.clone().unwrap_or_else(|| "panes".into()),
             schema,
+            format,
             start_at_end,
             stop_at_end,
             on_malformed: self.on_malformed()?,

@@ -523,6 +523,7 @@ impl Script {
                     ("topic", "topic"),
                     ("properties.bootstrap.servers", "bootstrap"),
                     ("properties.group.id", "group"),
+                    ("format", "format"),
                 ] {
                     if let Some(v) = opt(flink) {
                         source.insert(ours.into(), v.into());

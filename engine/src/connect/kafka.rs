@@ -1,7 +1,7 @@
 //! Kafka source: every partition of one topic, each a source partition with its own
-//! watermark. Messages are JSON objects, decoded column-wise into batches of the declared
-//! schema; one that does not decode goes to the dead-letter output with its partition,
-//! offset and reason. With `[time] column = "_kafka_timestamp"`, the messages' own
+//! watermark. Messages are JSON objects or CSV records (`format`), decoded column-wise into
+//! batches of the declared schema; one that does not decode goes to the dead-letter output
+//! with its partition, offset and reason. With `[time] column = "_kafka_timestamp"`, the messages' own
 //! timestamps are that column.
 //!
 //! Offsets live in the job's checkpoints: the position after a batch holds each
@@ -23,7 +23,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::text::{Record, RecordDecoder};
+use super::text::{Record, RecordDecoder, csv_record};
 use super::{Decoded, Position, Source, SourceBatch};
 use crate::error::{Error, Result};
 use crate::job::{KAFKA_TIMESTAMP, KafkaSpec, TextFormat};
@@ -124,7 +124,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             decoder: RecordDecoder {
-                format: TextFormat::JsonLines,
+                format: spec.format,
                 schema: decoded,
                 on_malformed: spec.on_malformed,
                 position_name: "offset",
@@ -290,16 +290,23 @@ impl Source for KafkaSource {
             if offset < polled_to || beyond {
                 continue;
             }
-            let mut text = message.payload().unwrap_or_default().to_vec();
-            text.push(b'\n');
+            let payload = message.payload().unwrap_or_default();
+            let record = match self.spec.format {
+                TextFormat::Csv => csv_record(payload, offset as u64),
+                TextFormat::JsonLines => {
+                    let mut text = payload.to_vec();
+                    text.push(b'\n');
+                    Record {
+                        line: offset as u64,
+                        text,
+                        fields: None,
+                    }
+                }
+            };
             if self.spec.timestamp {
                 self.stamps[i].push(message.timestamp().to_millis());
             }
-            self.pending[i].push(Record {
-                line: offset as u64,
-                text,
-                fields: None,
-            });
+            self.pending[i].push(record);
         }
     }
 

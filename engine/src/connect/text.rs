@@ -301,6 +301,24 @@ pub(super) struct RecordDecoder {
     pub(super) position_name: &'static str,
 }
 
+/// One CSV record of a message at `offset` (a Kafka message holds one, without header).
+pub(super) fn csv_record(payload: &[u8], offset: u64) -> Record {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(payload);
+    let mut fields = csv::ByteRecord::new();
+    // A payload the csv crate cannot read gives no fields: the record is then malformed.
+    if !reader.read_byte_record(&mut fields).unwrap_or(false) {
+        fields.clear();
+    }
+    Record {
+        line: offset,
+        text: csv_text(&fields.iter().collect::<Vec<_>>()),
+        fields: Some(fields),
+    }
+}
+
 /// One record as read: where it is (a line, an offset), its text (CSV fields re-joined,
 /// a JSON object and its newline), and for CSV its fields.
 pub(super) struct Record {
@@ -438,6 +456,11 @@ impl RecordDecoder {
                 Ok(_) => "the line does not decode".into(),
             };
         };
+        let width = self.schema.fields().len();
+        if fields.len() != width {
+            let s = if fields.len() == 1 { "" } else { "s" };
+            return format!("{} field{s} where the schema has {width}", fields.len());
+        }
         for (c, f) in self.schema.fields().iter().enumerate() {
             let value = fields.get(c).unwrap_or_default();
             let one = Arc::new(Schema::new(vec![f.as_ref().clone()]));
