@@ -5,9 +5,10 @@
 //!   pane, over 10k / 100k / 1M uniformly drawn keys, beside `hand_loop_baseline`, a plain
 //!   loop over four dense arrays: the scatter-update floor of this machine.
 //! - `operator/*`: the whole window operator (event time, watermarks, key interning, panes,
-//!   firing, result batches) on generated clickstream data, tumbling 1m versus hop 15m/1m;
-//!   `operator/pipeline` is the tumbling job through the embedding API (`Pipeline::push`
-//!   and `poll`), which must cost what the operator does.
+//!   firing, result batches) on generated clickstream data, tumbling 1m versus hop 15m/1m,
+//!   as `panes bench` drives it (`Pipeline::push` and `poll_ready`); `operator/pipeline`
+//!   is the tumbling job built with `Pipeline::builder()` and polled with `poll` after
+//!   every batch.
 
 use std::time::Duration;
 

@@ -122,7 +122,11 @@ enum Command {
         #[arg(long, default_value_t = 200_000)]
         reference_events: u64,
         /// Key counts to run, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000,10000000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10000,100000,1000000,10000000"
+        )]
         keys: Vec<u64>,
         /// Backends to run, comma separated (`gpu` adds the kernels alone, timed on the
         /// device).

@@ -42,6 +42,7 @@
 //! drives a pipeline from a tokio channel of batches.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
@@ -340,6 +341,19 @@ impl Pipeline {
             "pushed batch at row {} of partition {partition}",
             self.pushed
         );
+        self.push_from(partition, batch, &origin, self.pushed, now)
+    }
+
+    /// [`Pipeline::push_at`] of a batch read from `origin` (a file, a topic partition)
+    /// whose first row is row `first_row` there: errors about its rows name both.
+    pub fn push_from(
+        &mut self,
+        partition: usize,
+        batch: &RecordBatch,
+        origin: &str,
+        first_row: u64,
+        now: Instant,
+    ) -> Result<()> {
         let (want, got) = (self.schema.fields(), batch.schema_ref().fields());
         if let Some(i) = (0..want.len().max(got.len())).find(|&i| {
             want.get(i).map(|f| (f.name(), f.data_type()))
@@ -360,9 +374,74 @@ impl Pipeline {
             ));
         }
         self.op
-            .process_batch_at(partition, batch, &origin, self.pushed, now)?;
+            .process_batch_at(partition, batch, origin, first_row, now)?;
         self.pushed += batch.num_rows() as u64;
         Ok(())
+    }
+
+    /// Keeps the state within `bytes`: past it, closed panes, then keys, then open
+    /// sessions spill to files under `spill_dir` (as `[state] memory_budget` does). Set
+    /// it before the first batch.
+    pub fn memory_budget(&mut self, bytes: u64, spill_dir: PathBuf) {
+        self.op.set_memory_budget(bytes, spill_dir);
+    }
+
+    /// Window rows go to `rows` as windows fire, instead of waiting for
+    /// [`Pipeline::poll`]: a window of millions of keys then never sits whole in memory
+    /// (its rows come a slice of the keys at a time). Jobs with top-k, and jobs without
+    /// keys on several threads, still give their rows to `poll` (they merge across
+    /// threads).
+    pub fn stream_rows(
+        &mut self,
+        rows: impl FnMut(RecordBatch) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        self.op.stream_output(Box::new(rows))
+    }
+
+    /// Schema of [`Output::Rows`].
+    pub fn output_schema(&self) -> &SchemaRef {
+        self.op.output_schema()
+    }
+
+    /// Schema of [`Output::Late`]: the input's columns and the watermark each event met.
+    pub fn late_schema(&self) -> &SchemaRef {
+        self.op.late_schema()
+    }
+
+    /// Schema of [`Output::Alerts`].
+    pub fn alert_schema(&self) -> &SchemaRef {
+        self.op.alert_schema()
+    }
+
+    /// The job's watermark, in milliseconds since the epoch (`i64::MIN` before the first
+    /// event).
+    pub fn watermark(&self) -> i64 {
+        self.op.watermark()
+    }
+
+    /// The backend it runs on, with its number of threads (as a run summary shows it).
+    pub fn backend(&self) -> String {
+        self.op.backend()
+    }
+
+    /// The operator underneath, for what only `panes run` does: checkpoints in files
+    /// (an embedder keeps a [`Snapshot`] where it likes) and spill counters.
+    pub(crate) fn operator(&self) -> &WindowOperator {
+        &self.op
+    }
+
+    /// [`Pipeline::operator`], to write or restore a checkpoint.
+    pub(crate) fn operator_mut(&mut self) -> &mut WindowOperator {
+        &mut self.op
+    }
+
+    /// The end of input a window at a time: fires the next window that has not fired and
+    /// returns false, or finishes and returns true. Polling between steps keeps one
+    /// window's rows in memory, not all the windows the end of input fires.
+    pub(crate) fn finish_step(&mut self) -> Result<bool> {
+        let done = self.op.finish_step()?;
+        self.finished |= done;
+        Ok(done)
     }
 
     /// Processing time passes without a batch: partitions quiet for the idle timeout stop

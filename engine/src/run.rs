@@ -16,7 +16,8 @@ use crate::connect::{
 };
 use crate::error::{Error, Result};
 use crate::job::{Job, Trigger};
-use crate::operator::{Stats, WindowOperator};
+use crate::operator::Stats;
+use crate::pipeline::{Output, Pipeline};
 use crate::state::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore};
 
 /// Batches the source may read ahead of the operator.
@@ -381,7 +382,7 @@ impl Outputs {
     /// checkpoint `committed` when the job takes checkpoints.
     fn open(
         job: &Job,
-        op: &WindowOperator,
+        pipeline: &Pipeline,
         restore: Option<&Restore>,
         own: [Option<Box<dyn Sink>>; 4],
     ) -> Result<Outputs> {
@@ -418,12 +419,12 @@ impl Outputs {
             sinks.push(sink);
             Ok(Some(sinks.len() - 1))
         };
-        add(sink, Some(&job.sink), op.output_schema())?;
-        let late = add(late, job.late.as_ref(), op.late_schema())?;
+        add(sink, Some(&job.sink), pipeline.output_schema())?;
+        let late = add(late, job.late.as_ref(), pipeline.late_schema())?;
         let alerts = add(
             alerts,
             job.anomaly.as_ref().map(|a| &a.sink),
-            op.alert_schema(),
+            pipeline.alert_schema(),
         )?;
         let dead_letter = add(dead_letter, job.dead_letter.as_ref(), &dead_letter_schema())?;
         Ok(Outputs {
@@ -466,11 +467,11 @@ impl Outputs {
     /// the system once a window's worth of rows went out: the allocator's arenas would
     /// otherwise keep what the shards' threads freed (result slices, panes read back), and
     /// the process would hold well over its budget (BENCHMARKS.md §11).
-    fn give_back_freed_memory(&mut self, op: &WindowOperator) {
+    fn give_back_freed_memory(&mut self, pipeline: &Pipeline) {
         let Some(at) = self.trimmed_at.as_mut() else {
             return;
         };
-        let rows = op.stats().rows_out;
+        let rows = pipeline.stats().rows_out;
         if rows < *at + crate::connect::writer::SLICE as u64 {
             return;
         }
@@ -483,18 +484,21 @@ impl Outputs {
         }
     }
 
-    /// Writes what the operator produced.
-    fn drain(&mut self, op: &mut WindowOperator) -> Result<()> {
-        self.give_back_freed_memory(op);
-        let to = [Some(0), self.late, self.alerts];
-        for (batches, to) in [op.take_output(), op.take_late(), op.take_alerts()]
-            .into_iter()
-            .zip(to)
-        {
+    /// Writes what the pipeline produced: with `wait`, after the batch in flight too.
+    fn drain(&mut self, pipeline: &mut Pipeline, wait: bool) -> Result<()> {
+        self.give_back_freed_memory(pipeline);
+        let outputs = match wait {
+            true => pipeline.poll()?,
+            false => pipeline.poll_ready(),
+        };
+        for output in outputs {
+            let (to, batch) = match output {
+                Output::Rows(batch) => (Some(0), batch),
+                Output::Late(batch) => (self.late, batch),
+                Output::Alerts(batch) => (self.alerts, batch),
+            };
             if let Some(i) = to {
-                for batch in batches {
-                    self.sinks.write(i, batch)?;
-                }
+                self.sinks.write(i, batch)?;
             }
         }
         Ok(())
@@ -506,7 +510,7 @@ impl Outputs {
 fn take_checkpoint(
     job: &Job,
     id: u64,
-    op: &mut WindowOperator,
+    pipeline: &mut Pipeline,
     outputs: &mut Outputs,
     position: &Position,
     finished: bool,
@@ -516,8 +520,7 @@ fn take_checkpoint(
     };
     let started = Instant::now();
     // The rows of every batch before `position` go into this checkpoint's parts.
-    op.sync()?;
-    outputs.drain(op)?;
+    outputs.drain(pipeline, true)?;
     let sinks = outputs.sinks.call(move |sinks| {
         let mut commits = Vec::new();
         for sink in sinks {
@@ -531,14 +534,14 @@ fn take_checkpoint(
     })?;
     failpoint("staged", id);
     let mut writer = CheckpointWriter::begin(&c.dir, id)?;
-    let operator = op.snapshot(&mut writer)?;
+    let operator = pipeline.operator_mut().snapshot(&mut writer)?;
     failpoint("state", id);
     writer.commit(Manifest {
         id,
         created_ms: checkpoint::now_ms(),
         job: fingerprint(job),
-        backend: op.backend_name().to_string(),
-        watermark: op.watermark(),
+        backend: pipeline.operator().backend_name().to_string(),
+        watermark: pipeline.watermark(),
         position: position.clone(),
         finished,
         operator,
@@ -629,13 +632,13 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     };
     let schema = source.schema();
     let threads = opts.threads;
-    let mut op = WindowOperator::new(job, &schema, source.partitions(), |aggs| {
+    let mut pipeline = Pipeline::with_backends(job, schema, source.partitions(), |aggs| {
         backend.build_shards(aggs, threads)
     })?;
     if let Some(budget) = budget {
         let dir = job.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
         crate::state::spill::remove_stale(&dir);
-        op.set_memory_budget(
+        pipeline.memory_budget(
             budget,
             dir.join(format!("panes-spill-{}", std::process::id())),
         );
@@ -645,7 +648,10 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         // The cpu and gpu backends write one format of pane state; the reference keeps
         // its events.
         let portable = |b: &str| matches!(b, "cpu" | "gpu");
-        let (from, to) = (r.manifest.backend.as_str(), op.backend_name());
+        let (from, to) = (
+            r.manifest.backend.as_str(),
+            pipeline.operator().backend_name(),
+        );
         if from != to && !(portable(from) && portable(to)) {
             return Err(Error::Checkpoint {
                 path: r.dir.clone(),
@@ -655,7 +661,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             });
         }
         let restoring = Instant::now();
-        op.restore(r)?;
+        pipeline.operator_mut().restore(r)?;
         let restored = restoring.elapsed();
         source.seek(&r.manifest.position)?;
         position = r.manifest.position.clone();
@@ -670,7 +676,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     }
     let mut outputs = Outputs::open(
         job,
-        &op,
+        &pipeline,
         restore.as_ref(),
         [sink, late, alerts, dead_letter],
     )?;
@@ -679,14 +685,15 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     }
     // Result rows go to the sink thread as windows fire, a slice of the keys at a time.
     if let Some(rows) = outputs.sinks.sender(0) {
-        op.stream_output(Box::new(move |batch| rows.send(batch)))?;
+        pipeline.stream_rows(move |batch| rows.send(batch))?;
     }
     let restored_from = restore.as_ref().map(|r| r.manifest.id);
-    let summary = |op: &WindowOperator, checkpoints, malformed| {
-        let stats = op.stats();
+    let summary = |pipeline: &Pipeline, checkpoints, malformed| {
+        let stats = pipeline.stats();
+        let op = pipeline.operator();
         let late_not_kept = if !keep_late { stats.late_events } else { 0 };
         Summary {
-            backend: op.backend(),
+            backend: pipeline.backend(),
             stats,
             elapsed: start.elapsed(),
             late_not_kept,
@@ -705,11 +712,11 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
              --fresh to run it again",
             restored_from.unwrap_or(0)
         );
-        return Ok(summary(&op, 0, 0));
+        return Ok(summary(&pipeline, 0, 0));
     }
     let mut next_id = restored_from.unwrap_or(0) + 1;
     let mut checkpoints_taken = 0u64;
-    let mut events_read = op.stats().events_in;
+    let mut events_read = pipeline.stats().events_in;
     let mut last_checkpoint = (Instant::now(), events_read);
     let total = source.total_rows();
     // The source reads and decodes the next batches on a thread of its own while this
@@ -743,10 +750,16 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             match b.batch.num_rows() {
                 // Nothing arrived (a quiet Kafka topic) or nothing decoded: processing
                 // time still advances, for idle partitions.
-                0 => op.tick(Instant::now())?,
-                _ => op.process_batch(b.partition, &b.batch, &b.origin, b.first_row)?,
+                0 => pipeline.tick(Instant::now())?,
+                _ => pipeline.push_from(
+                    b.partition,
+                    &b.batch,
+                    &b.origin,
+                    b.first_row,
+                    Instant::now(),
+                )?,
             }
-            outputs.drain(&mut op)?;
+            outputs.drain(&mut pipeline, false)?;
             outputs.dead_letters(&b.malformed)?;
             position = b.after;
             // Counted here: the shards' counters lag a batch behind (see `sync`).
@@ -757,7 +770,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
                     Trigger::Events(n) => events_read - last_checkpoint.1 >= n,
                 };
                 if due {
-                    take_checkpoint(job, next_id, &mut op, &mut outputs, &position, false)?;
+                    take_checkpoint(job, next_id, &mut pipeline, &mut outputs, &position, false)?;
                     let _ = done_tx.send(position.clone());
                     next_id += 1;
                     checkpoints_taken += 1;
@@ -765,11 +778,11 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
                 }
             }
             if let Some(progress) = opts.progress.as_mut() {
-                let stats = op.stats();
+                let stats = pipeline.stats();
                 progress(&Progress {
                     events: events_read,
                     total,
-                    watermark: op.watermark(),
+                    watermark: pipeline.watermark(),
                     late: stats.late_events,
                     rows_out: stats.rows_out,
                     alerts: stats.alerts,
@@ -782,28 +795,32 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             .join()
             .map_err(|_| Error::Internal("the source's thread panicked".into()))
     })?;
-    op.sync()?;
+    outputs.drain(&mut pipeline, true)?;
     let first_id = restored_from.unwrap_or(0) + 1;
     if stop.load(Ordering::Relaxed) && job.checkpoint.is_some() {
         // Stopped: the open windows wait in a last checkpoint for the next run.
-        take_checkpoint(job, next_id, &mut op, &mut outputs, &position, false)?;
+        take_checkpoint(job, next_id, &mut pipeline, &mut outputs, &position, false)?;
         source.checkpointed(&position);
         outputs.sinks.stop()?;
         tracing::warn!(
             "stopped at {position}: checkpoint {next_id} holds the open windows; run the job \
              again to go on"
         );
-        return Ok(summary(&op, next_id + 1 - first_id, outputs.malformed));
+        return Ok(summary(
+            &pipeline,
+            next_id + 1 - first_id,
+            outputs.malformed,
+        ));
     }
-    if op.stats().events_in == 0 {
+    if pipeline.stats().events_in == 0 {
         return Err(Error::input(source_name, "the source holds no events"));
     }
-    while !op.finish_step()? {
-        outputs.drain(&mut op)?;
+    while !pipeline.finish_step()? {
+        outputs.drain(&mut pipeline, false)?;
     }
-    outputs.drain(&mut op)?;
+    outputs.drain(&mut pipeline, true)?;
     if job.checkpoint.is_some() {
-        take_checkpoint(job, next_id, &mut op, &mut outputs, &position, true)?;
+        take_checkpoint(job, next_id, &mut pipeline, &mut outputs, &position, true)?;
         source.checkpointed(&position);
         next_id += 1;
         // Every part is published; the sinks hold nothing more.
@@ -813,7 +830,7 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             s.finish()?;
         }
     }
-    let summary = summary(&op, next_id - first_id, outputs.malformed);
+    let summary = summary(&pipeline, next_id - first_id, outputs.malformed);
     if summary.late_not_kept > 0 {
         tracing::warn!(
             "{} late events were counted but not kept: add a [late] section to keep them",

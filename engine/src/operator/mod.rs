@@ -316,6 +316,7 @@ impl WindowOperator {
     /// Processes one batch from source partition `partition`; `origin` and `first_row` say
     /// where it came from, for errors. The batch arrives now, by the processing-time clock
     /// that idleness is measured on.
+    #[cfg(test)]
     pub fn process_batch(
         &mut self,
         partition: usize,
