@@ -700,15 +700,7 @@ fn outputs_on(
     let mut pipeline = Pipeline::with_backends(job, input.schema(), 1, backends).expect("pipeline");
     let mut start = 0;
     let mut got: [Vec<RecordBatch>; 3] = Default::default();
-    let mut take = |outputs: Vec<Output>| {
-        for output in outputs {
-            match output {
-                Output::Rows(b) => got[0].push(b),
-                Output::Late(b) => got[1].push(b),
-                Output::Alerts(b) => got[2].push(b),
-            }
-        }
-    };
+    let mut take = |outputs: Vec<Output>| sort_into(&mut got, outputs);
     for &len in lengths {
         pipeline.push(0, &input.slice(start, len)).expect("push");
         take(pipeline.poll().expect("poll"));
@@ -716,6 +708,17 @@ fn outputs_on(
     }
     take(pipeline.finish().expect("finish"));
     got.map(|batches| rows_as_text(&batches))
+}
+
+/// Puts each output with its kind: rows, late events, alerts.
+fn sort_into(got: &mut [Vec<RecordBatch>; 3], outputs: Vec<Output>) {
+    for output in outputs {
+        match output {
+            Output::Rows(b) => got[0].push(b),
+            Output::Late(b) => got[1].push(b),
+            Output::Alerts(b) => got[2].push(b),
+        }
+    }
 }
 
 /// Every row of `batches` as text, cells joined by `|`, sorted.
@@ -773,15 +776,7 @@ fn a_snapshot_in_memory_restores_at_another_thread_count_and_continues_exactly()
                 .expect("pipeline")
         };
         let mut got: [Vec<RecordBatch>; 3] = Default::default();
-        let mut take = |outputs: Vec<Output>| {
-            for output in outputs {
-                match output {
-                    Output::Rows(b) => got[0].push(b),
-                    Output::Late(b) => got[1].push(b),
-                    Output::Alerts(b) => got[2].push(b),
-                }
-            }
-        };
+        let mut take = |outputs: Vec<Output>| sort_into(&mut got, outputs);
         let mut pipeline = make(before);
         let mut start = 0;
         for (i, &len) in lengths.iter().enumerate() {
