@@ -372,3 +372,21 @@ fn a_services_own_sink_takes_part_in_the_checkpoints_two_phase_commit() {
     );
     assert!(again[1].starts_with("stage 3 -> "), "{again:#?}");
 }
+
+#[test]
+fn an_alerts_sink_for_a_job_without_anomaly_detection_is_an_error() {
+    let job = Job::from_file(Path::new("tests/golden/tumble_late/job.toml")).expect("a job");
+    let (alerts, _) = collecting("alerts");
+    let opts = RunOptions {
+        connectors: Connectors {
+            alerts: Some(alerts),
+            ..Connectors::default()
+        },
+        ..RunOptions::default()
+    };
+    let err = run_job(&job, opts).expect_err("no [anomaly]");
+    assert!(
+        err.to_string().contains("the job has no [anomaly] section"),
+        "{err}"
+    );
+}
