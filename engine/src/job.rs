@@ -345,7 +345,7 @@ pub struct TopK {
 }
 
 /// `[source]`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// `parquet`, `csv`, `jsonl`, `kafka` or `generator`.

@@ -37,11 +37,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The builder writes the same job a job file would and validates it the same way, so
-//! its errors read like a job file's (`job file <pipeline>: …`). [`Pipeline::spawn`]
+//! The builder fills in the types a job file is read into ([`crate::job::JobFile`]) and
+//! validates them the same way, so its errors read like a job file's (`job file
+//! <pipeline>: …`). [`Pipeline::spawn`]
 //! drives a pipeline from a tokio channel of batches.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -50,7 +50,10 @@ use arrow::record_batch::RecordBatch;
 use panes_kernels::{AggFn, AggSpec, Backend};
 
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{
+    AggregateConfig, FilterConfig, Job, JobFile, KeyConfig, SinkConfig, SourceConfig, StateConfig,
+    TimeConfig, TopKConfig, WindowConfig,
+};
 use crate::operator::{Stats, WindowOperator};
 use crate::run::{BackendKind, default_threads};
 pub use crate::state::checkpoint::Snapshot;
@@ -74,7 +77,7 @@ pub struct PipelineBuilder {
     time: Option<(String, Duration)>,
     allowed_lateness: Duration,
     idle_timeout: Option<Duration>,
-    window: Option<String>,
+    window: Option<WindowConfig>,
     keys: Vec<String>,
     aggregates: Vec<(String, AggFn, Option<String>)>,
     top_k: Option<(String, usize)>,
@@ -83,14 +86,23 @@ pub struct PipelineBuilder {
     threads: usize,
 }
 
-/// A TOML string (quoted and escaped).
-fn quoted(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
 /// A duration as the job file writes it.
 fn millis(d: Duration) -> String {
-    quoted(&format!("{}ms", d.as_millis()))
+    format!("{}ms", d.as_millis())
+}
+
+/// A `[window]` of `kind` with `size` and the other lengths `set` gives.
+fn window(kind: &str, size: Option<Duration>, set: impl FnOnce(&mut WindowConfig)) -> WindowConfig {
+    let mut w = WindowConfig {
+        kind: kind.into(),
+        size: size.map(millis).unwrap_or_default(),
+        slide: None,
+        step: None,
+        gap: None,
+        offset: None,
+    };
+    set(&mut w);
+    w
 }
 
 impl PipelineBuilder {
@@ -116,33 +128,27 @@ impl PipelineBuilder {
 
     /// Tumbling windows of `size`.
     pub fn tumble(mut self, size: Duration) -> Self {
-        self.window = Some(format!("kind = \"tumble\"\nsize = {}\n", millis(size)));
+        self.window = Some(window("tumble", Some(size), |_| {}));
         self
     }
 
     /// Hop (sliding) windows of `size`, one every `slide`.
     pub fn hop(mut self, size: Duration, slide: Duration) -> Self {
-        self.window = Some(format!(
-            "kind = \"hop\"\nsize = {}\nslide = {}\n",
-            millis(size),
-            millis(slide)
-        ));
+        self.window = Some(window("hop", Some(size), |w| w.slide = Some(millis(slide))));
         self
     }
 
     /// Cumulate windows: every `size`, windows that grow by `step`.
     pub fn cumulate(mut self, step: Duration, size: Duration) -> Self {
-        self.window = Some(format!(
-            "kind = \"cumulate\"\nsize = {}\nstep = {}\n",
-            millis(size),
-            millis(step)
-        ));
+        self.window = Some(window("cumulate", Some(size), |w| {
+            w.step = Some(millis(step))
+        }));
         self
     }
 
     /// Session windows per key, closed by a `gap` without events.
     pub fn session(mut self, gap: Duration) -> Self {
-        self.window = Some(format!("kind = \"session\"\ngap = {}\n", millis(gap)));
+        self.window = Some(window("session", None, |w| w.gap = Some(millis(gap))));
         self
     }
 
@@ -183,57 +189,63 @@ impl PipelineBuilder {
         self
     }
 
-    /// The job this builder describes, as a job file would write it.
-    fn job_file(&self) -> Result<String> {
+    /// The job this builder describes, in the types a job file reads into.
+    fn job_file(&self) -> Result<JobFile> {
         let missing = |what: &str| Error::Job {
             file: "<pipeline>".into(),
             message: format!("{what} is missing"),
         };
         let (column, bound) = self.time.as_ref().ok_or_else(|| missing("event_time"))?;
-        let window = self.window.as_ref().ok_or_else(|| missing("a window"))?;
-        let mut text = String::from(
-            "[source]\nkind = \"parquet\"\npath = \"pushed batches\"\n[sink]\nkind = \"jsonl\"\n",
-        );
-        let _ = write!(
-            text,
-            "[time]\ncolumn = {}\nmax_out_of_orderness = {}\nallowed_lateness = {}\n",
-            quoted(column),
-            millis(*bound),
-            millis(self.allowed_lateness)
-        );
-        if let Some(idle) = self.idle_timeout {
-            let _ = writeln!(text, "idle_timeout = {}", millis(idle));
-        }
-        let _ = write!(text, "[window]\n{window}");
-        if !self.keys.is_empty() {
-            let keys: Vec<String> = self.keys.iter().map(|k| quoted(k)).collect();
-            let _ = writeln!(text, "[key]\ncolumns = [{}]", keys.join(", "));
-        }
-        for (name, func, column) in &self.aggregates {
-            let fname = match func {
-                AggFn::Count => "count",
-                f => AggFn::ALL.iter().find(|a| a.1 == *f).map_or("?", |a| a.0),
-            };
-            let _ = write!(
-                text,
-                "[[aggregate]]\nname = {}\nfn = {}\n",
-                quoted(name),
-                quoted(fname)
-            );
-            if let Some(c) = column {
-                let _ = writeln!(text, "column = {}", quoted(c));
-            }
-        }
-        if let Some((by, k)) = &self.top_k {
-            let _ = write!(text, "[top_k]\nby = {}\nk = {k}\n", quoted(by));
-        }
-        Ok(text)
+        let window = self.window.clone().ok_or_else(|| missing("a window"))?;
+        let aggregate = (self.aggregates.iter())
+            .map(|(name, func, column)| AggregateConfig {
+                name: name.clone(),
+                func: match func {
+                    AggFn::Count => "count",
+                    f => AggFn::ALL.iter().find(|a| a.1 == *f).map_or("?", |a| a.0),
+                }
+                .into(),
+                column: column.clone(),
+            })
+            .collect();
+        Ok(JobFile {
+            source: SourceConfig {
+                kind: "parquet".into(),
+                path: Some("pushed batches".into()),
+                ..SourceConfig::default()
+            },
+            time: TimeConfig {
+                column: column.clone(),
+                max_out_of_orderness: millis(*bound),
+                allowed_lateness: millis(self.allowed_lateness),
+                idle_timeout: millis(self.idle_timeout.unwrap_or(Duration::from_secs(30))),
+            },
+            window,
+            key: KeyConfig {
+                columns: self.keys.clone(),
+            },
+            aggregate,
+            sink: SinkConfig {
+                kind: "jsonl".into(),
+                path: None,
+                bootstrap: None,
+                topic: None,
+            },
+            late: None,
+            dead_letter: None,
+            top_k: (self.top_k.clone()).map(|(by, k)| TopKConfig { by, k }),
+            anomaly: None,
+            checkpoint: None,
+            state: StateConfig::default(),
+            filter: FilterConfig::default(),
+            output: None,
+        })
     }
 
     /// The pipeline over batches of `schema`: the job is validated, and every column it
     /// names resolved, before any batch.
     pub fn build(self, schema: SchemaRef) -> Result<Pipeline> {
-        let job = Job::from_toml(&self.job_file()?, "<pipeline>")?;
+        let job = Job::from_config(self.job_file()?, "<pipeline>")?;
         Pipeline::from_job(&job, schema, self.partitions, self.backend, self.threads)
     }
 }
