@@ -220,6 +220,39 @@ fn a_missing_column_is_named_with_the_available_ones() {
     );
 }
 
+/// Without a [late] sink the source reads only the columns the job needs: those an event
+/// filter reads are among them, and the filter keeps what it says.
+#[test]
+fn an_event_filter_on_a_column_nothing_else_reads_works_without_a_late_sink() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 20_000);
+    let no_late = (
+        "[late]\nkind = \"parquet\"\npath = 'DIR/late.parquet'\n",
+        "",
+    );
+    let count = |job: &Path| {
+        let out = case.run_job(job, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let rows = read_parquet(&case.path("out.parquet"));
+        let views = rows.column_by_name("views").expect("views");
+        let views = views
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .expect("counts");
+        views.iter().flatten().sum::<i64>()
+    };
+    let all = count(&case.job(&input, &[no_late]));
+    let job = case.job(&input, &[no_late]);
+    let mut text = std::fs::read_to_string(&job).expect("the job");
+    text.push_str("\n[filter]\nevents = \"user_id % 2 = 0\"\n");
+    std::fs::write(&job, text).expect("the job");
+    let even = count(&job);
+    assert!(
+        even > 0 && even < all,
+        "{even} of {all} events have an even user_id"
+    );
+}
+
 #[test]
 fn a_column_of_the_wrong_type_is_named_with_its_type() {
     let case = Case::new();

@@ -62,6 +62,19 @@ impl Filter {
         Node::of(expr, &|_| Ok(0)).map(|_| ()).map_err(|Fail(m)| m)
     }
 
+    /// The columns the expression reads, each once, in the order it names them.
+    pub fn columns(&self) -> Vec<String> {
+        let names = std::cell::RefCell::new(Vec::<String>::new());
+        let _ = Node::of(&self.expr, &|name| {
+            let mut names = names.borrow_mut();
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+            Ok(0)
+        });
+        names.into_inner()
+    }
+
     /// The expression as SQL text.
     pub fn text(&self) -> &str {
         &self.text

@@ -300,11 +300,13 @@ impl fmt::Display for Summary {
     }
 }
 
-/// The columns a job reads: time, keys and aggregate inputs, each once.
+/// The columns a job reads: time, keys, aggregate inputs and what `[filter] events`
+/// reads, each once.
 fn needed_columns(job: &Job) -> Vec<String> {
     let mut cols = vec![job.time_column.clone()];
     cols.extend(job.keys.iter().cloned());
     cols.extend(job.aggregates.iter().filter_map(|a| a.column.clone()));
+    cols.extend(job.filter_events.iter().flat_map(|f| f.columns()));
     let mut seen = std::collections::HashSet::new();
     cols.retain(|c| seen.insert(c.clone()));
     cols
