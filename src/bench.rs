@@ -218,6 +218,7 @@ pub fn job(size: i64, slide: i64, events: u64, keys: u64) -> Job {
         name: name.into(),
         func,
         column: column.map(Into::into),
+        expr: None,
     };
     Job {
         source: Source::Generator(GeneratorSpec {

@@ -337,7 +337,8 @@ fn a_pipeline_from_sql_filters_events_and_windows() {
     let sql = "CREATE TABLE t (ts TIMESTAMP(3), k BIGINT, v BIGINT, WATERMARK FOR ts AS ts)
           WITH ('connector' = 'filesystem', 'path' = 'unused');
         SELECT window_time, k, COUNT(*) AS n, SUM(v) AS total,
-               CAST(SUM(v) AS DOUBLE) / COUNT(*) AS mean
+               CAST(SUM(v) AS DOUBLE) / COUNT(*) AS mean, SUM(v * v) AS squares,
+               MAX(CASE WHEN v > 6 THEN v ELSE 0 END) AS big
         FROM TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), INTERVAL '10' SECOND))
         WHERE v > 0
         GROUP BY window_start, window_end, k
@@ -352,54 +353,70 @@ fn a_pipeline_from_sql_filters_events_and_windows() {
         Field::new("k", DataType::Int64, false),
         Field::new("v", DataType::Int64, false),
     ]));
-    let mut p = Pipeline::from_job(&job, schema.clone(), 1, BackendKind::Cpu, 2).expect("builds");
-    let batch = |rows: &[(i64, i64, i64)]| {
-        RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(TimestampMillisecondArray::from_iter_values(
-                    rows.iter().map(|r| r.0),
-                )),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
-            ],
+    // Aggregates of expressions: SUM(v * v) over the kept 5 and 7, MAX of a CASE.
+    for backend in [BackendKind::Cpu, BackendKind::Reference] {
+        let mut p = Pipeline::from_job(&job, schema.clone(), 1, backend, 2).expect("builds");
+        let batch = |rows: &[(i64, i64, i64)]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(TimestampMillisecondArray::from_iter_values(
+                        rows.iter().map(|r| r.0),
+                    )),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                    Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                ],
+            )
+            .expect("a batch")
+        };
+        // Key 1: three events, one of them filtered out; key 2: one event left after WHERE,
+        // so HAVING drops its row.
+        p.push(
+            0,
+            &batch(&[
+                (1_000, 1, 5),
+                (2_000, 1, -3),
+                (3_000, 1, 7),
+                (4_000, 2, 1),
+                (5_000, 2, 0),
+            ]),
         )
-        .expect("a batch")
-    };
-    // Key 1: three events, one of them filtered out; key 2: one event left after WHERE,
-    // so HAVING drops its row.
-    p.push(
-        0,
-        &batch(&[
-            (1_000, 1, 5),
-            (2_000, 1, -3),
-            (3_000, 1, 7),
-            (4_000, 2, 1),
-            (5_000, 2, 0),
-        ]),
-    )
-    .expect("push");
-    // An event that WHERE drops still closes the window [0, 10 s).
-    p.push(0, &batch(&[(30_000, 3, -1)])).expect("push");
-    let mut rows = Vec::new();
-    for out in p.poll().expect("poll") {
-        if let Output::Rows(b) = out {
-            let k = b
-                .column_by_name("k")
-                .expect("k")
-                .as_primitive::<Int64Type>();
-            let n = b
-                .column_by_name("n")
-                .expect("n")
-                .as_primitive::<Int64Type>();
-            let total = b
-                .column_by_name("total")
-                .expect("total")
-                .as_primitive::<Int64Type>();
-            for i in 0..b.num_rows() {
-                rows.push((k.value(i), n.value(i), total.value(i)));
+        .expect("push");
+        // An event that WHERE drops still closes the window [0, 10 s).
+        p.push(0, &batch(&[(30_000, 3, -1)])).expect("push");
+        let mut rows = Vec::new();
+        for out in p.poll().expect("poll") {
+            if let Output::Rows(b) = out {
+                let k = b
+                    .column_by_name("k")
+                    .expect("k")
+                    .as_primitive::<Int64Type>();
+                let n = b
+                    .column_by_name("n")
+                    .expect("n")
+                    .as_primitive::<Int64Type>();
+                let total = b
+                    .column_by_name("total")
+                    .expect("total")
+                    .as_primitive::<Int64Type>();
+                let int = |name: &str| {
+                    b.column_by_name(name)
+                        .expect(name)
+                        .as_primitive::<Int64Type>()
+                        .clone()
+                };
+                let (squares, big) = (int("squares"), int("big"));
+                for i in 0..b.num_rows() {
+                    rows.push((
+                        k.value(i),
+                        n.value(i),
+                        total.value(i),
+                        squares.value(i),
+                        big.value(i),
+                    ));
+                }
             }
         }
+        assert_eq!(rows, [(1, 2, 12, 74, 7)], "{backend}");
     }
-    assert_eq!(rows, [(1, 2, 12)]);
 }

@@ -28,7 +28,7 @@ use sqlparser::parser::Parser;
 use crate::error::{Error, Result};
 
 /// A parsed filter: SQL text that is a boolean expression.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
     text: String,
     expr: Sql,

@@ -483,6 +483,10 @@ pub struct AggregateConfig {
     /// Input column (numeric; any type for `count`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
+    /// Instead of `column`: an SQL expression over the input's columns, e.g. `"price *
+    /// quantity"` (evaluated a batch at a time, after `[filter] events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
 }
 
 /// `[sink]` and `[late]`.
@@ -667,6 +671,8 @@ pub struct Aggregate {
     pub func: AggFn,
     /// Input column, if the function reads one.
     pub column: Option<String>,
+    /// An expression over the input's columns it reads instead of a column.
+    pub expr: Option<crate::expr::Filter>,
 }
 
 /// A validated job: everything checked that can be checked without the data.
@@ -837,7 +843,15 @@ impl JobFile {
         let mut aggregates = Vec::new();
         for (i, a) in self.aggregate.iter().enumerate() {
             let at = format!("aggregate #{} ({:?})", i + 1, a.name);
-            let func = AggFn::parse(&a.func, a.column.is_some()).ok_or_else(|| {
+            if a.column.is_some() && a.expr.is_some() {
+                return Err(format!("{at}: give column or expr, not both"));
+            }
+            let expr = (a.expr.as_deref())
+                .map(crate::expr::Filter::parse)
+                .transpose()
+                .map_err(|e| format!("{at}: expr = {e}"))?;
+            let reads = a.column.is_some() || expr.is_some();
+            let func = AggFn::parse(&a.func, reads).ok_or_else(|| {
                 let known: Vec<&str> = AggFn::ALL
                     .iter()
                     .map(|(n, _)| *n)
@@ -849,8 +863,8 @@ impl JobFile {
                     known.join(", ")
                 )
             })?;
-            if func.needs_column() && a.column.is_none() {
-                return Err(format!("{at}: fn = {:?} needs a column", a.func));
+            if func.needs_column() && !reads {
+                return Err(format!("{at}: fn = {:?} needs a column (or expr)", a.func));
             }
             if a.name.is_empty() || names.contains(&a.name.as_str()) {
                 return Err(format!(
@@ -862,6 +876,7 @@ impl JobFile {
                 name: a.name.clone(),
                 func,
                 column: a.column.clone(),
+                expr,
             });
         }
         let late = self.late.map(|l| l.validate("late")).transpose()?;
@@ -1373,6 +1388,28 @@ mod tests {
 
     fn error_of(text: &str) -> String {
         Job::from_toml(text, "job.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_aggregate_reads_a_column_or_an_expression() {
+        let with = |input: &str| {
+            JOB.replace(
+                "fn = \"avg\"\n        column = \"scroll_depth\"",
+                &format!("fn = \"avg\"\n{input}"),
+            )
+        };
+        let job = Job::from_toml(&with("expr = \"scroll_depth * 100\""), "job.toml").unwrap();
+        let expr = job.aggregates.iter().find_map(|a| a.expr.as_ref());
+        assert_eq!(expr.map(|e| e.text()), Some("scroll_depth * 100"));
+        let e = error_of(&with("column = \"a\"\nexpr = \"b + 1\""));
+        assert!(e.contains("give column or expr, not both"), "{e}");
+        let e = error_of(&with("expr = \"scroll_depth *\""));
+        assert!(
+            e.contains("expr = \"scroll_depth *\" is not an SQL expression"),
+            "{e}"
+        );
+        let e = error_of(&with(""));
+        assert!(e.contains("needs a column (or expr)"), "{e}");
     }
 
     #[test]

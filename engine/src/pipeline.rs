@@ -206,6 +206,7 @@ impl PipelineBuilder {
                 }
                 .into(),
                 column: column.clone(),
+                expr: None,
             })
             .collect();
         Ok(JobFile {

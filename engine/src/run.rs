@@ -306,6 +306,11 @@ fn needed_columns(job: &Job) -> Vec<String> {
     let mut cols = vec![job.time_column.clone()];
     cols.extend(job.keys.iter().cloned());
     cols.extend(job.aggregates.iter().filter_map(|a| a.column.clone()));
+    cols.extend(
+        job.aggregates
+            .iter()
+            .flat_map(|a| a.expr.iter().flat_map(|e| e.columns())),
+    );
     cols.extend(job.filter_events.iter().flat_map(|f| f.columns()));
     let mut seen = std::collections::HashSet::new();
     cols.retain(|c| seen.insert(c.clone()));

@@ -1224,15 +1224,20 @@ impl Shape {
             );
         }
         let upper = f.name.to_string().to_ascii_uppercase();
-        let column = match &list.args[..] {
+        // `Ok(column)` or `Err(expression)`, or nothing for COUNT(*).
+        let input = match &list.args[..] {
             [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] if upper == "COUNT" => None,
             [FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(c)))] => {
-                Some(c.value.clone())
+                Some(Ok(c.value.clone()))
+            }
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => {
+                check_plain(e)?;
+                Some(Err(e.to_string()))
             }
             _ => {
                 return fail(
                     here,
-                    format!("{f}: an aggregate of one column (COUNT(*) counts rows)"),
+                    format!("{f}: an aggregate of one column or expression (COUNT(*) counts rows)"),
                 );
             }
         };
@@ -1251,16 +1256,19 @@ impl Shape {
             "APPROX_COUNT_DISTINCT" => "approx_count_distinct",
             _ => return fail(here, format!("the aggregate {} is not supported", f.name)),
         };
-        let name = alias.unwrap_or_else(|| match &column {
-            Some(c) => format!("{func}_{c}"),
+        let name = alias.unwrap_or_else(|| match &input {
+            Some(Ok(c)) => format!("{func}_{c}"),
+            Some(Err(_)) => format!("{func}_expr{}", self.aggregates.len() + 1),
             None => "count".to_string(),
         });
         let mut t = toml::Table::new();
         t.insert("name".into(), name.clone().into());
         t.insert("fn".into(), func.into());
-        if let Some(c) = column {
-            t.insert("column".into(), c.into());
-        }
+        match input {
+            Some(Ok(c)) => t.insert("column".into(), c.into()),
+            Some(Err(e)) => t.insert("expr".into(), e.into()),
+            None => None,
+        };
         self.aggregates.push(t);
         if visible {
             self.columns.push((name.clone(), name.clone()));

@@ -389,9 +389,7 @@ impl WindowOperator {
             None => batch,
         };
         // Shards see the columns they read; late events keep every column.
-        let read = batch
-            .project(&plan.columns)
-            .map_err(|e| Error::arrow("projecting a batch", e))?;
+        let read = plan.read(batch)?;
         if self.shard_count == 1 {
             self.shards[0].process(&read, &self.ts, &self.met, w, origin)?;
             let late = self.shards[0].take_late();

@@ -28,8 +28,13 @@ pub(crate) struct Input {
 pub(crate) struct Plan {
     pub time_index: usize,
     pub time_name: String,
-    /// The input columns that shards read: key columns, then aggregate inputs.
+    /// The input columns that shards read: key columns, then aggregate inputs. An index
+    /// past the input's columns is an aggregate's expression, `computed[index - width]`.
     pub columns: Vec<usize>,
+    /// Aggregates' expressions over the input.
+    computed: Vec<Bound>,
+    /// Schema of what shards read ([`Plan::read`]).
+    read_schema: SchemaRef,
     pub key_indices: Vec<usize>,
     /// Names and types of the key columns.
     pub key_fields: Vec<(String, DataType)>,
@@ -173,17 +178,34 @@ impl Plan {
 
         let mut inputs: Vec<Input> = Vec::new();
         let mut specs = Vec::new();
+        let mut computed = Vec::new();
+        let mut computed_fields = Vec::new();
+        let empty = RecordBatch::new_empty(schema.clone());
         for a in &job.aggregates {
-            let Some(name) = &a.column else {
-                specs.push(AggSpec {
-                    func: a.func,
-                    column: 0,
-                    domain: Domain::I64,
-                });
-                continue;
+            let (index, name, ty) = match (&a.column, &a.expr) {
+                (Some(name), _) => {
+                    let index = find(&format!("aggregate {:?}: input", a.name), name)?;
+                    let ty = schema.field(index).data_type().clone();
+                    (index, name.clone(), ty)
+                }
+                (None, Some(expr)) => {
+                    let bound = expr.bind(schema, &format!("aggregate {:?}: expr", a.name))?;
+                    let ty = bound.eval(&empty)?.data_type().clone();
+                    computed_fields.push(Field::new(format!("expr {}", a.name), ty.clone(), true));
+                    computed.push(bound);
+                    let index = schema.fields().len() + computed.len() - 1;
+                    (index, expr.text().to_string(), ty)
+                }
+                (None, None) => {
+                    specs.push(AggSpec {
+                        func: a.func,
+                        column: 0,
+                        domain: Domain::I64,
+                    });
+                    continue;
+                }
             };
-            let index = find(&format!("aggregate {:?}: input", a.name), name)?;
-            let ty = schema.field(index).data_type();
+            let ty = &ty;
             let domain = match ty {
                 t if t.is_integer() => Some(Domain::I64),
                 t if t.is_floating()
@@ -228,6 +250,13 @@ impl Plan {
             };
         }
         let key_indices = (0..key_indices.len()).collect();
+        let read_fields: Vec<Field> = (columns.iter())
+            .map(|&c| match c.checked_sub(schema.fields().len()) {
+                None => schema.field(c).clone(),
+                Some(j) => computed_fields[j].clone(),
+            })
+            .collect();
+        let read_schema = Arc::new(Schema::new(read_fields));
 
         let mut fields: Vec<Field> = key_fields
             .iter()
@@ -281,6 +310,26 @@ impl Plan {
             late_schema: Arc::new(Schema::new(late_fields)),
             alert_schema: Arc::new(Schema::new(alert_fields)),
             origin,
+            computed,
+            read_schema,
         })
+    }
+
+    /// The columns of `batch` that shards read: key columns and aggregate inputs, the
+    /// aggregates' expressions evaluated over it.
+    pub fn read(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        if self.computed.is_empty() {
+            return (batch.project(&self.columns))
+                .map_err(|e| Error::arrow("projecting a batch", e));
+        }
+        let width = batch.num_columns();
+        let columns = (self.columns.iter())
+            .map(|&c| match c.checked_sub(width) {
+                None => Ok(batch.column(c).clone()),
+                Some(j) => self.computed[j].eval(batch),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.read_schema.clone(), columns)
+            .map_err(|e| Error::arrow("evaluating aggregates' expressions", e))
     }
 }
