@@ -7,7 +7,7 @@
 //! use arrow::array::{Float64Array, Int64Array, RecordBatch, TimestampMillisecondArray};
 //! use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 //! use panes_engine::pipeline::{Output, Pipeline};
-//! use panes_kernels::{AggFn, AggSpec, Backend};
+//! use panes_kernels::AggFn;
 //!
 //! let schema = Arc::new(Schema::new(vec![
 //!     Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
