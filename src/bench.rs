@@ -7,9 +7,10 @@ use arrow::record_batch::RecordBatch;
 use panes_datasets::{Dataset, GenConfig};
 use panes_engine::Result;
 use panes_engine::WindowSpec;
-use panes_engine::job::{Aggregate, GeneratorSpec, Job, JobFile, Sink, Source};
+use panes_engine::job::{Aggregate, GeneratorSpec, Job, JobFile, ParquetSpec, Sink, Source};
 use panes_engine::pipeline::{Output, Pipeline};
-use panes_engine::run::BackendKind;
+use panes_engine::run::{BackendKind, RunOptions, run_job};
+use panes_engine::sinks::open_sink;
 use panes_kernels::{AggFn, Backend, GpuBackend, GpuOptions};
 
 use crate::harness::{Rows, Spread};
@@ -30,9 +31,13 @@ pub struct Case {
     /// Median events per second relative to the same case at the sweep's first thread
     /// count.
     pub speedup: f64,
-    /// Seconds the operator took per repeat (input already decoded in memory): every
-    /// sample, median, min and quartiles.
+    /// Seconds per repeat: the window operator on input already decoded in memory, or
+    /// with `end_to_end` the whole job as `panes run` runs it (Parquet in, Parquet out):
+    /// every sample, median, min and quartiles.
     pub seconds: Spread,
+    /// Timed end to end through files (`--end-to-end`).
+    #[serde(default)]
+    pub end_to_end: bool,
     /// Events per second at the median.
     pub events_per_sec: f64,
     /// Bytes of decoded input (its Arrow buffers) per second at the median.
@@ -397,6 +402,9 @@ pub struct Suite<'a> {
     pub repeats: usize,
     /// ...unless a case's runs took this many seconds first (it runs at least once).
     pub max_time: f64,
+    /// Time each case as `panes run` runs it: its input written once to a Parquet file,
+    /// then read, windowed and written to Parquet by [`run_job`] in every repeat.
+    pub end_to_end: bool,
 }
 
 /// Runs the suite: every window × key count × backend, then the example workloads, each
@@ -416,6 +424,7 @@ pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Ca
         profile,
         repeats,
         max_time,
+        end_to_end,
     } = *suite;
     let wanted = |name: &str| {
         part.has(name) && (only.is_empty() || only.iter().any(|o| name.starts_with(o.as_str())))
@@ -429,7 +438,7 @@ pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Ca
         let each = |&b: &BackendKind| threads.iter().map(move |&t| (b, t));
         backends.iter().flat_map(each).collect()
     };
-    let repeats = (repeats.max(1), max_time);
+    let repeats = (repeats.max(1), max_time, end_to_end);
     let mut cases = Vec::new();
     let mut emit = |case: Case| {
         on_case(&case);
@@ -529,15 +538,20 @@ fn measure(
     (backend, threads, profile): (BackendKind, usize, bool),
     (kernels, verdict): (Option<(f64, String, String)>, Option<Verdict>),
     base: &mut Option<f64>,
-    (repeats, max_time): (usize, f64),
+    (repeats, max_time, end_to_end): (usize, f64, bool),
 ) -> Result<Case> {
+    let files = end_to_end.then(|| Files::write(batches)).transpose()?;
+    let once = |profile| match &files {
+        Some(files) => files.run(job, backend, threads),
+        None => run(job, batches, backend, threads, profile),
+    };
     let started = Instant::now();
     if repeats > 1 {
-        run(job, batches, backend, threads, false)?;
+        once(false)?;
     }
     let mut samples = Vec::new();
     let (seconds, rows_out, stages) = loop {
-        let (seconds, rows_out, stages) = run(job, batches, backend, threads, profile)?;
+        let (seconds, rows_out, stages) = once(profile)?;
         samples.push(seconds);
         if samples.len() >= repeats || started.elapsed().as_secs_f64() >= max_time {
             break (Spread::of(samples), rows_out, stages);
@@ -561,6 +575,7 @@ fn measure(
         events,
         threads,
         speedup: events_per_sec / base,
+        end_to_end,
         bytes_per_sec: bytes as f64 / seconds.median.max(1e-9),
         seconds,
         events_per_sec,
@@ -574,6 +589,70 @@ fn measure(
         adapter,
         profile: (!stages.is_empty()).then_some(stages),
     })
+}
+
+/// A case's input as a Parquet file, for timing it end to end; removed when dropped.
+struct Files {
+    dir: std::path::PathBuf,
+    batch_rows: usize,
+}
+
+impl Files {
+    fn write(batches: &[RecordBatch]) -> Result<Files> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("panes-bench-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| panes_engine::Error::io("creating directory", &dir, e))?;
+        let files = Files {
+            dir,
+            batch_rows: batches.first().map_or(64 * 1024, RecordBatch::num_rows),
+        };
+        let schema = batches
+            .first()
+            .map(RecordBatch::schema)
+            .ok_or_else(|| panes_engine::Error::Internal("a bench case without input".into()))?;
+        let mut sink = open_sink(&Sink::Parquet(files.dir.join("in.parquet")), &schema)?;
+        for b in batches {
+            sink.write(b)?;
+        }
+        sink.finish()?;
+        Ok(files)
+    }
+
+    /// `job` over the file, into a Parquet file, as `panes run` runs it.
+    fn run(
+        &self,
+        job: &Job,
+        backend: BackendKind,
+        threads: usize,
+    ) -> Result<(f64, u64, Vec<Stage>)> {
+        let mut job = job.clone();
+        job.source = Source::Parquet(ParquetSpec {
+            path: self.dir.join("in.parquet").display().to_string(),
+            per_file: false,
+        });
+        job.sink = Sink::Parquet(self.dir.join("out.parquet"));
+        job.late = None;
+        let opts = RunOptions {
+            backend,
+            batch_rows: self.batch_rows,
+            threads,
+            ..RunOptions::default()
+        };
+        let summary = run_job(&job, opts)?;
+        Ok((
+            summary.elapsed.as_secs_f64(),
+            summary.stats.rows_out,
+            Vec::new(),
+        ))
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn generator_keys(job: &Job) -> u64 {

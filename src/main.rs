@@ -163,6 +163,11 @@ enum Command {
         /// Seconds per case after which no further repeat starts (it runs at least once).
         #[arg(long, default_value_t = 60.0)]
         max_time: f64,
+        /// Time each case as `panes run` runs it (its input written once to a Parquet
+        /// file, then read, windowed and written to Parquet in every repeat) instead of
+        /// the window operator alone on input already in memory.
+        #[arg(long)]
+        end_to_end: bool,
         /// Print the results as CSV (one line per case) instead of a table.
         #[arg(long, conflicts_with = "json")]
         csv: bool,
@@ -479,6 +484,7 @@ impl Command {
                 profile,
                 repeats,
                 max_time,
+                end_to_end,
                 csv,
                 suite: part,
                 batch_rows,
@@ -549,6 +555,7 @@ impl Command {
                     profile,
                     repeats,
                     max_time,
+                    end_to_end,
                 };
                 // A progress line per case on stderr, where a table does not show it.
                 let bar = ProgressBar::new_spinner().with_style(

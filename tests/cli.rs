@@ -950,6 +950,27 @@ fn bench_json(extra: &[&str], env: Option<(&str, &str)>) -> Output {
     cmd.output().expect("panes runs")
 }
 
+/// `--end-to-end` times the same cases as `panes run` runs them, through files: the same
+/// rows come out as in memory.
+#[test]
+fn bench_end_to_end_runs_the_cases_through_files_with_the_same_rows() {
+    let args = ["--backend", "cpu", "--threads", "2", "--repeats", "1"];
+    let in_memory = bench_json(&args, None);
+    assert!(in_memory.status.success(), "{}", stderr(&in_memory));
+    let end_to_end = bench_json(&[&args[..], &["--end-to-end"]].concat(), None);
+    assert!(end_to_end.status.success(), "{}", stderr(&end_to_end));
+    let (a, b) = (bench_cases(&in_memory), bench_cases(&end_to_end));
+    assert!(!a.is_empty());
+    assert_eq!(a.len(), b.len());
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(a["end_to_end"], false, "{a}");
+        assert_eq!(b["end_to_end"], true, "{b}");
+        assert_eq!(a["rows_out"], b["rows_out"], "{a}\n{b}");
+        assert!(b["rows_out"].as_u64().unwrap() > 0, "{b}");
+        assert!(b["events_per_sec"].as_f64().unwrap() > 0.0, "{b}");
+    }
+}
+
 #[test]
 fn bench_reports_the_machine_the_spread_of_repeats_and_that_backends_agree() {
     let out = bench_json(
