@@ -129,8 +129,9 @@ enum Command {
         )]
         keys: Vec<u64>,
         /// Backends to run, comma separated (`gpu` adds the kernels alone, timed on the
-        /// device).
-        #[arg(long, value_delimiter = ',', default_value = "reference,cpu")]
+        /// device). Default: `reference` and `cpu`, and `gpu` when the machine has a
+        /// hardware GPU.
+        #[arg(long, value_delimiter = ',')]
         backend: Vec<BackendKind>,
         /// Thread counts to run each case at, comma separated: a sweep, with a speed-up
         /// column against the first (default: every core).
@@ -507,6 +508,14 @@ impl Command {
                 if batch_rows.contains(&0) {
                     bail!("--batch-rows: a batch has at least 1 row");
                 }
+                let backend = match backend {
+                    b if b.is_empty() => {
+                        let gpu = panes::kernels::gpu::hardware_adapter().is_ok();
+                        let all = [BackendKind::Reference, BackendKind::Cpu, BackendKind::Gpu];
+                        all[..if gpu { 3 } else { 2 }].to_vec()
+                    }
+                    b => b,
+                };
                 let threads = match threads {
                     t if t.is_empty() => vec![panes::engine::run::default_threads()],
                     t if t.contains(&0) => bail!("--threads: a thread count must be at least 1"),
