@@ -50,6 +50,7 @@ fn produce(topic: &str, messages: &[(i32, String)]) {
 }
 
 fn produce_at(bootstrap: &str, topic: &str, messages: &[(i32, String)]) {
+    let before = end_offsets(bootstrap, topic);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -65,6 +66,44 @@ fn produce_at(bootstrap: &str, topic: &str, messages: &[(i32, String)]) {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).expect("flushing");
+    visible(bootstrap, topic, before + messages.len() as i64);
+}
+
+/// The sum of `topic`'s partitions' end offsets.
+fn end_offsets(bootstrap: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("a consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    (0..partitions as i32)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_or(0, |(_, high)| high)
+        })
+        .sum()
+}
+
+/// Waits until `topic`'s end offsets add up to `at_least`: the test broker acknowledges a
+/// produce before a busy machine lets it show in the offsets that a job with `stop =
+/// "end"` reads when it starts.
+fn visible(bootstrap: &str, topic: &str, at_least: i64) {
+    let start = std::time::Instant::now();
+    while end_offsets(bootstrap, topic) < at_least {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{topic}: {at_least} messages not visible after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn run(job: &Path) -> Output {
@@ -269,8 +308,15 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
 #[test]
 fn csv_messages_give_the_rows_of_the_same_events_in_a_file() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let topic = format!("csv-readings-{}", std::process::id());
-    create_topic(&topic, 2);
+    // A broker of its own: with the shared one, the other topic tests running beside it
+    // were seen to find their topics empty (the test broker's, not the job's, doing).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = own_broker(port, false);
+    let topic = "csv-readings";
+    create_topic_at(&addr, topic, 2);
     let (mut messages, mut lines) = (Vec::new(), String::new());
     for i in 0..2_000i64 {
         let (ts, sensor, value) = (1_700_000_000_000 + i * 75, i % 5, i % 100);
@@ -283,7 +329,7 @@ fn csv_messages_give_the_rows_of_the_same_events_in_a_file() {
             messages.push((1, format!("{ts},seven,{value}")));
         }
     }
-    produce(&topic, &messages);
+    produce_at(&addr, topic, &messages);
     let file = dir.path().join("readings.jsonl");
     std::fs::write(&file, lines).expect("writing the file");
     let from_file = job(
@@ -301,9 +347,8 @@ fn csv_messages_give_the_rows_of_the_same_events_in_a_file() {
         dir.path(),
         "topic",
         &format!(
-            "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nformat = \"csv\"\n\
-             stop = \"end\"",
-            broker()
+            "kind = \"kafka\"\nbootstrap = \"{addr}\"\ntopic = \"{topic}\"\nformat = \"csv\"\n\
+             stop = \"end\""
         ),
     );
     // CSV has no timestamp type: epoch milliseconds are declared int64 (event time
@@ -312,6 +357,7 @@ fn csv_messages_give_the_rows_of_the_same_events_in_a_file() {
     let text = text.replace("ts = \"timestamp_ms\"", "ts = \"int64\"");
     std::fs::write(&from_topic, text).expect("the job");
     let out = run(&from_topic);
+    stop_own_broker(port);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("events in        2000"), "{log}");
@@ -507,6 +553,7 @@ fn message_timestamps_can_be_the_event_time() {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).expect("flushing");
+    visible(broker(), &topic, 1_800);
     let source = format!(
         "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"",
         broker()
