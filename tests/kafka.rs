@@ -554,8 +554,11 @@ fn message_timestamps_can_be_the_event_time() {
     }
     producer.flush(Duration::from_secs(30)).expect("flushing");
     visible(broker(), &topic, 1_800);
+    // A consumer group of its own: under the shared test broker, jobs of other tests
+    // commit offsets to the default group while this one starts.
     let source = format!(
-        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"",
+        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\ngroup = \"{topic}\"\n\
+         stop = \"end\"",
         broker()
     );
     let job = job(dir.path(), "stamped", &source);
