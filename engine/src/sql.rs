@@ -504,17 +504,7 @@ impl Script {
                 };
                 source.insert("path".into(), path.into());
                 if format != "parquet" {
-                    let mut schema = toml::Table::new();
-                    for (name, ty) in &table.columns {
-                        let ty = column_type(ty).ok_or_else(|| {
-                            (
-                                table.at,
-                                format!("column {name}: type {ty} is not supported"),
-                            )
-                        })?;
-                        schema.insert(name.clone(), ty.into());
-                    }
-                    source.insert("schema".into(), schema.into());
+                    source.insert("schema".into(), declared_schema(table)?.into());
                 }
             }
             "kafka" => {
@@ -542,17 +532,7 @@ impl Script {
                     };
                     source.insert("start".into(), start.into());
                 }
-                let mut schema = toml::Table::new();
-                for (name, ty) in &table.columns {
-                    let ty = column_type(ty).ok_or_else(|| {
-                        (
-                            table.at,
-                            format!("column {name}: type {ty} is not supported"),
-                        )
-                    })?;
-                    schema.insert(name.clone(), ty.into());
-                }
-                source.insert("schema".into(), schema.into());
+                source.insert("schema".into(), declared_schema(table)?.into());
             }
             "panes-generator" => {
                 source.insert("kind".into(), "generator".into());
@@ -1419,6 +1399,21 @@ fn rank_limit(e: &Expr, rn: &str) -> Compile<usize> {
         BinaryOperator::Eq if is_rn && k == 1 => Ok(1),
         _ => Err(bad()),
     }
+}
+
+/// A table's columns as a source's declared `schema`, in their order.
+fn declared_schema(table: &Table) -> Compile<toml::Table> {
+    let mut schema = toml::Table::new();
+    for (name, ty) in &table.columns {
+        let ty = column_type(ty).ok_or_else(|| {
+            (
+                table.at,
+                format!("column {name}: type {ty} is not supported"),
+            )
+        })?;
+        schema.insert(name.clone(), ty.into());
+    }
+    Ok(schema)
 }
 
 /// An expression the filter evaluator takes: no aggregates, subqueries or functions.
