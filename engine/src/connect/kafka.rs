@@ -34,6 +34,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a batch waits for messages before it goes out smaller (or empty).
 const LINGER: Duration = Duration::from_millis(200);
 
+/// How long a bounded run (`stop = "end"`) waits without a message before it says which
+/// partitions it still waits for (and again after each such while).
+const STALL: Duration = Duration::from_secs(30);
+
 pub(super) struct KafkaSource {
     consumer: BaseConsumer,
     spec: KafkaSpec,
@@ -53,6 +57,9 @@ pub(super) struct KafkaSource {
     /// Whether the partitions are assigned to the consumer (at the first batch, after a
     /// possible seek).
     assigned: bool,
+    /// When the last message arrived (or the source was assigned, or it last said it
+    /// waits).
+    heard: Instant,
 }
 
 impl KafkaSource {
@@ -63,6 +70,9 @@ impl KafkaSource {
             .set("group.id", &spec.group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            // An offset the broker no longer has (deleted by retention while the job read
+            // or was stopped) goes on from the first one it has, not from the end.
+            .set("auto.offset.reset", "earliest")
             .create()
             .map_err(|e| Error::input(at(), format!("cannot create a consumer: {e}")))?;
         let metadata = consumer
@@ -110,6 +120,10 @@ impl KafkaSource {
                 });
             next.push(group.unwrap_or(if spec.start_at_end { high } else { low }));
             end.push(high);
+            tracing::debug!(
+                "kafka {}/{p}: offsets {low}..{high}, the group's {group:?}",
+                spec.topic
+            );
         }
         let fields: Vec<Field> = (spec.schema.iter())
             .map(|(name, t)| Field::new(name, t.clone(), true))
@@ -138,6 +152,7 @@ impl KafkaSource {
             next,
             end: spec.stop_at_end.then_some(end),
             assigned: false,
+            heard: Instant::now(),
         })
     }
 
@@ -167,6 +182,7 @@ impl KafkaSource {
             .assign(&list)
             .map_err(|e| self.error(format!("assigning the partitions: {e}")))?;
         self.assigned = true;
+        self.heard = Instant::now();
         Ok(())
     }
 
@@ -270,6 +286,22 @@ impl Source for KafkaSource {
                     })),
                 };
             }
+            if let Some(end) = self.end.as_ref().filter(|_| self.heard.elapsed() >= STALL) {
+                let waiting: Vec<String> = (0..n)
+                    .filter(|&i| !self.finished(i))
+                    .map(|i| {
+                        let at = self.next[i] + self.pending[i].len() as i64;
+                        format!("{} at offset {at} of {}", self.ids[i], end[i])
+                    })
+                    .collect();
+                tracing::warn!(
+                    "kafka topic {}: no message for {STALL:?}; partitions still to read to \
+                     their end: {}",
+                    self.spec.topic,
+                    waiting.join(", ")
+                );
+                self.heard = Instant::now();
+            }
             let Some(polled) = self.consumer.poll(LINGER / 4) else {
                 continue;
             };
@@ -307,6 +339,7 @@ impl Source for KafkaSource {
                 self.stamps[i].push(message.timestamp().to_millis());
             }
             self.pending[i].push(record);
+            self.heard = Instant::now();
         }
     }
 
