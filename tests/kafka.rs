@@ -571,26 +571,44 @@ fn message_timestamps_can_be_the_event_time() {
     }
     producer.flush(Duration::from_secs(30)).expect("flushing");
     visible(broker(), &topic, 1_800);
-    let source = format!(
-        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"",
-        broker()
-    );
-    let job = job(dir.path(), "stamped", &source);
-    let text = std::fs::read_to_string(&job).expect("the job");
-    let text = text
-        .replace("ts = \"timestamp_ms\", ", "")
-        .replace("column = \"ts\"", "column = \"_kafka_timestamp\"");
-    std::fs::write(&job, text).expect("writing the job");
-    let out = run(&job);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
-    let rows = rows(&dir.path().join("stamped.parquet"));
+    let stamped = |name: &str, start: &str| {
+        let source = format!(
+            "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"{start}",
+            broker()
+        );
+        let job = job(dir.path(), name, &source);
+        let text = std::fs::read_to_string(&job).expect("the job");
+        let text = text
+            .replace("ts = \"timestamp_ms\", ", "")
+            .replace("column = \"ts\"", "column = \"_kafka_timestamp\"");
+        std::fs::write(&job, text).expect("writing the job");
+        let out = run(&job);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        rows(&dir.path().join(format!("{name}.parquet")))
+    };
+    let all = stamped("stamped", "");
     // Sensors 0 and 1 in 3 minutes (starting at a minute's start): 300 readings each.
-    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(all.iter().all(|r| r.contains(",300,300.0,1.0")), "{all:?}");
+    // `start` at a time: from the first message stamped at or after it, in each partition
+    // (the third minute only).
+    let third = std::time::UNIX_EPOCH + Duration::from_millis((start + 120_000) as u64);
+    let at = format!("\nstart = \"{}\"", humantime::format_rfc3339_millis(third));
+    let last = stamped("late-start", &at);
+    assert_eq!(last.len(), 2, "{last:?}");
     assert!(
-        rows.iter().all(|r| r.contains(",300,300.0,1.0")),
-        "{rows:?}"
+        last.iter().all(|r| r.contains(",300,300.0,1.0")),
+        "{last:?}"
     );
+    let window = |r: &String| r.split(',').nth(1).map(str::to_owned);
+    let latest = all.iter().filter_map(window).max();
+    let want: Vec<String> = all
+        .iter()
+        .filter(|r| window(r) == latest)
+        .cloned()
+        .collect();
+    assert_eq!(last, want, "the third minute's rows");
 }
 
 /// Every message of a topic, from its first offset to its end, as text, sorted.

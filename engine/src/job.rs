@@ -399,8 +399,9 @@ pub struct SourceConfig {
     /// `"csv"` (one record a message, the columns in `schema`'s order, no header).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// kafka: where a partition starts when no checkpoint says: `"earliest"` (default) or
-    /// `"latest"`.
+    /// kafka: where a partition starts when neither a checkpoint nor the group's committed
+    /// offsets say: `"earliest"` (default), `"latest"`, or a time such as
+    /// `"2026-12-06T09:00:00Z"` (the first message stamped at or after it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
     /// kafka: `"end"` stops at the offsets that ended each partition when the job started
@@ -577,8 +578,8 @@ pub struct KafkaSpec {
     pub schema: Vec<(String, arrow::datatypes::DataType)>,
     /// The messages' format: JSON objects, or CSV records without a header.
     pub format: TextFormat,
-    /// Where a partition starts when no checkpoint says: its first offset, or its end.
-    pub start_at_end: bool,
+    /// Where a partition starts when neither a checkpoint nor the group's offsets say.
+    pub start: KafkaStart,
     /// Stop at the offsets that ended each partition when the job started (a bounded
     /// run); otherwise run until stopped.
     pub stop_at_end: bool,
@@ -587,6 +588,19 @@ pub struct KafkaSpec {
     /// Add the messages' own timestamps as column [`KAFKA_TIMESTAMP`] (when it is the
     /// event time).
     pub timestamp: bool,
+}
+
+/// Where a Kafka partition starts when neither a checkpoint nor the group's committed
+/// offsets say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaStart {
+    /// At its first offset.
+    Earliest,
+    /// At its end: only messages that arrive after the job started.
+    Latest,
+    /// At the first message stamped at or after this time (ms since the epoch), or at the
+    /// end when none is.
+    Time(i64),
 }
 
 /// The column that holds a Kafka message's timestamp, when `[time] column` names it.
@@ -750,6 +764,19 @@ impl Job {
             message,
         })
     }
+}
+
+/// Parses a point in time, RFC 3339 (`2026-12-06T09:00:00Z`, or with a space and without
+/// the zone: UTC), into ms since the epoch.
+pub fn parse_time(field: &str, text: &str) -> Result<i64, String> {
+    let t = humantime::parse_rfc3339_weak(text.trim()).map_err(|e| {
+        format!("{field} = {text:?} is not a time ({e}); write e.g. \"2026-12-06T09:00:00Z\"")
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{field} = {text:?} is before 1970"))?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| format!("{field} = {text:?} is too far ahead"))
 }
 
 /// Parses a duration such as `5s`, `15m`, `100ms`, `1h 30m` into milliseconds.
@@ -1155,14 +1182,13 @@ impl SourceConfig {
                     .into(),
             );
         }
-        let start_at_end = match self.start.as_deref() {
-            None | Some("earliest") => false,
-            Some("latest") => true,
-            Some(other) => {
-                return Err(format!(
-                    "source.start = {other:?} is unknown; use \"earliest\" or \"latest\""
-                ));
-            }
+        let start = match self.start.as_deref() {
+            None | Some("earliest") => KafkaStart::Earliest,
+            Some("latest") => KafkaStart::Latest,
+            Some(other) => KafkaStart::Time(
+                parse_time("source.start", other)
+                    .map_err(|e| format!("{e}; or use \"earliest\" or \"latest\""))?,
+            ),
         };
         let stop_at_end = match self.stop.as_deref() {
             None => false,
@@ -1187,7 +1213,7 @@ impl SourceConfig {
             group: self.group.clone().unwrap_or_else(|| "panes".into()),
             schema,
             format,
-            start_at_end,
+            start,
             stop_at_end,
             on_malformed: self.on_malformed()?,
             timestamp: false,
@@ -1598,9 +1624,21 @@ mod tests {
             panic!("a kafka source: {:?}", job.source)
         };
         assert_eq!(
-            (k.group.as_str(), k.stop_at_end, k.start_at_end),
-            ("panes", false, false)
+            (k.group.as_str(), k.stop_at_end, k.start),
+            ("panes", false, KafkaStart::Earliest)
         );
+        for (start, want) in [
+            ("latest", KafkaStart::Latest),
+            ("2023-11-14T22:13:20Z", KafkaStart::Time(1_700_000_000_000)),
+            ("2023-11-14 22:13:20.5", KafkaStart::Time(1_700_000_000_500)),
+        ] {
+            let text = kafka(&format!("{ok}\nstart = \"{start}\""));
+            let job = Job::from_toml(&text, "job.toml").expect("a kafka job");
+            let Source::Kafka(k) = &job.source else {
+                panic!("a kafka source: {:?}", job.source)
+            };
+            assert_eq!(k.start, want, "{start}");
+        }
         for (keys, want) in [
             (
                 "topic = \"t\"\nschema = { ts = \"int64\" }",

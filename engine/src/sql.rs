@@ -520,13 +520,28 @@ impl Script {
                     }
                 }
                 if let Some(mode) = opt("scan.startup.mode") {
+                    let here = table.options["scan.startup.mode"].1;
                     let start = match mode.as_str() {
-                        "earliest-offset" => "earliest",
-                        "latest-offset" => "latest",
+                        "earliest-offset" => "earliest".to_string(),
+                        "latest-offset" => "latest".to_string(),
+                        "timestamp" => {
+                            let ms = opt("scan.startup.timestamp-millis")
+                                .and_then(|v| v.parse::<u64>().ok());
+                            let Some(ms) = ms else {
+                                return fail(
+                                    here,
+                                    "scan.startup.mode 'timestamp' needs \
+                                     'scan.startup.timestamp-millis' (ms since the epoch)",
+                                );
+                            };
+                            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                            humantime::format_rfc3339_millis(at).to_string()
+                        }
                         _ => {
                             return fail(
-                                table.options["scan.startup.mode"].1,
-                                "scan.startup.mode: use 'earliest-offset' or 'latest-offset'",
+                                here,
+                                "scan.startup.mode: use 'earliest-offset', 'latest-offset' or \
+                                 'timestamp'",
                             );
                         }
                     };
@@ -1437,6 +1452,43 @@ mod tests {
 ) WITH ('connector' = 'filesystem', 'path' = 'data/clicks.parquet', 'format' = 'parquet');
 CREATE TABLE trending WITH ('connector' = 'filesystem', 'path' = 'out/trending.parquet', 'format' = 'parquet');
 ";
+
+    #[test]
+    fn kafka_startup_modes_become_the_sources_start() {
+        let table = |options: &str| {
+            format!(
+                "CREATE TABLE clicks (ts TIMESTAMP(3), article_id BIGINT,
+  WATERMARK FOR ts AS ts - INTERVAL '5' SECOND
+) WITH ('connector' = 'kafka', 'topic' = 'clicks',
+  'properties.bootstrap.servers' = 'h:9092'{options});
+CREATE TABLE out WITH ('connector' = 'print');
+INSERT INTO out SELECT window_start, article_id, COUNT(*) AS n
+FROM TABLE(TUMBLE(TABLE clicks, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+GROUP BY window_start, window_end, article_id;"
+            )
+        };
+        for (options, want) in [
+            ("", None),
+            (", 'scan.startup.mode' = 'latest-offset'", Some("latest")),
+            (
+                ", 'scan.startup.mode' = 'timestamp', \
+                 'scan.startup.timestamp-millis' = '1700000000500'",
+                Some("2023-11-14T22:13:20.500Z"),
+            ),
+        ] {
+            let j = job(&table(options));
+            assert_eq!(j.source.start.as_deref(), want, "{options}");
+            crate::job::Job::from_config(j, "test.sql")
+                .unwrap_or_else(|e| panic!("{options}: {e}"));
+        }
+        let e = compile(&table(", 'scan.startup.mode' = 'timestamp'"), "t.sql")
+            .err()
+            .expect("an error");
+        assert!(
+            e.to_string().contains("'scan.startup.timestamp-millis'"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn the_issues_top_n_query_becomes_a_hop_job_with_top_k() {

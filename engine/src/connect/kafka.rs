@@ -8,8 +8,8 @@
 //! partition's next offset, and a restored job assigns the partitions at those offsets (no
 //! auto-commit). Once a checkpoint completes, its offsets are committed to the consumer
 //! group too, for lag monitoring and for a job started afresh: without a checkpoint a
-//! partition starts where the group left it, else at its first offset or its end
-//! (`start`). With `stop = "end"` the source ends once every partition reached the
+//! partition starts where the group left it, else at its first offset, its end, or the
+//! first message stamped at or after a time (`start`). With `stop = "end"` the source ends once every partition reached the
 //! end it had when the job started; otherwise it runs until the process is stopped, and
 //! while no message arrives it hands on empty batches, which let the job's processing time
 //! advance (idle partitions, windows that close when the input goes quiet).
@@ -26,7 +26,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::text::{Record, RecordDecoder, csv_record};
 use super::{Decoded, Position, Source, SourceBatch};
 use crate::error::{Error, Result};
-use crate::job::{KAFKA_TIMESTAMP, KafkaSpec, TextFormat};
+use crate::job::{KAFKA_TIMESTAMP, KafkaSpec, KafkaStart, TextFormat};
 
 /// How long a request to the brokers may take at start (metadata, offsets).
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -107,6 +107,20 @@ impl KafkaSource {
         let committed = consumer
             .committed_offsets(list, TIMEOUT)
             .map_err(|e| Error::input(at(), format!("the group's offsets: {e}")))?;
+        // With a start time: each partition's first offset stamped at or after it.
+        let by_time = match spec.start {
+            KafkaStart::Time(ms) => {
+                let mut list = TopicPartitionList::new();
+                for &p in &ids {
+                    list.add_partition_offset(&spec.topic, p, Offset::Offset(ms))
+                        .map_err(|e| Error::input(at(), format!("partition {p}: {e}")))?;
+                }
+                Some(consumer.offsets_for_times(list, TIMEOUT).map_err(|e| {
+                    Error::input(at(), format!("the offsets of source.start's time: {e}"))
+                })?)
+            }
+            _ => None,
+        };
         let (mut next, mut end) = (Vec::new(), Vec::new());
         for &p in &ids {
             let (low, high) = consumer
@@ -118,7 +132,19 @@ impl KafkaSource {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 });
-            next.push(group.unwrap_or(if spec.start_at_end { high } else { low }));
+            let start = match spec.start {
+                KafkaStart::Earliest => low,
+                KafkaStart::Latest => high,
+                KafkaStart::Time(_) => (by_time.as_ref())
+                    .and_then(|l| l.find_partition(&spec.topic, p))
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o.clamp(low, high)),
+                        _ => None,
+                    })
+                    // No message stamped that late: the end.
+                    .unwrap_or(high),
+            };
+            next.push(group.unwrap_or(start));
             end.push(high);
             tracing::debug!(
                 "kafka {}/{p}: offsets {low}..{high}, the group's {group:?}",
