@@ -312,6 +312,71 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
     );
 }
 
+/// `topics = [...]`: readings spread over two topics give the rows of the same readings in
+/// one file, and each topic's partitions are source partitions of their own.
+#[test]
+fn two_topics_give_the_rows_of_the_same_events_in_a_file() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topics = [
+        format!("left-{}", std::process::id()),
+        format!("right-{}", std::process::id()),
+    ];
+    let mut lines = String::new();
+    let mut messages = [Vec::new(), Vec::new()];
+    for i in 0..3_000i64 {
+        let line = format!(
+            "{{\"ts\": {}, \"sensor\": {}, \"value\": {}.5}}",
+            1_700_000_000_000 + i * 60,
+            i % 6,
+            i % 30
+        );
+        lines.push_str(&line);
+        lines.push('\n');
+        messages[(i % 3 == 0) as usize].push(((i % 2) as i32, line));
+    }
+    for (topic, messages) in topics.iter().zip(&messages) {
+        create_topic(topic, 2);
+        produce(topic, messages);
+    }
+    let file = dir.path().join("readings.jsonl");
+    std::fs::write(&file, lines).expect("writing the file");
+    let from_file = job(
+        dir.path(),
+        "file",
+        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
+    );
+    let out = run(&from_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_topics = job(
+        dir.path(),
+        "topics",
+        &format!(
+            "kind = \"kafka\"\nbootstrap = \"{}\"\ntopics = {topics:?}\nstop = \"end\"",
+            broker()
+        ),
+    );
+    let out = run(&from_topics);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("events in        3000"), "{log}");
+    // Each of the four partitions starts on its own (the source's debug lines).
+    for t in &topics {
+        for p in 0..2 {
+            assert!(
+                log.contains(&format!("kafka {t}/{p}: offsets 0..")),
+                "{log}"
+            );
+        }
+    }
+    let want = rows(&dir.path().join("file.parquet"));
+    assert!(want.len() > 20, "{want:?}");
+    assert_eq!(rows(&dir.path().join("topics.parquet")), want);
+}
+
 /// The same readings as CSV messages (`format = "csv"`, fields in the order of `schema`,
 /// which is not the alphabetical one) give the rows of the JSON-lines file; a short record
 /// and a bad value are dead letters whose reasons say what is wrong.

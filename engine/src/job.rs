@@ -392,6 +392,10 @@ pub struct SourceConfig {
     /// kafka: the topic; each of its partitions is a source partition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// kafka: instead of `topic`, several topics, whose partitions are all source
+    /// partitions (the messages of every topic in the same format and schema).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Vec<String>>,
     /// kafka: the consumer group (default `"panes"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
@@ -533,7 +537,10 @@ impl std::fmt::Display for Source {
         match self {
             Source::Parquet(ParquetSpec { path: p, .. })
             | Source::Text(TextSource { path: p, .. }) => f.write_str(p),
-            Source::Kafka(k) => write!(f, "kafka topic {:?} at {}", k.topic, k.bootstrap),
+            Source::Kafka(k) => match k.topics.as_slice() {
+                [one] => write!(f, "kafka topic {one:?} at {}", k.bootstrap),
+                many => write!(f, "kafka topics {many:?} at {}", k.bootstrap),
+            },
             #[cfg(feature = "datasets")]
             Source::Generator(g) => write!(f, "generator {:?}", g.dataset),
         }
@@ -565,13 +572,13 @@ pub struct TextSource {
     pub per_file: bool,
 }
 
-/// A validated Kafka source: every partition of one topic, each a source partition.
+/// A validated Kafka source: every partition of its topics, each a source partition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KafkaSpec {
     /// Brokers, `host:port[,host:port...]`.
     pub bootstrap: String,
-    /// The topic.
-    pub topic: String,
+    /// The topics, at least one, none twice.
+    pub topics: Vec<String>,
     /// The consumer group.
     pub group: String,
     /// Column types by name, in the order CSV messages give them.
@@ -1079,6 +1086,7 @@ impl SourceConfig {
         let kafka_keys = [
             ("bootstrap", self.bootstrap.is_some()),
             ("topic", self.topic.is_some()),
+            ("topics", self.topics.is_some()),
             ("group", self.group.is_some()),
             ("format", self.format.is_some()),
             ("start", self.start.is_some()),
@@ -1162,7 +1170,23 @@ impl SourceConfig {
             "bootstrap (brokers, e.g. \"127.0.0.1:9092\")",
             &self.bootstrap,
         )?;
-        let topic = needs("a topic", &self.topic)?;
+        let topics = match (&self.topic, &self.topics) {
+            (Some(_), Some(_)) => {
+                return Err("source.topic and source.topics: give one of them".into());
+            }
+            (_, None) => vec![needs("a topic (or topics)", &self.topic)?],
+            (None, Some(list)) => {
+                let list: Vec<String> = list.iter().map(|t| t.trim().to_string()).collect();
+                if list.is_empty() || list.iter().any(String::is_empty) {
+                    return Err("source.topics needs topic names, e.g. [\"clicks\"]".into());
+                }
+                if let Some(t) = (list.iter()).find(|t| list.iter().filter(|u| u == t).count() > 1)
+                {
+                    return Err(format!("source.topics names {t:?} twice"));
+                }
+                list
+            }
+        };
         let format = match self.format.as_deref() {
             None | Some("json") => TextFormat::JsonLines,
             Some("csv") => TextFormat::Csv,
@@ -1209,7 +1233,7 @@ impl SourceConfig {
         }
         Ok(Source::Kafka(KafkaSpec {
             bootstrap,
-            topic,
+            topics,
             group: self.group.clone().unwrap_or_else(|| "panes".into()),
             schema,
             format,
@@ -1639,6 +1663,17 @@ mod tests {
             };
             assert_eq!(k.start, want, "{start}");
         }
+        let many = ok.replace("topic = \"clicks\"", "topics = [\"clicks\", \"views\"]");
+        let job = Job::from_toml(&kafka(&many), "job.toml").expect("a kafka job");
+        let Source::Kafka(k) = &job.source else {
+            panic!("a kafka source: {:?}", job.source)
+        };
+        assert_eq!(k.topics, ["clicks", "views"]);
+        let (one, none, twice) = (
+            format!("{ok}\ntopics = [\"views\"]"),
+            ok.replace("topic = \"clicks\"", "topics = []"),
+            ok.replace("topic = \"clicks\"", "topics = [\"a\", \"a\"]"),
+        );
         for (keys, want) in [
             (
                 "topic = \"t\"\nschema = { ts = \"int64\" }",
@@ -1653,6 +1688,9 @@ mod tests {
                 &format!("{ok}\nformat = \"avro\""),
                 "source.format = \"avro\"",
             ),
+            (&one, "give one of them"),
+            (&none, "source.topics needs topic names"),
+            (&twice, "names \"a\" twice"),
             (
                 &format!("{ok}\nstart = \"middle\""),
                 "source.start = \"middle\"",

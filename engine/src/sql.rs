@@ -510,7 +510,6 @@ impl Script {
             "kafka" => {
                 source.insert("kind".into(), "kafka".into());
                 for (flink, ours) in [
-                    ("topic", "topic"),
                     ("properties.bootstrap.servers", "bootstrap"),
                     ("properties.group.id", "group"),
                     ("format", "format"),
@@ -518,6 +517,17 @@ impl Script {
                     if let Some(v) = opt(flink) {
                         source.insert(ours.into(), v.into());
                     }
+                }
+                // Flink's list of topics: 'topic-1;topic-2'.
+                match opt("topic") {
+                    Some(v) if v.contains(';') => {
+                        let list: Vec<toml::Value> = v.split(';').map(|t| t.into()).collect();
+                        source.insert("topics".into(), list.into());
+                    }
+                    Some(v) => {
+                        source.insert("topic".into(), v.into());
+                    }
+                    None => {}
                 }
                 if let Some(mode) = opt("scan.startup.mode") {
                     let here = table.options["scan.startup.mode"].1;
@@ -1478,9 +1488,12 @@ GROUP BY window_start, window_end, article_id;"
         ] {
             let j = job(&table(options));
             assert_eq!(j.source.start.as_deref(), want, "{options}");
+            assert_eq!(j.source.topic.as_deref(), Some("clicks"));
             crate::job::Job::from_config(j, "test.sql")
                 .unwrap_or_else(|e| panic!("{options}: {e}"));
         }
+        let j = job(&table("").replace("'clicks'", "'clicks;views'"));
+        assert_eq!(j.source.topics, Some(vec!["clicks".into(), "views".into()]));
         let e = compile(&table(", 'scan.startup.mode' = 'timestamp'"), "t.sql")
             .err()
             .expect("an error");

@@ -1,4 +1,4 @@
-//! Kafka source: every partition of one topic, each a source partition with its own
+//! Kafka source: every partition of its topics, each a source partition with its own
 //! watermark. Messages are JSON objects or CSV records (`format`), decoded column-wise into
 //! batches of the declared schema; one that does not decode goes to the dead-letter output
 //! with its partition, offset and reason. With `[time] column = "_kafka_timestamp"`, the messages' own
@@ -44,8 +44,8 @@ pub(super) struct KafkaSource {
     schema: SchemaRef,
     decoder: RecordDecoder,
     batch_rows: usize,
-    /// The topic's partitions, ascending: source partition i is Kafka partition ids[i].
-    ids: Vec<i32>,
+    /// The topics' partitions: source partition i is (topic, Kafka partition) parts[i].
+    parts: Vec<(String, i32)>,
     /// Per partition, the offset of the next message to hand on.
     next: Vec<i64>,
     /// Per partition, the offset to stop at (`stop = "end"`).
@@ -75,59 +75,66 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .create()
             .map_err(|e| Error::input(at(), format!("cannot create a consumer: {e}")))?;
-        let metadata = consumer
-            .fetch_metadata(Some(&spec.topic), TIMEOUT)
-            .map_err(|e| {
+        // The topics' partitions, in the order of the topics, each ascending.
+        let mut parts = Vec::new();
+        for name in &spec.topics {
+            let metadata = consumer.fetch_metadata(Some(name), TIMEOUT).map_err(|e| {
                 Error::input(
                     at(),
                     format!("cannot reach the brokers (in {TIMEOUT:?}): {e}"),
                 )
             })?;
-        let topic = metadata.topics().iter().find(|t| t.name() == spec.topic);
-        let mut ids: Vec<i32> = topic
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if ids.is_empty() {
-            return Err(Error::input(
-                at(),
-                format!(
-                    "source.topic = {:?}: no such topic (or it has no partitions)",
-                    spec.topic
-                ),
-            ));
+            let topic = metadata.topics().iter().find(|t| t.name() == name);
+            let mut ids: Vec<i32> = topic
+                .filter(|t| t.error().is_none())
+                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+                .unwrap_or_default();
+            if ids.is_empty() {
+                let key = if spec.topics.len() == 1 {
+                    "topic"
+                } else {
+                    "topics"
+                };
+                return Err(Error::input(
+                    at(),
+                    format!("source.{key}: {name:?}: no such topic (or it has no partitions)"),
+                ));
+            }
+            ids.sort_unstable();
+            parts.extend(ids.into_iter().map(|p| (name.clone(), p)));
         }
-        ids.sort_unstable();
+        let list = |offset: Offset| -> Result<TopicPartitionList> {
+            let mut list = TopicPartitionList::new();
+            for (t, p) in &parts {
+                list.add_partition_offset(t, *p, offset)
+                    .map_err(|e| Error::input(at(), format!("partition {t}/{p}: {e}")))?;
+            }
+            Ok(list)
+        };
         // Where the group left off, where it did (a checkpoint, when the job restores one,
         // overrides it in `seek`).
-        let mut list = TopicPartitionList::new();
-        for &p in &ids {
-            list.add_partition(&spec.topic, p);
-        }
         let committed = consumer
-            .committed_offsets(list, TIMEOUT)
+            .committed_offsets(list(Offset::Invalid)?, TIMEOUT)
             .map_err(|e| Error::input(at(), format!("the group's offsets: {e}")))?;
         // With a start time: each partition's first offset stamped at or after it.
         let by_time = match spec.start {
-            KafkaStart::Time(ms) => {
-                let mut list = TopicPartitionList::new();
-                for &p in &ids {
-                    list.add_partition_offset(&spec.topic, p, Offset::Offset(ms))
-                        .map_err(|e| Error::input(at(), format!("partition {p}: {e}")))?;
-                }
-                Some(consumer.offsets_for_times(list, TIMEOUT).map_err(|e| {
-                    Error::input(at(), format!("the offsets of source.start's time: {e}"))
-                })?)
-            }
+            KafkaStart::Time(ms) => Some(
+                consumer
+                    .offsets_for_times(list(Offset::Offset(ms))?, TIMEOUT)
+                    .map_err(|e| {
+                        Error::input(at(), format!("the offsets of source.start's time: {e}"))
+                    })?,
+            ),
             _ => None,
         };
         let (mut next, mut end) = (Vec::new(), Vec::new());
-        for &p in &ids {
+        for (t, p) in &parts {
+            let (t, p) = (t.as_str(), *p);
             let (low, high) = consumer
-                .fetch_watermarks(&spec.topic, p, TIMEOUT)
-                .map_err(|e| Error::input(at(), format!("offsets of partition {p}: {e}")))?;
+                .fetch_watermarks(t, p, TIMEOUT)
+                .map_err(|e| Error::input(at(), format!("offsets of partition {t}/{p}: {e}")))?;
             let group = committed
-                .find_partition(&spec.topic, p)
+                .find_partition(t, p)
                 .and_then(|e| match e.offset() {
                     Offset::Offset(o) => Some(o),
                     _ => None,
@@ -136,7 +143,7 @@ impl KafkaSource {
                 KafkaStart::Earliest => low,
                 KafkaStart::Latest => high,
                 KafkaStart::Time(_) => (by_time.as_ref())
-                    .and_then(|l| l.find_partition(&spec.topic, p))
+                    .and_then(|l| l.find_partition(t, p))
                     .and_then(|e| match e.offset() {
                         Offset::Offset(o) => Some(o.clamp(low, high)),
                         _ => None,
@@ -146,10 +153,7 @@ impl KafkaSource {
             };
             next.push(group.unwrap_or(start));
             end.push(high);
-            tracing::debug!(
-                "kafka {}/{p}: offsets {low}..{high}, the group's {group:?}",
-                spec.topic
-            );
+            tracing::debug!("kafka {t}/{p}: offsets {low}..{high}, the group's {group:?}");
         }
         let fields: Vec<Field> = (spec.schema.iter())
             .map(|(name, t)| Field::new(name, t.clone(), true))
@@ -172,9 +176,9 @@ impl KafkaSource {
             schema,
             spec: spec.clone(),
             batch_rows,
-            pending: ids.iter().map(|_| Vec::new()).collect(),
-            stamps: ids.iter().map(|_| Vec::new()).collect(),
-            ids,
+            pending: parts.iter().map(|_| Vec::new()).collect(),
+            stamps: parts.iter().map(|_| Vec::new()).collect(),
+            parts,
             next,
             end: spec.stop_at_end.then_some(end),
             assigned: false,
@@ -184,11 +188,8 @@ impl KafkaSource {
 
     fn position(&self) -> Position {
         Position::Kafka {
-            offsets: self
-                .ids
-                .iter()
-                .copied()
-                .zip(self.next.iter().copied())
+            offsets: (self.parts.iter().zip(&self.next))
+                .map(|((t, p), &next)| (t.clone(), *p, next))
                 .collect(),
         }
     }
@@ -200,9 +201,9 @@ impl KafkaSource {
 
     fn assign(&mut self) -> Result<()> {
         let mut list = TopicPartitionList::new();
-        for (&p, &offset) in self.ids.iter().zip(&self.next) {
-            list.add_partition_offset(&self.spec.topic, p, Offset::Offset(offset))
-                .map_err(|e| self.error(format!("assigning partition {p}: {e}")))?;
+        for ((t, p), &offset) in self.parts.iter().zip(&self.next) {
+            list.add_partition_offset(t, *p, Offset::Offset(offset))
+                .map_err(|e| self.error(format!("assigning partition {t}/{p}: {e}")))?;
         }
         self.consumer
             .assign(&list)
@@ -212,15 +213,23 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// `kafka topic clicks`, or `kafka topics clicks, views`.
+    fn label(&self) -> String {
+        match self.spec.topics.as_slice() {
+            [one] => format!("kafka topic {one}"),
+            many => format!("kafka topics {}", many.join(", ")),
+        }
+    }
+
     fn error(&self, message: String) -> Error {
-        Error::input(format!("kafka topic {}", self.spec.topic), message)
+        Error::input(self.label(), message)
     }
 
     /// Hands on up to a batch of partition `i`'s pending messages.
     fn take(&mut self, i: usize) -> Result<SourceBatch> {
         let n = self.pending[i].len().min(self.batch_rows);
         let records: Vec<Record> = self.pending[i].drain(..n).collect();
-        let origin = format!("{}/{}", self.spec.topic, self.ids[i]);
+        let origin = format!("{}/{}", self.parts[i].0, self.parts[i].1);
         let first = records.first().map_or(self.next[i], |r| r.line as i64);
         let Decoded {
             mut batch,
@@ -263,7 +272,7 @@ impl Source for KafkaSource {
     }
 
     fn partitions(&self) -> usize {
-        self.ids.len()
+        self.parts.len()
     }
 
     fn total_rows(&self) -> Option<u64> {
@@ -282,7 +291,7 @@ impl Source for KafkaSource {
         }
         let started = Instant::now();
         loop {
-            let (bounded, n) = (self.end.is_some(), self.ids.len());
+            let (bounded, n) = (self.end.is_some(), self.parts.len());
             let done = |s: &Self, i: usize| s.finished(i) && s.pending[i].is_empty();
             if bounded && (0..n).all(|i| done(self, i)) {
                 return Ok(None);
@@ -305,7 +314,7 @@ impl Source for KafkaSource {
                     None => Ok(Some(SourceBatch {
                         partition: 0,
                         batch: RecordBatch::new_empty(self.schema.clone()),
-                        origin: format!("kafka topic {}", self.spec.topic),
+                        origin: self.label(),
                         first_row: 0,
                         after: self.position(),
                         malformed: Vec::new(),
@@ -317,13 +326,13 @@ impl Source for KafkaSource {
                     .filter(|&i| !self.finished(i))
                     .map(|i| {
                         let at = self.next[i] + self.pending[i].len() as i64;
-                        format!("{} at offset {at} of {}", self.ids[i], end[i])
+                        let (t, p) = &self.parts[i];
+                        format!("{t}/{p} at offset {at} of {}", end[i])
                     })
                     .collect();
                 tracing::warn!(
-                    "kafka topic {}: no message for {STALL:?}; partitions still to read to \
-                     their end: {}",
-                    self.spec.topic,
+                    "{}: no message for {STALL:?}; partitions still to read to their end: {}",
+                    self.label(),
                     waiting.join(", ")
                 );
                 self.heard = Instant::now();
@@ -335,11 +344,13 @@ impl Source for KafkaSource {
                 Ok(m) => m,
                 Err(e) => {
                     // librdkafka retries on its own (a broker that went away comes back).
-                    tracing::warn!("kafka topic {}: {e}; retrying", self.spec.topic);
+                    tracing::warn!("{}: {e}; retrying", self.label());
                     continue;
                 }
             };
-            let Some(i) = self.ids.iter().position(|&p| p == message.partition()) else {
+            let (topic, partition) = (message.topic(), message.partition());
+            let Some(i) = (self.parts.iter()).position(|(t, p)| *p == partition && t == topic)
+            else {
                 continue;
             };
             let offset = message.offset();
@@ -373,14 +384,16 @@ impl Source for KafkaSource {
         match to {
             Position::Start => Ok(()),
             Position::Kafka { offsets } => {
-                for &(p, offset) in offsets {
-                    let Some(i) = self.ids.iter().position(|&id| id == p) else {
+                // Partitions the checkpoint does not name (new ones) start as `start` says.
+                for (t, p, offset) in offsets {
+                    let Some(i) = (self.parts.iter()).position(|part| (&part.0, part.1) == (t, *p))
+                    else {
                         return Err(self.error(format!(
-                            "the checkpoint resumes partition {p}, which the topic no longer \
-                             has; run with --fresh"
+                            "the checkpoint resumes partition {t}/{p}, which the source no \
+                             longer reads; run with --fresh"
                         )));
                     };
-                    self.next[i] = offset;
+                    self.next[i] = *offset;
                 }
                 Ok(())
             }
@@ -398,9 +411,9 @@ impl Source for KafkaSource {
             return;
         };
         let mut list = TopicPartitionList::new();
-        for &(p, offset) in offsets {
+        for (t, p, offset) in offsets {
             if list
-                .add_partition_offset(&self.spec.topic, p, Offset::Offset(offset))
+                .add_partition_offset(t, *p, Offset::Offset(*offset))
                 .is_err()
             {
                 return;
@@ -408,8 +421,8 @@ impl Source for KafkaSource {
         }
         if let Err(e) = self.consumer.commit(&list, CommitMode::Sync) {
             tracing::warn!(
-                "kafka topic {}: committing offsets to group {:?}: {e}",
-                self.spec.topic,
+                "{}: committing offsets to group {:?}: {e}",
+                self.label(),
                 self.spec.group
             );
         }

@@ -47,10 +47,10 @@ pub enum Position {
         /// Per file, in name order.
         files: Vec<Position>,
     },
-    /// A Kafka topic: the next offset of each partition.
+    /// Kafka topics: the next offset of each partition.
     Kafka {
-        /// (partition, next offset), by partition.
-        offsets: Vec<(i32, i64)>,
+        /// (topic, partition, next offset), by topic and partition.
+        offsets: Vec<(String, i32, i64)>,
     },
     /// A service's own source: whatever it needs to resume (offsets, a cursor), as text.
     Custom {
@@ -77,7 +77,7 @@ impl std::fmt::Display for Position {
             }
             Position::Kafka { offsets } => {
                 let each: Vec<String> = (offsets.iter())
-                    .map(|(p, o)| format!("partition {p} offset {o}"))
+                    .map(|(t, p, o)| format!("{t}/{p} offset {o}"))
                     .collect();
                 write!(f, "{}", each.join(", "))
             }
