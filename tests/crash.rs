@@ -740,3 +740,157 @@ fn checkpoints_in_an_object_store_survive_crashes_exactly_once() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&url) && !err.contains("panicked"), "{err}");
 }
+
+/// A TCP relay to the object store that the test can cut: once `limit` bytes went from
+/// the job to the store, every connection is closed and new ones are refused, as if the
+/// store went away (in the middle of whatever request was under way); `limit` back at
+/// `u64::MAX` makes it come back, with every object it had.
+struct Relay {
+    port: u16,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Relay {
+    fn start(to: &str) -> Relay {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+        let upstream = to.trim_start_matches("http://").to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = listener.local_addr().expect("an address").port();
+        let sent = Arc::new(AtomicU64::new(0));
+        let limit = Arc::new(AtomicU64::new(u64::MAX));
+        let (s, l) = (sent.clone(), limit.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let up = |s: &AtomicU64, l: &AtomicU64| s.load(SeqCst) < l.load(SeqCst);
+                if !up(&s, &l) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                // One thread a direction; either one closes both sockets when the store
+                // goes away or its side ends.
+                for (from, to, count) in [(&client, &server, true), (&server, &client, false)] {
+                    let (mut from, mut to) = (
+                        from.try_clone().expect("a socket"),
+                        to.try_clone().expect("a socket"),
+                    );
+                    let (s, l) = (s.clone(), l.clone());
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if count {
+                                s.fetch_add(n as u64, SeqCst);
+                            }
+                            if !up(&s, &l) || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, sent, limit }
+    }
+}
+
+/// An object store that goes away in the middle of a run (its connections cut after
+/// a share of the bytes an uninterrupted run sends it, mid-request): the job stops with
+/// an error naming the store, having published only rows of committed checkpoints; once
+/// the store is back, the job resumes from its newest complete checkpoint and the
+/// published output is exactly an uninterrupted run's.
+#[test]
+fn an_object_store_that_goes_away_mid_run_loses_and_repeats_nothing() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let relay = Relay::start(s3_endpoint());
+    let via_relay = |cmd: &mut Command| {
+        cmd.env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", relay.port),
+        );
+    };
+    let in_store = |tag: &str| {
+        let (dir, job) = job_in(TUMBLE);
+        let name = dir
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a name");
+        let url = format!("s3://panes/tests/{name}-{tag}");
+        let text = std::fs::read_to_string(&job).expect("job file");
+        let local = format!("dir = '{}/chk'", dir.path().display());
+        std::fs::write(&job, text.replace(&local, &format!("dir = '{url}'"))).expect("job file");
+        (dir, job, url)
+    };
+    let run_job = |job: &Path| {
+        let mut cmd = panes();
+        via_relay(&mut cmd);
+        cmd.arg("run")
+            .arg(job)
+            .args(BATCH)
+            .output()
+            .expect("panes runs")
+    };
+    // An uninterrupted run through the relay: its rows, and the bytes it sends.
+    let (dir, job, _) = in_store("whole");
+    let out = run_job(&job);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want: Vec<Vec<String>> = (outputs(TUMBLE).iter())
+        .map(|o| sorted(published(&dir.path().join(o))))
+        .collect();
+    let total = relay.sent.load(SeqCst);
+    for share in [3, 6] {
+        let (dir, job, url) = in_store(&format!("cut-{share}"));
+        relay
+            .limit
+            .store(relay.sent.load(SeqCst) + total * share / 10, SeqCst);
+        let out = run_job(&job);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "the job went on without its store: {err}"
+        );
+        assert!(err.contains(&url) && !err.contains("panicked"), "{err}");
+        // What was published came from committed checkpoints: no row twice, none made up.
+        for (o, want) in outputs(TUMBLE).iter().zip(&want) {
+            let got = sorted(published(&dir.path().join(o)));
+            let mut left = want.clone();
+            for row in &got {
+                let at = left.binary_search(row);
+                let at = at.unwrap_or_else(|_| panic!("{o}: {row} published before the cut"));
+                left.remove(at);
+            }
+        }
+        relay.limit.store(u64::MAX, SeqCst);
+        let out = run_job(&job);
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert!(log.contains("restored from    checkpoint"), "{log}");
+        for (o, want) in outputs(TUMBLE).iter().zip(&want) {
+            assert_eq!(
+                &sorted(published(&dir.path().join(o))),
+                want,
+                "{o}, cut at {share}/10"
+            );
+        }
+    }
+}
+
+fn sorted(mut rows: Vec<String>) -> Vec<String> {
+    rows.sort();
+    rows
+}
