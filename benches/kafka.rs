@@ -4,7 +4,8 @@
 //! Needs a broker: `KAFKA_BOOTSTRAP`, else `tests/kafka/broker.sh` starts one. Produces
 //! `EVENTS` (default 500k) generated clickstream events as JSON to a 4-partition topic, then
 //! reads it to its end: (1) a `BaseConsumer` polling and counting, (2) `panes run` of a
-//! tumble(1m) count/sum/max job per article over the topic (`stop = "end"`).
+//! tumble(1m) count/sum/max job per article over the topic (`stop = "end"`); the two
+//! alternate `RUNS` times (default 3), and the medians are compared.
 
 use std::path::Path;
 use std::process::Command;
@@ -114,27 +115,29 @@ fn main() {
         "the topic holds {stored} of the {n} messages sent"
     );
 
-    // (1) A plain consumer that counts.
-    let consumer: BaseConsumer = config(&mut ClientConfig::new())
-        .set("group.id", "bench-count")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("a consumer");
-    let mut list = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        list.add_partition_offset(&topic, p, Offset::Beginning)
-            .expect("a partition");
-    }
-    consumer.assign(&list).expect("assigning");
-    let (mut seen, mut seen_bytes, started) = (0u64, 0u64, Instant::now());
-    while seen < n {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            use rdkafka::message::Message;
-            seen += 1;
-            seen_bytes += m.payload().map_or(0, |p| p.len() as u64);
+    // (1) A plain consumer that counts: seconds and bytes.
+    let plain = || {
+        let consumer: BaseConsumer = config(&mut ClientConfig::new())
+            .set("group.id", "bench-count")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("a consumer");
+        let mut list = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            list.add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("a partition");
         }
-    }
-    let plain = started.elapsed().as_secs_f64();
+        consumer.assign(&list).expect("assigning");
+        let (mut seen, mut seen_bytes, started) = (0u64, 0u64, Instant::now());
+        while seen < n {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                use rdkafka::message::Message;
+                seen += 1;
+                seen_bytes += m.payload().map_or(0, |p| p.len() as u64);
+            }
+        }
+        (started.elapsed().as_secs_f64(), seen_bytes)
+    };
 
     // (2) panes over the topic.
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -174,29 +177,55 @@ path = '{}'
         ),
     )
     .expect("writing the job");
-    let started = Instant::now();
-    let out = Command::new(root.join("target/release/panes"))
-        .args([
-            "run".as_ref(),
-            job.as_os_str(),
-            "--backend".as_ref(),
-            "cpu".as_ref(),
-        ])
-        .output()
-        .expect("target/release/panes (cargo build --release first)");
-    let panes = started.elapsed().as_secs_f64();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
-    assert!(log.contains(&format!("events in        {n}")), "{log}");
-    let rate = |s: f64| (n as f64 / s, seen_bytes as f64 / s / 1e6);
-    let (a, b) = (rate(plain), rate(panes));
+    let panes = || {
+        let started = Instant::now();
+        let out = Command::new(root.join("target/release/panes"))
+            .args([
+                "run".as_ref(),
+                job.as_os_str(),
+                "--backend".as_ref(),
+                "cpu".as_ref(),
+            ])
+            .output()
+            .expect("target/release/panes (cargo build --release first)");
+        let took = started.elapsed().as_secs_f64();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{log}");
+        assert!(log.contains(&format!("events in        {n}")), "{log}");
+        took
+    };
+
+    // Alternated, RUNS times each (default 3): the broker and the machine warm up alike
+    // for both.
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let (mut a, mut b, mut bytes) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..runs.max(1) {
+        let (took, seen) = plain();
+        a.push(took);
+        bytes = seen;
+        b.push(panes());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let show = |what: &str, all: &[f64]| {
+        let s = median(all.to_vec());
+        let each: Vec<String> = all.iter().map(|t| format!("{t:.2}")).collect();
+        println!(
+            "{what}  median {s:.2} s ({} s)  {:.0} msg/s  {:.1} MB/s",
+            each.join(", "),
+            n as f64 / s,
+            bytes as f64 / s / 1e6
+        );
+    };
+    show("plain consumer, counting:", &a);
+    show("panes run (whole job):   ", &b);
     println!(
-        "plain consumer, counting:  {plain:.2} s  {:.0} msg/s  {:.1} MB/s",
-        a.0, a.1
+        "panes / plain: {:.2}x the time (medians)",
+        median(b.clone()) / median(a.clone())
     );
-    println!(
-        "panes run (whole job):     {panes:.2} s  {:.0} msg/s  {:.1} MB/s",
-        b.0, b.1
-    );
-    println!("panes / plain: {:.2}x the time", panes / plain);
 }

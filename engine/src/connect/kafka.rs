@@ -213,12 +213,8 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// `kafka topic clicks`, or `kafka topics clicks, views`.
     fn label(&self) -> String {
-        match self.spec.topics.as_slice() {
-            [one] => format!("kafka topic {one}"),
-            many => format!("kafka topics {}", many.join(", ")),
-        }
+        label(&self.spec.topics)
     }
 
     fn error(&self, message: String) -> Error {
@@ -263,6 +259,14 @@ impl KafkaSource {
             after: self.position(),
             malformed,
         })
+    }
+}
+
+/// `kafka topic clicks`, or `kafka topics clicks, views`.
+fn label(topics: &[String]) -> String {
+    match topics {
+        [one] => format!("kafka topic {one}"),
+        many => format!("kafka topics {}", many.join(", ")),
     }
 }
 
@@ -337,45 +341,60 @@ impl Source for KafkaSource {
                 );
                 self.heard = Instant::now();
             }
-            let Some(polled) = self.consumer.poll(LINGER / 4) else {
+            let Some(first) = self.consumer.poll(LINGER / 4) else {
                 continue;
             };
-            let message = match polled {
-                Ok(m) => m,
-                Err(e) => {
-                    // librdkafka retries on its own (a broker that went away comes back).
-                    tracing::warn!("{}: {e}; retrying", self.label());
+            // Then what is fetched already, up to a batch, without waiting or reading the
+            // clock for each message.
+            let multi = self.parts.len() > 1 && self.spec.topics.len() > 1;
+            let (parts, next, end, spec) = (&self.parts, &self.next, &self.end, &self.spec);
+            let (pending, stamps) = (&mut self.pending, &mut self.stamps);
+            let (mut polled, mut taken) = (Some(first), 0);
+            while let Some(result) = polled.take() {
+                let message = match result {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // librdkafka retries on its own (a broker that went away comes
+                        // back).
+                        tracing::warn!("{}: {e}; retrying", label(&spec.topics));
+                        break;
+                    }
+                };
+                taken += 1;
+                polled = (taken < self.batch_rows)
+                    .then(|| self.consumer.poll(Duration::ZERO))
+                    .flatten();
+                let partition = message.partition();
+                let Some(i) = (parts.iter())
+                    .position(|(t, p)| *p == partition && (!multi || t == message.topic()))
+                else {
+                    continue;
+                };
+                let offset = message.offset();
+                let polled_to = next[i] + pending[i].len() as i64;
+                let beyond = end.as_ref().is_some_and(|e| offset >= e[i]);
+                if offset < polled_to || beyond {
                     continue;
                 }
-            };
-            let (topic, partition) = (message.topic(), message.partition());
-            let Some(i) = (self.parts.iter()).position(|(t, p)| *p == partition && t == topic)
-            else {
-                continue;
-            };
-            let offset = message.offset();
-            let polled_to = self.next[i] + self.pending[i].len() as i64;
-            let beyond = self.end.as_ref().is_some_and(|e| offset >= e[i]);
-            if offset < polled_to || beyond {
-                continue;
-            }
-            let payload = message.payload().unwrap_or_default();
-            let record = match self.spec.format {
-                TextFormat::Csv => csv_record(payload, offset as u64),
-                TextFormat::JsonLines => {
-                    let mut text = payload.to_vec();
-                    text.push(b'\n');
-                    Record {
-                        line: offset as u64,
-                        text,
-                        fields: None,
+                let payload = message.payload().unwrap_or_default();
+                let record = match spec.format {
+                    TextFormat::Csv => csv_record(payload, offset as u64),
+                    TextFormat::JsonLines => {
+                        let mut text = Vec::with_capacity(payload.len() + 1);
+                        text.extend_from_slice(payload);
+                        text.push(b'\n');
+                        Record {
+                            line: offset as u64,
+                            text,
+                            fields: None,
+                        }
                     }
+                };
+                if spec.timestamp {
+                    stamps[i].push(message.timestamp().to_millis());
                 }
-            };
-            if self.spec.timestamp {
-                self.stamps[i].push(message.timestamp().to_millis());
+                pending[i].push(record);
             }
-            self.pending[i].push(record);
             self.heard = Instant::now();
         }
     }

@@ -508,7 +508,8 @@ impl RecordDecoder {
         good: &[Record],
         mut malformed: Vec<Malformed>,
     ) -> std::result::Result<Decoded, ArrowError> {
-        let text: Vec<u8> = good.iter().flat_map(|r| r.text.iter().copied()).collect();
+        let mut text = Vec::with_capacity(good.iter().map(|r| r.text.len()).sum());
+        good.iter().for_each(|r| text.extend_from_slice(&r.text));
         let batch = match Self::decode(self.format, self.schema.clone(), &text, good.len()) {
             Ok(batch) => batch,
             // Some record does not decode: find which, keep the others.
