@@ -232,6 +232,21 @@ fn input() -> &'static Path {
     path
 }
 
+/// [`job_in`] with its checkpoints in the object store (under a prefix named after the
+/// directory); returns (dir, job file, checkpoint URL).
+fn job_in_store(template: &str) -> (TempDir, PathBuf, String) {
+    let (dir, job) = job_in(template);
+    let local = format!("dir = '{}/chk'", dir.path().display());
+    let name = (dir.path().file_name())
+        .and_then(|n| n.to_str())
+        .expect("a name");
+    let url = format!("s3://panes/tests/{name}");
+    let text = std::fs::read_to_string(&job).expect("job file");
+    assert!(text.contains(&local));
+    std::fs::write(&job, text.replace(&local, &format!("dir = '{url}'"))).expect("job file");
+    (dir, job, url)
+}
+
 /// Writes `template` with checkpoints into a fresh directory; returns (dir, job file).
 fn job_in(template: &str) -> (TempDir, PathBuf) {
     let dir = TempDir::new().expect("temp dir");
@@ -697,17 +712,7 @@ fn checkpoints_in_an_object_store_survive_crashes_exactly_once() {
     };
     let args = ["--threads", "2"];
     let (want, _) = uninterrupted(TUMBLE, &args);
-    let (dir, job) = job_in(TUMBLE);
-    let local = format!("dir = '{}/chk'", dir.path().display());
-    let name = dir
-        .path()
-        .file_name()
-        .and_then(|n| n.to_str())
-        .expect("a name");
-    let url = format!("s3://panes/tests/{name}");
-    let text = std::fs::read_to_string(&job).expect("job file");
-    assert!(text.contains(&local));
-    std::fs::write(&job, text.replace(&local, &format!("dir = '{url}'"))).expect("job file");
+    let (dir, job, url) = job_in_store(TUMBLE);
     for failpoint in ["staged:1", "state:2", "manifest:3", "publish:4"] {
         run_to_failpoint(&job, &args, Some(failpoint));
     }
@@ -819,19 +824,6 @@ fn an_object_store_that_goes_away_mid_run_loses_and_repeats_nothing() {
             format!("http://127.0.0.1:{}", relay.port),
         );
     };
-    let in_store = |tag: &str| {
-        let (dir, job) = job_in(TUMBLE);
-        let name = dir
-            .path()
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("a name");
-        let url = format!("s3://panes/tests/{name}-{tag}");
-        let text = std::fs::read_to_string(&job).expect("job file");
-        let local = format!("dir = '{}/chk'", dir.path().display());
-        std::fs::write(&job, text.replace(&local, &format!("dir = '{url}'"))).expect("job file");
-        (dir, job, url)
-    };
     let run_job = |job: &Path| {
         let mut cmd = panes();
         via_relay(&mut cmd);
@@ -842,7 +834,7 @@ fn an_object_store_that_goes_away_mid_run_loses_and_repeats_nothing() {
             .expect("panes runs")
     };
     // An uninterrupted run through the relay: its rows, and the bytes it sends.
-    let (dir, job, _) = in_store("whole");
+    let (dir, job, _) = job_in_store(TUMBLE);
     let out = run_job(&job);
     assert!(
         out.status.success(),
@@ -854,7 +846,7 @@ fn an_object_store_that_goes_away_mid_run_loses_and_repeats_nothing() {
         .collect();
     let total = relay.sent.load(SeqCst);
     for share in [3, 6] {
-        let (dir, job, url) = in_store(&format!("cut-{share}"));
+        let (dir, job, url) = job_in_store(TUMBLE);
         relay
             .limit
             .store(relay.sent.load(SeqCst) + total * share / 10, SeqCst);

@@ -145,6 +145,22 @@ fn run_with(job: &Path, args: &[&str], failpoint: Option<&str>) -> Output {
     }
 }
 
+/// The rows of the job over `lines` (JSON lines) in a file: the rows a topic of the same
+/// readings must give.
+fn rows_of_file(dir: &Path, lines: &str) -> Vec<String> {
+    let file = dir.join("readings.jsonl");
+    std::fs::write(&file, lines).expect("writing the file");
+    let from_file = job(
+        dir,
+        "file",
+        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
+    );
+    let out = run(&from_file);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    rows(&dir.join("file.parquet"))
+}
+
 /// Every row of a Parquet file, or of the published parts in a directory, as text, sorted.
 fn rows(path: &Path) -> Vec<String> {
     if path.is_dir() {
@@ -262,20 +278,7 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
         }
     }
     produce(&topic, &messages);
-    let file = dir.path().join("readings.jsonl");
-    std::fs::write(&file, lines).expect("writing the file");
-
-    let from_file = job(
-        dir.path(),
-        "file",
-        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
-    );
-    let out = run(&from_file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let want = rows_of_file(dir.path(), &lines);
     let from_topic = job(
         dir.path(),
         "topic",
@@ -290,7 +293,6 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
     assert!(log.contains("events in        4000"), "{log}");
     assert!(log.contains("malformed input  2"), "{log}");
     assert!(log.contains("late events      0"), "{log}");
-    let want = rows(&dir.path().join("file.parquet"));
     assert!(want.len() > 30, "{want:?}");
     assert_eq!(rows(&dir.path().join("topic.parquet")), want);
     let bad = std::fs::read_to_string(dir.path().join("topic-bad.jsonl")).expect("dead letters");
@@ -338,19 +340,7 @@ fn two_topics_give_the_rows_of_the_same_events_in_a_file() {
         create_topic(topic, 2);
         produce(topic, messages);
     }
-    let file = dir.path().join("readings.jsonl");
-    std::fs::write(&file, lines).expect("writing the file");
-    let from_file = job(
-        dir.path(),
-        "file",
-        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
-    );
-    let out = run(&from_file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let want = rows_of_file(dir.path(), &lines);
     let from_topics = job(
         dir.path(),
         "topics",
@@ -372,7 +362,6 @@ fn two_topics_give_the_rows_of_the_same_events_in_a_file() {
             );
         }
     }
-    let want = rows(&dir.path().join("file.parquet"));
     assert!(want.len() > 20, "{want:?}");
     assert_eq!(rows(&dir.path().join("topics.parquet")), want);
 }
@@ -405,19 +394,7 @@ fn csv_messages_give_the_rows_of_the_same_events_in_a_file() {
         }
     }
     produce_at(&addr, topic, &messages);
-    let file = dir.path().join("readings.jsonl");
-    std::fs::write(&file, lines).expect("writing the file");
-    let from_file = job(
-        dir.path(),
-        "file",
-        &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
-    );
-    let out = run(&from_file);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let want = rows_of_file(dir.path(), &lines);
     let from_topic = job(
         dir.path(),
         "topic",
@@ -437,7 +414,6 @@ fn csv_messages_give_the_rows_of_the_same_events_in_a_file() {
     assert!(out.status.success(), "{log}");
     assert!(log.contains("events in        2000"), "{log}");
     assert!(log.contains("malformed input  2"), "{log}");
-    let want = rows(&dir.path().join("file.parquet"));
     assert!(want.len() > 10, "{want:?}");
     assert_eq!(rows(&dir.path().join("topic.parquet")), want);
     let bad = std::fs::read_to_string(dir.path().join("topic-bad.jsonl")).expect("dead letters");
