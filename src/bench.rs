@@ -4,10 +4,9 @@
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use panes_datasets::{Dataset, GenConfig};
+use panes_datasets::GenConfig;
 use panes_engine::Result;
-use panes_engine::WindowSpec;
-use panes_engine::job::{Aggregate, GeneratorSpec, Job, JobFile, ParquetSpec, Sink, Source};
+use panes_engine::job::{Job, JobFile, ParquetSpec, Sink, Source};
 use panes_engine::pipeline::{Output, Pipeline};
 use panes_engine::run::{BackendKind, RunOptions, run_job};
 use panes_engine::sinks::open_sink;
@@ -211,59 +210,63 @@ pub fn workload(name: &str, text: &str, events: u64) -> Result<Job> {
 
 /// The cumulate case: cumulate(15m, 1m) windows over the same job as [`WINDOWS`].
 pub fn cumulate_job(events: u64, keys: u64) -> Job {
-    Job {
-        window: WindowSpec::cumulate(60_000, 900_000, 0).expect("a valid window"),
-        ..job(60_000, 60_000, events, keys)
-    }
+    clickstream_job(
+        "kind = \"cumulate\"\nsize = \"15m\"\nstep = \"1m\"",
+        events,
+        keys,
+    )
 }
 
 /// A clickstream job: per article, count, sum/min/max of scroll depth.
 pub fn job(size: i64, slide: i64, events: u64, keys: u64) -> Job {
-    let agg = |name: &str, func, column: Option<&str>| Aggregate {
-        name: name.into(),
-        func,
-        column: column.map(Into::into),
-        expr: None,
+    let window = match size == slide {
+        true => format!("kind = \"tumble\"\nsize = \"{size}ms\""),
+        false => format!("kind = \"hop\"\nsize = \"{size}ms\"\nslide = \"{slide}ms\""),
     };
-    Job {
-        source: Source::Generator(GeneratorSpec {
-            dataset: Dataset::Clickstream,
-            config: GenConfig {
-                events,
-                keys,
-                ..GenConfig::default()
-            },
-            partitions: 1,
-        }),
-        time_column: "ts".into(),
-        max_out_of_orderness: 5_000,
-        allowed_lateness: 0,
-        idle_timeout: std::time::Duration::from_secs(30),
-        window: WindowSpec::new(size, slide, 0).expect("the suite's windows are valid"),
-        keys: vec!["article_id".into()],
-        aggregates: vec![
-            agg("views", AggFn::CountRows, None),
-            agg("scroll_sum", AggFn::Sum, Some("scroll_depth")),
-            agg("scroll_min", AggFn::Min, Some("scroll_depth")),
-            agg("scroll_max", AggFn::Max, Some("scroll_depth")),
-        ],
-        sink: Sink::JsonLines(None),
-        late: None,
-        dead_letter: None,
-        top_k: None,
-        anomaly: None,
-        checkpoint: None,
-        memory_budget: None,
-        spill_dir: None,
-        filter_events: None,
-        filter_windows: None,
-        output: None,
-    }
+    clickstream_job(&window, events, keys)
+}
+
+/// The suite's job with `window` (the lines of its `[window]`).
+fn clickstream_job(window: &str, events: u64, keys: u64) -> Job {
+    let text = format!(
+        r#"
+[source]
+kind = "generator"
+dataset = "clickstream"
+events = {events}
+keys = {keys}
+[time]
+column = "ts"
+max_out_of_orderness = "5s"
+[window]
+{window}
+[key]
+columns = ["article_id"]
+[[aggregate]]
+name = "views"
+fn = "count"
+[[aggregate]]
+name = "scroll_sum"
+fn = "sum"
+column = "scroll_depth"
+[[aggregate]]
+name = "scroll_min"
+fn = "min"
+column = "scroll_depth"
+[[aggregate]]
+name = "scroll_max"
+fn = "max"
+column = "scroll_depth"
+[sink]
+kind = "jsonl"
+"#
+    );
+    Job::from_toml(&text, "bench").expect("the suite's jobs are valid")
 }
 
 /// Generates the input of a case, decoded, in batches of `batch_rows`.
 pub fn input(job: &Job, batch_rows: usize) -> Result<Vec<RecordBatch>> {
-    let Source::Generator(g) = &job.source else {
+    let Source::Generator(g) = job.source() else {
         return Err(panes_engine::Error::Internal(
             "bench jobs read a generator".into(),
         ));
@@ -298,7 +301,7 @@ fn run_keeping(
     (backend, threads, profile): (BackendKind, usize, bool),
     keep: bool,
 ) -> Result<(f64, u64, Vec<Stage>, Vec<RecordBatch>)> {
-    let Source::Generator(g) = &job.source else {
+    let Source::Generator(g) = job.source() else {
         return Err(panes_engine::Error::Internal(
             "bench jobs read a generator".into(),
         ));
@@ -627,13 +630,12 @@ impl Files {
         backend: BackendKind,
         threads: usize,
     ) -> Result<(f64, u64, Vec<Stage>)> {
-        let mut job = job.clone();
-        job.source = Source::Parquet(ParquetSpec {
-            path: self.dir.join("in.parquet").display().to_string(),
-            per_file: false,
-        });
-        job.sink = Sink::Parquet(self.dir.join("out.parquet"));
-        job.late = None;
+        let job = (job.clone())
+            .with_source(Source::Parquet(ParquetSpec {
+                path: self.dir.join("in.parquet").display().to_string(),
+                per_file: false,
+            }))?
+            .with_sinks(Sink::Parquet(self.dir.join("out.parquet")), None)?;
         let opts = RunOptions {
             backend,
             batch_rows: self.batch_rows,
@@ -656,7 +658,7 @@ impl Drop for Files {
 }
 
 fn generator_keys(job: &Job) -> u64 {
-    match &job.source {
+    match job.source() {
         Source::Generator(g) => g.config.keys,
         _ => 0,
     }

@@ -46,7 +46,7 @@ fn the_iot_example_finds_the_injected_anomalies() {
     let alerts = cells(&dir.path().join("alerts.parquet"));
     assert_eq!(summary.stats.alerts, alerts.len() as u64);
 
-    let Source::Generator(g) = &job.source else {
+    let Source::Generator(g) = job.source() else {
         panic!("the example reads the generator");
     };
     let labels = panes::datasets::iot::anomaly_labels(&g.config);
@@ -63,7 +63,7 @@ fn the_iot_example_finds_the_injected_anomalies() {
 
     // A sensor can alert once it has `min_history` windows (the first one, before the first
     // labelled minute, is partial).
-    let history = job.anomaly.as_ref().expect("an anomaly job").min_history as i64;
+    let history = job.anomaly().expect("an anomaly job").min_history as i64;
     let first = *w.values().iter().min().expect("labels");
     let alertable: BTreeSet<(i64, i64)> = truth
         .iter()

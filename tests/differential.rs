@@ -394,7 +394,7 @@ fn run(
             Output::Alerts(_) => {}
         }
     }
-    let key_cols = if c.job.keys.len() == 2 { 2 } else { 1 };
+    let key_cols = if c.job.keys().len() == 2 { 2 } else { 1 };
     let mut rows = Vec::new();
     for b in results {
         let revision = b
@@ -844,7 +844,10 @@ fn every_thread_count_gives_the_rows_of_one_thread() {
             let Some(toml) = toml else { continue };
             let job = Job::from_toml(&toml, &format!("seed {seed}")).expect("valid variant");
             if v == 1 {
-                assert!(job.keys.is_empty(), "seed {seed}: the variant has no keys");
+                assert!(
+                    job.keys().is_empty(),
+                    "seed {seed}: the variant has no keys"
+                );
             }
             let one = outputs(&c.batch, &job, BackendKind::Cpu, 1, &lengths);
             assert!(!one[0].is_empty(), "seed {seed} variant {v}: rows");
@@ -895,8 +898,8 @@ fn every_thread_count_gives_the_rows_of_one_thread() {
 /// rounding of the inputs' magnitude (the row's min and max cells, whose indices this
 /// returns). `None`: rows equal one thread's bit for bit.
 fn float_bound(job: &Job, threads: usize) -> Option<Vec<usize>> {
-    (job.keys.is_empty() && threads > 1).then(|| {
-        (job.aggregates.iter().enumerate())
+    (job.keys().is_empty() && threads > 1).then(|| {
+        (job.aggregates().iter().enumerate())
             .filter(|(_, a)| matches!(a.func, AggFn::Min | AggFn::Max))
             .map(|(i, _)| i + 2)
             .collect()

@@ -58,7 +58,7 @@ fn ints(b: &RecordBatch, name: &str) -> Vec<Option<i64>> {
 
 /// The generated events of a job: (ts, auction_id, price) of every bid.
 fn bids(job: &Job) -> Vec<(i64, i64, i64)> {
-    let Source::Generator(g) = &job.source else {
+    let Source::Generator(g) = job.source() else {
         panic!("examples read the generator");
     };
     let mut out = Vec::new();
@@ -168,7 +168,7 @@ fn trending_keeps_ten_articles_per_window_in_rank_order() {
 fn nexmark_q11_counts_each_bidders_sessions() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (job, out) = run_example("nexmark_q11", 300_000, dir.path());
-    let Source::Generator(g) = &job.source else {
+    let Source::Generator(g) = job.source() else {
         panic!("examples read the generator");
     };
     // Brute force: each bidder's bid times, sorted, split where 10 s pass without a bid.

@@ -48,9 +48,10 @@ fn golden_jobs_give_the_expected_rows_on_every_backend_and_batching() {
         for backend in [BackendKind::Reference, BackendKind::Cpu] {
             for batch_rows in [1, 3, 65536] {
                 let out = tempfile::tempdir().expect("temp dir");
-                let mut job = Job::from_file(&dir.join("job.toml")).expect("valid golden job");
-                job.sink = Sink::Csv(out.path().join("out.csv"));
-                job.late = job.late.map(|_| Sink::Csv(out.path().join("late.csv")));
+                let job = Job::from_file(&dir.join("job.toml")).expect("valid golden job");
+                let late = job.late().map(|_| Sink::Csv(out.path().join("late.csv")));
+                let job = (job.with_sinks(Sink::Csv(out.path().join("out.csv")), late))
+                    .expect("CSV sinks");
                 let opts = RunOptions {
                     backend,
                     batch_rows,
@@ -93,15 +94,18 @@ fn golden_jobs_restored_from_every_checkpoint_give_the_expected_rows() {
     for dir in std::fs::read_dir("tests/golden").expect("tests/golden exists") {
         let dir = dir.expect("a folder").path();
         let out = tempfile::tempdir().expect("temp dir");
-        let mut job = Job::from_file(&dir.join("job.toml")).expect("valid golden job");
-        job.sink = Sink::Csv(out.path().join("out"));
-        job.late = job.late.map(|_| Sink::Csv(out.path().join("late")));
+        let job = Job::from_file(&dir.join("job.toml")).expect("valid golden job");
+        let late = job.late().map(|_| Sink::Csv(out.path().join("late")));
         let chk = out.path().join("chk");
-        job.checkpoint = Some(Checkpoint {
-            dir: chk.clone(),
-            trigger: Trigger::Events(1),
-            keep: usize::MAX,
-        });
+        let job = (job.with_sinks(Sink::Csv(out.path().join("out")), late))
+            .and_then(|job| {
+                job.with_checkpoint(Some(Checkpoint {
+                    dir: chk.clone(),
+                    trigger: Trigger::Events(1),
+                    keep: usize::MAX,
+                }))
+            })
+            .expect("CSV sinks and checkpoints");
         let run = || {
             let opts = RunOptions {
                 backend: BackendKind::Cpu,
@@ -310,13 +314,14 @@ impl OwnSink for Staging {
 fn a_services_own_sink_takes_part_in_the_checkpoints_two_phase_commit() {
     let dir = Path::new("tests/golden/hop_revisions");
     let out = tempfile::tempdir().expect("temp dir");
-    let mut job = Job::from_file(&dir.join("job.toml")).expect("valid golden job");
+    let job = Job::from_file(&dir.join("job.toml")).expect("valid golden job");
     let chk = out.path().join("chk");
-    job.checkpoint = Some(Checkpoint {
+    let job = (job.with_checkpoint(Some(Checkpoint {
         dir: chk.clone(),
         trigger: Trigger::Events(2),
         keep: usize::MAX,
-    });
+    })))
+    .expect("checkpoints");
     let run = |calls: &Calls| {
         let sink = Staging {
             checkpoints: chk.clone(),

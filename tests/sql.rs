@@ -109,8 +109,7 @@ fn sql_examples_give_their_twins_rows_on_every_backend() {
                 };
                 run_job(&job, opts).unwrap_or_else(|e| panic!("{name} ({twin}, {backend:?}): {e}"));
                 let mut all = Vec::new();
-                for sink in std::iter::once(&job.sink).chain(job.anomaly.as_ref().map(|a| &a.sink))
-                {
+                for sink in std::iter::once(job.sink()).chain(job.anomaly().map(|a| &a.sink)) {
                     all.push(rows(sink.path().expect("a file sink")));
                 }
                 outputs.push(all);
@@ -238,7 +237,7 @@ fn the_fraud_velocity_rule_finds_the_bursts_of_the_transactions_dataset() {
     );
     run_job(&job, RunOptions::default()).expect("the rule runs");
 
-    let Source::Generator(g) = &job.source else {
+    let Source::Generator(g) = job.source() else {
         panic!("the example reads the generator");
     };
     // Burst payments per card, in time order.
@@ -257,7 +256,7 @@ fn the_fraud_velocity_rule_finds_the_bursts_of_the_transactions_dataset() {
             bursts.entry(card.value(i)).or_default().push(ts.value(i));
         }
     }
-    let file = std::fs::File::open(job.sink.path().expect("a file")).expect("the alerts");
+    let file = std::fs::File::open(job.sink().path().expect("a file")).expect("the alerts");
     let mut alerts: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
     for b in ParquetRecordBatchReaderBuilder::try_new(file)
         .expect("Parquet")

@@ -246,26 +246,36 @@ impl CheckpointConfig {
             (Some(_), Some(_)) => {
                 return Err("checkpoint: give interval or every_events, not both".into());
             }
-            (_, Some(0)) => return Err("checkpoint.every_events must be at least 1".into()),
             (_, Some(n)) => Trigger::Events(n),
-            (Some(i), None) => match parse_millis("checkpoint.interval", i)? {
-                0 => return Err("checkpoint.interval must be longer than 0s".into()),
-                ms => Trigger::Interval(Duration::from_millis(ms as u64)),
-            },
+            (Some(i), None) => Trigger::Interval(Duration::from_millis(parse_millis(
+                "checkpoint.interval",
+                i,
+            )? as u64)),
             (None, None) => Trigger::Interval(Duration::from_secs(10)),
         };
-        let keep = self.keep.unwrap_or(3);
-        if keep == 0 {
-            return Err("checkpoint.keep must be at least 1".into());
-        }
-        if self.dir.trim().is_empty() {
-            return Err("checkpoint.dir is empty".into());
-        }
-        Ok(Checkpoint {
+        let checkpoint = Checkpoint {
             dir: PathBuf::from(&self.dir),
             trigger,
-            keep,
-        })
+            keep: self.keep.unwrap_or(3),
+        };
+        checkpoint.check()?;
+        Ok(checkpoint)
+    }
+}
+
+impl Checkpoint {
+    fn check(&self) -> Result<(), String> {
+        match self.trigger {
+            Trigger::Events(0) => Err("checkpoint.every_events must be at least 1".into()),
+            Trigger::Interval(d) if d.is_zero() => {
+                Err("checkpoint.interval must be longer than 0s".into())
+            }
+            _ if self.keep == 0 => Err("checkpoint.keep must be at least 1".into()),
+            _ if self.dir.as_os_str().to_string_lossy().trim().is_empty() => {
+                Err("checkpoint.dir is empty".into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -697,46 +707,51 @@ pub struct Aggregate {
 }
 
 /// A validated job: everything checked that can be checked without the data.
+///
+/// Made only from a job file, SQL, a [`JobFile`] filled in code (all through one
+/// validation) or [`crate::Pipeline::builder`]; read through its methods, and changed with
+/// `with_source`, `with_sinks` and `with_checkpoint`, which check it again. No invalid job
+/// can be built in code.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Job {
     /// Events from.
-    pub source: Source,
+    pub(crate) source: Source,
     /// Event-time column.
-    pub time_column: String,
+    pub(crate) time_column: String,
     /// Bounded out-of-orderness in ms.
-    pub max_out_of_orderness: i64,
+    pub(crate) max_out_of_orderness: i64,
     /// Allowed lateness in ms.
-    pub allowed_lateness: i64,
+    pub(crate) allowed_lateness: i64,
     /// Idle timeout.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Window geometry.
-    pub window: WindowSpec,
+    pub(crate) window: WindowSpec,
     /// Key columns.
-    pub keys: Vec<String>,
+    pub(crate) keys: Vec<String>,
     /// Aggregates.
-    pub aggregates: Vec<Aggregate>,
+    pub(crate) aggregates: Vec<Aggregate>,
     /// Results to.
-    pub sink: Sink,
+    pub(crate) sink: Sink,
     /// Late events to.
-    pub late: Option<Sink>,
+    pub(crate) late: Option<Sink>,
     /// Malformed CSV records to.
-    pub dead_letter: Option<Sink>,
+    pub(crate) dead_letter: Option<Sink>,
     /// Top-k rows per window, if the job asks for them.
-    pub top_k: Option<TopK>,
+    pub(crate) top_k: Option<TopK>,
     /// Anomaly alerts, if the job asks for them.
-    pub anomaly: Option<Anomaly>,
+    pub(crate) anomaly: Option<Anomaly>,
     /// Checkpoints, if the job takes them.
-    pub checkpoint: Option<Checkpoint>,
+    pub(crate) checkpoint: Option<Checkpoint>,
     /// Memory budget of the state in bytes; beyond it closed panes spill to disk.
-    pub memory_budget: Option<u64>,
+    pub(crate) memory_budget: Option<u64>,
     /// Where spilled panes go.
-    pub spill_dir: Option<PathBuf>,
+    pub(crate) spill_dir: Option<PathBuf>,
     /// Events kept for aggregation (after the watermark saw them).
-    pub filter_events: Option<Filter>,
+    pub(crate) filter_events: Option<Filter>,
     /// Window rows kept.
-    pub filter_windows: Option<Filter>,
+    pub(crate) filter_windows: Option<Filter>,
     /// The columns of window rows, when `[output]` picks them.
-    pub output: Option<Vec<OutputColumn>>,
+    pub(crate) output: Option<Vec<OutputColumn>>,
 }
 
 impl Job {
@@ -771,6 +786,168 @@ impl Job {
             message,
         })
     }
+
+    /// The job reading from another source, checked as a job file is.
+    pub fn with_source(mut self, source: Source) -> Result<Job> {
+        self.source = source;
+        self.checked().map_err(in_code)
+    }
+
+    /// The job writing its window rows and late events elsewhere, checked as a job file
+    /// is.
+    pub fn with_sinks(mut self, sink: Sink, late: Option<Sink>) -> Result<Job> {
+        (self.sink, self.late) = (sink, late);
+        self.checked().map_err(in_code)
+    }
+
+    /// The job with other checkpoints (or none), checked as a job file is.
+    pub fn with_checkpoint(mut self, checkpoint: Option<Checkpoint>) -> Result<Job> {
+        self.checkpoint = checkpoint;
+        self.checked().map_err(in_code)
+    }
+
+    /// The checks between sections, which every way of making a job passes through.
+    fn checked(mut self) -> Result<Job, String> {
+        match &mut self.source {
+            Source::Kafka(k) => k.timestamp = self.time_column == KAFKA_TIMESTAMP,
+            _ if self.time_column == KAFKA_TIMESTAMP => {
+                return Err(format!(
+                    "time.column = {KAFKA_TIMESTAMP:?} is the timestamp of a Kafka message: \
+                     only for kind = \"kafka\""
+                ));
+            }
+            _ => {}
+        }
+        let dead_letters = match &self.source {
+            Source::Text(t) => t.on_malformed == OnMalformed::DeadLetter,
+            Source::Kafka(k) => k.on_malformed == OnMalformed::DeadLetter,
+            _ => false,
+        };
+        if self.dead_letter.is_some() && !dead_letters {
+            return Err(
+                "[dead_letter] receives the records of a csv, jsonl or kafka source that do \
+                 not decode; this job has none (a parquet or generator source, or on_malformed = \
+                 \"fail\")"
+                    .into(),
+            );
+        }
+        if let Some(c) = &self.checkpoint {
+            c.check()?;
+        }
+        let sinks: Vec<(&str, &Sink)> = [
+            ("sink", Some(&self.sink)),
+            ("late", self.late.as_ref()),
+            ("dead_letter", self.dead_letter.as_ref()),
+            ("anomaly.sink", self.anomaly.as_ref().map(|a| &a.sink)),
+        ]
+        .into_iter()
+        .filter_map(|(name, s)| Some((name, s?)))
+        .collect();
+        for (i, (a, x)) in sinks.iter().enumerate() {
+            for (b, y) in &sinks[..i] {
+                if let (Some(p), Some(q)) = (x.path(), y.path())
+                    && p == q
+                {
+                    return Err(format!(
+                        "{b} and {a} both write to {}: give each its own path",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        let to_stdout = sinks.iter().any(|(_, s)| **s == Sink::JsonLines(None));
+        if self.checkpoint.is_some() && to_stdout {
+            return Err(
+                "with [checkpoint], output must go to files so that it can be committed \
+                 exactly once: give every sink a path"
+                    .into(),
+            );
+        }
+        Ok(self)
+    }
+
+    /// Where events come from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The event-time column.
+    pub fn time_column(&self) -> &str {
+        &self.time_column
+    }
+
+    /// The bound on out-of-orderness, ms.
+    pub fn max_out_of_orderness(&self) -> i64 {
+        self.max_out_of_orderness
+    }
+
+    /// How long after the watermark passed a window late events still update it, ms.
+    pub fn allowed_lateness(&self) -> i64 {
+        self.allowed_lateness
+    }
+
+    /// How long a quiet partition holds the watermark back.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// The windows.
+    pub fn window(&self) -> &WindowSpec {
+        &self.window
+    }
+
+    /// The key columns (none: one global group).
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// The aggregates, in output order.
+    pub fn aggregates(&self) -> &[Aggregate] {
+        &self.aggregates
+    }
+
+    /// Where window rows go.
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+
+    /// Where late events go, if they are kept.
+    pub fn late(&self) -> Option<&Sink> {
+        self.late.as_ref()
+    }
+
+    /// Where records that do not decode go, if they are kept.
+    pub fn dead_letter(&self) -> Option<&Sink> {
+        self.dead_letter.as_ref()
+    }
+
+    /// Top-k rows per window, if asked for.
+    pub fn top_k(&self) -> Option<&TopK> {
+        self.top_k.as_ref()
+    }
+
+    /// Anomaly alerts, if asked for.
+    pub fn anomaly(&self) -> Option<&Anomaly> {
+        self.anomaly.as_ref()
+    }
+
+    /// Checkpoints, if the job takes them.
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        self.checkpoint.as_ref()
+    }
+
+    /// The memory budget of the state, bytes.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.memory_budget
+    }
+}
+
+/// An error of a job changed in code.
+fn in_code(message: String) -> Error {
+    Error::Job {
+        file: "<job>".into(),
+        message,
+    }
 }
 
 /// Parses a point in time, RFC 3339 (`2026-12-06T09:00:00Z`, or with a space and without
@@ -803,18 +980,8 @@ pub fn parse_millis(field: &str, text: &str) -> Result<i64, String> {
 
 impl JobFile {
     fn validate(self) -> Result<Job, String> {
-        let mut source = self.source.validate()?;
+        let source = self.source.validate()?;
         let t = &self.time;
-        match &mut source {
-            Source::Kafka(k) => k.timestamp = t.column == KAFKA_TIMESTAMP,
-            _ if t.column == KAFKA_TIMESTAMP => {
-                return Err(format!(
-                    "time.column = {KAFKA_TIMESTAMP:?} is the timestamp of a Kafka message: \
-                     only for kind = \"kafka\""
-                ));
-            }
-            _ => {}
-        }
         let max_out_of_orderness =
             parse_millis("time.max_out_of_orderness", &t.max_out_of_orderness)?;
         let allowed_lateness = parse_millis("time.allowed_lateness", &t.allowed_lateness)?;
@@ -918,19 +1085,6 @@ impl JobFile {
             .dead_letter
             .map(|l| l.validate("dead_letter"))
             .transpose()?;
-        let dead_letters = match &source {
-            Source::Text(t) => t.on_malformed == OnMalformed::DeadLetter,
-            Source::Kafka(k) => k.on_malformed == OnMalformed::DeadLetter,
-            _ => false,
-        };
-        if dead_letter.is_some() && !dead_letters {
-            return Err(
-                "[dead_letter] receives the records of a csv, jsonl or kafka source that do \
-                 not decode; this job has none (a parquet or generator source, or on_malformed = \
-                 \"fail\")"
-                    .into(),
-            );
-        }
         let checkpoint = self.checkpoint.map(|c| c.validate()).transpose()?;
         let anomaly = self.anomaly.map(|a| a.validate(&aggregates)).transpose()?;
         if window.session_gap().is_some() && (self.top_k.is_some() || anomaly.is_some()) {
@@ -985,36 +1139,7 @@ impl JobFile {
             })
             .transpose()?;
         let sink = self.sink.validate("sink")?;
-        let sinks: Vec<(&str, &Sink)> = [
-            ("sink", Some(&sink)),
-            ("late", late.as_ref()),
-            ("dead_letter", dead_letter.as_ref()),
-            ("anomaly.sink", anomaly.as_ref().map(|a| &a.sink)),
-        ]
-        .into_iter()
-        .filter_map(|(name, s)| Some((name, s?)))
-        .collect();
-        for (i, (a, x)) in sinks.iter().enumerate() {
-            for (b, y) in &sinks[..i] {
-                if let (Some(p), Some(q)) = (x.path(), y.path())
-                    && p == q
-                {
-                    return Err(format!(
-                        "{b} and {a} both write to {}: give each its own path",
-                        p.display()
-                    ));
-                }
-            }
-        }
-        let to_stdout = sinks.iter().any(|(_, s)| **s == Sink::JsonLines(None));
-        if checkpoint.is_some() && to_stdout {
-            return Err(
-                "with [checkpoint], output must go to files so that it can be committed \
-                 exactly once: give every sink a path"
-                    .into(),
-            );
-        }
-        Ok(Job {
+        Job {
             source,
             time_column: t.column.clone(),
             max_out_of_orderness,
@@ -1039,7 +1164,8 @@ impl JobFile {
             filter_events: filter("filter.events", &self.filter.events)?,
             filter_windows: filter("filter.windows", &self.filter.windows)?,
             output,
-        })
+        }
+        .checked()
     }
 }
 
@@ -1438,6 +1564,37 @@ mod tests {
 
     fn error_of(text: &str) -> String {
         Job::from_toml(text, "job.toml").unwrap_err().to_string()
+    }
+
+    /// A job changed in code passes the checks a job file does.
+    #[test]
+    fn a_job_changed_in_code_is_checked_as_a_job_file_is() {
+        let job = Job::from_toml(JOB, "job.toml").expect("a job");
+        let checkpoint = |keep| Checkpoint {
+            dir: PathBuf::from("chk"),
+            trigger: Trigger::Events(10),
+            keep,
+        };
+        let e = (job.clone().with_checkpoint(Some(checkpoint(0)))).unwrap_err();
+        assert!(
+            e.to_string().contains("checkpoint.keep must be at least 1"),
+            "{e}"
+        );
+        let job = (job.with_checkpoint(Some(checkpoint(2)))).expect("checkpoints");
+        assert_eq!(job.checkpoint().map(|c| c.keep), Some(2));
+        let e = (job.clone().with_sinks(Sink::JsonLines(None), None)).unwrap_err();
+        assert!(e.to_string().contains("output must go to files"), "{e}");
+        let same = Sink::Csv(PathBuf::from("out.csv"));
+        let e = (job.clone().with_sinks(same.clone(), Some(same))).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sink and late both write to out.csv"),
+            "{e}"
+        );
+        let job = (job.with_checkpoint(None))
+            .and_then(|j| j.with_sinks(Sink::JsonLines(None), None))
+            .expect("stdout without checkpoints");
+        assert_eq!(job.sink(), &Sink::JsonLines(None));
     }
 
     #[test]
