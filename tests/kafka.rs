@@ -424,15 +424,17 @@ fn csv_messages_give_the_rows_of_the_same_events_in_a_file() {
     );
 }
 
-/// A job over a topic with checkpoints, killed in the middle of its third checkpoint,
-/// resumes from the second at its offsets and publishes exactly the rows of an
-/// uninterrupted run over the same readings.
+/// A job over two topics with checkpoints, killed in the middle of its third checkpoint,
+/// resumes from the second at the offsets of every topic's partitions and publishes
+/// exactly the rows of an uninterrupted run over the same readings.
 #[test]
 fn a_topic_job_killed_mid_checkpoint_resumes_at_its_offsets_exactly_once() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let topic = format!("crash-{}", std::process::id());
+    let other = format!("crash-other-{}", std::process::id());
     create_topic(&topic, 3);
-    let (mut messages, mut lines) = (Vec::new(), String::new());
+    create_topic(&other, 2);
+    let (mut messages, mut lines, mut others) = (Vec::new(), String::new(), Vec::new());
     for i in 0..3_000i64 {
         let line = format!(
             "{{\"ts\": {}, \"sensor\": {}, \"value\": {}.5}}",
@@ -442,9 +444,13 @@ fn a_topic_job_killed_mid_checkpoint_resumes_at_its_offsets_exactly_once() {
         );
         lines.push_str(&line);
         lines.push('\n');
-        messages.push(((i % 3) as i32, line));
+        match i % 4 {
+            3 => others.push(((i % 2) as i32, line)),
+            _ => messages.push(((i % 3) as i32, line)),
+        }
     }
     produce(&topic, &messages);
+    produce(&other, &others);
     let file = dir.path().join("readings.jsonl");
     std::fs::write(&file, lines).expect("writing the file");
     let out = run(&job(
@@ -459,7 +465,8 @@ fn a_topic_job_killed_mid_checkpoint_resumes_at_its_offsets_exactly_once() {
     );
 
     let source = format!(
-        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\nstop = \"end\"",
+        "kind = \"kafka\"\nbootstrap = \"{}\"\ntopics = [\"{topic}\", \"{other}\"]\n\
+         stop = \"end\"",
         broker()
     );
     let afresh = job(dir.path(), "afresh", &source);
@@ -501,10 +508,11 @@ fn a_topic_job_killed_mid_checkpoint_resumes_at_its_offsets_exactly_once() {
         })
         .collect();
     produce(&topic, &more);
+    produce(&other, &more[..2]);
     let out = run(&afresh);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("events in        30\n"), "{log}");
+    assert!(log.contains("events in        32\n"), "{log}");
 }
 
 /// A job that runs until stopped: one of three partitions never gets a message, yet after
