@@ -444,6 +444,10 @@ mod tests {
             plain.intern(&cols, rows, &mut want).unwrap();
             spilling.intern(&cols, rows, &mut got).unwrap();
             assert_eq!(got, want, "batch {b}");
+            // The ids give back the batch's own key columns.
+            for (col, (_, back)) in cols.iter().zip(spilling.columns(&got).unwrap()) {
+                assert_eq!(col.as_ref(), back.as_ref(), "batch {b}");
+            }
             if rng.below(3) == 0 {
                 spilling.spill(|| Ok(dir.path().join("keys"))).unwrap();
                 assert_eq!(spilling.spillable_bytes(), 0);
@@ -476,6 +480,20 @@ mod tests {
             let n: Int32Array = keys.iter().map(|&k| Some((k / 2500) as i32)).collect();
             vec![Arc::new(s), Arc::new(n)]
         });
+        // One string column, null and "" among the keys, of each string type.
+        for ty in [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View] {
+            check_spilling(&[("s".into(), ty.clone())], |rng| {
+                let n = 1 + rng.below(500) as usize;
+                let s: StringArray = (0..n)
+                    .map(|_| match rng.below(50) {
+                        0 => None,
+                        1 => Some(String::new()),
+                        _ => Some(format!("art-{:06}", rng.below(3000))),
+                    })
+                    .collect();
+                vec![cast(&s, &ty).unwrap()]
+            });
+        }
         let ints = [("a".into(), DataType::Int64)];
         check_spilling(&ints, |rng| {
             let n = 1 + rng.below(500) as usize;
