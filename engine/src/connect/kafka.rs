@@ -1,18 +1,19 @@
 //! Kafka source: every partition of its topics, each a source partition with its own
 //! watermark. Messages are JSON objects or CSV records (`format`), decoded column-wise into
 //! batches of the declared schema; one that does not decode goes to the dead-letter output
-//! with its partition, offset and reason. With `[time] column = "_kafka_timestamp"`, the messages' own
-//! timestamps are that column.
+//! with its partition, offset and reason. With `[time] column = "_kafka_timestamp"`, the
+//! messages' own timestamps are that column.
 //!
 //! Offsets live in the job's checkpoints: the position after a batch holds each
 //! partition's next offset, and a restored job assigns the partitions at those offsets (no
 //! auto-commit). Once a checkpoint completes, its offsets are committed to the consumer
 //! group too, for lag monitoring and for a job started afresh: without a checkpoint a
 //! partition starts where the group left it, else at its first offset, its end, or the
-//! first message stamped at or after a time (`start`). With `stop = "end"` the source ends once every partition reached the
-//! end it had when the job started; otherwise it runs until the process is stopped, and
-//! while no message arrives it hands on empty batches, which let the job's processing time
-//! advance (idle partitions, windows that close when the input goes quiet).
+//! first message stamped at or after a time (`start`). With `stop = "end"` the source ends
+//! once every partition reached the end it had when the job started; otherwise it runs
+//! until the process is stopped, and while no message arrives it hands on empty batches,
+//! which let the job's processing time advance (idle partitions, windows that close when
+//! the input goes quiet).
 
 use std::time::{Duration, Instant};
 
