@@ -1,7 +1,8 @@
 //! Key interning: key columns of a batch to dense `u32` key ids, and ids back to columns.
 //!
-//! One integer column takes a fast path (a hash map from `i64`). Anything else (strings,
-//! several columns) is row-encoded with `arrow::row` and interned by its bytes, which are
+//! One integer column takes a fast path (a hash map from `i64`), and one string column
+//! another (its bytes, hashed and stored as they are). Anything else (several columns) is
+//! row-encoded with `arrow::row` and interned by its bytes. Either way a key's bytes are
 //! stored once in an arena. A null key is a key of its own.
 //!
 //! Under a memory budget the dictionary can [spill](KeyInterner::spill): the keys it gained
@@ -34,6 +35,18 @@ enum Interner {
         /// The value of each id in memory (0 for the null key's), from the first.
         values: Vec<i64>,
     },
+    /// One string column: each key's bytes after a tag byte (1) in `arena`, the null key's
+    /// empty, in id order from the first in memory.
+    Str {
+        ty: DataType,
+        /// Ids in memory, less the first (not the null key's).
+        table: HashTable<u32>,
+        hasher: DefaultHashBuilder,
+        arena: Vec<u8>,
+        ends: Vec<usize>,
+        /// The id of the null key, once seen.
+        null: Option<u32>,
+    },
     /// Row-encoded keys, bytes stored once in `arena`, in id order from the first in memory.
     Rows {
         converter: RowConverter,
@@ -49,6 +62,16 @@ enum Interner {
 fn slice<'a>(arena: &'a [u8], ends: &[usize], i: u32) -> &'a [u8] {
     let start = if i == 0 { 0 } else { ends[i as usize - 1] };
     &arena[start..ends[i as usize]]
+}
+
+/// Stores a new key's bytes in the arena; its id.
+fn push(arena: &mut Vec<u8>, ends: &mut Vec<usize>, len: &mut u32, key: &[u8]) -> u32 {
+    reserve_gently(arena, key.len());
+    arena.extend_from_slice(key);
+    reserve_gently(ends, 1);
+    ends.push(arena.len());
+    *len += 1;
+    *len - 1
 }
 
 /// Makes room for `more` items in a vector that grows by an eighth, not by doubling, so
@@ -121,6 +144,21 @@ impl KeyInterner {
                 null: None,
                 values: Vec::new(),
             },
+            [(_, ty)]
+                if matches!(
+                    ty,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) =>
+            {
+                Interner::Str {
+                    ty: ty.clone(),
+                    table: HashTable::new(),
+                    hasher: DefaultHashBuilder::default(),
+                    arena: Vec::new(),
+                    ends: Vec::new(),
+                    null: None,
+                }
+            }
             _ => Interner::Rows {
                 converter: RowConverter::new(
                     fields
@@ -169,6 +207,9 @@ impl KeyInterner {
             Interner::Int { ids, values, .. } => ids.capacity() * 16 + values.capacity() * 8,
             Interner::Rows {
                 table, arena, ends, ..
+            }
+            | Interner::Str {
+                table, arena, ends, ..
             } => table.capacity() * 4 + arena.capacity() + ends.capacity() * 8,
         };
         held + self.disk.as_ref().map_or(0, DiskKeys::found_bytes)
@@ -200,6 +241,9 @@ impl KeyInterner {
                 *values = Vec::new();
             }
             Interner::Rows {
+                table, arena, ends, ..
+            }
+            | Interner::Str {
                 table, arena, ends, ..
             } => {
                 disk.flush((0..ends.len() as u32).map(|i| slice(arena, ends, i)))?;
@@ -274,6 +318,48 @@ impl KeyInterner {
                     out.push(id);
                 }
             }
+            Interner::Str {
+                ty,
+                table,
+                hasher,
+                arena,
+                ends,
+                null,
+            } => {
+                let col = &cols[0];
+                let values: Box<dyn Iterator<Item = Option<&str>>> = match ty {
+                    DataType::Utf8 => Box::new(col.as_string::<i32>().iter()),
+                    DataType::LargeUtf8 => Box::new(col.as_string::<i64>().iter()),
+                    _ => Box::new(col.as_string_view().iter()),
+                };
+                for value in values {
+                    let Some(value) = value.map(str::as_bytes) else {
+                        let id = match *null {
+                            Some(id) => id,
+                            None => recall(disk, &[], || push(arena, ends, len, &[]))?,
+                        };
+                        *null = Some(id);
+                        out.push(id);
+                        continue;
+                    };
+                    let hash = hasher.hash_one(value);
+                    let found = table.find(hash, |&i| &slice(arena, ends, i)[1..] == value);
+                    let id = match found {
+                        Some(&i) => base + i,
+                        None => {
+                            let key = [&[1u8][..], value].concat();
+                            let id = recall(disk, &key, || push(arena, ends, len, &key))?;
+                            if id >= base {
+                                table.insert_unique(hash, id - base, |&i| {
+                                    hasher.hash_one(&slice(arena, ends, i)[1..])
+                                });
+                            }
+                            id
+                        }
+                    };
+                    out.push(id);
+                }
+            }
             Interner::Rows {
                 converter,
                 table,
@@ -290,16 +376,11 @@ impl KeyInterner {
                     let id = match table.find(hash, |&i| slice(arena, ends, i) == bytes) {
                         Some(&i) => base + i,
                         None => recall(disk, bytes, || {
-                            reserve_gently(arena, bytes.len());
-                            arena.extend_from_slice(bytes);
-                            reserve_gently(ends, 1);
-                            ends.push(arena.len());
-                            let i = ends.len() as u32 - 1;
-                            table.insert_unique(hash, i, |&i| {
+                            let id = push(arena, ends, len, bytes);
+                            table.insert_unique(hash, id - base, |&i| {
                                 hasher.hash_one(slice(arena, ends, i))
                             });
-                            *len += 1;
-                            *len - 1
+                            id
                         })?,
                     };
                     out.push(id);
@@ -331,6 +412,30 @@ impl KeyInterner {
                                 Error::Internal(format!("key {id} on disk is not an integer"))
                             })?;
                         col.append_value(i64::from_le_bytes(v));
+                    }
+                }
+                vec![cast(&col.finish(), ty).map_err(|e| Error::arrow("key column", e))?]
+            }
+            Interner::Str {
+                ty, arena, ends, ..
+            } => {
+                let mut col = arrow::array::StringBuilder::new();
+                for &id in ids {
+                    let spilled;
+                    let key = if id >= base {
+                        slice(arena, ends, id - base)
+                    } else {
+                        let disk = self.disk.as_mut();
+                        spilled = disk.map(|d| d.key(id).map(<[u8]>::to_vec)).transpose()?;
+                        spilled.as_deref().unwrap_or_default()
+                    };
+                    match key.split_first() {
+                        None => col.append_null(),
+                        Some((_, text)) => {
+                            col.append_value(std::str::from_utf8(text).map_err(|e| {
+                                Error::Internal(format!("key {id} is not UTF-8: {e}"))
+                            })?)
+                        }
                     }
                 }
                 vec![cast(&col.finish(), ty).map_err(|e| Error::arrow("key column", e))?]
@@ -414,6 +519,25 @@ mod tests {
             &StringArray::from(vec![Some("y"), None]) as &dyn Array
         );
         assert_eq!(k.len(), 3);
+
+        // One string column: the null key and the empty string are two keys.
+        let mut k = KeyInterner::new(&[("s".into(), DataType::LargeUtf8)]).unwrap();
+        let s: ArrayRef = Arc::new(arrow::array::LargeStringArray::from(vec![
+            Some("b"),
+            None,
+            Some(""),
+            Some("b"),
+            None,
+            Some("é"),
+        ]));
+        k.intern(&[s], 6, &mut ids).unwrap();
+        assert_eq!(ids, vec![0, 1, 2, 0, 1, 3]);
+        let back = k.columns(&[3, 2, 1, 0]).unwrap();
+        assert_eq!(
+            back[0].1.as_ref(),
+            &arrow::array::LargeStringArray::from(vec![Some("é"), Some(""), None, Some("b")])
+                as &dyn Array
+        );
     }
 
     #[test]
@@ -480,7 +604,7 @@ mod tests {
             let n: Int32Array = keys.iter().map(|&k| Some((k / 2500) as i32)).collect();
             vec![Arc::new(s), Arc::new(n)]
         });
-        // One string column, null and "" among the keys, of each string type.
+        // One string column (its own path), null and "" among the keys, of each type.
         for ty in [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View] {
             check_spilling(&[("s".into(), ty.clone())], |rng| {
                 let n = 1 + rng.below(500) as usize;

@@ -23,11 +23,16 @@ impl SharedBudget {
         })
     }
 
-    /// What shard `s` may hold now: the budget less what the other shards hold.
-    fn allowance(&self, s: usize) -> u64 {
+    /// What shard `s`, which holds `held` now, may hold: the budget less what the other
+    /// shards hold. It says what it holds before it looks at the others (both sequentially
+    /// consistent): of two shards that grew at once, the later to look sees the other's
+    /// growth and makes room for it, where reading first would let each take the whole of
+    /// what was left and together go over.
+    fn allowance(&self, s: usize, held: u64) -> u64 {
+        self.held[s].store(held, Ordering::SeqCst);
         let others: u64 = (self.held.iter().enumerate())
             .filter(|&(t, _)| t != s)
-            .map(|(_, h)| h.load(Ordering::Relaxed))
+            .map(|(_, h)| h.load(Ordering::SeqCst))
             .sum();
         self.total.saturating_sub(others)
     }
@@ -44,12 +49,12 @@ impl Shard {
         let Some((shared, me)) = &core.budget else {
             return Ok(());
         };
-        let budget = shared.allowance(*me);
         let sessions = |s: &Option<&mut Sessions>| s.as_ref().map_or(0, |s| s.bytes()) as u64;
         let held = |b: &dyn Backend, k: &KeyInterner, s: &Option<&mut Sessions>| {
             (b.state_bytes() + k.bytes()) as u64 + sessions(s)
         };
         let mut index = index;
+        let budget = shared.allowance(*me, held(core.backend.as_ref(), &core.interner, &index));
         // The index of open sessions grows by doubling (a hash map and heaps): room is left
         // for it to double before the next spill.
         if held(core.backend.as_ref(), &core.interner, &index) + sessions(&index) <= budget {
@@ -99,7 +104,7 @@ impl Shard {
     /// Tells the other shards what this one holds now.
     fn note_held(&self) -> Result<()> {
         if let Some((shared, me)) = &self.core.budget {
-            shared.held[*me].store(self.state_bytes(), Ordering::Relaxed);
+            shared.held[*me].store(self.state_bytes(), Ordering::SeqCst);
         }
         Ok(())
     }
