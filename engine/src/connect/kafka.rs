@@ -406,6 +406,19 @@ impl Source for KafkaSource {
             Position::Kafka { offsets } => {
                 // Partitions the checkpoint does not name (new ones) start as `start` says.
                 for (t, p, offset) in offsets {
+                    // A checkpoint from before topics were named: the one topic.
+                    let t = match (t.is_empty(), self.spec.topics.as_slice()) {
+                        (false, _) => t,
+                        (true, [one]) => one,
+                        (true, _) => {
+                            return Err(self.error(
+                                "the checkpoint names no topics (it predates sources of \
+                                 several topics); resume it with the one topic it read, or \
+                                 run with --fresh"
+                                    .into(),
+                            ));
+                        }
+                    };
                     let Some(i) = (self.parts.iter()).position(|part| (&part.0, part.1) == (t, *p))
                     else {
                         return Err(self.error(format!(

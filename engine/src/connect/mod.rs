@@ -49,7 +49,10 @@ pub enum Position {
     },
     /// Kafka topics: the next offset of each partition.
     Kafka {
-        /// (topic, partition, next offset), by topic and partition.
+        /// (topic, partition, next offset), by topic and partition. The topic is empty in
+        /// checkpoints written before sources read several topics (`[partition, offset]`):
+        /// the source's one topic.
+        #[serde(deserialize_with = "kafka_offsets")]
         offsets: Vec<(String, i32, i64)>,
     },
     /// A service's own source: whatever it needs to resume (offsets, a cursor), as text.
@@ -64,6 +67,26 @@ pub enum Position {
         /// Rows per batch, which decide how batches are dealt to partitions.
         batch_rows: usize,
     },
+}
+
+/// Kafka offsets as checkpoints hold them: `[topic, partition, offset]`, or
+/// `[partition, offset]` from before topics were named.
+fn kafka_offsets<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<(String, i32, i64)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Named(String, i32, i64),
+        Bare(i32, i64),
+    }
+    let entries = Vec::<Entry>::deserialize(d)?;
+    Ok((entries.into_iter())
+        .map(|e| match e {
+            Entry::Named(t, p, o) => (t, p, o),
+            Entry::Bare(p, o) => (String::new(), p, o),
+        })
+        .collect())
 }
 
 impl std::fmt::Display for Position {
@@ -382,5 +405,23 @@ impl<R: Iterator<Item = Result<Decoded, ArrowError>>> FileSequence<R> {
             self.discard = skip - skipped.min(skip);
             self.reader = Some((reader, path.display().to_string(), skip));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Position;
+
+    #[test]
+    fn kafka_positions_name_their_topics_and_older_ones_still_read() {
+        let now = Position::Kafka {
+            offsets: vec![("clicks".into(), 0, 5), ("views".into(), 1, 7)],
+        };
+        let text = serde_json::to_string(&now).unwrap();
+        assert_eq!(serde_json::from_str::<Position>(&text).unwrap(), now);
+        let before: Position =
+            serde_json::from_str(r#"{"kind": "kafka", "offsets": [[0, 5], [1, 7]]}"#).unwrap();
+        let want = vec![(String::new(), 0, 5), (String::new(), 1, 7)];
+        assert_eq!(before, Position::Kafka { offsets: want });
     }
 }
