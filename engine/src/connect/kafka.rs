@@ -347,7 +347,7 @@ impl Source for KafkaSource {
             };
             // Then what is fetched already, up to a batch, without waiting or reading the
             // clock for each message.
-            let multi = self.parts.len() > 1 && self.spec.topics.len() > 1;
+            let multi = self.spec.topics.len() > 1;
             let (parts, next, end, spec) = (&self.parts, &self.next, &self.end, &self.spec);
             let (pending, stamps) = (&mut self.pending, &mut self.stamps);
             let (mut polled, mut taken) = (Some(first), 0);

@@ -319,20 +319,18 @@ impl KeyInterner {
                 }
             }
             Interner::Str {
-                ty,
                 table,
                 hasher,
                 arena,
                 ends,
                 null,
+                ..
             } => {
-                let col = &cols[0];
-                let values: Box<dyn Iterator<Item = Option<&str>>> = match ty {
-                    DataType::Utf8 => Box::new(col.as_string::<i32>().iter()),
-                    DataType::LargeUtf8 => Box::new(col.as_string::<i64>().iter()),
-                    _ => Box::new(col.as_string_view().iter()),
-                };
-                for value in values {
+                // As Utf8 (no copy when it is): one loop, without a call through a
+                // trait object for each row.
+                let col =
+                    cast(&cols[0], &DataType::Utf8).map_err(|e| Error::arrow("key column", e))?;
+                for value in col.as_string::<i32>() {
                     let Some(value) = value.map(str::as_bytes) else {
                         let id = match *null {
                             Some(id) => id,
