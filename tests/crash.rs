@@ -16,6 +16,9 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::properties::WriterProperties;
 use tempfile::TempDir;
 
+mod support;
+use support::s3_endpoint;
+
 const CHECKPOINT: &str = r#"
 [checkpoint]
 dir = 'DIR/chk'
@@ -167,36 +170,8 @@ fn outputs(job: &str) -> Vec<&'static str> {
 fn panes() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
     cmd.env("RUST_LOG", "info");
-    if let Some(endpoint) = S3.get() {
-        cmd.env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "panes")
-            .env("AWS_SECRET_ACCESS_KEY", "panes")
-            .env("AWS_REGION", "us-east-1");
-    }
+    support::with_s3(&mut cmd);
     cmd
-}
-
-/// The endpoint of the S3-protocol object store the tests start on loopback.
-static S3: OnceLock<String> = OnceLock::new();
-
-/// Starts the object store (moto's server, by `tests/s3/server.sh`, with bucket `panes`)
-/// once, and returns its endpoint.
-fn s3_endpoint() -> &'static str {
-    S3.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("tests/s3/server.sh"))
-            .arg(root.join("target/s3"))
-            .output()
-            .expect("running tests/s3/server.sh");
-        assert!(
-            out.status.success(),
-            "tests/s3/server.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    })
 }
 
 /// Arguments of every `panes run`: a generator deals batches to partitions, so every run

@@ -13,6 +13,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+mod support;
+
 /// The broker's address: `KAFKA_BOOTSTRAP`, or one started for this test binary.
 fn broker() -> &'static str {
     static BROKER: OnceLock<String> = OnceLock::new();
@@ -1131,4 +1133,150 @@ fn last_revisions(rows: &[String]) -> Vec<String> {
         }
     }
     last.into_values().map(|(_, v)| v.to_string()).collect()
+}
+
+/// A hop job with lateness over a keyed 4-partition topic (a sensor always in the same
+/// partition), scaled out (`scale_out = true`, `stop = "end"`, checkpoints in the
+/// S3-protocol object store, rows to a topic): one process alone, and three processes in
+/// a group of their own, one of them stopped mid-run and a fourth started once the others
+/// took its partitions over. The committed output of the group is the lone process's,
+/// each row once: the stopped process's partitions went to the others, which resumed
+/// them from its last checkpoints. (Stopped by SIGTERM, not SIGKILL: the test broker
+/// never expires a dead member's session, so the group would wait for it forever; a
+/// partition's job killed mid-checkpoint is the single process's crash tests.)
+#[test]
+fn processes_of_a_group_share_the_partitions_and_together_give_one_process_rows() {
+    support::s3_endpoint();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let pid = std::process::id();
+    let input = format!("scale-in-{pid}");
+    create_topic(&input, 4);
+    let mut sent = Vec::new();
+    for i in 0..48_000i64 {
+        let late = if i % 89 == 0 { 6_000 } else { 0 };
+        let sensor = i % 12;
+        let line = format!(
+            "{{\"ts\": {}, \"sensor\": {sensor}, \"value\": {}.5}}",
+            1_700_000_000_000 + i * 25 - late,
+            i % 17
+        );
+        sent.push(((sensor % 4) as i32, line));
+    }
+    produce(&input, &sent);
+    // One job file per run: its own group, checkpoints and output topic.
+    let job_of = |name: &str| {
+        let output = format!("scale-out-{name}-{pid}");
+        create_topic(&output, 2);
+        let text = JOB
+            .replace(
+                "SOURCE",
+                &format!(
+                    "kind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{input}\"\n\
+                     group = \"scale-{name}-{pid}\"\nscale_out = true\nstop = \"end\"",
+                    broker()
+                ),
+            )
+            .replace(
+                "[window]\nkind = \"tumble\"\nsize = \"1m\"",
+                "[window]\nkind = \"hop\"\nsize = \"1m\"\nslide = \"20s\"",
+            )
+            .replace(
+                "max_out_of_orderness = \"5s\"",
+                "max_out_of_orderness = \"2s\"\nallowed_lateness = \"10s\"",
+            );
+        let start = text.find("[sink]").expect("a sink");
+        let text = format!(
+            "{}[sink]\nkind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{output}\"\n\n\
+             [checkpoint]\ndir = 's3://panes/tests/scale-{name}-{pid}'\nevery_events = 1000\n",
+            &text[..start],
+            broker()
+        );
+        assert!(text.contains("slide") && text.contains("allowed_lateness"));
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("writing a job");
+        (path, output)
+    };
+    // A process's log goes to a file of its own.
+    let spawn = |job: &Path, name: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
+        cmd.arg("run")
+            .arg(job)
+            .args(["--batch-rows", "200"])
+            .env("RUST_LOG", "info");
+        support::with_s3(&mut cmd);
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("panes runs");
+        (child, log)
+    };
+    let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+    let wait = |(mut child, log): (std::process::Child, PathBuf)| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        while child.try_wait().expect("waiting").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (child.wait().expect("waiting"), read(&log))
+    };
+
+    let (alone, alone_out) = job_of("alone");
+    let (status, log) = wait(spawn(&alone, "alone"));
+    assert!(status.success(), "{log}");
+    let want = messages(&alone_out, 2);
+    assert!(
+        want.iter().any(|r| r.contains("\"revision\":1")),
+        "revisions: {want:?}"
+    );
+
+    let (group, group_out) = job_of("group");
+    let first = spawn(&group, "first");
+    let doomed = spawn(&group, "doomed");
+    let third = spawn(&group, "third");
+    // Killed once it checkpointed a partition it was given.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !read(&doomed.1).contains(" INFO panes_engine::run: checkpoint ") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint in the second process: {}",
+            read(&doomed.1)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = Command::new("kill")
+        .args(["-TERM", &doomed.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    let (status, log) = wait(doomed);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("holds the open windows"), "{log}");
+    // The others take its partitions over once the group noticed it died.
+    let assigned = |p: &(std::process::Child, PathBuf)| read(&p.1).matches(": assigned;").count();
+    let before = assigned(&first) + assigned(&third);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while assigned(&first) + assigned(&third) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the others were not given the partitions of the process that died:\n{}\n{}",
+            read(&first.1),
+            read(&third.1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let late_comer = spawn(&group, "late");
+    let ended: Vec<_> = [first, third, late_comer].into_iter().map(wait).collect();
+    for (status, log) in &ended {
+        assert!(status.success(), "{log}");
+        assert!(log.contains(": assigned; its job starts"), "{log}");
+    }
+    let got = messages(&group_out, 2);
+    let mut unique = got.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), got.len(), "a row twice");
+    assert_eq!(last_revisions(&got), last_revisions(&want));
 }

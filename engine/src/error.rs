@@ -79,6 +79,13 @@ pub enum Error {
         /// What it said.
         message: String,
     },
+    /// A newer run of the same job took over a Kafka sink's transactions (another
+    /// process was given the partition, see `scale_out`): this run must stop writing.
+    #[error("sink {sink}: fenced: another run of the job took over its transactions")]
+    Fenced {
+        /// The sink.
+        sink: String,
+    },
     /// The data plane failed: no GPU adapter, a lost device, a GPU validation error.
     #[error(transparent)]
     Backend(#[from] panes_kernels::Error),

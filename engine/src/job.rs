@@ -422,6 +422,11 @@ pub struct SourceConfig {
     /// (a bounded run); by default the job runs until stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,
+    /// kafka: share the topics' partitions with the other processes of the `group` (the
+    /// group's assignment decides which process reads which partition), with the state,
+    /// checkpoints and output of each partition its own. Needs `[checkpoint]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_out: Option<bool>,
 }
 
 /// `[time]`.
@@ -605,6 +610,11 @@ pub struct KafkaSpec {
     /// Add the messages' own timestamps as column [`KAFKA_TIMESTAMP`] (when it is the
     /// event time).
     pub timestamp: bool,
+    /// Share the partitions with the group's other processes, each partition a job of its
+    /// own (`scale_out`).
+    pub scale_out: bool,
+    /// Read this one (topic, partition) only: a partition's own job under `scale_out`.
+    pub partition: Option<(String, i32)>,
 }
 
 /// Where a Kafka partition starts when neither a checkpoint nor the group's committed
@@ -834,6 +844,14 @@ impl Job {
         if let Some(c) = &self.checkpoint {
             c.check()?;
         }
+        if matches!(&self.source, Source::Kafka(k) if k.scale_out) && self.checkpoint.is_none() {
+            return Err(
+                "source.scale_out needs [checkpoint]: a partition that moves to another \
+                 process takes its state from the newest checkpoint (give every process the \
+                 same dir, e.g. an s3:// URL)"
+                    .into(),
+            );
+        }
         let sinks: Vec<(&str, &Sink)> = [
             ("sink", Some(&self.sink)),
             ("late", self.late.as_ref()),
@@ -869,6 +887,19 @@ impl Job {
     /// Where events come from.
     pub fn source(&self) -> &Source {
         &self.source
+    }
+
+    /// Every sink of the job: rows, then late events, dead letters and alerts where it has
+    /// them.
+    pub fn all_sinks(&self) -> impl Iterator<Item = &Sink> {
+        [
+            Some(&self.sink),
+            self.late.as_ref(),
+            self.dead_letter.as_ref(),
+        ]
+        .into_iter()
+        .chain([self.anomaly.as_ref().map(|a| &a.sink)])
+        .flatten()
     }
 
     /// The event-time column.
@@ -1217,6 +1248,7 @@ impl SourceConfig {
             ("format", self.format.is_some()),
             ("start", self.start.is_some()),
             ("stop", self.stop.is_some()),
+            ("scale_out", self.scale_out.is_some()),
         ];
         if self.kind == "kafka" {
             return self.kafka(&generator_keys);
@@ -1367,6 +1399,8 @@ impl SourceConfig {
             stop_at_end,
             on_malformed: self.on_malformed()?,
             timestamp: false,
+            scale_out: self.scale_out.unwrap_or(false),
+            partition: None,
         }))
     }
 
@@ -1820,6 +1854,17 @@ mod tests {
             };
             assert_eq!(k.start, want, "{start}");
         }
+        let scaled = Job::from_toml(&kafka(&format!("{ok}\nscale_out = true")), "job.toml");
+        let e = scaled.expect_err("scale-out without checkpoints");
+        assert!(
+            e.to_string()
+                .contains("source.scale_out needs [checkpoint]"),
+            "{e}"
+        );
+        let with_checkpoints = format!("{}\n[checkpoint]\ndir = \"c\"\n", kafka(ok))
+            .replace("topic = \"clicks\"", "topic = \"clicks\"\nscale_out = true");
+        let job = Job::from_toml(&with_checkpoints, "job.toml").expect("a scale-out job");
+        assert!(matches!(&job.source, Source::Kafka(k) if k.scale_out && k.partition.is_none()));
         let many = ok.replace("topic = \"clicks\"", "topics = [\"clicks\", \"views\"]");
         let job = Job::from_toml(&kafka(&many), "job.toml").expect("a kafka job");
         let Source::Kafka(k) = &job.source else {

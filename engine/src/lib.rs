@@ -23,6 +23,8 @@ pub mod job;
 mod operator;
 pub mod pipeline;
 pub mod run;
+#[cfg(feature = "kafka")]
+mod scale_out;
 pub mod sql;
 mod state;
 mod time;

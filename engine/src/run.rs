@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
-use crate::connect::sink::{open_parts, parts_dir};
+use crate::connect::sink::{STAGED, open_parts, parts_dir, staged_copy};
 use crate::connect::{
     Malformed, Position, Sink, SinkThread, Source, SourceBatch, dead_letter_batch,
     dead_letter_schema, open_sink, open_source,
 };
 use crate::error::{Error, Result};
-use crate::job::{Job, Trigger};
+use crate::job::{Job, KafkaSpec, Source as SourceSpec, Trigger};
 use crate::operator::Stats;
 use crate::pipeline::{Output, Pipeline};
 use crate::state::checkpoint::{self, CheckpointWriter, Commit, Manifest, Restore};
@@ -412,7 +412,10 @@ impl Outputs {
                 (None, Some(spec), Some(c)) => {
                     let dir = parts_dir(spec, &c.dir)
                         .ok_or_else(|| Error::Internal("a part-file sink without a path".into()))?;
-                    open_parts(spec, schema, committed, staged(&dir), dir)?
+                    if let Some(r) = restore {
+                        fetch_staged(r, &dir, staged(&dir))?;
+                    }
+                    open_parts(spec, schema, committed, staged(&dir), dir, &c.dir)?
                 }
             };
             Ok::<_, Error>(Some(sink))
@@ -512,6 +515,22 @@ impl Outputs {
     }
 }
 
+/// Copies the staged parts `parts` in `dir` that a checkpoint in an object store keeps
+/// (a Kafka sink's rows) and this machine lacks (the job ran elsewhere) into `dir`.
+fn fetch_staged(restore: &Restore, dir: &Path, parts: &[String]) -> Result<()> {
+    for part in parts {
+        let local = dir.join(format!("{STAGED}{part}"));
+        if local.exists() {
+            continue;
+        }
+        if let Some(bytes) = restore.get_remote(&staged_copy(dir, part))? {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io("creating", dir, e))?;
+            std::fs::write(&local, bytes).map_err(|e| Error::io("writing", &local, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Takes checkpoint `id`: stages the sinks' parts, writes the state and the manifest, then
 /// publishes the parts (the two phases of the commit).
 fn take_checkpoint(
@@ -541,6 +560,22 @@ fn take_checkpoint(
     })?;
     failpoint("staged", id);
     let mut writer = CheckpointWriter::begin(&c.dir, id)?;
+    if writer.is_remote() {
+        // A Kafka sink's staged rows are on this machine: the checkpoint keeps a copy.
+        let kafka = (job.all_sinks())
+            .filter(|s| matches!(s, crate::job::Sink::Kafka { .. }))
+            .filter_map(|s| parts_dir(s, &c.dir));
+        for dir in kafka {
+            for commit in sinks.iter().filter(|commit| commit.dir == dir) {
+                for part in &commit.parts {
+                    let staged = dir.join(format!("{STAGED}{part}"));
+                    let bytes =
+                        std::fs::read(&staged).map_err(|e| Error::io("reading", &staged, e))?;
+                    writer.put_remote(&staged_copy(&dir, part), bytes)?;
+                }
+            }
+        }
+    }
     let operator = pipeline.operator_mut().snapshot(&mut writer)?;
     failpoint("state", id);
     writer.commit(Manifest {
@@ -604,7 +639,20 @@ pub(crate) fn failpoint_named(point: &str) {
 /// With `[checkpoint]`, the job resumes from a checkpoint (see [`StartFrom`]), takes
 /// checkpoints as it goes and a last one at the end, and its sinks are part files
 /// committed by checkpoints: exactly once, whatever crashes in between.
-pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
+///
+/// A Kafka job with `scale_out` joins its consumer group and runs each partition it is
+/// given as a job of its own (see the README's scale-out section).
+pub fn run_job(job: &Job, opts: RunOptions) -> Result<Summary> {
+    #[cfg(feature = "kafka")]
+    if matches!(&job.source, SourceSpec::Kafka(k) if k.scale_out) {
+        return crate::scale_out::run(job, opts);
+    }
+    run_one(job, opts)
+}
+
+/// Runs a job in this process: all of its input, or one Kafka partition's under
+/// scale-out.
+pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let start = Instant::now();
     let restore = starting_point(job, &opts.start)?;
     let verified = start.elapsed();
@@ -645,10 +693,16 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     if let Some(budget) = budget {
         let dir = job.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
         crate::state::spill::remove_stale(&dir);
-        pipeline.memory_budget(
-            budget,
-            dir.join(format!("panes-spill-{}", std::process::id())),
-        );
+        // A partition's job under scale-out spills beside the others of its process.
+        let mut name = format!("panes-spill-{}", std::process::id());
+        if let SourceSpec::Kafka(KafkaSpec {
+            partition: Some((t, p)),
+            ..
+        }) = &job.source
+        {
+            name = format!("{name}-{t}-{p}");
+        }
+        pipeline.memory_budget(budget, dir.join(name));
     }
     let mut position = Position::Start;
     if let Some(r) = &restore {
@@ -819,7 +873,9 @@ pub fn run_job(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             outputs.malformed,
         ));
     }
-    if pipeline.stats().events_in == 0 {
+    // A partition of a topic may be empty; a job's whole input may not.
+    let one_partition = matches!(&job.source, SourceSpec::Kafka(k) if k.partition.is_some());
+    if pipeline.stats().events_in == 0 && !one_partition {
         return Err(Error::input(source_name, "the source holds no events"));
     }
     while !pipeline.finish_step()? {

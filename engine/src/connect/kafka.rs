@@ -15,6 +15,7 @@
 //! which let the job's processing time advance (idle partitions, windows that close when
 //! the input goes quiet).
 
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, TimestampMillisecondArray};
@@ -61,10 +62,22 @@ pub(super) struct KafkaSource {
     /// When the last message arrived (or the source was assigned, or it last said it
     /// waits).
     heard: Instant,
+    /// Where completed checkpoints' offsets go instead of to the group (a partition's job
+    /// under scale-out: the process's group member commits them).
+    commits: Option<Sender<Vec<(String, i32, i64)>>>,
 }
 
+/// Offsets that a partition's job checkpointed, for its group member to commit.
+pub(crate) type Commits = Sender<Vec<(String, i32, i64)>>;
+
 impl KafkaSource {
-    pub(super) fn open(spec: &KafkaSpec, batch_rows: usize) -> Result<KafkaSource> {
+    /// Opens the source: with `commits`, completed checkpoints' offsets go there instead
+    /// of to the group.
+    pub(super) fn open(
+        spec: &KafkaSpec,
+        batch_rows: usize,
+        commits: Option<Commits>,
+    ) -> Result<KafkaSource> {
         let at = || format!("kafka {}", spec.bootstrap);
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &spec.bootstrap)
@@ -103,6 +116,16 @@ impl KafkaSource {
             }
             ids.sort_unstable();
             parts.extend(ids.into_iter().map(|p| (name.clone(), p)));
+        }
+        if let Some(only) = &spec.partition {
+            parts.retain(|part| part == only);
+            if parts.is_empty() {
+                let (t, p) = only;
+                return Err(Error::input(
+                    at(),
+                    format!("topic {t} has no partition {p}"),
+                ));
+            }
         }
         let list = |offset: Offset| -> Result<TopicPartitionList> {
             let mut list = TopicPartitionList::new();
@@ -184,6 +207,7 @@ impl KafkaSource {
             end: spec.stop_at_end.then_some(end),
             assigned: false,
             heard: Instant::now(),
+            commits,
         })
     }
 
@@ -443,6 +467,11 @@ impl Source for KafkaSource {
         let Position::Kafka { offsets } = at else {
             return;
         };
+        if let Some(commits) = &self.commits {
+            // The member may be gone (the process stops): then nothing commits them.
+            let _ = commits.send(offsets.clone());
+            return;
+        }
         let mut list = TopicPartitionList::new();
         for (t, p, offset) in offsets {
             if list

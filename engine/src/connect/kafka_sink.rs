@@ -114,17 +114,25 @@ pub(crate) struct Publisher {
     topic: String,
     control: String,
     name: String,
+    /// What names the sink wherever its job runs (the checkpoints' root and the topic):
+    /// the transactional id and the markers' prefix.
+    identity: String,
     /// The markers of the parts published so far.
     published: std::collections::HashSet<String>,
 }
 
 impl Publisher {
-    pub(crate) fn open(bootstrap: &str, topic: &str, transactional_id: &str) -> Result<Publisher> {
+    /// Opens the publisher of the sink named `identity` (see [`parts_identity`]): the same
+    /// on every machine that runs its job, so that a new run fences the old one's
+    /// transaction and finds its markers.
+    ///
+    /// [`parts_identity`]: super::sink::parts_identity
+    pub(crate) fn open(bootstrap: &str, topic: &str, identity: &str) -> Result<Publisher> {
         let name = format!("kafka topic {topic} at {bootstrap}");
         let control = format!("{topic}.panes-commits");
         let producer: BaseProducer<Deliveries> = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            .set("transactional.id", transactional_id)
+            .set("transactional.id", format!("panes:{identity}"))
             .set("transaction.timeout.ms", "10000")
             .create_with_context(Deliveries::default())
             .map_err(|e| Error::input(&name, format!("cannot create a producer: {e}")))?;
@@ -138,6 +146,7 @@ impl Publisher {
             topic: topic.to_string(),
             control,
             name,
+            identity: identity.to_string(),
             published,
         })
     }
@@ -149,7 +158,7 @@ impl Publisher {
             return Ok(());
         }
         let text = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
-        let fail = |e: rdkafka::error::KafkaError| Error::input(&self.name, format!("{e}"));
+        let fail = |e: rdkafka::error::KafkaError| transaction_error(&self.name, e);
         self.producer.begin_transaction().map_err(fail)?;
         send_lines(&self.producer, &self.topic, &text, &self.name)?;
         let mark = BaseRecord::<(), [u8]>::to(&self.control).payload(marker.as_bytes());
@@ -163,6 +172,33 @@ impl Publisher {
     }
 }
 
+/// A failed transaction call as an error: [`Error::Fenced`] when a newer producer of the
+/// same transactional id took over.
+fn transaction_error(name: &str, e: rdkafka::error::KafkaError) -> Error {
+    use rdkafka::types::RDKafkaErrorCode::{Fenced, InvalidProducerEpoch, ProducerFenced};
+    match e.rdkafka_error_code() {
+        Some(Fenced | ProducerFenced | InvalidProducerEpoch) => Error::Fenced {
+            sink: name.to_string(),
+        },
+        _ => Error::input(name, format!("{e}")),
+    }
+}
+
+/// Takes over the transactions of the sink named `identity` (see [`Publisher::open`]):
+/// a run elsewhere that still sends its rows can commit no more of them, and its open
+/// transaction is aborted.
+pub(crate) fn fence(bootstrap: &str, topic: &str, identity: &str) -> Result<()> {
+    let name = format!("kafka topic {topic} at {bootstrap}");
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", format!("panes:{identity}"))
+        .create()
+        .map_err(|e| Error::input(&name, format!("cannot create a producer: {e}")))?;
+    producer
+        .init_transactions(FLUSH)
+        .map_err(|e| Error::input(&name, format!("taking over transactions: {e}")))
+}
+
 /// Sends a record, waiting while the producer's queue is full.
 fn send(
     producer: &BaseProducer<Deliveries>,
@@ -174,7 +210,10 @@ fn send(
             e.rdkafka_error_code(),
             Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
         ) {
-            return Err(Error::input(name, format!("sending a row: {e}")));
+            return Err(match transaction_error(name, e.clone()) {
+                Error::Fenced { sink } => Error::Fenced { sink },
+                _ => Error::input(name, format!("sending a row: {e}")),
+            });
         }
         producer.poll(Duration::from_millis(10));
         record = r;
@@ -189,7 +228,8 @@ impl super::sink::Publish for Publisher {
         for name in parts {
             let staged = dir.join(format!(".staged-{name}"));
             if staged.exists() {
-                self.send_part(&staged, name, &format!("{}/{name}", dir.display()))?;
+                let marker = format!("{}/{name}", self.identity);
+                self.send_part(&staged, name, &marker)?;
                 // Crash tests: killed with the transaction committed, the part still here.
                 crate::run::failpoint_named(&format!("kafka-committed:{name}"));
                 std::fs::remove_file(&staged).map_err(|e| Error::io("removing", &staged, e))?;

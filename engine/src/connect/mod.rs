@@ -5,6 +5,10 @@ mod generator;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]
+pub(crate) use kafka::Commits;
+#[cfg(feature = "kafka")]
+pub(crate) use kafka_sink::fence;
+#[cfg(feature = "kafka")]
 mod kafka_sink;
 mod parquet;
 mod per_file;
@@ -253,7 +257,7 @@ pub fn open_source(
             }
         }
         #[cfg(feature = "kafka")]
-        SourceSpec::Kafka(k) => Ok(Box::new(kafka::KafkaSource::open(k, batch_rows)?)),
+        SourceSpec::Kafka(k) => Ok(Box::new(kafka::KafkaSource::open(k, batch_rows, None)?)),
         #[cfg(not(feature = "kafka"))]
         SourceSpec::Kafka(_) => Err(Error::Internal(
             "a kafka source in a build without the kafka feature".into(),
@@ -261,6 +265,21 @@ pub fn open_source(
         #[cfg(feature = "datasets")]
         SourceSpec::Generator(g) => Ok(Box::new(generator::GeneratorSource::new(g, batch_rows)?)),
     }
+}
+
+/// A partition's own Kafka source under scale-out (the spec names the partition): the
+/// offsets of its completed checkpoints go to `commits`, for the group member to commit.
+#[cfg(feature = "kafka")]
+pub(crate) fn kafka_partition(
+    spec: &crate::job::KafkaSpec,
+    batch_rows: usize,
+    commits: kafka::Commits,
+) -> Result<Box<dyn Source>> {
+    Ok(Box::new(kafka::KafkaSource::open(
+        spec,
+        batch_rows,
+        Some(commits),
+    )?))
 }
 
 /// The files a source path names: a file, a directory's `*.ext` files, or a glob; sorted.

@@ -153,7 +153,7 @@ pub struct FileSink {
 }
 
 /// The prefix of a staged part's file name.
-const STAGED: &str = ".staged-";
+pub(crate) const STAGED: &str = ".staged-";
 
 fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))
@@ -260,12 +260,45 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Box<dyn Sink>> {
 }
 
 /// The directory of a sink's part files: its path, or for a Kafka topic a staging
-/// directory in the checkpoint directory `checkpoints`.
+/// directory in the checkpoint directory `checkpoints`. Checkpoints in an object store
+/// stage a Kafka sink's rows in a directory of this machine's temporary directory, and
+/// keep a copy of each checkpoint's staged rows in the checkpoint itself (see
+/// [`staged_copy`]), so that a job resumed on another machine still sends them.
 pub fn parts_dir(spec: &SinkSpec, checkpoints: &Path) -> Option<PathBuf> {
     match spec {
-        SinkSpec::Kafka { topic, .. } => Some(checkpoints.join(format!("kafka-sink-{topic}"))),
+        SinkSpec::Kafka { topic, .. } => {
+            let name = format!("kafka-sink-{topic}");
+            Some(match crate::state::remote::local(checkpoints) {
+                Some(local) => local.join(name),
+                None => {
+                    let root: String = (checkpoints.to_string_lossy().chars())
+                        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                        .collect();
+                    std::env::temp_dir()
+                        .join("panes-staging")
+                        .join(root)
+                        .join(name)
+                }
+            })
+        }
         _ => spec.path().map(Path::to_path_buf),
     }
+}
+
+/// What names a Kafka sink's parts wherever its job runs: the checkpoints' root (a path or
+/// an object store URL, as the job file gives it) and the topic.
+pub fn parts_identity(topic: &str, checkpoints: &Path) -> String {
+    checkpoints
+        .join(format!("kafka-sink-{topic}"))
+        .display()
+        .to_string()
+}
+
+/// The name under which a checkpoint in an object store keeps a copy of staged part `part`
+/// of the Kafka sink whose parts are in `dir`.
+pub fn staged_copy(dir: &Path, part: &str) -> String {
+    let sink = dir.file_name().unwrap_or_default().to_string_lossy();
+    format!("{sink}-{part}")
 }
 
 /// Opens a sink of part files in `dir` (see [`parts_dir`]), after checkpoint `committed`
@@ -277,6 +310,7 @@ pub fn open_parts(
     committed: u64,
     staged: &[String],
     dir: PathBuf,
+    checkpoints: &Path,
 ) -> Result<Box<dyn Sink>> {
     create_dir(&dir)?;
     let mut publisher: Option<Box<dyn Publish>> = match spec {
@@ -284,7 +318,7 @@ pub fn open_parts(
         SinkSpec::Kafka { bootstrap, topic } => Some(Box::new(super::kafka_sink::Publisher::open(
             bootstrap,
             topic,
-            &format!("panes:{}", dir.display()),
+            &parts_identity(topic, checkpoints),
         )?)),
         _ => None,
     };

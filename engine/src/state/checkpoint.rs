@@ -263,6 +263,29 @@ impl CheckpointWriter {
         Ok(())
     }
 
+    /// Writes file `name` of raw bytes into an object store checkpoint (a sink's staged
+    /// rows, kept with the checkpoint).
+    pub fn put_remote(&mut self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let Some((remote, id)) = &self.remote else {
+            return Err(Error::Internal(format!(
+                "{name}: a copy of staged rows is only for checkpoints in an object store"
+            )));
+        };
+        let entry = FileEntry {
+            name: name.to_string(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+        };
+        remote.put(*id, name, bytes)?;
+        self.files.push(entry);
+        Ok(())
+    }
+
+    /// Whether the checkpoint goes to an object store.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     /// Writes the manifest last, durably: the checkpoint is complete when this returns.
     pub fn commit(self, mut manifest: Manifest) -> Result<()> {
         manifest.files = self.files;
@@ -483,6 +506,20 @@ impl Restore {
             manifest,
             remote,
         })
+    }
+}
+
+impl Restore {
+    /// Raw file `name` of a checkpoint in an object store (see
+    /// [`CheckpointWriter::put_remote`]); `None` when the manifest does not list it or the
+    /// checkpoint is on a disk.
+    pub fn get_remote(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match &self.remote {
+            Some(remote) if self.manifest.files.iter().any(|f| f.name == name) => {
+                remote.get(self.manifest.id, name)
+            }
+            _ => Ok(None),
+        }
     }
 }
 
