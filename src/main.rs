@@ -57,6 +57,11 @@ struct RunArgs {
     /// is printed).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Kafka scale-out (`scale_out = true`): this process's name in the consumer group,
+    /// unique among its processes (e.g. the host's or pod's name). Restarted under the
+    /// same name, a process takes its partitions back at once, without a rebalance.
+    #[arg(long, value_name = "NAME")]
+    member: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -309,6 +314,7 @@ impl RunArgs {
             fresh,
             memory_budget,
             metrics,
+            member,
         } = self;
         if batch_rows == 0 {
             bail!("--batch-rows must be at least 1");
@@ -358,6 +364,7 @@ impl RunArgs {
             })),
             stop: Some(stop_on_signals()?),
             connectors: Default::default(),
+            member,
         };
         let summary = run_job(job, opts);
         bar.finish_and_clear();

@@ -1138,12 +1138,14 @@ fn last_revisions(rows: &[String]) -> Vec<String> {
 /// A hop job with lateness over a keyed 4-partition topic (a sensor always in the same
 /// partition), scaled out (`scale_out = true`, `stop = "end"`, checkpoints in the
 /// S3-protocol object store, rows to a topic): one process alone, and three processes in
-/// a group of their own, one of them stopped mid-run and a fourth started once the others
-/// took its partitions over. The committed output of the group is the lone process's,
-/// each row once: the stopped process's partitions went to the others, which resumed
-/// them from its last checkpoints. (Stopped by SIGTERM, not SIGKILL: the test broker
-/// never expires a dead member's session, so the group would wait for it forever; a
-/// partition's job killed mid-checkpoint is the single process's crash tests.)
+/// a group of their own, each under a member name (`--member`). One of them is killed
+/// (SIGKILL) mid-run and restarted under its name, and takes its partitions back at once;
+/// then a fourth process joins, and the partitions are dealt again among the four. The
+/// committed output of the group is the lone process's, each row once: a partition that
+/// moved was resumed from the checkpoints its last owner wrote, and the killed process's
+/// open transactions were fenced. (Restarted under its name because the test broker never
+/// expires a dead member's session: without static membership the group would wait for
+/// it forever.)
 #[test]
 fn processes_of_a_group_share_the_partitions_and_together_give_one_process_rows() {
     support::s3_endpoint();
@@ -1202,7 +1204,7 @@ fn processes_of_a_group_share_the_partitions_and_together_give_one_process_rows(
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
         cmd.arg("run")
             .arg(job)
-            .args(["--batch-rows", "200"])
+            .args(["--batch-rows", "200", "--member", name])
             .env("RUST_LOG", "info");
         support::with_s3(&mut cmd);
         let child = cmd
@@ -1247,29 +1249,31 @@ fn processes_of_a_group_share_the_partitions_and_together_give_one_process_rows(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let stopped = Command::new("kill")
-        .args(["-TERM", &doomed.0.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(stopped.success());
+    let mut doomed = doomed;
+    doomed.0.kill().expect("SIGKILL");
     let (status, log) = wait(doomed);
-    assert!(status.success(), "{log}");
-    assert!(log.contains("holds the open windows"), "{log}");
-    // The others take its partitions over once the group noticed it died.
-    let assigned = |p: &(std::process::Child, PathBuf)| read(&p.1).matches(": assigned;").count();
-    let before = assigned(&first) + assigned(&third);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{log}"
+    );
+    let doomed = spawn(&group, "doomed");
+    // Restarted under the same member name, it is given its partitions back and resumes
+    // them where it checkpointed.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while assigned(&first) + assigned(&third) <= before {
+    while !read(&doomed.1).contains("resuming from checkpoint") {
         assert!(
             std::time::Instant::now() < deadline,
-            "the others were not given the partitions of the process that died:\n{}\n{}",
-            read(&first.1),
-            read(&third.1)
+            "the restarted process was not given partitions: {}",
+            read(&doomed.1)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     let late_comer = spawn(&group, "late");
-    let ended: Vec<_> = [first, third, late_comer].into_iter().map(wait).collect();
+    let ended: Vec<_> = [first, third, doomed, late_comer]
+        .into_iter()
+        .map(wait)
+        .collect();
     for (status, log) in &ended {
         assert!(status.success(), "{log}");
         assert!(log.contains(": assigned; its job starts"), "{log}");

@@ -143,6 +143,12 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// A service's own source and sinks, in place of those the job file names.
     pub connectors: Connectors,
+    /// Kafka scale-out: this process's member name in the group (static membership,
+    /// Kafka's `group.instance.id`), unique among the group's processes. A process
+    /// restarted under the same name takes its partitions back at once, without a
+    /// rebalance; a process without one that dies holds its partitions until the group
+    /// expires its session.
+    pub member: Option<String>,
 }
 
 /// A service's own source and sinks for [`run_job`]: each one given replaces the job
@@ -175,6 +181,7 @@ impl Default for RunOptions {
             progress: None,
             stop: None,
             connectors: Connectors::default(),
+            member: None,
         }
     }
 }

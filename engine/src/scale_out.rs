@@ -372,6 +372,7 @@ fn run_partition(
                 source: Some(source),
                 ..Connectors::default()
             },
+            member: None,
         },
     )
 }
@@ -469,7 +470,11 @@ pub(crate) fn run(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     }
     let share = parts.len().min(opts.threads.max(1));
     let (commits_tx, commits) = channel();
-    let member: BaseConsumer<Member> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    if let Some(name) = &opts.member {
+        config.set("group.instance.id", name);
+    }
+    let member: BaseConsumer<Member> = config
         .set("bootstrap.servers", &spec.bootstrap)
         .set("group.id", &spec.group)
         .set("enable.auto.commit", "false")
