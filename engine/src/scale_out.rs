@@ -112,7 +112,7 @@ struct Member {
     /// Partitions whose jobs another process fenced, and when: started again after
     /// [`RETRY`] if the group still says they are this process's.
     fenced: Mutex<BTreeMap<Part, Instant>>,
-    commits_tx: Mutex<Commits>,
+    commits_tx: Commits,
     commits: Mutex<Receiver<Vec<(String, i32, i64)>>>,
 }
 
@@ -130,7 +130,7 @@ impl Member {
         let options = self.options;
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Mutex::new(None));
-        let commits = lock(&self.commits_tx).clone();
+        let commits = self.commits_tx.clone();
         let (stopping, progressed) = (stop.clone(), progress.clone());
         let name = part_name(&part);
         tracing::info!("partition {name}: assigned; its job starts");
@@ -397,33 +397,6 @@ fn all_finished(job: &Job, parts: &[Part], finished: &mut BTreeSet<Part>) -> Res
     Ok(true)
 }
 
-/// Every partition of `spec`'s topics, sorted.
-fn partitions(spec: &KafkaSpec, at: &str) -> Result<Vec<Part>> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &spec.bootstrap)
-        .create()
-        .map_err(|e| Error::input(at, format!("cannot create a consumer: {e}")))?;
-    let mut parts = Vec::new();
-    for topic in &spec.topics {
-        let metadata = (probe.fetch_metadata(Some(topic), Duration::from_secs(10)))
-            .map_err(|e| Error::input(at, format!("cannot reach the brokers: {e}")))?;
-        let found = metadata.topics().iter().find(|t| t.name() == topic);
-        let ids: Vec<i32> = found
-            .filter(|t| t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if ids.is_empty() {
-            return Err(Error::input(
-                at,
-                format!("source.topic: {topic:?}: no such topic (or it has no partitions)"),
-            ));
-        }
-        parts.extend(ids.into_iter().map(|p| (topic.clone(), p)));
-    }
-    parts.sort();
-    Ok(parts)
-}
-
 /// Runs a scale-out job: joins the group and runs the partitions it is given, until
 /// stopped (or, with `stop = "end"`, until every partition finished).
 pub(crate) fn run(job: &Job, mut opts: RunOptions) -> Result<Summary> {
@@ -449,7 +422,11 @@ pub(crate) fn run(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     }
     // Every partition of the topics: what a bounded run waits for, and what shares the
     // process's threads and memory budget.
-    let parts = partitions(spec, &at)?;
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &spec.bootstrap)
+        .create()
+        .map_err(|e| Error::input(&at, format!("cannot create a consumer: {e}")))?;
+    let parts = crate::connect::kafka_partitions(&probe, spec)?;
     match &opts.start {
         StartFrom::Newest => {}
         StartFrom::Fresh => {
@@ -496,7 +473,7 @@ pub(crate) fn run(job: &Job, mut opts: RunOptions) -> Result<Summary> {
             tasks: Mutex::new(BTreeMap::new()),
             ended: Mutex::new(Vec::new()),
             fenced: Mutex::new(BTreeMap::new()),
-            commits_tx: Mutex::new(commits_tx),
+            commits_tx,
             commits: Mutex::new(commits),
         })
         .map_err(|e| Error::input(&at, format!("cannot join group {:?}: {e}", spec.group)))?;

@@ -90,33 +90,7 @@ impl KafkaSource {
             .create()
             .map_err(|e| Error::input(at(), format!("cannot create a consumer: {e}")))?;
         // The topics' partitions, in the order of the topics, each ascending.
-        let mut parts = Vec::new();
-        for name in &spec.topics {
-            let metadata = consumer.fetch_metadata(Some(name), TIMEOUT).map_err(|e| {
-                Error::input(
-                    at(),
-                    format!("cannot reach the brokers (in {TIMEOUT:?}): {e}"),
-                )
-            })?;
-            let topic = metadata.topics().iter().find(|t| t.name() == name);
-            let mut ids: Vec<i32> = topic
-                .filter(|t| t.error().is_none())
-                .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-                .unwrap_or_default();
-            if ids.is_empty() {
-                let key = if spec.topics.len() == 1 {
-                    "topic"
-                } else {
-                    "topics"
-                };
-                return Err(Error::input(
-                    at(),
-                    format!("source.{key}: {name:?}: no such topic (or it has no partitions)"),
-                ));
-            }
-            ids.sort_unstable();
-            parts.extend(ids.into_iter().map(|p| (name.clone(), p)));
-        }
+        let mut parts = partitions(&consumer, spec)?;
         if let Some(only) = &spec.partition {
             parts.retain(|part| part == only);
             if parts.is_empty() {
@@ -285,6 +259,40 @@ impl KafkaSource {
             malformed,
         })
     }
+}
+
+/// Every partition of `spec`'s topics, in the order of the topics, each ascending; an
+/// unknown topic is an error naming it.
+pub(crate) fn partitions(consumer: &BaseConsumer, spec: &KafkaSpec) -> Result<Vec<(String, i32)>> {
+    let at = || format!("kafka {}", spec.bootstrap);
+    let mut parts = Vec::new();
+    for name in &spec.topics {
+        let metadata = consumer.fetch_metadata(Some(name), TIMEOUT).map_err(|e| {
+            Error::input(
+                at(),
+                format!("cannot reach the brokers (in {TIMEOUT:?}): {e}"),
+            )
+        })?;
+        let topic = metadata.topics().iter().find(|t| t.name() == name);
+        let mut ids: Vec<i32> = topic
+            .filter(|t| t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if ids.is_empty() {
+            let key = if spec.topics.len() == 1 {
+                "topic"
+            } else {
+                "topics"
+            };
+            return Err(Error::input(
+                at(),
+                format!("source.{key}: {name:?}: no such topic (or it has no partitions)"),
+            ));
+        }
+        ids.sort_unstable();
+        parts.extend(ids.into_iter().map(|p| (name.clone(), p)));
+    }
+    Ok(parts)
 }
 
 /// `kafka topic clicks`, or `kafka topics clicks, views`.

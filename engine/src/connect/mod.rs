@@ -5,7 +5,7 @@ mod generator;
 #[cfg(feature = "kafka")]
 mod kafka;
 #[cfg(feature = "kafka")]
-pub(crate) use kafka::Commits;
+pub(crate) use kafka::{Commits, partitions as kafka_partitions};
 #[cfg(feature = "kafka")]
 pub(crate) use kafka_sink::fence;
 #[cfg(feature = "kafka")]
