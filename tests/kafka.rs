@@ -1284,3 +1284,92 @@ fn processes_of_a_group_share_the_partitions_and_together_give_one_process_rows(
     assert_eq!(unique.len(), got.len(), "a row twice");
     assert_eq!(last_revisions(&got), last_revisions(&want));
 }
+
+/// A checkpoint in the object store keeps its Kafka sink's staged rows: a job killed with
+/// a checkpoint's rows staged and their transaction open, resumed on "another machine"
+/// (another temporary directory, where the first one's staged rows are out of reach),
+/// sends them from the checkpoint, and a read_committed reader sees every row once.
+#[test]
+fn staged_rows_travel_with_checkpoints_in_an_object_store() {
+    use std::os::unix::process::ExitStatusExt;
+    support::s3_endpoint();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topic = format!("travel-{}", std::process::id());
+    create_topic(&topic, 2);
+    let lines: String = (0..2_000i64)
+        .map(|i| {
+            let ts = 1_700_000_000_000 + i * 150;
+            format!(
+                "{{\"ts\": {ts}, \"sensor\": {}, \"value\": {}.5}}\n",
+                i % 4,
+                i % 9
+            )
+        })
+        .collect();
+    let file = dir.path().join("readings.jsonl");
+    std::fs::write(&file, lines).expect("writing the file");
+    let job_with = |name: &str, sink: &str| {
+        let path = job(
+            dir.path(),
+            name,
+            &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
+        );
+        let text = std::fs::read_to_string(&path).expect("the job");
+        let start = text.find("[sink]").expect("a sink");
+        let end = text.find("[dead_letter]").expect("a dead letter sink");
+        let text = format!("{}{sink}\n{}", &text[..start], &text[end..]);
+        std::fs::write(&path, text).expect("writing the job");
+        path
+    };
+    let rows = dir.path().join("rows.jsonl");
+    let to_file = job_with(
+        "file",
+        &format!("[sink]\nkind = \"jsonl\"\npath = '{}'", rows.display()),
+    );
+    let out = run(&to_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut want: Vec<String> = (std::fs::read_to_string(&rows).expect("rows").lines())
+        .map(String::from)
+        .collect();
+    want.sort();
+    let to_topic = job_with(
+        "topic",
+        &format!(
+            "[sink]\nkind = \"kafka\"\nbootstrap = \"{}\"\ntopic = \"{topic}\"\n\n\
+             [checkpoint]\ndir = 's3://panes/tests/travel-{}'\nevery_events = 400\n",
+            broker(),
+            std::process::id()
+        ),
+    );
+    // Each "machine" has a temporary directory of its own.
+    let run_on = |machine: &str, failpoint: Option<&str>| {
+        let tmp = dir.path().join(machine);
+        std::fs::create_dir_all(&tmp).expect("a temporary directory");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_panes"));
+        cmd.arg("run")
+            .arg(&to_topic)
+            .args(["--batch-rows", "150"])
+            .env("RUST_LOG", "info")
+            .env("TMPDIR", &tmp);
+        if let Some(f) = failpoint {
+            cmd.env("PANES_FAILPOINT", f);
+        }
+        support::with_s3(&mut cmd).output().expect("running panes")
+    };
+    let out = run_on("a", Some("kafka-commit:part-000003.jsonl"));
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_on("b", None);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("resuming from checkpoint 3"), "{log}");
+    assert_eq!(messages(&topic, 2), want);
+}

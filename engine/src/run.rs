@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
-use crate::connect::sink::{STAGED, open_parts, parts_dir, staged_copy};
+use crate::connect::sink::{STAGED, open_parts, parts_dir, parts_key, staged_copy};
 use crate::connect::{
     Malformed, Position, Sink, SinkThread, Source, SourceBatch, dead_letter_batch,
     dead_letter_schema, open_sink, open_source,
@@ -417,12 +417,15 @@ impl Outputs {
                 (None, None, _) => return Ok(None),
                 (None, Some(spec), None) => open_sink(spec, schema)?,
                 (None, Some(spec), Some(c)) => {
-                    let dir = parts_dir(spec, &c.dir)
-                        .ok_or_else(|| Error::Internal("a part-file sink without a path".into()))?;
+                    let (dir, key) = (parts_dir(spec, &c.dir), parts_key(spec, &c.dir));
+                    let (Some(dir), Some(key)) = (dir, key) else {
+                        return Err(Error::Internal("a part-file sink without a path".into()));
+                    };
+                    let staged = staged(Path::new(&key));
                     if let Some(r) = restore {
-                        fetch_staged(r, &dir, staged(&dir))?;
+                        fetch_staged(r, &dir, staged)?;
                     }
-                    open_parts(spec, schema, committed, staged(&dir), dir, &c.dir)?
+                    open_parts(spec, schema, committed, staged, dir, &c.dir)?
                 }
             };
             Ok::<_, Error>(Some(sink))
@@ -571,9 +574,9 @@ fn take_checkpoint(
         // A Kafka sink's staged rows are on this machine: the checkpoint keeps a copy.
         let kafka = (job.all_sinks())
             .filter(|s| matches!(s, crate::job::Sink::Kafka { .. }))
-            .filter_map(|s| parts_dir(s, &c.dir));
-        for dir in kafka {
-            for commit in sinks.iter().filter(|commit| commit.dir == dir) {
+            .filter_map(|s| Some((parts_dir(s, &c.dir)?, parts_key(s, &c.dir)?)));
+        for (dir, key) in kafka {
+            for commit in sinks.iter().filter(|commit| commit.dir == Path::new(&key)) {
                 for part in &commit.parts {
                     let staged = dir.join(format!("{STAGED}{part}"));
                     let bytes =

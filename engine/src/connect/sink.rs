@@ -42,10 +42,12 @@ enum Target {
         path: PathBuf,
     },
     Stdout,
-    /// Part files in `dir`; `next` is the checkpoint the open part belongs to.
+    /// Part files in `dir`; `next` is the checkpoint the open part belongs to; `key` names
+    /// them in checkpoints (see [`parts_key`]).
     Parts {
         dir: PathBuf,
         next: u64,
+        key: String,
     },
 }
 
@@ -294,6 +296,17 @@ pub fn parts_identity(topic: &str, checkpoints: &Path) -> String {
         .to_string()
 }
 
+/// What a checkpoint's manifest names a sink's parts by: the directory of a file sink's
+/// parts; a Kafka sink's [`parts_identity`], the same on every machine (its staging
+/// directory is not: see [`parts_dir`]). For a local checkpoint directory both are the
+/// staging directory.
+pub fn parts_key(spec: &SinkSpec, checkpoints: &Path) -> Option<String> {
+    match spec {
+        SinkSpec::Kafka { topic, .. } => Some(parts_identity(topic, checkpoints)),
+        _ => Some(spec.path()?.display().to_string()),
+    }
+}
+
 /// The name under which a checkpoint in an object store keeps a copy of staged part `part`
 /// of the Kafka sink whose parts are in `dir`.
 pub fn staged_copy(dir: &Path, part: &str) -> String {
@@ -347,6 +360,7 @@ pub fn open_parts(
         schema: schema.clone(),
         writer: None,
         target: Target::Parts {
+            key: parts_key(spec, checkpoints).unwrap_or_else(|| dir.display().to_string()),
             dir,
             next: committed + 1,
         },
@@ -410,29 +424,21 @@ impl FileSink {
             (_, None) => "stdout".into(),
         }
     }
-
-    /// The directory of a part-file sink.
-    fn dir(&self) -> Option<&Path> {
-        match &self.target {
-            Target::Parts { dir, .. } => Some(dir),
-            _ => None,
-        }
-    }
 }
 
 impl Sink for FileSink {
-    /// Its part directory with checkpoints (what restores look it up by), else its file,
+    /// With checkpoints, what names its parts in them (see [`parts_key`]); else its file,
     /// topic or stdout.
     fn id(&self) -> String {
-        match self.dir() {
-            Some(dir) => dir.display().to_string(),
-            None => self.name(),
+        match &self.target {
+            Target::Parts { key, .. } => key.clone(),
+            _ => self.name(),
         }
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let target = self.name();
-        if let (None, Target::Parts { dir, next }) = (&self.writer, &self.target) {
+        if let (None, Target::Parts { dir, next, .. }) = (&self.writer, &self.target) {
             let name = format!("{STAGED}part-{next:06}.{}", self.spec.extension());
             self.writer = Some(writer(&self.spec, &dir.join(name), &self.schema)?);
         }
