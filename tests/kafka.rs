@@ -710,13 +710,8 @@ fn messages(topic: &str, partitions: i32) -> Vec<String> {
     out
 }
 
-/// Window rows to a Kafka topic, a JSON object a message: the same objects as a JSON-lines
-/// file sink writes, at least once without checkpoints and exactly once with them.
-#[test]
-fn window_rows_go_to_a_topic() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let topic = format!("rows-{}", std::process::id());
-    create_topic(&topic, 2);
+/// 2,000 sensor readings 150 ms apart, 4 sensors, as a JSON-lines file in `dir`.
+fn readings(dir: &Path) -> PathBuf {
     let lines: String = (0..2_000i64)
         .map(|i| {
             let ts = 1_700_000_000_000 + i * 150;
@@ -727,8 +722,26 @@ fn window_rows_go_to_a_topic() {
             )
         })
         .collect();
-    let file = dir.path().join("readings.jsonl");
+    let file = dir.join("readings.jsonl");
     std::fs::write(&file, lines).expect("writing the file");
+    file
+}
+
+/// Job text `text` with its `[sink]` section replaced by `to`.
+fn with_sink(text: &str, to: &str) -> String {
+    let start = text.find("[sink]").expect("a sink");
+    let end = text.find("[dead_letter]").expect("a dead letter sink");
+    format!("{}{to}\n{}", &text[..start], &text[end..])
+}
+
+/// Window rows to a Kafka topic, a JSON object a message: the same objects as a JSON-lines
+/// file sink writes, at least once without checkpoints and exactly once with them.
+#[test]
+fn window_rows_go_to_a_topic() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let topic = format!("rows-{}", std::process::id());
+    create_topic(&topic, 2);
+    let file = readings(dir.path());
     let source = format!("kind = \"jsonl\"\npath = '{}'", file.display());
     let sink = |name: &str, to: &str| {
         let job = job(dir.path(), name, &source);
@@ -1018,10 +1031,7 @@ fn twenty_random_kills_from_topic_to_topic_lose_and_repeat_nothing() {
         )
     };
     let sink = |job: &Path, to: String| {
-        let text = hop(std::fs::read_to_string(job).expect("the job"));
-        let start = text.find("[sink]").expect("a sink");
-        let end = text.find("[dead_letter]").expect("a dead letter sink");
-        let text = format!("{}{to}\n{}", &text[..start], &text[end..]);
+        let text = with_sink(&hop(std::fs::read_to_string(job).expect("the job")), &to);
         assert!(
             text.contains("allowed_lateness") && text.contains("slide"),
             "{text}"
@@ -1296,18 +1306,7 @@ fn staged_rows_travel_with_checkpoints_in_an_object_store() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let topic = format!("travel-{}", std::process::id());
     create_topic(&topic, 2);
-    let lines: String = (0..2_000i64)
-        .map(|i| {
-            let ts = 1_700_000_000_000 + i * 150;
-            format!(
-                "{{\"ts\": {ts}, \"sensor\": {}, \"value\": {}.5}}\n",
-                i % 4,
-                i % 9
-            )
-        })
-        .collect();
-    let file = dir.path().join("readings.jsonl");
-    std::fs::write(&file, lines).expect("writing the file");
+    let file = readings(dir.path());
     let job_with = |name: &str, sink: &str| {
         let path = job(
             dir.path(),
@@ -1315,10 +1314,7 @@ fn staged_rows_travel_with_checkpoints_in_an_object_store() {
             &format!("kind = \"jsonl\"\npath = '{}'", file.display()),
         );
         let text = std::fs::read_to_string(&path).expect("the job");
-        let start = text.find("[sink]").expect("a sink");
-        let end = text.find("[dead_letter]").expect("a dead letter sink");
-        let text = format!("{}{sink}\n{}", &text[..start], &text[end..]);
-        std::fs::write(&path, text).expect("writing the job");
+        std::fs::write(&path, with_sink(&text, sink)).expect("writing the job");
         path
     };
     let rows = dir.path().join("rows.jsonl");

@@ -902,6 +902,18 @@ impl Job {
         .flatten()
     }
 
+    /// [`Job::all_sinks`], to change them (a partition's own job under scale-out).
+    pub(crate) fn all_sinks_mut(&mut self) -> impl Iterator<Item = &mut Sink> {
+        [
+            Some(&mut self.sink),
+            self.late.as_mut(),
+            self.dead_letter.as_mut(),
+        ]
+        .into_iter()
+        .chain([self.anomaly.as_mut().map(|a| &mut a.sink)])
+        .flatten()
+    }
+
     /// The event-time column.
     pub fn time_column(&self) -> &str {
         &self.time_column

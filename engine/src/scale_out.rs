@@ -30,7 +30,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::connect::Commits;
 use crate::connect::sink::parts_identity;
 use crate::error::{Error, Result};
-use crate::job::{Job, KafkaSpec, Sink, Source};
+use crate::job::{Job, Sink, Source};
 use crate::run::{BackendKind, Connectors, Progress, RunOptions, StartFrom, Summary};
 use crate::state::checkpoint::{self, Restore, Stats};
 
@@ -69,15 +69,7 @@ fn partition_job(job: &Job, part: &Part) -> Job {
     if let Some(c) = &mut job.checkpoint {
         c.dir = c.dir.join(&name);
     }
-    let sinks = [
-        Some(&mut job.sink),
-        job.late.as_mut(),
-        job.dead_letter.as_mut(),
-    ]
-    .into_iter()
-    .chain([job.anomaly.as_mut().map(|a| &mut a.sink)])
-    .flatten();
-    for sink in sinks {
+    for sink in job.all_sinks_mut() {
         if let Sink::Parquet(p) | Sink::Csv(p) | Sink::JsonLines(Some(p)) = sink {
             *p = p.join(&name);
         }
@@ -105,6 +97,7 @@ struct Task {
 /// revokes their partitions.
 struct Member {
     job: Job,
+    group: String,
     options: TaskOptions,
     tasks: Mutex<BTreeMap<Part, Task>>,
     /// Summaries of the partitions' jobs that ended, or the first error.
@@ -198,17 +191,9 @@ impl Member {
     /// Starts again the fenced partitions whose wait is over, if they are still this
     /// process's.
     fn retry(&self, consumer: &BaseConsumer<Member>) {
-        let due: Vec<Part> = {
-            let mut fenced = lock(&self.fenced);
-            let due: Vec<Part> = (fenced.iter())
-                .filter(|(_, at)| at.elapsed() >= RETRY)
-                .map(|(p, _)| p.clone())
-                .collect();
-            for p in &due {
-                fenced.remove(p);
-            }
-            due
-        };
+        let due: Vec<Part> = (lock(&self.fenced).extract_if(.., |_, at| at.elapsed() >= RETRY))
+            .map(|(p, _)| p)
+            .collect();
         if due.is_empty() {
             return;
         }
@@ -223,17 +208,9 @@ impl Member {
 
     /// Joins the jobs that ended on their own (a bounded run, or an error).
     fn reap(&self) {
-        let done: Vec<(Part, Task)> = {
-            let mut tasks = lock(&self.tasks);
-            let parts: Vec<Part> = (tasks.iter())
-                .filter(|(_, t)| t.thread.is_finished())
-                .map(|(p, _)| p.clone())
-                .collect();
-            parts
-                .into_iter()
-                .filter_map(|p| Some((p.clone(), tasks.remove(&p)?)))
-                .collect()
-        };
+        let done: Vec<(Part, Task)> = (lock(&self.tasks))
+            .extract_if(.., |_, t| t.thread.is_finished())
+            .collect();
         for (part, task) in done {
             tracing::info!("partition {}: its job ended", part_name(&part));
             self.join(part, task);
@@ -265,19 +242,12 @@ impl Member {
             // a rebalance under way refuses it.
             tracing::info!(
                 "offsets not committed to group {:?} (the checkpoints have them): {e}",
-                self.spec().group
+                self.group
             );
         }
     }
 
-    fn spec(&self) -> &KafkaSpec {
-        match &self.job.source {
-            Source::Kafka(k) => k,
-            _ => unreachable!("scale-out runs only Kafka jobs"),
-        }
-    }
-
-    /// The sum of the running and ended partitions' progress.
+    /// The sum of the running partitions' progress.
     fn progress(&self) -> Option<Progress> {
         let tasks = lock(&self.tasks);
         let mut all = (tasks.values()).filter_map(|t| *lock(&t.progress));
@@ -463,6 +433,7 @@ pub(crate) fn run(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         .set("max.poll.interval.ms", REBALANCE.as_millis().to_string())
         .create_with_context(Member {
             job: job.clone(),
+            group: spec.group.clone(),
             options: TaskOptions {
                 backend: opts.backend,
                 batch_rows: opts.batch_rows,
@@ -541,13 +512,8 @@ fn first_error(member: &BaseConsumer<Member>) -> Option<Error> {
 
 /// One summary of the partitions' jobs this process ran.
 fn total(ended: Vec<(Part, Result<Summary>)>, started: Instant) -> Summary {
-    let mut summaries = ended.into_iter().filter_map(|(_, r)| r.ok());
-    let first = summaries.next();
-    let backend = first
-        .as_ref()
-        .map_or_else(String::new, |s| s.backend.clone());
     let mut total = Summary {
-        backend,
+        backend: String::new(),
         stats: Stats::default(),
         elapsed: started.elapsed(),
         late_not_kept: 0,
@@ -559,7 +525,10 @@ fn total(ended: Vec<(Part, Result<Summary>)>, started: Instant) -> Summary {
         sessions_spilled: 0,
         peak_rss: crate::run::peak_rss(),
     };
-    for s in first.into_iter().chain(summaries) {
+    for s in ended.into_iter().filter_map(|(_, r)| r.ok()) {
+        if total.backend.is_empty() {
+            total.backend = s.backend;
+        }
         total.stats = total.stats.add(&s.stats);
         total.late_not_kept += s.late_not_kept;
         total.malformed += s.malformed;
