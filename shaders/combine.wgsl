@@ -44,6 +44,7 @@ fn op_words(kind: u32) -> u32 {
         case OP_ROWS, OP_COUNT: { return 2u; }
         case OP_MOMENTS: { return 8u; }
         case OP_FIRST, OP_LAST: { return 6u; }
+        case OP_DISTINCT_I, OP_DISTINCT_F: { return 4u + DISTINCT_BODY; }
         default: { return 4u; }
     }
 }
@@ -104,6 +105,25 @@ fn merge_op(kind: u32, a: u32, b: u32) {
                 store2(v + 2u, pane2(w + 2u));
             }
         }
+        case OP_DISTINCT_I, OP_DISTINCT_F: {
+            // As agg::Distinct::merge: the pane's hashes one by one, or its registers.
+            if (!SKETCH) {
+                return;
+            }
+            let n = pane[w];
+            if (n != DISTINCT_DENSE) {
+                for (var k = 0u; k < n; k++) {
+                    distinct_insert(v, pane2(w + 2u + 2u * k));
+                }
+                return;
+            }
+            if (state[v] != DISTINCT_DENSE) {
+                distinct_densify(v);
+            }
+            for (var i = 2u; i < 2u + DISTINCT_BODY; i++) {
+                state[v + i] = bytes_max(state[v + i], pane[w + i]);
+            }
+        }
         case OP_LAST: {
             let t = pane2(w);
             if (!(t.x == I64_MIN.x && t.y == I64_MIN.y) && !i64_less(t, load2(v))) {
@@ -113,6 +133,15 @@ fn merge_op(kind: u32, a: u32, b: u32) {
         }
         default: {}
     }
+}
+
+// The larger of each of the four bytes of a and b.
+fn bytes_max(a: u32, b: u32) -> u32 {
+    let b0 = max(extractBits(a, 0u, 8u), extractBits(b, 0u, 8u));
+    let b1 = max(extractBits(a, 8u, 8u), extractBits(b, 8u, 8u));
+    let b2 = max(extractBits(a, 16u, 8u), extractBits(b, 16u, 8u));
+    let b3 = max(extractBits(a, 24u, 8u), extractBits(b, 24u, 8u));
+    return b0 | (b1 << 8u) | (b2 << 16u) | (b3 << 24u);
 }
 
 // Merges row `b` of `pane` into row `a` of `state`.

@@ -43,6 +43,9 @@ const OP_MAX_I: u32 = 7u;
 const OP_MOMENTS: u32 = 8u;
 const OP_FIRST: u32 = 9u;
 const OP_LAST: u32 = 10u;
+// approx_count_distinct of an integer or a float column (distinct.wgsl).
+const OP_DISTINCT_I: u32 = 11u;
+const OP_DISTINCT_F: u32 = 12u;
 
 // The invocation's index across a dispatch of up to 65535 x 65535 workgroups.
 fn global_index(wid: vec3<u32>, lid: u32) -> u32 {

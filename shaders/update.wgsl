@@ -85,6 +85,11 @@ fn fold_event(row: u32, e: u32) {
                     store2(v + 2u, x);
                 }
             }
+            case OP_DISTINCT_I, OP_DISTINCT_F: {
+                if (SKETCH) {
+                    distinct_insert(v, distinct_hash(op.x, x));
+                }
+            }
             default: {}
         }
     }

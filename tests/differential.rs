@@ -253,6 +253,7 @@ fn case(seed: u64) -> Case {
                 "stddev_pop",
                 "first",
                 "last",
+                "approx_count_distinct",
             ][..],
         ),
         (
@@ -266,6 +267,7 @@ fn case(seed: u64) -> Case {
                 "stddev_pop",
                 "first",
                 "last",
+                "approx_count_distinct",
             ][..],
         ),
     ] {

@@ -86,10 +86,6 @@ fn sql_examples_give_their_twins_rows_on_every_backend() {
             60_000
         };
         for backend in [BackendKind::Cpu, BackendKind::Reference, BackendKind::Gpu] {
-            // The gpu backend refuses approx_count_distinct (issue 16), for both twins.
-            if matches!(backend, BackendKind::Gpu) && toml.contains("approx_count_distinct") {
-                continue;
-            }
             let mut outputs = Vec::new();
             for twin in ["sql", "toml"] {
                 let dir = tempfile::tempdir().expect("a temporary directory");

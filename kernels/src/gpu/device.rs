@@ -8,7 +8,7 @@
 //! replaced by a fresh one for the next backend opened.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use wgpu::util::DeviceExt;
 
@@ -76,7 +76,7 @@ const KERNELS: [Kernel; 14] = [
 
 /// The WGSL sources: every kernel file is compiled after `common.wgsl`, `u64.wgsl` and
 /// one of the two f64 libraries, `f64.wgsl` (software) or `f64_native.wgsl`.
-pub const SHADERS: [(&str, &str); 8] = [
+pub const SHADERS: [(&str, &str); 9] = [
     ("common.wgsl", include_str!("../../../shaders/common.wgsl")),
     ("u64.wgsl", include_str!("../../../shaders/u64.wgsl")),
     ("f64.wgsl", include_str!("../../../shaders/f64.wgsl")),
@@ -91,17 +91,29 @@ pub const SHADERS: [(&str, &str); 8] = [
         include_str!("../../../shaders/combine.wgsl"),
     ),
     ("emit.wgsl", include_str!("../../../shaders/emit.wgsl")),
+    (
+        "distinct.wgsl",
+        include_str!("../../../shaders/distinct.wgsl"),
+    ),
 ];
 
 /// The features the native f64 library needs: f64, and 64-bit integers to move its bits.
 pub const NATIVE_F64: wgpu::Features =
     wgpu::Features::SHADER_F64.union(wgpu::Features::SHADER_INT64);
 
-/// The files that are libraries, compiled in front of the kernel files.
-pub const LIBRARIES: [&str; 4] = ["common.wgsl", "u64.wgsl", "f64.wgsl", "f64_native.wgsl"];
+/// The files that are libraries, compiled in front of the kernel files (and
+/// `distinct.wgsl` after the files that keep state rows).
+pub const LIBRARIES: [&str; 5] = [
+    "common.wgsl",
+    "u64.wgsl",
+    "f64.wgsl",
+    "f64_native.wgsl",
+    "distinct.wgsl",
+];
 
 /// The full source of a kernel file: the shared prelude (with the device's own f64 when
-/// `native`, else the software one), then the file.
+/// `native`, else the software one), then the file, then the distinct-count sketch for
+/// the files whose `state` binding it works on.
 pub fn shader_source(file: &str, native: bool) -> Option<String> {
     let text = |name: &str| SHADERS.iter().find(|(f, _)| *f == name).map(|s| s.1);
     let f64 = if native {
@@ -110,7 +122,11 @@ pub fn shader_source(file: &str, native: bool) -> Option<String> {
         "f64.wgsl"
     };
     let prelude = ["common.wgsl", "u64.wgsl", f64].map(|f| text(f).unwrap_or_default());
-    Some(format!("{}\n{}", prelude.join("\n"), text(file)?))
+    let sketch = match file {
+        "update.wgsl" | "combine.wgsl" => text("distinct.wgsl").unwrap_or_default(),
+        _ => "",
+    };
+    Some(format!("{}\n{}\n{sketch}", prelude.join("\n"), text(file)?))
 }
 
 impl Kernel {
@@ -156,7 +172,10 @@ struct Context {
     software: bool,
     /// Floats run on the device's own f64 (`SHADER_F64`), not the software library.
     native: bool,
+    /// The kernels without the distinct-count sketch, and (compiled when a backend first
+    /// needs them) with it.
     pipelines: Vec<Pipeline>,
+    sketch_pipelines: OnceLock<Vec<Pipeline>>,
     params_layout: wgpu::BindGroupLayout,
     errors: Arc<Mutex<Vec<String>>>,
     /// Set by the device-lost callback: the next backend opens a fresh context.
@@ -190,6 +209,7 @@ pub struct Gpu {
     pub max_binding: u64,
     pub max_groups: u32,
     context: Arc<Context>,
+    sketch: bool,
     params: wgpu::Buffer,
     params_group: wgpu::BindGroup,
 }
@@ -224,13 +244,17 @@ impl Context {
             software: info.device_type == wgpu::DeviceType::Cpu,
             native: device.features().contains(NATIVE_F64),
             pipelines: Vec::new(),
+            sketch_pipelines: OnceLock::new(),
             params_layout,
             errors,
             lost,
             device,
             queue,
         };
-        context.pipelines = KERNELS.iter().map(|&k| context.pipeline(k)).collect();
+        context.pipelines = KERNELS
+            .iter()
+            .map(|&k| context.pipeline(k, false))
+            .collect();
         let errors = std::mem::take(&mut *context.errors.lock().unwrap_or_else(|e| e.into_inner()));
         if let Some(message) = errors.into_iter().next() {
             return Err(Error::Gpu {
@@ -242,8 +266,24 @@ impl Context {
         Ok(context)
     }
 
-    fn pipeline(&self, kernel: Kernel) -> Pipeline {
+    /// The compiled kernels, with the distinct-count sketch or without (`SKETCH` in
+    /// `shaders/distinct.wgsl`).
+    fn pipelines(&self, sketch: bool) -> &[Pipeline] {
+        match sketch {
+            false => &self.pipelines,
+            true => self
+                .sketch_pipelines
+                .get_or_init(|| KERNELS.iter().map(|&k| self.pipeline(k, true)).collect()),
+        }
+    }
+
+    fn pipeline(&self, kernel: Kernel, sketch: bool) -> Pipeline {
         let (file, entry, read_only) = kernel.shape();
+        // Only the files that hold the sketch have its switch.
+        let constants: &[(&str, f64)] = match file {
+            "update.wgsl" | "combine.wgsl" => &[("SKETCH", sketch as u8 as f64)],
+            _ => &[],
+        };
         let source = shader_source(file, self.native).unwrap_or_default();
         let module = self
             .device
@@ -266,7 +306,10 @@ impl Context {
                 layout: Some(&pipeline_layout),
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    ..Default::default()
+                },
                 cache: None,
             });
         Pipeline { pipeline, storage }
@@ -275,8 +318,9 @@ impl Context {
 
 impl Gpu {
     /// The process's GPU (opened on first use, see the module docs) with those of `wanted`
-    /// features it offers. `hardware_only` refuses a software adapter.
-    pub fn open(wanted: wgpu::Features, hardware_only: bool) -> Result<Gpu> {
+    /// features it offers. `hardware_only` refuses a software adapter; `sketch` runs the
+    /// kernels that keep distinct-count sketches.
+    pub fn open(wanted: wgpu::Features, hardware_only: bool, sketch: bool) -> Result<Gpu> {
         let context = context(wanted, hardware_only)?;
         if hardware_only && context.software {
             return Err(software_only(&context.adapter));
@@ -292,9 +336,15 @@ impl Gpu {
                 .min(limits.max_buffer_size),
             max_groups: limits.max_compute_workgroups_per_dimension,
             context,
+            sketch,
             params,
             params_group,
         })
+    }
+
+    /// The kernels this GPU runs: with the sketch or without.
+    fn kernels(&self) -> &[Pipeline] {
+        self.context.pipelines(self.sketch)
     }
 
     /// Whether floats run on the device's own f64, not the software library.
@@ -422,7 +472,7 @@ impl Gpu {
                             })
                             .forget_lifetime()
                     });
-                    pass.set_pipeline(&self.context.pipelines[kernel as usize].pipeline);
+                    pass.set_pipeline(&self.kernels()[kernel as usize].pipeline);
                     pass.set_bind_group(
                         0,
                         &self.params_group,
@@ -522,7 +572,7 @@ impl Gpu {
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(kernel.shape().1),
-            layout: &self.context.pipelines[kernel as usize].storage,
+            layout: &self.kernels()[kernel as usize].storage,
             entries: &entries,
         })
     }

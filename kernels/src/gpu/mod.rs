@@ -95,6 +95,15 @@ const OP_MAX_I: u32 = 7;
 const OP_MOMENTS: u32 = 8;
 const OP_FIRST: u32 = 9;
 const OP_LAST: u32 = 10;
+const OP_DISTINCT_I: u32 = 11;
+const OP_DISTINCT_F: u32 = 12;
+
+/// Words of a distinct-count sketch after its count and header (see `shaders/distinct.wgsl`).
+const DISTINCT_BODY: usize = 1024;
+/// The header word of a sketch that holds registers.
+const DISTINCT_DENSE: u32 = u32::MAX;
+/// Slots of a sparse sketch's index over its hashes.
+const DISTINCT_SLOTS: u32 = 512;
 
 /// Words of state an op kind owns per key.
 fn op_words(kind: u32) -> u32 {
@@ -102,6 +111,7 @@ fn op_words(kind: u32) -> u32 {
         OP_ROWS | OP_COUNT => 2,
         OP_MOMENTS => 8,
         OP_FIRST | OP_LAST => 6,
+        OP_DISTINCT_I | OP_DISTINCT_F => 4 + DISTINCT_BODY as u32,
         _ => 4,
     }
 }
@@ -151,12 +161,8 @@ impl Layout {
                 AggFn::VarSamp | AggFn::VarPop | AggFn::StddevSamp | AggFn::StddevPop => OP_MOMENTS,
                 AggFn::First => OP_FIRST,
                 AggFn::Last => OP_LAST,
-                AggFn::ApproxCountDistinct => {
-                    return Err(Error::Unsupported {
-                        backend: "gpu",
-                        what: "approx_count_distinct".into(),
-                    });
-                }
+                AggFn::ApproxCountDistinct if int => OP_DISTINCT_I,
+                AggFn::ApproxCountDistinct => OP_DISTINCT_F,
             };
             let input = Input {
                 column: a.column,
@@ -183,11 +189,16 @@ impl Layout {
     /// iterations in all, which silently dropped the rest of a hot key's events. An event
     /// costs 3 + 2 per op of them there, and 55 more per moments op when the soft-f64
     /// division's loop is not unrolled (it is in small shaders, not in large ones:
-    /// measured); this allows half the limit, at 4 + 3 per op + 60 per moments op.
+    /// measured); this allows half the limit, at 4 + 3 per op + 60 per moments op. A
+    /// distinct-count op probes its index (8 an event, with room to spare) and may switch
+    /// to registers once a round (about 1,600), which is set aside first.
     /// Hardware GPUs have no such limit and fold each run in one dispatch.
     fn fold_round(&self) -> u32 {
-        let moments = self.ops.iter().filter(|o| o[0] == OP_MOMENTS).count() as u32;
-        32_768 / (4 + 3 * self.ops.len() as u32 + 60 * moments)
+        let count = |kinds: &[u32]| self.ops.iter().filter(|o| kinds.contains(&o[0])).count();
+        let moments = count(&[OP_MOMENTS]) as u32;
+        let distinct = count(&[OP_DISTINCT_I, OP_DISTINCT_F]) as u32;
+        let per_event = 4 + 3 * self.ops.len() as u32 + 60 * moments + 8 * distinct;
+        (32_768u32.saturating_sub(2_048 * distinct) / per_event).max(1)
     }
 }
 
@@ -304,7 +315,8 @@ impl GpuBackend {
     /// Opens a GPU and prepares state for these aggregates.
     pub fn new(aggs: &[AggSpec], opts: GpuOptions) -> Result<GpuBackend> {
         let layout = Layout::new(aggs)?;
-        let gpu = Gpu::open(opts.features, opts.hardware_only)?;
+        let sketch = (layout.ops.iter()).any(|o| matches!(o[0], OP_DISTINCT_I | OP_DISTINCT_F));
+        let gpu = Gpu::open(opts.features, opts.hardware_only, sketch)?;
         let binding = opts.max_binding_bytes.min(gpu.max_binding);
         let chunk_keys = (binding / (layout.stride as u64 * 4)).clamp(1, u32::MAX as u64) as u32;
         let ops = gpu.storage_init("ops", bytemuck::cast_slice(&layout.ops));
@@ -781,7 +793,7 @@ impl GpuBackend {
     }
 
     /// Turns state rows into the job's result columns, evaluated as the CPU backend does.
-    fn evaluate(&self, keys: Vec<u32>, rows: &[u32]) -> WindowRows {
+    fn evaluate(&self, keys: Vec<u32>, rows: &[u32]) -> Result<WindowRows> {
         let stride = self.layout.stride as usize;
         let word2 = |r: usize, w: usize| {
             let at = r * stride + w;
@@ -801,6 +813,10 @@ impl GpuBackend {
                     let int = a.domain == Domain::I64;
                     match a.func {
                         AggFn::CountRows | AggFn::Count => out.push_i64(Some(count as i64)),
+                        AggFn::ApproxCountDistinct => {
+                            let op = &rows[r * stride + at..(r + 1) * stride];
+                            out.push_i64(Some(portable::sketch(op)?.estimate()))
+                        }
                         AggFn::Sum | AggFn::Min | AggFn::Max if int => {
                             out.push_i64(has.then(|| v(2) as i64))
                         }
@@ -829,10 +845,10 @@ impl GpuBackend {
                         }
                     }
                 }
-                out
+                Ok(out)
             })
-            .collect();
-        WindowRows { keys, columns }
+            .collect::<Result<_>>()?;
+        Ok(WindowRows { keys, columns })
     }
 
     /// Times the sort and fold of `events` alone, with the input already on the device:
@@ -910,7 +926,7 @@ impl Backend for GpuBackend {
         let (k, rows) = self.combine_rows(panes, keys)?;
         self.time("host: combine, wait and read back", t);
         let t = Instant::now();
-        let rows = self.evaluate(k, &rows);
+        let rows = self.evaluate(k, &rows)?;
         self.time("host: evaluate rows", t);
         Ok(rows)
     }

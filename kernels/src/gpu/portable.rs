@@ -4,7 +4,79 @@
 //! state column in the CPU's layout.
 
 use super::*;
+use crate::agg::Distinct;
 use crate::cpu::{Gather, StateColumn as Col, StateOp, layout, read_state_batch, state_batch};
+
+/// The op kinds of `approx_count_distinct`.
+const DISTINCT: [u32; 2] = [OP_DISTINCT_I, OP_DISTINCT_F];
+
+/// The sketch held by the words of a distinct-count op (from its count on): its hashes,
+/// sorted, or its registers, in [`Distinct::to_bytes`]' form.
+fn sketch_bytes(op: &[u32]) -> Result<Vec<u8>> {
+    let body = &op[4..4 + DISTINCT_BODY];
+    match op[2] {
+        DISTINCT_DENSE => {
+            let mut bytes = vec![1];
+            body.iter().for_each(|w| bytes.extend(w.to_le_bytes()));
+            Ok(bytes)
+        }
+        n if n as usize <= crate::distinct::SPARSE_MAX => {
+            let mut hashes: Vec<u64> = (body.chunks_exact(2).take(n as usize))
+                .map(|w| w[0] as u64 | (w[1] as u64) << 32)
+                .collect();
+            hashes.sort_unstable();
+            let mut bytes = vec![0];
+            hashes.iter().for_each(|h| bytes.extend(h.to_le_bytes()));
+            Ok(bytes)
+        }
+        n => Err(Error::BadState(format!(
+            "a distinct-count sketch on the GPU says it holds {n} hashes"
+        ))),
+    }
+}
+
+/// The sketch of a distinct-count op's words.
+pub(super) fn sketch(op: &[u32]) -> Result<Distinct> {
+    let bytes = sketch_bytes(op)?;
+    Distinct::from_bytes(&bytes).ok_or_else(|| {
+        Error::BadState("a distinct-count sketch on the GPU holds a hash twice".into())
+    })
+}
+
+/// Writes the sketch `bytes` ([`Distinct::to_bytes`]) into the words of a distinct-count
+/// op after its count, as `shaders/distinct.wgsl` keeps it.
+fn set_sketch(bytes: &[u8], op: &mut [u32]) -> Result<()> {
+    if Distinct::from_bytes(bytes).is_none() {
+        return Err(Error::BadState(
+            "a distinct-count sketch is malformed".into(),
+        ));
+    }
+    op[2..].fill(0);
+    let body = &mut op[4..4 + DISTINCT_BODY];
+    let words = bytes[1..]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+    if bytes[0] == 1 {
+        body.iter_mut().zip(words).for_each(|(b, w)| *b = w);
+        op[2] = DISTINCT_DENSE;
+        return Ok(());
+    }
+    let hashes: Vec<u32> = words.collect();
+    body[..hashes.len()].copy_from_slice(&hashes);
+    let n = hashes.len() / 2;
+    // The index: each hash's position + 1 in the first free slot from its own.
+    let index = 2 * crate::distinct::SPARSE_MAX;
+    for k in 0..n {
+        let mut s = hashes[2 * k] % DISTINCT_SLOTS;
+        let slot = |s: u32| (body[index + s as usize / 2] >> (s % 2 * 16)) & 0xffff;
+        while slot(s) != 0 {
+            s = (s + 1) % DISTINCT_SLOTS;
+        }
+        body[index + s as usize / 2] |= (k as u32 + 1) << (s % 2 * 16);
+    }
+    op[2] = n as u32;
+    Ok(())
+}
 
 /// Op kinds that count the non-null values of their column.
 const NON_NULL: [u32; 10] = [
@@ -38,19 +110,19 @@ impl GpuBackend {
             .collect()
     }
 
-    /// Word offsets of the ops of `kind` on `column`: at least one.
-    fn ops_of(&self, kind: u32, column: usize) -> Result<Vec<usize>> {
-        let ops = self.ops_on(&[kind], column);
+    /// Word offsets of the ops of one of `kinds` on `column`: at least one.
+    fn ops_of(&self, kinds: &[u32], column: usize) -> Result<Vec<usize>> {
+        let ops = self.ops_on(kinds, column);
         if ops.is_empty() {
             return Err(Error::BadState(format!(
-                "no op of kind {kind} on column {column} in the row layout"
+                "no op of kind {kinds:?} on column {column} in the row layout"
             )));
         }
         Ok(ops)
     }
 
     fn op_on(&self, kind: u32, column: usize) -> Result<usize> {
-        Ok(self.ops_of(kind, column)?[0])
+        Ok(self.ops_of(&[kind], column)?[0])
     }
 
     /// The state batch of key rows `rows` (`stride` words each) of keys `keys`.
@@ -105,11 +177,12 @@ impl GpuBackend {
                         let at = Some(self.op_on(OP_MOMENTS, c)?);
                         Gather::Triple([2, 4, 6].map(|w| floats(words(at, w, 0))))
                     }
-                    Col::Distinct(_) => {
-                        return Err(Error::Unsupported {
-                            backend: "gpu",
-                            what: "approx_count_distinct".into(),
-                        });
+                    Col::Distinct(c) => {
+                        let at = self.ops_of(&DISTINCT, c)?[0];
+                        let op = |r: usize| &rows[r * stride + at..(r + 1) * stride];
+                        Gather::Distinct(
+                            (0..n).map(|r| sketch_bytes(op(r))).collect::<Result<_>>()?,
+                        )
                     }
                 })
             })
@@ -135,6 +208,7 @@ impl GpuBackend {
         // Non-null counts last: where the CPU keeps none for a column, first/last and
         // moments count their own.
         let mut non_null = Vec::new();
+        let mut distinct = Vec::new();
         for (col, g) in layout(&self.aggs).into_iter().zip(&columns) {
             match (col, g) {
                 (Col::Rows, Gather::Count(n)) => set(0, 0, &mut n.iter().copied()),
@@ -155,7 +229,7 @@ impl GpuBackend {
                     };
                     // Aggregates do not share ops on the GPU: `sum` and `avg` of a column
                     // each have one.
-                    for at in self.ops_of(kind_of(op, domain), c)? {
+                    for at in self.ops_of(&[kind_of(op, domain)], c)? {
                         match ts {
                             Some(ts) => {
                                 set(at, 2, &mut ts.iter().map(|&t| t as u64));
@@ -168,13 +242,14 @@ impl GpuBackend {
                     }
                 }
                 (Col::Moments(c), Gather::Triple(t)) => {
-                    for at in self.ops_of(OP_MOMENTS, c)? {
+                    for at in self.ops_of(&[OP_MOMENTS], c)? {
                         set(at, 0, &mut t[0].iter().map(|&n| n as u64));
                         for (w, v) in [2, 4, 6].into_iter().zip(t) {
                             set(at, w, &mut v.iter().map(|x| x.to_bits()));
                         }
                     }
                 }
+                (Col::Distinct(c), Gather::Distinct(s)) => distinct.push((c, s)),
                 (col, _) => {
                     return Err(Error::BadState(format!(
                         "state column {col:?} cannot be restored on the GPU"
@@ -185,6 +260,15 @@ impl GpuBackend {
         for (c, n) in non_null {
             for at in self.ops_on(&NON_NULL, c) {
                 set(at, 0, &mut n.iter().copied());
+            }
+        }
+        let words = op_words(OP_DISTINCT_I) as usize;
+        for (c, sketches) in distinct {
+            for at in self.ops_of(&DISTINCT, c)? {
+                for (r, bytes) in sketches.iter().enumerate() {
+                    let from = r * stride + at;
+                    set_sketch(bytes, &mut rows[from..from + words])?;
+                }
             }
         }
         Ok((keys, rows))
