@@ -647,30 +647,33 @@ fn gpu_output_survives_crashes_exactly_once() {
 /// A job whose GPU is gone resumes on the CPU from its last checkpoint, and back: killed
 /// at a checkpoint on `gpu`, killed again on `cpu` at 2 threads, finished on `gpu`. The
 /// published rows are those of an uninterrupted cpu run (as a set: shards emit theirs one
-/// after another).
+/// after another). Both jobs: tumbling windows with lateness, and hop windows with
+/// distinct counts (sketches move between the backends) and moments.
 #[test]
 fn checkpoints_move_between_gpu_and_cpu() {
     let sorted = |mut rows: Vec<String>| {
         rows.sort();
         rows
     };
-    let (want, _) = uninterrupted(TUMBLE, &["--threads", "1"]);
-    let (dir, job) = job_in(TUMBLE);
-    for (backend, threads, failpoint) in [
-        ("gpu", "1", Some("manifest:2")),
-        ("cpu", "2", Some("publish:3")),
-        ("gpu", "1", None),
-    ] {
-        let args = ["--backend", backend, "--threads", threads];
-        let out = run_to_failpoint(&job, &args, failpoint);
-        if failpoint.is_none() {
-            let said = String::from_utf8_lossy(&out.stderr);
-            assert!(said.contains("restored from"), "{said}");
+    for template in [TUMBLE, HOP] {
+        let (want, _) = uninterrupted(template, &["--threads", "1"]);
+        let (dir, job) = job_in(template);
+        for (backend, threads, failpoint) in [
+            ("gpu", "1", Some("manifest:2")),
+            ("cpu", "2", Some("publish:3")),
+            ("gpu", "1", None),
+        ] {
+            let args = ["--backend", backend, "--threads", threads];
+            let out = run_to_failpoint(&job, &args, failpoint);
+            if failpoint.is_none() {
+                let said = String::from_utf8_lossy(&out.stderr);
+                assert!(said.contains("restored from"), "{said}");
+            }
         }
-    }
-    for (o, want) in outputs(TUMBLE).iter().zip(want) {
-        let got = published(&dir.path().join(o));
-        assert_eq!(sorted(got), sorted(want), "{o}");
+        for (o, want) in outputs(template).iter().zip(want) {
+            let got = published(&dir.path().join(o));
+            assert_eq!(sorted(got), sorted(want), "{o}");
+        }
     }
 }
 
