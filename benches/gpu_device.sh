@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks and profile on a machine with a hardware GPU, in under 8 minutes:
 # the GPU tests (kernels against the reference, both f64 paths, hot keys, 500 backends),
-# then `panes bench --backend cpu,gpu --profile` at 10k, 100k and 1M keys, with the
-# machine's description. Writes gpu.txt, tests.txt, bench.txt and bench.json to $OUT
+# then the trending example on cpu and gpu (the same rows), then `panes bench --backend
+# cpu,gpu --profile` at 10k, 100k and 1M keys, with the machine's description. Writes
+# gpu.txt, tests.txt, trending.txt, bench.txt and bench.json to $OUT
 # (default: bench-gpu/).
 #
 # The device machine has no network: build here, carry the binaries and a Vulkan loader.
@@ -59,6 +60,20 @@ for t in .bin/tests/*; do
     echo "== $t" | tee -a "$OUT/tests.txt"
     timeout 180 "$t" 2>&1 | grep -E '^test |test result|panicked' | tee -a "$OUT/tests.txt" || failed=1
 done
+
+# The trending example (approx_count_distinct included) on both backends: the same rows.
+for b in cpu gpu; do
+    sed "s|out/|$OUT/trending-$b/|" examples/trending.toml > "$OUT/trending-$b.toml"
+    echo "== trending on $b" | tee -a "$OUT/trending.txt"
+    timeout 120 .bin/panes run --backend "$b" "$OUT/trending-$b.toml" 2>&1 |
+        grep -E 'events/s|peak|wall|elapsed' | tee -a "$OUT/trending.txt" || failed=1
+done
+if cmp -s "$OUT/trending-cpu/trending.parquet" "$OUT/trending-gpu/trending.parquet"; then
+    echo "trending: the same rows on cpu and gpu" | tee -a "$OUT/trending.txt"
+else
+    echo "trending: the outputs differ" | tee -a "$OUT/trending.txt"
+    failed=1
+fi
 
 EVENTS="${EVENTS:-20000000}"
 args=(bench --events "$EVENTS" --keys 10000,100000,1000000 --backend cpu,gpu --cases tumble,hop --profile)
