@@ -10,7 +10,7 @@ struct Params {
     m: u32,
     j: u32,
     k: u32,
-    // The pane (0-based within the batch) that a fold dispatch applies.
+    // The pane that a fold dispatch applies: low word (high word in pane_hi).
     pane: u32,
     // First key and number of keys of the state chunk bound to this dispatch.
     key_base: u32,
@@ -23,7 +23,7 @@ struct Params {
     mode: u32,
     // Workgroups per row of a 2-D dispatch.
     groups_x: u32,
-    _pad: u32,
+    pane_hi: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;

@@ -11,7 +11,10 @@
 // are the same either way; float sums and moments are added in another grouping.
 
 @group(1) @binding(0) var<storage, read> sorted: array<vec2<u32>>;
-@group(1) @binding(1) var<storage, read> pane_of: array<u32>;
+// The events' panes (i64), event times (i64) and input columns one after another (64-bit
+// values; validity as one byte an event, each column's bytes padded to a multiple of 4), as
+// the engine hands them over: the host repacks nothing.
+@group(1) @binding(1) var<storage, read> pane_of: array<vec2<u32>>;
 @group(1) @binding(2) var<storage, read> ts: array<vec2<u32>>;
 @group(1) @binding(3) var<storage, read> vals: array<vec2<u32>>;
 @group(1) @binding(4) var<storage, read> valid: array<u32>;
@@ -34,6 +37,18 @@ fn count_up(i: u32) {
 
 const F64_ONE: vec2<u32> = vec2<u32>(0u, 0x3ff00000u);
 
+// Whether event `e` is in the pane this dispatch folds.
+fn in_pane(e: u32) -> bool {
+    let p = pane_of[e];
+    return p.x == params.pane && p.y == params.pane_hi;
+}
+
+// Whether value `e` of input column `column` is not null (for columns with validity).
+fn is_valid(column: u32, e: u32) -> bool {
+    let at = column * ((params.n + 3u) & ~3u) + e;
+    return ((valid[at / 4u] >> ((at % 4u) * 8u)) & 0xffu) != 0u;
+}
+
 fn fold_event(row: u32, e: u32) {
     for (var o = 0u; o < params.n_ops; o++) {
         let op = ops[o];
@@ -42,11 +57,10 @@ fn fold_event(row: u32, e: u32) {
             count_up(at);
             continue;
         }
-        let slot = op.y * params.n + e;
-        if (op.w != 0u && valid[slot] == 0u) {
+        if (op.w != 0u && !is_valid(op.y, e)) {
             continue;
         }
-        let x = vals[slot];
+        let x = vals[op.y * params.n + e];
         count_up(at);
         let v = at + 2u;
         switch op.x {
@@ -117,7 +131,7 @@ fn fold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let end = min(start + params.m, params.n);
     for (var j = start; j < end && sorted[j].x == key; j++) {
         let e = sorted[j].y;
-        if (pane_of[e] == params.pane) {
+        if (in_pane(e)) {
             fold_event(row, e);
         }
     }
@@ -125,7 +139,7 @@ fn fold(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 fn fold_in_pane(row: u32, j: u32) {
     let e = sorted[j].y;
-    if (pane_of[e] == params.pane) {
+    if (in_pane(e)) {
         fold_event(row, e);
     }
 }

@@ -35,7 +35,7 @@ pub struct Params {
     pub stride: u32,
     pub mode: u32,
     pub groups_x: u32,
-    pub _pad: u32,
+    pub pane_hi: u32,
 }
 
 /// The kernels, by entry point.

@@ -249,10 +249,9 @@ impl Scratch {
     }
 }
 
-/// A batch on the device: its buffers, and the panes it touches (first = pane 0).
+/// A batch on the device: its buffers, and the panes it touches.
 struct Batch {
     n: usize,
-    first: i64,
     panes: Vec<i64>,
     keys: wgpu::Buffer,
     panes_buf: wgpu::Buffer,
@@ -477,14 +476,11 @@ impl GpuBackend {
     /// Uploads one batch (and makes room for its keys and panes).
     fn upload(&mut self, ev: &Events<'_>, commands: &mut Commands) -> Batch {
         let n = ev.len();
-        let first = ev.panes.iter().copied().min().unwrap_or(0);
         let mut panes: Vec<i64> = Vec::new();
-        let mut pane_of = Vec::with_capacity(n);
         for &p in ev.panes {
             if panes.last() != Some(&p) && !panes.contains(&p) {
                 panes.push(p);
             }
-            pane_of.push((p - first) as u32);
         }
         let max_key = ev.keys.iter().copied().max().unwrap_or(0);
         let piece = self.piece_events();
@@ -502,7 +498,7 @@ impl GpuBackend {
         let tiles = (n as u64).div_ceil(device::WORKGROUP as u64);
         let s = &mut self.scratch;
         let keys = s.get(gpu, "keys", n as u64 * 4);
-        let panes_buf = s.get(gpu, "panes", n as u64 * 4);
+        let panes_buf = s.get(gpu, "panes", n as u64 * 8);
         let ts = s.get(
             gpu,
             "ts",
@@ -510,7 +506,9 @@ impl GpuBackend {
         );
         let n_inputs = self.layout.inputs.len() as u64;
         let vals = s.get(gpu, "values", n as u64 * 8 * n_inputs);
-        let valid = s.get(gpu, "validity", n as u64 * 4 * n_inputs);
+        // A byte a value, each column's padded to whole words.
+        let valid_stride = n.next_multiple_of(4) as u64;
+        let valid = s.get(gpu, "validity", valid_stride * n_inputs);
         let pairs = [
             s.get(gpu, "pairs a", n as u64 * 8),
             s.get(gpu, "pairs b", n as u64 * 8),
@@ -527,7 +525,7 @@ impl GpuBackend {
         });
         let q = &gpu.queue;
         q.write_buffer(&keys, 0, bytemuck::cast_slice(ev.keys));
-        q.write_buffer(&panes_buf, 0, bytemuck::cast_slice(&pane_of));
+        q.write_buffer(&panes_buf, 0, bytemuck::cast_slice(ev.panes));
         if self.layout.uses_ts {
             q.write_buffer(&ts, 0, bytemuck::cast_slice(ev.ts));
         }
@@ -544,8 +542,16 @@ impl GpuBackend {
                 }
             }
             if let Some(v) = col.valid {
-                let flags: Vec<u32> = v.iter().map(|&b| b as u32).collect();
-                q.write_buffer(&valid, at * 4, bytemuck::cast_slice(&flags));
+                // Buffer writes are in whole words: the last few flags go padded.
+                let bytes: &[u8] = bytemuck::cast_slice(v);
+                let whole = bytes.len() & !3;
+                let at = i as u64 * valid_stride;
+                q.write_buffer(&valid, at, &bytes[..whole]);
+                if whole < bytes.len() {
+                    let mut tail = [0u8; 4];
+                    tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+                    q.write_buffer(&valid, at + whole as u64, &tail);
+                }
                 ops.iter_mut()
                     .filter(|o| o[0] != OP_ROWS && o[1] == i as u32)
                     .for_each(|o| o[3] = 1);
@@ -554,7 +560,6 @@ impl GpuBackend {
         q.write_buffer(&self.ops, 0, bytemuck::cast_slice(&ops));
         Batch {
             n,
-            first,
             panes,
             keys,
             panes_buf,
@@ -575,7 +580,6 @@ impl GpuBackend {
         let gpu = &self.gpu;
         let Batch {
             n,
-            first,
             ref panes,
             ref keys,
             ref panes_buf,
@@ -635,7 +639,8 @@ impl GpuBackend {
                 // Round r folds events r·round .. (r+1)·round of each key's run.
                 for from in (0..max_run).step_by(round as usize) {
                     let params = Params {
-                        pane: (p - first) as u32,
+                        pane: p as u32,
+                        pane_hi: (p >> 32) as u32,
                         key_base: c as u32 * self.chunk_keys,
                         key_count: self.chunk_len(c),
                         j: from,
@@ -671,7 +676,8 @@ impl GpuBackend {
                 let params = Params {
                     n: b.n as u32,
                     m: piece,
-                    pane: (p - b.first) as u32,
+                    pane: p as u32,
+                    pane_hi: (p >> 32) as u32,
                     key_base: c as u32 * self.chunk_keys,
                     key_count: self.chunk_len(c),
                     ..self.params()
