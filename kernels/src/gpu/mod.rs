@@ -15,6 +15,10 @@
 //! CPU to the bit; the native one does too for counts, sums, min, max, first and last, and
 //! its moments may differ in the last bits (a driver may fuse a product into a sum).
 //!
+//! `approx_count_distinct` keeps the CPU's sketch in the row (`shaders/distinct.wgsl`):
+//! 4 KiB an op, room for either of its forms; kernels for jobs without it are compiled
+//! without the sketch.
+//!
 //! State larger than one storage binding is split into chunks of keys, each its own buffer;
 //! batches are split so that no binding and no dispatch exceeds the device's limits.
 
