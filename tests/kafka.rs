@@ -1225,6 +1225,18 @@ fn processes_of_a_group_share_the_partitions_and_together_give_one_process_rows(
         (child, log)
     };
     let read = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+    // Waits up to 2 minutes for a process's log to say `text`.
+    let wait_for_log = |log: &Path, text: &str, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !read(log).contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {}",
+                read(log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let wait = |(mut child, log): (std::process::Child, PathBuf)| {
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
         while child.try_wait().expect("waiting").is_none() {
@@ -1250,15 +1262,11 @@ fn processes_of_a_group_share_the_partitions_and_together_give_one_process_rows(
     let doomed = spawn(&group, "doomed");
     let third = spawn(&group, "third");
     // Killed once it checkpointed a partition it was given.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !read(&doomed.1).contains(" INFO panes_engine::run: checkpoint ") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint in the second process: {}",
-            read(&doomed.1)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log(
+        &doomed.1,
+        " INFO panes_engine::run: checkpoint ",
+        "no checkpoint in the second process",
+    );
     let mut doomed = doomed;
     doomed.0.kill().expect("SIGKILL");
     let (status, log) = wait(doomed);
@@ -1270,15 +1278,11 @@ fn processes_of_a_group_share_the_partitions_and_together_give_one_process_rows(
     let doomed = spawn(&group, "doomed");
     // Restarted under the same member name, it is given its partitions back and resumes
     // them where it checkpointed.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !read(&doomed.1).contains("resuming from checkpoint") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the restarted process was not given partitions: {}",
-            read(&doomed.1)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_log(
+        &doomed.1,
+        "resuming from checkpoint",
+        "the restarted process was not given partitions",
+    );
     let late_comer = spawn(&group, "late");
     let ended: Vec<_> = [first, third, doomed, late_comer]
         .into_iter()

@@ -9,7 +9,8 @@
 
 /// Register index bits.
 pub const PRECISION: u32 = 12;
-const REGISTERS: usize = 1 << PRECISION;
+/// Registers of a dense sketch.
+pub const REGISTERS: usize = 1 << PRECISION;
 /// Distinct values kept exactly before switching to registers.
 pub const SPARSE_MAX: usize = 256;
 
@@ -48,6 +49,22 @@ fn set(regs: &mut [u8; REGISTERS], hash: u64) {
     // The rank: position of the first 1 bit after the index bits (capped by a sentinel).
     let rank = ((hash << PRECISION) | (1 << (PRECISION - 1))).leading_zeros() + 1;
     regs[index] = regs[index].max(rank as u8);
+}
+
+/// The estimate of a sketch's registers: HyperLogLog, with linear counting for small
+/// cardinalities.
+pub fn estimate_registers(regs: &[u8; REGISTERS]) -> i64 {
+    let m = REGISTERS as f64;
+    let sum: f64 = regs.iter().map(|&r| 1.0 / (1u64 << r) as f64).sum();
+    let zeros = regs.iter().filter(|&&r| r == 0).count();
+    let alpha = 0.7213 / (1.0 + 1.079 / m);
+    let raw = alpha * m * m / sum;
+    let estimate = if raw <= 2.5 * m && zeros > 0 {
+        m * (m / zeros as f64).ln()
+    } else {
+        raw
+    };
+    estimate.round() as i64
 }
 
 impl Distinct {
@@ -145,21 +162,10 @@ impl Distinct {
     /// The estimate: exact while sparse, else HyperLogLog with linear counting for small
     /// cardinalities.
     pub fn estimate(&self) -> i64 {
-        let regs = match &self.0 {
-            Repr::Sparse(hashes) => return hashes.len() as i64,
-            Repr::Dense(regs) => regs,
-        };
-        let m = REGISTERS as f64;
-        let sum: f64 = regs.iter().map(|&r| 1.0 / (1u64 << r) as f64).sum();
-        let zeros = regs.iter().filter(|&&r| r == 0).count();
-        let alpha = 0.7213 / (1.0 + 1.079 / m);
-        let raw = alpha * m * m / sum;
-        let estimate = if raw <= 2.5 * m && zeros > 0 {
-            m * (m / zeros as f64).ln()
-        } else {
-            raw
-        };
-        estimate.round() as i64
+        match &self.0 {
+            Repr::Sparse(hashes) => hashes.len() as i64,
+            Repr::Dense(regs) => estimate_registers(regs),
+        }
     }
 
     /// The sketch as bytes (checkpoints and spill): a tag, then the sorted hashes

@@ -226,7 +226,7 @@ impl super::sink::Publish for Publisher {
     /// transaction committed), then removes it.
     fn publish(&mut self, dir: &std::path::Path, parts: &[String]) -> Result<()> {
         for name in parts {
-            let staged = dir.join(format!(".staged-{name}"));
+            let staged = dir.join(format!("{}{name}", super::sink::STAGED));
             if staged.exists() {
                 let marker = format!("{}/{name}", self.identity);
                 self.send_part(&staged, name, &marker)?;

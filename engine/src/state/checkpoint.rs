@@ -507,9 +507,7 @@ impl Restore {
             remote,
         })
     }
-}
 
-impl Restore {
     /// Raw file `name` of a checkpoint in an object store (see
     /// [`CheckpointWriter::put_remote`]); `None` when the manifest does not list it or the
     /// checkpoint is on a disk.

@@ -101,6 +101,10 @@ pub const SHADERS: [(&str, &str); 9] = [
 pub const NATIVE_F64: wgpu::Features =
     wgpu::Features::SHADER_F64.union(wgpu::Features::SHADER_INT64);
 
+/// The kernel files that keep state rows: `distinct.wgsl` is compiled after them, and
+/// their pipelines set its `SKETCH` constant.
+const SKETCH_FILES: [&str; 2] = ["update.wgsl", "combine.wgsl"];
+
 /// The files that are libraries, compiled in front of the kernel files (and
 /// `distinct.wgsl` after the files that keep state rows).
 pub const LIBRARIES: [&str; 5] = [
@@ -122,9 +126,9 @@ pub fn shader_source(file: &str, native: bool) -> Option<String> {
         "f64.wgsl"
     };
     let prelude = ["common.wgsl", "u64.wgsl", f64].map(|f| text(f).unwrap_or_default());
-    let sketch = match file {
-        "update.wgsl" | "combine.wgsl" => text("distinct.wgsl").unwrap_or_default(),
-        _ => "",
+    let sketch = match SKETCH_FILES.contains(&file) {
+        true => text("distinct.wgsl").unwrap_or_default(),
+        false => "",
     };
     Some(format!("{}\n{}\n{sketch}", prelude.join("\n"), text(file)?))
 }
@@ -279,10 +283,9 @@ impl Context {
 
     fn pipeline(&self, kernel: Kernel, sketch: bool) -> Pipeline {
         let (file, entry, read_only) = kernel.shape();
-        // Only the files that hold the sketch have its switch.
-        let constants: &[(&str, f64)] = match file {
-            "update.wgsl" | "combine.wgsl" => &[("SKETCH", sketch as u8 as f64)],
-            _ => &[],
+        let constants: &[(&str, f64)] = match SKETCH_FILES.contains(&file) {
+            true => &[("SKETCH", sketch as u8 as f64)],
+            false => &[],
         };
         let source = shader_source(file, self.native).unwrap_or_default();
         let module = self

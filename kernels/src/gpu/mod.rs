@@ -101,6 +101,8 @@ const OP_FIRST: u32 = 9;
 const OP_LAST: u32 = 10;
 const OP_DISTINCT_I: u32 = 11;
 const OP_DISTINCT_F: u32 = 12;
+/// The op kinds of `approx_count_distinct`.
+const DISTINCT: [u32; 2] = [OP_DISTINCT_I, OP_DISTINCT_F];
 
 /// Words of a distinct-count sketch after its count and header (see `shaders/distinct.wgsl`).
 const DISTINCT_BODY: usize = 1024;
@@ -200,7 +202,7 @@ impl Layout {
     fn fold_round(&self) -> u32 {
         let count = |kinds: &[u32]| self.ops.iter().filter(|o| kinds.contains(&o[0])).count();
         let moments = count(&[OP_MOMENTS]) as u32;
-        let distinct = count(&[OP_DISTINCT_I, OP_DISTINCT_F]) as u32;
+        let distinct = count(&DISTINCT) as u32;
         let per_event = 4 + 3 * self.ops.len() as u32 + 60 * moments + 8 * distinct;
         (32_768u32.saturating_sub(2_048 * distinct) / per_event).max(1)
     }
@@ -318,7 +320,7 @@ impl GpuBackend {
     /// Opens a GPU and prepares state for these aggregates.
     pub fn new(aggs: &[AggSpec], opts: GpuOptions) -> Result<GpuBackend> {
         let layout = Layout::new(aggs)?;
-        let sketch = (layout.ops.iter()).any(|o| matches!(o[0], OP_DISTINCT_I | OP_DISTINCT_F));
+        let sketch = layout.ops.iter().any(|o| DISTINCT.contains(&o[0]));
         let gpu = Gpu::open(opts.features, opts.hardware_only, sketch)?;
         let binding = opts.max_binding_bytes.min(gpu.max_binding);
         let chunk_keys = (binding / (layout.stride as u64 * 4)).clamp(1, u32::MAX as u64) as u32;
@@ -825,7 +827,7 @@ impl GpuBackend {
                         AggFn::CountRows | AggFn::Count => out.push_i64(Some(count as i64)),
                         AggFn::ApproxCountDistinct => {
                             let op = &rows[r * stride + at..(r + 1) * stride];
-                            out.push_i64(Some(portable::sketch(op)?.estimate()))
+                            out.push_i64(Some(portable::sketch_estimate(op)?))
                         }
                         AggFn::Sum | AggFn::Min | AggFn::Max if int => {
                             out.push_i64(has.then(|| v(2) as i64))

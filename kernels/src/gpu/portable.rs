@@ -6,41 +6,50 @@
 use super::*;
 use crate::agg::Distinct;
 use crate::cpu::{Gather, StateColumn as Col, StateOp, layout, read_state_batch, state_batch};
+use crate::distinct::{REGISTERS, SPARSE_MAX, estimate_registers};
 
-/// The op kinds of `approx_count_distinct`.
-const DISTINCT: [u32; 2] = [OP_DISTINCT_I, OP_DISTINCT_F];
-
-/// The sketch held by the words of a distinct-count op (from its count on): its hashes,
-/// sorted, or its registers, in [`Distinct::to_bytes`]' form.
-fn sketch_bytes(op: &[u32]) -> Result<Vec<u8>> {
-    let body = &op[4..4 + DISTINCT_BODY];
+/// How many hashes the distinct-count sketch in an op's words (from its count on) holds,
+/// or `None` when it holds registers.
+fn sketch_hashes(op: &[u32]) -> Result<Option<usize>> {
     match op[2] {
-        DISTINCT_DENSE => {
-            let mut bytes = vec![1];
-            body.iter().for_each(|w| bytes.extend(w.to_le_bytes()));
-            Ok(bytes)
-        }
-        n if n as usize <= crate::distinct::SPARSE_MAX => {
-            let mut hashes: Vec<u64> = (body.chunks_exact(2).take(n as usize))
-                .map(|w| w[0] as u64 | (w[1] as u64) << 32)
-                .collect();
-            hashes.sort_unstable();
-            let mut bytes = vec![0];
-            hashes.iter().for_each(|h| bytes.extend(h.to_le_bytes()));
-            Ok(bytes)
-        }
+        DISTINCT_DENSE => Ok(None),
+        n if n as usize <= SPARSE_MAX => Ok(Some(n as usize)),
         n => Err(Error::BadState(format!(
             "a distinct-count sketch on the GPU says it holds {n} hashes"
         ))),
     }
 }
 
-/// The sketch of a distinct-count op's words.
-pub(super) fn sketch(op: &[u32]) -> Result<Distinct> {
-    let bytes = sketch_bytes(op)?;
-    Distinct::from_bytes(&bytes).ok_or_else(|| {
-        Error::BadState("a distinct-count sketch on the GPU holds a hash twice".into())
+/// The registers of a dense sketch's words, 4 a word.
+fn sketch_registers(op: &[u32]) -> [u8; REGISTERS] {
+    let mut registers = [0; REGISTERS];
+    for (r, w) in registers.chunks_exact_mut(4).zip(&op[4..4 + DISTINCT_BODY]) {
+        r.copy_from_slice(&w.to_le_bytes());
+    }
+    registers
+}
+
+/// The estimate of the sketch in an op's words, as the CPU computes it.
+pub(super) fn sketch_estimate(op: &[u32]) -> Result<i64> {
+    Ok(match sketch_hashes(op)? {
+        Some(n) => n as i64,
+        None => estimate_registers(&sketch_registers(op)),
     })
+}
+
+/// The sketch in an op's words in [`Distinct::to_bytes`]' form: its hashes, sorted, or
+/// its registers.
+fn sketch_bytes(op: &[u32]) -> Result<Vec<u8>> {
+    let Some(n) = sketch_hashes(op)? else {
+        return Ok([&[1], &sketch_registers(op)[..]].concat());
+    };
+    let mut hashes: Vec<u64> = (op[4..].chunks_exact(2).take(n))
+        .map(|w| w[0] as u64 | (w[1] as u64) << 32)
+        .collect();
+    hashes.sort_unstable();
+    let mut bytes = vec![0];
+    hashes.iter().for_each(|h| bytes.extend(h.to_le_bytes()));
+    Ok(bytes)
 }
 
 /// Writes the sketch `bytes` ([`Distinct::to_bytes`]) into the words of a distinct-count
@@ -65,7 +74,7 @@ fn set_sketch(bytes: &[u8], op: &mut [u32]) -> Result<()> {
     body[..hashes.len()].copy_from_slice(&hashes);
     let n = hashes.len() / 2;
     // The index: each hash's position + 1 in the first free slot from its own.
-    let index = 2 * crate::distinct::SPARSE_MAX;
+    let index = 2 * SPARSE_MAX;
     for k in 0..n {
         let mut s = hashes[2 * k] % DISTINCT_SLOTS;
         let slot = |s: u32| (body[index + s as usize / 2] >> (s % 2 * 16)) & 0xffff;
