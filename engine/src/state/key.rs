@@ -39,8 +39,8 @@ enum Interner {
     /// empty, in id order from the first in memory.
     Str {
         ty: DataType,
-        /// Ids in memory, less the first (not the null key's).
-        table: HashTable<u32>,
+        /// Ids in memory, less the first (not the null key's), with their heads.
+        table: HashTable<Short>,
         hasher: DefaultHashBuilder,
         arena: Vec<u8>,
         ends: Vec<usize>,
@@ -62,6 +62,49 @@ enum Interner {
 fn slice<'a>(arena: &'a [u8], ends: &[usize], i: u32) -> &'a [u8] {
     let start = if i == 0 { 0 } else { ends[i as usize - 1] };
     &arena[start..ends[i as usize]]
+}
+
+/// A string key in the table: its place in the arena and its first 16 bytes, so that a
+/// lookup compares a key of up to 16 bytes (most keys: slugs, codes, ids) without a
+/// call and without reading the arena, and a longer one only where the heads agree.
+#[derive(Clone, Copy)]
+struct Short {
+    /// The id, less the first in memory.
+    at: u32,
+    len: u32,
+    head: [u64; 2],
+}
+
+impl Short {
+    fn new(at: u32, value: &[u8]) -> Short {
+        Short {
+            at,
+            len: value.len() as u32,
+            head: head(value),
+        }
+    }
+
+    /// Whether this is the key `value` of head `h` (its bytes after the tag byte in the
+    /// arena).
+    fn is(&self, value: &[u8], h: [u64; 2], arena: &[u8], ends: &[usize]) -> bool {
+        self.len as usize == value.len()
+            && self.head == h
+            && (value.len() <= 16 || slice(arena, ends, self.at)[17..] == value[16..])
+    }
+}
+
+/// Up to 16 bytes of `v` in two words, loaded as overlapping words (no loop, no call):
+/// with the length, they tell apart any two values of at most 16 bytes.
+fn head(v: &[u8]) -> [u64; 2] {
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    let half = |b: &[u8]| u64::from(u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
+    let n = v.len();
+    match n {
+        16.. => [word(&v[..8]), word(&v[8..16])],
+        8.. => [word(&v[..8]), word(&v[n - 8..])],
+        4.. => [half(&v[..4]) | half(&v[n - 4..]) << 32, 0],
+        _ => [v.iter().fold(0, |h, &b| h << 8 | u64::from(b)), 0],
+    }
 }
 
 /// Stores a new key's bytes in the arena; its id.
@@ -207,10 +250,10 @@ impl KeyInterner {
             Interner::Int { ids, values, .. } => ids.capacity() * 16 + values.capacity() * 8,
             Interner::Rows {
                 table, arena, ends, ..
-            }
-            | Interner::Str {
-                table, arena, ends, ..
             } => table.capacity() * 4 + arena.capacity() + ends.capacity() * 8,
+            Interner::Str {
+                table, arena, ends, ..
+            } => table.capacity() * size_of::<Short>() + arena.capacity() + ends.capacity() * 8,
         };
         held + self.disk.as_ref().map_or(0, DiskKeys::found_bytes)
     }
@@ -242,14 +285,17 @@ impl KeyInterner {
             }
             Interner::Rows {
                 table, arena, ends, ..
+            } => {
+                disk.flush((0..ends.len() as u32).map(|i| slice(arena, ends, i)))?;
+                *table = HashTable::new();
+                (*arena, *ends) = (Vec::new(), Vec::new());
             }
-            | Interner::Str {
+            Interner::Str {
                 table, arena, ends, ..
             } => {
                 disk.flush((0..ends.len() as u32).map(|i| slice(arena, ends, i)))?;
                 *table = HashTable::new();
-                *arena = Vec::new();
-                *ends = Vec::new();
+                (*arena, *ends) = (Vec::new(), Vec::new());
             }
         }
         Ok(())
@@ -340,16 +386,17 @@ impl KeyInterner {
                         out.push(id);
                         continue;
                     };
-                    let hash = hasher.hash_one(value);
-                    let found = table.find(hash, |&i| &slice(arena, ends, i)[1..] == value);
+                    let (hash, h) = (hasher.hash_one(value), head(value));
+                    let found = table.find(hash, |k| k.is(value, h, arena, ends));
                     let id = match found {
-                        Some(&i) => base + i,
+                        Some(k) => base + k.at,
                         None => {
                             let key = [&[1u8][..], value].concat();
                             let id = recall(disk, &key, || push(arena, ends, len, &key))?;
                             if id >= base {
-                                table.insert_unique(hash, id - base, |&i| {
-                                    hasher.hash_one(&slice(arena, ends, i)[1..])
+                                let k = Short::new(id - base, value);
+                                table.insert_unique(hash, k, |k| {
+                                    hasher.hash_one(&slice(arena, ends, k.at)[1..])
                                 });
                             }
                             id
@@ -536,6 +583,55 @@ mod tests {
             &arrow::array::LargeStringArray::from(vec![Some("é"), Some(""), None, Some("b")])
                 as &dyn Array
         );
+    }
+
+    #[test]
+    fn string_keys_that_share_bytes_are_still_different_keys() {
+        // Every length around the heads' cases (0-3, 4-7, 8-15, 16 and over), each value
+        // differing from another in one byte only, at the start, the middle or the end.
+        let mut values = Vec::new();
+        for n in 0usize..40 {
+            let base: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+            values.push(base.clone());
+            for at in [0, n / 2, n.saturating_sub(1)] {
+                if at < n {
+                    let mut v = base.clone();
+                    v[at] = b'Z';
+                    values.push(v);
+                }
+            }
+        }
+        values.sort();
+        values.dedup();
+        // The table compares lengths and heads (and the arena beyond 16 bytes): a head
+        // must tell apart any two values of one length up to 16 bytes.
+        for a in values.iter().filter(|v| v.len() <= 16) {
+            for b in values.iter().filter(|b| b.len() == a.len() && *b != a) {
+                assert_ne!(head(a), head(b), "{a:?} and {b:?}");
+            }
+        }
+        let strings: Vec<String> = values
+            .into_iter()
+            .map(|v| String::from_utf8(v).unwrap())
+            .collect();
+        let col: ArrayRef = Arc::new(StringArray::from(strings.clone()));
+        let mut k = KeyInterner::new(&[("s".into(), DataType::Utf8)]).unwrap();
+        let mut ids = Vec::new();
+        k.intern(&[col.clone()], strings.len(), &mut ids).unwrap();
+        assert_eq!(
+            ids,
+            (0..strings.len() as u32).collect::<Vec<_>>(),
+            "one id each"
+        );
+        let mut again = Vec::new();
+        let reversed: ArrayRef = Arc::new(StringArray::from_iter_values(strings.iter().rev()));
+        k.intern(&[reversed], strings.len(), &mut again).unwrap();
+        assert!(
+            again.iter().rev().eq(ids.iter()),
+            "the same ids the second time"
+        );
+        let back = k.columns(&ids).unwrap();
+        assert_eq!(back[0].1.as_ref(), col.as_ref());
     }
 
     #[test]
