@@ -40,7 +40,9 @@ enum Interner {
     Str {
         ty: DataType,
         /// Ids in memory, less the first (not the null key's), with their heads.
-        table: HashTable<Short>,
+        table: StrTable,
+        /// The hash of each row of the batch being interned.
+        hashes: Vec<u64>,
         hasher: DefaultHashBuilder,
         arena: Vec<u8>,
         ends: Vec<usize>,
@@ -90,6 +92,84 @@ impl Short {
         self.len as usize == value.len()
             && self.head == h
             && (value.len() <= 16 || slice(arena, ends, self.at)[17..] == value[16..])
+    }
+}
+
+/// The string keys in memory: open addressing with linear probing, a key's first slot
+/// given by the high bits of its hash. Lookups go a batch at a time and prefetch the
+/// slots of the keys [`StrTable::AHEAD`] rows ahead, so that for a table beyond the
+/// core's cache the waits on memory overlap instead of coming one after the other.
+#[derive(Default)]
+struct StrTable {
+    /// A power of two of them (or none), at most three quarters used; empty: length
+    /// `u32::MAX`.
+    slots: Vec<Short>,
+    used: usize,
+}
+
+impl StrTable {
+    const AHEAD: usize = 16;
+    const EMPTY: Short = Short {
+        at: 0,
+        len: u32::MAX,
+        head: [0; 2],
+    };
+
+    fn first(&self, hash: u64) -> usize {
+        // The high bits: the low ones of a shard's keys may share a pattern.
+        ((hash >> 32) as usize) & (self.slots.len().max(1) - 1)
+    }
+
+    fn prefetch(&self, hash: u64) {
+        if let Some(slot) = self.slots.get(self.first(hash)) {
+            panes_kernels::cpu::prefetch(slot);
+        }
+    }
+
+    /// The key `value` (of head `h` and hash `hash`), if in memory.
+    fn find(
+        &self,
+        hash: u64,
+        value: &[u8],
+        h: [u64; 2],
+        arena: &[u8],
+        ends: &[usize],
+    ) -> Option<Short> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut i = self.first(hash);
+        loop {
+            let k = self.slots[i];
+            if k.len == u32::MAX {
+                return None;
+            }
+            if k.is(value, h, arena, ends) {
+                return Some(k);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds a key not in the table; `rehash` gives the hash of a key already there, when
+    /// the table grows.
+    fn insert(&mut self, hash: u64, k: Short, rehash: impl Fn(&Short) -> u64) {
+        if (self.used + 1) * 4 > self.slots.len() * 3 {
+            let size = (self.slots.len() * 2).max(1024);
+            let old = std::mem::replace(&mut self.slots, vec![StrTable::EMPTY; size]);
+            for k in old.into_iter().filter(|k| k.len != u32::MAX) {
+                self.place(rehash(&k), k);
+            }
+        }
+        self.place(hash, k);
+        self.used += 1;
+    }
+
+    fn place(&mut self, hash: u64, k: Short) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.first(hash);
+        while self.slots[i].len != u32::MAX {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = k;
     }
 }
 
@@ -195,7 +275,8 @@ impl KeyInterner {
             {
                 Interner::Str {
                     ty: ty.clone(),
-                    table: HashTable::new(),
+                    table: StrTable::default(),
+                    hashes: Vec::new(),
                     hasher: DefaultHashBuilder::default(),
                     arena: Vec::new(),
                     ends: Vec::new(),
@@ -253,7 +334,7 @@ impl KeyInterner {
             } => table.capacity() * 4 + arena.capacity() + ends.capacity() * 8,
             Interner::Str {
                 table, arena, ends, ..
-            } => table.capacity() * size_of::<Short>() + arena.capacity() + ends.capacity() * 8,
+            } => table.slots.len() * size_of::<Short>() + arena.capacity() + ends.capacity() * 8,
         };
         held + self.disk.as_ref().map_or(0, DiskKeys::found_bytes)
     }
@@ -294,7 +375,7 @@ impl KeyInterner {
                 table, arena, ends, ..
             } => {
                 disk.flush((0..ends.len() as u32).map(|i| slice(arena, ends, i)))?;
-                *table = HashTable::new();
+                *table = StrTable::default();
                 (*arena, *ends) = (Vec::new(), Vec::new());
             }
         }
@@ -366,6 +447,7 @@ impl KeyInterner {
             }
             Interner::Str {
                 table,
+                hashes,
                 hasher,
                 arena,
                 ends,
@@ -376,7 +458,16 @@ impl KeyInterner {
                 // trait object for each row.
                 let col =
                     cast(&cols[0], &DataType::Utf8).map_err(|e| Error::arrow("key column", e))?;
-                for value in col.as_string::<i32>() {
+                let col = col.as_string::<i32>();
+                // Hashes first, so that the slots of rows ahead can be prefetched.
+                hashes.clear();
+                // (A null row's value is empty: its hash goes unused.)
+                let value = |i| col.value(i).as_bytes();
+                hashes.extend((0..col.len()).map(|i| hasher.hash_one(value(i))));
+                for (i, value) in col.iter().enumerate() {
+                    if let Some(&ahead) = hashes.get(i + StrTable::AHEAD) {
+                        table.prefetch(ahead);
+                    }
                     let Some(value) = value.map(str::as_bytes) else {
                         let id = match *null {
                             Some(id) => id,
@@ -386,16 +477,14 @@ impl KeyInterner {
                         out.push(id);
                         continue;
                     };
-                    let (hash, h) = (hasher.hash_one(value), head(value));
-                    let found = table.find(hash, |k| k.is(value, h, arena, ends));
-                    let id = match found {
+                    let (hash, h) = (hashes[i], head(value));
+                    let id = match table.find(hash, value, h, arena, ends) {
                         Some(k) => base + k.at,
                         None => {
                             let key = [&[1u8][..], value].concat();
                             let id = recall(disk, &key, || push(arena, ends, len, &key))?;
                             if id >= base {
-                                let k = Short::new(id - base, value);
-                                table.insert_unique(hash, k, |k| {
+                                table.insert(hash, Short::new(id - base, value), |k| {
                                     hasher.hash_one(&slice(arena, ends, k.at)[1..])
                                 });
                             }
@@ -632,6 +721,16 @@ mod tests {
         );
         let back = k.columns(&ids).unwrap();
         assert_eq!(back[0].1.as_ref(), col.as_ref());
+
+        // Enough keys for the table to grow several times: each keeps its id.
+        let many: Vec<String> = (0..5_000).map(|i| format!("key-{i}")).collect();
+        let col: ArrayRef = Arc::new(StringArray::from(many.clone()));
+        k.intern(&[col.clone()], many.len(), &mut ids).unwrap();
+        let first = strings.len() as u32;
+        assert_eq!(ids, (first..first + 5_000).collect::<Vec<_>>());
+        let mut again = Vec::new();
+        k.intern(&[col], many.len(), &mut again).unwrap();
+        assert_eq!(again, ids);
     }
 
     #[test]

@@ -40,6 +40,7 @@ use update::{RUN_MIN_ROWS, Sel, group_by_pane};
 pub(crate) use codec::{Gather, layout, read_state_batch, state_batch};
 pub(crate) use state::{Op as StateOp, StateCol as StateColumn};
 pub use state::{SPARSE_MIN_KEYS, SparsePanes};
+pub use update::prefetch;
 
 /// Local key ids a window combines at a time where its panes are sparse (per partition).
 const KEY_SLICE: u32 = 1 << 16;

@@ -28,7 +28,7 @@ const PREFETCH_MIN_BYTES: usize = 1 << 20;
 /// Asks the CPU to start loading the cache line at `p`.
 #[inline(always)]
 #[allow(unsafe_code)]
-fn prefetch<T>(p: *const T) {
+pub fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint: it reads nothing and never faults, whatever the address.
     unsafe {
