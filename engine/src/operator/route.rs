@@ -22,22 +22,10 @@ fn mix(h: u32, x: u64) -> u32 {
     (h.rotate_left(5) ^ (x ^ (x >> 32)) as u32).wrapping_mul(0x9E37_79B9)
 }
 
-/// A hash of a byte string, eight bytes at a time.
+/// A hash of a byte string (foldhash, with a fixed seed: the same in every process).
 fn hash_bytes(b: &[u8]) -> u64 {
-    let mut h = b.len() as u64;
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
-    }
-    h
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(K).hash_one(b)
 }
 
 /// Folds the hash of each value of `col` into `hashes` (one per row).
