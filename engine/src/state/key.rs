@@ -1,7 +1,9 @@
 //! Key interning: key columns of a batch to dense `u32` key ids, and ids back to columns.
 //!
-//! One integer column takes a fast path (a hash map from `i64`), and one string column
-//! another (its bytes, hashed and stored as they are). Anything else (several columns) is
+//! One integer column takes a fast path (a direct table for small values, else a hash
+//! map from `i64`), and one string column another (its bytes, hashed and stored as they
+//! are, in a table of our own that keeps each key's first 16 bytes and is looked up with
+//! prefetching: `StrTable`). Anything else (several columns) is
 //! row-encoded with `arrow::row` and interned by its bytes. Either way a key's bytes are
 //! stored once in an arena. A null key is a key of its own.
 //!
