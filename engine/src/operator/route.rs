@@ -8,6 +8,7 @@
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type, UInt64Type};
+use std::hash::BuildHasher;
 
 use crate::error::{Error, Result};
 
@@ -24,7 +25,6 @@ fn mix(h: u32, x: u64) -> u32 {
 
 /// A hash of a byte string (foldhash, with a fixed seed: the same in every process).
 fn hash_bytes(b: &[u8]) -> u64 {
-    use std::hash::BuildHasher;
     foldhash::fast::FixedState::with_seed(K).hash_one(b)
 }
 

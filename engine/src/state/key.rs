@@ -88,6 +88,11 @@ impl Short {
         }
     }
 
+    /// Whether this is an empty slot ([`StrTable::EMPTY`]).
+    fn is_free(&self) -> bool {
+        self.len == u32::MAX
+    }
+
     /// Whether this is the key `value` of head `h` (its bytes after the tag byte in the
     /// arena).
     fn is(&self, value: &[u8], h: [u64; 2], arena: &[u8], ends: &[usize]) -> bool {
@@ -141,7 +146,7 @@ impl StrTable {
         let mut i = self.first(hash);
         loop {
             let k = self.slots[i];
-            if k.len == u32::MAX {
+            if k.is_free() {
                 return None;
             }
             if k.is(value, h, arena, ends) {
@@ -157,7 +162,7 @@ impl StrTable {
         if (self.used + 1) * 4 > self.slots.len() * 3 {
             let size = (self.slots.len() * 2).max(1024);
             let old = std::mem::replace(&mut self.slots, vec![StrTable::EMPTY; size]);
-            for k in old.into_iter().filter(|k| k.len != u32::MAX) {
+            for k in old.into_iter().filter(|k| !k.is_free()) {
                 self.place(rehash(&k), k);
             }
         }
@@ -168,7 +173,7 @@ impl StrTable {
     fn place(&mut self, hash: u64, k: Short) {
         let mask = self.slots.len() - 1;
         let mut i = self.first(hash);
-        while self.slots[i].len != u32::MAX {
+        while !self.slots[i].is_free() {
             i = (i + 1) & mask;
         }
         self.slots[i] = k;
@@ -187,6 +192,18 @@ fn head(v: &[u8]) -> [u64; 2] {
         4.. => [half(&v[..4]) | half(&v[n - 4..]) << 32, 0],
         _ => [v.iter().fold(0, |h, &b| h << 8 | u64::from(b)), 0],
     }
+}
+
+/// Bytes of an arena and its end offsets.
+fn arena_bytes(arena: &Vec<u8>, ends: &Vec<usize>) -> usize {
+    arena.capacity() + ends.capacity() * 8
+}
+
+/// Moves the keys of an arena to disk, and empties it.
+fn arena_to_disk(disk: &mut DiskKeys, arena: &mut Vec<u8>, ends: &mut Vec<usize>) -> Result<()> {
+    disk.flush((0..ends.len() as u32).map(|i| slice(arena, ends, i)))?;
+    (*arena, *ends) = (Vec::new(), Vec::new());
+    Ok(())
 }
 
 /// Stores a new key's bytes in the arena; its id.
@@ -333,10 +350,10 @@ impl KeyInterner {
             Interner::Int { ids, values, .. } => ids.capacity() * 16 + values.capacity() * 8,
             Interner::Rows {
                 table, arena, ends, ..
-            } => table.capacity() * 4 + arena.capacity() + ends.capacity() * 8,
+            } => table.capacity() * 4 + arena_bytes(arena, ends),
             Interner::Str {
                 table, arena, ends, ..
-            } => table.slots.len() * size_of::<Short>() + arena.capacity() + ends.capacity() * 8,
+            } => table.slots.len() * size_of::<Short>() + arena_bytes(arena, ends),
         };
         held + self.disk.as_ref().map_or(0, DiskKeys::found_bytes)
     }
@@ -369,16 +386,14 @@ impl KeyInterner {
             Interner::Rows {
                 table, arena, ends, ..
             } => {
-                disk.flush((0..ends.len() as u32).map(|i| slice(arena, ends, i)))?;
+                arena_to_disk(disk, arena, ends)?;
                 *table = HashTable::new();
-                (*arena, *ends) = (Vec::new(), Vec::new());
             }
             Interner::Str {
                 table, arena, ends, ..
             } => {
-                disk.flush((0..ends.len() as u32).map(|i| slice(arena, ends, i)))?;
+                arena_to_disk(disk, arena, ends)?;
                 *table = StrTable::default();
-                (*arena, *ends) = (Vec::new(), Vec::new());
             }
         }
         Ok(())
