@@ -167,6 +167,9 @@ fn case(seed: u64) -> Case {
     let n = 1 + rng.below(2500) as usize;
     let n_keys = 1 + rng.below(40);
     let string_keys = seed % 3 == 0;
+    // Half of those: one string key, dictionary-encoded (as Parquet files give it), the
+    // batches' slices sharing one dictionary.
+    let dictionary_key = string_keys && seed % 2 == 0;
 
     // Nominal times increase; events move back by up to the bound, some much further.
     let start = 1_700_000_000_000 + rng.below(100_000) as i64;
@@ -215,14 +218,22 @@ fn case(seed: u64) -> Case {
         Arc::new(Int64Array::from_iter_values(0..n as i64)),
         Arc::new(TimestampMillisecondArray::from(ts.clone())),
     ];
-    let key_columns = if string_keys {
-        fields.push(Field::new("k", DataType::Utf8, true));
-        fields.push(Field::new("k2", DataType::Int32, false));
-        columns.push(Arc::new(
+    let strings = || -> ArrayRef {
+        Arc::new(
             keys.iter()
                 .map(|k| k.map(|k| format!("key-{k}")))
                 .collect::<StringArray>(),
-        ));
+        )
+    };
+    let key_columns = if dictionary_key {
+        let ty = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        fields.push(Field::new("k", ty.clone(), true));
+        columns.push(arrow::compute::cast(&strings(), &ty).expect("a dictionary"));
+        r#"["k"]"#
+    } else if string_keys {
+        fields.push(Field::new("k", DataType::Utf8, true));
+        fields.push(Field::new("k2", DataType::Int32, false));
+        columns.push(strings());
         columns.push(Arc::new(Int32Array::from(second.clone())));
         r#"["k", "k2"]"#
     } else {
@@ -320,7 +331,7 @@ fn case(seed: u64) -> Case {
                 k.to_string()
             }
         });
-        if string_keys {
+        if string_keys && !dictionary_key {
             format!("{k},{}", second[i])
         } else {
             k

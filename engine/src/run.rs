@@ -310,6 +310,24 @@ impl fmt::Display for Summary {
 /// The columns a job reads: time, keys, aggregate inputs and what `[filter] events`
 /// reads, each once.
 fn needed_columns(job: &Job) -> Vec<String> {
+    let mut cols = each_read(job);
+    let mut seen = std::collections::HashSet::new();
+    cols.retain(|c| seen.insert(c.clone()));
+    cols
+}
+
+/// The key column a job may read dictionary-encoded: its one key column, when the job
+/// reads it for nothing else (aggregates and filters see it unencoded).
+fn dictionary_keys(job: &Job) -> Vec<String> {
+    let reads = each_read(job);
+    match &job.keys[..] {
+        [key] if reads.iter().filter(|c| *c == key).count() == 1 => vec![key.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The columns of [`needed_columns`], once for each time the job reads them.
+fn each_read(job: &Job) -> Vec<String> {
     let mut cols = vec![job.time_column.clone()];
     cols.extend(job.keys.iter().cloned());
     cols.extend(job.aggregates.iter().filter_map(|a| a.column.clone()));
@@ -319,8 +337,6 @@ fn needed_columns(job: &Job) -> Vec<String> {
             .flat_map(|a| a.expr.iter().flat_map(|e| e.columns())),
     );
     cols.extend(job.filter_events.iter().flat_map(|f| f.columns()));
-    let mut seen = std::collections::HashSet::new();
-    cols.retain(|c| seen.insert(c.clone()));
     cols
 }
 
@@ -689,9 +705,12 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let columns = needed_columns(job);
     let mut source = match source {
         Some(source) => source,
+        // Late events keep every column as it came.
+        None if keep_late => open_source(&job.source, None, &[], opts.batch_rows)?,
         None => open_source(
             &job.source,
-            (!keep_late).then_some(&columns[..]),
+            Some(&columns),
+            &dictionary_keys(job),
             opts.batch_rows,
         )?,
     };

@@ -215,10 +215,13 @@ pub trait Source: Send {
     fn checkpointed(&mut self, _at: &Position) {}
 }
 
-/// Opens the source of a job. `columns`: the columns to read (`None`: all of them).
+/// Opens the source of a job. `columns`: the columns to read (`None`: all of them), of
+/// which string columns `dictionary` may come dictionary-encoded (from Parquet files that
+/// store them so).
 pub fn open_source(
     spec: &SourceSpec,
     columns: Option<&[String]>,
+    dictionary: &[String],
     batch_rows: usize,
 ) -> Result<Box<dyn Source>> {
     let per_file = |files: Vec<PathBuf>, open: &dyn Fn(Vec<PathBuf>) -> Result<Box<dyn Source>>| {
@@ -231,7 +234,7 @@ pub fn open_source(
         SourceSpec::Parquet(p) => {
             let open = |files: Vec<PathBuf>| -> Result<Box<dyn Source>> {
                 Ok(Box::new(parquet::ParquetSource::open(
-                    &files, columns, batch_rows,
+                    &files, columns, dictionary, batch_rows,
                 )?))
             };
             let files = files(&p.path, "parquet")?;

@@ -1,45 +1,146 @@
 //! Parquet source: files read in name order as one partition, row group by row group in
-//! micro-batches (never a whole file at once), projected to the columns the job reads.
+//! micro-batches (never a whole file at once, and no batch across two row groups),
+//! projected to the columns the job reads.
+//!
+//! String columns that the job asks for as dictionaries (a key column it reads for
+//! nothing else) come as Arrow dictionaries when the files store them dictionary-encoded:
+//! a column chunk's distinct strings are then decoded once, not once per row, and the key
+//! interner looks each up once per chunk.
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
+use parquet::errors::ParquetError;
 
 use super::{Decoded, FileSequence, Position, Source, SourceBatch};
 use crate::error::{Error, Result};
 
-/// The batches of one file, every row decoded.
-type Batches = std::iter::Map<
-    ParquetRecordBatchReader,
-    fn(std::result::Result<RecordBatch, ArrowError>) -> std::result::Result<Decoded, ArrowError>,
->;
+/// The batches of one file, every row decoded, a reader per row group so that no batch
+/// spans two (a batch of a dictionary-encoded column then shares its chunk's dictionary).
+struct RowGroups {
+    file: File,
+    meta: ArrowReaderMetadata,
+    mask: ProjectionMask,
+    batch_rows: usize,
+    groups: std::ops::Range<usize>,
+    /// Rows to skip at the start of the next row group (a restored position).
+    offset: usize,
+    reader: Option<ParquetRecordBatchReader>,
+}
 
-fn decoded(
-    b: std::result::Result<RecordBatch, ArrowError>,
-) -> std::result::Result<Decoded, ArrowError> {
-    b.map(Decoded::from)
+impl Iterator for RowGroups {
+    type Item = std::result::Result<Decoded, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(batch) = self.reader.as_mut().and_then(Iterator::next) {
+                return Some(batch.map(Decoded::from));
+            }
+            let group = self.groups.next()?;
+            let reader = self
+                .file
+                .try_clone()
+                .map_err(ParquetError::from)
+                .and_then(|file| {
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
+                        .with_projection(self.mask.clone())
+                        .with_batch_size(self.batch_rows)
+                        .with_row_groups(vec![group])
+                        .with_offset(std::mem::take(&mut self.offset))
+                        .build()
+                });
+            match reader {
+                Ok(reader) => self.reader = Some(reader),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
 }
 
 pub(super) struct ParquetSource {
     columns: Option<Vec<String>>,
+    /// String columns read as dictionaries.
+    dictionary: Vec<String>,
     batch_rows: usize,
     schema: SchemaRef,
     total: u64,
-    files: FileSequence<Batches>,
+    files: FileSequence<RowGroups>,
 }
 
-fn builder(path: &PathBuf) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+/// A file and its footer.
+fn footer(path: &PathBuf) -> Result<(File, ArrowReaderMetadata)> {
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::parquet(path.clone(), e))
+    let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        .map_err(|e| Error::parquet(path.clone(), e))?;
+    Ok((file, meta))
+}
+
+/// Whether `ty` can be read as a dictionary of strings.
+fn stringy(ty: &DataType) -> bool {
+    matches!(ty, DataType::Utf8 | DataType::LargeUtf8)
+}
+
+/// Of the string columns `wanted`, those that most row groups of these footers store
+/// with a dictionary page (reading a plain-encoded chunk as a dictionary would build one,
+/// at a cost).
+fn dictionary_encoded(footers: &[ArrowReaderMetadata], wanted: &[String]) -> Vec<String> {
+    let groups: usize = footers.iter().map(|m| m.metadata().num_row_groups()).sum();
+    let encoded = |name: &String| -> usize {
+        let mut n = 0;
+        for m in footers {
+            let schema = m.parquet_schema();
+            let string = m.schema().field_with_name(name).ok().map(Field::data_type);
+            let Some(leaf) = (0..schema.num_columns()).find(|&i| {
+                string.is_some_and(stringy) && schema.column(i).path().parts() == [name.clone()]
+            }) else {
+                return 0;
+            };
+            n += (m.metadata().row_groups().iter())
+                .filter(|g| g.column(leaf).dictionary_page_offset().is_some())
+                .count();
+        }
+        n
+    };
+    (wanted.iter())
+        .filter(|c| groups > 0 && encoded(c) * 2 >= groups)
+        .cloned()
+        .collect()
+}
+
+/// A file and its footer, with string columns `dictionary` to be read as dictionaries.
+fn open_file(path: &PathBuf, dictionary: &[String]) -> Result<(File, ArrowReaderMetadata)> {
+    let (file, meta) = footer(path)?;
+    let meta = if dictionary.is_empty() {
+        meta
+    } else {
+        let fields = meta.schema().fields().iter().map(|f| match f.data_type() {
+            ty if stringy(ty) && dictionary.contains(f.name()) => {
+                Arc::new(f.as_ref().clone().with_data_type(DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(ty.clone()),
+                )))
+            }
+            _ => f.clone(),
+        });
+        let schema =
+            Schema::new_with_metadata(fields.collect::<Vec<_>>(), meta.schema().metadata().clone());
+        let options = ArrowReaderOptions::new().with_schema(Arc::new(schema));
+        ArrowReaderMetadata::try_new(meta.metadata().clone(), options)
+            .map_err(|e| Error::parquet(path.clone(), e))?
+    };
+    Ok((file, meta))
 }
 
 fn projection(
-    b: &ParquetRecordBatchReaderBuilder<File>,
+    b: &ArrowReaderMetadata,
     path: &PathBuf,
     columns: Option<&[String]>,
 ) -> Result<ProjectionMask> {
@@ -65,19 +166,27 @@ fn projection(
 }
 
 impl ParquetSource {
+    /// A source of `files`, reading `columns` (`None`: all), of which the string columns
+    /// `dictionary` come as dictionaries where the files store them so.
     pub(super) fn open(
         files: &[PathBuf],
         columns: Option<&[String]>,
+        dictionary: &[String],
         batch_rows: usize,
     ) -> Result<Self> {
+        // Reads only the footers: checks every file before the first event is processed.
+        let footers = (files.iter())
+            .map(|path| Ok(footer(path)?.1))
+            .collect::<Result<Vec<_>>>()?;
+        let dictionary = dictionary_encoded(&footers, dictionary);
+        drop(footers);
         let mut schema = None;
         let mut total = 0;
         for path in files {
-            // Reads only the footer: checks every file before the first event is processed.
-            let b = builder(path)?;
-            let mask = projection(&b, path, columns)?;
-            total += b.metadata().file_metadata().num_rows() as u64;
-            let projected = b
+            let (file, meta) = open_file(path, &dictionary)?;
+            let mask = projection(&meta, path, columns)?;
+            total += meta.metadata().file_metadata().num_rows() as u64;
+            let projected = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
                 .with_projection(mask)
                 .build()
                 .map_err(|e| Error::parquet(path.clone(), e))?;
@@ -100,6 +209,7 @@ impl ParquetSource {
             schema.ok_or_else(|| Error::Internal("a Parquet source with no files".into()))?;
         Ok(ParquetSource {
             columns: columns.map(<[String]>::to_vec),
+            dictionary,
             batch_rows,
             schema,
             total,
@@ -123,11 +233,12 @@ impl Source for ParquetSource {
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
         let (columns, batch_rows) = (self.columns.as_deref(), self.batch_rows);
+        let dictionary = &self.dictionary;
         self.files.next(|path, skip| {
-            let b = builder(path)?;
-            let mask = projection(&b, path, columns)?;
+            let (file, meta) = open_file(path, dictionary)?;
+            let mask = projection(&meta, path, columns)?;
             // Resuming: whole row groups are skipped unread, then rows of the next one.
-            let sizes: Vec<u64> = (b.metadata().row_groups().iter())
+            let sizes: Vec<u64> = (meta.metadata().row_groups().iter())
                 .map(|g| g.num_rows() as u64)
                 .collect();
             let (mut groups, mut rest) = (0, skip);
@@ -141,18 +252,118 @@ impl Source for ParquetSource {
                     path.display()
                 );
             }
-            let reader = b
-                .with_projection(mask)
-                .with_batch_size(batch_rows)
-                .with_row_groups((groups..sizes.len()).collect())
-                .with_offset(rest as usize)
-                .build()
-                .map_err(|e| Error::parquet(path.clone(), e))?;
-            Ok((reader.map(decoded as fn(_) -> _), skip))
+            let groups = RowGroups {
+                file,
+                meta,
+                mask,
+                batch_rows,
+                groups: groups..sizes.len(),
+                offset: rest as usize,
+                reader: None,
+            };
+            Ok((groups, skip))
         })
     }
 
     fn seek(&mut self, to: &Position) -> Result<()> {
         self.files.seek(to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+    use arrow::compute::cast;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    /// 2,500 rows of a string key (nulls among them) and a value, in row groups of 1,000.
+    fn write(path: &std::path::Path, dictionary: bool) -> (ArrayRef, ArrayRef) {
+        let keys: ArrayRef =
+            Arc::new(StringArray::from_iter((0..2_500).map(|i: i64| {
+                (i % 7 != 3).then(|| format!("key-{}", i * 31 % 97))
+            })));
+        let values: ArrayRef = Arc::new(Int64Array::from_iter_values(0..2_500));
+        let batch = RecordBatch::try_from_iter([("k", keys.clone()), ("v", values.clone())])
+            .expect("a batch");
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(1_000))
+            .set_dictionary_enabled(dictionary)
+            .build();
+        let file = File::create(path).expect("a file");
+        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).expect("a writer");
+        w.write(&batch).expect("written");
+        w.close().expect("closed");
+        (keys, values)
+    }
+
+    fn read(path: &std::path::Path, dictionary: &[String]) -> (SchemaRef, Vec<RecordBatch>) {
+        let mut source =
+            ParquetSource::open(&[path.to_path_buf()], None, dictionary, 300).expect("the source");
+        let mut batches = Vec::new();
+        while let Some(b) = source.next_batch().expect("a batch") {
+            batches.push(b.batch);
+        }
+        (source.schema(), batches)
+    }
+
+    #[test]
+    fn a_dictionary_encoded_key_comes_as_a_dictionary_one_per_row_group() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("keys.parquet");
+        let (keys, values) = write(&path, true);
+        let (schema, batches) = read(&path, &["k".to_string()]);
+        assert!(matches!(
+            schema.field(0).data_type(),
+            DataType::Dictionary(..)
+        ));
+        // Batches of at most 300 rows, none across a row group: 300, 300, 300, 100, ...
+        let lengths: Vec<usize> = batches.iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(
+            lengths,
+            [300, 300, 300, 100]
+                .repeat(2)
+                .into_iter()
+                .chain([300, 200])
+                .collect::<Vec<_>>()
+        );
+        // The batches of a row group share its dictionary.
+        let dict = |b: &RecordBatch| b.column(0).as_any_dictionary().values().clone();
+        assert!(Arc::ptr_eq(&dict(&batches[0]), &dict(&batches[3])));
+        assert!(!Arc::ptr_eq(&dict(&batches[3]), &dict(&batches[4])));
+        // The same rows as written.
+        let plain: Vec<ArrayRef> = batches
+            .iter()
+            .map(|b| cast(b.column(0), &DataType::Utf8).unwrap())
+            .collect();
+        let plain =
+            arrow::compute::concat(&plain.iter().map(|a| a.as_ref()).collect::<Vec<_>>()).unwrap();
+        assert_eq!(plain.as_ref(), keys.as_ref());
+        let v: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(1)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(
+            v,
+            values
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        );
+
+        // Not asked for, or not stored as a dictionary: plain strings.
+        assert_eq!(read(&path, &[]).0.field(0).data_type(), &DataType::Utf8);
+        let plain_path = dir.path().join("plain.parquet");
+        write(&plain_path, false);
+        assert_eq!(
+            read(&plain_path, &["k".to_string()]).0.field(0).data_type(),
+            &DataType::Utf8
+        );
     }
 }

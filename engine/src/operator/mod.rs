@@ -90,6 +90,7 @@ pub struct WindowOperator {
     /// lent to the shards' threads with a batch.
     owners: Vec<u16>,
     rows: Vec<Vec<u32>>,
+    dictionary_shards: route::DictionaryShards,
     /// The backend as a summary names it, and the number of shards.
     backend: (&'static str, String),
     shard_count: usize,
@@ -192,6 +193,7 @@ impl WindowOperator {
             in_flight: None,
             owners: Vec::new(),
             rows: vec![Vec::new(); n],
+            dictionary_shards: Default::default(),
             backend,
             shard_count: n,
             finished: false,
@@ -406,7 +408,12 @@ impl WindowOperator {
         let in_order = self.keyless.is_some();
         if !in_order && route::one_int_key(keys).is_none() {
             owners.resize(n, 0);
-            route::shards_of(keys, self.shard_count, &mut owners)?;
+            route::shards_of(
+                keys,
+                self.shard_count,
+                &mut self.dictionary_shards,
+                &mut owners,
+            )?;
         }
         // The shards' threads take this batch once they are done with the last one, which
         // they processed while this thread prepared this one.

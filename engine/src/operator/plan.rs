@@ -11,6 +11,7 @@ use panes_kernels::{AggSpec, Domain, OutType};
 use crate::error::{Error, Result};
 use crate::expr::Bound;
 use crate::job::Job;
+use crate::state::key::value_type;
 
 /// An input column that aggregates read: where it is and how it is read.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +37,7 @@ pub(crate) struct Plan {
     /// Schema of what shards read ([`Plan::read`]).
     read_schema: SchemaRef,
     pub key_indices: Vec<usize>,
-    /// Names and types of the key columns.
+    /// Names and types of the key columns (a dictionary-encoded one: its values' type).
     pub key_fields: Vec<(String, DataType)>,
     pub inputs: Vec<Input>,
     pub specs: Vec<AggSpec>,
@@ -169,10 +170,8 @@ impl Plan {
         let key_fields: Vec<(String, DataType)> = key_indices
             .iter()
             .map(|&i| {
-                (
-                    schema.field(i).name().clone(),
-                    schema.field(i).data_type().clone(),
-                )
+                let f = schema.field(i);
+                (f.name().clone(), value_type(f.data_type()).clone())
             })
             .collect();
 

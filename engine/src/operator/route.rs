@@ -9,6 +9,7 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int64Type, UInt64Type};
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -61,6 +62,12 @@ fn fold_column(col: &ArrayRef, hashes: &mut [u32]) -> Result<()> {
         DataType::Utf8View => {
             let v = col.as_string_view();
             each(col, hashes, |i| hash_bytes(v.value(i).as_bytes()));
+        }
+        // (One key column that is a dictionary takes [`shards_of`]'s faster path.)
+        DataType::Dictionary(_, values) => {
+            let plain = cast(col, values)
+                .map_err(|e| Error::Internal(format!("hashing a key column: {e}")))?;
+            fold_column(&plain, hashes)?;
         }
         t if t.is_integer() => {
             let ints = cast(col, &DataType::Int64)
@@ -131,9 +138,51 @@ pub(crate) fn rows_of(
     rows.truncate(k);
 }
 
+/// The shard of each value of the last dictionary that a one-column key came in, kept
+/// while batches share the dictionary (the batches of a Parquet column chunk do).
+#[derive(Default)]
+pub(crate) struct DictionaryShards(Option<(ArrayRef, Vec<u16>)>);
+
 /// Writes the shard (of `shards`) that owns each row of key columns `cols` into `out`,
-/// which has one entry per row.
-pub(crate) fn shards_of(cols: &[ArrayRef], shards: usize, out: &mut [u16]) -> Result<()> {
+/// which has one entry per row. One dictionary-encoded column: each value is hashed once
+/// while `dictionary` keeps it.
+pub(crate) fn shards_of(
+    cols: &[ArrayRef],
+    shards: usize,
+    dictionary: &mut DictionaryShards,
+    out: &mut [u16],
+) -> Result<()> {
+    if let [col] = cols
+        && let Some(d) = col.as_any_dictionary_opt()
+    {
+        let of_values = match &mut dictionary.0 {
+            Some((values, of)) if Arc::ptr_eq(values, d.values()) => of,
+            cached => {
+                let mut of = vec![0; d.values().len()];
+                shards_of(
+                    &[d.values().clone()],
+                    shards,
+                    &mut DictionaryShards(None),
+                    &mut of,
+                )?;
+                &mut cached.insert((d.values().clone(), of)).1
+            }
+        };
+        let null = shard_of(mix(0, NULL), shards) as u16;
+        // (No values: every row is null.)
+        let keys = if of_values.is_empty() {
+            Vec::new()
+        } else {
+            d.normalized_keys()
+        };
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = match keys.get(i) {
+                Some(&k) if col.is_valid(i) => of_values[k],
+                _ => null,
+            };
+        }
+        return Ok(());
+    }
     let mut hashes = vec![0u32; out.len()];
     for col in cols {
         fold_column(col, &mut hashes)?;
@@ -152,7 +201,7 @@ mod tests {
 
     fn owners(cols: &[ArrayRef], shards: usize) -> Vec<usize> {
         let mut out = vec![u16::MAX; cols[0].len()];
-        shards_of(cols, shards, &mut out).unwrap();
+        shards_of(cols, shards, &mut DictionaryShards::default(), &mut out).unwrap();
         out.into_iter().map(usize::from).collect()
     }
 
@@ -173,11 +222,49 @@ mod tests {
     }
 
     #[test]
+    fn a_dictionary_encoded_key_has_the_shard_of_its_string() {
+        use arrow::array::DictionaryArray;
+        use arrow::datatypes::Int32Type;
+        let values: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("art-000001"),
+            None,
+            Some("art-000002"),
+            Some("art-000003"),
+        ]));
+        let keys = vec![Some(0), Some(2), None, Some(1), Some(3), Some(0), Some(3)];
+        let dict: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::new(keys.into(), values));
+        let plain = cast(&dict, &DataType::Utf8).unwrap();
+        let second: ArrayRef = Arc::new(Int32Array::from(vec![1, 2, 3, 4, 5, 6, 7]));
+        for shards in [2, 3, 8] {
+            assert_eq!(
+                owners(&[dict.clone()], shards),
+                owners(&[plain.clone()], shards)
+            );
+            // The shards a kept dictionary gives, for a second batch of it.
+            let mut kept = DictionaryShards::default();
+            let mut out = vec![0; dict.len()];
+            for _ in 0..2 {
+                shards_of(&[dict.clone()], shards, &mut kept, &mut out).unwrap();
+                let out: Vec<usize> = out.iter().map(|&o| usize::from(o)).collect();
+                assert_eq!(out, owners(&[plain.clone()], shards));
+            }
+            // With a second key column: the general path.
+            assert_eq!(
+                owners(&[dict.clone(), second.clone()], shards),
+                owners(&[plain.clone(), second.clone()], shards)
+            );
+        }
+        // Not all on one shard, or the test would say nothing.
+        let o = owners(&[plain], 8);
+        assert!(o.iter().any(|&s| s != o[0]));
+    }
+
+    #[test]
     fn keys_spread_evenly_over_shards() {
         let names: Vec<String> = (0..10_000).map(|i| format!("art-{i:06}")).collect();
         let col: ArrayRef = Arc::new(StringArray::from(names));
         let mut owners = vec![0; 10_000];
-        shards_of(&[col], 4, &mut owners).unwrap();
+        shards_of(&[col], 4, &mut DictionaryShards::default(), &mut owners).unwrap();
         for s in 0..4 {
             let rows = owners.iter().filter(|&&o| o == s).count();
             assert!((2_300..2_700).contains(&rows), "shard {s}: {rows}");
@@ -185,7 +272,13 @@ mod tests {
         // Integer keys, by the one-pass path and the general one.
         let ints: ArrayRef = Arc::new(Int64Array::from_iter_values(0..10_000));
         let mut owners = vec![0; 10_000];
-        shards_of(&[ints.clone()], 3, &mut owners).unwrap();
+        shards_of(
+            &[ints.clone()],
+            3,
+            &mut DictionaryShards::default(),
+            &mut owners,
+        )
+        .unwrap();
         let mut rows = Vec::new();
         for s in 0..3 {
             rows_of(&[ints.clone()], &[], 3, s, &mut rows);

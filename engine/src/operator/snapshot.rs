@@ -252,7 +252,7 @@ impl WindowOperator {
             let first = owner.len();
             owner.resize(first + batch.num_rows(), (0, 0));
             owners.resize(batch.num_rows(), 0);
-            route::shards_of(batch.columns(), n, &mut owners)?;
+            route::shards_of(batch.columns(), n, &mut Default::default(), &mut owners)?;
             for (s, shard) in self.shards.iter_mut().enumerate() {
                 let rows: Vec<u32> = (0..owners.len() as u32)
                     .filter(|&r| usize::from(owners[r as usize]) == s)

@@ -18,6 +18,7 @@ use arrow::row::{RowConverter, SortField};
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::state::keyspill::DiskKeys;
@@ -50,6 +51,9 @@ enum Interner {
         ends: Vec<usize>,
         /// The id of the null key, once seen.
         null: Option<u32>,
+        /// The values of the last dictionary-encoded batch and the id of each
+        /// (`u32::MAX`: not looked up yet), kept while batches share them.
+        dict: Option<(ArrayRef, Vec<u32>)>,
     },
     /// Row-encoded keys, bytes stored once in `arena`, in id order from the first in memory.
     Rows {
@@ -257,6 +261,15 @@ fn is_key_type(ty: &DataType) -> bool {
         )
 }
 
+/// The type of a key column's values: a dictionary's value type, else its own. Key
+/// columns may come dictionary-encoded; the interner and the outputs use this type.
+pub(crate) fn value_type(ty: &DataType) -> &DataType {
+    match ty {
+        DataType::Dictionary(_, values) => values,
+        ty => ty,
+    }
+}
+
 /// The id of a key missing from the in-memory tables: from the disk, else a new id from
 /// `new`.
 fn recall(disk: &mut Option<DiskKeys>, key: &[u8], new: impl FnOnce() -> u32) -> Result<u32> {
@@ -300,6 +313,7 @@ impl KeyInterner {
                     arena: Vec::new(),
                     ends: Vec::new(),
                     null: None,
+                    dict: None,
                 }
             }
             _ => Interner::Rows {
@@ -352,8 +366,17 @@ impl KeyInterner {
                 table, arena, ends, ..
             } => table.capacity() * 4 + arena_bytes(arena, ends),
             Interner::Str {
-                table, arena, ends, ..
-            } => table.slots.len() * size_of::<Short>() + arena_bytes(arena, ends),
+                table,
+                arena,
+                ends,
+                dict,
+                ..
+            } => {
+                let dict = dict.as_ref().map_or(0, |(values, ids)| {
+                    values.get_array_memory_size() + ids.capacity() * 4
+                });
+                table.slots.len() * size_of::<Short>() + arena_bytes(arena, ends) + dict
+            }
         };
         held + self.disk.as_ref().map_or(0, DiskKeys::found_bytes)
     }
@@ -390,10 +413,15 @@ impl KeyInterner {
                 *table = HashTable::new();
             }
             Interner::Str {
-                table, arena, ends, ..
+                table,
+                arena,
+                ends,
+                dict,
+                ..
             } => {
                 arena_to_disk(disk, arena, ends)?;
                 *table = StrTable::default();
+                *dict = None;
             }
         }
         Ok(())
@@ -469,8 +497,107 @@ impl KeyInterner {
                 arena,
                 ends,
                 null,
+                dict,
                 ..
             } => {
+                // The id of `value` (`None`: the null key) of hash `hash`, after a
+                // prefetch of the slot of hash `ahead`.
+                let mut id_of =
+                    |value: Option<&[u8]>, hash: u64, ahead: Option<u64>| -> Result<u32> {
+                        if let Some(ahead) = ahead {
+                            table.prefetch(ahead);
+                        }
+                        let Some(value) = value else {
+                            let id = match *null {
+                                Some(id) => id,
+                                None => recall(disk, &[], || push(arena, ends, len, &[]))?,
+                            };
+                            *null = Some(id);
+                            return Ok(id);
+                        };
+                        let h = head(value);
+                        Ok(match table.find(hash, value, h, arena, ends) {
+                            Some(k) => base + k.at,
+                            None => {
+                                let key = [&[1u8][..], value].concat();
+                                let id = recall(disk, &key, || push(arena, ends, len, &key))?;
+                                if id >= base {
+                                    table.insert(hash, Short::new(id - base, value), |k| {
+                                        hasher.hash_one(&slice(arena, ends, k.at)[1..])
+                                    });
+                                }
+                                id
+                            }
+                        })
+                    };
+                if let Some(d) = cols[0].as_any_dictionary_opt() {
+                    // Each value of a dictionary is looked up once, when a row first
+                    // uses it, and its id kept while batches share the dictionary (the
+                    // batches of a Parquet column chunk do).
+                    let values = cast(d.values(), &DataType::Utf8)
+                        .map_err(|e| Error::arrow("key column", e))?;
+                    let values = values.as_string::<i32>();
+                    let ids = match dict {
+                        Some((v, ids)) if Arc::ptr_eq(v, d.values()) => ids,
+                        _ => {
+                            &mut dict
+                                .insert((d.values().clone(), vec![u32::MAX; values.len()]))
+                                .1
+                        }
+                    };
+                    let keys = if values.is_empty() {
+                        Vec::new() // every row is null
+                    } else {
+                        d.normalized_keys()
+                    };
+                    let key_nulls = cols[0].nulls();
+                    let valid = |i: usize| key_nulls.is_none_or(|n| n.is_valid(i));
+                    // The values that rows use for the first time (`None`: a null row),
+                    // in the order they first do, so that ids come as for the strings
+                    // unencoded; looked up as a batch of strings is: hashes first,
+                    // prefetching ahead.
+                    const NEW: u32 = u32::MAX - 1;
+                    let (mut new, mut nulls) = (Vec::new(), false);
+                    let n = cols[0].len();
+                    // (No values: every row is null.)
+                    for (i, k) in (0..n).map(|i| (i, keys.get(i).copied())) {
+                        match k.filter(|_| valid(i)) {
+                            Some(k) if ids[k] == u32::MAX => {
+                                ids[k] = NEW;
+                                new.push(Some(k));
+                            }
+                            Some(_) => {}
+                            None if !nulls => {
+                                nulls = true;
+                                new.push(None);
+                            }
+                            None => {}
+                        }
+                    }
+                    let value = |k: Option<usize>| {
+                        k.filter(|&k| values.is_valid(k))
+                            .map(|k| values.value(k).as_bytes())
+                    };
+                    hashes.clear();
+                    hashes.extend(
+                        new.iter()
+                            .map(|&k| hasher.hash_one(value(k).unwrap_or_default())),
+                    );
+                    let mut null_id = u32::MAX;
+                    for (j, &k) in new.iter().enumerate() {
+                        let ahead = hashes.get(j + StrTable::AHEAD).copied();
+                        let id = id_of(value(k), hashes[j], ahead)?;
+                        match k {
+                            Some(k) => ids[k] = id,
+                            None => null_id = id,
+                        }
+                    }
+                    out.extend((0..n).map(|i| match keys.get(i) {
+                        Some(&k) if valid(i) => ids[k],
+                        _ => null_id,
+                    }));
+                    return Ok(());
+                }
                 // As Utf8 (no copy when it is): one loop, without a call through a
                 // trait object for each row.
                 let col =
@@ -482,33 +609,8 @@ impl KeyInterner {
                 let value = |i| col.value(i).as_bytes();
                 hashes.extend((0..col.len()).map(|i| hasher.hash_one(value(i))));
                 for (i, value) in col.iter().enumerate() {
-                    if let Some(&ahead) = hashes.get(i + StrTable::AHEAD) {
-                        table.prefetch(ahead);
-                    }
-                    let Some(value) = value.map(str::as_bytes) else {
-                        let id = match *null {
-                            Some(id) => id,
-                            None => recall(disk, &[], || push(arena, ends, len, &[]))?,
-                        };
-                        *null = Some(id);
-                        out.push(id);
-                        continue;
-                    };
-                    let (hash, h) = (hashes[i], head(value));
-                    let id = match table.find(hash, value, h, arena, ends) {
-                        Some(k) => base + k.at,
-                        None => {
-                            let key = [&[1u8][..], value].concat();
-                            let id = recall(disk, &key, || push(arena, ends, len, &key))?;
-                            if id >= base {
-                                table.insert(hash, Short::new(id - base, value), |k| {
-                                    hasher.hash_one(&slice(arena, ends, k.at)[1..])
-                                });
-                            }
-                            id
-                        }
-                    };
-                    out.push(id);
+                    let ahead = hashes.get(i + StrTable::AHEAD).copied();
+                    out.push(id_of(value.map(str::as_bytes), hashes[i], ahead)?);
                 }
             }
             Interner::Rows {
@@ -518,8 +620,12 @@ impl KeyInterner {
                 arena,
                 ends,
             } => {
+                let cols: Vec<ArrayRef> = (cols.iter())
+                    .map(|c| cast(c, value_type(c.data_type())))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| Error::arrow("key columns", e))?;
                 let encoded = converter
-                    .convert_columns(cols)
+                    .convert_columns(&cols)
                     .map_err(|e| Error::arrow("encoding key columns", e))?;
                 for row in encoded.iter() {
                     let bytes = row.as_ref();
@@ -748,6 +854,57 @@ mod tests {
         let mut again = Vec::new();
         k.intern(&[col], many.len(), &mut again).unwrap();
         assert_eq!(again, ids);
+    }
+
+    #[test]
+    fn dictionary_encoded_keys_get_the_ids_their_strings_would() {
+        use arrow::array::{DictionaryArray, Int8Array};
+        use arrow::datatypes::{Int8Type, Int32Type};
+        // Batches of one dictionary, then of another, with null keys and a null value,
+        // interned dictionary-encoded and as plain strings by a second interner.
+        let values: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("b"),
+            Some("a"),
+            None,
+            Some("a long key of more than sixteen bytes"),
+            Some("unused"),
+        ]));
+        let other: ArrayRef = Arc::new(StringArray::from(vec![Some("c"), Some("b")]));
+        let batches: Vec<DictionaryArray<Int32Type>> = vec![
+            DictionaryArray::new(
+                vec![Some(1), None, Some(0), Some(1), Some(3), Some(2)].into(),
+                values.clone(),
+            ),
+            DictionaryArray::new(vec![Some(3), Some(0), None, Some(1)].into(), values.clone()),
+            DictionaryArray::new(vec![Some(0), Some(1), Some(0)].into(), other),
+        ];
+        let field = [("s".into(), DataType::Utf8)];
+        let (mut dict, mut plain) = (
+            KeyInterner::new(&field).unwrap(),
+            KeyInterner::new(&field).unwrap(),
+        );
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for (b, batch) in batches.into_iter().enumerate() {
+            let batch: ArrayRef = Arc::new(batch);
+            let strings = cast(&batch, &DataType::Utf8).unwrap();
+            dict.intern(&[batch.clone()], batch.len(), &mut got)
+                .unwrap();
+            plain
+                .intern(&[strings.clone()], batch.len(), &mut want)
+                .unwrap();
+            assert_eq!(got, want, "batch {b}");
+            let back = dict.columns(&got).unwrap();
+            assert_eq!(back[0].1.as_ref(), strings.as_ref(), "batch {b}");
+        }
+        // A value no row used got no id; the null key (null row or null value) is one.
+        assert_eq!(dict.len(), 5, "b, a, null, the long key, c");
+        // All rows null: an empty dictionary.
+        let empty = DictionaryArray::<Int8Type>::new(
+            Int8Array::from(vec![None, None]),
+            Arc::new(StringArray::from(Vec::<&str>::new())),
+        );
+        dict.intern(&[Arc::new(empty)], 2, &mut got).unwrap();
+        assert_eq!(got, vec![1, 1], "the null key's id");
     }
 
     #[test]
