@@ -22,6 +22,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
 use crate::job::Sink as SinkSpec;
@@ -165,7 +166,16 @@ fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef) -> Result<Writer> {
     let file = File::create(path).map_err(|e| Error::io("creating", path, e))?;
     Ok(match spec {
         SinkSpec::Parquet(_) => {
-            let props = WriterProperties::builder()
+            // Floats (sums, averages, deviations) are nearly all distinct: a dictionary
+            // of them costs a hash per value and is dropped when it grows too large.
+            let floats = schema
+                .fields()
+                .iter()
+                .filter(|f| f.data_type().is_floating());
+            let props = floats
+                .fold(WriterProperties::builder(), |props, f| {
+                    props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false)
+                })
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .build();
             let w = ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props))
