@@ -12,6 +12,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::state::key::{as_dictionary, dictionary_rows};
 
 const K: u64 = 0x9E37_79B9_7F4A_7C15;
 /// The hash of a null value.
@@ -153,7 +154,7 @@ pub(crate) fn shards_of(
     out: &mut [u16],
 ) -> Result<()> {
     if let [col] = cols
-        && let Some(d) = col.as_any_dictionary_opt()
+        && let Some(d) = as_dictionary(col)?
     {
         let of_values = match &mut dictionary.0 {
             Some((values, of)) if Arc::ptr_eq(values, d.values()) => of,
@@ -169,17 +170,9 @@ pub(crate) fn shards_of(
             }
         };
         let null = shard_of(mix(0, NULL), shards) as u16;
-        // (No values: every row is null.)
-        let keys = if of_values.is_empty() {
-            Vec::new()
-        } else {
-            d.normalized_keys()
-        };
+        let value_of = dictionary_rows(&d);
         for (i, o) in out.iter_mut().enumerate() {
-            *o = match keys.get(i) {
-                Some(&k) if col.is_valid(i) => of_values[k],
-                _ => null,
-            };
+            *o = value_of(i).map_or(null, |k| of_values[k]);
         }
         return Ok(());
     }

@@ -11,9 +11,9 @@
 //! since the last spill go to a [`DiskKeys`] and leave memory. (A direct table for small
 //! integers, at most 16 MiB, stays in memory.)
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
+use arrow::array::{Array, ArrayRef, AsArray, DictionaryArray, Int64Array};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::datatypes::{DataType, Int32Type, Int64Type};
 use arrow::row::{RowConverter, SortField};
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
@@ -267,6 +267,33 @@ pub(crate) fn value_type(ty: &DataType) -> &DataType {
     match ty {
         DataType::Dictionary(_, values) => values,
         ty => ty,
+    }
+}
+
+/// A dictionary-encoded column with `Int32` keys (as Parquet gives them; other key types
+/// are cast), if `col` is one.
+pub(crate) fn as_dictionary(col: &ArrayRef) -> Result<Option<DictionaryArray<Int32Type>>> {
+    let DataType::Dictionary(keys, values) = col.data_type() else {
+        return Ok(None);
+    };
+    let col = match **keys {
+        DataType::Int32 => col.clone(),
+        _ => cast(
+            col,
+            &DataType::Dictionary(Box::new(DataType::Int32), values.clone()),
+        )
+        .map_err(|e| Error::arrow("key column", e))?,
+    };
+    Ok(Some(col.as_dictionary::<Int32Type>().clone()))
+}
+
+/// For a dictionary-encoded column, the index of each row's value (`None`: a null row;
+/// a null value is the dictionary's to tell).
+pub(crate) fn dictionary_rows(d: &DictionaryArray<Int32Type>) -> impl Fn(usize) -> Option<usize> {
+    let (keys, nulls, len) = (d.keys().values(), d.keys().nulls(), d.values().len());
+    move |i| {
+        let k = keys[i] as usize;
+        (k < len && nulls.is_none_or(|n| n.is_valid(i))).then_some(k)
     }
 }
 
@@ -530,7 +557,7 @@ impl KeyInterner {
                             }
                         })
                     };
-                if let Some(d) = cols[0].as_any_dictionary_opt() {
+                if let Some(d) = as_dictionary(&cols[0])? {
                     // Each value of a dictionary is looked up once, when a row first
                     // uses it, and its id kept while batches share the dictionary (the
                     // batches of a Parquet column chunk do).
@@ -545,23 +572,17 @@ impl KeyInterner {
                                 .1
                         }
                     };
-                    let keys = if values.is_empty() {
-                        Vec::new() // every row is null
-                    } else {
-                        d.normalized_keys()
-                    };
-                    let key_nulls = cols[0].nulls();
-                    let valid = |i: usize| key_nulls.is_none_or(|n| n.is_valid(i));
+                    // The value of each row, `None` for a null row.
+                    let value_of = dictionary_rows(&d);
                     // The values that rows use for the first time (`None`: a null row),
                     // in the order they first do, so that ids come as for the strings
                     // unencoded; looked up as a batch of strings is: hashes first,
                     // prefetching ahead.
                     const NEW: u32 = u32::MAX - 1;
                     let (mut new, mut nulls) = (Vec::new(), false);
-                    let n = cols[0].len();
-                    // (No values: every row is null.)
-                    for (i, k) in (0..n).map(|i| (i, keys.get(i).copied())) {
-                        match k.filter(|_| valid(i)) {
+                    let n = d.len();
+                    for i in 0..n {
+                        match value_of(i) {
                             Some(k) if ids[k] == u32::MAX => {
                                 ids[k] = NEW;
                                 new.push(Some(k));
@@ -592,10 +613,7 @@ impl KeyInterner {
                             None => null_id = id,
                         }
                     }
-                    out.extend((0..n).map(|i| match keys.get(i) {
-                        Some(&k) if valid(i) => ids[k],
-                        _ => null_id,
-                    }));
+                    out.extend((0..n).map(|i| value_of(i).map_or(null_id, |k| ids[k])));
                     return Ok(());
                 }
                 // As Utf8 (no copy when it is): one loop, without a call through a
