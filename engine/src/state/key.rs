@@ -313,7 +313,7 @@ impl KeyInterner {
         for (name, ty) in fields {
             if !is_key_type(ty) {
                 return Err(format!(
-                    "key column {name:?} has type {ty}; keys must be integers or strings"
+                    "key column {name:?} has type {ty}; keys must be integers or strings (or dictionaries of them)"
                 ));
             }
         }
