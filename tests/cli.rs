@@ -1493,3 +1493,86 @@ fn metrics_are_served_in_prometheus_format_while_a_job_runs() {
         "{progress}"
     );
 }
+
+/// The clickstream at `from` with `article_id` as slugs (`art-7`), written in row groups
+/// of 3,000 rows, dictionary-encoded or not.
+fn write_slugs(from: &Path, to: &Path, dictionary: bool) {
+    use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+    let batch = read_parquet(from);
+    let i = batch.schema().index_of("article_id").expect("article_id");
+    let ids = batch
+        .column(i)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("integer ids");
+    let slugs: ArrayRef = std::sync::Arc::new(StringArray::from_iter(
+        ids.iter().map(|id| id.map(|id| format!("art-{id}"))),
+    ));
+    let mut columns = batch.columns().to_vec();
+    columns[i] = slugs;
+    let mut fields: Vec<_> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields[i] = arrow::datatypes::Field::new(
+        "article_id",
+        arrow::datatypes::DataType::Utf8,
+        ids.is_nullable(),
+    );
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns).expect("a batch of slugs");
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(3_000))
+        .set_dictionary_enabled(dictionary)
+        .build();
+    let file = File::create(to).expect("a Parquet file");
+    let mut w = ArrowWriter::try_new(file, schema, Some(props)).expect("a writer");
+    w.write(&batch).expect("written");
+    w.close().expect("closed");
+}
+
+#[test]
+fn a_dictionary_encoded_string_key_gives_the_rows_of_plain_strings() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 20_000);
+    let (dict, plain) = (case.path("dict.parquet"), case.path("plain.parquet"));
+    write_slugs(&input, &dict, true);
+    write_slugs(&input, &plain, false);
+    // Without [late], the key is read as a dictionary where the file stores one.
+    let no_late = (
+        "[late]\nkind = \"parquet\"\npath = 'DIR/late.parquet'\n",
+        "",
+    );
+    let rows = |input: &Path, flags: &[&str], filter: Option<&str>| {
+        let job = case.job(input, &[no_late, ("size = \"1m\"", "size = \"1s\"")]);
+        if let Some(filter) = filter {
+            let text = std::fs::read_to_string(&job).expect("the job");
+            std::fs::write(&job, format!("{text}\n[filter]\nevents = \"{filter}\"\n"))
+                .expect("the job");
+        }
+        let out = case.run_job(&job, flags);
+        assert!(out.status.success(), "{}", stderr(&out));
+        sorted(&read_parquet(&case.path("out.parquet")))
+    };
+    let want = rows(&plain, &[], None);
+    assert!(want.num_rows() > 100, "{} rows", want.num_rows());
+    assert_eq!(
+        want.column_by_name("article_id").expect("keys").data_type(),
+        &arrow::datatypes::DataType::Utf8
+    );
+    // Batches that do not divide the row groups, one and two shards.
+    for flags in [
+        &["--batch-rows", "1700"][..],
+        &["--threads", "2", "--batch-rows", "1000"],
+    ] {
+        assert_eq!(rows(&dict, flags, None), want, "{flags:?}");
+    }
+    // A filter on the key reads it as plain strings, and drops a key's rows (on two
+    // shards: the filtered batch is what they split).
+    let filter = Some("article_id <> 'art-3'");
+    let some = rows(&dict, &["--threads", "2"], filter);
+    assert!(some.num_rows() > 0 && some.num_rows() < want.num_rows());
+    assert_eq!(some, rows(&plain, &["--threads", "1"], filter));
+}

@@ -407,7 +407,7 @@ impl WindowOperator {
         let keys = &read.columns()[..plan.key_indices.len()];
         let in_order = self.keyless.is_some();
         if !in_order && route::one_int_key(keys).is_none() {
-            owners.resize(n, 0);
+            owners.resize(read.num_rows(), 0);
             route::shards_of(
                 keys,
                 self.shard_count,
