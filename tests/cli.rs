@@ -1575,4 +1575,15 @@ fn a_dictionary_encoded_string_key_gives_the_rows_of_plain_strings() {
     let some = rows(&dict, &["--threads", "2"], filter);
     assert!(some.num_rows() > 0 && some.num_rows() < want.num_rows());
     assert_eq!(some, rows(&plain, &["--threads", "1"], filter));
+
+    // Files as partitions, one dictionary-encoded and one not, share one schema.
+    std::fs::create_dir(case.path("both")).expect("a directory");
+    std::fs::copy(&dict, case.path("both/a.parquet")).expect("a copy");
+    std::fs::copy(&plain, case.path("both/b.parquet")).expect("a copy");
+    let job = case.job(&case.path("both"), &[no_late]);
+    let text = std::fs::read_to_string(&job).expect("the job");
+    let text = text.replace("[time]", "partition_by = \"file\"\n\n[time]");
+    std::fs::write(&job, text).expect("the job");
+    let out = case.run_job(&job, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -217,7 +217,7 @@ pub trait Source: Send {
 
 /// Opens the source of a job. `columns`: the columns to read (`None`: all of them), of
 /// which string columns `dictionary` may come dictionary-encoded (from Parquet files that
-/// store them so).
+/// mostly store them so: all files or none, so that they share one schema).
 pub fn open_source(
     spec: &SourceSpec,
     columns: Option<&[String]>,
@@ -232,12 +232,16 @@ pub fn open_source(
     };
     match spec {
         SourceSpec::Parquet(p) => {
+            let files = files(&p.path, "parquet")?;
+            let dictionary = parquet::dictionary_encoded(&files, dictionary)?;
             let open = |files: Vec<PathBuf>| -> Result<Box<dyn Source>> {
                 Ok(Box::new(parquet::ParquetSource::open(
-                    &files, columns, dictionary, batch_rows,
+                    &files,
+                    columns,
+                    &dictionary,
+                    batch_rows,
                 )?))
             };
-            let files = files(&p.path, "parquet")?;
             if p.per_file {
                 per_file(files, &open)
             } else {

@@ -88,14 +88,20 @@ fn stringy(ty: &DataType) -> bool {
     matches!(ty, DataType::Utf8 | DataType::LargeUtf8)
 }
 
-/// Of the string columns `wanted`, those that most row groups of these footers store
-/// with a dictionary page (reading a plain-encoded chunk as a dictionary would build one,
-/// at a cost).
-fn dictionary_encoded(footers: &[ArrowReaderMetadata], wanted: &[String]) -> Vec<String> {
+/// Of the string columns `wanted`, those that most row groups of `files` store with a
+/// dictionary page (reading a plain-encoded chunk as a dictionary would build one, at a
+/// cost). Reads only the footers.
+pub(super) fn dictionary_encoded(files: &[PathBuf], wanted: &[String]) -> Result<Vec<String>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let footers = (files.iter())
+        .map(|path| Ok(footer(path)?.1))
+        .collect::<Result<Vec<_>>>()?;
     let groups: usize = footers.iter().map(|m| m.metadata().num_row_groups()).sum();
     let encoded = |name: &String| -> usize {
         let mut n = 0;
-        for m in footers {
+        for m in &footers {
             let schema = m.parquet_schema();
             let string = m.schema().field_with_name(name).ok().map(Field::data_type);
             let Some(leaf) = (0..schema.num_columns()).find(|&i| {
@@ -109,10 +115,10 @@ fn dictionary_encoded(footers: &[ArrowReaderMetadata], wanted: &[String]) -> Vec
         }
         n
     };
-    (wanted.iter())
+    Ok((wanted.iter())
         .filter(|c| groups > 0 && encoded(c) * 2 >= groups)
         .cloned()
-        .collect()
+        .collect())
 }
 
 /// A file and its footer, with string columns `dictionary` to be read as dictionaries.
@@ -167,23 +173,18 @@ fn projection(
 
 impl ParquetSource {
     /// A source of `files`, reading `columns` (`None`: all), of which the string columns
-    /// `dictionary` come as dictionaries where the files store them so.
+    /// `dictionary` come as dictionaries (see [`dictionary_encoded`]).
     pub(super) fn open(
         files: &[PathBuf],
         columns: Option<&[String]>,
         dictionary: &[String],
         batch_rows: usize,
     ) -> Result<Self> {
-        // Reads only the footers: checks every file before the first event is processed.
-        let footers = (files.iter())
-            .map(|path| Ok(footer(path)?.1))
-            .collect::<Result<Vec<_>>>()?;
-        let dictionary = dictionary_encoded(&footers, dictionary);
-        drop(footers);
         let mut schema = None;
         let mut total = 0;
         for path in files {
-            let (file, meta) = open_file(path, &dictionary)?;
+            // Reads only the footer: checks every file before the first event is processed.
+            let (file, meta) = open_file(path, dictionary)?;
             let mask = projection(&meta, path, columns)?;
             total += meta.metadata().file_metadata().num_rows() as u64;
             let projected = ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
@@ -209,7 +210,7 @@ impl ParquetSource {
             schema.ok_or_else(|| Error::Internal("a Parquet source with no files".into()))?;
         Ok(ParquetSource {
             columns: columns.map(<[String]>::to_vec),
-            dictionary,
+            dictionary: dictionary.to_vec(),
             batch_rows,
             schema,
             total,
@@ -299,8 +300,9 @@ mod tests {
     }
 
     fn read(path: &std::path::Path, dictionary: &[String]) -> (SchemaRef, Vec<RecordBatch>) {
-        let mut source =
-            ParquetSource::open(&[path.to_path_buf()], None, dictionary, 300).expect("the source");
+        let files = [path.to_path_buf()];
+        let dictionary = dictionary_encoded(&files, dictionary).expect("the footer");
+        let mut source = ParquetSource::open(&files, None, &dictionary, 300).expect("the source");
         let mut batches = Vec::new();
         while let Some(b) = source.next_batch().expect("a batch") {
             batches.push(b.batch);
