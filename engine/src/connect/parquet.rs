@@ -274,7 +274,7 @@ impl Source for ParquetSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+    use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
     use arrow::compute::cast;
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
