@@ -11,7 +11,7 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
@@ -99,21 +99,20 @@ pub(super) fn dictionary_encoded(files: &[PathBuf], wanted: &[String]) -> Result
         .map(|path| Ok(footer(path)?.1))
         .collect::<Result<Vec<_>>>()?;
     let groups: usize = footers.iter().map(|m| m.metadata().num_row_groups()).sum();
+    // The row groups that store string column `name` with a dictionary page.
     let encoded = |name: &String| -> usize {
-        let mut n = 0;
-        for m in &footers {
+        let encoded_in = |m: &ArrowReaderMetadata| {
+            let string = (m.schema().field_with_name(name)).is_ok_and(|f| stringy(f.data_type()));
             let schema = m.parquet_schema();
-            let string = m.schema().field_with_name(name).ok().map(Field::data_type);
-            let Some(leaf) = (0..schema.num_columns()).find(|&i| {
-                string.is_some_and(stringy) && schema.column(i).path().parts() == [name.clone()]
-            }) else {
-                return 0;
-            };
-            n += (m.metadata().row_groups().iter())
-                .filter(|g| g.column(leaf).dictionary_page_offset().is_some())
-                .count();
-        }
-        n
+            let leaf = (0..schema.num_columns())
+                .find(|&i| schema.column(i).path().parts() == std::slice::from_ref(name));
+            leaf.filter(|_| string).map_or(0, |leaf| {
+                (m.metadata().row_groups().iter())
+                    .filter(|g| g.column(leaf).dictionary_page_offset().is_some())
+                    .count()
+            })
+        };
+        footers.iter().map(encoded_in).sum()
     };
     Ok((wanted.iter())
         .filter(|c| groups > 0 && encoded(c) * 2 >= groups)
