@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -166,16 +166,24 @@ fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef) -> Result<Writer> {
     let file = File::create(path).map_err(|e| Error::io("creating", path, e))?;
     Ok(match spec {
         SinkSpec::Parquet(_) => {
-            // Floats (sums, averages, deviations) are nearly all distinct: a dictionary
-            // of them costs a hash per value and is dropped when it grows too large.
-            let floats = schema
+            // Only window bounds (timestamps, a few per row group) get a dictionary. In
+            // the other columns a key appears once per window and aggregates are nearly
+            // all distinct: a dictionary costs a hash per value, and zstd over the plain
+            // values gave smaller files (BENCHMARKS.md, section 8).
+            let bounds = schema
                 .fields()
                 .iter()
-                .filter(|f| f.data_type().is_floating());
-            let props = floats
-                .fold(WriterProperties::builder(), |props, f| {
-                    props.set_column_dictionary_enabled(ColumnPath::from(f.name().as_str()), false)
-                })
+                .filter(|f| matches!(f.data_type(), DataType::Timestamp(..)));
+            let props = bounds
+                .fold(
+                    WriterProperties::builder().set_dictionary_enabled(false),
+                    |props, f| {
+                        props.set_column_dictionary_enabled(
+                            ColumnPath::from(f.name().as_str()),
+                            true,
+                        )
+                    },
+                )
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .build();
             let w = ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props))
@@ -519,5 +527,61 @@ impl Drop for FileSink {
             drop(self.writer.take());
             let _ = std::fs::remove_file(tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, TimestampMillisecondArray};
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::basic::Encoding;
+    use std::sync::Arc;
+
+    #[test]
+    fn parquet_output_keeps_a_dictionary_for_window_bounds_only_and_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.parquet");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("article_id", DataType::Int64, false),
+            Field::new("scroll_sum", DataType::Float64, true),
+        ]));
+        let n = 5_000;
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    (0..n).map(|i| i / 1000 * 60_000),
+                )),
+                Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 1000))),
+                Arc::new(Float64Array::from_iter(
+                    (0..n).map(|i| (i % 7 != 0).then_some(i as f64 * 0.37)),
+                )),
+            ],
+        )
+        .unwrap();
+        let mut sink = open_sink(&SinkSpec::Parquet(path.clone()), &schema).unwrap();
+        sink.write(&batch).unwrap();
+        sink.finish().unwrap();
+
+        let file = File::open(&path).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let dictionary: Vec<bool> = reader
+            .metadata()
+            .row_group(0)
+            .columns()
+            .iter()
+            .map(|c| c.encodings().any(|e| e == Encoding::RLE_DICTIONARY))
+            .collect();
+        assert_eq!(dictionary, [true, false, false]);
+        let rows: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+        let rows = arrow::compute::concat_batches(&schema, &rows).unwrap();
+        assert_eq!(rows, batch);
     }
 }
