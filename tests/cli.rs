@@ -1562,10 +1562,12 @@ fn a_dictionary_encoded_string_key_gives_the_rows_of_plain_strings() {
         want.column_by_name("article_id").expect("keys").data_type(),
         &arrow::datatypes::DataType::Utf8
     );
-    // Batches that do not divide the row groups, one and two shards.
+    // Batches that do not divide the row groups, one, two and eight shards (eight decode
+    // two row groups at once).
     for flags in [
         &["--batch-rows", "1700"][..],
         &["--threads", "2", "--batch-rows", "1000"],
+        &["--threads", "8", "--batch-rows", "1300"],
     ] {
         assert_eq!(rows(&dict, flags, None), want, "{flags:?}");
     }

@@ -703,15 +703,17 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         None => job.source.to_string(),
     };
     let columns = needed_columns(job);
+    let decoders = crate::connect::decoders(opts.threads);
     let mut source = match source {
         Some(source) => source,
         // Late events keep every column as it came.
-        None if keep_late => open_source(&job.source, None, &[], opts.batch_rows)?,
+        None if keep_late => open_source(&job.source, None, &[], opts.batch_rows, decoders)?,
         None => open_source(
             &job.source,
             Some(&columns),
             &dictionary_keys(job),
             opts.batch_rows,
+            decoders,
         )?,
     };
     let schema = source.schema();

@@ -215,14 +215,24 @@ pub trait Source: Send {
     fn checkpointed(&mut self, _at: &Position) {}
 }
 
+/// How many row groups a Parquet source decodes at once for a job on `threads` shards:
+/// one (on the reader's thread) up to 7 shards, then one more per 4 shards. On a small
+/// machine the reader and sink threads already keep a spare core busy, and decoding in
+/// parallel was slower on 2 cores (BENCHMARKS.md, section 8).
+pub fn decoders(threads: usize) -> usize {
+    (threads / 4).max(1)
+}
+
 /// Opens the source of a job. `columns`: the columns to read (`None`: all of them), of
 /// which string columns `dictionary` may come dictionary-encoded (from Parquet files that
-/// mostly store them so: all files or none, so that they share one schema).
+/// mostly store them so: all files or none, so that they share one schema). Parquet
+/// files decode `decoders` row groups at once (see [`decoders`]).
 pub fn open_source(
     spec: &SourceSpec,
     columns: Option<&[String]>,
     dictionary: &[String],
     batch_rows: usize,
+    decoders: usize,
 ) -> Result<Box<dyn Source>> {
     let per_file = |files: Vec<PathBuf>, open: &dyn Fn(Vec<PathBuf>) -> Result<Box<dyn Source>>| {
         let sources = (files.into_iter())
@@ -240,6 +250,7 @@ pub fn open_source(
                     columns,
                     &dictionary,
                     batch_rows,
+                    decoders,
                 )?))
             };
             if p.per_file {

@@ -7,12 +7,15 @@
 //! a column chunk's distinct strings are then decoded once, not once per row, and the key
 //! interner looks each up once per chunk.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
@@ -25,15 +28,84 @@ use crate::error::{Error, Result};
 
 /// The batches of one file, every row decoded, a reader per row group so that no batch
 /// spans two (a batch of a dictionary-encoded column then shares its chunk's dictionary).
+/// With `decoders` > 1, that many row groups are decoded at once, each on a thread of its
+/// own, and their batches come out in file order.
 struct RowGroups {
     file: File,
+    /// The file's path, opened again by each decoding thread (clones of `file` share its
+    /// offset, and the reader seeks).
+    path: PathBuf,
     meta: ArrowReaderMetadata,
     mask: ProjectionMask,
     batch_rows: usize,
     groups: std::ops::Range<usize>,
     /// Rows to skip at the start of the next row group (a restored position).
     offset: usize,
-    reader: Option<ParquetRecordBatchReader>,
+    decoders: usize,
+    /// The row groups being decoded, in file order.
+    decoding: VecDeque<Decoding>,
+}
+
+type Batches = std::result::Result<RecordBatch, ArrowError>;
+
+/// A row group's batches: decoded here, or on a thread that sends them.
+enum Decoding {
+    Here(ParquetRecordBatchReader),
+    Ahead(Receiver<Batches>),
+}
+
+/// Batches a decoding thread may hold that nobody has taken yet.
+const DECODED_AHEAD: usize = 2;
+
+impl RowGroups {
+    /// A reader of row group `group`, from row `offset`.
+    fn reader(
+        &self,
+        group: usize,
+        offset: usize,
+    ) -> Result<ParquetRecordBatchReader, ParquetError> {
+        let file = match self.decoders {
+            0 | 1 => self.file.try_clone()?,
+            _ => File::open(&self.path)?,
+        };
+        ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
+            .with_projection(self.mask.clone())
+            .with_batch_size(self.batch_rows)
+            .with_row_groups(vec![group])
+            .with_offset(offset)
+            .build()
+    }
+
+    /// Starts decoding the next row group.
+    fn start(&mut self, group: usize) -> Result<(), ArrowError> {
+        let offset = std::mem::take(&mut self.offset);
+        let reader = self.reader(group, offset)?;
+        if self.decoders <= 1 {
+            self.decoding.push_back(Decoding::Here(reader));
+            return Ok(());
+        }
+        let (tx, rx) = sync_channel(DECODED_AHEAD);
+        std::thread::Builder::new()
+            .name("panes-decode".into())
+            .spawn(move || {
+                let decode = std::panic::AssertUnwindSafe(|| {
+                    for batch in reader {
+                        let failed = batch.is_err();
+                        // A closed channel: the source went away; stop decoding.
+                        if tx.send(batch).is_err() || failed {
+                            break;
+                        }
+                    }
+                });
+                if std::panic::catch_unwind(decode).is_err() {
+                    let panicked = ArrowError::ComputeError("a decoding thread panicked".into());
+                    let _ = tx.send(Err(panicked));
+                }
+            })
+            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+        self.decoding.push_back(Decoding::Ahead(rx));
+        Ok(())
+    }
 }
 
 impl Iterator for RowGroups {
@@ -41,25 +113,21 @@ impl Iterator for RowGroups {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(batch) = self.reader.as_mut().and_then(Iterator::next) {
-                return Some(batch.map(Decoded::from));
+            while self.decoding.len() < self.decoders.max(1) {
+                let Some(group) = self.groups.next() else {
+                    break;
+                };
+                if let Err(e) = self.start(group) {
+                    return Some(Err(e));
+                }
             }
-            let group = self.groups.next()?;
-            let reader = self
-                .file
-                .try_clone()
-                .map_err(ParquetError::from)
-                .and_then(|file| {
-                    ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
-                        .with_projection(self.mask.clone())
-                        .with_batch_size(self.batch_rows)
-                        .with_row_groups(vec![group])
-                        .with_offset(std::mem::take(&mut self.offset))
-                        .build()
-                });
-            match reader {
-                Ok(reader) => self.reader = Some(reader),
-                Err(e) => return Some(Err(e.into())),
+            let next = match self.decoding.front_mut()? {
+                Decoding::Here(reader) => reader.next(),
+                Decoding::Ahead(rx) => rx.recv().ok(),
+            };
+            match next {
+                Some(batch) => return Some(batch.map(Decoded::from)),
+                None => drop(self.decoding.pop_front()),
             }
         }
     }
@@ -70,6 +138,8 @@ pub(super) struct ParquetSource {
     /// String columns read as dictionaries.
     dictionary: Vec<String>,
     batch_rows: usize,
+    /// Row groups decoded at once, each on a thread of its own (1: on the caller's).
+    decoders: usize,
     schema: SchemaRef,
     total: u64,
     files: FileSequence<RowGroups>,
@@ -172,12 +242,14 @@ fn projection(
 
 impl ParquetSource {
     /// A source of `files`, reading `columns` (`None`: all), of which the string columns
-    /// `dictionary` come as dictionaries (see [`dictionary_encoded`]).
+    /// `dictionary` come as dictionaries (see [`dictionary_encoded`]), `decoders` row
+    /// groups decoded at once.
     pub(super) fn open(
         files: &[PathBuf],
         columns: Option<&[String]>,
         dictionary: &[String],
         batch_rows: usize,
+        decoders: usize,
     ) -> Result<Self> {
         let mut schema = None;
         let mut total = 0;
@@ -211,6 +283,7 @@ impl ParquetSource {
             columns: columns.map(<[String]>::to_vec),
             dictionary: dictionary.to_vec(),
             batch_rows,
+            decoders,
             schema,
             total,
             files: FileSequence::new("Parquet", files.to_vec()),
@@ -232,7 +305,8 @@ impl Source for ParquetSource {
     }
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        let (columns, batch_rows) = (self.columns.as_deref(), self.batch_rows);
+        let (columns, batch_rows, decoders) =
+            (self.columns.as_deref(), self.batch_rows, self.decoders);
         let dictionary = &self.dictionary;
         self.files.next(|path, skip| {
             let (file, meta) = open_file(path, dictionary)?;
@@ -254,12 +328,14 @@ impl Source for ParquetSource {
             }
             let groups = RowGroups {
                 file,
+                path: path.clone(),
                 meta,
                 mask,
                 batch_rows,
                 groups: groups..sizes.len(),
                 offset: rest as usize,
-                reader: None,
+                decoders,
+                decoding: VecDeque::new(),
             };
             Ok((groups, skip))
         })
@@ -299,9 +375,21 @@ mod tests {
     }
 
     fn read(path: &std::path::Path, dictionary: &[String]) -> (SchemaRef, Vec<RecordBatch>) {
+        read_from(path, dictionary, 1, &Position::Start)
+    }
+
+    /// The batches of `path` from position `at`, `decoders` row groups decoded at once.
+    fn read_from(
+        path: &std::path::Path,
+        dictionary: &[String],
+        decoders: usize,
+        at: &Position,
+    ) -> (SchemaRef, Vec<RecordBatch>) {
         let files = [path.to_path_buf()];
         let dictionary = dictionary_encoded(&files, dictionary).expect("the footer");
-        let mut source = ParquetSource::open(&files, None, &dictionary, 300).expect("the source");
+        let mut source =
+            ParquetSource::open(&files, None, &dictionary, 300, decoders).expect("the source");
+        source.seek(at).expect("a position of the file");
         let mut batches = Vec::new();
         while let Some(b) = source.next_batch().expect("a batch") {
             batches.push(b.batch);
@@ -366,5 +454,27 @@ mod tests {
             read(&plain_path, &["k".to_string()]).0.field(0).data_type(),
             &DataType::Utf8
         );
+    }
+
+    #[test]
+    fn row_groups_decoded_at_once_come_in_file_order_and_resume_mid_file() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("keys.parquet");
+        write(&path, true);
+        let k = ["k".to_string()];
+        let serial = read(&path, &k).1;
+        for decoders in [2, 3, 8] {
+            assert_eq!(read_from(&path, &k, decoders, &Position::Start).1, serial);
+        }
+        // From row 1,450: the rest of the second row group, then the third.
+        let at = Position::File {
+            index: 0,
+            path: path.display().to_string(),
+            rows: 1_450,
+        };
+        let rest = read_from(&path, &[], 3, &at).1;
+        let all = arrow::compute::concat_batches(&rest[0].schema(), &read(&path, &[]).1).unwrap();
+        let rest = arrow::compute::concat_batches(&rest[0].schema(), &rest).unwrap();
+        assert_eq!(rest, all.slice(1_450, 1_050));
     }
 }
