@@ -587,7 +587,8 @@ fn run_to_failpoint(job: &Path, args: &[&str], failpoint: Option<&str>) -> Outpu
 }
 
 /// A checkpoint does not depend on the thread count: a job killed (SIGKILL at a
-/// checkpoint's failpoint) at 4 threads resumes at 3, is killed again, and finishes at 1.
+/// checkpoint's failpoint) at 4 threads resumes at 3, is killed again, resumes at 8 (two
+/// decoders and two encoders), is killed again, and finishes at 1.
 /// Its published rows are those of an uninterrupted single-thread run (as a set: shards
 /// emit their rows one shard after another). A job without keys (whose shards hold partial
 /// state of one group) too, with aggregates that are exact in any order.
@@ -618,6 +619,8 @@ fn checkpoints_taken_at_4_threads_resume_at_3_and_1() {
                 Some(format!("{}:{first}", FAILPOINTS[seed as usize % 4])),
             ),
             ("3", Some(format!("manifest:{}", first + 1))),
+            // Eight shards decode two row groups at once and encode parts on two threads.
+            ("8", Some(format!("manifest:{}", first + 2))),
             ("1", None),
         ] {
             run_to_failpoint(&job, &["--threads", threads], failpoint.as_deref());

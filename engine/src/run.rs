@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use panes_kernels::{AggSpec, Backend, CpuBackend, GpuBackend, GpuOptions, ReferenceBackend};
 
-use crate::connect::sink::{STAGED, open_parts, parts_dir, parts_key, staged_copy};
+use crate::connect::sink::{
+    STAGED, open_parts, open_sink_encoding, parts_dir, parts_key, staged_copy,
+};
 use crate::connect::{
     Malformed, Position, Sink, SinkThread, Source, SourceBatch, dead_letter_batch,
-    dead_letter_schema, open_sink, open_source,
+    dead_letter_schema, open_source,
 };
 use crate::error::{Error, Result};
 use crate::job::{Job, KafkaSpec, Source as SourceSpec, Trigger};
@@ -409,12 +411,14 @@ struct Outputs {
 impl Outputs {
     /// Opens the sinks: the service's own where it gave them (publishing what a restored
     /// checkpoint staged for them), else the job's: single files, or part files after
-    /// checkpoint `committed` when the job takes checkpoints.
+    /// checkpoint `committed` when the job takes checkpoints. Parquet files have their
+    /// columns encoded by `encoders` threads.
     fn open(
         job: &Job,
         pipeline: &Pipeline,
         restore: Option<&Restore>,
         own: [Option<Box<dyn Sink>>; 4],
+        encoders: usize,
     ) -> Result<Outputs> {
         let committed = restore.map_or(0, |r| r.manifest.id);
         let staged = |id: &Path| {
@@ -431,7 +435,7 @@ impl Outputs {
                     sink
                 }
                 (None, None, _) => return Ok(None),
-                (None, Some(spec), None) => open_sink(spec, schema)?,
+                (None, Some(spec), None) => open_sink_encoding(spec, schema, encoders)?,
                 (None, Some(spec), Some(c)) => {
                     let (dir, key) = (parts_dir(spec, &c.dir), parts_key(spec, &c.dir));
                     let (Some(dir), Some(key)) = (dir, key) else {
@@ -441,7 +445,7 @@ impl Outputs {
                     if let Some(r) = restore {
                         fetch_staged(r, &dir, staged)?;
                     }
-                    open_parts(spec, schema, committed, staged, dir, &c.dir)?
+                    open_parts(spec, schema, (committed, staged), dir, &c.dir, encoders)?
                 }
             };
             Ok::<_, Error>(Some(sink))
@@ -771,6 +775,7 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         &pipeline,
         restore.as_ref(),
         [sink, late, alerts, dead_letter],
+        crate::connect::sink::encoders(threads),
     )?;
     if budget.is_some() {
         outputs.trimmed_at = Some(0);

@@ -20,8 +20,12 @@ use std::path::{Path, PathBuf};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::properties::DEFAULT_MAX_ROW_GROUP_ROW_COUNT;
 use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Error, Result};
@@ -29,10 +33,96 @@ use crate::job::Sink as SinkSpec;
 
 enum Writer {
     Parquet(ArrowWriter<BufWriter<File>>),
+    ParquetColumns(ColumnsWriter),
     Csv(arrow::csv::Writer<BufWriter<File>>),
     Json(arrow::json::LineDelimitedWriter<Box<dyn Write + Send>>),
     #[cfg(feature = "kafka")]
     Kafka(super::kafka_sink::KafkaWriter),
+}
+
+/// A Parquet file whose columns are encoded at once by `encoders` threads, a batch at a
+/// time, for jobs on many cores (one encoder is a serial stage there). The file is what
+/// [`ArrowWriter`] writes (same schema and properties), except that a row group ends at
+/// the first batch boundary past its 1 Mi rows, not at 1 Mi rows exactly.
+struct ColumnsWriter {
+    file: SerializedFileWriter<BufWriter<File>>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    encoders: usize,
+    /// The encoders of the row group being written, one per leaf column.
+    columns: Vec<ArrowColumnWriter>,
+    rows: usize,
+}
+
+impl ColumnsWriter {
+    fn new(
+        w: ArrowWriter<BufWriter<File>>,
+        schema: SchemaRef,
+        encoders: usize,
+    ) -> parquet::errors::Result<Self> {
+        let (file, factory) = w.into_serialized_writer()?;
+        Ok(ColumnsWriter {
+            file,
+            factory,
+            schema,
+            encoders,
+            columns: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> parquet::errors::Result<()> {
+        if self.columns.is_empty() {
+            let group = self.file.flushed_row_groups().len();
+            self.columns = self.factory.create_column_writers(group)?;
+        }
+        let mut leaves = Vec::with_capacity(self.columns.len());
+        for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
+            leaves.extend(compute_leaves(field, column)?);
+        }
+        let per_thread = self.columns.len().div_ceil(self.encoders.max(1));
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (self.columns.chunks_mut(per_thread))
+                .zip(leaves.chunks(per_thread))
+                .map(|(writers, leaves)| {
+                    scope.spawn(move || {
+                        (writers.iter_mut().zip(leaves)).try_for_each(|(w, leaf)| w.write(leaf))
+                    })
+                })
+                .collect();
+            threads.into_iter().try_for_each(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(ParquetError::General("an encoding thread panicked".into()))
+                })
+            })
+        })?;
+        self.rows += batch.num_rows();
+        if self.rows >= DEFAULT_MAX_ROW_GROUP_ROW_COUNT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the row group being written.
+    fn flush(&mut self) -> parquet::errors::Result<()> {
+        let chunks = (std::mem::take(&mut self.columns).into_iter())
+            .map(ArrowColumnWriter::close)
+            .collect::<parquet::errors::Result<Vec<_>>>()?;
+        if self.rows > 0 {
+            let mut group = self.file.next_row_group()?;
+            chunks
+                .into_iter()
+                .try_for_each(|c| c.append_to_row_group(&mut group))?;
+            group.close()?;
+        }
+        self.rows = 0;
+        Ok(())
+    }
+
+    fn into_inner(mut self) -> parquet::errors::Result<BufWriter<File>> {
+        self.flush()?;
+        self.file.into_inner()
+    }
 }
 
 /// What a sink writes into.
@@ -153,6 +243,14 @@ pub struct FileSink {
     writer: Option<Writer>,
     target: Target,
     publisher: Option<Box<dyn Publish>>,
+    /// Threads that encode a Parquet file's columns (see [`encoders`]).
+    encoders: usize,
+}
+
+/// How many threads encode a Parquet sink's columns for a job on `threads` shards: as
+/// many as decode its source (see [`super::decoders`]), one (the sink's thread) up to 7.
+pub fn encoders(threads: usize) -> usize {
+    super::decoders(threads)
 }
 
 /// The prefix of a staged part's file name.
@@ -162,7 +260,7 @@ fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("creating directory", dir, e))
 }
 
-fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef) -> Result<Writer> {
+fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef, encoders: usize) -> Result<Writer> {
     let file = File::create(path).map_err(|e| Error::io("creating", path, e))?;
     Ok(match spec {
         SinkSpec::Parquet(_) => {
@@ -188,7 +286,13 @@ fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef) -> Result<Writer> {
                 .build();
             let w = ArrowWriter::try_new(BufWriter::new(file), schema.clone(), Some(props))
                 .map_err(|e| Error::parquet(path, e))?;
-            Writer::Parquet(w)
+            match encoders {
+                0 | 1 => Writer::Parquet(w),
+                _ => Writer::ParquetColumns(
+                    ColumnsWriter::new(w, schema.clone(), encoders)
+                        .map_err(|e| Error::parquet(path, e))?,
+                ),
+            }
         }
         SinkSpec::Csv(_) => Writer::Csv(arrow::csv::Writer::new(BufWriter::new(file))),
         // A Kafka topic's rows are staged as JSON lines until a checkpoint sends them.
@@ -203,6 +307,7 @@ fn writer(spec: &SinkSpec, path: &Path, schema: &SchemaRef) -> Result<Writer> {
 fn close(writer: Writer, target: &str) -> Result<()> {
     let file = match writer {
         Writer::Parquet(w) => Some(w.into_inner().map_err(|e| Error::parquet(target, e))?),
+        Writer::ParquetColumns(w) => Some(w.into_inner().map_err(|e| Error::parquet(target, e))?),
         Writer::Csv(w) => Some(w.into_inner()),
         Writer::Json(mut w) => {
             w.finish()
@@ -236,6 +341,15 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Opens a sink for batches of `schema`: one file, or stdout.
 pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Box<dyn Sink>> {
+    open_sink_encoding(spec, schema, 1)
+}
+
+/// [`open_sink`], with a Parquet file's columns encoded by `encoders` threads.
+pub fn open_sink_encoding(
+    spec: &SinkSpec,
+    schema: &SchemaRef,
+    encoders: usize,
+) -> Result<Box<dyn Sink>> {
     if let SinkSpec::Kafka { bootstrap, topic } = spec {
         #[cfg(feature = "kafka")]
         return Ok(Box::new(FileSink {
@@ -246,6 +360,7 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Box<dyn Sink>> {
             )?)),
             target: Target::Stdout,
             publisher: None,
+            encoders: 1,
         }));
         #[cfg(not(feature = "kafka"))]
         return Err(Error::Internal(format!(
@@ -260,7 +375,7 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Box<dyn Sink>> {
             let mut name = path.file_name().unwrap_or_default().to_os_string();
             name.push(format!(".{}.tmp", std::process::id()));
             let tmp = path.with_file_name(name);
-            let w = writer(spec, &tmp, schema)?;
+            let w = writer(spec, &tmp, schema, encoders)?;
             let path = path.to_path_buf();
             (Some(w), Target::File { tmp, path })
         }
@@ -276,6 +391,7 @@ pub fn open_sink(spec: &SinkSpec, schema: &SchemaRef) -> Result<Box<dyn Sink>> {
         writer,
         target,
         publisher: None,
+        encoders,
     }))
 }
 
@@ -334,14 +450,15 @@ pub fn staged_copy(dir: &Path, part: &str) -> String {
 
 /// Opens a sink of part files in `dir` (see [`parts_dir`]), after checkpoint `committed`
 /// (0: none) whose manifest lists `staged` for this sink: those parts are published, other
-/// staged parts and parts after `committed` are removed.
+/// staged parts and parts after `committed` are removed. Parquet parts have their
+/// columns encoded by `encoders` threads.
 pub fn open_parts(
     spec: &SinkSpec,
     schema: &SchemaRef,
-    committed: u64,
-    staged: &[String],
+    (committed, staged): (u64, &[String]),
     dir: PathBuf,
     checkpoints: &Path,
+    encoders: usize,
 ) -> Result<Box<dyn Sink>> {
     create_dir(&dir)?;
     let mut publisher: Option<Box<dyn Publish>> = match spec {
@@ -383,6 +500,7 @@ pub fn open_parts(
             next: committed + 1,
         },
         publisher,
+        encoders,
     }))
 }
 
@@ -458,10 +576,14 @@ impl Sink for FileSink {
         let target = self.name();
         if let (None, Target::Parts { dir, next, .. }) = (&self.writer, &self.target) {
             let name = format!("{STAGED}part-{next:06}.{}", self.spec.extension());
-            self.writer = Some(writer(&self.spec, &dir.join(name), &self.schema)?);
+            let part = dir.join(name);
+            self.writer = Some(writer(&self.spec, &part, &self.schema, self.encoders)?);
         }
         match self.writer.as_mut() {
             Some(Writer::Parquet(w)) => w.write(batch).map_err(|e| Error::parquet(&target, e)),
+            Some(Writer::ParquetColumns(w)) => {
+                w.write(batch).map_err(|e| Error::parquet(&target, e))
+            }
             Some(Writer::Csv(w)) => w
                 .write(batch)
                 .map_err(|e| Error::arrow(format!("writing {target}"), e)),
@@ -539,8 +661,10 @@ mod tests {
     use parquet::basic::Encoding;
     use std::sync::Arc;
 
-    #[test]
-    fn parquet_output_keeps_a_dictionary_for_window_bounds_only_and_its_rows() {
+    /// Writes `n` rows (window bounds, keys, sums with nulls) in batches of `batch` rows
+    /// with `encoders` threads, and checks that they read back as written; returns
+    /// whether each column has a dictionary in the first row group, and the row groups.
+    fn write_and_read(n: i64, batch: i64, encoders: usize) -> (Vec<bool>, usize) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.parquet");
         let schema = Arc::new(Schema::new(vec![
@@ -552,8 +676,7 @@ mod tests {
             Field::new("article_id", DataType::Int64, false),
             Field::new("scroll_sum", DataType::Float64, true),
         ]));
-        let n = 5_000;
-        let batch = RecordBatch::try_new(
+        let rows = RecordBatch::try_new(
             schema.clone(),
             vec![
                 Arc::new(TimestampMillisecondArray::from_iter_values(
@@ -566,22 +689,39 @@ mod tests {
             ],
         )
         .unwrap();
-        let mut sink = open_sink(&SinkSpec::Parquet(path.clone()), &schema).unwrap();
-        sink.write(&batch).unwrap();
+        let spec = SinkSpec::Parquet(path.clone());
+        let mut sink = open_sink_encoding(&spec, &schema, encoders).unwrap();
+        for start in (0..n).step_by(batch as usize) {
+            let len = batch.min(n - start) as usize;
+            sink.write(&rows.slice(start as usize, len)).unwrap();
+        }
         sink.finish().unwrap();
 
-        let file = File::open(&path).unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
-        let dictionary: Vec<bool> = reader
-            .metadata()
-            .row_group(0)
-            .columns()
-            .iter()
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        let meta = reader.metadata().clone();
+        let dictionary = (meta.row_group(0).columns().iter())
             .map(|c| c.encodings().any(|e| e == Encoding::RLE_DICTIONARY))
             .collect();
+        let back: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+        let back = arrow::compute::concat_batches(&schema, &back).unwrap();
+        assert_eq!(back, rows, "{encoders} encoders");
+        (dictionary, meta.num_row_groups())
+    }
+
+    #[test]
+    fn parquet_output_keeps_a_dictionary_for_window_bounds_only_and_its_rows() {
+        let (dictionary, groups) = write_and_read(5_000, 1_200, 1);
         assert_eq!(dictionary, [true, false, false]);
-        let rows: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
-        let rows = arrow::compute::concat_batches(&schema, &rows).unwrap();
-        assert_eq!(rows, batch);
+        assert_eq!(groups, 1);
+    }
+
+    #[test]
+    fn parquet_columns_encoded_by_several_threads_give_the_same_rows_and_row_groups() {
+        // Past 1 Mi rows, a second row group, as with one encoder.
+        let n = DEFAULT_MAX_ROW_GROUP_ROW_COUNT as i64 + 150_000;
+        for encoders in [1, 2, 3] {
+            let (dictionary, groups) = write_and_read(n, 100_000, encoders);
+            assert_eq!((dictionary, groups), (vec![true, false, false], 2));
+        }
     }
 }
