@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::arrow_writer::{
+    ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
+};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::DEFAULT_MAX_ROW_GROUP_ROW_COUNT;
@@ -54,6 +56,9 @@ struct ColumnsWriter {
     rows: usize,
 }
 
+/// Batches of fewer rows are encoded on the sink's thread alone.
+const PARALLEL_ENCODE_ROWS: usize = 4096;
+
 impl ColumnsWriter {
     fn new(
         w: ArrowWriter<BufWriter<File>>,
@@ -80,22 +85,26 @@ impl ColumnsWriter {
         for (field, column) in self.schema.fields().iter().zip(batch.columns()) {
             leaves.extend(compute_leaves(field, column)?);
         }
-        let per_thread = self.columns.len().div_ceil(self.encoders.max(1));
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = (self.columns.chunks_mut(per_thread))
-                .zip(leaves.chunks(per_thread))
-                .map(|(writers, leaves)| {
-                    scope.spawn(move || {
-                        (writers.iter_mut().zip(leaves)).try_for_each(|(w, leaf)| w.write(leaf))
+        let encode = |writers: &mut [ArrowColumnWriter], leaves: &[ArrowLeafColumn]| {
+            (writers.iter_mut().zip(leaves)).try_for_each(|(w, leaf)| w.write(leaf))
+        };
+        // A small batch is not worth the threads.
+        if self.encoders <= 1 || batch.num_rows() < PARALLEL_ENCODE_ROWS {
+            encode(&mut self.columns, &leaves)?;
+        } else {
+            let per_thread = self.columns.len().div_ceil(self.encoders);
+            std::thread::scope(|scope| {
+                let threads: Vec<_> = (self.columns.chunks_mut(per_thread))
+                    .zip(leaves.chunks(per_thread))
+                    .map(|(writers, leaves)| scope.spawn(move || encode(writers, leaves)))
+                    .collect();
+                threads.into_iter().try_for_each(|t| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(ParquetError::General("an encoding thread panicked".into()))
                     })
                 })
-                .collect();
-            threads.into_iter().try_for_each(|t| {
-                t.join().unwrap_or_else(|_| {
-                    Err(ParquetError::General("an encoding thread panicked".into()))
-                })
-            })
-        })?;
+            })?;
+        }
         self.rows += batch.num_rows();
         if self.rows >= DEFAULT_MAX_ROW_GROUP_ROW_COUNT {
             self.flush()?;
