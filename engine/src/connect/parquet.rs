@@ -54,8 +54,10 @@ enum Decoding {
     Ahead(Receiver<Batches>),
 }
 
-/// Batches a decoding thread may hold that nobody has taken yet.
-const DECODED_AHEAD: usize = 2;
+/// Rows a decoding thread may hold that nobody has taken yet (in batches, at least 2):
+/// about a row group as writers cut them, so that the threads decoding the next row
+/// groups are not held up while the first is taken.
+const DECODED_AHEAD: usize = 1 << 20;
 
 impl RowGroups {
     /// A reader of row group `group`, from row `offset`.
@@ -84,7 +86,7 @@ impl RowGroups {
             self.decoding.push_back(Decoding::Here(reader));
             return Ok(());
         }
-        let (tx, rx) = sync_channel(DECODED_AHEAD);
+        let (tx, rx) = sync_channel((DECODED_AHEAD / self.batch_rows.max(1)).max(2));
         std::thread::Builder::new()
             .name("panes-decode".into())
             .spawn(move || {
