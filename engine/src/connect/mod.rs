@@ -218,7 +218,7 @@ pub trait Source: Send {
 /// How many row groups a Parquet source decodes at once for a job on `threads` shards:
 /// one (on the reader's thread) up to 7 shards, then one more per 4 shards. On a small
 /// machine the reader and sink threads already keep a spare core busy, and decoding in
-/// parallel was slower on 2 cores (BENCHMARKS.md, section 8).
+/// parallel was slower end to end on 2 cores (BENCHMARKS.md, section 8).
 pub fn decoders(threads: usize) -> usize {
     (threads / 4).max(1)
 }

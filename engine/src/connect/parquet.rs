@@ -46,12 +46,12 @@ struct RowGroups {
     decoding: VecDeque<Decoding>,
 }
 
-type Batches = std::result::Result<RecordBatch, ArrowError>;
+type BatchResult = std::result::Result<RecordBatch, ArrowError>;
 
 /// A row group's batches: decoded here, or on a thread that sends them.
 enum Decoding {
     Here(ParquetRecordBatchReader),
-    Ahead(Receiver<Batches>),
+    Ahead(Receiver<BatchResult>),
 }
 
 /// Rows a decoding thread may hold that nobody has taken yet (in batches, at least 2):
