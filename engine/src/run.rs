@@ -707,7 +707,7 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         None => job.source.to_string(),
     };
     let columns = needed_columns(job);
-    let decoders = crate::connect::decoders(opts.threads);
+    let decoders = crate::connect::io_threads(opts.threads);
     let mut source = match source {
         Some(source) => source,
         // Late events keep every column as it came.
@@ -775,7 +775,7 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         &pipeline,
         restore.as_ref(),
         [sink, late, alerts, dead_letter],
-        crate::connect::sink::encoders(threads),
+        crate::connect::io_threads(threads),
     )?;
     if budget.is_some() {
         outputs.trimmed_at = Some(0);

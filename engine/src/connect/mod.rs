@@ -215,18 +215,19 @@ pub trait Source: Send {
     fn checkpointed(&mut self, _at: &Position) {}
 }
 
-/// How many row groups a Parquet source decodes at once for a job on `threads` shards:
-/// one (on the reader's thread) up to 7 shards, then one more per 4 shards. On a small
-/// machine the reader and sink threads already keep a spare core busy, and decoding in
-/// parallel was slower end to end on 2 cores (BENCHMARKS.md, section 8).
-pub fn decoders(threads: usize) -> usize {
+/// How many row groups a Parquet source decodes at once, and how many threads encode a
+/// Parquet sink's columns, for a job on `threads` shards: one (the reader's or the sink's
+/// thread) up to 7 shards, then one more per 4 shards. On a small machine the reader and
+/// sink threads already keep a spare core busy, and decoding in parallel was slower end
+/// to end on 2 cores (BENCHMARKS.md, section 8).
+pub fn io_threads(threads: usize) -> usize {
     (threads / 4).max(1)
 }
 
 /// Opens the source of a job. `columns`: the columns to read (`None`: all of them), of
 /// which string columns `dictionary` may come dictionary-encoded (from Parquet files that
 /// mostly store them so: all files or none, so that they share one schema). Parquet
-/// files decode `decoders` row groups at once (see [`decoders`]).
+/// files decode `decoders` row groups at once (see [`io_threads`]).
 pub fn open_source(
     spec: &SourceSpec,
     columns: Option<&[String]>,

@@ -67,7 +67,7 @@ impl RowGroups {
         offset: usize,
     ) -> Result<ParquetRecordBatchReader, ParquetError> {
         let file = match self.decoders {
-            0 | 1 => self.file.try_clone()?,
+            1 => self.file.try_clone()?,
             _ => File::open(&self.path)?,
         };
         ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
@@ -82,7 +82,7 @@ impl RowGroups {
     fn start(&mut self, group: usize) -> Result<(), ArrowError> {
         let offset = std::mem::take(&mut self.offset);
         let reader = self.reader(group, offset)?;
-        if self.decoders <= 1 {
+        if self.decoders == 1 {
             self.decoding.push_back(Decoding::Here(reader));
             return Ok(());
         }
@@ -115,7 +115,7 @@ impl Iterator for RowGroups {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            while self.decoding.len() < self.decoders.max(1) {
+            while self.decoding.len() < self.decoders {
                 let Some(group) = self.groups.next() else {
                     break;
                 };
@@ -140,7 +140,8 @@ pub(super) struct ParquetSource {
     /// String columns read as dictionaries.
     dictionary: Vec<String>,
     batch_rows: usize,
-    /// Row groups decoded at once, each on a thread of its own (1: on the caller's).
+    /// Row groups decoded at once, each on a thread of its own (1: on the caller's); at
+    /// least 1.
     decoders: usize,
     schema: SchemaRef,
     total: u64,
@@ -285,7 +286,7 @@ impl ParquetSource {
             columns: columns.map(<[String]>::to_vec),
             dictionary: dictionary.to_vec(),
             batch_rows,
-            decoders,
+            decoders: decoders.max(1),
             schema,
             total,
             files: FileSequence::new("Parquet", files.to_vec()),

@@ -41,8 +41,8 @@ enum Writer {
     Kafka(super::kafka_sink::KafkaWriter),
 }
 
-/// A Parquet file whose columns are encoded at once by `encoders` threads, a batch at a
-/// time, for jobs on many cores (one encoder is a serial stage there). The file is what
+/// A Parquet file whose columns are encoded at once by `encoders` (> 1) threads, a batch
+/// at a time, for jobs on many cores (one encoder is a serial stage there). The file is what
 /// [`ArrowWriter`] writes (same schema and properties), except that a row group ends at
 /// the first batch boundary past its 1 Mi rows, not at 1 Mi rows exactly.
 struct ColumnsWriter {
@@ -88,7 +88,7 @@ impl ColumnsWriter {
             (writers.iter_mut().zip(leaves)).try_for_each(|(w, leaf)| w.write(leaf))
         };
         // A small batch is not worth the threads.
-        if self.encoders <= 1 || batch.num_rows() < PARALLEL_ENCODE_ROWS {
+        if batch.num_rows() < PARALLEL_ENCODE_ROWS {
             encode(&mut self.columns, &leaves)?;
         } else {
             let per_thread = self.columns.len().div_ceil(self.encoders);
@@ -251,14 +251,8 @@ pub struct FileSink {
     writer: Option<Writer>,
     target: Target,
     publisher: Option<Box<dyn Publish>>,
-    /// Threads that encode a Parquet file's columns (see [`encoders`]).
+    /// Threads that encode a Parquet file's columns (see [`super::io_threads`]).
     encoders: usize,
-}
-
-/// How many threads encode a Parquet sink's columns for a job on `threads` shards: as
-/// many as decode its source (see [`super::decoders`]), one (the sink's thread) up to 7.
-pub fn encoders(threads: usize) -> usize {
-    super::decoders(threads)
 }
 
 /// The prefix of a staged part's file name.
