@@ -17,6 +17,7 @@ mod text;
 pub mod writer;
 
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, sync_channel};
 
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
@@ -174,6 +175,41 @@ impl From<RecordBatch> for Decoded {
             malformed: Vec::new(),
         }
     }
+}
+
+/// A file reader's next batch, or why there is none.
+pub(crate) type DecodeResult = std::result::Result<Decoded, ArrowError>;
+
+/// Runs `decode` on a thread of its own and hands its batches on through a channel that
+/// holds at most `capacity` of them. The thread stops after the first error, or when the
+/// receiver is dropped; a panic there arrives as an error.
+pub(crate) fn decode_ahead<I>(
+    capacity: usize,
+    decode: impl FnOnce() -> I + Send + 'static,
+) -> std::result::Result<Receiver<DecodeResult>, ArrowError>
+where
+    I: Iterator<Item = DecodeResult>,
+{
+    let (tx, rx) = sync_channel(capacity);
+    std::thread::Builder::new()
+        .name("panes-decode".into())
+        .spawn(move || {
+            let run = std::panic::AssertUnwindSafe(|| {
+                for batch in decode() {
+                    let failed = batch.is_err();
+                    // A closed channel: the source went away; stop decoding.
+                    if tx.send(batch).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            if std::panic::catch_unwind(run).is_err() {
+                let panicked = ArrowError::ComputeError("a decoding thread panicked".into());
+                let _ = tx.send(Err(panicked));
+            }
+        })
+        .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+    Ok(rx)
 }
 
 /// A batch and where it came from.

@@ -9,13 +9,13 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::error::ArrowError;
-use arrow::record_batch::RecordBatch;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
@@ -23,13 +23,27 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::errors::ParquetError;
 
-use super::{Decoded, FileSequence, Position, Source, SourceBatch};
+use super::{DecodeResult, Decoded, FileSequence, Position, Source, SourceBatch, decode_ahead};
 use crate::error::{Error, Result};
+
+/// What every file of a source is read with.
+#[derive(Clone)]
+struct Reading {
+    /// The columns read (`None`: all).
+    columns: Option<Vec<String>>,
+    /// String columns read as dictionaries.
+    dictionary: Vec<String>,
+    batch_rows: usize,
+    /// Row groups decoded at once, each on a thread of its own (1: on the caller's); at
+    /// least 1.
+    decoders: usize,
+}
 
 /// The batches of one file, every row decoded, a reader per row group so that no batch
 /// spans two (a batch of a dictionary-encoded column then shares its chunk's dictionary).
 /// With `decoders` > 1, that many row groups are decoded at once, each on a thread of its
-/// own, and their batches come out in file order.
+/// own, and their batches come out in file order; once the file has no row group left to
+/// start, the next files' first row groups start (see [`Ahead`]).
 struct RowGroups {
     file: File,
     /// The file's path, opened again by each decoding thread (clones of `file` share its
@@ -38,20 +52,21 @@ struct RowGroups {
     meta: ArrowReaderMetadata,
     mask: ProjectionMask,
     batch_rows: usize,
-    groups: std::ops::Range<usize>,
+    /// The row groups not yet started.
+    groups: Range<usize>,
     /// Rows to skip at the start of the next row group (a restored position).
     offset: usize,
     decoders: usize,
     /// The row groups being decoded, in file order.
     decoding: VecDeque<Decoding>,
+    /// The files after this one, opened early (with several decoders and several files).
+    ahead: Option<Arc<Mutex<Ahead>>>,
 }
-
-type BatchResult = std::result::Result<RecordBatch, ArrowError>;
 
 /// A row group's batches: decoded here, or on a thread that sends them.
 enum Decoding {
     Here(ParquetRecordBatchReader),
-    Ahead(Receiver<BatchResult>),
+    Ahead(Receiver<DecodeResult>),
 }
 
 /// Rows a decoding thread may hold that nobody has taken yet (in batches, at least 2):
@@ -60,92 +75,182 @@ enum Decoding {
 const DECODED_AHEAD: usize = 1 << 20;
 
 impl RowGroups {
-    /// A reader of row group `group`, from row `offset`.
-    fn reader(
-        &self,
-        group: usize,
-        offset: usize,
-    ) -> Result<ParquetRecordBatchReader, ParquetError> {
-        let file = match self.decoders {
-            1 => self.file.try_clone()?,
-            _ => File::open(&self.path)?,
-        };
-        ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.meta.clone())
-            .with_projection(self.mask.clone())
-            .with_batch_size(self.batch_rows)
-            .with_row_groups(vec![group])
-            .with_offset(offset)
-            .build()
+    /// The row groups of `path` from row `skip` on: whole row groups are skipped unread,
+    /// then rows of the next one.
+    fn open(path: &PathBuf, skip: u64, reading: &Reading) -> Result<RowGroups> {
+        let (file, meta) = open_file(path, &reading.dictionary)?;
+        let mask = projection(&meta, path, reading.columns.as_deref())?;
+        let sizes: Vec<u64> = (meta.metadata().row_groups().iter())
+            .map(|g| g.num_rows() as u64)
+            .collect();
+        let (mut groups, mut rest) = (0, skip);
+        while groups < sizes.len() && sizes[groups] <= rest {
+            rest -= sizes[groups];
+            groups += 1;
+        }
+        if skip > 0 {
+            tracing::info!(
+                "resuming {} at row group {groups}, row {rest}",
+                path.display()
+            );
+        }
+        Ok(RowGroups {
+            file,
+            path: path.clone(),
+            meta,
+            mask,
+            batch_rows: reading.batch_rows,
+            groups: groups..sizes.len(),
+            offset: rest as usize,
+            decoders: reading.decoders,
+            decoding: VecDeque::new(),
+            ahead: None,
+        })
     }
 
-    /// Starts decoding the next row group.
-    fn start(&mut self, group: usize) -> Result<(), ArrowError> {
-        let offset = std::mem::take(&mut self.offset);
-        let reader = self.reader(group, offset)?;
+    /// Starts decoding the next row group; whether there was one.
+    fn start_next(&mut self) -> Result<bool, ArrowError> {
+        let Some(group) = self.groups.clone().next() else {
+            return Ok(false);
+        };
+        let (meta, mask, batch_rows, offset) = (
+            self.meta.clone(),
+            self.mask.clone(),
+            self.batch_rows,
+            self.offset,
+        );
+        let read = move |file: File| {
+            ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta)
+                .with_projection(mask)
+                .with_batch_size(batch_rows)
+                .with_row_groups(vec![group])
+                .with_offset(offset)
+                .build()
+        };
         if self.decoders == 1 {
+            let reader = read(self.file.try_clone().map_err(ParquetError::from)?)?;
             self.decoding.push_back(Decoding::Here(reader));
-            return Ok(());
+        } else {
+            let path = self.path.clone();
+            let capacity = (DECODED_AHEAD / batch_rows.max(1)).max(2);
+            let rx = decode_ahead(capacity, move || {
+                let (reader, failed) = match File::open(&path).map_err(ParquetError::from) {
+                    Ok(file) => match read(file) {
+                        Ok(reader) => (Some(reader), None),
+                        Err(e) => (None, Some(Err(e.into()))),
+                    },
+                    Err(e) => (None, Some(Err(e.into()))),
+                };
+                let batches = reader.into_iter().flatten();
+                failed
+                    .into_iter()
+                    .chain(batches.map(|b| b.map(Decoded::from)))
+            })?;
+            self.decoding.push_back(Decoding::Ahead(rx));
         }
-        let (tx, rx) = sync_channel((DECODED_AHEAD / self.batch_rows.max(1)).max(2));
-        std::thread::Builder::new()
-            .name("panes-decode".into())
-            .spawn(move || {
-                let decode = std::panic::AssertUnwindSafe(|| {
-                    for batch in reader {
-                        let failed = batch.is_err();
-                        // A closed channel: the source went away; stop decoding.
-                        if tx.send(batch).is_err() || failed {
-                            break;
-                        }
-                    }
-                });
-                if std::panic::catch_unwind(decode).is_err() {
-                    let panicked = ArrowError::ComputeError("a decoding thread panicked".into());
-                    let _ = tx.send(Err(panicked));
-                }
-            })
-            .map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
-        self.decoding.push_back(Decoding::Ahead(rx));
-        Ok(())
+        self.groups.start += 1;
+        self.offset = 0;
+        Ok(true)
     }
 }
 
 impl Iterator for RowGroups {
-    type Item = std::result::Result<Decoded, ArrowError>;
+    type Item = DecodeResult;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             while self.decoding.len() < self.decoders {
-                let Some(group) = self.groups.next() else {
-                    break;
-                };
-                if let Err(e) = self.start(group) {
-                    return Some(Err(e));
+                match self.start_next() {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => return Some(Err(e)),
                 }
             }
+            if let Some(ahead) = &self.ahead {
+                lock(ahead).fill(self.decoders - self.decoding.len());
+            }
             let next = match self.decoding.front_mut()? {
-                Decoding::Here(reader) => reader.next(),
+                Decoding::Here(reader) => reader.next().map(|b| b.map(Decoded::from)),
                 Decoding::Ahead(rx) => rx.recv().ok(),
             };
             match next {
-                Some(batch) => return Some(batch.map(Decoded::from)),
+                Some(batch) => return Some(batch),
                 None => drop(self.decoding.pop_front()),
             }
         }
     }
 }
 
+/// The files after the one being read, opened before their turn so that their first row
+/// groups decode while it ends: a job over many small files decodes several at once.
+struct Ahead {
+    files: Vec<PathBuf>,
+    /// The next file to open early.
+    next: usize,
+    /// The files opened early, in order, some of their row groups decoding.
+    opened: VecDeque<RowGroups>,
+    reading: Reading,
+}
+
+impl Ahead {
+    /// Starts row groups of the next files while fewer than `room` of theirs are
+    /// decoding. A file that does not open is left to its turn, which says why.
+    fn fill(&mut self, room: usize) {
+        let mut busy: usize = self.opened.iter().map(|g| g.decoding.len()).sum();
+        while busy < room {
+            if let Some(last) = self.opened.back_mut() {
+                match last.start_next() {
+                    Ok(true) => {
+                        busy += 1;
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(_) => return,
+                }
+            }
+            let Some(path) = self.files.get(self.next) else {
+                return;
+            };
+            match RowGroups::open(path, 0, &self.reading) {
+                Ok(groups) => {
+                    self.opened.push_back(groups);
+                    self.next += 1;
+                }
+                Err(_) => {
+                    self.next = self.files.len();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// File `path`, read from row `skip`, if it was opened early (only ever from its
+    /// start). If not, what was opened early is dropped, and the files after `path` are
+    /// opened early from now on.
+    fn take(&mut self, path: &PathBuf, skip: u64) -> Option<RowGroups> {
+        match self.opened.pop_front() {
+            Some(groups) if skip == 0 && groups.path == *path => Some(groups),
+            _ => {
+                self.opened.clear();
+                self.next =
+                    (self.files.iter().position(|f| f == path)).map_or(self.files.len(), |i| i + 1);
+                None
+            }
+        }
+    }
+}
+
+fn lock(ahead: &Mutex<Ahead>) -> MutexGuard<'_, Ahead> {
+    ahead.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub(super) struct ParquetSource {
-    columns: Option<Vec<String>>,
-    /// String columns read as dictionaries.
-    dictionary: Vec<String>,
-    batch_rows: usize,
-    /// Row groups decoded at once, each on a thread of its own (1: on the caller's); at
-    /// least 1.
-    decoders: usize,
+    reading: Reading,
     schema: SchemaRef,
     total: u64,
     files: FileSequence<RowGroups>,
+    /// The files opened early, with several decoders and several files.
+    ahead: Option<Arc<Mutex<Ahead>>>,
 }
 
 /// A file and its footer.
@@ -282,14 +387,26 @@ impl ParquetSource {
         }
         let schema =
             schema.ok_or_else(|| Error::Internal("a Parquet source with no files".into()))?;
-        Ok(ParquetSource {
+        let reading = Reading {
             columns: columns.map(<[String]>::to_vec),
             dictionary: dictionary.to_vec(),
             batch_rows,
             decoders: decoders.max(1),
+        };
+        let ahead = (reading.decoders > 1 && files.len() > 1).then(|| {
+            Arc::new(Mutex::new(Ahead {
+                files: files.to_vec(),
+                next: 1,
+                opened: VecDeque::new(),
+                reading: reading.clone(),
+            }))
+        });
+        Ok(ParquetSource {
+            reading,
             schema,
             total,
             files: FileSequence::new("Parquet", files.to_vec()),
+            ahead,
         })
     }
 }
@@ -308,38 +425,14 @@ impl Source for ParquetSource {
     }
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        let (columns, batch_rows, decoders) =
-            (self.columns.as_deref(), self.batch_rows, self.decoders);
-        let dictionary = &self.dictionary;
+        let (reading, ahead) = (&self.reading, &self.ahead);
         self.files.next(|path, skip| {
-            let (file, meta) = open_file(path, dictionary)?;
-            let mask = projection(&meta, path, columns)?;
-            // Resuming: whole row groups are skipped unread, then rows of the next one.
-            let sizes: Vec<u64> = (meta.metadata().row_groups().iter())
-                .map(|g| g.num_rows() as u64)
-                .collect();
-            let (mut groups, mut rest) = (0, skip);
-            while groups < sizes.len() && sizes[groups] <= rest {
-                rest -= sizes[groups];
-                groups += 1;
-            }
-            if skip > 0 {
-                tracing::info!(
-                    "resuming {} at row group {groups}, row {rest}",
-                    path.display()
-                );
-            }
-            let groups = RowGroups {
-                file,
-                path: path.clone(),
-                meta,
-                mask,
-                batch_rows,
-                groups: groups..sizes.len(),
-                offset: rest as usize,
-                decoders,
-                decoding: VecDeque::new(),
+            let early = ahead.as_ref().and_then(|a| lock(a).take(path, skip));
+            let mut groups = match early {
+                Some(groups) => groups,
+                None => RowGroups::open(path, skip, reading)?,
             };
+            groups.ahead = ahead.clone();
             Ok((groups, skip))
         })
     }
@@ -357,13 +450,14 @@ mod tests {
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
 
-    /// 2,500 rows of a string key (nulls among them) and a value, in row groups of 1,000.
-    fn write(path: &std::path::Path, dictionary: bool) -> (ArrayRef, ArrayRef) {
+    /// 2,500 rows of a string key (nulls among them) and a value (from `first` on), in row
+    /// groups of 1,000.
+    fn write(path: &std::path::Path, dictionary: bool, first: i64) -> (ArrayRef, ArrayRef) {
         let keys: ArrayRef =
             Arc::new(StringArray::from_iter((0..2_500).map(|i: i64| {
                 (i % 7 != 3).then(|| format!("key-{}", i * 31 % 97))
             })));
-        let values: ArrayRef = Arc::new(Int64Array::from_iter_values(0..2_500));
+        let values: ArrayRef = Arc::new(Int64Array::from_iter_values(first..first + 2_500));
         let batch = RecordBatch::try_from_iter([("k", keys.clone()), ("v", values.clone())])
             .expect("a batch");
         let props = WriterProperties::builder()
@@ -378,21 +472,31 @@ mod tests {
     }
 
     fn read(path: &std::path::Path, dictionary: &[String]) -> (SchemaRef, Vec<RecordBatch>) {
-        read_from(path, dictionary, 1, &Position::Start)
+        read_from(&[path.to_path_buf()], dictionary, 1, &Position::Start)
     }
 
-    /// The batches of `path` from position `at`, `decoders` row groups decoded at once.
+    /// A source of `files`, read from position `at`, `decoders` row groups decoded at once.
+    fn source(
+        files: &[PathBuf],
+        dictionary: &[String],
+        decoders: usize,
+        at: &Position,
+    ) -> ParquetSource {
+        let dictionary = dictionary_encoded(files, dictionary).expect("the footers");
+        let mut source =
+            ParquetSource::open(files, None, &dictionary, 300, decoders).expect("the source");
+        source.seek(at).expect("a position of the files");
+        source
+    }
+
+    /// The batches of `files` from position `at`, `decoders` row groups decoded at once.
     fn read_from(
-        path: &std::path::Path,
+        files: &[PathBuf],
         dictionary: &[String],
         decoders: usize,
         at: &Position,
     ) -> (SchemaRef, Vec<RecordBatch>) {
-        let files = [path.to_path_buf()];
-        let dictionary = dictionary_encoded(&files, dictionary).expect("the footer");
-        let mut source =
-            ParquetSource::open(&files, None, &dictionary, 300, decoders).expect("the source");
-        source.seek(at).expect("a position of the file");
+        let mut source = source(files, dictionary, decoders, at);
         let mut batches = Vec::new();
         while let Some(b) = source.next_batch().expect("a batch") {
             batches.push(b.batch);
@@ -404,7 +508,7 @@ mod tests {
     fn a_dictionary_encoded_key_comes_as_a_dictionary_one_per_row_group() {
         let dir = tempfile::tempdir().expect("a directory");
         let path = dir.path().join("keys.parquet");
-        let (keys, values) = write(&path, true);
+        let (keys, values) = write(&path, true, 0);
         let (schema, batches) = read(&path, &["k".to_string()]);
         assert!(matches!(
             schema.field(0).data_type(),
@@ -452,7 +556,7 @@ mod tests {
         // Not asked for, or not stored as a dictionary: plain strings.
         assert_eq!(read(&path, &[]).0.field(0).data_type(), &DataType::Utf8);
         let plain_path = dir.path().join("plain.parquet");
-        write(&plain_path, false);
+        write(&plain_path, false, 0);
         assert_eq!(
             read(&plain_path, &["k".to_string()]).0.field(0).data_type(),
             &DataType::Utf8
@@ -463,11 +567,12 @@ mod tests {
     fn row_groups_decoded_at_once_come_in_file_order_and_resume_mid_file() {
         let dir = tempfile::tempdir().expect("a directory");
         let path = dir.path().join("keys.parquet");
-        write(&path, true);
+        write(&path, true, 0);
         let k = ["k".to_string()];
+        let files = [path.clone()];
         let serial = read(&path, &k).1;
         for decoders in [2, 3, 8] {
-            assert_eq!(read_from(&path, &k, decoders, &Position::Start).1, serial);
+            assert_eq!(read_from(&files, &k, decoders, &Position::Start).1, serial);
         }
         // From row 1,450: the rest of the second row group, then the third.
         let at = Position::File {
@@ -475,9 +580,67 @@ mod tests {
             path: path.display().to_string(),
             rows: 1_450,
         };
-        let rest = read_from(&path, &[], 3, &at).1;
+        let rest = read_from(&files, &[], 3, &at).1;
         let all = arrow::compute::concat_batches(&rest[0].schema(), &read(&path, &[]).1).unwrap();
         let rest = arrow::compute::concat_batches(&rest[0].schema(), &rest).unwrap();
         assert_eq!(rest, all.slice(1_450, 1_050));
+    }
+
+    #[test]
+    fn files_decoded_at_once_come_in_name_order_resume_and_fail_in_turn() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let files: Vec<PathBuf> = (["a", "b", "c"].iter())
+            .map(|name| dir.path().join(format!("{name}.parquet")))
+            .collect();
+        for (i, file) in files.iter().enumerate() {
+            write(file, true, i as i64 * 10_000);
+        }
+        let k = ["k".to_string()];
+        let serial = read_from(&files, &k, 1, &Position::Start).1;
+        assert_eq!(serial.len(), 30);
+        for decoders in [2, 3, 8] {
+            assert_eq!(read_from(&files, &k, decoders, &Position::Start).1, serial);
+        }
+
+        // Once a's last row group decodes, b's first two do too (3 decoders).
+        let mut early = source(&files, &k, 3, &Position::Start);
+        for _ in 0..9 {
+            early.next_batch().expect("a batch").expect("a's batch");
+        }
+        let ahead = lock(early.ahead.as_ref().expect("several files"));
+        let opened: Vec<_> = ahead
+            .opened
+            .iter()
+            .map(|g| (&g.path, g.decoding.len()))
+            .collect();
+        assert_eq!(opened, [(&files[1], 2)]);
+        drop(ahead);
+
+        // From row 1,450 of b: its rest, then c.
+        let at = Position::File {
+            index: 1,
+            path: files[1].display().to_string(),
+            rows: 1_450,
+        };
+        let rest = read_from(&files, &[], 3, &at).1;
+        let schema = rest[0].schema();
+        let all = read_from(&files, &[], 1, &Position::Start).1;
+        let all = arrow::compute::concat_batches(&schema, &all).unwrap();
+        let rest = arrow::compute::concat_batches(&schema, &rest).unwrap();
+        assert_eq!(rest, all.slice(2_500 + 1_450, 1_050 + 2_500));
+
+        // A file gone before its turn: every batch before it comes, then an error naming it.
+        let mut gone = source(&files, &k, 3, &Position::Start);
+        std::fs::remove_file(&files[2]).expect("removed");
+        let mut batches = Vec::new();
+        let error = loop {
+            match gone.next_batch() {
+                Ok(Some(b)) => batches.push(b.batch),
+                Ok(None) => panic!("c.parquet was read"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert_eq!(batches, serial[..20]);
+        assert!(error.contains("c.parquet"), "{error}");
     }
 }
