@@ -251,9 +251,10 @@ pub trait Source: Send {
     fn checkpointed(&mut self, _at: &Position) {}
 }
 
-/// How many row groups a Parquet source decodes at once, and how many threads encode a
-/// Parquet sink's columns, for a job on `threads` shards: one (the reader's or the sink's
-/// thread) up to 7 shards, then one more per 4 shards. On a small machine the reader and
+/// How many row groups a Parquet source (batches a CSV or JSON-lines source) decodes at
+/// once, and how many threads encode a Parquet sink's columns, for a job on `threads`
+/// shards: one (the reader's or the sink's thread) up to 7 shards, then one more per 4
+/// shards. On a small machine the reader and
 /// sink threads already keep a spare core busy, and decoding in parallel was slower end
 /// to end on 2 cores (BENCHMARKS.md, section 8).
 pub fn io_threads(threads: usize) -> usize {
@@ -262,8 +263,8 @@ pub fn io_threads(threads: usize) -> usize {
 
 /// Opens the source of a job. `columns`: the columns to read (`None`: all of them), of
 /// which string columns `dictionary` may come dictionary-encoded (from Parquet files that
-/// mostly store them so: all files or none, so that they share one schema). Parquet
-/// files decode `decoders` row groups at once (see [`io_threads`]).
+/// mostly store them so: all files or none, so that they share one schema). File sources
+/// decode `decoders` row groups or batches at once (see [`io_threads`]).
 pub fn open_source(
     spec: &SourceSpec,
     columns: Option<&[String]>,
@@ -302,7 +303,9 @@ pub fn open_source(
                 TextFormat::JsonLines => "jsonl",
             };
             let open = |files: Vec<PathBuf>| -> Result<Box<dyn Source>> {
-                Ok(Box::new(text::TextSource::open(t, files, batch_rows)?))
+                Ok(Box::new(text::TextSource::open(
+                    t, files, batch_rows, decoders,
+                )?))
             };
             let files = files(&t.path, ext)?;
             if t.per_file {

@@ -11,17 +11,22 @@
 //! its line and the reason ([`OnMalformed::DeadLetter`]), or stops the job naming file,
 //! line and column ([`OnMalformed::Fail`]).
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
 
 use arrow::array::RecordBatch;
 use arrow::csv::reader::Format;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 
-use super::{Decoded, FileSequence, Malformed, Position, Source, SourceBatch};
+use super::{
+    DecodeResult, Decoded, FileSequence, Malformed, Position, Source, SourceBatch, decode_ahead,
+};
 use crate::error::{Error, Result};
 use crate::job::{OnMalformed, TextFormat, TextSource as Spec};
 
@@ -31,13 +36,22 @@ const SAMPLE: usize = 1000;
 pub(super) struct TextSource {
     format: TextFormat,
     batch_rows: usize,
+    /// Batches decoded at once, each on a thread of its own (1: on the caller's).
+    decoders: usize,
     schema: SchemaRef,
     on_malformed: OnMalformed,
     files: FileSequence<Records>,
 }
 
 impl TextSource {
-    pub(super) fn open(spec: &Spec, files: Vec<PathBuf>, batch_rows: usize) -> Result<Self> {
+    /// A source of `files`, in batches of `batch_rows` records, of which `decoders` are
+    /// decoded at once.
+    pub(super) fn open(
+        spec: &Spec,
+        files: Vec<PathBuf>,
+        batch_rows: usize,
+        decoders: usize,
+    ) -> Result<Self> {
         let schema = match spec.format {
             TextFormat::Csv => csv_schema(&files[0], &spec.schema)?,
             TextFormat::JsonLines if !spec.schema.is_empty() => Schema::new(
@@ -50,6 +64,7 @@ impl TextSource {
         Ok(TextSource {
             format: spec.format,
             batch_rows,
+            decoders: decoders.max(1),
             schema: Arc::new(schema),
             on_malformed: spec.on_malformed,
             files: FileSequence::new(spec.format.name(), files),
@@ -81,15 +96,15 @@ impl Source for TextSource {
     }
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        let (format, schema, batch_rows, on_malformed) = (
-            self.format,
-            self.schema.clone(),
-            self.batch_rows,
-            self.on_malformed,
-        );
+        let decoder = RecordDecoder {
+            format: self.format,
+            schema: self.schema.clone(),
+            on_malformed: self.on_malformed,
+            position_name: "line",
+        };
+        let (batch_rows, decoders) = (self.batch_rows, self.decoders);
         self.files.next(|path, skip| {
-            let mut records =
-                Records::open(format, path, schema.clone(), batch_rows, on_malformed)?;
+            let mut records = Records::open(path, decoder.clone(), batch_rows, decoders)?;
             // Text has no index: the records to skip are read and dropped.
             records.skip_records(skip)?;
             Ok((records, skip))
@@ -117,10 +132,7 @@ fn csv_schema(path: &Path, declared: &[(String, DataType)]) -> Result<Schema> {
             sample.push(record);
         }
     }
-    let mut text = csv_text(&header.iter().collect::<Vec<_>>());
-    for r in &sample {
-        text.extend(csv_text(&r.iter().collect::<Vec<_>>()));
-    }
+    let text = csv_text(std::iter::once(&header).chain(&sample));
     let (schema, _) = Format::default()
         .with_header(true)
         .infer_schema(std::io::Cursor::new(text), None)
@@ -232,7 +244,8 @@ fn csv_reader(file: File) -> csv::Reader<File> {
 
 /// Where a file's records come from.
 enum Lines {
-    Csv(csv::Reader<File>),
+    /// A CSV file, and the bytes and fields of the last record read.
+    Csv(csv::Reader<File>, (usize, usize)),
     /// A JSON-lines file and the number of the last line read.
     Json(BufReader<File>, u64),
 }
@@ -240,16 +253,18 @@ enum Lines {
 impl Lines {
     fn next(&mut self) -> std::result::Result<Option<Record>, ArrowError> {
         match self {
-            Lines::Csv(reader) => {
-                let mut fields = csv::ByteRecord::new();
+            Lines::Csv(reader, size) => {
+                // As large as the last record: read without growing, mostly.
+                let mut fields = csv::ByteRecord::with_capacity(size.0, size.1);
                 if !(reader.read_byte_record(&mut fields))
                     .map_err(|e| ArrowError::CsvError(e.to_string()))?
                 {
                     return Ok(None);
                 }
+                *size = (fields.as_slice().len(), fields.len());
                 Ok(Some(Record {
                     line: fields.position().map_or(0, |p| p.line()),
-                    text: csv_text(&fields.iter().collect::<Vec<_>>()),
+                    text: Vec::new(),
                     fields: Some(fields),
                 }))
             }
@@ -282,17 +297,26 @@ impl Lines {
 
 /// The records of one file, decoded into batches of the schema: each record is checked
 /// (its fields counted, its values decoded) so that one bad record costs only itself.
+/// With `decoders` > 1 the records are read here, and that many batches of them are
+/// decoded at once, each on a thread of its own; they come out in file order.
 struct Records {
     lines: Lines,
     /// The file, as dead letters name it.
     origin: String,
     decoder: RecordDecoder,
     batch_rows: usize,
+    decoders: usize,
+    /// The batches being decoded, in file order (with `decoders` > 1).
+    decoding: VecDeque<Receiver<DecodeResult>>,
+    /// No record is left to read (some may still be decoding).
+    exhausted: bool,
+    /// Every batch, or an error, was handed on.
     done: bool,
 }
 
 /// Decodes records of one format into batches of a schema, setting aside those that do
 /// not decode (or failing on the first, with [`OnMalformed::Fail`]).
+#[derive(Clone)]
 pub(super) struct RecordDecoder {
     pub(super) format: TextFormat,
     pub(super) schema: SchemaRef,
@@ -314,42 +338,54 @@ pub(super) fn csv_record(payload: &[u8], offset: u64) -> Record {
     }
     Record {
         line: offset,
-        text: csv_text(&fields.iter().collect::<Vec<_>>()),
+        text: Vec::new(),
         fields: Some(fields),
     }
 }
 
-/// One record as read: where it is (a line, an offset), its text (CSV fields re-joined,
-/// a JSON object and its newline), and for CSV its fields.
+/// One record as read: where it is (a line, an offset), and its fields (CSV) or its text
+/// (a JSON object and its newline).
 pub(super) struct Record {
     pub(super) line: u64,
+    /// A JSON line's text; empty for CSV, whose text is its fields re-joined.
     pub(super) text: Vec<u8>,
     pub(super) fields: Option<csv::ByteRecord>,
 }
 
+impl Record {
+    /// The record as one line of text: a CSV record's fields re-joined, quoted where they
+    /// must be.
+    fn text(&self) -> Cow<'_, [u8]> {
+        match &self.fields {
+            Some(fields) => Cow::Owned(csv_text([fields])),
+            None => Cow::Borrowed(&self.text),
+        }
+    }
+}
+
+/// Records read: those to decode, and those already found malformed.
+type Chunk = (Vec<Record>, Vec<Malformed>);
+
 impl Records {
     fn open(
-        format: TextFormat,
         path: &Path,
-        schema: SchemaRef,
+        decoder: RecordDecoder,
         batch_rows: usize,
-        on_malformed: OnMalformed,
+        decoders: usize,
     ) -> Result<Records> {
         let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-        let lines = match format {
-            TextFormat::Csv => Lines::Csv(csv_reader(file)),
+        let lines = match decoder.format {
+            TextFormat::Csv => Lines::Csv(csv_reader(file), (0, 0)),
             TextFormat::JsonLines => Lines::Json(BufReader::new(file), 0),
         };
         Ok(Records {
             lines,
             origin: path.display().to_string(),
-            decoder: RecordDecoder {
-                format,
-                schema,
-                on_malformed,
-                position_name: "line",
-            },
+            decoder,
             batch_rows,
+            decoders,
+            decoding: VecDeque::new(),
+            exhausted: false,
             done: false,
         })
     }
@@ -368,13 +404,15 @@ impl Records {
         Ok(())
     }
 
-    fn next_decoded(&mut self) -> std::result::Result<Option<Decoded>, ArrowError> {
+    /// The next `batch_rows` records: those to decode, and those whose fields the header
+    /// does not match. `None` at the end of the file.
+    fn read(&mut self) -> std::result::Result<Option<Chunk>, ArrowError> {
         let d = &self.decoder;
         let width = d.schema.fields().len();
         let (mut good, mut malformed) = (Vec::new(), Vec::new());
         while good.len() < self.batch_rows {
             let Some(record) = self.lines.next()? else {
-                self.done = true;
+                self.exhausted = true;
                 break;
             };
             if let Some(n) = record.fields.as_ref().map(csv::ByteRecord::len)
@@ -390,7 +428,48 @@ impl Records {
         if good.is_empty() && malformed.is_empty() {
             return Ok(None);
         }
-        d.decode_records(&self.origin, &good, malformed).map(Some)
+        Ok(Some((good, malformed)))
+    }
+
+    /// Reads records and starts decoding them until `decoders` batches are decoding or
+    /// the file ends. An error reading them takes its turn after the batches before it.
+    fn start(&mut self) {
+        while !self.exhausted && self.decoding.len() < self.decoders {
+            let decoding = match self.read() {
+                Ok(None) => break,
+                Ok(Some((good, malformed))) => {
+                    let (decoder, origin) = (self.decoder.clone(), self.origin.clone());
+                    decode_ahead(1, move || {
+                        std::iter::once(decoder.decode_records(&origin, &good, malformed))
+                    })
+                }
+                Err(e) => Err(e),
+            };
+            let decoding = decoding.unwrap_or_else(|e| {
+                self.exhausted = true;
+                let (tx, rx) = sync_channel(1);
+                let _ = tx.send(Err(e));
+                rx
+            });
+            self.decoding.push_back(decoding);
+        }
+    }
+
+    fn next_decoded(&mut self) -> std::result::Result<Option<Decoded>, ArrowError> {
+        if self.decoders == 1 {
+            return match self.read()? {
+                Some((good, malformed)) => {
+                    (self.decoder.decode_records(&self.origin, &good, malformed)).map(Some)
+                }
+                None => Ok(None),
+            };
+        }
+        self.start();
+        let Some(decoding) = self.decoding.pop_front() else {
+            return Ok(None);
+        };
+        let stopped = || ArrowError::ComputeError("a decoding thread stopped".into());
+        decoding.recv().unwrap_or_else(|_| Err(stopped())).map(Some)
     }
 }
 
@@ -464,7 +543,7 @@ impl RecordDecoder {
         for (c, f) in self.schema.fields().iter().enumerate() {
             let value = fields.get(c).unwrap_or_default();
             let one = Arc::new(Schema::new(vec![f.as_ref().clone()]));
-            if Self::decode(TextFormat::Csv, one, &csv_text(&[value]), 1).is_err() {
+            if Self::decode(TextFormat::Csv, one, &csv_text([[value]]), 1).is_err() {
                 return format!(
                     "column {:?}: {:?} is not a valid {}",
                     f.name(),
@@ -491,7 +570,7 @@ impl RecordDecoder {
                 self.position_name
             )));
         }
-        let raw = String::from_utf8_lossy(&record.text);
+        let raw = String::from_utf8_lossy(&record.text()).into_owned();
         Ok(Malformed {
             origin: origin.to_string(),
             position: at,
@@ -508,17 +587,20 @@ impl RecordDecoder {
         good: &[Record],
         mut malformed: Vec<Malformed>,
     ) -> std::result::Result<Decoded, ArrowError> {
-        let mut text = Vec::with_capacity(good.iter().map(|r| r.text.len()).sum());
-        good.iter().for_each(|r| text.extend_from_slice(&r.text));
+        let text = match self.format {
+            TextFormat::Csv => csv_text(good.iter().filter_map(|r| r.fields.as_ref())),
+            TextFormat::JsonLines => good.iter().flat_map(|r| r.text.iter().copied()).collect(),
+        };
         let batch = match Self::decode(self.format, self.schema.clone(), &text, good.len()) {
             Ok(batch) => batch,
             // Some record does not decode: find which, keep the others.
             Err(_) => {
                 let (mut kept, mut n) = (Vec::new(), 0);
                 for record in good {
-                    match Self::decode(self.format, self.schema.clone(), &record.text, 1) {
+                    let text = record.text();
+                    match Self::decode(self.format, self.schema.clone(), &text, 1) {
                         Ok(_) => {
-                            kept.extend_from_slice(&record.text);
+                            kept.extend_from_slice(&text);
                             n += 1;
                         }
                         Err(_) => {
@@ -549,13 +631,15 @@ impl Iterator for Records {
     }
 }
 
-/// Fields as one line of CSV, quoted where they must be.
-fn csv_text(fields: &[&[u8]]) -> Vec<u8> {
+/// Records, each given by its fields, as lines of CSV, quoted where they must be.
+fn csv_text<'a, R: IntoIterator<Item = &'a [u8]>>(records: impl IntoIterator<Item = R>) -> Vec<u8> {
     let mut w = csv::WriterBuilder::new()
         .flexible(true)
         .from_writer(Vec::new());
-    // Writing to memory cannot fail.
-    let _ = w.write_record(fields);
+    for fields in records {
+        // Writing to memory cannot fail.
+        let _ = w.write_record(fields);
+    }
     w.into_inner().unwrap_or_default()
 }
 
@@ -603,9 +687,14 @@ mod tests {
             }
         }
         std::fs::write(&path, text).expect("writing the file");
-        let open =
-            || TextSource::open(&spec(OnMalformed::DeadLetter), vec![path.clone()], 4).unwrap();
-        let (rows, bad, after) = read_rest(&mut open());
+        let dead_letter = spec(OnMalformed::DeadLetter);
+        let open = |decoders| TextSource::open(&dead_letter, vec![path.clone()], 4, decoders);
+        let (rows, bad, after) = read_rest(&mut open(1).unwrap());
+        // Decoded on 3 threads: the same batches, positions and malformed records.
+        assert_eq!(
+            read_rest(&mut open(3).unwrap()),
+            (rows.clone(), bad.clone(), after.clone())
+        );
         assert_eq!(rows.len() + bad.len(), 40);
         assert_eq!(
             bad,
@@ -613,7 +702,7 @@ mod tests {
             "the lines of records 3, 5, 10, ..."
         );
         for (i, at) in after.iter().enumerate() {
-            let mut resumed = open();
+            let mut resumed = open(1 + i % 3).unwrap();
             resumed.seek(at).unwrap();
             let (r, b, _) = read_rest(&mut resumed);
             let Position::File { rows: read, .. } = at else {
@@ -637,12 +726,15 @@ mod tests {
                 "after batch {i}"
             );
         }
-        let mut fail = TextSource::open(&spec(OnMalformed::Fail), vec![path.clone()], 4).unwrap();
-        let err = read_rest_err(&mut fail);
-        assert!(
-            err.contains("line 5: 1 field where the header has 2"),
-            "{err}"
-        );
+        for decoders in [1, 3] {
+            let fail = spec(OnMalformed::Fail);
+            let mut fail = TextSource::open(&fail, vec![path.clone()], 4, decoders).unwrap();
+            let err = read_rest_err(&mut fail);
+            assert!(
+                err.contains("line 5: 1 field where the header has 2"),
+                "{err}"
+            );
+        }
     }
 
     fn read_rest_err(source: &mut TextSource) -> String {
@@ -672,6 +764,7 @@ mod tests {
             json in proptest::bool::ANY,
             declared in proptest::bool::ANY,
             batch_rows in 1usize..8,
+            decoders in 2usize..5,
         ) {
             let dir = tempfile::tempdir().expect("a temporary directory");
             let path = dir.path().join("in.txt");
@@ -691,17 +784,30 @@ mod tests {
                 on_malformed: OnMalformed::DeadLetter,
                 per_file: false,
             };
-            let Ok(mut source) = TextSource::open(&spec, vec![path], batch_rows) else {
+            // Every batch, its malformed records' lines and its position, until the end
+            // or an error.
+            let read = |decoders| {
+                let mut source = TextSource::open(&spec, vec![path.clone()], batch_rows, decoders)
+                    .map_err(|e| (Vec::new(), e.to_string()))?;
+                let mut batches = Vec::new();
+                loop {
+                    match source.next_batch() {
+                        Ok(Some(b)) => {
+                            let lines: Vec<u64> = b.malformed.iter().map(|m| m.position).collect();
+                            batches.push((b.batch, lines, b.after));
+                        }
+                        Ok(None) => return Ok(batches),
+                        Err(e) => return Err((batches, e.to_string())),
+                    }
+                }
+            };
+            let serial = read(1);
+            // Decoded on several threads: the same batches, and the same error after them.
+            proptest::prop_assert_eq!(&read(decoders), &serial);
+            let Ok(batches) = serial else {
                 return Ok(());
             };
-            let mut seen = 0;
-            loop {
-                match source.next_batch() {
-                    Ok(Some(b)) => seen += b.batch.num_rows() + b.malformed.len(),
-                    Ok(None) => break,
-                    Err(_) => return Ok(()),
-                }
-            }
+            let seen: usize = batches.iter().map(|(b, lines, _)| b.num_rows() + lines.len()).sum();
             // A JSON line is a record; a CSV quote may span lines.
             if json {
                 let records = lines.iter().filter(|l| !l.trim().is_empty()).count();
