@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 
 use arrow::array::RecordBatch;
 use arrow::csv::reader::Format;
@@ -244,34 +244,31 @@ fn csv_reader(file: File) -> csv::Reader<File> {
 
 /// Where a file's records come from.
 enum Lines {
-    /// A CSV file, and the bytes and fields of the last record read.
-    Csv(csv::Reader<File>, (usize, usize)),
+    Csv(csv::Reader<File>),
     /// A JSON-lines file and the number of the last line read.
     Json(BufReader<File>, u64),
 }
 
 impl Lines {
-    fn next(&mut self) -> std::result::Result<Option<Record>, ArrowError> {
+    /// The next record, read into the buffers of `into` (one already decoded, or a new
+    /// one).
+    fn next(&mut self, mut into: Record) -> std::result::Result<Option<Record>, ArrowError> {
         match self {
-            Lines::Csv(reader, size) => {
-                // As large as the last record: read without growing, mostly.
-                let mut fields = csv::ByteRecord::with_capacity(size.0, size.1);
-                if !(reader.read_byte_record(&mut fields))
+            Lines::Csv(reader) => {
+                let fields = into.fields.get_or_insert_default();
+                if !(reader.read_byte_record(fields))
                     .map_err(|e| ArrowError::CsvError(e.to_string()))?
                 {
                     return Ok(None);
                 }
-                *size = (fields.as_slice().len(), fields.len());
-                Ok(Some(Record {
-                    line: fields.position().map_or(0, |p| p.line()),
-                    text: Vec::new(),
-                    fields: Some(fields),
-                }))
+                into.line = fields.position().map_or(0, |p| p.line());
+                Ok(Some(into))
             }
             Lines::Json(reader, line) => loop {
-                let mut text = Vec::new();
+                let text = &mut into.text;
+                text.clear();
                 if reader
-                    .read_until(b'\n', &mut text)
+                    .read_until(b'\n', text)
                     .map_err(|e| ArrowError::JsonError(e.to_string()))?
                     == 0
                 {
@@ -285,11 +282,8 @@ impl Lines {
                 if text.last() != Some(&b'\n') {
                     text.push(b'\n');
                 }
-                return Ok(Some(Record {
-                    line: *line,
-                    text,
-                    fields: None,
-                }));
+                into.line = *line;
+                return Ok(Some(into));
             },
         }
     }
@@ -308,6 +302,10 @@ struct Records {
     decoders: usize,
     /// The batches being decoded, in file order (with `decoders` > 1).
     decoding: VecDeque<Receiver<DecodeResult>>,
+    /// Records decoded, whose buffers the next records are read into (so that reading
+    /// a record does not allocate), and those the decoding threads hand back.
+    spare: Vec<Record>,
+    handed_back: (Sender<Vec<Record>>, Receiver<Vec<Record>>),
     /// No record is left to read (some may still be decoding).
     exhausted: bool,
     /// Every batch, or an error, was handed on.
@@ -345,6 +343,7 @@ pub(super) fn csv_record(payload: &[u8], offset: u64) -> Record {
 
 /// One record as read: where it is (a line, an offset), and its fields (CSV) or its text
 /// (a JSON object and its newline).
+#[derive(Default)]
 pub(super) struct Record {
     pub(super) line: u64,
     /// A JSON line's text; empty for CSV, whose text is its fields re-joined.
@@ -375,7 +374,7 @@ impl Records {
     ) -> Result<Records> {
         let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         let lines = match decoder.format {
-            TextFormat::Csv => Lines::Csv(csv_reader(file), (0, 0)),
+            TextFormat::Csv => Lines::Csv(csv_reader(file)),
             TextFormat::JsonLines => Lines::Json(BufReader::new(file), 0),
         };
         Ok(Records {
@@ -385,6 +384,8 @@ impl Records {
             batch_rows,
             decoders,
             decoding: VecDeque::new(),
+            spare: Vec::new(),
+            handed_back: channel(),
             exhausted: false,
             done: false,
         })
@@ -395,7 +396,7 @@ impl Records {
         for _ in 0..n {
             let record = self
                 .lines
-                .next()
+                .next(Record::default())
                 .map_err(|e| Error::arrow(format!("skipping to a checkpoint's row {n}"), e))?;
             if record.is_none() {
                 break;
@@ -410,8 +411,12 @@ impl Records {
         let d = &self.decoder;
         let width = d.schema.fields().len();
         let (mut good, mut malformed) = (Vec::new(), Vec::new());
+        if self.spare.is_empty() {
+            self.spare = self.handed_back.1.try_recv().unwrap_or_default();
+        }
         while good.len() < self.batch_rows {
-            let Some(record) = self.lines.next()? else {
+            let into = self.spare.pop().unwrap_or_default();
+            let Some(record) = self.lines.next(into)? else {
                 self.exhausted = true;
                 break;
             };
@@ -421,6 +426,7 @@ impl Records {
                 let s = if n == 1 { "" } else { "s" };
                 let reason = format!("{n} field{s} where the header has {width}");
                 malformed.push(d.malformed(&self.origin, &record, reason)?);
+                self.spare.push(record);
                 continue;
             }
             good.push(record);
@@ -439,8 +445,11 @@ impl Records {
                 Ok(None) => break,
                 Ok(Some((good, malformed))) => {
                     let (decoder, origin) = (self.decoder.clone(), self.origin.clone());
+                    let back = self.handed_back.0.clone();
                     decode_ahead(1, move || {
-                        std::iter::once(decoder.decode_records(&origin, &good, malformed))
+                        let decoded = decoder.decode_records(&origin, &good, malformed);
+                        let _ = back.send(good);
+                        std::iter::once(decoded)
                     })
                 }
                 Err(e) => Err(e),
@@ -457,12 +466,12 @@ impl Records {
 
     fn next_decoded(&mut self) -> std::result::Result<Option<Decoded>, ArrowError> {
         if self.decoders == 1 {
-            return match self.read()? {
-                Some((good, malformed)) => {
-                    (self.decoder.decode_records(&self.origin, &good, malformed)).map(Some)
-                }
-                None => Ok(None),
+            let Some((good, malformed)) = self.read()? else {
+                return Ok(None);
             };
+            let decoded = self.decoder.decode_records(&self.origin, &good, malformed);
+            self.spare = good;
+            return decoded.map(Some);
         }
         self.start();
         let Some(decoding) = self.decoding.pop_front() else {
