@@ -411,8 +411,12 @@ impl Records {
         let d = &self.decoder;
         let width = d.schema.fields().len();
         let (mut good, mut malformed) = (Vec::new(), Vec::new());
-        if self.spare.is_empty() {
-            self.spare = self.handed_back.1.try_recv().unwrap_or_default();
+        // Up to a batch of spare records: a read takes about one batch handed back, as
+        // each decoded batch gives one, so none piles up in the channel.
+        while self.spare.len() < self.batch_rows
+            && let Ok(records) = self.handed_back.1.try_recv()
+        {
+            self.spare.extend(records);
         }
         while good.len() < self.batch_rows {
             let into = self.spare.pop().unwrap_or_default();
