@@ -416,7 +416,10 @@ impl Records {
         while self.spare.len() < self.batch_rows
             && let Ok(records) = self.handed_back.1.try_recv()
         {
-            self.spare.extend(records);
+            match self.spare.is_empty() {
+                true => self.spare = records,
+                false => self.spare.extend(records),
+            }
         }
         while good.len() < self.batch_rows {
             let into = self.spare.pop().unwrap_or_default();
