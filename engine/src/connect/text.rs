@@ -605,7 +605,11 @@ impl RecordDecoder {
     ) -> std::result::Result<Decoded, ArrowError> {
         let text = match self.format {
             TextFormat::Csv => csv_text(good.iter().filter_map(|r| r.fields.as_ref())),
-            TextFormat::JsonLines => good.iter().flat_map(|r| r.text.iter().copied()).collect(),
+            TextFormat::JsonLines => good
+                .iter()
+                .map(|r| &r.text[..])
+                .collect::<Vec<_>>()
+                .concat(),
         };
         let batch = match Self::decode(self.format, self.schema.clone(), &text, good.len()) {
             Ok(batch) => batch,
