@@ -272,9 +272,13 @@ pub fn open_source(
     batch_rows: usize,
     decoders: usize,
 ) -> Result<Box<dyn Source>> {
-    let per_file = |files: Vec<PathBuf>, open: &dyn Fn(Vec<PathBuf>) -> Result<Box<dyn Source>>| {
+    type Open<'a> = &'a dyn Fn(Vec<PathBuf>, usize) -> Result<Box<dyn Source>>;
+    // Files as partitions share the decoders, so that many files do not each start as
+    // many threads, each holding rows ahead.
+    let per_file = |files: Vec<PathBuf>, open: Open| {
+        let share = (decoders / files.len().max(1)).max(1);
         let sources = (files.into_iter())
-            .map(|f| Ok((open(vec![f.clone()])?, f.display().to_string())))
+            .map(|f| Ok((open(vec![f.clone()], share)?, f.display().to_string())))
             .collect::<Result<Vec<_>>>()?;
         Ok(Box::new(per_file::PerFile::new(sources)?) as Box<dyn Source>)
     };
@@ -282,7 +286,7 @@ pub fn open_source(
         SourceSpec::Parquet(p) => {
             let files = files(&p.path, "parquet")?;
             let dictionary = parquet::dictionary_encoded(&files, dictionary)?;
-            let open = |files: Vec<PathBuf>| -> Result<Box<dyn Source>> {
+            let open = |files: Vec<PathBuf>, decoders| -> Result<Box<dyn Source>> {
                 Ok(Box::new(parquet::ParquetSource::open(
                     &files,
                     columns,
@@ -294,7 +298,7 @@ pub fn open_source(
             if p.per_file {
                 per_file(files, &open)
             } else {
-                open(files)
+                open(files, decoders)
             }
         }
         SourceSpec::Text(t) => {
@@ -302,7 +306,7 @@ pub fn open_source(
                 TextFormat::Csv => "csv",
                 TextFormat::JsonLines => "jsonl",
             };
-            let open = |files: Vec<PathBuf>| -> Result<Box<dyn Source>> {
+            let open = |files: Vec<PathBuf>, decoders| -> Result<Box<dyn Source>> {
                 Ok(Box::new(text::TextSource::open(
                     t, files, batch_rows, decoders,
                 )?))
@@ -311,7 +315,7 @@ pub fn open_source(
             if t.per_file {
                 per_file(files, &open)
             } else {
-                open(files)
+                open(files, decoders)
             }
         }
         #[cfg(feature = "kafka")]
