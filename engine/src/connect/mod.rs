@@ -254,9 +254,8 @@ pub trait Source: Send {
 /// How many row groups a Parquet source (batches a CSV or JSON-lines source) decodes at
 /// once, and how many threads encode a Parquet sink's columns, for a job on `threads`
 /// shards: one (the reader's or the sink's thread) up to 7 shards, then one more per 4
-/// shards. On a small machine the reader and
-/// sink threads already keep a spare core busy, and decoding in parallel was slower end
-/// to end on 2 cores (BENCHMARKS.md, section 8).
+/// shards. On a small machine the reader and sink threads already keep a spare core busy,
+/// and decoding in parallel was slower end to end on 2 cores (BENCHMARKS.md, section 8).
 pub fn io_threads(threads: usize) -> usize {
     (threads / 4).max(1)
 }

@@ -134,11 +134,9 @@ impl RowGroups {
             let path = self.path.clone();
             let capacity = (DECODED_AHEAD / batch_rows.max(1)).max(2);
             let rx = decode_ahead(capacity, move || {
-                let (reader, failed) = match File::open(&path).map_err(ParquetError::from) {
-                    Ok(file) => match read(file) {
-                        Ok(reader) => (Some(reader), None),
-                        Err(e) => (None, Some(Err(e.into()))),
-                    },
+                let opened = File::open(&path).map_err(ParquetError::from).and_then(read);
+                let (reader, failed) = match opened {
+                    Ok(reader) => (Some(reader), None),
                     Err(e) => (None, Some(Err(e.into()))),
                 };
                 let batches = reader.into_iter().flatten();

@@ -34,12 +34,11 @@ use crate::job::{OnMalformed, TextFormat, TextSource as Spec};
 const SAMPLE: usize = 1000;
 
 pub(super) struct TextSource {
-    format: TextFormat,
+    /// The format, schema and handling of malformed records of every file.
+    decoder: RecordDecoder,
     batch_rows: usize,
     /// Batches decoded at once, each on a thread of its own (1: on the caller's).
     decoders: usize,
-    schema: SchemaRef,
-    on_malformed: OnMalformed,
     files: FileSequence<Records>,
 }
 
@@ -62,11 +61,14 @@ impl TextSource {
             TextFormat::JsonLines => json_schema(&files[0])?,
         };
         Ok(TextSource {
-            format: spec.format,
+            decoder: RecordDecoder {
+                format: spec.format,
+                schema: Arc::new(schema),
+                on_malformed: spec.on_malformed,
+                position_name: "line",
+            },
             batch_rows,
             decoders: decoders.max(1),
-            schema: Arc::new(schema),
-            on_malformed: spec.on_malformed,
             files: FileSequence::new(spec.format.name(), files),
         })
     }
@@ -84,7 +86,7 @@ impl TextFormat {
 
 impl Source for TextSource {
     fn schema(&self) -> SchemaRef {
-        self.schema.clone()
+        self.decoder.schema.clone()
     }
 
     fn partitions(&self) -> usize {
@@ -96,13 +98,7 @@ impl Source for TextSource {
     }
 
     fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        let decoder = RecordDecoder {
-            format: self.format,
-            schema: self.schema.clone(),
-            on_malformed: self.on_malformed,
-            position_name: "line",
-        };
-        let (batch_rows, decoders) = (self.batch_rows, self.decoders);
+        let (decoder, batch_rows, decoders) = (&self.decoder, self.batch_rows, self.decoders);
         self.files.next(|path, skip| {
             let mut records = Records::open(path, decoder.clone(), batch_rows, decoders)?;
             // Text has no index: the records to skip are read and dropped.
@@ -393,13 +389,14 @@ impl Records {
 
     /// Reads and drops `n` records (a restored position).
     fn skip_records(&mut self, n: u64) -> Result<()> {
+        // One record's buffers serve every record skipped.
+        let mut record = Record::default();
         for _ in 0..n {
-            let record = self
-                .lines
-                .next(Record::default())
+            let read = (self.lines.next(record))
                 .map_err(|e| Error::arrow(format!("skipping to a checkpoint's row {n}"), e))?;
-            if record.is_none() {
-                break;
+            match read {
+                Some(r) => record = r,
+                None => break,
             }
         }
         Ok(())
@@ -416,9 +413,10 @@ impl Records {
         while self.spare.len() < self.batch_rows
             && let Ok(records) = self.handed_back.1.try_recv()
         {
-            match self.spare.is_empty() {
-                true => self.spare = records,
-                false => self.spare.extend(records),
+            if self.spare.is_empty() {
+                self.spare = records;
+            } else {
+                self.spare.extend(records);
             }
         }
         while good.len() < self.batch_rows {
