@@ -91,25 +91,20 @@ impl BackendKind {
             BackendKind::Cpu => Box::new(CpuBackend::new(aggs, threads)),
             BackendKind::Gpu => Box::new(GpuBackend::new(aggs, GpuOptions::default())?),
             BackendKind::Auto => {
-                tracing::warn!("backend auto: using cpu: {}", auto_stays_on_cpu());
+                tracing::warn!("backend auto: using cpu: {AUTO_STAYS_ON_CPU}");
                 Box::new(CpuBackend::new(aggs, threads))
             }
         })
     }
 }
 
-/// Why `auto` runs on `cpu`: there is no hardware GPU, or there is one and the `gpu`
-/// backend is not faster than `cpu` yet (issue 16 measured it 15× slower end to end on an
-/// H200). `auto` takes the GPU once it beats `cpu` on the machine it runs on.
-fn auto_stays_on_cpu() -> String {
-    match panes_kernels::gpu::hardware_adapter() {
-        Ok(name) => format!(
-            "the gpu backend is slower than cpu end to end (on an NVIDIA H200, 2.5 M events/s \
-             against cpu's 37 M: BENCHMARKS.md §4); --backend gpu runs on {name}"
-        ),
-        Err(e) => e.to_string(),
-    }
-}
+/// Why `auto` runs on `cpu`: the `gpu` backend is not faster than `cpu` yet (issue 16
+/// measured it 15× slower end to end on an H200), whatever GPU the machine has. `auto`
+/// takes the GPU once it beats `cpu` on the machine it runs on; until then it does not
+/// look for one, since opening a GPU driver only to name it costs tens of milliseconds
+/// (and a core's worth of work) on every run.
+const AUTO_STAYS_ON_CPU: &str = "the gpu backend is slower than cpu end to end (on an NVIDIA \
+    H200, 2.5 M events/s against cpu's 37 M: BENCHMARKS.md §4); --backend gpu runs it on a GPU";
 
 /// Where a job with checkpoints starts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
