@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
@@ -51,14 +51,35 @@ impl TextSource {
         batch_rows: usize,
         decoders: usize,
     ) -> Result<Self> {
+        let infer = |path: &PathBuf| match spec.format {
+            TextFormat::Csv => csv_schema(path, &spec.schema),
+            TextFormat::JsonLines => json_schema(path),
+        };
         let schema = match spec.format {
-            TextFormat::Csv => csv_schema(&files[0], &spec.schema)?,
             TextFormat::JsonLines if !spec.schema.is_empty() => Schema::new(
                 (spec.schema.iter())
                     .map(|(name, t)| Field::new(name, t.clone(), true))
                     .collect::<Vec<_>>(),
             ),
-            TextFormat::JsonLines => json_schema(&files[0])?,
+            // From the first file that holds a record: an empty one says nothing.
+            _ => files
+                .iter()
+                .find_map(|path| infer(path).transpose())
+                .transpose()?
+                .ok_or_else(|| {
+                    let (first, n) = (files[0].display(), files.len());
+                    let what = match n {
+                        1 => format!("{first} holds no record"),
+                        n => format!("none of the {n} files ({first}, ...) holds a record"),
+                    };
+                    Error::input(
+                        first.to_string(),
+                        format!(
+                            "{what}, so no schema can be inferred: declare the columns \
+                             with [source] schema"
+                        ),
+                    )
+                })?,
         };
         Ok(TextSource {
             decoder: RecordDecoder {
@@ -114,8 +135,8 @@ impl Source for TextSource {
 
 /// The header's columns: typed as `declared` says where it names them, else inferred
 /// by arrow from the first records that have the header's number of fields, with text
-/// columns whose values are mostly numbers made numeric.
-fn csv_schema(path: &Path, declared: &[(String, DataType)]) -> Result<Schema> {
+/// columns whose values are mostly numbers made numeric. `None` when no record has.
+fn csv_schema(path: &Path, declared: &[(String, DataType)]) -> Result<Option<Schema>> {
     let context = || format!("inferring the schema of CSV file {}", path.display());
     let csv_error = |e: csv::Error| Error::arrow(context(), ArrowError::CsvError(e.to_string()));
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
@@ -127,6 +148,9 @@ fn csv_schema(path: &Path, declared: &[(String, DataType)]) -> Result<Schema> {
         if record.len() == header.len() {
             sample.push(record);
         }
+    }
+    if sample.is_empty() {
+        return Ok(None);
     }
     let text = csv_text(std::iter::once(&header).chain(&sample));
     let (schema, _) = Format::default()
@@ -174,22 +198,27 @@ fn csv_schema(path: &Path, declared: &[(String, DataType)]) -> Result<Schema> {
         };
         Field::new(f.name(), numeric, true)
     });
-    Ok(Schema::new(fields.collect::<Vec<_>>()))
+    Ok(Some(Schema::new(fields.collect::<Vec<_>>())))
 }
 
 /// Arrow's inference over the first lines of a JSON-lines file that are JSON objects,
 /// with text fields whose values are mostly numbers made numeric (as CSV columns are).
-fn json_schema(path: &Path) -> Result<Schema> {
+/// `None` when the file has only blank lines.
+fn json_schema(path: &Path) -> Result<Option<Schema>> {
     type Object = serde_json::Map<String, serde_json::Value>;
     let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
-    let (mut text, mut sample) = (Vec::new(), Vec::new());
+    let (mut text, mut sample, mut blank) = (Vec::new(), Vec::new(), true);
     for line in BufReader::new(file).split(b'\n').take(SAMPLE) {
         let line = line.map_err(|e| Error::io("reading", path, e))?;
+        blank &= line.iter().all(u8::is_ascii_whitespace);
         if let Ok(object) = serde_json::from_slice::<Object>(&line) {
             text.extend_from_slice(&line);
             text.push(b'\n');
             sample.push(object);
         }
+    }
+    if blank {
+        return Ok(None);
     }
     if sample.is_empty() {
         return Err(Error::input(
@@ -227,20 +256,76 @@ fn json_schema(path: &Path) -> Result<Schema> {
         };
         Field::new(f.name(), numeric, true)
     });
-    Ok(Schema::new(fields.collect::<Vec<_>>()))
+    Ok(Some(Schema::new(fields.collect::<Vec<_>>())))
 }
 
 /// The csv crate's reader as panes reads: a header row, any number of fields a record.
-fn csv_reader(file: File) -> csv::Reader<File> {
+fn csv_reader<R: Read>(file: R) -> csv::Reader<R> {
     csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .from_reader(file)
 }
 
+/// A CSV file as the csv crate reads it, keeping the bytes read since the last record
+/// began, so that a record's line is counted from the bytes: the crate's own count is one
+/// short after blank lines and with CRLF line ends (rust-csv issues 208 and 395).
+struct Counted {
+    file: File,
+    /// Bytes read; `kept[start..]` begins at byte `from` of the file.
+    kept: Vec<u8>,
+    start: usize,
+    from: u64,
+    /// Line ends before byte `from`.
+    lines: u64,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.kept.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Counted {
+    fn new(file: File) -> Counted {
+        Counted {
+            file,
+            kept: Vec::new(),
+            start: 0,
+            from: 0,
+            lines: 0,
+        }
+    }
+
+    /// The line of a record that the csv crate says begins at byte `at` (no earlier than
+    /// the last one): the line ends and blank lines it had not skipped yet come first.
+    fn line_of(&mut self, at: u64) -> u64 {
+        let newlines = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count() as u64;
+        let rest = &self.kept[self.start..];
+        let cut =
+            usize::try_from(at.saturating_sub(self.from)).map_or(rest.len(), |c| c.min(rest.len()));
+        self.lines += newlines(&rest[..cut]);
+        (self.start, self.from) = (self.start + cut, self.from + cut as u64);
+        let rest = &self.kept[self.start..];
+        let ends = rest
+            .iter()
+            .take_while(|&&c| c == b'\r' || c == b'\n')
+            .count();
+        let line = self.lines + newlines(&rest[..ends]) + 1;
+        // What lies before the record is counted: drop it once it is most of the bytes.
+        if self.start >= 1 << 16 && self.start * 2 >= self.kept.len() {
+            self.kept.drain(..self.start);
+            self.start = 0;
+        }
+        line
+    }
+}
+
 /// Where a file's records come from.
 enum Lines {
-    Csv(csv::Reader<File>),
+    Csv(csv::Reader<Counted>),
     /// A JSON-lines file and the number of the last line read.
     Json(BufReader<File>, u64),
 }
@@ -257,7 +342,8 @@ impl Lines {
                 {
                     return Ok(None);
                 }
-                into.line = fields.position().map_or(0, |p| p.line());
+                let at = fields.position().map_or(0, csv::Position::byte);
+                into.line = reader.get_mut().line_of(at);
                 Ok(Some(into))
             }
             Lines::Json(reader, line) => loop {
@@ -370,7 +456,7 @@ impl Records {
     ) -> Result<Records> {
         let file = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         let lines = match decoder.format {
-            TextFormat::Csv => Lines::Csv(csv_reader(file)),
+            TextFormat::Csv => Lines::Csv(csv_reader(Counted::new(file))),
             TextFormat::JsonLines => Lines::Json(BufReader::new(file), 0),
         };
         Ok(Records {
@@ -519,7 +605,10 @@ impl RecordDecoder {
                 decoder.flush()?
             }
             TextFormat::JsonLines => {
+                // A number or boolean where a text column is takes its text: inference
+                // makes a column of mixed values text.
                 let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+                    .with_coerce_primitive(true)
                     .with_batch_size(records.max(1))
                     .build_decoder()?;
                 feed(text, |t| decoder.decode(t))?;
@@ -753,6 +842,78 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// A dead letter names the line its record begins on, after blank lines, quoted
+    /// fields that span lines and CRLF line ends alike (the csv crate's own count is off
+    /// after the first two and with the third).
+    #[test]
+    fn malformed_records_name_their_lines() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let lines = [
+            "ts,x,note",
+            "1,1.5,a",
+            "",
+            "2,2.5",
+            "3,3.5,\"two",
+            "lines\"",
+            "4,4.5,b",
+            "",
+            "",
+            "5",
+            "6,6.5,\"x",
+            "y\"",
+            "7",
+        ];
+        for end in ["\n", "\r\n"] {
+            let path = dir.path().join("in.csv");
+            std::fs::write(&path, lines.join(end) + end).expect("writing the file");
+            for decoders in [1, 3] {
+                let dead_letter = spec(OnMalformed::DeadLetter);
+                let mut source =
+                    TextSource::open(&dead_letter, vec![path.clone()], 2, decoders).unwrap();
+                let (rows, bad, _) = read_rest(&mut source);
+                assert_eq!(rows, [1, 3, 4, 6], "line ends {end:?}");
+                assert_eq!(bad, [4, 10, 13], "line ends {end:?}, {decoders} decoders");
+            }
+        }
+    }
+
+    /// The schema comes from the first file that holds a record; with none, the error
+    /// says so. A JSON field of mixed types (inferred as text) takes numbers as text.
+    #[test]
+    fn schemas_come_from_the_first_file_with_a_record() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("writing a file");
+            path
+        };
+        let csv = spec(OnMalformed::Fail);
+        let (empty, header) = (write("a.csv", ""), write("b.csv", "ts,x\n"));
+        let full = write("c.csv", "ts,x\n1,1.5\n2,2.5\n");
+        let files = vec![empty.clone(), header.clone(), full];
+        let mut source = TextSource::open(&csv, files, 10, 1).unwrap();
+        assert_eq!(source.schema().field(1).data_type(), &DataType::Float64);
+        assert_eq!(read_rest(&mut source).0, [1, 2]);
+        let Err(e) = TextSource::open(&csv, vec![empty, header], 10, 1) else {
+            panic!("no record, yet a schema")
+        };
+        assert!(e.to_string().contains("none of the 2 files"), "{e}");
+
+        let json = Spec {
+            format: TextFormat::JsonLines,
+            ..spec(OnMalformed::Fail)
+        };
+        let lines = write(
+            "d.jsonl",
+            "{\"ts\":1,\"x\":\"a\",\"y\":[1,\"x\"]}\n\
+             {\"ts\":2,\"x\":3,\"y\":[]}\n\
+             {\"ts\":3,\"x\":true}\n",
+        );
+        let files = vec![write("e.jsonl", "\n"), lines];
+        let mut source = TextSource::open(&json, files, 10, 1).unwrap();
+        assert_eq!(read_rest(&mut source).0, [1, 2, 3]);
     }
 
     fn read_rest_err(source: &mut TextSource) -> String {
