@@ -302,7 +302,13 @@ impl Counted {
     /// The line of a record that the csv crate says begins at byte `at` (no earlier than
     /// the last one): the line ends and blank lines it had not skipped yet come first.
     fn line_of(&mut self, at: u64) -> u64 {
-        let newlines = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count() as u64;
+        // Counted in bytes, 255 at a time: vectorized, 16 or 32 bytes a step.
+        let newlines = |b: &[u8]| -> u64 {
+            (b.chunks(255))
+                .map(|c| c.iter().fold(0u8, |n, &c| n + u8::from(c == b'\n')))
+                .map(u64::from)
+                .sum()
+        };
         let rest = &self.kept[self.start..];
         let cut =
             usize::try_from(at.saturating_sub(self.from)).map_or(rest.len(), |c| c.min(rest.len()));
