@@ -706,9 +706,17 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let mut source = match source {
         Some(source) => source,
         // Late events keep every column as it came.
-        None if keep_late => open_source(&job.source, None, &[], opts.batch_rows, decoders)?,
+        None if keep_late => open_source(
+            &job.source,
+            &job.time_column,
+            None,
+            &[],
+            opts.batch_rows,
+            decoders,
+        )?,
         None => open_source(
             &job.source,
+            &job.time_column,
             Some(&columns),
             &dictionary_keys(job),
             opts.batch_rows,

@@ -170,6 +170,7 @@ impl KafkaSource {
                 schema: decoded,
                 on_malformed: spec.on_malformed,
                 position_name: "offset",
+                event_time: None,
             },
             schema,
             spec: spec.clone(),

@@ -263,9 +263,11 @@ pub fn io_threads(threads: usize) -> usize {
 /// Opens the source of a job. `columns`: the columns to read (`None`: all of them), of
 /// which string columns `dictionary` may come dictionary-encoded (from Parquet files that
 /// mostly store them so: all files or none, so that they share one schema). File sources
-/// decode `decoders` row groups or batches at once (see [`io_threads`]).
+/// decode `decoders` row groups or batches at once (see [`io_threads`]). A text file's
+/// record without a value in column `event_time` is malformed.
 pub fn open_source(
     spec: &SourceSpec,
+    event_time: &str,
     columns: Option<&[String]>,
     dictionary: &[String],
     batch_rows: usize,
@@ -306,9 +308,8 @@ pub fn open_source(
                 TextFormat::JsonLines => "jsonl",
             };
             let open = |files: Vec<PathBuf>, decoders| -> Result<Box<dyn Source>> {
-                Ok(Box::new(text::TextSource::open(
-                    t, files, batch_rows, decoders,
-                )?))
+                let source = text::TextSource::open(t, files, batch_rows, decoders)?;
+                Ok(Box::new(source.with_event_time(event_time)))
             };
             let files = files(&t.path, ext)?;
             if t.per_file {

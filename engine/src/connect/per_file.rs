@@ -140,7 +140,7 @@ mod tests {
             on_malformed: OnMalformed::Fail,
             per_file: true,
         });
-        let open = || super::super::open_source(&spec, None, &[], 3, 1).expect("the source");
+        let open = || super::super::open_source(&spec, "ts", None, &[], 3, 1).expect("the source");
         let (rows, after) = read_rest(open().as_mut());
         assert_eq!(rows.iter().map(Vec::len).collect::<Vec<_>>(), [10, 4, 7]);
         assert_eq!(rows[2], (200..207).collect::<Vec<_>>());

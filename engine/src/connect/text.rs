@@ -87,11 +87,20 @@ impl TextSource {
                 schema: Arc::new(schema),
                 on_malformed: spec.on_malformed,
                 position_name: "line",
+                event_time: None,
             },
             batch_rows,
             decoders: decoders.max(1),
             files: FileSequence::new(spec.format.name(), files),
         })
+    }
+}
+
+impl TextSource {
+    /// Makes records without a value in column `name` (the job's event time) malformed.
+    pub(super) fn with_event_time(mut self, name: &str) -> Self {
+        self.decoder.event_time = self.decoder.schema.index_of(name).ok();
+        self
     }
 }
 
@@ -409,6 +418,9 @@ pub(super) struct RecordDecoder {
     pub(super) on_malformed: OnMalformed,
     /// What a record's position is, as errors name it: "line", "offset".
     pub(super) position_name: &'static str,
+    /// The event-time column: a record with no value in it is malformed (where a batch
+    /// would stop the job, naming a row that is no record's line).
+    pub(super) event_time: Option<usize>,
 }
 
 /// One CSV record of a message at `offset` (a Kafka message holds one, without header).
@@ -704,25 +716,42 @@ impl RecordDecoder {
                 .collect::<Vec<_>>()
                 .concat(),
         };
-        let batch = match Self::decode(self.format, self.schema.clone(), &text, good.len()) {
-            Ok(batch) => batch,
+        // The batch, and the record of each of its rows where some did not decode.
+        let (batch, rows) = match Self::decode(self.format, self.schema.clone(), &text, good.len())
+        {
+            Ok(batch) => (batch, None),
             // Some record does not decode: find which, keep the others.
             Err(_) => {
-                let (mut kept, mut n) = (Vec::new(), 0);
-                for record in good {
+                let (mut kept, mut rows) = (Vec::new(), Vec::new());
+                for (i, record) in good.iter().enumerate() {
                     let text = record.text();
                     match Self::decode(self.format, self.schema.clone(), &text, 1) {
                         Ok(_) => {
                             kept.extend_from_slice(&text);
-                            n += 1;
+                            rows.push(i);
                         }
                         Err(_) => {
                             malformed.push(self.malformed(origin, record, self.reason(record))?)
                         }
                     }
                 }
-                Self::decode(self.format, self.schema.clone(), &kept, n)?
+                let batch = Self::decode(self.format, self.schema.clone(), &kept, rows.len())?;
+                (batch, Some(rows))
             }
+        };
+        // An event needs an event time: a record without one is malformed as well.
+        let batch = match self.event_time.map(|c| (c, batch.column(c).clone())) {
+            Some((c, times)) if times.null_count() > 0 => {
+                let name = self.schema.field(c).name();
+                for row in (0..times.len()).filter(|&r| times.is_null(r)) {
+                    let record = &good[rows.as_ref().map_or(row, |rows| rows[row])];
+                    let reason = format!("no event time: column {name:?} is empty");
+                    malformed.push(self.malformed(origin, record, reason)?);
+                }
+                let keep = arrow::compute::is_not_null(&times)?;
+                arrow::compute::filter_record_batch(&batch, &keep)?
+            }
+            _ => batch,
         };
         malformed.sort_by_key(|m| m.position);
         Ok(Decoded { batch, malformed })
@@ -920,6 +949,39 @@ mod tests {
         let files = vec![write("e.jsonl", "\n"), lines];
         let mut source = TextSource::open(&json, files, 10, 1).unwrap();
         assert_eq!(read_rest(&mut source).0, [1, 2, 3]);
+    }
+
+    /// A record without an event time is malformed, named by its line, whatever the
+    /// batch size.
+    #[test]
+    fn a_record_without_an_event_time_is_malformed() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let csv = dir.path().join("in.csv");
+        std::fs::write(&csv, "ts,x\n1,1.5\n,2.5\n,3.5\n4,4.5\n").expect("writing");
+        let json = dir.path().join("in.jsonl");
+        let lines = "{\"ts\":1}\n{\"x\":2}\n{\"ts\":null}\n{\"ts\":4}\n";
+        std::fs::write(&json, lines).expect("writing");
+        let json_spec = |on_malformed| Spec {
+            format: TextFormat::JsonLines,
+            ..spec(on_malformed)
+        };
+        for (path, format, bad) in [
+            (&csv, spec as fn(OnMalformed) -> Spec, vec![3, 4]),
+            (&json, json_spec, vec![2, 3]),
+        ] {
+            for batch_rows in [1, 2, 10] {
+                let open = |on_malformed| {
+                    let source =
+                        TextSource::open(&format(on_malformed), vec![path.clone()], batch_rows, 1);
+                    source.unwrap().with_event_time("ts")
+                };
+                let (rows, lines, _) = read_rest(&mut open(OnMalformed::DeadLetter));
+                assert_eq!((rows, lines), (vec![1, 4], bad.clone()), "{path:?}");
+                let err = read_rest_err(&mut open(OnMalformed::Fail));
+                let want = format!("line {}: no event time: column \"ts\" is empty", bad[0]);
+                assert!(err.contains(&want), "{err}");
+            }
+        }
     }
 
     fn read_rest_err(source: &mut TextSource) -> String {
