@@ -94,9 +94,7 @@ impl TextSource {
             files: FileSequence::new(spec.format.name(), files),
         })
     }
-}
 
-impl TextSource {
     /// Makes records without a value in column `name` (the job's event time) malformed.
     pub(super) fn with_event_time(mut self, name: &str) -> Self {
         self.decoder.event_time = self.decoder.schema.index_of(name).ok();
