@@ -252,10 +252,11 @@ fn job(dir: &Path, name: &str, source: &str) -> PathBuf {
     path
 }
 
-/// 4 partitions of JSON sensor readings over 5 minutes, two malformed messages among them:
-/// `stop = "end"` reads the topic to the end it had at start, each partition with its own
-/// watermark, and gives the rows the same job gives over the same readings as a JSON-lines
-/// file; the malformed messages are dead letters naming partition and offset.
+/// 4 partitions of JSON sensor readings over 5 minutes, three malformed messages among
+/// them (not JSON, a bad value, no event time): `stop = "end"` reads the topic to the end
+/// it had at start, each partition with its own watermark, and gives the rows the same job
+/// gives over the same readings as a JSON-lines file; the malformed messages are dead
+/// letters naming partition and offset.
 #[test]
 fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -278,6 +279,9 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
         if i == 2_000 {
             messages.push((2, "{\"ts\": 5, \"sensor\": \"seven\", \"value\": 1}".into()));
         }
+        if i == 3_000 {
+            messages.push((3, "{\"sensor\": 3, \"value\": 1.5}".into()));
+        }
     }
     produce(&topic, &messages);
     let want = rows_of_file(dir.path(), &lines);
@@ -293,7 +297,7 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("events in        4000"), "{log}");
-    assert!(log.contains("malformed input  2"), "{log}");
+    assert!(log.contains("malformed input  3"), "{log}");
     assert!(log.contains("late events      0"), "{log}");
     assert!(want.len() > 30, "{want:?}");
     assert_eq!(rows(&dir.path().join("topic.parquet")), want);
@@ -302,12 +306,17 @@ fn a_topic_gives_the_rows_of_the_same_events_in_a_file() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON"))
         .collect();
-    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert_eq!(bad.len(), 3, "{bad:?}");
     let origins: Vec<&str> = bad.iter().filter_map(|b| b["origin"].as_str()).collect();
     assert!(origins.contains(&format!("{topic}/1").as_str()), "{bad:?}");
     assert!(origins.contains(&format!("{topic}/2").as_str()), "{bad:?}");
     let raws: Vec<&str> = bad.iter().filter_map(|b| b["raw"].as_str()).collect();
     assert!(raws.contains(&"not json"), "{bad:?}");
+    let reasons: Vec<&str> = bad.iter().filter_map(|b| b["reason"].as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("no event time")),
+        "{bad:?}"
+    );
     // Partition 1 got readings 1, 5, ..., 997 (offsets 0 to 249), then the bad one.
     assert!(
         bad.iter()

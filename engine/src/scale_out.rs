@@ -327,7 +327,8 @@ fn run_partition(
             }
         }
     }
-    let source = crate::connect::kafka_partition(spec, options.batch_rows, commits)?;
+    let source =
+        crate::connect::kafka_partition(spec, &job.time_column, options.batch_rows, commits)?;
     crate::run::run_one(
         job,
         RunOptions {

@@ -186,6 +186,12 @@ impl KafkaSource {
         })
     }
 
+    /// Makes messages without a value in column `name` (the job's event time) malformed.
+    pub(super) fn with_event_time(mut self, name: &str) -> Self {
+        self.decoder.event_time = self.decoder.schema.index_of(name).ok();
+        self
+    }
+
     fn position(&self) -> Position {
         Position::Kafka {
             offsets: (self.parts.iter().zip(&self.next))

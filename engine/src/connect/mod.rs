@@ -263,8 +263,9 @@ pub fn io_threads(threads: usize) -> usize {
 /// Opens the source of a job. `columns`: the columns to read (`None`: all of them), of
 /// which string columns `dictionary` may come dictionary-encoded (from Parquet files that
 /// mostly store them so: all files or none, so that they share one schema). File sources
-/// decode `decoders` row groups or batches at once (see [`io_threads`]). A text file's
-/// record without a value in column `event_time` is malformed.
+/// decode `decoders` row groups or batches at once (see [`io_threads`]). A text record
+/// (a CSV or JSON-lines file's, a Kafka message) without a value in column `event_time`
+/// is malformed.
 pub fn open_source(
     spec: &SourceSpec,
     event_time: &str,
@@ -319,7 +320,10 @@ pub fn open_source(
             }
         }
         #[cfg(feature = "kafka")]
-        SourceSpec::Kafka(k) => Ok(Box::new(kafka::KafkaSource::open(k, batch_rows, None)?)),
+        SourceSpec::Kafka(k) => {
+            let source = kafka::KafkaSource::open(k, batch_rows, None)?;
+            Ok(Box::new(source.with_event_time(event_time)))
+        }
         #[cfg(not(feature = "kafka"))]
         SourceSpec::Kafka(_) => Err(Error::Internal(
             "a kafka source in a build without the kafka feature".into(),
@@ -331,17 +335,16 @@ pub fn open_source(
 
 /// A partition's own Kafka source under scale-out (the spec names the partition): the
 /// offsets of its completed checkpoints go to `commits`, for the group member to commit.
+/// A message without a value in column `event_time` is malformed.
 #[cfg(feature = "kafka")]
 pub(crate) fn kafka_partition(
     spec: &crate::job::KafkaSpec,
+    event_time: &str,
     batch_rows: usize,
     commits: kafka::Commits,
 ) -> Result<Box<dyn Source>> {
-    Ok(Box::new(kafka::KafkaSource::open(
-        spec,
-        batch_rows,
-        Some(commits),
-    )?))
+    let source = kafka::KafkaSource::open(spec, batch_rows, Some(commits))?;
+    Ok(Box::new(source.with_event_time(event_time)))
 }
 
 /// The files a source path names: a file, a directory's `*.ext` files, or a glob; sorted.
