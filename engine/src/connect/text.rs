@@ -142,7 +142,8 @@ impl Source for TextSource {
 
 /// The header's columns: typed as `declared` says where it names them, else inferred
 /// by arrow from the first records that have the header's number of fields, with text
-/// columns whose values are mostly numbers made numeric. `None` when no record has.
+/// columns whose values are mostly numbers made numeric. `None` when no record has, unless
+/// every column is declared.
 fn csv_schema(path: &Path, declared: &[(String, DataType)]) -> Result<Option<Schema>> {
     let context = || format!("inferring the schema of CSV file {}", path.display());
     let csv_error = |e: csv::Error| Error::arrow(context(), ArrowError::CsvError(e.to_string()));
@@ -156,7 +157,9 @@ fn csv_schema(path: &Path, declared: &[(String, DataType)]) -> Result<Option<Sch
             sample.push(record);
         }
     }
-    if sample.is_empty() {
+    // Without records, only a header whose every column is declared says anything.
+    let declares = |h: &[u8]| declared.iter().any(|(name, _)| name.as_bytes() == h);
+    if sample.is_empty() && (header.is_empty() || !header.iter().all(declares)) {
         return Ok(None);
     }
     let text = csv_text(std::iter::once(&header).chain(&sample));
@@ -929,10 +932,20 @@ mod tests {
         let mut source = TextSource::open(&csv, files, 10, 1).unwrap();
         assert_eq!(source.schema().field(1).data_type(), &DataType::Float64);
         assert_eq!(read_rest(&mut source).0, [1, 2]);
-        let Err(e) = TextSource::open(&csv, vec![empty, header], 10, 1) else {
+        let Err(e) = TextSource::open(&csv, vec![empty, header.clone()], 10, 1) else {
             panic!("no record, yet a schema")
         };
         assert!(e.to_string().contains("none of the 2 files"), "{e}");
+        let declared = Spec {
+            schema: vec![
+                ("ts".into(), DataType::Int64),
+                ("x".into(), DataType::Float64),
+            ],
+            ..spec(OnMalformed::Fail)
+        };
+        let mut source = TextSource::open(&declared, vec![header], 10, 1).unwrap();
+        assert_eq!(source.schema().field(1).data_type(), &DataType::Float64);
+        assert_eq!(read_rest(&mut source).0, Vec::<i64>::new());
 
         let json = Spec {
             format: TextFormat::JsonLines,
