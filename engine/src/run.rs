@@ -701,24 +701,19 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
         Some(_) => "the service's source".to_string(),
         None => job.source.to_string(),
     };
-    let columns = needed_columns(job);
+    // Late events keep every column as it came.
+    let (columns, dictionary) = match keep_late {
+        true => (None, Vec::new()),
+        false => (Some(needed_columns(job)), dictionary_keys(job)),
+    };
     let decoders = crate::connect::io_threads(opts.threads);
     let mut source = match source {
         Some(source) => source,
-        // Late events keep every column as it came.
-        None if keep_late => open_source(
-            &job.source,
-            &job.time_column,
-            None,
-            &[],
-            opts.batch_rows,
-            decoders,
-        )?,
         None => open_source(
             &job.source,
             &job.time_column,
-            Some(&columns),
-            &dictionary_keys(job),
+            columns.as_deref(),
+            &dictionary,
             opts.batch_rows,
             decoders,
         )?,

@@ -220,7 +220,7 @@ fn json_schema(path: &Path) -> Result<Option<Schema>> {
     let (mut text, mut sample, mut blank) = (Vec::new(), Vec::new(), true);
     for line in BufReader::new(file).split(b'\n').take(SAMPLE) {
         let line = line.map_err(|e| Error::io("reading", path, e))?;
-        blank &= line.iter().all(u8::is_ascii_whitespace);
+        blank = blank && line.iter().all(u8::is_ascii_whitespace);
         if let Ok(object) = serde_json::from_slice::<Object>(&line) {
             text.extend_from_slice(&line);
             text.push(b'\n');
