@@ -753,6 +753,69 @@ fn rows_as_text(batches: &[RecordBatch]) -> Vec<String> {
     rows
 }
 
+/// Rows taken as windows fire (`Pipeline::stream_rows`, as `panes run` takes them) are
+/// the rows `poll` gives, batch by batch, at 1 and 3 threads: none waits past the batch
+/// that fired it (a shard holds small firings, such as sessions closing one by one, and
+/// passes them on together).
+#[test]
+fn streamed_rows_come_with_the_batch_that_fires_them() {
+    let rows = |outputs: Vec<Output>| -> Vec<RecordBatch> {
+        (outputs.into_iter())
+            .filter_map(|o| match o {
+                Output::Rows(b) => Some(b),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut sessions = 0;
+    for seed in 0..40u64 {
+        let c = case(seed);
+        sessions += c.session.is_some() as usize;
+        let mut rng = Rng(seed ^ 0x57EA);
+        let (n, mut lengths) = (c.batch.num_rows(), Vec::new());
+        while lengths.iter().sum::<usize>() < n {
+            let len = 1 + rng.below(700) as usize;
+            lengths.push(len.min(n - lengths.iter().sum::<usize>()));
+        }
+        for threads in [1, 3] {
+            let make = || {
+                Pipeline::from_job(&c.job, c.schema.clone(), 1, BackendKind::Cpu, threads)
+                    .expect("pipeline")
+            };
+            let (mut polled, mut streamed) = (make(), make());
+            let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let to = sent.clone();
+            (streamed.stream_rows(move |b| Ok(to.lock().expect("rows").push(b))))
+                .expect("stream rows");
+            let check = |got: Vec<Output>, want: Vec<Output>, what: &str| {
+                let mut got = rows(got);
+                got.append(&mut sent.lock().expect("rows"));
+                let want = rows_as_text(&rows(want));
+                assert_eq!(
+                    rows_as_text(&got),
+                    want,
+                    "seed {seed}, {threads} threads, {what}"
+                );
+            };
+            let mut start = 0;
+            for (i, &len) in lengths.iter().enumerate() {
+                let batch = c.batch.slice(start, len);
+                start += len;
+                polled.push(0, &batch).expect("push");
+                streamed.push(0, &batch).expect("push");
+                let (got, want) = (streamed.poll().expect("poll"), polled.poll().expect("poll"));
+                check(got, want, &format!("batch {i}"));
+            }
+            let (got, want) = (
+                streamed.finish().expect("finish"),
+                polled.finish().expect("finish"),
+            );
+            check(got, want, "end of input");
+        }
+    }
+    assert!(sessions >= 5, "session cases: {sessions}");
+}
+
 /// A pipeline's snapshot taken at a random batch and restored into a fresh pipeline at
 /// another thread count continues exactly: the rows, late events and alerts before and
 /// after equal an uninterrupted run's (as sets), for every window kind, with and without

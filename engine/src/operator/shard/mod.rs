@@ -184,6 +184,8 @@ struct Core {
     partials: Option<Vec<Partial>>,
     /// Where rows go as they are made, if not to `output`.
     stream: Option<Stream>,
+    /// Small result batches not passed on to `stream` yet (see [`Core::pass_on`]).
+    held: Vec<RecordBatch>,
     /// Positions of late events in the batches processed since they were taken.
     late: Vec<u32>,
     stats: Stats,
@@ -222,6 +224,7 @@ impl Shard {
             output: Vec::new(),
             partials: None,
             stream: None,
+            held: Vec::new(),
             late: Vec::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),
@@ -311,6 +314,7 @@ impl Shard {
         core.watermark = core.watermark.max(w);
         self.kind.advance(core, core.watermark)?;
         self.kind.refire(core, i64::MAX)?;
+        core.pass_on()?;
         self.enforce_budget()
     }
 
@@ -319,13 +323,15 @@ impl Shard {
     pub fn advance_to(&mut self, w: i64) -> Result<()> {
         let core = &mut self.core;
         core.watermark = core.watermark.max(w);
-        self.kind.advance(core, core.watermark)
+        self.kind.advance(core, core.watermark)?;
+        core.pass_on()
     }
 
     /// End of a bounded input: the watermark jumps to +∞ and every window fires.
     pub fn finish(&mut self) -> Result<()> {
         self.advance_to(i64::MAX)?;
-        self.kind.refire(&mut self.core, i64::MAX)
+        self.kind.refire(&mut self.core, i64::MAX)?;
+        self.core.pass_on()
     }
 
     /// The watermark at which the earliest window that has not fired yet fires (fixed

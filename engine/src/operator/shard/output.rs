@@ -3,6 +3,11 @@
 
 use super::*;
 
+use arrow::compute::concat_batches;
+
+/// Rows of result batches held before they are passed on together (see [`Core::pass_on`]).
+const PASS_ON_ROWS: usize = 8192;
+
 /// Result rows as a batch of the plan's output schema: the key columns `keys`, window
 /// bounds, aggregates, then the rank (with top-k, ranked here) and the revision (with
 /// allowed lateness).
@@ -66,19 +71,41 @@ impl Core {
             .map(|(_, a)| a)
             .collect();
         let batch = result_batch(&self.plan, keys, rows, starts, ends, revisions, self.top_k)?;
+        if self.stream.is_none() {
+            self.output.push(Fired {
+                window: fired.0,
+                all: fired.1,
+                rows: batch,
+            });
+            return Ok(());
+        }
+        self.held.push(batch);
+        if self.held.iter().map(RecordBatch::num_rows).sum::<usize>() >= PASS_ON_ROWS {
+            self.pass_on()?;
+        }
+        Ok(())
+    }
+
+    /// Passes the result rows held on to the stream, as one batch. Rows are held until
+    /// there are [`PASS_ON_ROWS`] or the shard's step ends: sessions close one or a few at
+    /// a time, as the watermark each event met passes them, and a batch (and a wake-up of
+    /// the thread that takes it) per firing cost more than the rows themselves.
+    pub(super) fn pass_on(&mut self) -> Result<()> {
+        let batch = match self.held.len() {
+            0 => return Ok(()),
+            1 => self.held.pop().expect("one batch held"),
+            _ => {
+                let held = std::mem::take(&mut self.held);
+                concat_batches(&held[0].schema(), &held)
+                    .map_err(|e| Error::arrow("gathering result rows", e))?
+            }
+        };
         match &mut self.stream {
             Some(Stream::Direct(out)) => out(batch),
             Some(Stream::Channel(tx)) => tx
                 .send(Some(batch))
                 .map_err(|_| Error::Internal("the operator stopped taking result rows".into())),
-            None => {
-                self.output.push(Fired {
-                    window: fired.0,
-                    all: fired.1,
-                    rows: batch,
-                });
-                Ok(())
-            }
+            None => Err(Error::Internal("result rows held without a stream".into())),
         }
     }
 
