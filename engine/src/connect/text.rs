@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel, sync_channel};
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, Int64Array, RecordBatch};
+use arrow::compute::{CastOptions, cast_with_options};
 use arrow::csv::reader::Format;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
@@ -592,6 +593,65 @@ impl Records {
     }
 }
 
+/// `schema` with its integer columns as text, for a JSON decoder (see [`integers`]).
+fn integers_as_text(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = (schema.fields().iter())
+        .map(|f| match f.data_type().is_integer() {
+            true => f.as_ref().clone().with_data_type(DataType::Utf8),
+            false => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// `batch`, whose integer columns of `schema` were read as text, with those columns
+/// parsed. A JSON decoder would take `1.5` for an integer column and truncate it to 1;
+/// here a value is an integer only when it is one (`7`, `"7"`, `7.0`, `7e3`), and any
+/// other is an error that names the column and the value.
+fn integers(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+) -> std::result::Result<RecordBatch, ArrowError> {
+    let mut columns = batch.columns().to_vec();
+    for (c, field) in schema.fields().iter().enumerate() {
+        if !field.data_type().is_integer() {
+            continue;
+        }
+        let text = columns[c].as_string::<i32>();
+        let parse = |s: &str| {
+            s.parse::<i64>().ok().or_else(|| {
+                // Within i64 and whole: then the float's value is the integer's.
+                let f = s.parse::<f64>().ok().filter(|f| f.fract() == 0.0)?;
+                (f.abs() < 9.2e18).then_some(f as i64)
+            })
+        };
+        let values = (text.iter())
+            .map(|v| match v {
+                None => Ok(None),
+                Some(s) => parse(s).map(Some).ok_or_else(|| {
+                    ArrowError::JsonError(format!(
+                        "column {:?}: {s:?} is not a valid {}",
+                        field.name(),
+                        field.data_type()
+                    ))
+                }),
+            })
+            .collect::<std::result::Result<Int64Array, ArrowError>>()?;
+        let strict = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        columns[c] = cast_with_options(&values, field.data_type(), &strict).map_err(|_| {
+            ArrowError::JsonError(format!(
+                "column {:?}: a value is out of range of {}",
+                field.name(),
+                field.data_type()
+            ))
+        })?;
+    }
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
 impl RecordDecoder {
     /// Decodes `records` records of headerless CSV, or JSON lines, into a batch of
     /// `schema`: an error unless every byte decodes and every record gives one row.
@@ -625,13 +685,14 @@ impl RecordDecoder {
             }
             TextFormat::JsonLines => {
                 // A number or boolean where a text column is takes its text: inference
-                // makes a column of mixed values text.
-                let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+                // makes a column of mixed values text. Integer columns are read as their
+                // text too, and parsed here (see [`integers`]).
+                let mut decoder = arrow::json::ReaderBuilder::new(integers_as_text(&schema))
                     .with_coerce_primitive(true)
                     .with_batch_size(records.max(1))
                     .build_decoder()?;
                 feed(text, |t| decoder.decode(t))?;
-                decoder.flush()?
+                decoder.flush()?.map(|b| integers(b, &schema)).transpose()?
             }
         };
         let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(schema));
@@ -964,6 +1025,96 @@ mod tests {
 
     /// A record without an event time is malformed, named by its line, whatever the
     /// batch size.
+    /// A JSON number in an integer column is an integer only when it is one: `1.5` is a
+    /// malformed record naming its column, not 1.
+    #[test]
+    fn a_fraction_in_an_integer_column_is_malformed() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("in.jsonl");
+        let lines = [
+            r#"{"ts": 1, "n": 7}"#,
+            r#"{"ts": 2, "n": 1.5}"#,
+            r#"{"ts": 3.0, "n": "8"}"#,
+            r#"{"ts": 4, "n": 9e3}"#,
+            r#"{"ts": 5, "n": 2147483648}"#,
+            r#"{"ts": 6.25, "n": 1}"#,
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").expect("writing");
+        let json = |on_malformed, schema| Spec {
+            format: TextFormat::JsonLines,
+            schema,
+            ..spec(on_malformed)
+        };
+        let declared = vec![
+            ("ts".to_string(), DataType::Int64),
+            ("n".to_string(), DataType::Int32),
+        ];
+        for batch_rows in [1, 4, 10] {
+            let open = |on_malformed| {
+                TextSource::open(
+                    &json(on_malformed, declared.clone()),
+                    vec![path.clone()],
+                    batch_rows,
+                    1,
+                )
+                .expect("the source")
+            };
+            let mut source = open(OnMalformed::DeadLetter);
+            let (mut rows, mut ns, mut bad) = (Vec::<i64>::new(), Vec::<i32>::new(), Vec::new());
+            while let Some(b) = source.next_batch().expect("a batch") {
+                rows.extend(
+                    b.batch
+                        .column(0)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .values()
+                        .iter(),
+                );
+                ns.extend(
+                    b.batch
+                        .column(1)
+                        .as_primitive::<arrow::datatypes::Int32Type>()
+                        .values()
+                        .iter(),
+                );
+                bad.extend(b.malformed.iter().map(|m| (m.position, m.reason.clone())));
+            }
+            assert_eq!(rows, [1, 3, 4], "{batch_rows} rows a batch");
+            assert_eq!(ns, [7, 8, 9000], "{batch_rows} rows a batch");
+            let lines: Vec<u64> = bad.iter().map(|b| b.0).collect();
+            assert_eq!(lines, [2, 5, 6], "{bad:?}");
+            assert!(
+                bad[0]
+                    .1
+                    .contains(r#"column "n": "1.5" is not a valid Int32"#),
+                "{bad:?}"
+            );
+            assert!(
+                bad[1]
+                    .1
+                    .contains(r#"column "n": a value is out of range of Int32"#),
+                "{bad:?}"
+            );
+            assert!(
+                bad[2]
+                    .1
+                    .contains(r#"column "ts": "6.25" is not a valid Int64"#),
+                "{bad:?}"
+            );
+            let err = read_rest_err(&mut open(OnMalformed::Fail));
+            assert!(err.contains("line 2: "), "{err}");
+        }
+        // An integer column as the sampled lines infer it, then a fraction.
+        let inferred = dir.path().join("inferred.jsonl");
+        let mut text: String = (1..=SAMPLE).map(|t| format!("{{\"ts\": {t}}}\n")).collect();
+        text += "{\"ts\": 1000.5}\n{\"ts\": 1001}\n";
+        std::fs::write(&inferred, text).expect("writing");
+        let spec = json(OnMalformed::DeadLetter, Vec::new());
+        let source = TextSource::open(&spec, vec![inferred], 64, 1);
+        let (rows, bad, _) = read_rest(&mut source.expect("the source"));
+        assert_eq!((rows.len(), rows.last()), (SAMPLE + 1, Some(&1001)));
+        assert_eq!(bad, [SAMPLE as u64 + 1]);
+    }
+
     #[test]
     fn a_record_without_an_event_time_is_malformed() {
         let dir = tempfile::tempdir().expect("a temporary directory");
