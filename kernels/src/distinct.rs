@@ -217,3 +217,42 @@ impl Distinct {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sparse sketches merge into exactly the union of their values, whatever their sizes
+    /// and overlaps (values drawn from a small range, so that many are shared).
+    #[test]
+    fn sparse_sketches_merge_into_the_union() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..2000 {
+            let (mut a, mut b) = (Distinct::default(), Distinct::default());
+            let mut union = std::collections::BTreeSet::new();
+            let range = 1 + next(300);
+            for (sketch, len) in [(&mut a, next(150)), (&mut b, next(150))] {
+                for _ in 0..len {
+                    let v = next(range) as i64;
+                    sketch.push_i64(v);
+                    union.insert(mix(v as u64));
+                }
+            }
+            a.merge(&b);
+            match &a.0 {
+                Repr::Sparse(hashes) => {
+                    let want: Vec<u64> = union.iter().copied().collect();
+                    assert_eq!(hashes, &want, "round {round}");
+                    assert_eq!(a.estimate(), want.len() as i64, "round {round}");
+                }
+                Repr::Dense(_) => assert!(union.len() > SPARSE_MAX, "round {round}"),
+            }
+        }
+    }
+}
