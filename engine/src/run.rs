@@ -822,23 +822,26 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     let stop = opts.stop.clone().unwrap_or_default();
     let stopping = stop.clone();
     let mut source = std::thread::scope(|scope| -> Result<Box<dyn Source>> {
-        let reader = scope.spawn(move || {
-            loop {
-                for at in done_rx.try_iter() {
-                    source.checkpointed(&at);
+        let reader = std::thread::Builder::new().name("panes-reader".into());
+        let reader = reader
+            .spawn_scoped(scope, move || {
+                loop {
+                    for at in done_rx.try_iter() {
+                        source.checkpointed(&at);
+                    }
+                    let next = match stopping.load(Ordering::Relaxed) {
+                        true => Ok(None),
+                        false => source.next_batch(),
+                    };
+                    let more = matches!(next, Ok(Some(_)));
+                    // A closed channel means the job stopped early: stop reading.
+                    if tx.send(next).is_err() || !more {
+                        break;
+                    }
                 }
-                let next = match stopping.load(Ordering::Relaxed) {
-                    true => Ok(None),
-                    false => source.next_batch(),
-                };
-                let more = matches!(next, Ok(Some(_)));
-                // A closed channel means the job stopped early: stop reading.
-                if tx.send(next).is_err() || !more {
-                    break;
-                }
-            }
-            source
-        });
+                source
+            })
+            .map_err(|e| Error::Internal(format!("starting the reader thread: {e}")))?;
         // `rx` is consumed here, so an early error return closes the channel.
         for next in rx {
             let Some(b) = next? else { break };
