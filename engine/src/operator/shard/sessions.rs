@@ -35,7 +35,7 @@ impl WindowKind for SessionWindows {
         late.resize(m, false);
         let mut pending = 0;
         for i in 0..m {
-            if self.sessions.next_due() <= met[i] {
+            if self.sessions.due_by(met[i]) {
                 send(core, events, pending..i, late)?;
                 pending = i;
                 self.fire_sessions(core, met[i])?;
