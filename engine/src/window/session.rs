@@ -30,6 +30,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
 use arrow::datatypes::{Int64Type, UInt32Type};
 use arrow::record_batch::RecordBatch;
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::state::sessionspill::{Record, SessionDisk};
@@ -98,9 +99,10 @@ const BANDS: usize = 8;
 pub struct Sessions {
     gap: i64,
     lateness: i64,
-    /// Per key: open sessions, sorted, windows disjoint (looked up once an event: a fast
-    /// hash of the key id).
-    open: foldhash::HashMap<u32, Vec<Open>>,
+    /// Per key: open sessions, sorted, windows disjoint. Looked up once an event: a fast
+    /// hash of the key id, and a key's first session in its entry (most keys have one
+    /// open), not behind a pointer.
+    open: foldhash::HashMap<u32, SmallVec<[Open; 1]>>,
     /// When pending sessions fire.
     to_fire: Timers,
     /// When sessions close.
@@ -186,8 +188,10 @@ impl Sessions {
                 &mut self.dirty,
             ),
             _ => {
-                for s in list.splice(from..to, [merged]) {
-                    gone(&s, &mut self.firsts, &mut self.dirty);
+                let merged_away: SmallVec<[Open; 2]> = list.drain(from..to).collect();
+                list.insert(from, merged);
+                for s in &merged_away {
+                    gone(s, &mut self.firsts, &mut self.dirty);
                 }
             }
         }
@@ -363,7 +367,7 @@ impl Sessions {
 
     /// Bytes held (an estimate from capacities, in constant time: about one session a key).
     pub fn bytes(&self) -> usize {
-        let per_key = size_of::<(u32, Vec<Open>)>() + size_of::<Open>() + 1;
+        let per_key = size_of::<(u32, SmallVec<[Open; 1]>)>() + 1;
         let timer = size_of::<Reverse<(i64, u32, i64)>>();
         self.open.capacity() * per_key
             + (self.to_fire.capacity() + self.to_close.capacity()) * timer
