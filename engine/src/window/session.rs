@@ -421,6 +421,10 @@ impl Sessions {
 
     /// The sessions that changed after their end passed, by key and start.
     pub fn take_dirty(&mut self) -> Vec<Emit> {
+        // Asked after every event, and mostly empty.
+        if self.dirty.is_empty() {
+            return Vec::new();
+        }
         let dirty = std::mem::take(&mut self.dirty);
         dirty.into_iter().map(|(k, f)| self.emit(k, f)).collect()
     }
