@@ -1023,12 +1023,11 @@ mod tests {
         assert_eq!(read_rest(&mut source).0, [1, 2, 3]);
     }
 
-    /// A record without an event time is malformed, named by its line, whatever the
-    /// batch size.
     /// A JSON number in an integer column is an integer only when it is one: `1.5` is a
     /// malformed record naming its column, not 1.
     #[test]
     fn a_fraction_in_an_integer_column_is_malformed() {
+        use arrow::datatypes::{Int32Type, Int64Type};
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("in.jsonl");
         let lines = [
@@ -1062,20 +1061,9 @@ mod tests {
             let mut source = open(OnMalformed::DeadLetter);
             let (mut rows, mut ns, mut bad) = (Vec::<i64>::new(), Vec::<i32>::new(), Vec::new());
             while let Some(b) = source.next_batch().expect("a batch") {
-                rows.extend(
-                    b.batch
-                        .column(0)
-                        .as_primitive::<arrow::datatypes::Int64Type>()
-                        .values()
-                        .iter(),
-                );
-                ns.extend(
-                    b.batch
-                        .column(1)
-                        .as_primitive::<arrow::datatypes::Int32Type>()
-                        .values()
-                        .iter(),
-                );
+                let column = |c| b.batch.column(c).clone();
+                rows.extend(column(0).as_primitive::<Int64Type>().values());
+                ns.extend(column(1).as_primitive::<Int32Type>().values());
                 bad.extend(b.malformed.iter().map(|m| (m.position, m.reason.clone())));
             }
             assert_eq!(rows, [1, 3, 4], "{batch_rows} rows a batch");
@@ -1115,6 +1103,8 @@ mod tests {
         assert_eq!(bad, [SAMPLE as u64 + 1]);
     }
 
+    /// A record without an event time is malformed, named by its line, whatever the
+    /// batch size.
     #[test]
     fn a_record_without_an_event_time_is_malformed() {
         let dir = tempfile::tempdir().expect("a temporary directory");
