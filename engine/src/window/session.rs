@@ -335,9 +335,17 @@ impl Sessions {
             } else {
                 &mut self.to_close
             };
-            timers.pop();
-            if let Some(later) = now {
-                timers.push(Reverse((later, key, first)));
+            match now {
+                // The session ends later now: its entry moves down (one sift, not a pop
+                // and a push).
+                Some(later) => {
+                    if let Some(mut top) = timers.peek_mut() {
+                        *top = Reverse((later, key, first));
+                    }
+                }
+                None => {
+                    timers.pop();
+                }
             }
         }
     }
