@@ -188,7 +188,7 @@ impl KafkaSource {
 
     /// Makes messages without a value in column `name` (the job's event time) malformed.
     pub(super) fn with_event_time(mut self, name: &str) -> Self {
-        self.decoder.event_time = self.decoder.schema.index_of(name).ok();
+        self.decoder.set_event_time(name);
         self
     }
 

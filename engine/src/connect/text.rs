@@ -98,7 +98,7 @@ impl TextSource {
 
     /// Makes records without a value in column `name` (the job's event time) malformed.
     pub(super) fn with_event_time(mut self, name: &str) -> Self {
-        self.decoder.event_time = self.decoder.schema.index_of(name).ok();
+        self.decoder.set_event_time(name);
         self
     }
 }
@@ -620,9 +620,12 @@ fn integers(
         let text = columns[c].as_string::<i32>();
         let parse = |s: &str| {
             s.parse::<i64>().ok().or_else(|| {
-                // Within i64 and whole: then the float's value is the integer's.
+                // Whole and within i64 ([-2^63, 2^63)): then the float's value is the
+                // integer's.
                 let f = s.parse::<f64>().ok().filter(|f| f.fract() == 0.0)?;
-                (f.abs() < 9.2e18).then_some(f as i64)
+                (i64::MIN as f64..-(i64::MIN as f64))
+                    .contains(&f)
+                    .then_some(f as i64)
             })
         };
         let values = (text.iter())
@@ -653,6 +656,11 @@ fn integers(
 }
 
 impl RecordDecoder {
+    /// Makes records without a value in column `name` malformed (when the schema has it).
+    pub(super) fn set_event_time(&mut self, name: &str) {
+        self.event_time = self.schema.index_of(name).ok();
+    }
+
     /// Decodes `records` records of headerless CSV, or JSON lines, into a batch of
     /// `schema`: an error unless every byte decodes and every record gives one row.
     fn decode(

@@ -174,25 +174,19 @@ impl Sessions {
         let end = merged.last + gap - 1;
         let (same_start, was_pending) = (kept.is_some(), kept == Some(true));
         merged.pending = end > w;
-        let gone = |s: &Open, firsts: &mut BTreeMap<i64, usize>, dirty: &mut BTreeSet<_>| {
-            dirty.remove(&(key, s.first));
-            if !(same_start && s.first == merged.first) {
-                release(firsts, s.first);
+        // The event joins one session (most do): it changes in place.
+        let gone: SmallVec<[Open; 2]> = match to - from {
+            1 => smallvec::smallvec![std::mem::replace(&mut list[from], merged)],
+            _ => {
+                let gone = list.drain(from..to).collect();
+                list.insert(from, merged);
+                gone
             }
         };
-        match to - from {
-            // The event joins one session (most do): it changes in place.
-            1 => gone(
-                &std::mem::replace(&mut list[from], merged),
-                &mut self.firsts,
-                &mut self.dirty,
-            ),
-            _ => {
-                let merged_away: SmallVec<[Open; 2]> = list.drain(from..to).collect();
-                list.insert(from, merged);
-                for s in &merged_away {
-                    gone(s, &mut self.firsts, &mut self.dirty);
-                }
+        for s in gone {
+            self.dirty.remove(&(key, s.first));
+            if !(same_start && s.first == merged.first) {
+                release(&mut self.firsts, s.first);
             }
         }
         if !same_start {
@@ -355,16 +349,19 @@ impl Sessions {
     /// timer is never later than its session's end: sessions only grow), which is the
     /// case for most events.
     pub fn due_by(&mut self, w: i64) -> bool {
-        let fire = self.to_fire.peek().map_or(i64::MAX, |s| s.0.0);
-        let close =
-            (self.to_close.peek()).map_or(i64::MAX, |s| s.0.0.saturating_add(self.lateness));
-        fire.min(close).min(self.spilled_due()) <= w && self.next_due() <= w
+        self.timers_due() <= w && self.next_due() <= w
     }
 
     /// The watermark at which the next session fires or closes (`i64::MAX` when none).
     pub fn next_due(&mut self) -> i64 {
         self.clean(true);
         self.clean(false);
+        self.timers_due()
+    }
+
+    /// When the timers' tops fire or close, as they stand (up to date or not), and the
+    /// earliest end on disk.
+    fn timers_due(&self) -> i64 {
         let fire = self.to_fire.peek().map_or(i64::MAX, |s| s.0.0);
         let close = self
             .to_close

@@ -184,8 +184,10 @@ struct Core {
     partials: Option<Vec<Partial>>,
     /// Where rows go as they are made, if not to `output`.
     stream: Option<Stream>,
-    /// Small result batches not passed on to `stream` yet (see [`Core::pass_on`]).
+    /// Small result batches not passed on to `stream` yet (see [`Core::pass_on`]), and
+    /// their rows.
     held: Vec<RecordBatch>,
+    held_rows: usize,
     /// Positions of late events in the batches processed since they were taken.
     late: Vec<u32>,
     stats: Stats,
@@ -225,6 +227,7 @@ impl Shard {
             partials: None,
             stream: None,
             held: Vec::new(),
+            held_rows: 0,
             late: Vec::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),

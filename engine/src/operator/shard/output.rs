@@ -79,8 +79,9 @@ impl Core {
             });
             return Ok(());
         }
+        self.held_rows += batch.num_rows();
         self.held.push(batch);
-        if self.held.iter().map(RecordBatch::num_rows).sum::<usize>() >= PASS_ON_ROWS {
+        if self.held_rows >= PASS_ON_ROWS {
             self.pass_on()?;
         }
         Ok(())
@@ -91,14 +92,13 @@ impl Core {
     /// a time, as the watermark each event met passes them, and a batch (and a wake-up of
     /// the thread that takes it) per firing cost more than the rows themselves.
     pub(super) fn pass_on(&mut self) -> Result<()> {
-        let batch = match self.held.len() {
+        self.held_rows = 0;
+        let mut held = std::mem::take(&mut self.held);
+        let batch = match held.len() {
             0 => return Ok(()),
-            1 => self.held.pop().expect("one batch held"),
-            _ => {
-                let held = std::mem::take(&mut self.held);
-                concat_batches(&held[0].schema(), &held)
-                    .map_err(|e| Error::arrow("gathering result rows", e))?
-            }
+            1 => held.remove(0),
+            _ => concat_batches(&held[0].schema(), &held)
+                .map_err(|e| Error::arrow("gathering result rows", e))?,
         };
         match &mut self.stream {
             Some(Stream::Direct(out)) => out(batch),
