@@ -89,6 +89,7 @@ pub struct WindowOperator {
     /// Buffers for the shard of each row (when it is listed) and for each shard's rows,
     /// lent to the shards' threads with a batch.
     owners: Vec<u16>,
+    runs: Vec<route::Run>,
     rows: Vec<Vec<u32>>,
     dictionary_shards: route::DictionaryShards,
     /// The backend as a summary names it, and the number of shards.
@@ -192,6 +193,7 @@ impl WindowOperator {
             pool,
             in_flight: None,
             owners: Vec::new(),
+            runs: Vec::new(),
             rows: vec![Vec::new(); n],
             dictionary_shards: Default::default(),
             backend,
@@ -401,13 +403,14 @@ impl WindowOperator {
             }
             return self.collect();
         }
-        // Keys other than one integer column are hashed once, here.
+        // A dictionary-encoded key's shards are found here, where its values' shards are
+        // kept; other keys are hashed on the shards' threads.
         let mut owners = std::mem::take(&mut self.owners);
-        owners.clear();
         let keys = &read.columns()[..plan.key_indices.len()];
         let in_order = self.keyless.is_some();
-        if !in_order && route::one_int_key(keys).is_none() {
-            owners.resize(read.num_rows(), 0);
+        let owners_known = !in_order && route::keeps_dictionary(keys);
+        owners.resize(if in_order { 0 } else { read.num_rows() }, 0);
+        if owners_known {
             route::shards_of(
                 keys,
                 self.shard_count,
@@ -432,6 +435,8 @@ impl WindowOperator {
             keys: self.plan.key_indices.len(),
             in_order,
             owners,
+            owners_known,
+            runs: std::mem::take(&mut self.runs),
             rows: std::mem::take(&mut self.rows),
         };
         let (tx, done) = std::sync::mpsc::sync_channel(1);
@@ -471,11 +476,13 @@ impl WindowOperator {
             shards,
             met,
             owners,
+            runs,
             rows,
             ..
         } = work;
         self.shards = shards;
         self.owners = owners;
+        self.runs = runs;
         self.rows = rows;
         result?;
         drained?;
@@ -706,20 +713,43 @@ struct Work {
     /// A job without keys: each shard takes a run of consecutive rows, the first shard
     /// the first run (its partial states then merge in arrival order).
     in_order: bool,
-    /// The shard of each row, when listed (see [`route::one_int_key`]).
+    /// The shard of each row: found on the shards' threads unless `owners_known`.
     owners: Vec<u16>,
+    owners_known: bool,
+    /// The batch's rows in runs, one per shard, grouped by shard.
+    runs: Vec<route::Run>,
     /// The rows of each shard.
     rows: Vec<Vec<u32>>,
 }
 
 impl Work {
-    /// Each shard, in parallel, finds its rows (by the hash of their key values), gathers
-    /// them and processes them.
+    /// The shards find their rows in parallel (each groups a run of the batch's rows by
+    /// the hash of their key values), then each shard gathers its rows of every run and
+    /// processes them.
     fn run(&mut self) -> Result<()> {
         let (read, ts, met) = (&self.read, &self.ts, &self.met);
         let (w, origin) = (self.w, &self.origin);
-        let (keys, owners) = (&read.columns()[..self.keys], &self.owners);
         let (shards, in_order) = (self.shards.len(), self.in_order);
+        if !in_order {
+            let keys = &read.columns()[..self.keys];
+            let per_run = read.num_rows().div_ceil(shards).max(1);
+            self.runs
+                .resize_with(read.num_rows().div_ceil(per_run), Default::default);
+            let known = self.owners_known;
+            let split = self
+                .owners
+                .par_chunks_mut(per_run)
+                .zip(&mut self.runs)
+                .enumerate()
+                .try_for_each(|(r, (owners, run))| {
+                    route::split_run(keys, r * per_run, owners, known, shards, run)
+                });
+            if let Err(e) = split {
+                self.shards.iter_mut().for_each(Shard::end_output);
+                return Err(e);
+            }
+        }
+        let runs = &self.runs;
         // Every shard runs and ends its output, whatever the others do: the operator
         // drains their streams one after the other.
         let results: Vec<Result<()>> = self
@@ -737,7 +767,7 @@ impl Work {
                         let part = read.slice(run.start, run.len());
                         return shard.process(&part, &ts[run.clone()], &met[run], w, origin);
                     }
-                    route::rows_of(keys, owners, shards, s, rows);
+                    route::rows_of(runs, s, rows);
                     let gather = |v: &[i64]| -> Vec<i64> {
                         let v = &v[..read.num_rows()];
                         rows.iter().map(|&r| v[r as usize]).collect()

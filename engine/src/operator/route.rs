@@ -90,10 +90,8 @@ fn shard_of(h: u32, shards: usize) -> usize {
     ((u64::from(h) * shards as u64) >> 32) as usize
 }
 
-/// One Int64 key column without nulls (the common case): its values, which every shard
-/// hashes for itself (a multiply per row), so that no thread hashes for all of them.
-/// Other keys (strings, several columns) are hashed once, by [`shards_of`].
-pub(crate) fn one_int_key(cols: &[ArrayRef]) -> Option<&[i64]> {
+/// One Int64 key column without nulls (the common case): its values.
+fn one_int_key(cols: &[ArrayRef]) -> Option<&[i64]> {
     match cols {
         [col] if col.null_count() == 0 => col
             .as_primitive_opt::<Int64Type>()
@@ -102,41 +100,142 @@ pub(crate) fn one_int_key(cols: &[ArrayRef]) -> Option<&[i64]> {
     }
 }
 
-/// Writes the rows that shard `s` (of `shards`) owns into `rows`, ascending: by hashing
-/// key columns `cols` when [`one_int_key`] takes them, else from `owners` (one shard per
-/// row, from [`shards_of`]).
-pub(crate) fn rows_of(
+/// Whether key columns `cols` are one dictionary-encoded column, whose rows' shards
+/// [`shards_of`] finds with a kept [`DictionaryShards`] (so, on one thread).
+pub(crate) fn keeps_dictionary(cols: &[ArrayRef]) -> bool {
+    matches!(cols, [col] if matches!(col.data_type(), DataType::Dictionary(..)))
+}
+
+/// The rows of one run of a batch's rows, grouped by shard: shard `s`'s rows are
+/// `rows[starts[s]..starts[s + 1]]`, ascending.
+#[derive(Default)]
+pub(crate) struct Run {
+    rows: Vec<u32>,
+    starts: Vec<usize>,
+}
+
+/// Groups the rows of the run that starts at row `from` by shard (of `shards`).
+/// `owners` holds one entry per row of the run: their shards when `known`, else it is
+/// filled here from key columns `cols` (the whole batch's). Runs are split in parallel,
+/// so that no thread hashes every row.
+pub(crate) fn split_run(
     cols: &[ArrayRef],
-    owners: &[u16],
+    from: usize,
+    owners: &mut [u16],
+    known: bool,
     shards: usize,
-    s: usize,
-    rows: &mut Vec<u32>,
-) {
-    let n = cols.first().map_or(owners.len(), |c| c.len());
-    rows.clear();
-    rows.resize(n, 0);
-    let mut k = 0;
-    // Keeps the rows whose shard is `s` (without branches: each row is written at the
-    // end, and kept if it is the shard's), a block of rows at a time.
-    let mut keep = |from: usize, owners: &[u16]| {
-        for (i, &o) in owners.iter().enumerate() {
-            rows[k] = (from + i) as u32;
-            k += usize::from(usize::from(o) == s);
-        }
-    };
-    match one_int_key(cols) {
-        Some(values) => {
-            let mut block = [0u16; 1024];
-            for (b, chunk) in values.chunks(block.len()).enumerate() {
-                for (o, &v) in block.iter_mut().zip(chunk) {
+    run: &mut Run,
+) -> Result<()> {
+    if !known {
+        match one_int_key(cols) {
+            Some(values) => {
+                let values = &values[from..from + owners.len()];
+                for (o, &v) in owners.iter_mut().zip(values) {
                     *o = shard_of(mix(0, v as u64), shards) as u16;
                 }
-                keep(b * block.len(), &block[..chunk.len()]);
+            }
+            None => {
+                let part: Vec<ArrayRef> =
+                    cols.iter().map(|c| c.slice(from, owners.len())).collect();
+                shards_of(&part, shards, &mut DictionaryShards::default(), owners)?;
             }
         }
-        None => keep(0, owners),
     }
-    rows.truncate(k);
+    #[cfg(target_arch = "x86_64")]
+    if shards <= COMPRESS_MAX_SHARDS && has_avx512() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        #[allow(unsafe_code)]
+        unsafe {
+            group_compressed(owners, from, shards, run)
+        };
+        return Ok(());
+    }
+    group_counted(owners, from, shards, run);
+    Ok(())
+}
+
+/// Groups the rows of a run by shard with a counting sort: a pass to count each shard's
+/// rows, one to place them.
+fn group_counted(owners: &[u16], from: usize, shards: usize, run: &mut Run) {
+    let starts = &mut run.starts;
+    starts.clear();
+    starts.resize(shards + 1, 0);
+    for &o in owners {
+        starts[usize::from(o) + 1] += 1;
+    }
+    for s in 0..shards {
+        starts[s + 1] += starts[s];
+    }
+    let mut next = starts[..shards].to_vec();
+    run.rows.clear();
+    run.rows.resize(owners.len(), 0);
+    for (i, &o) in owners.iter().enumerate() {
+        let at = &mut next[usize::from(o)];
+        run.rows[*at] = (from + i) as u32;
+        *at += 1;
+    }
+}
+
+/// Up to this many shards, [`group_compressed`] (a pass per shard) is faster than
+/// [`group_counted`] (two scalar passes): on a Zen 4 core, per row, 0.5 ns against 2.1 at
+/// 2 shards; 3.9 against 1.6 at 16.
+const COMPRESS_MAX_SHARDS: usize = 8;
+
+/// Whether the CPU has the AVX-512 features that [`group_compressed`] is compiled for.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+}
+
+/// Groups the rows of a run by shard: a pass per shard, which compares 16 owners at a
+/// time with the shard and compresses the indices of the equal ones into place.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(unsafe_code)]
+fn group_compressed(owners: &[u16], from: usize, shards: usize, run: &mut Run) {
+    use std::arch::x86_64::*;
+    let n = owners.len();
+    // Each store writes 16 indices, of which the ones kept advance the end.
+    run.rows.clear();
+    run.rows.resize(n + 16, 0);
+    run.starts.clear();
+    run.starts.push(0);
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut k = 0;
+    for s in 0..shards {
+        let shard = _mm256_set1_epi16(s as i16);
+        let mut at = _mm512_add_epi32(_mm512_set1_epi32(from as i32), lanes);
+        let mut blocks = owners.chunks_exact(16);
+        for block in &mut blocks {
+            // SAFETY: `block` holds 16 u16; fewer than `n` indices are kept before this
+            // store, so its 16 fit in the `n + 16` of `rows`.
+            unsafe {
+                let o = _mm256_loadu_si256(block.as_ptr().cast());
+                let keep = _mm256_cmpeq_epi16_mask(o, shard);
+                let kept = _mm512_maskz_compress_epi32(keep, at);
+                _mm512_storeu_si512(run.rows.as_mut_ptr().add(k).cast(), kept);
+                k += keep.count_ones() as usize;
+            }
+            at = _mm512_add_epi32(at, _mm512_set1_epi32(16));
+        }
+        let tail = n - blocks.remainder().len();
+        for (i, &o) in blocks.remainder().iter().enumerate() {
+            run.rows[k] = (from + tail + i) as u32;
+            k += usize::from(usize::from(o) == s);
+        }
+        run.starts.push(k);
+    }
+    run.rows.truncate(k);
+}
+
+/// Writes the rows that shard `s` owns, of every run (in order), into `rows`: ascending.
+pub(crate) fn rows_of(runs: &[Run], s: usize, rows: &mut Vec<u32>) {
+    rows.clear();
+    for run in runs {
+        rows.extend_from_slice(&run.rows[run.starts[s]..run.starts[s + 1]]);
+    }
 }
 
 /// The shard of each value of the last dictionary that a one-column key came in, kept
@@ -253,15 +352,65 @@ mod tests {
     }
 
     #[test]
+    fn both_ways_of_grouping_a_run_by_shard_agree() {
+        let mut x = 7u64;
+        for shards in [1, 2, 3, 8, 9, 16] {
+            for n in [0, 5, 16, 100, 1000] {
+                let owners: Vec<u16> = (0..n)
+                    .map(|_| {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        ((x >> 33) % shards as u64) as u16
+                    })
+                    .collect();
+                let mut counted = Run::default();
+                group_counted(&owners, 40, shards, &mut counted);
+                for s in 0..shards {
+                    let want: Vec<u32> = (0..n)
+                        .filter(|&i| usize::from(owners[i]) == s)
+                        .map(|i| (40 + i) as u32)
+                        .collect();
+                    let got = &counted.rows[counted.starts[s]..counted.starts[s + 1]];
+                    assert_eq!(got, want, "{shards} shards, {n} rows, shard {s}");
+                }
+                #[cfg(target_arch = "x86_64")]
+                if has_avx512() {
+                    let mut compressed = Run::default();
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        group_compressed(&owners, 40, shards, &mut compressed)
+                    };
+                    assert_eq!(compressed.rows, counted.rows);
+                    assert_eq!(compressed.starts, counted.starts);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn keys_spread_evenly_over_shards() {
         let names: Vec<String> = (0..10_000).map(|i| format!("art-{i:06}")).collect();
         let col: ArrayRef = Arc::new(StringArray::from(names));
         let mut owners = vec![0; 10_000];
-        shards_of(&[col], 4, &mut DictionaryShards::default(), &mut owners).unwrap();
+        shards_of(
+            &[col.clone()],
+            4,
+            &mut DictionaryShards::default(),
+            &mut owners,
+        )
+        .unwrap();
         for s in 0..4 {
             let rows = owners.iter().filter(|&&o| o == s).count();
             assert!((2_300..2_700).contains(&rows), "shard {s}: {rows}");
         }
+        // Strings split in runs: the same shards, hashed in each run.
+        let mut found = vec![u16::MAX; 10_000];
+        let mut run = Run::default();
+        for (r, part) in found.chunks_mut(3000).enumerate() {
+            split_run(&[col.clone()], r * 3000, part, false, 4, &mut run).unwrap();
+        }
+        assert_eq!(found, owners);
         // Integer keys, by the one-pass path and the general one.
         let ints: ArrayRef = Arc::new(Int64Array::from_iter_values(0..10_000));
         let mut owners = vec![0; 10_000];
@@ -272,9 +421,16 @@ mod tests {
             &mut owners,
         )
         .unwrap();
+        // The same shards, split in runs of 1000 rows (their owners found there).
+        let mut found = vec![u16::MAX; 10_000];
+        let mut runs: Vec<Run> = (0..10).map(|_| Run::default()).collect();
+        for (r, (part, run)) in found.chunks_mut(1000).zip(&mut runs).enumerate() {
+            split_run(&[ints.clone()], r * 1000, part, false, 3, run).unwrap();
+        }
+        assert_eq!(found, owners);
         let mut rows = Vec::new();
         for s in 0..3 {
-            rows_of(&[ints.clone()], &[], 3, s, &mut rows);
+            rows_of(&runs, s, &mut rows);
             assert!(
                 (3_000..3_700).contains(&rows.len()),
                 "shard {s}: {}",
