@@ -655,6 +655,32 @@ fn integers(
     RecordBatch::try_new(schema.clone(), columns)
 }
 
+/// `batch`, decoded from JSON, unless a float column holds an infinity. JSON has none: it
+/// is a number beyond the column's range (`1e400` in a Float64 column), which the decoder
+/// takes as infinite, and which would make every sum over it infinite.
+fn finite(batch: RecordBatch) -> std::result::Result<RecordBatch, ArrowError> {
+    use arrow::datatypes::{Float32Type, Float64Type};
+    for (field, col) in batch.schema().fields().iter().zip(batch.columns()) {
+        let infinite = match field.data_type() {
+            DataType::Float64 => {
+                (col.as_primitive::<Float64Type>().values().iter()).any(|v| v.is_infinite())
+            }
+            DataType::Float32 => {
+                (col.as_primitive::<Float32Type>().values().iter()).any(|v| v.is_infinite())
+            }
+            _ => false,
+        };
+        if infinite {
+            return Err(ArrowError::JsonError(format!(
+                "column {:?}: a number beyond the range of {}",
+                field.name(),
+                field.data_type()
+            )));
+        }
+    }
+    Ok(batch)
+}
+
 impl RecordDecoder {
     /// Makes records without a value in column `name` malformed (when the schema has it).
     pub(super) fn set_event_time(&mut self, name: &str) {
@@ -694,13 +720,16 @@ impl RecordDecoder {
             TextFormat::JsonLines => {
                 // A number or boolean where a text column is takes its text: inference
                 // makes a column of mixed values text. Integer columns are read as their
-                // text too, and parsed here (see [`integers`]).
+                // text too, and parsed here (see [`integers`]); a float beyond its range
+                // is an error (see [`finite`]).
                 let mut decoder = arrow::json::ReaderBuilder::new(integers_as_text(&schema))
                     .with_coerce_primitive(true)
                     .with_batch_size(records.max(1))
                     .build_decoder()?;
                 feed(text, |t| decoder.decode(t))?;
-                decoder.flush()?.map(|b| integers(b, &schema)).transpose()?
+                (decoder.flush()?)
+                    .map(|b| integers(b, &schema).and_then(finite))
+                    .transpose()?
             }
         };
         let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(schema));
@@ -717,7 +746,8 @@ impl RecordDecoder {
     /// for JSON lines what the decoder says (it names the field).
     fn reason(&self, record: &Record) -> String {
         let Some(fields) = &record.fields else {
-            type Object = serde_json::Map<String, serde_json::Value>;
+            // (Values unread: a number beyond f64 is still JSON.)
+            type Object = std::collections::HashMap<String, serde::de::IgnoredAny>;
             if serde_json::from_slice::<Object>(&record.text).is_err() {
                 return "the line is not a JSON object".into();
             }
@@ -1109,6 +1139,50 @@ mod tests {
         let (rows, bad, _) = read_rest(&mut source.expect("the source"));
         assert_eq!((rows.len(), rows.last()), (SAMPLE + 1, Some(&1001)));
         assert_eq!(bad, [SAMPLE as u64 + 1]);
+    }
+
+    /// A JSON number beyond a float column's range is a malformed record naming its
+    /// column, not an infinity.
+    #[test]
+    fn a_number_beyond_a_float_column_is_malformed() {
+        use arrow::datatypes::{Float32Type, Float64Type};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("in.jsonl");
+        let lines = [
+            r#"{"ts": 1, "v": 1.5, "w": 1}"#,
+            r#"{"ts": 2, "v": 1e400, "w": 1}"#,
+            r#"{"ts": 3, "v": -1e309, "w": 1}"#,
+            r#"{"ts": 4, "v": 2, "w": 1e39}"#,
+            r#"{"ts": 5, "v": 1e300, "w": 3e38}"#,
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").expect("writing");
+        let spec = Spec {
+            format: TextFormat::JsonLines,
+            schema: vec![
+                ("ts".to_string(), DataType::Int64),
+                ("v".to_string(), DataType::Float64),
+                ("w".to_string(), DataType::Float32),
+            ],
+            ..spec(OnMalformed::DeadLetter)
+        };
+        for batch_rows in [1, 10] {
+            let mut source =
+                TextSource::open(&spec, vec![path.clone()], batch_rows, 1).expect("the source");
+            let (mut vs, mut ws, mut bad) = (Vec::<f64>::new(), Vec::<f32>::new(), Vec::new());
+            while let Some(b) = source.next_batch().expect("a batch") {
+                vs.extend(b.batch.column(1).as_primitive::<Float64Type>().values());
+                ws.extend(b.batch.column(2).as_primitive::<Float32Type>().values());
+                bad.extend(b.malformed.iter().map(|m| (m.position, m.reason.clone())));
+            }
+            assert_eq!(vs, [1.5, 1e300], "{batch_rows} rows a batch");
+            assert_eq!(ws, [1.0, 3e38], "{batch_rows} rows a batch");
+            let lines: Vec<u64> = bad.iter().map(|b| b.0).collect();
+            assert_eq!(lines, [2, 3, 4], "{bad:?}");
+            for (b, column) in bad.iter().zip([r#""v""#, r#""v""#, r#""w""#]) {
+                let want = format!("column {column}: a number beyond the range");
+                assert!(b.1.contains(&want), "{bad:?}");
+            }
+        }
     }
 
     /// A record without an event time is malformed, named by its line, whatever the
