@@ -16,7 +16,7 @@ pub mod sink;
 mod text;
 pub mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use arrow::datatypes::SchemaRef;
@@ -348,6 +348,7 @@ pub(crate) fn kafka_partition(
 }
 
 /// The files a source path names: a file, a directory's `*.ext` files, or a glob; sorted.
+/// Each must be a regular file (see [`regular`]).
 fn files(path: &str, ext: &str) -> Result<Vec<PathBuf>> {
     let p = PathBuf::from(path);
     let mut found: Vec<PathBuf> = if p.is_dir() {
@@ -360,7 +361,7 @@ fn files(path: &str, ext: &str) -> Result<Vec<PathBuf>> {
         glob::glob(path)
             .map_err(|e| Error::input(path, format!("bad glob pattern: {e}")))?
             .filter_map(|f| f.ok())
-            .filter(|f| f.is_file())
+            .filter(|f| !f.is_dir())
             .collect()
     } else if p.exists() {
         vec![p]
@@ -371,7 +372,39 @@ fn files(path: &str, ext: &str) -> Result<Vec<PathBuf>> {
     if found.is_empty() {
         return Err(Error::input(path, format!("no .{ext} files found")));
     }
+    found.iter().try_for_each(|f| regular(f))?;
     Ok(found)
+}
+
+/// Refuses a path that is not a regular file (a named pipe, a device, a socket, a
+/// directory). A file source reads a file more than once: its schema, then its records,
+/// and again from a checkpoint's position; a stream would lose what the first read took.
+fn regular(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
+    let t = meta.file_type();
+    if t.is_file() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt;
+    let what = match () {
+        _ if t.is_dir() => "a directory",
+        #[cfg(unix)]
+        _ if t.is_fifo() => "a named pipe",
+        #[cfg(unix)]
+        _ if t.is_socket() => "a socket",
+        #[cfg(unix)]
+        _ if t.is_char_device() || t.is_block_device() => "a device",
+        _ => "not a regular file",
+    };
+    Err(Error::input(
+        path.display().to_string(),
+        format!(
+            "{what}: a file source reads its files more than once (the schema, the \
+             records, again after a restart), which a stream cannot give; write the \
+             stream to a file, or send it to a Kafka topic"
+        ),
+    ))
 }
 
 /// Files read one after another as one partition, each through its own batch reader.
@@ -495,6 +528,38 @@ impl<R: Iterator<Item = Result<Decoded, ArrowError>>> FileSequence<R> {
 #[cfg(test)]
 mod tests {
     use super::Position;
+
+    /// A named pipe among a source's files is refused, named, before anything reads
+    /// from it (reading its head for a schema would take records the job never sees).
+    #[cfg(unix)]
+    #[test]
+    fn a_named_pipe_is_refused_not_half_read() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("a.csv"), "ts\n1\n").expect("writing");
+        let pipe = dir.path().join("b.csv");
+        let made = std::process::Command::new("mkfifo").arg(&pipe).status();
+        assert!(made.expect("mkfifo runs").success());
+        let whole = dir.path().to_str().expect("a UTF-8 path").to_string();
+        for path in [
+            pipe.to_str().expect("a UTF-8 path").to_string(),
+            whole.clone(),
+        ] {
+            let err = super::files(&path, "csv")
+                .expect_err("a named pipe")
+                .to_string();
+            assert!(
+                err.contains("b.csv") && err.contains("a named pipe"),
+                "{err}"
+            );
+        }
+        let glob = format!("{whole}/*.csv");
+        let err = super::files(&glob, "csv")
+            .expect_err("a named pipe")
+            .to_string();
+        assert!(err.contains("a named pipe"), "{err}");
+        std::fs::remove_file(&pipe).expect("removing the pipe");
+        assert_eq!(super::files(&whole, "csv").expect("a file").len(), 1);
+    }
 
     #[test]
     fn kafka_positions_name_their_topics_and_older_ones_still_read() {
