@@ -168,7 +168,7 @@ pub fn html(report: &Report, peers: Option<&serde_json::Value>) -> String {
         escape(&m.commit),
     );
     for (title, x, y, series, log_x) in plots {
-        let _ = write!(page, "<figure><figcaption><h2>{title}</h2></figcaption>\n");
+        let _ = writeln!(page, "<figure><figcaption><h2>{title}</h2></figcaption>");
         match svg(title, x, y, &series, log_x) {
             Some(svg) => page.push_str(&svg),
             None => page.push_str("<p>This run has too few points for this plot.</p>"),

@@ -56,7 +56,7 @@ pub fn drift_per_hour(seed: u64, sensor: u64) -> f64 {
 /// When `sensor` is offline at nominal time `t`: the time it reconnects.
 pub fn outage_end(seed: u64, sensor: u64, t: i64) -> Option<i64> {
     let block = t.div_euclid(BLOCK_MS);
-    let h = mix(mix(seed ^ 0x0FF1_14E, sensor), block as u64);
+    let h = mix(mix(seed ^ 0x00FF_114E, sensor), block as u64);
     if to_unit(h) >= OUTAGE_SHARE {
         return None;
     }

@@ -118,6 +118,9 @@ pub enum StartFrom {
     Fresh,
 }
 
+/// What [`RunOptions::progress`] calls after each batch.
+pub type ProgressFn = Box<dyn FnMut(&Progress)>;
+
 /// How to run a job.
 pub struct RunOptions {
     /// The data plane.
@@ -132,7 +135,7 @@ pub struct RunOptions {
     /// Memory budget of the state in bytes (overrides the job's).
     pub memory_budget: Option<u64>,
     /// Called after each batch with where the run is.
-    pub progress: Option<Box<dyn FnMut(&Progress)>>,
+    pub progress: Option<ProgressFn>,
     /// Set it to stop the job (the CLI does on SIGINT and SIGTERM): the source stops
     /// between two batches. With `[checkpoint]`, a last checkpoint keeps the open windows
     /// for the next run, which resumes there; without, the windows fire as at the end of

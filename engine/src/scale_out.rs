@@ -530,7 +530,7 @@ fn total(ended: Vec<(Part, Result<Summary>)>, started: Instant) -> Summary {
         if total.backend.is_empty() {
             total.backend = s.backend;
         }
-        total.stats = total.stats.add(&s.stats);
+        total.stats = total.stats.combine(&s.stats);
         total.late_not_kept += s.late_not_kept;
         total.malformed += s.malformed;
         total.checkpoints += s.checkpoints;

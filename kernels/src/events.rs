@@ -228,7 +228,8 @@ impl WindowRows {
     /// order.
     pub fn top_k_ties(&self, by: usize, k: usize) -> WindowRows {
         use std::cmp::Ordering;
-        let by_value: Box<dyn Fn(&usize, &usize) -> Ordering> = match &self.columns[by] {
+        type Compare<'a> = Box<dyn Fn(&usize, &usize) -> Ordering + 'a>;
+        let by_value: Compare<'_> = match &self.columns[by] {
             OutColumn::I64 { values, valid } => {
                 let v = |i: usize| valid[i].then_some(values[i]);
                 Box::new(move |&a, &b| rank_i64(v(a), v(b)))

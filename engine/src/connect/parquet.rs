@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -322,7 +322,7 @@ fn open_file(path: &PathBuf, dictionary: &[String]) -> Result<(File, ArrowReader
 
 fn projection(
     b: &ArrowReaderMetadata,
-    path: &PathBuf,
+    path: &Path,
     columns: Option<&[String]>,
 ) -> Result<ProjectionMask> {
     let Some(columns) = columns else {

@@ -72,10 +72,13 @@ pub struct SinkThread {
     /// The thread's queue, shared with [`RowSender`]s: emptied when the thread stops, so
     /// that the queue closes whoever still holds one.
     tx: Arc<Mutex<Option<SyncSender<Msg>>>>,
-    thread: Option<JoinHandle<Result<Vec<Box<dyn Sink>>>>>,
+    thread: Option<JoinHandle<Result<Sinks>>>,
 }
 
-fn serve(mut sinks: Vec<Box<dyn Sink>>, rx: Receiver<Msg>) -> Result<Vec<Box<dyn Sink>>> {
+/// The job's sinks, which the thread hands back when it stops.
+type Sinks = Vec<Box<dyn Sink>>;
+
+fn serve(mut sinks: Sinks, rx: Receiver<Msg>) -> Result<Sinks> {
     for msg in rx {
         match msg {
             Msg::Write(i, batch) => sinks[i].write(&batch)?,

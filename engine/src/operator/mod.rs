@@ -281,7 +281,7 @@ impl WindowOperator {
 
     /// Counters so far (of the batches gathered: see [`WindowOperator::sync`]).
     pub fn stats(&self) -> Stats {
-        self.base.add(&self.shard_stats).add(&self.own)
+        self.base.combine(&self.shard_stats).combine(&self.own)
     }
 
     /// Seconds the backends spent per stage, summed over shards, where they keep a profile
@@ -578,7 +578,7 @@ impl WindowOperator {
         self.own.peak_state_bytes = self.own.peak_state_bytes.max(held);
         // Shards count events, late events and alerts (not rows: see `own`).
         self.shard_stats =
-            (self.shards.iter().map(Shard::stats)).fold(Stats::default(), |t, s| t.add(&s));
+            (self.shards.iter().map(Shard::stats)).fold(Stats::default(), |t, s| t.combine(&s));
         Ok(())
     }
 

@@ -66,7 +66,7 @@ pub struct Stats {
 impl Stats {
     /// Adds the counts of `other` (the peak is the larger one): the counters of shards, or
     /// of a restored checkpoint and the run since.
-    pub fn add(mut self, other: &Stats) -> Stats {
+    pub fn combine(mut self, other: &Stats) -> Stats {
         self.events_in += other.events_in;
         self.late_events += other.late_events;
         self.rows_out += other.rows_out;
