@@ -86,8 +86,8 @@ pub struct WindowOperator {
     pool: Option<rayon::ThreadPool>,
     /// The batch the shards are processing, when they are.
     in_flight: Option<InFlight>,
-    /// Buffers for the shard of each row (when it is listed) and for each shard's rows,
-    /// lent to the shards' threads with a batch.
+    /// Buffers for the shard of each row, the batch's runs of rows grouped by shard, and
+    /// each shard's rows, lent to the shards' threads with a batch.
     owners: Vec<u16>,
     runs: Vec<route::Run>,
     rows: Vec<Vec<u32>>,
