@@ -170,6 +170,43 @@ mod tests {
         );
     }
 
+    /// On random out-of-order batches from three partitions, each event meets the
+    /// watermark of a step-by-step model: the job's, raised after each event by the
+    /// partition's own (up to the others').
+    #[test]
+    fn per_event_watermarks_match_a_step_by_step_model() {
+        let now = Instant::now();
+        let bound = 7;
+        let mut t = WatermarkTracker::new(3, bound, Duration::from_secs(30), now);
+        let (mut largest, mut current) = ([i64::MIN; 3], i64::MIN);
+        let (mut x, mut met) = (1u64, Vec::new());
+        let mut next = |n: u64| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) % n
+        };
+        for step in 0..300 {
+            let p = next(3) as usize;
+            let ts: Vec<i64> = (0..next(20))
+                .map(|_| (step * 10 + next(50)) as i64)
+                .collect();
+            t.observe(p, &ts, now, &mut met);
+            let own_of = |l: i64| if l == i64::MIN { l } else { l - bound - 1 };
+            let others = (0..3).filter(|&q| q != p).map(|q| own_of(largest[q])).min();
+            let others = others.unwrap_or(i64::MAX);
+            let mut want = Vec::new();
+            for &e in &ts {
+                want.push(current);
+                largest[p] = largest[p].max(e);
+                current = current.max(own_of(largest[p]).min(others));
+            }
+            assert_eq!(met, want, "step {step}");
+            assert_eq!(t.current(), current, "step {step}");
+        }
+        assert!(current > 2000, "the watermark moved: {current}");
+    }
+
     #[test]
     fn slowest_partition_holds_the_watermark_until_idle() {
         let start = Instant::now();
