@@ -209,7 +209,7 @@ fn group_compressed(owners: &[u16], from: usize, shards: usize, run: &mut Run) {
         let mut at = _mm512_add_epi32(_mm512_set1_epi32(from as i32), lanes);
         let mut blocks = owners.chunks_exact(16);
         for block in &mut blocks {
-            // SAFETY: `block` holds 16 u16; fewer than `n` indices are kept before this
+            // SAFETY: `block` holds 16 u16; at most `n` indices are kept before this
             // store, so its 16 fit in the `n + 16` of `rows`.
             unsafe {
                 let o = _mm256_loadu_si256(block.as_ptr().cast());
