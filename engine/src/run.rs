@@ -723,6 +723,13 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     };
     let schema = source.schema();
     let threads = opts.threads;
+    let cores = default_threads();
+    if threads > cores {
+        tracing::warn!(
+            "{threads} threads on {cores} cores: shards share cores, which is slower than \
+             --threads {cores} (the output does not change)"
+        );
+    }
     let mut pipeline = Pipeline::with_backends(job, schema, source.partitions(), |aggs| {
         backend.build_shards(aggs, threads)
     })?;
