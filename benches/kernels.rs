@@ -126,6 +126,19 @@ fn operator(c: &mut Criterion) {
             b.iter(|| run(&j, &batches, BackendKind::Cpu, 1, false).expect("bench run"))
         });
     }
+    // The tumbling job on 2 and on 16 shards: how much splitting each batch among shards
+    // costs (on a machine with fewer cores, 16 shards share them).
+    let tumble = job(60_000, 60_000, events, 100_000);
+    for shards in [2, 16] {
+        g.bench_function(
+            BenchmarkId::new(format!("tumble, {shards} shards"), "100k keys"),
+            |b| {
+                b.iter(|| {
+                    run(&tumble, &batches, BackendKind::Cpu, shards, false).expect("bench run")
+                })
+            },
+        );
+    }
     // The tumbling job of `job(60_000, 60_000, …)`, built through the API.
     let schema = batches[0].schema();
     g.bench_function(BenchmarkId::new("pipeline", "100k keys"), |b| {
