@@ -437,6 +437,12 @@ impl Pipeline {
         self.op.backend()
     }
 
+    /// How many shards the operator runs, each on a thread of its own when more than one
+    /// (a GPU backend, or a job without keys that needs one place, runs one).
+    pub fn shards(&self) -> usize {
+        self.op.shards()
+    }
+
     /// The operator underneath, for what only `panes run` does: checkpoints in files
     /// (an embedder keeps a [`Snapshot`] where it likes) and spill counters.
     pub(crate) fn operator(&self) -> &WindowOperator {

@@ -723,16 +723,16 @@ pub(crate) fn run_one(job: &Job, mut opts: RunOptions) -> Result<Summary> {
     };
     let schema = source.schema();
     let threads = opts.threads;
-    let cores = default_threads();
-    if threads > cores {
-        tracing::warn!(
-            "{threads} threads on {cores} cores: shards share cores, which is slower than \
-             --threads {cores} (the output does not change)"
-        );
-    }
     let mut pipeline = Pipeline::with_backends(job, schema, source.partitions(), |aggs| {
         backend.build_shards(aggs, threads)
     })?;
+    let (shards, cores) = (pipeline.shards(), default_threads());
+    if shards > cores {
+        tracing::warn!(
+            "{shards} shards on {cores} cores: they share cores, which is slower than \
+             --threads {cores} (the output does not change)"
+        );
+    }
     if let Some(budget) = budget {
         let dir = job.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
         crate::state::spill::remove_stale(&dir);

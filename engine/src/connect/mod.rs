@@ -385,17 +385,17 @@ fn regular(path: &Path) -> Result<()> {
     if t.is_file() {
         return Ok(());
     }
-    #[cfg(unix)]
     use std::os::unix::fs::FileTypeExt;
-    let what = match () {
-        _ if t.is_dir() => "a directory",
-        #[cfg(unix)]
-        _ if t.is_fifo() => "a named pipe",
-        #[cfg(unix)]
-        _ if t.is_socket() => "a socket",
-        #[cfg(unix)]
-        _ if t.is_char_device() || t.is_block_device() => "a device",
-        _ => "not a regular file",
+    let what = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
     };
     Err(Error::input(
         path.display().to_string(),
@@ -531,7 +531,6 @@ mod tests {
 
     /// A named pipe among a source's files is refused, named, before anything reads
     /// from it (reading its head for a schema would take records the job never sees).
-    #[cfg(unix)]
     #[test]
     fn a_named_pipe_is_refused_not_half_read() {
         let dir = tempfile::tempdir().expect("a temporary directory");

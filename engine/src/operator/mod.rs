@@ -279,6 +279,11 @@ impl WindowOperator {
         self.backend.1.clone()
     }
 
+    /// How many shards it runs (each on a thread of its own when more than one).
+    pub fn shards(&self) -> usize {
+        self.shard_count
+    }
+
     /// Counters so far (of the batches gathered: see [`WindowOperator::sync`]).
     pub fn stats(&self) -> Stats {
         self.base.combine(&self.shard_stats).combine(&self.own)

@@ -92,14 +92,14 @@ impl Core {
     /// a time, as the watermark each event met passes them, and a batch (and a wake-up of
     /// the thread that takes it) per firing cost more than the rows themselves.
     pub(super) fn pass_on(&mut self) -> Result<()> {
-        self.held_rows = 0;
-        let mut held = std::mem::take(&mut self.held);
-        let batch = match held.len() {
-            0 => return Ok(()),
-            1 => held.remove(0),
-            _ => concat_batches(&held[0].schema(), &held)
+        let batch = match self.held.as_slice() {
+            [] => return Ok(()),
+            [one] => one.clone(),
+            held => concat_batches(&held[0].schema(), held)
                 .map_err(|e| Error::arrow("gathering result rows", e))?,
         };
+        self.held.clear();
+        self.held_rows = 0;
         match &mut self.stream {
             Some(Stream::Direct(out)) => out(batch),
             Some(Stream::Channel(tx)) => tx
