@@ -82,17 +82,21 @@ impl WatermarkTracker {
             .unwrap_or(i64::MAX);
         let part = &mut self.partitions[p];
         part.last_data = now;
-        let mut own = part.max_ts.map_or(i64::MIN, |t| t - self.bound - 1);
-        let mut current = self.current.max(own.min(others));
+        // The partition's watermark only rises, so the job's is the larger of where it
+        // stood and the partition's capped by the others': one running maximum a row.
+        let (bound, before) = (self.bound, self.current);
+        let mut max = part.max_ts.unwrap_or(i64::MIN);
+        let met_at = |max: i64| before.max(max.saturating_sub(bound + 1).min(others));
         met.clear();
-        met.extend(ts.iter().map(|&t| {
-            let w = current;
-            own = own.max(t - self.bound - 1);
-            current = current.max(own.min(others));
-            w
-        }));
-        part.max_ts = ts.iter().copied().max().max(part.max_ts);
-        self.current = current;
+        met.resize(ts.len(), 0);
+        for (m, &t) in met.iter_mut().zip(ts) {
+            *m = met_at(max);
+            max = max.max(t);
+        }
+        if !ts.is_empty() {
+            part.max_ts = Some(max);
+        }
+        self.current = met_at(max);
     }
 
     /// Re-evaluates the job watermark at `now` (idle partitions stop holding it back).
