@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{StringArray, TimestampMillisecondArray, UInt32Array};
+use arrow::buffer::ScalarBuffer;
 use arrow::compute::{concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -99,8 +100,7 @@ pub struct WindowOperator {
     finished: bool,
     /// The shards' counters at the last batch gathered.
     shard_stats: Stats,
-    /// Event times of the batch, and the watermark each event met.
-    ts: Vec<i64>,
+    /// The watermark each event of the batch met.
     met: Vec<i64>,
     output: Vec<RecordBatch>,
     late: Vec<RecordBatch>,
@@ -200,7 +200,6 @@ impl WindowOperator {
             shard_count: n,
             finished: false,
             shard_stats: Stats::default(),
-            ts: Vec::new(),
             met: Vec::new(),
             output: Vec::new(),
             late: Vec::new(),
@@ -374,15 +373,13 @@ impl WindowOperator {
             ));
         }
         let plan = &self.plan;
-        event_times(
+        let mut ts = event_times(
             batch.column(plan.time_index),
             &plan.time_name,
             origin,
             first_row,
-            &mut self.ts,
         )?;
-        self.tracker
-            .observe(partition, &self.ts, now, &mut self.met);
+        self.tracker.observe(partition, &ts, now, &mut self.met);
         let w = self.tracker.current();
         // Filtered events moved the watermark above; they go no further.
         let filtered;
@@ -391,8 +388,8 @@ impl WindowOperator {
                 let keep = filter.keep(batch)?;
                 filtered = arrow::compute::filter_record_batch(batch, &keep)
                     .map_err(|e| Error::arrow("filtering events", e))?;
-                retain_kept(&mut self.ts, &keep);
-                retain_kept(&mut self.met, &keep);
+                ts = kept(&ts, &keep).collect();
+                self.met = kept(&self.met, &keep).collect();
                 &filtered
             }
             None => batch,
@@ -400,7 +397,7 @@ impl WindowOperator {
         // Shards see the columns they read; late events keep every column.
         let read = plan.read(batch)?;
         if self.shard_count == 1 {
-            self.shards[0].process(&read, &self.ts, &self.met, w, origin)?;
+            self.shards[0].process(&read, &ts, &self.met, w, origin)?;
             let late = self.shards[0].take_late();
             if !late.is_empty() {
                 let rows = late_rows(&self.plan, batch, late, &self.met)?;
@@ -424,7 +421,9 @@ impl WindowOperator {
             )?;
         }
         // The shards' threads take this batch once they are done with the last one, which
-        // they processed while this thread prepared this one.
+        // they processed while this thread prepared this one (and whose buffer for the
+        // watermarks met comes back for the next batch).
+        let met = std::mem::take(&mut self.met);
         self.sync()?;
         let pool = self
             .pool
@@ -433,8 +432,8 @@ impl WindowOperator {
         let mut work = Work {
             shards: std::mem::take(&mut self.shards),
             read,
-            ts: std::mem::take(&mut self.ts),
-            met: std::mem::take(&mut self.met),
+            ts,
+            met,
             w,
             origin: origin.to_string(),
             keys: self.plan.key_indices.len(),
@@ -500,6 +499,7 @@ impl WindowOperator {
             let rows = late_rows(&self.plan, &f.batch, late, &met)?;
             self.late.push(rows);
         }
+        self.met = met;
         self.collect()
     }
 
@@ -710,7 +710,7 @@ struct Work {
     shards: Vec<Shard>,
     /// The plan's columns of the batch; key columns first.
     read: RecordBatch,
-    ts: Vec<i64>,
+    ts: ScalarBuffer<i64>,
     met: Vec<i64>,
     w: i64,
     origin: String,
@@ -797,14 +797,12 @@ fn run_to_end(shard: &mut Shard, f: impl FnOnce(&mut Shard) -> Result<()>) -> Re
     r
 }
 
-/// Keeps the values of `v` whose row `keep` says true.
-fn retain_kept(v: &mut Vec<i64>, keep: &arrow::array::BooleanArray) {
+/// The values of `v` whose row `keep` says true.
+fn kept<'a>(v: &'a [i64], keep: &'a arrow::array::BooleanArray) -> impl Iterator<Item = i64> + 'a {
     use arrow::array::Array;
-    let mut row = 0;
-    v.retain(|_| {
-        row += 1;
-        keep.is_valid(row - 1) && keep.value(row - 1)
-    });
+    (v.iter().enumerate())
+        .filter(|&(row, _)| keep.is_valid(row) && keep.value(row))
+        .map(|(_, &t)| t)
 }
 
 /// The late events among `rows` of `batch`, with the watermark each met (`met`, per row

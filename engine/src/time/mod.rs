@@ -3,6 +3,7 @@
 pub mod watermark;
 
 use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::buffer::ScalarBuffer;
 use arrow::datatypes::{
     DataType, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
@@ -15,16 +16,15 @@ pub const MIN_EVENT_TIME: i64 = -62_135_596_800_000;
 /// Latest event time accepted: 9999-12-31T23:59:59.999Z.
 pub const MAX_EVENT_TIME: i64 = 253_402_300_799_999;
 
-/// Converts a time column (a timestamp of any unit, or Int64 milliseconds) to ms.
-/// `origin` names where the batch came from, for errors; `first_row` its first row.
+/// Converts a time column (a timestamp of any unit, or Int64 milliseconds) to ms: the
+/// column's own values when they are ms already (no copy). `origin` names where the batch
+/// came from, for errors; `first_row` its first row.
 pub fn event_times(
     col: &ArrayRef,
     name: &str,
     origin: &str,
     first_row: u64,
-    out: &mut Vec<i64>,
-) -> Result<()> {
-    out.clear();
+) -> Result<ScalarBuffer<i64>> {
     // Rows are counted from 1, as a person reading the file counts data rows.
     let bad = |row: usize, message: String| {
         Error::input(
@@ -39,20 +39,21 @@ pub fn event_times(
             format!("time column {name:?} is null; every event needs an event time"),
         ));
     }
-    match col.data_type() {
+    let ms = match col.data_type() {
         DataType::Timestamp(TimeUnit::Second, _) => {
-            scaled::<1000, 1>(col.as_primitive::<TimestampSecondType>().values(), out)
+            scaled::<1000, 1>(col.as_primitive::<TimestampSecondType>().values())
         }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            out.extend_from_slice(col.as_primitive::<TimestampMillisecondType>().values())
-        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => col
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .clone(),
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            scaled::<1, 1000>(col.as_primitive::<TimestampMicrosecondType>().values(), out)
+            scaled::<1, 1000>(col.as_primitive::<TimestampMicrosecondType>().values())
         }
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            scaled::<1, 1_000_000>(col.as_primitive::<TimestampNanosecondType>().values(), out)
+            scaled::<1, 1_000_000>(col.as_primitive::<TimestampNanosecondType>().values())
         }
-        DataType::Int64 => out.extend_from_slice(col.as_primitive::<Int64Type>().values()),
+        DataType::Int64 => col.as_primitive::<Int64Type>().values().clone(),
         other => {
             return Err(Error::input(
                 origin,
@@ -61,11 +62,14 @@ pub fn event_times(
                 ),
             ));
         }
-    }
-    if let Some(row) = out
-        .iter()
-        .position(|t| !(MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(t))
-    {
+    };
+    // The range of the whole column first (a pass the compiler vectorizes); the row only
+    // when it is out.
+    let (min, max) = (ms.iter()).fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    if min < MIN_EVENT_TIME || max > MAX_EVENT_TIME {
+        let row = (ms.iter())
+            .position(|t| !(MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(t))
+            .unwrap_or(0);
         let raw = arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
         return Err(bad(
             row,
@@ -74,16 +78,16 @@ pub fn event_times(
             ),
         ));
     }
-    Ok(())
+    Ok(ms)
 }
 
-/// Appends `values` times `MUL`, divided by `DIV` (rounding down) to `out`; a product out
-/// of range becomes `i64::MAX` (then refused as out of range). Constants, so that the
-/// division is a multiplication, not a hardware divide per event.
-fn scaled<const MUL: i64, const DIV: i64>(values: &[i64], out: &mut Vec<i64>) {
-    out.extend(
-        (values.iter()).map(|&v| v.checked_mul(MUL).map_or(i64::MAX, |v| v.div_euclid(DIV))),
-    );
+/// `values` times `MUL`, divided by `DIV` (rounding down); a product out of range becomes
+/// `i64::MAX` (then refused as out of range). Constants, so that the division is a
+/// multiplication, not a hardware divide per event.
+fn scaled<const MUL: i64, const DIV: i64>(values: &[i64]) -> ScalarBuffer<i64> {
+    (values.iter())
+        .map(|&v| v.checked_mul(MUL).map_or(i64::MAX, |v| v.div_euclid(DIV)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -94,12 +98,10 @@ mod tests {
 
     #[test]
     fn converts_units_and_refuses_bad_columns() {
-        let mut out = Vec::new();
         let ns: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![1_500_000, -1]));
-        event_times(&ns, "ts", "f", 0, &mut out).unwrap();
-        assert_eq!(out, vec![1, -1]);
+        assert_eq!(event_times(&ns, "ts", "f", 0).unwrap().as_ref(), [1, -1]);
         let s: ArrayRef = Arc::new(TimestampSecondArray::from(vec![1, i64::MAX / 10]));
-        let e = event_times(&s, "ts", "f.parquet", 100, &mut out)
+        let e = event_times(&s, "ts", "f.parquet", 100)
             .unwrap_err()
             .to_string();
         assert!(
@@ -107,14 +109,10 @@ mod tests {
             "{e}"
         );
         let f: ArrayRef = Arc::new(Float64Array::from(vec![1.0]));
-        let e = event_times(&f, "ts", "f", 0, &mut out)
-            .unwrap_err()
-            .to_string();
+        let e = event_times(&f, "ts", "f", 0).unwrap_err().to_string();
         assert!(e.contains("Float64"), "{e}");
         let n: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None]));
-        let e = event_times(&n, "ts", "f", 0, &mut out)
-            .unwrap_err()
-            .to_string();
+        let e = event_times(&n, "ts", "f", 0).unwrap_err().to_string();
         assert!(e.contains("row 2") && e.contains("null"), "{e}");
     }
 }
