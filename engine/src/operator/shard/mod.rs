@@ -305,15 +305,41 @@ impl Shard {
         w: i64,
         origin: &str,
     ) -> Result<()> {
+        self.aggregate(batch, ts, met, origin, 0)?;
+        self.end_batch(w)
+    }
+
+    /// [`Shard::process`] without the end of the batch: aggregates a part of a batch whose
+    /// first event is the batch's event `first` (late events' positions count from the
+    /// batch's first). Windows fire as the watermark each event met closes them, so a
+    /// batch given in parts gives what it gives whole; [`Shard::end_batch`] ends it.
+    pub fn aggregate(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        met: &[i64],
+        origin: &str,
+        first: u32,
+    ) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
         let core = &mut self.core;
         let mut s = std::mem::take(&mut core.scratch);
-        let result = if batch.num_rows() == 0 {
-            Ok(())
-        } else {
-            core.aggregate(self.kind.as_mut(), batch, ts, met, origin, &mut s)
-        };
+        let late_before = core.late.len();
+        let result = core.aggregate(self.kind.as_mut(), batch, ts, met, origin, &mut s);
         core.scratch = s;
-        result?;
+        core.late[late_before..]
+            .iter_mut()
+            .for_each(|i| *i += first);
+        result
+    }
+
+    /// Ends a batch given to [`Shard::aggregate`] in parts: the job watermark after it is
+    /// `w`; windows that late events reached re-fire, rows are passed on, and the memory
+    /// budget is enforced.
+    pub fn end_batch(&mut self, w: i64) -> Result<()> {
+        let core = &mut self.core;
         core.watermark = core.watermark.max(w);
         self.kind.advance(core, core.watermark)?;
         self.kind.refire(core, i64::MAX)?;
