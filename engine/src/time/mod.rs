@@ -63,10 +63,11 @@ pub fn event_times(
             ));
         }
     };
-    // The range of the whole column first (a pass the compiler vectorizes); the row only
-    // when it is out.
-    let (min, max) = (ms.iter()).fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
-    if min < MIN_EVENT_TIME || max > MAX_EVENT_TIME {
+    // Whether any time is out of range first (one pass without branches); the row only
+    // when one is.
+    let span = MAX_EVENT_TIME.abs_diff(MIN_EVENT_TIME);
+    let out = |t: i64| t.wrapping_sub(MIN_EVENT_TIME) as u64 > span;
+    if ms.iter().fold(false, |any, &t| any | out(t)) {
         let row = (ms.iter())
             .position(|t| !(MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(t))
             .unwrap_or(0);
