@@ -351,7 +351,8 @@ struct Verdict {
 
 /// Runs `job` (on a sample of the case's events) on every (backend, threads) of `runs`
 /// and compares each one's rows with the first's. `PANES_BENCH_CORRUPT=BACKEND` drops a
-/// row of that backend's output: the harness's own test makes a backend disagree with it.
+/// row of that backend's output: the harness's own test makes a backend disagree with it
+/// (and `BACKEND@THREADS`, a thread count with the sweep's first: see [`measure`]).
 fn agreement(job: &Job, runs: &[(BackendKind, usize)]) -> Result<Vec<Verdict>> {
     // Small batches: more batch boundaries for the backends to get right.
     let batches = input(job, 16 * 1024)?;
@@ -533,14 +534,16 @@ pub fn suite(suite: &Suite<'_>, mut on_case: impl FnMut(&Case)) -> Result<Vec<Ca
 /// Runs one case on (backend, threads, profile) `repeats.0` times (after a warm-up run
 /// when more than once), or until `repeats.1` seconds have passed, and describes it;
 /// `kernels` are the GPU's kernel-only figures, `verdict` the agreement check's, `base`
-/// the median events per second of the sweep's first run of this case (set by that run).
+/// the median events per second and the rows of the sweep's first run of this case (set
+/// by that run): a thread count whose rows are more or fewer disagrees, whatever the
+/// sample gave.
 fn measure(
     name: &str,
     job: &Job,
     batches: &[RecordBatch],
     (backend, threads, profile): (BackendKind, usize, bool),
     (kernels, verdict): (Option<(f64, String, String)>, Option<Verdict>),
-    base: &mut Option<f64>,
+    base: &mut Option<(f64, u64)>,
     (repeats, max_time, end_to_end): (usize, f64, bool),
 ) -> Result<Case> {
     let files = end_to_end.then(|| Files::write(batches)).transpose()?;
@@ -560,13 +563,24 @@ fn measure(
             break (Spread::of(samples), rows_out, stages);
         }
     };
+    // The harness's own test: `PANES_BENCH_CORRUPT=BACKEND@THREADS` adds a row there.
+    let corrupt = std::env::var("PANES_BENCH_CORRUPT");
+    let rows_out = rows_out + u64::from(corrupt.is_ok_and(|c| c == format!("{backend}@{threads}")));
     let events = batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
     let bytes = batches
         .iter()
         .map(|b| b.get_array_memory_size() as u64)
         .sum::<u64>();
     let events_per_sec = events as f64 / seconds.median.max(1e-9);
-    let base = *base.get_or_insert(events_per_sec);
+    let (base, base_rows) = *base.get_or_insert((events_per_sec, rows_out));
+    let disagreement = verdict
+        .as_ref()
+        .and_then(|v| v.disagreement.clone())
+        .or_else(|| {
+            (rows_out != base_rows).then(|| {
+                format!("{rows_out} rows on {threads} threads, {base_rows} on the sweep's first")
+            })
+        });
     let (kernel_events_per_sec, kernel_timer, adapter) = match kernels {
         Some((rate, timer, adapter)) => (Some(rate), Some(timer), Some(adapter)),
         None => (None, None, None),
@@ -584,8 +598,8 @@ fn measure(
         events_per_sec,
         rows_out,
         batch_rows: batches.first().map_or(0, RecordBatch::num_rows),
-        agrees: verdict.as_ref().map(|v| v.disagreement.is_none()),
-        disagreement: verdict.as_ref().and_then(|v| v.disagreement.clone()),
+        agrees: (verdict.is_some() || disagreement.is_some()).then_some(disagreement.is_none()),
+        disagreement,
         rows_hash: verdict.map(|v| v.hash),
         kernel_events_per_sec,
         kernel_timer,

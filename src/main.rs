@@ -616,7 +616,7 @@ impl Command {
                     .collect();
                 if !failed.is_empty() {
                     bail!(
-                        "{} case(s) returned other rows than the first backend: {}",
+                        "{} case(s) returned other rows than the first backend or thread count: {}",
                         failed.len(),
                         failed.join("; ")
                     );

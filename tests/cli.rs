@@ -1039,6 +1039,33 @@ fn bench_reports_the_machine_the_spread_of_repeats_and_that_backends_agree() {
     );
 }
 
+/// A thread count that gives more or fewer rows than the sweep's first fails its case,
+/// even where the agreement check's sample agreed.
+#[test]
+fn a_thread_count_that_returns_other_rows_fails_its_case() {
+    let out = bench_json(
+        &["--backend", "cpu", "--threads", "1,2", "--repeats", "1"],
+        Some(("PANES_BENCH_CORRUPT", "cpu@2")),
+    );
+    assert!(!out.status.success(), "a disagreement is a failure");
+    assert!(stderr(&out).contains("other rows"), "{}", stderr(&out));
+    let cases = bench_cases(&out);
+    let at = |t: u64| {
+        (cases.iter())
+            .find(|c| c["threads"] == t)
+            .expect("a case at each thread count")
+    };
+    assert_eq!(at(1)["agrees"], true, "{}", at(1));
+    assert_eq!(at(2)["agrees"], false, "{}", at(2));
+    assert!(
+        at(2)["disagreement"]
+            .as_str()
+            .is_some_and(|d| d.contains("on 2 threads")),
+        "{}",
+        at(2)
+    );
+}
+
 #[test]
 fn a_backend_that_returns_other_rows_fails_its_case() {
     let out = bench_json(
