@@ -283,7 +283,7 @@ impl Shard {
     }
 
     /// Takes the positions of the late events of the last batch (in the batch given to
-    /// [`Shard::process`]).
+    /// [`Shard::process`], or in parts to [`Shard::aggregate`]).
     pub fn take_late(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.core.late)
     }
