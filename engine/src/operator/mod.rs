@@ -394,8 +394,8 @@ impl WindowOperator {
                 let keep = filter.keep(batch)?;
                 filtered = arrow::compute::filter_record_batch(batch, &keep)
                     .map_err(|e| Error::arrow("filtering events", e))?;
-                ts = kept(&ts, &keep).collect();
-                self.met = kept(&self.met, &keep).collect();
+                ts = kept(ts, &keep)?;
+                self.met = kept(std::mem::take(&mut self.met).into(), &keep)?.into();
                 &filtered
             }
             None => batch,
@@ -833,12 +833,15 @@ fn run_to_end(shard: &mut Shard, f: impl FnOnce(&mut Shard) -> Result<()>) -> Re
     r
 }
 
-/// The values of `v` whose row `keep` says true.
-fn kept<'a>(v: &'a [i64], keep: &'a arrow::array::BooleanArray) -> impl Iterator<Item = i64> + 'a {
-    use arrow::array::Array;
-    (v.iter().enumerate())
-        .filter(|&(row, _)| keep.is_valid(row) && keep.value(row))
-        .map(|(_, &t)| t)
+/// The values of `v` whose row `keep` says true (arrow's filter: a null keeps none).
+fn kept(v: ScalarBuffer<i64>, keep: &arrow::array::BooleanArray) -> Result<ScalarBuffer<i64>> {
+    use arrow::array::AsArray;
+    let v = arrow::array::Int64Array::new(v, None);
+    let kept = arrow::compute::filter(&v, keep).map_err(|e| Error::arrow("filtering events", e))?;
+    Ok(kept
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .values()
+        .clone())
 }
 
 /// The late events among `rows` of `batch`, with the watermark each met (`met`, per row

@@ -68,9 +68,7 @@ pub fn event_times(
     let span = MAX_EVENT_TIME.abs_diff(MIN_EVENT_TIME);
     let out = |t: i64| t.wrapping_sub(MIN_EVENT_TIME) as u64 > span;
     if ms.iter().fold(false, |any, &t| any | out(t)) {
-        let row = (ms.iter())
-            .position(|t| !(MIN_EVENT_TIME..=MAX_EVENT_TIME).contains(t))
-            .unwrap_or(0);
+        let row = ms.iter().position(|&t| out(t)).unwrap_or(0);
         let raw = arrow::util::display::array_value_to_string(col, row).unwrap_or_default();
         return Err(bad(
             row,
