@@ -231,6 +231,26 @@ fn reserve_gently<T>(v: &mut Vec<T>, more: usize) {
 /// Integer keys below this are interned through a direct table (at most 16 MiB).
 const DENSE_LIMIT: i64 = 1 << 22;
 
+/// Writes the id of each of `values` to `out` when the direct table `dense` knows every
+/// one (the common case: one pass, no branch per value); `false` (and `out` empty)
+/// otherwise.
+fn known_ids(dense: &[u32], values: &[i64], out: &mut Vec<u32>) -> bool {
+    out.resize(values.len(), 0);
+    let mut known = true;
+    for (o, &v) in out.iter_mut().zip(values) {
+        let id = usize::try_from(v)
+            .ok()
+            .and_then(|v| dense.get(v))
+            .map_or(u32::MAX, |&id| id);
+        known &= id != u32::MAX;
+        *o = id;
+    }
+    if !known {
+        out.clear();
+    }
+    known
+}
+
 /// Maps key columns to dense ids. See the module docs.
 pub struct KeyInterner {
     names: Vec<String>,
@@ -481,6 +501,9 @@ impl KeyInterner {
                     *len += 1;
                     *len - 1
                 };
+                if col.null_count() == 0 && known_ids(dense, col.values(), out) {
+                    return Ok(());
+                }
                 let max = col.values().iter().copied().max().unwrap_or(0);
                 if (0..DENSE_LIMIT).contains(&max) && dense.len() <= max as usize {
                     dense.resize(max as usize + 1, u32::MAX);

@@ -118,6 +118,27 @@ impl WindowSpec {
         (ts - self.offset).div_euclid(self.pane)
     }
 
+    /// Appends the pane of each of `ts` to `out`. Consecutive events mostly share a pane,
+    /// so only an event outside the last one's pane costs a division.
+    pub fn panes_of(&self, ts: &[i64], out: &mut Vec<i64>) {
+        // The last pane's first and last ms, and its number (at first: no ms).
+        let mut last = (i64::MAX, i64::MIN, 0);
+        out.extend(ts.iter().map(|&t| {
+            if t < last.0 || t > last.1 {
+                let j = self.pane_of(t);
+                let first = j
+                    .checked_mul(self.pane)
+                    .and_then(|s| s.checked_add(self.offset));
+                let end = first.and_then(|f| f.checked_add(self.pane - 1));
+                last = match (first, end) {
+                    (Some(first), Some(end)) => (first, end, j),
+                    _ => (t, t, j),
+                };
+            }
+            last.2
+        }));
+    }
+
     /// The windows that contain pane `j`, in order.
     #[inline]
     pub fn windows_of_pane(&self, j: i64) -> RangeInclusive<i64> {
@@ -186,6 +207,36 @@ impl WindowSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn panes_of_a_run_of_events_are_each_events_pane() {
+        let mut x = 11u64;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as i64
+        };
+        for w in [
+            WindowSpec::new(60_000, 60_000, 0).unwrap(),
+            WindowSpec::new(15, 6, 4).unwrap(),
+            WindowSpec::new(7, 3, -2).unwrap(),
+            WindowSpec::cumulate(4, 12, 5).unwrap(),
+        ] {
+            // Runs in one pane, steps to the next, jumps back and far, negative times, and
+            // times whose pane's bounds do not fit in an i64.
+            let mut ts: Vec<i64> = (0..2_000).map(|_| next() % 200 - 100).collect();
+            ts.sort_unstable_by_key(|&t| t / 20);
+            ts.extend([0, 0, 1, -1, 1 << 40, -(1 << 40), i64::MAX - 1, i64::MAX, 0]);
+            ts.extend([i64::MIN / 2, i64::MIN / 2 + 1, i64::MAX / 2, 3]);
+            let mut got = vec![7];
+            w.panes_of(&ts, &mut got);
+            let want: Vec<i64> = std::iter::once(7)
+                .chain(ts.iter().map(|&t| w.pane_of(t)))
+                .collect();
+            assert_eq!(got, want, "{w:?}");
+        }
+    }
 
     #[test]
     fn panes_and_windows_agree_with_the_definition() {

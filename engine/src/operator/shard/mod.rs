@@ -392,7 +392,7 @@ impl Core {
 
         let spec = self.spec;
         s.panes.clear();
-        s.panes.extend(ts.iter().map(|&t| spec.pane_of(t)));
+        spec.panes_of(ts, &mut s.panes);
 
         // Value columns in their kernel domains; an overflowing cast is an error, not a null.
         let strict = CastOptions {
