@@ -495,15 +495,15 @@ impl KeyInterner {
                 let col =
                     cast(&cols[0], &DataType::Int64).map_err(|e| Error::arrow("key column", e))?;
                 let col = col.as_primitive::<Int64Type>();
+                if col.null_count() == 0 && known_ids(dense, col.values(), out) {
+                    return Ok(());
+                }
                 let mut new_id = |v: i64| {
                     reserve_gently(values, 1);
                     values.push(v);
                     *len += 1;
                     *len - 1
                 };
-                if col.null_count() == 0 && known_ids(dense, col.values(), out) {
-                    return Ok(());
-                }
                 let max = col.values().iter().copied().max().unwrap_or(0);
                 if (0..DENSE_LIMIT).contains(&max) && dense.len() <= max as usize {
                     dense.resize(max as usize + 1, u32::MAX);
@@ -836,6 +836,27 @@ mod tests {
             &arrow::array::LargeStringArray::from(vec![Some("é"), Some(""), None, Some("b")])
                 as &dyn Array
         );
+    }
+
+    #[test]
+    fn known_integers_and_new_ones_in_one_batch_get_first_seen_ids() {
+        let mut k = KeyInterner::new(&[("a".into(), DataType::Int64)]).unwrap();
+        let mut ids = Vec::new();
+        let mut intern = |v: Vec<i64>| {
+            let n = v.len();
+            let col: ArrayRef = Arc::new(Int64Array::from(v));
+            k.intern(&[col], n, &mut ids).unwrap();
+            ids.clone()
+        };
+        assert_eq!(intern(vec![5, 9, 5, 0]), [0, 1, 0, 2]);
+        // All known: the one-pass path.
+        assert_eq!(intern(vec![9, 0, 5, 5, 0]), [1, 2, 0, 0, 2]);
+        // Known, then new ones (in the table's range, past it, negative), then known.
+        assert_eq!(
+            intern(vec![0, 7, 9, 1 << 40, -4, 7, 5]),
+            [2, 3, 1, 4, 5, 3, 0]
+        );
+        assert_eq!(intern(vec![-4, 1 << 40, 7]), [5, 4, 3]);
     }
 
     #[test]
