@@ -390,9 +390,8 @@ impl Core {
         self.interner.intern(&key_cols, n, &mut s.keys)?;
         self.stats.events_in += n as u64;
 
-        let spec = self.spec;
         s.panes.clear();
-        spec.panes_of(ts, &mut s.panes);
+        self.spec.panes_of(ts, &mut s.panes);
 
         // Value columns in their kernel domains; an overflowing cast is an error, not a null.
         let strict = CastOptions {
