@@ -793,15 +793,15 @@ impl Work {
                     }
                     route::rows_of(runs, s, rows);
                     let (part_ts, part_met) = times;
-                    let gather = |v: &[i64], at: &[u32], out: &mut Vec<i64>| {
-                        let v = &v[..read.num_rows()];
-                        out.clear();
-                        out.extend(at.iter().map(|&r| v[r as usize]));
-                    };
+                    let (ts, met) = (&ts[..read.num_rows()], &met[..read.num_rows()]);
                     for part in parts(rows.len(), part_rows) {
                         let at = &rows[part.clone()];
-                        gather(ts, at, part_ts);
-                        gather(met, at, part_met);
+                        // One pass over the rows for both.
+                        part_ts.resize(at.len(), 0);
+                        part_met.resize(at.len(), 0);
+                        for ((t, m), &r) in part_ts.iter_mut().zip(part_met.iter_mut()).zip(at) {
+                            (*t, *m) = (ts[r as usize], met[r as usize]);
+                        }
                         let at = UInt32Array::from_iter_values(at.iter().copied());
                         let batch = take_record_batch(read, &at)
                             .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
