@@ -231,9 +231,9 @@ fn reserve_gently<T>(v: &mut Vec<T>, more: usize) {
 /// Integer keys below this are interned through a direct table (at most 16 MiB).
 const DENSE_LIMIT: i64 = 1 << 22;
 
-/// Writes the id of each of `values` to `out` when the direct table `dense` knows every
-/// one (the common case: one pass, no branch per value); `false` (and `out` empty)
-/// otherwise.
+/// Writes the id of each of `values` that the direct table `dense` knows to `out`, and
+/// `u32::MAX` for the others, in one pass with no branch per value; whether it knew every
+/// one (the common case).
 fn known_ids(dense: &[u32], values: &[i64], out: &mut Vec<u32>) -> bool {
     out.resize(values.len(), 0);
     let mut known = true;
@@ -244,9 +244,6 @@ fn known_ids(dense: &[u32], values: &[i64], out: &mut Vec<u32>) -> bool {
             .map_or(u32::MAX, |&id| id);
         known &= id != u32::MAX;
         *o = id;
-    }
-    if !known {
-        out.clear();
     }
     known
 }
@@ -495,8 +492,13 @@ impl KeyInterner {
                 let col =
                     cast(&cols[0], &DataType::Int64).map_err(|e| Error::arrow("key column", e))?;
                 let col = col.as_primitive::<Int64Type>();
-                if col.null_count() == 0 && known_ids(dense, col.values(), out) {
+                let no_nulls = col.null_count() == 0;
+                if no_nulls && known_ids(dense, col.values(), out) {
                     return Ok(());
+                }
+                let max = col.values().iter().copied().max().unwrap_or(0);
+                if (0..DENSE_LIMIT).contains(&max) && dense.len() <= max as usize {
+                    dense.resize(max as usize + 1, u32::MAX);
                 }
                 let mut new_id = |v: i64| {
                     reserve_gently(values, 1);
@@ -504,40 +506,44 @@ impl KeyInterner {
                     *len += 1;
                     *len - 1
                 };
-                let max = col.values().iter().copied().max().unwrap_or(0);
-                if (0..DENSE_LIMIT).contains(&max) && dense.len() <= max as usize {
-                    dense.resize(max as usize + 1, u32::MAX);
+                // The id of value `v` (`None`: the null key), new or not.
+                let mut id_of = |v: Option<i64>| -> Result<u32> {
+                    let Some(v) = v else {
+                        return Ok(*null.get_or_insert_with(|| new_id(0)));
+                    };
+                    let slot = match usize::try_from(v).ok().and_then(|v| dense.get_mut(v)) {
+                        Some(&mut id) if id != u32::MAX => return Ok(id),
+                        slot => slot,
+                    };
+                    // A value the direct table does not know yet may have been seen
+                    // before it covered the value.
+                    let id = match ids.get(&v) {
+                        Some(&id) => id,
+                        None => {
+                            let id = recall(disk, &v.to_le_bytes(), || new_id(v))?;
+                            if slot.is_none() {
+                                ids.insert(v, id);
+                            }
+                            id
+                        }
+                    };
+                    if let Some(slot) = slot {
+                        *slot = id;
+                    }
+                    Ok(id)
+                };
+                if no_nulls {
+                    // `known_ids` left the values it did not know: they take their ids in
+                    // the order they come, as in the loop below.
+                    for (o, &v) in out.iter_mut().zip(col.values()) {
+                        if *o == u32::MAX {
+                            *o = id_of(Some(v))?;
+                        }
+                    }
+                    return Ok(());
                 }
                 for (i, &v) in col.values().iter().enumerate() {
-                    let id = if col.is_null(i) {
-                        *null.get_or_insert_with(|| new_id(0))
-                    } else {
-                        let slot = match usize::try_from(v).ok().and_then(|v| dense.get_mut(v)) {
-                            Some(&mut id) if id != u32::MAX => {
-                                out.push(id);
-                                continue;
-                            }
-                            slot => slot,
-                        };
-                        // A value the direct table does not know yet may have been seen
-                        // before it covered the value.
-                        let id = match ids.get(&v) {
-                            Some(&id) => id,
-                            None => {
-                                let key = v.to_le_bytes();
-                                let id = recall(disk, &key, || new_id(v))?;
-                                if slot.is_none() {
-                                    ids.insert(v, id);
-                                }
-                                id
-                            }
-                        };
-                        if let Some(slot) = slot {
-                            *slot = id;
-                        }
-                        id
-                    };
-                    out.push(id);
+                    out.push(id_of(col.is_valid(i).then_some(v))?);
                 }
             }
             Interner::Str {
@@ -857,6 +863,8 @@ mod tests {
             [2, 3, 1, 4, 5, 3, 0]
         );
         assert_eq!(intern(vec![-4, 1 << 40, 7]), [5, 4, 3]);
+        // A new value past the table's end (which grows to it), twice, among known ones.
+        assert_eq!(intern(vec![5, 11, 9, 11]), [0, 6, 1, 6]);
     }
 
     #[test]
