@@ -92,8 +92,8 @@ pub struct WindowOperator {
     owners: Vec<u16>,
     runs: Vec<route::Run>,
     rows: Vec<Vec<u32>>,
-    /// Each shard's buffers for the event times and watermarks met of a part of its rows.
-    times: Vec<(Vec<i64>, Vec<i64>)>,
+    /// Each run's rows of each shard, gathered.
+    pieces: Vec<Vec<Piece>>,
     /// Rows a shard takes at a time ([`PART_ROWS`]; tests change it).
     part_rows: usize,
     dictionary_shards: route::DictionaryShards,
@@ -199,7 +199,7 @@ impl WindowOperator {
             owners: Vec::new(),
             runs: Vec::new(),
             rows: vec![Vec::new(); n],
-            times: vec![Default::default(); n],
+            pieces: Vec::new(),
             part_rows: PART_ROWS,
             dictionary_shards: Default::default(),
             backend,
@@ -453,7 +453,7 @@ impl WindowOperator {
             owners_known,
             runs: std::mem::take(&mut self.runs),
             rows: std::mem::take(&mut self.rows),
-            times: std::mem::take(&mut self.times),
+            pieces: std::mem::take(&mut self.pieces),
             part_rows: self.part_rows,
         };
         let (tx, done) = std::sync::mpsc::sync_channel(1);
@@ -495,14 +495,14 @@ impl WindowOperator {
             owners,
             runs,
             rows,
-            times,
+            pieces,
             ..
         } = work;
         self.shards = shards;
         self.owners = owners;
         self.runs = runs;
         self.rows = rows;
-        self.times = times;
+        self.pieces = pieces;
         result?;
         drained?;
         let mut late = Vec::new();
@@ -740,15 +740,43 @@ struct Work {
     runs: Vec<route::Run>,
     /// The rows of each shard.
     rows: Vec<Vec<u32>>,
-    /// Each shard's event times and watermarks met of a part of its rows.
-    times: Vec<(Vec<i64>, Vec<i64>)>,
+    /// The rows of each run (outer) that each shard (inner) owns, gathered.
+    pieces: Vec<Vec<Piece>>,
     part_rows: usize,
 }
 
+/// The rows of one run of a batch that one shard owns, gathered by the thread that split
+/// the run: the plan's columns, the event times and the watermarks met.
+#[derive(Default)]
+struct Piece {
+    batch: Option<RecordBatch>,
+    ts: Vec<i64>,
+    met: Vec<i64>,
+}
+
+impl Piece {
+    /// Gathers rows `at` of `read` and of its event times `ts` and watermarks met `met`.
+    fn gather(&mut self, read: &RecordBatch, ts: &[i64], met: &[i64], at: &[u32]) -> Result<()> {
+        let (ts, met) = (&ts[..read.num_rows()], &met[..read.num_rows()]);
+        // One pass over the rows for both.
+        self.ts.resize(at.len(), 0);
+        self.met.resize(at.len(), 0);
+        for ((t, m), &r) in self.ts.iter_mut().zip(self.met.iter_mut()).zip(at) {
+            (*t, *m) = (ts[r as usize], met[r as usize]);
+        }
+        let at = UInt32Array::from_iter_values(at.iter().copied());
+        let batch = take_record_batch(read, &at)
+            .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
+        self.batch = Some(batch);
+        Ok(())
+    }
+}
+
 impl Work {
-    /// The shards find their rows in parallel (each groups a run of the batch's rows by
-    /// the hash of their key values), then each shard gathers its rows of every run and
-    /// processes them, a part ([`PART_ROWS`]) at a time.
+    /// The batch is split in parallel: each thread groups a run of the batch's rows by the
+    /// hash of their key values and gathers each shard's rows of the run (so every row is
+    /// read by one thread only). Then each shard processes its rows of every run, a part
+    /// ([`PART_ROWS`]) at a time.
     fn run(&mut self) -> Result<()> {
         let (read, ts, met) = (&self.read, &self.ts, &self.met);
         let (w, origin) = (self.w, &self.origin);
@@ -756,32 +784,36 @@ impl Work {
         if !in_order {
             let keys = &read.columns()[..self.keys];
             let per_run = read.num_rows().div_ceil(shards).max(1);
-            self.runs
-                .resize_with(read.num_rows().div_ceil(per_run), Default::default);
+            let runs = read.num_rows().div_ceil(per_run);
+            self.runs.resize_with(runs, Default::default);
+            self.pieces.resize_with(runs, Default::default);
             let known = self.owners_known;
             let split = self
                 .owners
                 .par_chunks_mut(per_run)
                 .zip(&mut self.runs)
+                .zip(&mut self.pieces)
                 .enumerate()
-                .try_for_each(|(r, (owners, run))| {
-                    route::split_run(keys, r * per_run, owners, known, shards, run)
+                .try_for_each(|(r, ((owners, run), pieces))| {
+                    route::split_run(keys, r * per_run, owners, known, shards, run)?;
+                    pieces.resize_with(shards, Default::default);
+                    (pieces.iter_mut().enumerate())
+                        .try_for_each(|(s, piece)| piece.gather(read, ts, met, run.of(s)))
                 });
             if let Err(e) = split {
                 self.shards.iter_mut().for_each(Shard::end_output);
                 return Err(e);
             }
         }
-        let runs = &self.runs;
+        let (runs, pieces) = (&self.runs, &self.pieces);
         // Every shard runs and ends its output, whatever the others do: the operator
         // drains their streams one after the other.
         let results: Vec<Result<()>> = self
             .shards
             .par_iter_mut()
             .zip(&mut self.rows)
-            .zip(&mut self.times)
             .enumerate()
-            .map(|(s, ((shard, rows), times))| {
+            .map(|(s, (shard, rows))| {
                 run_to_end(shard, |shard| {
                     if in_order {
                         let n = read.num_rows();
@@ -792,20 +824,22 @@ impl Work {
                         return shard.process(&part, &ts[run.clone()], &met[run], w, origin);
                     }
                     route::rows_of(runs, s, rows);
-                    let (part_ts, part_met) = times;
-                    let (ts, met) = (&ts[..read.num_rows()], &met[..read.num_rows()]);
-                    for part in parts(rows.len(), part_rows) {
-                        let at = &rows[part.clone()];
-                        // One pass over the rows for both.
-                        part_ts.resize(at.len(), 0);
-                        part_met.resize(at.len(), 0);
-                        for ((t, m), &r) in part_ts.iter_mut().zip(part_met.iter_mut()).zip(at) {
-                            (*t, *m) = (ts[r as usize], met[r as usize]);
+                    // The piece's first row among the shard's rows.
+                    let mut first = 0;
+                    for piece in pieces.iter().map(|p| &p[s]) {
+                        let Some(batch) = &piece.batch else { continue };
+                        for part in parts(piece.ts.len(), part_rows) {
+                            let (at, n) = (first + part.start, part.len());
+                            let (ts, met) = (&piece.ts[part.clone()], &piece.met[part]);
+                            shard.aggregate(
+                                &batch.slice(at - first, n),
+                                ts,
+                                met,
+                                origin,
+                                at as u32,
+                            )?;
                         }
-                        let at = UInt32Array::from_iter_values(at.iter().copied());
-                        let batch = take_record_batch(read, &at)
-                            .map_err(|e| Error::arrow("splitting a batch among shards", e))?;
-                        shard.aggregate(&batch, part_ts, part_met, origin, part.start as u32)?;
+                        first += piece.ts.len();
                     }
                     shard.end_batch(w)
                 })

@@ -264,11 +264,18 @@ fn group_compressed(owners: &[u16], from: usize, shards: usize, run: &mut Run) {
     run.rows.truncate(k);
 }
 
+impl Run {
+    /// The rows of the run that shard `s` owns: ascending.
+    pub(crate) fn of(&self, s: usize) -> &[u32] {
+        &self.rows[self.starts[s]..self.starts[s + 1]]
+    }
+}
+
 /// Writes the rows that shard `s` owns, of every run (in order), into `rows`: ascending.
 pub(crate) fn rows_of(runs: &[Run], s: usize, rows: &mut Vec<u32>) {
     rows.clear();
     for run in runs {
-        rows.extend_from_slice(&run.rows[run.starts[s]..run.starts[s + 1]]);
+        rows.extend_from_slice(run.of(s));
     }
 }
 
