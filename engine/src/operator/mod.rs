@@ -829,15 +829,10 @@ impl Work {
                     for piece in pieces.iter().map(|p| &p[s]) {
                         let Some(batch) = &piece.batch else { continue };
                         for part in parts(piece.ts.len(), part_rows) {
-                            let (at, n) = (first + part.start, part.len());
+                            let (batch, at) =
+                                (batch.slice(part.start, part.len()), first + part.start);
                             let (ts, met) = (&piece.ts[part.clone()], &piece.met[part]);
-                            shard.aggregate(
-                                &batch.slice(at - first, n),
-                                ts,
-                                met,
-                                origin,
-                                at as u32,
-                            )?;
+                            shard.aggregate(&batch, ts, met, origin, at as u32)?;
                         }
                         first += piece.ts.len();
                     }
