@@ -91,7 +91,6 @@ pub struct WindowOperator {
     /// each shard's rows, lent to the shards' threads with a batch.
     owners: Vec<u16>,
     runs: Vec<route::Run>,
-    rows: Vec<Vec<u32>>,
     /// Each run's rows of each shard, gathered.
     pieces: Vec<Vec<Piece>>,
     /// Rows a shard takes at a time ([`PART_ROWS`]; tests change it).
@@ -198,7 +197,6 @@ impl WindowOperator {
             in_flight: None,
             owners: Vec::new(),
             runs: Vec::new(),
-            rows: vec![Vec::new(); n],
             pieces: Vec::new(),
             part_rows: PART_ROWS,
             dictionary_shards: Default::default(),
@@ -452,7 +450,6 @@ impl WindowOperator {
             owners,
             owners_known,
             runs: std::mem::take(&mut self.runs),
-            rows: std::mem::take(&mut self.rows),
             pieces: std::mem::take(&mut self.pieces),
             part_rows: self.part_rows,
         };
@@ -494,20 +491,28 @@ impl WindowOperator {
             met,
             owners,
             runs,
-            rows,
             pieces,
             ..
         } = work;
         self.shards = shards;
         self.owners = owners;
         self.runs = runs;
-        self.rows = rows;
         self.pieces = pieces;
         result?;
         drained?;
-        let mut late = Vec::new();
-        for (shard, rows) in self.shards.iter_mut().zip(&self.rows) {
-            late.extend(shard.take_late().into_iter().map(|i| rows[i as usize]));
+        let (mut late, mut rows) = (Vec::new(), Vec::new());
+        let (n, shards) = (f.batch.num_rows(), self.shards.len());
+        for (s, shard) in self.shards.iter_mut().enumerate() {
+            let mine = shard.take_late();
+            if mine.is_empty() {
+                continue;
+            }
+            // The batch's rows that the shard took, found only for its late events.
+            match self.keyless {
+                Some(_) => rows = run_of(n, s, shards).map(|r| r as u32).collect(),
+                None => route::rows_of(&self.runs, s, &mut rows),
+            }
+            late.extend(mine.into_iter().map(|i| rows[i as usize]));
         }
         if !late.is_empty() {
             late.sort_unstable();
@@ -738,8 +743,6 @@ struct Work {
     owners_known: bool,
     /// The batch's rows in runs, one per shard, grouped by shard.
     runs: Vec<route::Run>,
-    /// The rows of each shard.
-    rows: Vec<Vec<u32>>,
     /// The rows of each run (outer) that each shard (inner) owns, gathered.
     pieces: Vec<Vec<Piece>>,
     part_rows: usize,
@@ -805,25 +808,20 @@ impl Work {
                 return Err(e);
             }
         }
-        let (runs, pieces) = (&self.runs, &self.pieces);
+        let pieces = &self.pieces;
         // Every shard runs and ends its output, whatever the others do: the operator
         // drains their streams one after the other.
         let results: Vec<Result<()>> = self
             .shards
             .par_iter_mut()
-            .zip(&mut self.rows)
             .enumerate()
-            .map(|(s, (shard, rows))| {
+            .map(|(s, shard)| {
                 run_to_end(shard, |shard| {
                     if in_order {
-                        let n = read.num_rows();
-                        let run = n * s / shards..n * (s + 1) / shards;
-                        rows.clear();
-                        rows.extend(run.start as u32..run.end as u32);
+                        let run = run_of(read.num_rows(), s, shards);
                         let part = read.slice(run.start, run.len());
                         return shard.process(&part, &ts[run.clone()], &met[run], w, origin);
                     }
-                    route::rows_of(runs, s, rows);
                     // The piece's first row among the shard's rows.
                     let mut first = 0;
                     for piece in pieces.iter().map(|p| &p[s]) {
@@ -847,6 +845,12 @@ impl Work {
 /// A shard takes a batch in parts of this many rows, so that a part's columns and the
 /// scratch the shard fills from them stay in a core's cache (L2) while it works on them.
 const PART_ROWS: usize = 16 * 1024;
+
+/// The run of consecutive rows of a batch of `n` rows that shard `s` (of `shards`) takes
+/// in a job without keys.
+fn run_of(n: usize, s: usize, shards: usize) -> std::ops::Range<usize> {
+    n * s / shards..n * (s + 1) / shards
+}
 
 /// The parts of `n` rows: consecutive ranges of at most `size`.
 fn parts(n: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {

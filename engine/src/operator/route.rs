@@ -150,12 +150,18 @@ pub(crate) fn split_run(
         };
         return Ok(());
     }
+    group(owners, from, shards, run);
+    Ok(())
+}
+
+/// Groups the rows of a run by shard without AVX-512: [`group_few`] at 2 and 3 shards,
+/// else [`group_counted`].
+fn group(owners: &[u16], from: usize, shards: usize, run: &mut Run) {
     match shards {
         2 => group_few::<2>(owners, from, run),
         3 => group_few::<3>(owners, from, run),
         _ => group_counted(owners, from, shards, run),
     }
-    Ok(())
 }
 
 /// Groups the rows of a run among `S` shards in one pass with no branch on a row's shard:
@@ -408,11 +414,7 @@ mod tests {
                 let mut counted = Run::default();
                 group_counted(&owners, 40, shards, &mut counted);
                 let mut few = Run::default();
-                match shards {
-                    2 => group_few::<2>(&owners, 40, &mut few),
-                    3 => group_few::<3>(&owners, 40, &mut few),
-                    _ => group_counted(&owners, 40, shards, &mut few),
-                }
+                group(&owners, 40, shards, &mut few);
                 assert_eq!(few.starts, counted.starts);
                 assert_eq!(few.rows[..n], counted.rows[..]);
                 for s in 0..shards {

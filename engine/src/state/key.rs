@@ -532,18 +532,15 @@ impl KeyInterner {
                     }
                     Ok(id)
                 };
-                if no_nulls {
-                    // `known_ids` left the values it did not know: they take their ids in
-                    // the order they come, as in the loop below.
-                    for (o, &v) in out.iter_mut().zip(col.values()) {
-                        if *o == u32::MAX {
-                            *o = id_of(Some(v))?;
-                        }
-                    }
-                    return Ok(());
+                // The rows without an id yet (those `known_ids` did not know, or every row
+                // of a column with nulls) take theirs in the order they come.
+                if !no_nulls {
+                    out.resize(col.len(), u32::MAX);
                 }
-                for (i, &v) in col.values().iter().enumerate() {
-                    out.push(id_of(col.is_valid(i).then_some(v))?);
+                for (i, (o, &v)) in out.iter_mut().zip(col.values()).enumerate() {
+                    if *o == u32::MAX {
+                        *o = id_of(col.is_valid(i).then_some(v))?;
+                    }
                 }
             }
             Interner::Str {
