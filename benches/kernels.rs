@@ -9,6 +9,9 @@
 //!   as `panes bench` drives it (`Pipeline::push` and `poll_ready`); `operator/pipeline`
 //!   is the tumbling job built with `Pipeline::builder()` and polled with `poll` after
 //!   every batch.
+//! - `memory/*`: the yardstick: reading, copying, and gathering every other row (as a split
+//!   between 2 shards does) of 256 MiB of i64, on 1 and on 2 threads (`Throughput::Bytes`
+//!   counts the bytes read and written).
 
 use std::time::Duration;
 
@@ -164,5 +167,59 @@ fn operator(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, kernel, operator);
+/// Memory bandwidth on 1 and 2 threads: what a kernel that streams its input can reach.
+fn memory(c: &mut Criterion) {
+    const N: usize = 32 << 20;
+    let src: Vec<i64> = (0..N as i64).collect();
+    let mut dst = vec![0i64; N];
+    let mut g = c.benchmark_group("memory");
+    g.sample_size(10);
+    // Each thread works on its own half (or all of it, alone).
+    fn halves<'a>(
+        src: &'a [i64],
+        dst: &'a mut [i64],
+        threads: usize,
+        f: impl Fn(&[i64], &mut [i64]) + Sync,
+    ) {
+        let n = src.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            for (src, dst) in src.chunks(n).zip(dst.chunks_mut(n)) {
+                let f = &f;
+                s.spawn(move || f(src, dst));
+            }
+        });
+    }
+    let bytes = (N * 8) as u64;
+    for threads in [1, 2] {
+        g.throughput(Throughput::Bytes(bytes));
+        g.bench_function(BenchmarkId::new("read", threads), |b| {
+            b.iter(|| {
+                halves(&src, &mut dst, threads, |src, _| {
+                    std::hint::black_box(src.iter().fold(0i64, |a, &x| a.wrapping_add(x)));
+                })
+            })
+        });
+        g.throughput(Throughput::Bytes(2 * bytes));
+        g.bench_function(BenchmarkId::new("copy", threads), |b| {
+            b.iter(|| halves(&src, &mut dst, threads, |src, dst| dst.copy_from_slice(src)))
+        });
+        // Even rows to the front half, odd rows to the back: a 2-shard split's gather.
+        g.bench_function(BenchmarkId::new("split in 2", threads), |b| {
+            b.iter(|| {
+                halves(&src, &mut dst, threads, |src, dst| {
+                    let (even, odd) = dst.split_at_mut(src.len().div_ceil(2));
+                    for (d, x) in even.iter_mut().zip(src.iter().step_by(2)) {
+                        *d = *x;
+                    }
+                    for (d, x) in odd.iter_mut().zip(src.iter().skip(1).step_by(2)) {
+                        *d = *x;
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernel, operator, memory);
 criterion_main!(benches);
