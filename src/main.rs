@@ -218,6 +218,23 @@ fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicB
     Ok(stop)
 }
 
+/// The most shards `--threads` may ask for. Each shard is a thread with its own state,
+/// and every batch is split among all of them, so thousands of shards on a machine's few
+/// cores would crawl for minutes where one thread takes a second.
+const MAX_THREADS: usize = 1024;
+
+/// A `--threads` count, checked.
+fn thread_count(t: usize) -> Result<usize> {
+    match t {
+        0 => bail!("--threads: a thread count must be at least 1"),
+        t if t > MAX_THREADS => bail!(
+            "--threads {t}: at most {MAX_THREADS} (this machine has {} cores)",
+            panes::engine::run::default_threads()
+        ),
+        t => Ok(t),
+    }
+}
+
 fn main() -> ExitCode {
     panes::keep_freed_memory();
     tracing_subscriber::fmt()
@@ -335,7 +352,7 @@ impl RunArgs {
         let opts = RunOptions {
             backend,
             batch_rows,
-            threads: threads.unwrap_or(RunOptions::default().threads).max(1),
+            threads: thread_count(threads.unwrap_or(RunOptions::default().threads))?,
             start: match (from_checkpoint, fresh) {
                 (Some(path), _) => StartFrom::Checkpoint(path),
                 (None, true) => StartFrom::Fresh,
@@ -525,8 +542,7 @@ impl Command {
                 };
                 let threads = match threads {
                     t if t.is_empty() => vec![panes::engine::run::default_threads()],
-                    t if t.contains(&0) => bail!("--threads: a thread count must be at least 1"),
-                    t => t,
+                    t => t.into_iter().map(thread_count).collect::<Result<_>>()?,
                 };
                 if repeats == 0 {
                     bail!("--repeats must be at least 1");

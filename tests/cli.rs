@@ -289,6 +289,28 @@ fn an_unparsable_duration_is_named() {
 }
 
 #[test]
+fn a_thread_count_of_zero_or_past_the_limit_is_named() {
+    let case = Case::new();
+    let input = case.generate("in.parquet", 100);
+    let job = case.job(&input, &[]);
+    for (threads, says) in [("0", "at least 1"), ("70000", "at most 1024")] {
+        let out = case.run_job(&job, &["--threads", threads]);
+        case.assert_fails(&out, &["--threads", says]);
+        let list = format!("1,{threads}");
+        let out = run(&[
+            "bench",
+            "--events",
+            "1000",
+            "--cases",
+            "tumble",
+            "--threads",
+            &list,
+        ]);
+        case.assert_fails(&out, &["--threads", says]);
+    }
+}
+
+#[test]
 fn an_unknown_job_key_is_named_with_the_file() {
     let case = Case::new();
     let input = case.generate("in.parquet", 100);
