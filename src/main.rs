@@ -218,18 +218,14 @@ fn stop_on_signals() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicB
     Ok(stop)
 }
 
-/// The most shards `--threads` may ask for. Each shard is a thread with its own state,
-/// and every batch is split among all of them, so thousands of shards on a machine's few
-/// cores would crawl for minutes where one thread takes a second.
-const MAX_THREADS: usize = 1024;
-
-/// A `--threads` count, checked.
+/// A `--threads` count that was asked for, checked.
 fn thread_count(t: usize) -> Result<usize> {
+    use panes::engine::run::{MAX_THREADS, default_threads};
     match t {
         0 => bail!("--threads: a thread count must be at least 1"),
         t if t > MAX_THREADS => bail!(
             "--threads {t}: at most {MAX_THREADS} (this machine has {} cores)",
-            panes::engine::run::default_threads()
+            default_threads()
         ),
         t => Ok(t),
     }
@@ -352,7 +348,10 @@ impl RunArgs {
         let opts = RunOptions {
             backend,
             batch_rows,
-            threads: thread_count(threads.unwrap_or(RunOptions::default().threads))?,
+            threads: match threads {
+                Some(t) => thread_count(t)?,
+                None => RunOptions::default().threads,
+            },
             start: match (from_checkpoint, fresh) {
                 (Some(path), _) => StartFrom::Checkpoint(path),
                 (None, true) => StartFrom::Fresh,

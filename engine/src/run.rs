@@ -205,9 +205,17 @@ pub struct Progress {
     pub checkpoints: u64,
 }
 
-/// Every core of the machine (as the OS grants them to this process).
+/// The most shards a run takes. Each shard is a thread with its own state, and every batch
+/// is split among all of them, so thousands of shards on a machine's few cores would crawl
+/// for minutes where one thread takes a second.
+pub const MAX_THREADS: usize = 1024;
+
+/// Every core of the machine (as the OS grants them to this process), at most
+/// [`MAX_THREADS`].
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_THREADS)
 }
 
 /// What a run did.
